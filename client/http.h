@@ -1,0 +1,111 @@
+/* The one HTTP client everything uses.
+ *
+ * One network thread owns a CURLM. Callers (FUSE worker threads, the event watcher, ...) hand it
+ * requests through a queue and wake it with curl_multi_wakeup(). Every request has a deadline;
+ * idempotent requests are retried with backoff on 429, 5xx and connection errors while the
+ * deadline allows. Connections are reused (one multi, one connection cache). Completion is
+ * reported by a callback that runs on the network thread; http_request_sync() wraps that in a
+ * condition variable for callers that may block (never use it for a stream).
+ *
+ * Streams (SSE) are long-lived requests on the same multi: each received event is handed to a
+ * callback on the network thread, and an idle timeout ends a stream that went silent. */
+#ifndef SBX_HTTP_H
+#define SBX_HTTP_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include "client/sse.h"
+
+struct http_client;
+
+struct http_client_opts {
+	const char *base_url;     /* "http://127.0.0.1:7070" or "https://host/sandbox/ID" (a path
+				     prefix is kept; trailing '/' ignored) */
+	const char *token;        /* bearer token; NULL or "" for none */
+	long connect_timeout_ms;  /* 0 = 5000 */
+	long request_timeout_ms;  /* default deadline of a request; 0 = 30000 */
+	int max_retries;          /* for idempotent requests; 0 = 4, -1 = none */
+	bool insecure;            /* skip TLS verification (never the default) */
+	const char *ca_file;      /* extra CA bundle, may be NULL */
+	int max_connections;      /* 0 = 16 */
+	const char *user_agent;   /* NULL = "sbxfs/VERSION" */
+};
+
+struct http_header {
+	const char *name;
+	const char *value;
+};
+
+struct http_request {
+	const char *method;       /* "GET", "POST", "PUT", "DELETE" */
+	const char *path;         /* appended to base_url, e.g. "/api/x/pread" or
+				     "/api/x/pwrite?handle=h1&offset=0" (caller URL-encodes) */
+	const char *content_type; /* NULL = "application/json" when there is a body */
+	const void *body;         /* copied at submit time; may be NULL */
+	size_t body_len;
+	const struct http_header *headers; /* extra headers, may be NULL */
+	size_t n_headers;
+	long timeout_ms;          /* total deadline, retries included; 0 = client default */
+	bool idempotent;          /* may be retried (GETs and reads; never a write or exec) */
+};
+
+struct http_response {
+	long status;              /* HTTP status; 0 when no response arrived */
+	int err;                  /* 0, or a negative errno: -ETIMEDOUT (deadline), -ENOTCONN
+				     (connection refused/reset, DNS), -ECANCELED, -EIO (other) */
+	char *body;               /* NUL-terminated (the NUL is not counted in body_len) */
+	size_t body_len;
+	char *content_type;       /* may be NULL */
+	char errmsg[256];         /* readable reason for err != 0 */
+};
+
+void http_response_clear(struct http_response *r);
+
+struct http_client *http_client_new(const struct http_client_opts *opts);
+/* Cancels what is pending (callbacks get -ECANCELED), stops the thread, frees. */
+void http_client_free(struct http_client *c);
+const char *http_client_base_url(const struct http_client *c);
+
+/* Called once on the network thread when the request is done; owns nothing of resp after
+ * returning (resp is cleared by the client afterwards). Must not block. */
+typedef void (*http_done_cb)(void *arg, struct http_response *resp);
+/* Queues a request; 0 or a negative errno (then cb is not called). */
+int http_request_async(struct http_client *c, const struct http_request *req, http_done_cb cb,
+		       void *arg);
+/* Submits and waits (bounded by the request's deadline). Returns 0 when an HTTP response
+ * arrived, whatever its status (check out->status), else resp->err. out must be cleared with
+ * http_response_clear(). */
+int http_request_sync(struct http_client *c, const struct http_request *req,
+		      struct http_response *out);
+
+/* Convenience for JSON APIs: POSTs (or GETs when body is NULL and method is NULL) and parses the
+ * answer. Returns 0 and sets *json (caller frees with cJSON_Delete) for a 2xx response; a
+ * negative errno otherwise. For an API error (non-2xx) the errno comes from
+ * errno_from_api_error() and *json holds the parsed error body when it was JSON (may be NULL). */
+struct cJSON;
+int http_json(struct http_client *c, const char *method, const char *path,
+	      const struct cJSON *body, long timeout_ms, bool idempotent, struct cJSON **json,
+	      long *status);
+
+/* Streams. on_event runs on the network thread for every SSE event; returning non-zero closes
+ * the stream. on_end runs exactly once when the stream ends for any reason: err == 0 when the
+ * server closed it normally, -ETIMEDOUT when nothing (not even a heartbeat comment) arrived for
+ * idle_timeout_ms, -ECANCELED after http_stream_close(), or the transport error; status is the
+ * HTTP status (a non-200 status carries the error body in body). */
+struct http_stream;
+struct http_stream_ops {
+	int (*on_event)(void *arg, const struct sse_event *ev);
+	void (*on_end)(void *arg, int err, long status, const char *body, size_t body_len);
+};
+/* Starts a stream; NULL on failure (errno set). idle_timeout_ms 0 = no idle timeout. */
+struct http_stream *http_stream_open(struct http_client *c, const struct http_request *req,
+				     const struct http_stream_ops *ops, void *arg,
+				     long idle_timeout_ms);
+/* Stops a stream; on_end has been called (from the network thread) when this returns, unless
+ * it is called from the network thread itself (then on_end runs before the stream is freed).
+ * Safe to call once, from any thread, also after the stream ended. */
+void http_stream_close(struct http_stream *s);
+
+/* Percent-encodes s for use in a query string; caller frees. */
+char *http_urlencode(const char *s);
+#endif

@@ -1,0 +1,141 @@
+/* The sandbox as typed operations, on top of the HTTP client.
+ *
+ * Two backends behind one interface, chosen by a single probe at sbx_open():
+ *   - sbxd with its filesystem extensions (docs/protocol.md, "Extensions"): POSIX semantics,
+ *     lstat, ranged I/O on server-side handles, rename(2), one round trip per operation;
+ *   - a plain Cloudflare sandbox container (standard routes only): whole-file read/write in
+ *     base64, metadata and POSIX operations through /api/execute (sessionless) with every
+ *     argument shell-quoted, and a local temporary copy per open file.
+ * Callers never branch on the backend; what a backend cannot do fails with ENOSYS/EOPNOTSUPP
+ * and a readable reason in sbx_last_error().
+ *
+ * All paths are the sandbox's own absolute paths ("/workspace/a/b"). All functions return 0 (or
+ * a non-negative count) on success and a negative errno on failure; they block the calling
+ * thread for at most the request deadline. Thread-safe. */
+#ifndef SBX_SANDBOX_H
+#define SBX_SANDBOX_H
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/types.h>
+#include "client/http.h"
+
+struct sbx;
+struct sbx_file;
+
+struct sbx_info {
+	bool extensions;        /* sbxd filesystem extensions available */
+	const char *server;     /* "sbxd", "cloudflare-container", ... */
+	const char *version;
+	const char *sandbox_id; /* may be NULL */
+};
+
+/* Connects and probes once (GET /api/x/capabilities, falling back to /api/ping). Fails with
+ * -ENOTCONN when the backend is unreachable, -EACCES for a refused token. */
+int sbx_open(const struct http_client_opts *opts, struct sbx **out);
+void sbx_close(struct sbx *s);
+const struct sbx_info *sbx_info(const struct sbx *s);
+struct http_client *sbx_http(struct sbx *s);
+/* Forces the standard routes even when extensions exist (used by tests and -o no_extensions). */
+void sbx_force_fallback(struct sbx *s);
+
+/* Readable reason of this thread's last failure ("mkdir: File exists"), or "". */
+const char *sbx_last_error(void);
+
+/* Metadata. sbx_lstat never follows the final symlink; target (optional) receives a malloc'd
+ * symlink target when the entry is a symlink. */
+int sbx_lstat(struct sbx *s, const char *path, struct stat *st, char **target);
+
+struct sbx_dirent {
+	char *name;
+	struct stat st;
+	char *target; /* symlinks only, else NULL */
+};
+/* Full listing with attributes (readdirplus), without "." and "..". */
+int sbx_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n);
+void sbx_dirents_free(struct sbx_dirent *ents, size_t n);
+
+int sbx_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st);
+int sbx_unlink(struct sbx *s, const char *path);
+int sbx_rmdir(struct sbx *s, const char *path);
+/* rename(2) semantics (replaces a file or an empty directory, never moves *into* a directory).
+ * flags: RENAME_NOREPLACE, RENAME_EXCHANGE (-EINVAL where unsupported). */
+int sbx_rename(struct sbx *s, const char *from, const char *to, unsigned flags);
+int sbx_symlink(struct sbx *s, const char *target, const char *path, struct stat *st);
+int sbx_readlink(struct sbx *s, const char *path, char **target);
+int sbx_link(struct sbx *s, const char *from, const char *to, struct stat *st);
+int sbx_statfs(struct sbx *s, const char *path, struct statvfs *sv);
+
+/* setattr: what is set in `valid` (SBX_SET_*) is applied, then the new attributes are returned
+ * in st (may be NULL). Times: tv_nsec may be UTIME_NOW. */
+enum {
+	SBX_SET_MODE = 1 << 0,
+	SBX_SET_SIZE = 1 << 1,
+	SBX_SET_ATIME = 1 << 2,
+	SBX_SET_MTIME = 1 << 3,
+	SBX_SET_UID = 1 << 4,
+	SBX_SET_GID = 1 << 5,
+};
+int sbx_setattr(struct sbx *s, const char *path, unsigned valid, const struct stat *want,
+		struct stat *st);
+
+/* Open files. flags are open(2) flags (O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_APPEND).
+ * Backed by a server-side handle (extensions) or a local copy (fallback), so an open file keeps
+ * working after it is renamed or unlinked through any path. st (may be NULL) receives the
+ * attributes after opening. */
+int sbx_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
+		  struct sbx_file **out, struct stat *st);
+ssize_t sbx_file_pread(struct sbx_file *f, void *buf, size_t len, off_t off);
+/* May buffer; errors of buffered data surface at the next flush (or pread/fstat, which flush
+ * first). */
+ssize_t sbx_file_pwrite(struct sbx_file *f, const void *buf, size_t len, off_t off);
+/* Pushes buffered data to the sandbox; datasync=false also asks the server to fsync. */
+int sbx_file_flush(struct sbx_file *f);
+int sbx_file_fsync(struct sbx_file *f, bool datasync);
+int sbx_file_fstat(struct sbx_file *f, struct stat *st);
+int sbx_file_ftruncate(struct sbx_file *f, off_t size);
+/* Makes sure f keeps working after its path goes away (unlink, rename over it): a lazily
+ * opened read-only file gets its server-side handle now. The filesystem calls it for every open
+ * file of an entry before removing or replacing that entry. */
+int sbx_file_pin(struct sbx_file *f);
+/* Tells the file its path changed (a rename through the mount): the fallback uploads there. */
+int sbx_file_set_path(struct sbx_file *f, const char *path);
+/* Flushes, releases the handle and frees f; returns the flush's error (nothing acknowledged
+ * is lost silently: the caller reports it from close()). */
+int sbx_file_close(struct sbx_file *f);
+
+/* Reads a whole file by path into memory (small files, control data); sets *len. */
+int sbx_read_all(struct sbx *s, const char *path, char **data, size_t *len);
+/* Reads len bytes at off by path without opening a handle (ranged where the backend can). */
+ssize_t sbx_pread_path(struct sbx *s, const char *path, void *buf, size_t len, off_t off);
+
+/* Runs a shell command in the sandbox (POST /api/execute, sessionless); output is collected
+ * whole. exit_code is -1 when the command could not be run. */
+struct sbx_exec_result {
+	int exit_code;
+	char *out;
+	size_t out_len;
+	char *err;
+	size_t err_len;
+};
+int sbx_exec(struct sbx *s, const char *command, const char *cwd, long timeout_ms,
+	     struct sbx_exec_result *r);
+void sbx_exec_result_free(struct sbx_exec_result *r);
+
+/* Change events for /workspace (POST /api/watch). on_change runs on the network thread with
+ * the absolute path of a changed entry and its event type ("create", "modify", "delete",
+ * "move_from", "move_to", "attrib"); on_resync when events may have been lost (reconnect,
+ * overflow): the caller must then forget everything it caches. The watch reconnects by itself
+ * with backoff until sbx_watch_stop(); on_state reports healthy=true/false transitions. */
+struct sbx_watch_ops {
+	void (*on_change)(void *arg, const char *path, const char *type, bool is_dir);
+	void (*on_resync)(void *arg);
+	void (*on_state)(void *arg, bool healthy);
+};
+struct sbx_watch;
+struct sbx_watch *sbx_watch_start(struct sbx *s, const char *path,
+				  const struct sbx_watch_ops *ops, void *arg);
+void sbx_watch_stop(struct sbx_watch *w);
+#endif

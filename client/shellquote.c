@@ -1,0 +1,1 @@
+/* placeholder */ typedef int sbx_placeholder_shellquote;

@@ -1,0 +1,96 @@
+#include "common/jsonutil.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+const char *json_str(const cJSON *obj, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+int64_t json_int(const cJSON *obj, const char *key, int64_t dflt)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+	return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : dflt;
+}
+
+bool json_bool(const cJSON *obj, const char *key, bool dflt)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
+	return cJSON_IsBool(v) ? cJSON_IsTrue(v) : dflt;
+}
+
+cJSON *json_add_int(cJSON *obj, const char *key, int64_t v)
+{
+	return cJSON_AddNumberToObject(obj, key, (double)v);
+}
+
+const char *json_timestamp(char buf[32])
+{
+	struct timespec ts;
+	struct tm tm;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	gmtime_r(&ts.tv_sec, &tm);
+	snprintf(buf, 32, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
+		 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+		 ts.tv_nsec / 1000000);
+	return buf;
+}
+
+cJSON *json_timespec(const struct timespec *ts)
+{
+	cJSON *a = cJSON_CreateArray();
+	cJSON_AddItemToArray(a, cJSON_CreateNumber((double)ts->tv_sec));
+	cJSON_AddItemToArray(a, cJSON_CreateNumber((double)ts->tv_nsec));
+	return a;
+}
+
+bool json_get_timespec(const cJSON *v, struct timespec *ts)
+{
+	if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) != 2)
+		return false;
+	const cJSON *s = cJSON_GetArrayItem(v, 0), *ns = cJSON_GetArrayItem(v, 1);
+	if (!cJSON_IsNumber(s) || !cJSON_IsNumber(ns))
+		return false;
+	ts->tv_sec = (time_t)s->valuedouble;
+	ts->tv_nsec = (long)ns->valuedouble;
+	return ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000L;
+}
+
+cJSON *json_from_stat(const struct stat *st)
+{
+	cJSON *o = cJSON_CreateObject();
+	json_add_int(o, "ino", (int64_t)st->st_ino);
+	json_add_int(o, "mode", st->st_mode);
+	json_add_int(o, "nlink", (int64_t)st->st_nlink);
+	json_add_int(o, "uid", st->st_uid);
+	json_add_int(o, "gid", st->st_gid);
+	json_add_int(o, "size", st->st_size);
+	json_add_int(o, "blocks", st->st_blocks);
+	cJSON_AddItemToObject(o, "atime", json_timespec(&st->st_atim));
+	cJSON_AddItemToObject(o, "mtime", json_timespec(&st->st_mtim));
+	cJSON_AddItemToObject(o, "ctime", json_timespec(&st->st_ctim));
+	return o;
+}
+
+bool json_to_stat(const cJSON *o, struct stat *st)
+{
+	if (!cJSON_IsObject(o) || !cJSON_GetObjectItemCaseSensitive(o, "mode"))
+		return false;
+	*st = (struct stat){ 0 };
+	st->st_ino = (ino_t)json_int(o, "ino", 0);
+	st->st_mode = (mode_t)json_int(o, "mode", 0);
+	st->st_nlink = (nlink_t)json_int(o, "nlink", 1);
+	st->st_uid = (uid_t)json_int(o, "uid", 0);
+	st->st_gid = (gid_t)json_int(o, "gid", 0);
+	st->st_size = (off_t)json_int(o, "size", 0);
+	st->st_blocks = (blkcnt_t)json_int(o, "blocks", (st->st_size + 511) / 512);
+	st->st_blksize = 4096;
+	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "atime"), &st->st_atim);
+	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "mtime"), &st->st_mtim);
+	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "ctime"), &st->st_ctim);
+	return true;
+}
+
+char *json_print(const cJSON *v) { return cJSON_PrintUnformatted(v); }

@@ -1,0 +1,33 @@
+/* Small cJSON helpers for the wire format: typed getters that tolerate missing fields, the
+ * stat object of the filesystem extensions, and ISO-8601 timestamps. */
+#ifndef SBX_JSONUTIL_H
+#define SBX_JSONUTIL_H
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+/* NULL / dflt when the field is missing or of another type. */
+const char *json_str(const cJSON *obj, const char *key);
+int64_t json_int(const cJSON *obj, const char *key, int64_t dflt);
+bool json_bool(const cJSON *obj, const char *key, bool dflt);
+
+/* Adds an integer that may exceed 2^53 without losing precision below it (cJSON stores
+ * doubles; file sizes and inode numbers stay exact up to 2^53). */
+cJSON *json_add_int(cJSON *obj, const char *key, int64_t v);
+
+/* "2026-11-22T02:42:15.943Z" for now; buf needs 32 bytes. */
+const char *json_timestamp(char buf[32]);
+
+/* The stat object of docs/protocol.md: {"ino","mode","nlink","uid","gid","size","blocks",
+ * "atime":[s,ns],"mtime":[s,ns],"ctime":[s,ns]} (+ "target" for symlinks, added by the caller). */
+cJSON *json_from_stat(const struct stat *st);
+/* Fills st from such an object; false when a required field is missing. */
+bool json_to_stat(const cJSON *obj, struct stat *st);
+/* [sec, nsec] */
+cJSON *json_timespec(const struct timespec *ts);
+bool json_get_timespec(const cJSON *v, struct timespec *ts);
+
+/* Prints compactly; the caller frees with free(). */
+char *json_print(const cJSON *v);
+#endif

@@ -1,0 +1,1 @@
+int sbx_fs_placeholder(void); int sbx_fs_placeholder(void) { return 0; }
