@@ -1,0 +1,44 @@
+/* The routing table: method, path, handler, flags. Kept as data so that what sbxd serves can be
+ * read at a glance (and --no-extensions is a flag, not a branch in every handler). */
+#include "server/routes.h"
+
+const struct route routes[] = {
+	{ "GET", "/api/ping", route_ping, ROUTE_PUBLIC },
+	{ "GET", "/api/version", route_version, 0 },
+	{ "GET", "/api/x/capabilities", route_capabilities, ROUTE_EXTENSION },
+
+	{ "POST", "/api/session/create", route_session_create, ROUTE_JSON },
+	{ "GET", "/api/session/list", route_session_list, 0 },
+	{ "POST", "/api/session/delete", route_session_delete, ROUTE_JSON },
+	{ "POST", "/api/execute", route_execute, ROUTE_JSON },
+	{ "POST", "/api/execute/stream", route_execute_stream, ROUTE_JSON },
+
+	{ "POST", "/api/read", route_read, ROUTE_JSON },
+	{ "POST", "/api/read/stream", route_read_stream, ROUTE_JSON },
+	{ "POST", "/api/write", route_write, ROUTE_JSON },
+	{ "POST", "/api/delete", route_delete, ROUTE_JSON },
+	{ "POST", "/api/rename", route_rename, ROUTE_JSON },
+	{ "POST", "/api/move", route_move, ROUTE_JSON },
+	{ "POST", "/api/mkdir", route_mkdir, ROUTE_JSON },
+	{ "POST", "/api/list-files", route_list_files, ROUTE_JSON },
+	{ "POST", "/api/exists", route_exists, ROUTE_JSON },
+	{ "POST", "/api/watch", route_watch, ROUTE_JSON },
+
+	{ "POST", "/api/x/stat", route_x_stat, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/readdir", route_x_readdir, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/mkdir", route_x_mkdir, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/unlink", route_x_unlink, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/rmdir", route_x_rmdir, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/rename", route_x_rename, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/symlink", route_x_symlink, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/readlink", route_x_readlink, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/link", route_x_link, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/setattr", route_x_setattr, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/statfs", route_x_statfs, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/open", route_x_open, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/pread", route_x_pread, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "PUT", "/api/x/pwrite", route_x_pwrite, ROUTE_EXTENSION },
+	{ "POST", "/api/x/fsync", route_x_fsync, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/close", route_x_close, ROUTE_JSON | ROUTE_EXTENSION },
+};
+const size_t n_routes = sizeof routes / sizeof routes[0];

@@ -1,0 +1,49 @@
+/* Route handlers, grouped by the file that implements them. */
+#ifndef SBXD_ROUTES_H
+#define SBXD_ROUTES_H
+#include "server/httpd.h"
+
+/* meta.c */
+void route_ping(struct req *r);
+void route_version(struct req *r);
+void route_capabilities(struct req *r);
+
+/* files.c: the container's standard file routes */
+void route_read(struct req *r);
+void route_read_stream(struct req *r);
+void route_write(struct req *r);
+void route_delete(struct req *r);
+void route_rename(struct req *r);
+void route_move(struct req *r);
+void route_mkdir(struct req *r);
+void route_list_files(struct req *r);
+void route_exists(struct req *r);
+
+/* fsx.c + handles.c: filesystem extensions /api/x/ */
+void route_x_stat(struct req *r);
+void route_x_readdir(struct req *r);
+void route_x_mkdir(struct req *r);
+void route_x_unlink(struct req *r);
+void route_x_rmdir(struct req *r);
+void route_x_rename(struct req *r);
+void route_x_symlink(struct req *r);
+void route_x_readlink(struct req *r);
+void route_x_link(struct req *r);
+void route_x_setattr(struct req *r);
+void route_x_statfs(struct req *r);
+void route_x_open(struct req *r);
+void route_x_pread(struct req *r);
+void route_x_pwrite(struct req *r);
+void route_x_fsync(struct req *r);
+void route_x_close(struct req *r);
+
+/* watch.c */
+void route_watch(struct req *r);
+
+/* exec.c + sessions.c */
+void route_session_create(struct req *r);
+void route_session_list(struct req *r);
+void route_session_delete(struct req *r);
+void route_execute(struct req *r);
+void route_execute_stream(struct req *r);
+#endif

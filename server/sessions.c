@@ -1,0 +1,1 @@
+/* placeholder */ typedef int sbxd_placeholder_sessions;
