@@ -84,7 +84,9 @@ int sbx_setattr(struct sbx *s, const char *path, unsigned valid, const struct st
 /* Open files. flags are open(2) flags (O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_APPEND).
  * Backed by a server-side handle (extensions) or a local copy (fallback), so an open file keeps
  * working after it is renamed or unlinked through any path. st (may be NULL) receives the
- * attributes after opening. */
+ * attributes after opening, except for a lazy open: with the extensions, a read-only open
+ * without O_CREAT/O_TRUNC costs no round trip (reads go by path until sbx_file_pin()), so it
+ * cannot fail for a missing file and leaves st with st_mode == 0 (attributes unknown). */
 int sbx_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 		  struct sbx_file **out, struct stat *st);
 ssize_t sbx_file_pread(struct sbx_file *f, void *buf, size_t len, off_t off);

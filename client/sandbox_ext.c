@@ -1,1 +1,654 @@
-/* placeholder */ typedef int sbx_placeholder_sandbox_ext;
+/* The extensions backend: sbxd's /api/x/ routes, one round trip per operation.
+ *
+ * Open files. A writable open gets a server-side handle at once (/api/x/open). A read-only
+ * open without O_CREAT/O_TRUNC is lazy: no round trip, reads go by path until sbx_file_pin()
+ * (called before the entry is removed or replaced) opens a real handle, so the common
+ * open-read-close costs only the reads. Writes are buffered per file while they are
+ * contiguous, up to WBUF_MAX, and go out as one PUT /api/x/pwrite; anything that must see them
+ * (pread, fstat, ftruncate, fsync, close, a non-contiguous write) flushes first. A failed
+ * flush drops the buffered bytes and stays pending as the file's error until flush, fsync or
+ * close reports it once. One mutex per file serialises its requests: a file's operations are
+ * ordered as its callers issued them, while different files proceed in parallel. */
+#include "client/sandbox_impl.h"
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include "common/strbuf.h"
+
+#define WBUF_MAX (4u << 20)
+#define PREAD_MAX (16u << 20)
+
+static int ext_path_call(struct sbx *s, const char *op, const char *route, const char *path,
+			 cJSON *body, bool idempotent, cJSON **out)
+{
+	char what[64 + 4096];
+	snprintf(what, sizeof what, "%s %s", op, path);
+	cJSON *j = NULL;
+	int err = sbx_call(s, what, "POST", route, body, idempotent, 0, &j);
+	if (out)
+		*out = j;
+	else
+		cJSON_Delete(j);
+	return err;
+}
+
+static cJSON *path_body(const char *path)
+{
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "path", path);
+	return b;
+}
+
+/* Calls a route that answers {"stat"} and fills st (may be NULL). */
+static int ext_stat_call(struct sbx *s, const char *op, const char *route, const char *path,
+			 cJSON *body, bool idempotent, struct stat *st, char **target)
+{
+	cJSON *j;
+	int err = ext_path_call(s, op, route, path, body, idempotent, &j);
+	if (!err && (st || target))
+		err = sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(j, "stat"), st, target);
+	cJSON_Delete(j);
+	return err;
+}
+
+static int ext_lstat(struct sbx *s, const char *path, struct stat *st, char **target)
+{
+	return ext_stat_call(s, "stat", "/api/x/stat", path, path_body(path), true, st, target);
+}
+
+static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n)
+{
+	cJSON *j;
+	int err = ext_path_call(s, "readdir", "/api/x/readdir", path, path_body(path), true, &j);
+	if (err)
+		return err;
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "entries");
+	if (!cJSON_IsArray(arr)) {
+		cJSON_Delete(j);
+		return sbx_fail(-EPROTO, "readdir %s: the answer has no entries", path);
+	}
+	size_t cnt = (size_t)cJSON_GetArraySize(arr), i = 0;
+	struct sbx_dirent *e = calloc(cnt ? cnt : 1, sizeof *e);
+	if (!e) {
+		cJSON_Delete(j);
+		return sbx_fail(-ENOMEM, "readdir %s: out of memory", path);
+	}
+	const cJSON *it;
+	cJSON_ArrayForEach(it, arr) {
+		const char *name = json_str(it, "name");
+		const cJSON *so = cJSON_GetObjectItemCaseSensitive(it, "stat");
+		if (!name || sbx_parse_stat(so, &e[i].st, &e[i].target)) {
+			sbx_dirents_free(e, i);
+			cJSON_Delete(j);
+			return sbx_fail(-EPROTO, "readdir %s: malformed entry", path);
+		}
+		if (!e[i].target && json_str(it, "target"))
+			e[i].target = strdup(json_str(it, "target"));
+		e[i].name = strdup(name);
+		i++;
+	}
+	cJSON_Delete(j);
+	*ents = e;
+	*n = i;
+	return 0;
+}
+
+static int ext_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st)
+{
+	cJSON *b = path_body(path);
+	json_add_int(b, "mode", mode & 07777);
+	return ext_stat_call(s, "mkdir", "/api/x/mkdir", path, b, false, st, NULL);
+}
+
+static int ext_unlink(struct sbx *s, const char *path)
+{
+	return ext_path_call(s, "unlink", "/api/x/unlink", path, path_body(path), false, NULL);
+}
+
+static int ext_rmdir(struct sbx *s, const char *path)
+{
+	return ext_path_call(s, "rmdir", "/api/x/rmdir", path, path_body(path), false, NULL);
+}
+
+static int ext_rename(struct sbx *s, const char *from, const char *to, unsigned flags)
+{
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE))
+		return sbx_fail(-EINVAL, "rename %s: unknown flags %#x", from, flags);
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "oldPath", from);
+	cJSON_AddStringToObject(b, "newPath", to);
+	cJSON_AddBoolToObject(b, "noreplace", flags & RENAME_NOREPLACE);
+	cJSON_AddBoolToObject(b, "exchange", flags & RENAME_EXCHANGE);
+	return ext_path_call(s, "rename", "/api/x/rename", from, b, false, NULL);
+}
+
+static int ext_symlink(struct sbx *s, const char *target, const char *path, struct stat *st)
+{
+	cJSON *b = path_body(path);
+	cJSON_AddStringToObject(b, "target", target);
+	return ext_stat_call(s, "symlink", "/api/x/symlink", path, b, false, st, NULL);
+}
+
+static int ext_readlink(struct sbx *s, const char *path, char **target)
+{
+	cJSON *j;
+	int err = ext_path_call(s, "readlink", "/api/x/readlink", path, path_body(path), true, &j);
+	if (err)
+		return err;
+	const char *t = json_str(j, "target");
+	if (t)
+		*target = strdup(t);
+	cJSON_Delete(j);
+	if (!t)
+		return sbx_fail(-EPROTO, "readlink %s: the answer has no target", path);
+	return *target ? 0 : sbx_fail(-ENOMEM, "readlink %s: out of memory", path);
+}
+
+static int ext_link(struct sbx *s, const char *from, const char *to, struct stat *st)
+{
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "oldPath", from);
+	cJSON_AddStringToObject(b, "newPath", to);
+	return ext_stat_call(s, "link", "/api/x/link", to, b, false, st, NULL);
+}
+
+static int ext_statfs(struct sbx *s, const char *path, struct statvfs *sv)
+{
+	cJSON *j;
+	int err = ext_path_call(s, "statfs", "/api/x/statfs", path, path_body(path), true, &j);
+	if (err)
+		return err;
+	*sv = (struct statvfs){
+		.f_bsize = (unsigned long)json_int(j, "bsize", 4096),
+		.f_frsize = (unsigned long)json_int(j, "frsize", 4096),
+		.f_blocks = (fsblkcnt_t)json_int(j, "blocks", 0),
+		.f_bfree = (fsblkcnt_t)json_int(j, "bfree", 0),
+		.f_bavail = (fsblkcnt_t)json_int(j, "bavail", 0),
+		.f_files = (fsfilcnt_t)json_int(j, "files", 0),
+		.f_ffree = (fsfilcnt_t)json_int(j, "ffree", 0),
+		.f_favail = (fsfilcnt_t)json_int(j, "ffree", 0),
+		.f_namemax = (unsigned long)json_int(j, "namemax", 255),
+	};
+	cJSON_Delete(j);
+	return 0;
+}
+
+static void add_time(cJSON *b, const char *key, const struct timespec *ts)
+{
+	if (ts->tv_nsec == UTIME_OMIT)
+		return;
+	if (ts->tv_nsec == UTIME_NOW)
+		cJSON_AddStringToObject(b, key, "now");
+	else
+		cJSON_AddItemToObject(b, key, json_timespec(ts));
+}
+
+static void add_setattr_fields(cJSON *b, unsigned valid, const struct stat *want)
+{
+	if (valid & SBX_SET_MODE)
+		json_add_int(b, "mode", want->st_mode & 07777);
+	if (valid & SBX_SET_SIZE)
+		json_add_int(b, "size", want->st_size);
+	if (valid & SBX_SET_ATIME)
+		add_time(b, "atime", &want->st_atim);
+	if (valid & SBX_SET_MTIME)
+		add_time(b, "mtime", &want->st_mtim);
+	if (valid & SBX_SET_UID)
+		json_add_int(b, "uid", want->st_uid);
+	if (valid & SBX_SET_GID)
+		json_add_int(b, "gid", want->st_gid);
+}
+
+static int ext_setattr(struct sbx *s, const char *path, unsigned valid, const struct stat *want,
+		       struct stat *st)
+{
+	cJSON *b = path_body(path);
+	add_setattr_fields(b, valid, want);
+	return ext_stat_call(s, "setattr", "/api/x/setattr", path, b, false, st, NULL);
+}
+
+/* ---- ranged reads ---- */
+
+/* One /api/x/pread of at most PREAD_MAX bytes, by handle or by path. */
+static ssize_t pread_once(struct sbx *s, const char *what, const char *handle, const char *path,
+			  void *buf, size_t len, off_t off)
+{
+	cJSON *b = cJSON_CreateObject();
+	if (handle)
+		cJSON_AddStringToObject(b, "handle", handle);
+	else
+		cJSON_AddStringToObject(b, "path", path);
+	json_add_int(b, "offset", off);
+	json_add_int(b, "length", (int64_t)len);
+	char *text = json_print(b);
+	cJSON_Delete(b);
+	if (!text)
+		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	struct http_request req = {
+		.method = "POST",
+		.path = "/api/x/pread",
+		.body = text,
+		.body_len = strlen(text),
+		.idempotent = true,
+	};
+	struct http_response resp = { 0 };
+	ssize_t ret = http_request_sync(s->http, &req, &resp);
+	free(text);
+	if (ret)
+		ret = sbx_fail((int)ret, "%s: %s", what, resp.errmsg[0] ? resp.errmsg : strerror((int)-ret));
+	else if (resp.status != 200)
+		ret = sbx_fail_response(what, resp.status, resp.body, resp.body_len);
+	else if (resp.body_len > len)
+		ret = sbx_fail(-EPROTO, "%s: the server sent %zu bytes for %zu asked", what,
+			       resp.body_len, len);
+	else {
+		if (resp.body_len)
+			memcpy(buf, resp.body, resp.body_len);
+		ret = (ssize_t)resp.body_len;
+	}
+	http_response_clear(&resp);
+	return ret;
+}
+
+static ssize_t pread_chunked(struct sbx *s, const char *what, const char *handle,
+			     const char *path, void *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		size_t want = len - done > PREAD_MAX ? PREAD_MAX : len - done;
+		ssize_t n = pread_once(s, what, handle, path, (char *)buf + done, want,
+				       off + (off_t)done);
+		if (n < 0)
+			return done ? (ssize_t)done : n;
+		done += (size_t)n;
+		if ((size_t)n < want)
+			break;
+	}
+	return (ssize_t)done;
+}
+
+static ssize_t ext_pread_path(struct sbx *s, const char *path, void *buf, size_t len, off_t off)
+{
+	char what[64 + 4096];
+	snprintf(what, sizeof what, "read %s", path);
+	return pread_chunked(s, what, NULL, path, buf, len, off);
+}
+
+static int ext_read_all(struct sbx *s, const char *path, char **data, size_t *len)
+{
+	struct strbuf sb = STRBUF_INIT;
+	for (;;) {
+		strbuf_reserve(&sb, PREAD_MAX);
+		ssize_t n = ext_pread_path(s, path, sb.data + sb.len, PREAD_MAX, (off_t)sb.len);
+		if (n < 0) {
+			strbuf_free(&sb);
+			return (int)n;
+		}
+		sb.len += (size_t)n;
+		sb.data[sb.len] = 0;
+		if ((size_t)n < PREAD_MAX)
+			break;
+	}
+	if (!sb.data)
+		strbuf_reserve(&sb, 1);
+	*data = strbuf_detach(&sb, len);
+	return 0;
+}
+
+/* ---- open files ---- */
+
+struct ext_file {
+	struct sbx_file base;
+	pthread_mutex_t lock;
+	char *path;
+	int flags;
+	char *handle;       /* NULL while a read-only open is lazy */
+	char *wbuf;         /* write-behind buffer of WBUF_MAX bytes, allocated on first use */
+	size_t wlen;
+	off_t woff;
+	int pending_err;    /* a failed flush, until reported by flush/fsync/close */
+	char pending_msg[512];
+};
+
+static char *what_of(struct ext_file *f, const char *op, char *buf, size_t size)
+{
+	snprintf(buf, size, "%s %s", op, f->path);
+	return buf;
+}
+
+static int file_handle_call(struct ext_file *f, const char *op, const char *route, cJSON *b,
+			    bool idempotent, cJSON **out)
+{
+	char what[64 + 4096];
+	return sbx_call(f->base.s, what_of(f, op, what, sizeof what), "POST", route, b, idempotent,
+			0, out);
+}
+
+/* PUT /api/x/pwrite of len bytes at off; the whole of it or an error. */
+static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off)
+{
+	char what[64 + 4096];
+	what_of(f, "write", what, sizeof what);
+	char *h = http_urlencode(f->handle);
+	if (!h)
+		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	char route[256 + 64];
+	int rl = snprintf(route, sizeof route, "/api/x/pwrite?handle=%s&offset=%jd", h,
+			  (intmax_t)off);
+	free(h);
+	if (rl < 0 || (size_t)rl >= sizeof route)
+		return sbx_fail(-EPROTO, "%s: the server's handle id is too long", what);
+	struct http_request req = {
+		.method = "PUT",
+		.path = route,
+		.content_type = "application/octet-stream",
+		.body = data,
+		.body_len = len,
+		/* large bodies on slow links: at least the default, plus 1 s per MiB */
+		.timeout_ms = len > (8u << 20) ? 30000 + (long)(len >> 20) * 1000 : 0,
+	};
+	struct http_response resp = { 0 };
+	int err = http_request_sync(f->base.s->http, &req, &resp);
+	if (err) {
+		err = sbx_fail(err, "%s: %s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err));
+	} else if (resp.status < 200 || resp.status > 299) {
+		err = sbx_fail_response(what, resp.status, resp.body, resp.body_len);
+	} else {
+		cJSON *j = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
+		int64_t written = json_int(j, "written", -1);
+		cJSON_Delete(j);
+		if (written != (int64_t)len)
+			err = sbx_fail(-EIO, "%s: the server wrote %" PRId64 " of %zu bytes", what,
+				       written, len);
+	}
+	http_response_clear(&resp);
+	return err;
+}
+
+/* Sends the write-behind buffer; returns this attempt's error (and keeps it pending). */
+static int flush_locked(struct ext_file *f)
+{
+	if (!f->wlen)
+		return 0;
+	int err = put_bytes(f, f->wbuf, f->wlen, f->woff);
+	f->wlen = 0;
+	if (err && !f->pending_err) {
+		f->pending_err = err;
+		snprintf(f->pending_msg, sizeof f->pending_msg, "%s", sbx_last_error());
+	}
+	return err;
+}
+
+/* Reports (once) what went wrong with buffered data. */
+static int take_pending(struct ext_file *f)
+{
+	int err = f->pending_err;
+	if (err)
+		sbx_fail(err, "%s", f->pending_msg);
+	f->pending_err = 0;
+	return err;
+}
+
+static int open_handle(struct ext_file *f, int flags, mode_t mode, struct stat *st)
+{
+	cJSON *b = path_body(f->path);
+	int acc = flags & O_ACCMODE;
+	cJSON_AddStringToObject(b, "access", acc == O_RDWR ? "rw" : acc == O_WRONLY ? "w" : "r");
+	cJSON_AddBoolToObject(b, "create", flags & O_CREAT);
+	cJSON_AddBoolToObject(b, "exclusive", (flags & O_CREAT) && (flags & O_EXCL));
+	cJSON_AddBoolToObject(b, "truncate", flags & O_TRUNC);
+	cJSON_AddBoolToObject(b, "append", flags & O_APPEND);
+	json_add_int(b, "mode", mode & 07777);
+	cJSON *j;
+	int err = file_handle_call(f, "open", "/api/x/open", b, false, &j);
+	if (err)
+		return err;
+	const char *h = json_str(j, "handle");
+	if (!h) {
+		cJSON_Delete(j);
+		return sbx_fail(-EPROTO, "open %s: the answer has no handle", f->path);
+	}
+	f->handle = strdup(h);
+	if (st)
+		err = sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(j, "stat"), st, NULL);
+	cJSON_Delete(j);
+	return err;
+}
+
+static void ext_file_free(struct ext_file *f)
+{
+	pthread_mutex_destroy(&f->lock);
+	free(f->path);
+	free(f->handle);
+	free(f->wbuf);
+	free(f);
+}
+
+static int close_handle(struct ext_file *f)
+{
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "handle", f->handle);
+	cJSON *j;
+	int err = file_handle_call(f, "close", "/api/x/close", b, false, &j);
+	cJSON_Delete(j);
+	return err;
+}
+
+static int ext_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
+			 struct sbx_file **out, struct stat *st)
+{
+	struct ext_file *f = calloc(1, sizeof *f);
+	if (!f || !(f->path = strdup(path))) {
+		free(f);
+		return sbx_fail(-ENOMEM, "open %s: out of memory", path);
+	}
+	f->base.ops = &sbx_ext_ops;
+	f->base.s = s;
+	f->flags = flags;
+	pthread_mutex_init(&f->lock, NULL);
+	bool lazy = (flags & O_ACCMODE) == O_RDONLY && !(flags & (O_CREAT | O_TRUNC));
+	if (lazy) {
+		if (st)
+			st->st_mode = 0; /* attributes unknown: see sandbox.h */
+	} else {
+		int err = open_handle(f, flags, mode, st);
+		if (err) {
+			if (f->handle) {
+				char msg[512];
+				snprintf(msg, sizeof msg, "%s", sbx_last_error());
+				close_handle(f);
+				sbx_fail(err, "%s", msg);
+			}
+			ext_file_free(f);
+			return err;
+		}
+	}
+	*out = &f->base;
+	return 0;
+}
+
+static ssize_t ext_file_pread(struct sbx_file *base, void *buf, size_t len, off_t off)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	ssize_t n = flush_locked(f);
+	if (!n) {
+		char what[64 + 4096];
+		n = pread_chunked(base->s, what_of(f, "read", what, sizeof what), f->handle, f->path,
+				  buf, len, off);
+	}
+	pthread_mutex_unlock(&f->lock);
+	return n;
+}
+
+static ssize_t ext_file_pwrite(struct sbx_file *base, const void *buf, size_t len, off_t off)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	if ((f->flags & O_ACCMODE) == O_RDONLY)
+		return sbx_fail(-EBADF, "write %s: the file is open read-only", f->path);
+	if (!len)
+		return 0;
+	pthread_mutex_lock(&f->lock);
+	ssize_t ret = 0;
+	if (f->wlen && (off != f->woff + (off_t)f->wlen || f->wlen + len > WBUF_MAX))
+		ret = flush_locked(f);
+	if (ret)
+		goto out;
+	if (len >= WBUF_MAX) {
+		ret = put_bytes(f, buf, len, off);
+		goto out;
+	}
+	if (!f->wbuf && !(f->wbuf = malloc(WBUF_MAX))) {
+		ret = sbx_fail(-ENOMEM, "write %s: out of memory", f->path);
+		goto out;
+	}
+	if (!f->wlen)
+		f->woff = off;
+	memcpy(f->wbuf + f->wlen, buf, len);
+	f->wlen += len;
+	if (f->wlen == WBUF_MAX)
+		flush_locked(f); /* its error is pending: this write was accepted */
+out:
+	pthread_mutex_unlock(&f->lock);
+	return ret ? ret : (ssize_t)len;
+}
+
+static int ext_file_flush(struct sbx_file *base)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	flush_locked(f);
+	int err = take_pending(f);
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+static int ext_file_fsync(struct sbx_file *base, bool datasync)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	flush_locked(f);
+	int err = take_pending(f);
+	if (!err && f->handle) {
+		cJSON *b = cJSON_CreateObject();
+		cJSON_AddStringToObject(b, "handle", f->handle);
+		cJSON_AddBoolToObject(b, "datasync", datasync);
+		cJSON *j;
+		err = file_handle_call(f, "fsync", "/api/x/fsync", b, false, &j);
+		cJSON_Delete(j);
+	}
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+/* setattr on the handle when there is one (it works after unlink), else by path. */
+static int handle_setattr_locked(struct ext_file *f, unsigned valid, const struct stat *want,
+				 struct stat *st)
+{
+	int err = flush_locked(f);
+	if (err)
+		return err;
+	if (!f->handle)
+		return ext_setattr(f->base.s, f->path, valid, want, st);
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "handle", f->handle);
+	add_setattr_fields(b, valid, want);
+	cJSON *j;
+	err = file_handle_call(f, "setattr", "/api/x/setattr", b, false, &j);
+	if (!err && st)
+		err = sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(j, "stat"), st, NULL);
+	cJSON_Delete(j);
+	return err;
+}
+
+static int ext_file_fstat(struct sbx_file *base, struct stat *st)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	int err = f->handle ? handle_setattr_locked(f, 0, NULL, st) : ext_lstat(base->s, f->path, st, NULL);
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+static int ext_file_ftruncate(struct sbx_file *base, off_t size)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	struct stat want = { .st_size = size };
+	pthread_mutex_lock(&f->lock);
+	int err = handle_setattr_locked(f, SBX_SET_SIZE, &want, NULL);
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+static int ext_file_pin(struct sbx_file *base)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	int err = f->handle ? 0 : open_handle(f, O_RDONLY, 0, NULL);
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+static int ext_file_set_path(struct sbx_file *base, const char *path)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	char *p = strdup(path);
+	if (!p)
+		return sbx_fail(-ENOMEM, "rename %s: out of memory", f->path);
+	pthread_mutex_lock(&f->lock);
+	free(f->path);
+	f->path = p;
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
+static int ext_file_close(struct sbx_file *base)
+{
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	flush_locked(f);
+	int err = take_pending(f);
+	char msg[512];
+	snprintf(msg, sizeof msg, "%s", sbx_last_error());
+	if (f->handle && close_handle(f))
+		log_warn("%s", sbx_last_error());
+	pthread_mutex_unlock(&f->lock);
+	if (err)
+		sbx_fail(err, "%s", msg);
+	ext_file_free(f);
+	return err;
+}
+
+const struct sbx_ops sbx_ext_ops = {
+	.name = "extensions",
+	.lstat = ext_lstat,
+	.readdir = ext_readdir,
+	.mkdir = ext_mkdir,
+	.unlink = ext_unlink,
+	.rmdir = ext_rmdir,
+	.rename = ext_rename,
+	.symlink = ext_symlink,
+	.readlink = ext_readlink,
+	.link = ext_link,
+	.statfs = ext_statfs,
+	.setattr = ext_setattr,
+	.file_open = ext_file_open,
+	.file_pread = ext_file_pread,
+	.file_pwrite = ext_file_pwrite,
+	.file_flush = ext_file_flush,
+	.file_fsync = ext_file_fsync,
+	.file_fstat = ext_file_fstat,
+	.file_ftruncate = ext_file_ftruncate,
+	.file_pin = ext_file_pin,
+	.file_set_path = ext_file_set_path,
+	.file_close = ext_file_close,
+	.read_all = ext_read_all,
+	.pread_path = ext_pread_path,
+};

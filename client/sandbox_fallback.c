@@ -1,1 +1,873 @@
-/* placeholder */ typedef int sbx_placeholder_sandbox_fallback;
+/* The fallback backend: a plain container's standard routes only (docs/protocol.md,
+ * "Fallback").
+ *
+ * Metadata and POSIX operations run as one sessionless /api/execute each, with every argument
+ * shell-quoted: the operation itself (mkdir -m, mv -T, ln -s -T, chmod, touch -d @S.N, ...)
+ * chained with a `find -printf` of the result, so an operation and its new attributes cost one
+ * round trip. find prints NUL-separated fields and its output goes through `base64 -w0`, so
+ * names and symlink targets arrive byte-exact even though the container's JSON output is
+ * UTF-8 text. Errors come back as the tools' LC_ALL=C messages, which map to errnos through
+ * one table (sbx_errno_from_text).
+ *
+ * Open files are local temporary copies (unlinked at once, only the fd is kept): opening
+ * downloads the whole file (/api/read in base64; above the container's 32 MiB read limit,
+ * ranged `dd | base64` commands, which unlike /api/read/stream stay byte-exact for files the
+ * container would send as text); reads and writes go to the copy; flush uploads it whole with
+ * /api/write if it changed. An upload failure leaves the copy dirty, so every later flush
+ * retries and reports, and close reports it last. */
+#include "client/sandbox_impl.h"
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "client/shellquote.h"
+#include "common/base64.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include "common/strbuf.h"
+
+#define READ_MAX (32u << 20)        /* the container's /api/read limit */
+#define WRITE_MAX (96u << 20)       /* the container's body limit, as base64 */
+#define CHUNK (16u << 20)           /* one ranged read command */
+#define STAT_FIELDS 13
+/* inode, permission bits (octal, with setuid/setgid/sticky), type, links, uid, gid, size,
+ * 512-byte blocks, atime, mtime, ctime (seconds.fraction), name, symlink target */
+#define STAT_FMT "'%i\\0%m\\0%y\\0%n\\0%U\\0%G\\0%s\\0%b\\0%A@\\0%T@\\0%C@\\0%f\\0%l\\0'"
+
+/* Runs a helper command (sessionless, pipefail, C locale). On success *out holds stdout,
+ * base64-decoded when decode is set. A failure maps the command's stderr to an errno. */
+static int run(struct sbx *s, const char *what, const char *cmd, bool decode, char **out,
+	       size_t *out_len)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appends(&sb, "set -o pipefail; export LC_ALL=C; ");
+	strbuf_appends(&sb, cmd);
+	struct sbx_exec_result r;
+	int err = sbx_exec(s, sb.data, "/", SBX_HELPER_TIMEOUT_MS, &r);
+	strbuf_free(&sb);
+	if (err) {
+		char msg[512];
+		snprintf(msg, sizeof msg, "%s", sbx_last_error());
+		return sbx_fail(err, "%s: %s", what, msg);
+	}
+	if (r.exit_code != 0) {
+		/* first line of stderr is the tool's reason */
+		char *nl = memchr(r.err, '\n', r.err_len);
+		if (nl)
+			*nl = 0;
+		if (r.exit_code == 124 && !r.err[0])
+			err = sbx_fail(-ETIMEDOUT, "%s: the helper command timed out", what);
+		else if (!r.err[0])
+			err = sbx_fail(-EIO, "%s: the helper command failed with exit code %d", what,
+				       r.exit_code);
+		else
+			err = sbx_fail(-sbx_errno_from_text(r.err), "%s: %s", what, r.err);
+		sbx_exec_result_free(&r);
+		return err;
+	}
+	if (decode) {
+		char *d = malloc(base64_decoded_max(r.out_len) + 1);
+		ssize_t n = d ? base64_decode(r.out, r.out_len, d) : -1;
+		if (n < 0) {
+			free(d);
+			sbx_exec_result_free(&r);
+			return sbx_fail(d ? -EPROTO : -ENOMEM, "%s: undecodable helper output", what);
+		}
+		d[n] = 0;
+		free(r.out);
+		r.out = d;
+		r.out_len = (size_t)n;
+	}
+	if (out) {
+		*out = r.out;
+		*out_len = r.out_len;
+		r.out = NULL;
+	}
+	sbx_exec_result_free(&r);
+	return 0;
+}
+
+static void append_q(struct strbuf *sb, const char *s)
+{
+	shell_append_quoted(sb, s);
+}
+
+/* `find [-H] -- P -maxdepth 0 -printf FMT | base64 -w0` (the attributes of P itself) */
+static void append_stat_cmd(struct strbuf *sb, const char *path, bool follow)
+{
+	strbuf_appends(sb, follow ? "find -H -- " : "find -- ");
+	append_q(sb, path);
+	strbuf_appends(sb, " -maxdepth 0 -printf " STAT_FMT " | base64 -w0");
+}
+
+/* "1795319907.2832694200" -> timespec; false when malformed. */
+static bool parse_time(const char *s, struct timespec *ts)
+{
+	char *end;
+	bool neg = *s == '-';
+	long long sec = strtoll(s, &end, 10);
+	long ns = 0;
+	if (end == s)
+		return false;
+	if (*end == '.') {
+		long scale = 100000000L;
+		for (end++; *end >= '0' && *end <= '9'; end++, scale /= 10)
+			ns += (*end - '0') * scale;
+	}
+	if (*end)
+		return false;
+	if (neg && ns) {
+		sec--;
+		ns = 1000000000L - ns;
+	}
+	ts->tv_sec = (time_t)sec;
+	ts->tv_nsec = ns;
+	return true;
+}
+
+static mode_t type_bits(char y)
+{
+	switch (y) {
+	case 'f': return S_IFREG;
+	case 'd': return S_IFDIR;
+	case 'l': return S_IFLNK;
+	case 'b': return S_IFBLK;
+	case 'c': return S_IFCHR;
+	case 'p': return S_IFIFO;
+	case 's': return S_IFSOCK;
+	default: return 0;
+	}
+}
+
+/* One record of STAT_FMT output starting at *pos; advances *pos. name/target may be NULL. */
+static bool parse_record(const char *buf, size_t len, size_t *pos, struct stat *st, char **name,
+			 char **target)
+{
+	const char *f[STAT_FIELDS];
+	size_t p = *pos;
+	for (int i = 0; i < STAT_FIELDS; i++) {
+		const char *nul = p < len ? memchr(buf + p, 0, len - p) : NULL;
+		if (!nul)
+			return false;
+		f[i] = buf + p;
+		p = (size_t)(nul - buf) + 1;
+	}
+	*pos = p;
+	char *end;
+	*st = (struct stat){ 0 };
+	st->st_ino = (ino_t)strtoull(f[0], NULL, 10);
+	st->st_mode = (mode_t)strtoul(f[1], &end, 8) | type_bits(f[2][0]);
+	st->st_nlink = (nlink_t)strtoul(f[3], NULL, 10);
+	st->st_uid = (uid_t)strtoul(f[4], NULL, 10);
+	st->st_gid = (gid_t)strtoul(f[5], NULL, 10);
+	st->st_size = (off_t)strtoll(f[6], NULL, 10);
+	st->st_blocks = (blkcnt_t)strtoll(f[7], NULL, 10);
+	st->st_blksize = 4096;
+	if (!(st->st_mode & S_IFMT) || !parse_time(f[8], &st->st_atim) ||
+	    !parse_time(f[9], &st->st_mtim) || !parse_time(f[10], &st->st_ctim))
+		return false;
+	if (name)
+		*name = strdup(f[11]);
+	if (target)
+		*target = S_ISLNK(st->st_mode) ? strdup(f[12]) : NULL;
+	return true;
+}
+
+/* Runs "<pre> && <stat of path>" (or only the stat) and parses the one record. */
+static int run_then_stat(struct sbx *s, const char *what, const char *pre, const char *path,
+			 bool follow, struct stat *st, char **target)
+{
+	struct strbuf sb = STRBUF_INIT;
+	if (pre) {
+		strbuf_appends(&sb, pre);
+		if (!st && !target)
+			goto go;
+		strbuf_appends(&sb, " && ");
+	}
+	append_stat_cmd(&sb, path, follow);
+go:;
+	char *out = NULL;
+	size_t len = 0, pos = 0;
+	int err = run(s, what, sb.data, !pre || st || target, &out, &len);
+	strbuf_free(&sb);
+	if (!err && (st || target || !pre)) {
+		struct stat tmp;
+		if (!parse_record(out, len, &pos, st ? st : &tmp, NULL, target))
+			err = sbx_fail(-EPROTO, "%s: unexpected find output", what);
+	}
+	free(out);
+	return err;
+}
+
+static char *what_of(char *buf, size_t size, const char *op, const char *path)
+{
+	snprintf(buf, size, "%s %s", op, path);
+	return buf;
+}
+
+#define WHAT(op, path) what_of((char[64 + 4096]){ 0 }, 64 + 4096, op, path)
+
+static int fb_lstat(struct sbx *s, const char *path, struct stat *st, char **target)
+{
+	struct stat tmp;
+	return run_then_stat(s, WHAT("stat", path), NULL, path, false, st ? st : &tmp, target);
+}
+
+static int fb_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n)
+{
+	struct strbuf sb = STRBUF_INIT;
+	/* the trailing slash makes find fail with ENOTDIR on a non-directory */
+	char *dir = malloc(strlen(path) + 2);
+	if (!dir)
+		return sbx_fail(-ENOMEM, "readdir %s: out of memory", path);
+	strcpy(stpcpy(dir, path), "/");
+	strbuf_appends(&sb, "find -- ");
+	append_q(&sb, dir);
+	free(dir);
+	strbuf_appends(&sb, " -mindepth 1 -maxdepth 1 -printf " STAT_FMT " | base64 -w0");
+	char *out = NULL;
+	size_t len = 0, pos = 0, cnt = 0, cap = 0;
+	const char *what = WHAT("readdir", path);
+	int err = run(s, what, sb.data, true, &out, &len);
+	strbuf_free(&sb);
+	if (err)
+		return err;
+	struct sbx_dirent *e = NULL;
+	while (pos < len) {
+		if (cnt == cap) {
+			cap = cap ? cap * 2 : 16;
+			struct sbx_dirent *ne = realloc(e, cap * sizeof *e);
+			if (!ne) {
+				err = sbx_fail(-ENOMEM, "readdir %s: out of memory", path);
+				break;
+			}
+			e = ne;
+		}
+		if (!parse_record(out, len, &pos, &e[cnt].st, &e[cnt].name, &e[cnt].target)) {
+			err = sbx_fail(-EPROTO, "readdir %s: unexpected find output", path);
+			break;
+		}
+		cnt++;
+	}
+	free(out);
+	if (err) {
+		sbx_dirents_free(e, cnt);
+		return err;
+	}
+	*ents = e;
+	*n = cnt;
+	return 0;
+}
+
+static int fb_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appendf(&sb, "mkdir -m %o -- ", mode & 07777);
+	append_q(&sb, path);
+	int err = run_then_stat(s, WHAT("mkdir", path), sb.data, path, false, st, NULL);
+	strbuf_free(&sb);
+	return err;
+}
+
+/* A command of the form "<tool> -- 'a' ['b']" without output. */
+static int simple(struct sbx *s, const char *op, const char *tool, const char *a, const char *b)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appends(&sb, tool);
+	strbuf_appends(&sb, " -- ");
+	append_q(&sb, a);
+	if (b) {
+		strbuf_appends(&sb, " ");
+		append_q(&sb, b);
+	}
+	int err = run(s, WHAT(op, a), sb.data, false, NULL, NULL);
+	strbuf_free(&sb);
+	return err;
+}
+
+static int fb_unlink(struct sbx *s, const char *path)
+{
+	return simple(s, "unlink", "unlink", path, NULL);
+}
+
+static int fb_rmdir(struct sbx *s, const char *path)
+{
+	return simple(s, "rmdir", "rmdir", path, NULL);
+}
+
+static int fb_rename(struct sbx *s, const char *from, const char *to, unsigned flags)
+{
+	/* mv -n is a check-then-act race and mv cannot exchange: refuse, as sshfs does */
+	if (flags)
+		return sbx_fail(-EINVAL, "rename %s: flags %#x are not supported without the sbxd "
+				"extensions", from, flags);
+	return simple(s, "rename", "mv -T", from, to);
+}
+
+static int fb_symlink(struct sbx *s, const char *target, const char *path, struct stat *st)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appends(&sb, "ln -s -T -- ");
+	append_q(&sb, target);
+	strbuf_appends(&sb, " ");
+	append_q(&sb, path);
+	int err = run_then_stat(s, WHAT("symlink", path), sb.data, path, false, st, NULL);
+	strbuf_free(&sb);
+	return err;
+}
+
+static int fb_readlink(struct sbx *s, const char *path, char **target)
+{
+	struct stat st;
+	int err = fb_lstat(s, path, &st, target);
+	if (!err && !S_ISLNK(st.st_mode))
+		err = sbx_fail(-EINVAL, "readlink %s: not a symbolic link", path);
+	if (!err && !*target)
+		err = sbx_fail(-ENOMEM, "readlink %s: out of memory", path);
+	if (err) {
+		free(*target);
+		*target = NULL;
+	}
+	return err;
+}
+
+static int fb_link(struct sbx *s, const char *from, const char *to, struct stat *st)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appends(&sb, "ln -T -- ");
+	append_q(&sb, from);
+	strbuf_appends(&sb, " ");
+	append_q(&sb, to);
+	int err = run_then_stat(s, WHAT("link", to), sb.data, to, false, st, NULL);
+	strbuf_free(&sb);
+	return err;
+}
+
+static int fb_statfs(struct sbx *s, const char *path, struct statvfs *sv)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appends(&sb, "stat -f -c '%S %s %b %f %a %c %d %l' -- ");
+	append_q(&sb, path);
+	char *out = NULL;
+	size_t len;
+	const char *what = WHAT("statfs", path);
+	int err = run(s, what, sb.data, false, &out, &len);
+	strbuf_free(&sb);
+	if (err)
+		return err;
+	unsigned long long v[8];
+	if (sscanf(out, "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+		   &v[4], &v[5], &v[6], &v[7]) != 8) {
+		free(out);
+		return sbx_fail(-EPROTO, "%s: unexpected stat -f output", what);
+	}
+	free(out);
+	*sv = (struct statvfs){
+		.f_frsize = v[0],
+		.f_bsize = v[1],
+		.f_blocks = v[2],
+		.f_bfree = v[3],
+		.f_bavail = v[4],
+		.f_files = v[5],
+		.f_ffree = v[6],
+		.f_favail = v[6],
+		.f_namemax = v[7],
+	};
+	return 0;
+}
+
+/* `touch -c -h -a|-m [-d @S.N] -- P` for one time, nothing for UTIME_OMIT */
+static void append_touch(struct strbuf *sb, const char *flag, const struct timespec *ts,
+			 const char *path)
+{
+	if (ts->tv_nsec == UTIME_OMIT)
+		return;
+	if (sb->len)
+		strbuf_appends(sb, " && ");
+	strbuf_appendf(sb, "touch -c -h %s ", flag);
+	if (ts->tv_nsec != UTIME_NOW) {
+		long long sec = ts->tv_sec;
+		long ns = ts->tv_nsec;
+		if (sec < 0 && ns) /* -1 s + 0.5 s is "-0.5" */
+			strbuf_appendf(sb, "-d @-%lld.%09ld ", -(sec + 1), 1000000000L - ns);
+		else
+			strbuf_appendf(sb, "-d @%lld.%09ld ", sec, ns);
+	}
+	strbuf_appends(sb, "-- ");
+	append_q(sb, path);
+}
+
+static int fb_setattr(struct sbx *s, const char *path, unsigned valid, const struct stat *want,
+		      struct stat *st)
+{
+	struct strbuf sb = STRBUF_INIT;
+	/* chown first: it clears setuid/setgid, which a chmod in the same call may set again */
+	if (valid & (SBX_SET_UID | SBX_SET_GID)) {
+		strbuf_appends(&sb, "chown -h ");
+		if (valid & SBX_SET_UID)
+			strbuf_appendf(&sb, "%u", (unsigned)want->st_uid);
+		if (valid & SBX_SET_GID)
+			strbuf_appendf(&sb, ":%u", (unsigned)want->st_gid);
+		strbuf_appends(&sb, " -- ");
+		append_q(&sb, path);
+	}
+	if (valid & SBX_SET_MODE) {
+		strbuf_appendf(&sb, "%schmod %o -- ", sb.len ? " && " : "", want->st_mode & 07777);
+		append_q(&sb, path);
+	}
+	if (valid & SBX_SET_SIZE) {
+		strbuf_appendf(&sb, "%struncate -c -s %jd -- ", sb.len ? " && " : "",
+			       (intmax_t)want->st_size);
+		append_q(&sb, path);
+	}
+	/* after truncate, which sets mtime itself */
+	if (valid & SBX_SET_ATIME)
+		append_touch(&sb, "-a", &want->st_atim, path);
+	if (valid & SBX_SET_MTIME)
+		append_touch(&sb, "-m", &want->st_mtim, path);
+	struct stat tmp;
+	int err = run_then_stat(s, WHAT("setattr", path), sb.len ? sb.data : NULL, path, false,
+				st ? st : &tmp, NULL);
+	strbuf_free(&sb);
+	return err;
+}
+
+/* ---- whole-file and ranged reads ---- */
+
+/* Up to len bytes at off by `dd | base64` (no size limit, byte-exact). */
+static ssize_t read_range(struct sbx *s, const char *path, void *buf, size_t len, off_t off)
+{
+	struct strbuf sb = STRBUF_INIT;
+	strbuf_appendf(&sb, "dd bs=1M iflag=skip_bytes,count_bytes skip=%jd count=%zu status=none "
+		       "if=", (intmax_t)off, len);
+	append_q(&sb, path);
+	strbuf_appends(&sb, " | base64 -w0");
+	char *out = NULL;
+	size_t n = 0;
+	const char *what = WHAT("read", path);
+	int err = run(s, what, sb.data, true, &out, &n);
+	strbuf_free(&sb);
+	if (err)
+		return err;
+	if (n > len) {
+		free(out);
+		return sbx_fail(-EPROTO, "%s: more bytes than asked", what);
+	}
+	memcpy(buf, out, n);
+	free(out);
+	return (ssize_t)n;
+}
+
+static ssize_t fb_pread_path(struct sbx *s, const char *path, void *buf, size_t len, off_t off)
+{
+	size_t done = 0;
+	while (done < len) {
+		size_t want = len - done > CHUNK ? CHUNK : len - done;
+		ssize_t n = read_range(s, path, (char *)buf + done, want, off + (off_t)done);
+		if (n < 0)
+			return done ? (ssize_t)done : n;
+		done += (size_t)n;
+		if ((size_t)n < want)
+			break;
+	}
+	return (ssize_t)done;
+}
+
+/* /api/read in base64: 0 and the bytes; -EFBIG when the container refuses the size. */
+static int read_whole(struct sbx *s, const char *path, char **data, size_t *len)
+{
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "path", path);
+	cJSON_AddStringToObject(b, "encoding", "base64");
+	cJSON *j;
+	const char *what = WHAT("read", path);
+	int err = sbx_call(s, what, "POST", "/api/read", b, true, 0, &j);
+	if (err)
+		return err;
+	const char *c = json_str(j, "content"), *enc = json_str(j, "encoding");
+	if (!c) {
+		cJSON_Delete(j);
+		return sbx_fail(-EPROTO, "%s: the answer has no content", what);
+	}
+	size_t n = strlen(c);
+	bool b64 = !enc || strcmp(enc, "base64") == 0;
+	char *d = malloc((b64 ? base64_decoded_max(n) : n) + 1);
+	ssize_t m = !d ? -1 : b64 ? base64_decode(c, n, d) : (memcpy(d, c, n), (ssize_t)n);
+	cJSON_Delete(j);
+	if (m < 0) {
+		free(d);
+		return sbx_fail(d ? -EPROTO : -ENOMEM, "%s: undecodable content", what);
+	}
+	d[m] = 0;
+	*data = d;
+	*len = (size_t)m;
+	return 0;
+}
+
+static int fb_read_all(struct sbx *s, const char *path, char **data, size_t *len)
+{
+	int err = read_whole(s, path, data, len);
+	if (err != -EFBIG)
+		return err;
+	struct strbuf sb = STRBUF_INIT;
+	for (;;) {
+		strbuf_reserve(&sb, CHUNK);
+		ssize_t n = read_range(s, path, sb.data + sb.len, CHUNK, (off_t)sb.len);
+		if (n < 0) {
+			strbuf_free(&sb);
+			return (int)n;
+		}
+		sb.len += (size_t)n;
+		sb.data[sb.len] = 0;
+		if ((size_t)n < CHUNK)
+			break;
+	}
+	*data = strbuf_detach(&sb, len);
+	return 0;
+}
+
+/* ---- open files: local copies ---- */
+
+struct fb_file {
+	struct sbx_file base;
+	pthread_mutex_t lock;
+	char *path;
+	int flags;
+	int fd;
+	bool dirty;        /* the copy differs from what the sandbox has */
+	bool modified;     /* written since open: times come from the copy */
+	struct stat st;    /* attributes at open */
+};
+
+static int write_all_fd(int fd, const void *buf, size_t len, off_t off)
+{
+	while (len) {
+		ssize_t n = pwrite(fd, buf, len, off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		buf = (const char *)buf + n;
+		len -= (size_t)n;
+		off += n;
+	}
+	return 0;
+}
+
+static int make_temp(const char *what)
+{
+	const char *dirs[] = { getenv("TMPDIR"), "/var/tmp", "/tmp" };
+	for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
+		if (!dirs[i] || !*dirs[i])
+			continue;
+		char tmpl[PATH_MAX];
+		if (snprintf(tmpl, sizeof tmpl, "%s/sbxfs-XXXXXX", dirs[i]) >= (int)sizeof tmpl)
+			continue;
+		int fd = mkostemp(tmpl, O_CLOEXEC);
+		if (fd >= 0) {
+			unlink(tmpl);
+			return fd;
+		}
+	}
+	return sbx_fail(-errno, "%s: cannot create a local copy: %s", what, strerror(errno));
+}
+
+static int download(struct fb_file *f, const char *what)
+{
+	char *data = NULL;
+	size_t len = 0;
+	int err = read_whole(f->base.s, f->path, &data, &len);
+	if (!err) {
+		err = write_all_fd(f->fd, data, len, 0);
+		free(data);
+		return err ? sbx_fail(err, "%s: local copy: %s", what, strerror(-err)) : 0;
+	}
+	if (err != -EFBIG)
+		return err;
+	/* beyond /api/read's limit: ranged reads straight into the copy */
+	char *buf = malloc(CHUNK);
+	if (!buf)
+		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	off_t off = 0;
+	for (;;) {
+		ssize_t n = read_range(f->base.s, f->path, buf, CHUNK, off);
+		if (n < 0) {
+			err = (int)n;
+			break;
+		}
+		if ((err = write_all_fd(f->fd, buf, (size_t)n, off))) {
+			err = sbx_fail(err, "%s: local copy: %s", what, strerror(-err));
+			break;
+		}
+		off += n;
+		if ((size_t)n < CHUNK)
+			break;
+	}
+	free(buf);
+	return err;
+}
+
+/* Uploads the copy if it changed. */
+static int flush_locked(struct fb_file *f)
+{
+	if (!f->dirty)
+		return 0;
+	const char *what = WHAT("write", f->path);
+	struct stat lst;
+	if (fstat(f->fd, &lst))
+		return sbx_fail(-errno, "%s: local copy: %s", what, strerror(errno));
+	if ((uint64_t)lst.st_size > WRITE_MAX)
+		return sbx_fail(-EFBIG, "%s: %jd bytes is more than a container accepts in one write "
+				"(96 MiB); the sbxd extensions have no such limit", what,
+				(intmax_t)lst.st_size);
+	size_t len = (size_t)lst.st_size;
+	char *raw = malloc(len ? len : 1);
+	if (!raw)
+		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	for (size_t done = 0; done < len;) {
+		ssize_t n = pread(f->fd, raw + done, len - done, (off_t)done);
+		if (n <= 0) {
+			int e = n < 0 ? errno : EIO;
+			free(raw);
+			return sbx_fail(-e, "%s: local copy: %s", what, strerror(e));
+		}
+		done += (size_t)n;
+	}
+	/* the body is built by hand: the base64 text is the bulk and is written only once */
+	cJSON *jp = cJSON_CreateString(f->path);
+	char *qpath = json_print(jp);
+	cJSON_Delete(jp);
+	struct strbuf body = STRBUF_INIT;
+	strbuf_reserve(&body, base64_encoded_len(len) + strlen(qpath) + 64);
+	strbuf_appendf(&body, "{\"path\":%s,\"encoding\":\"base64\",\"content\":\"", qpath);
+	free(qpath);
+	body.len += base64_encode(raw, len, body.data + body.len);
+	free(raw);
+	strbuf_appends(&body, "\"}");
+	struct http_request req = {
+		.method = "POST",
+		.path = "/api/write",
+		.body = body.data,
+		.body_len = body.len,
+		.timeout_ms = len > (8u << 20) ? 30000 + (long)(len >> 20) * 1000 : 0,
+	};
+	struct http_response resp = { 0 };
+	int err = http_request_sync(f->base.s->http, &req, &resp);
+	strbuf_free(&body);
+	if (err)
+		err = sbx_fail(err, "%s: %s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err));
+	else if (resp.status < 200 || resp.status > 299)
+		err = sbx_fail_response(what, resp.status, resp.body, resp.body_len);
+	else
+		f->dirty = false;
+	http_response_clear(&resp);
+	return err;
+}
+
+static void fb_file_free(struct fb_file *f)
+{
+	if (f->fd >= 0)
+		close(f->fd);
+	pthread_mutex_destroy(&f->lock);
+	free(f->path);
+	free(f);
+}
+
+/* The shell part of open: O_CREAT/O_EXCL/O_TRUNC with open(2)'s errors; nothing if none. */
+static void append_open_cmd(struct strbuf *sb, const char *path, int flags, mode_t mode)
+{
+	struct strbuf q = STRBUF_INIT;
+	shell_append_quoted(&q, path);
+	unsigned m = mode & 07777;
+	const char *p = q.data;
+	if ((flags & O_CREAT) && (flags & O_EXCL))
+		/* noclobber makes the redirection O_EXCL: EEXIST even for a dangling symlink */
+		strbuf_appendf(sb, "set -C && : > %s && chmod %o -- %s", p, m, p);
+	else if ((flags & O_CREAT) && (flags & O_TRUNC))
+		strbuf_appendf(sb, "if [ -e %s ]; then : > %s; else : > %s && chmod %o -- %s; fi",
+			       p, p, p, m, p);
+	else if (flags & O_CREAT)
+		strbuf_appendf(sb, "if [ ! -e %s ]; then : > %s && chmod %o -- %s; fi", p, p, m, p);
+	else if (flags & O_TRUNC)
+		strbuf_appendf(sb, "if [ -e %s ]; then : > %s; else echo 'open: No such file or "
+			       "directory' >&2; exit 1; fi", p, p);
+	strbuf_free(&q);
+}
+
+static int fb_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
+			struct sbx_file **out, struct stat *st)
+{
+	const char *what = WHAT("open", path);
+	struct fb_file *f = calloc(1, sizeof *f);
+	if (!f || !(f->path = strdup(path))) {
+		free(f);
+		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	}
+	f->base.ops = &sbx_fallback_ops;
+	f->base.s = s;
+	f->flags = flags;
+	f->fd = -1;
+	pthread_mutex_init(&f->lock, NULL);
+	struct strbuf sb = STRBUF_INIT;
+	append_open_cmd(&sb, path, flags, mode);
+	int err = run_then_stat(s, what, sb.len ? sb.data : NULL, path, true, &f->st, NULL);
+	strbuf_free(&sb);
+	if (!err && S_ISDIR(f->st.st_mode))
+		err = sbx_fail(-EISDIR, "%s: is a directory", what);
+	if (!err && (f->fd = make_temp(what)) < 0)
+		err = f->fd;
+	if (!err && !(flags & O_TRUNC) && f->st.st_size > 0)
+		err = download(f, what);
+	if (err) {
+		fb_file_free(f);
+		return err;
+	}
+	if (st)
+		*st = f->st;
+	*out = &f->base;
+	return 0;
+}
+
+static ssize_t fb_file_pread(struct sbx_file *base, void *buf, size_t len, off_t off)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	if ((f->flags & O_ACCMODE) == O_WRONLY)
+		return sbx_fail(-EBADF, "read %s: the file is open write-only", f->path);
+	for (;;) {
+		ssize_t n = pread(f->fd, buf, len, off);
+		if (n >= 0 || errno != EINTR)
+			return n >= 0 ? n : sbx_fail(-errno, "read %s: local copy: %s", f->path,
+						    strerror(errno));
+	}
+}
+
+static ssize_t fb_file_pwrite(struct sbx_file *base, const void *buf, size_t len, off_t off)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	if ((f->flags & O_ACCMODE) == O_RDONLY)
+		return sbx_fail(-EBADF, "write %s: the file is open read-only", f->path);
+	if ((uint64_t)off + len > WRITE_MAX)
+		return sbx_fail(-EFBIG, "write %s: beyond 96 MiB, more than a container accepts in "
+				"one write", f->path);
+	pthread_mutex_lock(&f->lock);
+	int err = write_all_fd(f->fd, buf, len, off);
+	if (!err)
+		f->dirty = f->modified = true;
+	pthread_mutex_unlock(&f->lock);
+	if (err)
+		return sbx_fail(err, "write %s: local copy: %s", f->path, strerror(-err));
+	return (ssize_t)len;
+}
+
+static int fb_file_flush(struct sbx_file *base)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	pthread_mutex_lock(&f->lock);
+	int err = flush_locked(f);
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+static int fb_file_fsync(struct sbx_file *base, bool datasync)
+{
+	(void)datasync; /* /api/write is the only way to the sandbox's disk */
+	return fb_file_flush(base);
+}
+
+static int fb_file_fstat(struct sbx_file *base, struct stat *st)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	struct stat lst;
+	pthread_mutex_lock(&f->lock);
+	int err = fstat(f->fd, &lst) ? -errno : 0;
+	if (!err) {
+		*st = f->st;
+		st->st_size = lst.st_size;
+		st->st_blocks = lst.st_blocks;
+		if (f->modified) {
+			st->st_mtim = lst.st_mtim;
+			st->st_ctim = lst.st_ctim;
+		}
+	}
+	pthread_mutex_unlock(&f->lock);
+	return err ? sbx_fail(err, "fstat %s: local copy: %s", f->path, strerror(-err)) : 0;
+}
+
+static int fb_file_ftruncate(struct sbx_file *base, off_t size)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	if ((f->flags & O_ACCMODE) == O_RDONLY)
+		return sbx_fail(-EBADF, "truncate %s: the file is open read-only", f->path);
+	if ((uint64_t)size > WRITE_MAX)
+		return sbx_fail(-EFBIG, "truncate %s: beyond 96 MiB, more than a container accepts "
+				"in one write", f->path);
+	pthread_mutex_lock(&f->lock);
+	int err = ftruncate(f->fd, size) ? -errno : 0;
+	if (!err)
+		f->dirty = f->modified = true;
+	pthread_mutex_unlock(&f->lock);
+	return err ? sbx_fail(err, "truncate %s: local copy: %s", f->path, strerror(-err)) : 0;
+}
+
+static int fb_file_pin(struct sbx_file *base)
+{
+	(void)base; /* the local copy already outlives the path */
+	return 0;
+}
+
+static int fb_file_set_path(struct sbx_file *base, const char *path)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	char *p = strdup(path);
+	if (!p)
+		return sbx_fail(-ENOMEM, "rename %s: out of memory", f->path);
+	pthread_mutex_lock(&f->lock);
+	free(f->path);
+	f->path = p;
+	pthread_mutex_unlock(&f->lock);
+	return 0;
+}
+
+static int fb_file_close(struct sbx_file *base)
+{
+	struct fb_file *f = (struct fb_file *)base;
+	pthread_mutex_lock(&f->lock);
+	int err = flush_locked(f);
+	pthread_mutex_unlock(&f->lock);
+	fb_file_free(f);
+	return err;
+}
+
+const struct sbx_ops sbx_fallback_ops = {
+	.name = "fallback",
+	.lstat = fb_lstat,
+	.readdir = fb_readdir,
+	.mkdir = fb_mkdir,
+	.unlink = fb_unlink,
+	.rmdir = fb_rmdir,
+	.rename = fb_rename,
+	.symlink = fb_symlink,
+	.readlink = fb_readlink,
+	.link = fb_link,
+	.statfs = fb_statfs,
+	.setattr = fb_setattr,
+	.file_open = fb_file_open,
+	.file_pread = fb_file_pread,
+	.file_pwrite = fb_file_pwrite,
+	.file_flush = fb_file_flush,
+	.file_fsync = fb_file_fsync,
+	.file_fstat = fb_file_fstat,
+	.file_ftruncate = fb_file_ftruncate,
+	.file_pin = fb_file_pin,
+	.file_set_path = fb_file_set_path,
+	.file_close = fb_file_close,
+	.read_all = fb_read_all,
+	.pread_path = fb_pread_path,
+};

@@ -1,0 +1,80 @@
+/* Between sandbox.c (the public API, probe, exec, watch) and its two backends: the operation
+ * table each backend fills, the shared state of a sandbox, and the helpers both use. */
+#ifndef SBX_SANDBOX_IMPL_H
+#define SBX_SANDBOX_IMPL_H
+#include <stdatomic.h>
+#include "client/sandbox.h"
+
+struct cJSON;
+
+struct sbx_ops {
+	const char *name;
+	int (*lstat)(struct sbx *s, const char *path, struct stat *st, char **target);
+	int (*readdir)(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n);
+	int (*mkdir)(struct sbx *s, const char *path, mode_t mode, struct stat *st);
+	int (*unlink)(struct sbx *s, const char *path);
+	int (*rmdir)(struct sbx *s, const char *path);
+	int (*rename)(struct sbx *s, const char *from, const char *to, unsigned flags);
+	int (*symlink)(struct sbx *s, const char *target, const char *path, struct stat *st);
+	int (*readlink)(struct sbx *s, const char *path, char **target);
+	int (*link)(struct sbx *s, const char *from, const char *to, struct stat *st);
+	int (*statfs)(struct sbx *s, const char *path, struct statvfs *sv);
+	int (*setattr)(struct sbx *s, const char *path, unsigned valid, const struct stat *want,
+		       struct stat *st);
+
+	int (*file_open)(struct sbx *s, const char *path, int flags, mode_t mode,
+			 struct sbx_file **out, struct stat *st);
+	ssize_t (*file_pread)(struct sbx_file *f, void *buf, size_t len, off_t off);
+	ssize_t (*file_pwrite)(struct sbx_file *f, const void *buf, size_t len, off_t off);
+	int (*file_flush)(struct sbx_file *f);
+	int (*file_fsync)(struct sbx_file *f, bool datasync);
+	int (*file_fstat)(struct sbx_file *f, struct stat *st);
+	int (*file_ftruncate)(struct sbx_file *f, off_t size);
+	int (*file_pin)(struct sbx_file *f);
+	int (*file_set_path)(struct sbx_file *f, const char *path);
+	int (*file_close)(struct sbx_file *f);
+
+	int (*read_all)(struct sbx *s, const char *path, char **data, size_t *len);
+	ssize_t (*pread_path)(struct sbx *s, const char *path, void *buf, size_t len, off_t off);
+};
+
+extern const struct sbx_ops sbx_ext_ops;
+extern const struct sbx_ops sbx_fallback_ops;
+
+struct sbx {
+	struct http_client *http;
+	_Atomic(const struct sbx_ops *) ops;
+	struct sbx_info info;
+	bool heartbeats; /* the server sends SSE keepalives (sbxd): streams get an idle timeout */
+	char *server, *version, *sandbox_id;
+};
+
+/* Every backend's open file starts with this, so the public calls dispatch on the backend that
+ * opened the file even after sbx_force_fallback(). */
+struct sbx_file {
+	const struct sbx_ops *ops;
+	struct sbx *s;
+};
+
+/* Records this thread's readable reason and returns err (a negative errno). */
+int sbx_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* One JSON round trip: sends body (consumed, may be NULL for a GET), returns 0 with *out set
+ * (caller frees) for a 2xx answer, else a negative errno with sbx_last_error() set to
+ * "<what>: <server's message>". timeout_ms 0 = the client's default. */
+int sbx_call(struct sbx *s, const char *what, const char *method, const char *path,
+	     struct cJSON *body, bool idempotent, long timeout_ms, struct cJSON **out);
+/* The errno of a non-2xx response (its JSON error body, or the HTTP status), with the reason
+ * recorded as for sbx_call. */
+int sbx_fail_response(const char *what, long status, const char *body, size_t body_len);
+/* The errno a shell tool's LC_ALL=C message stands for ("mv: ...: Directory not empty" ->
+ * ENOTEMPTY); EIO when nothing matches. */
+int sbx_errno_from_text(const char *text);
+
+/* The "stat" object of an answer (plus its "target" for symlinks, caller frees). */
+int sbx_parse_stat(const struct cJSON *obj, struct stat *st, char **target);
+
+/* A sandbox's helper commands (the fallback's POSIX operations): default command timeout and
+ * the HTTP deadline that covers it. */
+#define SBX_HELPER_TIMEOUT_MS 30000L
+#endif
