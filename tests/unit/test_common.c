@@ -195,7 +195,8 @@ static int shell_roundtrip(const char *s)
 	size_t n;
 	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
 		strbuf_append(&out, buf, n);
-	ok = pclose(f) == 0 && ok && out.len == strlen(s) && memcmp(out.data, s, out.len) == 0;
+	ok = pclose(f) == 0 && ok && out.len == strlen(s) &&
+	     (!out.len || memcmp(out.data, s, out.len) == 0);
 	strbuf_free(&out);
 	return ok;
 }
