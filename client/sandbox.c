@@ -69,6 +69,7 @@ static const struct {
 	{ "Too many links", EMLINK },
 	{ "File too large", EFBIG },
 	{ "Device or resource busy", EBUSY },
+	{ "timed out", ETIMEDOUT },
 	/* Node-style texts of the container's native file routes */
 	{ "ENOENT", ENOENT },
 	{ "ENOTDIR", ENOTDIR },

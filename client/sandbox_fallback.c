@@ -49,7 +49,7 @@ static int run(struct sbx *s, const char *what, const char *cmd, bool decode, ch
 	strbuf_appends(&sb, "set -o pipefail; export LC_ALL=C; ");
 	strbuf_appends(&sb, cmd);
 	struct sbx_exec_result r;
-	int err = sbx_exec(s, sb.data, "/", SBX_HELPER_TIMEOUT_MS, &r);
+	int err = sbx_exec(s, sb.data, NULL, SBX_HELPER_TIMEOUT_MS, &r);
 	strbuf_free(&sb);
 	if (err) {
 		char msg[512];
