@@ -85,7 +85,7 @@ struct http_stream {
 	struct sse_parser *parser;
 	long idle_timeout_ms;
 	int64_t last_activity;
-	bool got_bytes;
+	bool responded;            /* headers arrived: the request deadline no longer applies */
 	int end_err;               /* set by the write callback when it aborts the transfer */
 	bool consumer_stopped;
 	atomic_bool cancel;
@@ -286,6 +286,8 @@ static void xfer_release(struct xfer *x)
 	strbuf_free(&x->resp);
 }
 
+static size_t stream_header(char *ptr, size_t size, size_t n, void *ud);
+
 /* Network thread: an easy handle configured for x (pooled ones are reset first). */
 static CURL *easy_setup(struct http_client *c, struct xfer *x, curl_write_callback write_cb)
 {
@@ -315,19 +317,24 @@ static CURL *easy_setup(struct http_client *c, struct xfer *x, curl_write_callba
 	if (c->ca_file)
 		curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
 
-	bool get = strcmp(x->method, "GET") == 0;
-	if (x->body || strcmp(x->method, "POST") == 0) {
+	bool post = strcmp(x->method, "POST") == 0;
+	if (x->body || post) {
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body ? x->body : "");
-	} else if (get) {
+		if (!post)
+			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, x->method);
+	} else if (strcmp(x->method, "GET") == 0) {
 		curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-	}
-	if (strcmp(x->method, "HEAD") == 0)
+	} else if (strcmp(x->method, "HEAD") == 0) {
 		curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-	else if (!get && strcmp(x->method, "POST") != 0)
+	} else {
 		curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, x->method);
-	if (x->kind == XFER_STREAM)
+	}
+	if (x->kind == XFER_STREAM) {
 		curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+		curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, stream_header);
+		curl_easy_setopt(e, CURLOPT_HEADERDATA, x);
+	}
 	return e;
 }
 
@@ -528,8 +535,11 @@ static void request_done(struct http_client *c, struct xfer *x, CURLcode rc)
 		}
 		/* Only worth it when the next attempt starts with some time left to run. */
 		if (now + delay + 10 < x->deadline) {
-			log_debug("http: %s %s: %s, retry %d in %ld ms", x->method, x->url,
-				  err ? msg : "busy", x->attempts, delay);
+			if (err)
+				log_debug("http: %s, retry %d in %ld ms", msg, x->attempts, delay);
+			else
+				log_debug("http: %s %s: HTTP %ld, retry %d in %ld ms", x->method,
+					  x->url, x->status, x->attempts, delay);
 			x->retry_at = now + delay;
 			list_push(&c->timers, x);
 			return;
@@ -544,7 +554,7 @@ static size_t stream_write(char *ptr, size_t size, size_t n, void *ud)
 	struct http_stream *s = ud;
 	size_t len = size * n;
 	s->last_activity = now_ms();
-	s->got_bytes = true;
+	s->responded = true;
 	if (!s->x.status)
 		curl_easy_getinfo(s->x.easy, CURLINFO_RESPONSE_CODE, &s->x.status);
 	if (s->x.status != 200) {
@@ -560,6 +570,15 @@ static size_t stream_write(char *ptr, size_t size, size_t n, void *ud)
 		s->end_err = -EPROTO;
 	}
 	return r || atomic_load(&s->cancel) ? 0 : len;
+}
+
+/* Headers count as activity too: a quiet stream that answered is alive, not late. */
+static size_t stream_header(char *ptr, size_t size, size_t n, void *ud)
+{
+	struct http_stream *s = ud;
+	s->last_activity = now_ms();
+	s->responded = true;
+	return size * n;
 }
 
 static int stream_event(void *arg, const struct sse_event *ev)
@@ -614,7 +633,7 @@ static int64_t check_streams(struct http_client *c, int64_t now)
 		} else {
 			if (s->idle_timeout_ms)
 				due = s->last_activity + s->idle_timeout_ms;
-			if (!s->got_bytes && x->deadline < due)
+			if (!s->responded && x->deadline < due)
 				due = x->deadline;
 			if (now >= due)
 				err = -ETIMEDOUT;

@@ -190,6 +190,11 @@ static bool handle(int fd, const struct req *r)
 		}
 		return false;
 	}
+	if (strcmp(p, "/sse-quiet") == 0) {
+		if (sse_start(fd))
+			wait_hangup(fd);
+		return false;
+	}
 	if (strcmp(p, "/sse-404") == 0)
 		return json_respond(fd, 404, "{\"code\":\"FILE_NOT_FOUND\",\"message\":\"no such "
 				    "stream\"}");
@@ -356,6 +361,10 @@ static void test_basic(struct http_client *c)
 	cJSON_Delete(j);
 	CHECK(http_json(c, "DELETE", "/echo", body, 0, false, &j, NULL) == 0);
 	CHECK_STR(json_str(j, "method"), "DELETE");
+	cJSON_Delete(j);
+	CHECK(http_json(c, "GET", "/echo", body, 0, true, &j, NULL) == 0);
+	CHECK_STR(json_str(j, "method"), "GET");
+	CHECK(json_int(j, "len", 0) > 0);
 	cJSON_Delete(j);
 	cJSON_Delete(body);
 
@@ -696,6 +705,24 @@ static void test_stream_end_and_errors(struct http_client *c)
 	sleep_ms(100);
 	CHECK(r.nevents == 3 && r.end_calls == 1 && r.end_err == 0);
 	http_stream_close(s);
+	srec_free(&r);
+
+	/* The request deadline bounds the wait for an answer, not a quiet stream that answered. */
+	struct http_request req = { .method = "GET", .path = "/hang", .timeout_ms = 200 };
+	srec_init(&r);
+	int64_t t0 = now_ms();
+	s = http_stream_open(c, &req, &sops, &r, 0);
+	CHECK(srec_wait(&r, 0, true, 3000));
+	CHECK(r.end_err == -ETIMEDOUT && r.end_at - t0 >= 190 && r.end_at - t0 < 1000);
+	http_stream_close(s);
+	srec_free(&r);
+	req.path = "/sse-quiet";
+	srec_init(&r);
+	s = http_stream_open(c, &req, &sops, &r, 0);
+	sleep_ms(500);
+	CHECK(r.end_calls == 0);
+	http_stream_close(s);
+	CHECK(r.end_calls == 1 && r.end_err == -ECANCELED && r.end_status == 200);
 	srec_free(&r);
 
 	int port;
