@@ -1,0 +1,124 @@
+"""Fixtures: a real sbxd and a real sbxfs mount per test module and mode.
+
+Every test that uses them is run in both modes unless --mode says otherwise:
+  ext       sbxd with its /api/x extensions (the normal case)
+  fallback  sbxd --no-extensions, as a plain Cloudflare container; sbxfs finds out by itself
+A test fails when sbxd or sbxfs print an error line or a sanitizer report while it runs, and
+the module's last test fails when either exits uncleanly at teardown.
+"""
+import os
+import re
+
+import pytest
+
+from util import Sandbox, sh
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODES = ('ext', 'fallback')
+
+
+def pytest_addoption(parser):
+    parser.addoption('--build-dir', default=os.environ.get('SBXFS_BUILD_DIR',
+                                                           os.path.join(REPO, 'build')),
+                     help='meson build directory holding src/sbxd and src/sbxfs')
+    parser.addoption('--mode', default='all', choices=MODES + ('all',),
+                     help='backend mode to test (default: both)')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers',
+                            'expect_errors: the test provokes error lines in the logs')
+
+
+def pytest_generate_tests(metafunc):
+    if 'mode' in metafunc.fixturenames:
+        m = metafunc.config.getoption('--mode')
+        metafunc.parametrize('mode', MODES if m == 'all' else (m,), scope='module')
+
+
+@pytest.fixture(scope='session')
+def build_dir(request):
+    return os.path.abspath(request.config.getoption('--build-dir'))
+
+
+def _start(build_dir, mode, *mount_opts):
+    sbx = Sandbox(build_dir, mode)
+    try:
+        sbx.start_server()
+        sbx.mount(*mount_opts)
+    except BaseException:
+        sbx.close()
+        raise
+    return sbx
+
+
+def _finish(sbx):
+    problems = sbx.close()
+    if problems:
+        pytest.fail('\n\n'.join(problems), pytrace=False)
+    sbx.remove()
+
+
+@pytest.fixture(scope='module')
+def sbx(build_dir, mode):
+    """sbxd on a fresh workspace, mounted; shared by the tests of one module and mode."""
+    s = _start(build_dir, mode)
+    yield s
+    _finish(s)
+
+
+@pytest.fixture
+def fresh_sbx(build_dir, mode):
+    """Like sbx but for one test only: for tests that kill, stop or restart things.
+    Call fresh_sbx(*mount_options) to start it."""
+    made = []
+
+    def start(*mount_opts):
+        s = _start(build_dir, mode, *mount_opts)
+        made.append(s)
+        return s
+    yield start
+    for s in made:
+        _finish(s)
+
+
+@pytest.fixture(autouse=True)
+def check_logs(request):
+    """Fails the test when sbxd or sbxfs complain while it runs."""
+    names = [n for n in ('sbx',) if n in request.fixturenames]
+    sbxs = [request.getfixturevalue(n) for n in names]
+    before = [s.log_sizes() for s in sbxs]
+    yield
+    expected = request.node.get_closest_marker('expect_errors') is not None
+    complaints = []
+    for s, b in zip(sbxs, before):
+        complaints += s.log_complaints(since=b, errors_expected=expected)
+    if complaints:
+        pytest.fail('\n\n'.join(complaints), pytrace=False)
+
+
+class Dir:
+    """A fresh directory for one test, seen three ways: through the mount (m), on the host
+    (h) and inside the sandbox (rel, relative to /workspace)."""
+
+    def __init__(self, sbx, name):
+        self.sbx = sbx
+        self.rel = name
+        self.m = os.path.join(sbx.ws, name)
+        self.h = os.path.join(sbx.workspace, name)
+
+    def sh(self, cmd, **kw):
+        """Runs a shell command with the test directory in the mount as cwd."""
+        return sh(cmd, cwd=self.m, **kw)
+
+    def execute(self, cmd, **kw):
+        """Runs a command inside the sandbox with the test directory as cwd."""
+        return self.sbx.execute("cd '%s' && %s" % (self.rel, cmd), **kw)
+
+
+@pytest.fixture
+def d(sbx, request):
+    name = re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)[:80]
+    t = Dir(sbx, name)
+    os.mkdir(t.m)
+    return t

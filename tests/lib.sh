@@ -1,0 +1,74 @@
+# Shared by ./bootstrap and ./run-tests (sourced, not run): the Debian packages the project
+# needs and the one function that installs the missing ones.
+
+# build: compiler, meson, the libraries' headers
+SBX_PKGS_BUILD="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev libcurl4-openssl-dev
+	libcjson-dev libmicrohttpd-dev"
+# run: fusermount3 and the FUSE helpers; bwrap isolates sbxd's commands
+SBX_PKGS_RUN="fuse3 bubblewrap"
+# tests: pytest with per-test timeouts, and the tools the tests drive as a user would
+SBX_PKGS_TEST="python3 python3-pytest python3-pytest-timeout vim git tar gzip diffutils
+	findutils coreutils procps"
+
+sbx_say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+sbx_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs its arguments as root: directly when we are root, else through sudo.
+sbx_as_root()
+{
+	if [ "$(id -u)" -eq 0 ]; then
+		"$@"
+	elif command -v sudo >/dev/null; then
+		sudo "$@"
+	else
+		sbx_die "need root to run: $* (install sudo or run as root)"
+	fi
+}
+
+# A package counts as present when dpkg says "install ok installed". vim is satisfied by any
+# Debian variant that provides the vim command (vim-nox, vim-gtk3...; vim-tiny does not).
+sbx_missing_packages()
+{
+	local p missing=()
+	for p in $*; do
+		[ "$p" = vim ] && command -v vim >/dev/null && continue
+		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
+			missing+=("$p")
+	done
+	echo "${missing[*]}"
+}
+
+# Installs what is missing of the given package lists; quiet unless apt fails.
+sbx_install_packages()
+{
+	command -v dpkg-query >/dev/null || sbx_die "not a Debian system: install by hand: $*"
+	local missing log
+	missing=$(sbx_missing_packages "$@")
+	[ -z "$missing" ] && return 0
+	sbx_say "installing Debian packages: $missing"
+	log=$(mktemp)
+	if ! sbx_as_root env DEBIAN_FRONTEND=noninteractive apt-get -q update >"$log" 2>&1 ||
+	   ! sbx_as_root env DEBIAN_FRONTEND=noninteractive apt-get -q -y \
+			--no-install-recommends install $missing >>"$log" 2>&1; then
+		cat "$log" >&2
+		rm -f "$log"
+		sbx_die "apt-get failed (output above)"
+	fi
+	rm -f "$log"
+}
+
+# Configures DIR (meson setup on first use, option changes afterwards) and builds it.
+sbx_build()
+{
+	local dir=$1; shift
+	local log
+	if [ -f "$dir/build.ninja" ]; then
+		meson configure "$dir" "$@" >/dev/null || sbx_die "meson configure $dir failed"
+	else
+		log=$(mktemp)
+		meson setup "$dir" "$@" >"$log" 2>&1 ||
+			{ cat "$log" >&2; rm -f "$log"; sbx_die "meson setup $dir failed"; }
+		rm -f "$log"
+	fi
+	ninja -C "$dir" || sbx_die "build in $dir failed"
+}
