@@ -1,1 +1,526 @@
-/* placeholder */ typedef int sbxd_placeholder_httpd;
+/* The HTTP layer: request accumulation, routing, authentication, replies and SSE pumping.
+ *
+ * libmicrohttpd runs one thread per connection. The access handler is called once when the
+ * headers are in (route lookup, token check, Content-Length check: failures are answered at
+ * once and MHD drops the unread body), then once per body fragment, then once more with an
+ * empty fragment: only then does the route handler run, synchronously, on the connection's
+ * thread. A struct req lives from the first call until MHD's completion callback, which also
+ * logs the request.
+ *
+ * SSE responses are pulled by MHD through a content reader that runs on the connection's
+ * thread too. It asks the source for events in slices of at most one second (so a stopping
+ * server is noticed quickly), and after 15 s of nothing it sends a ": keepalive" comment. The
+ * reader never returns 0 bytes, which MHD would treat as "call again at once" (a busy loop). */
+#include "server/httpd.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include "common/errnames.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include "server/server.h"
+
+#define BODY_MAX (128u << 20)
+#define SSE_SLICE_MS 1000
+#define SSE_KEEPALIVE_MS 15000
+
+struct req {
+	struct MHD_Connection *conn;
+	const char *method;
+	const char *path;
+	const struct route *route;
+	const char *path_arg;
+	struct strbuf body;
+	bool too_large;
+	cJSON *json;
+	bool replied;
+	int status;
+	struct timespec start;
+};
+
+struct httpd {
+	struct MHD_Daemon *mhd;
+};
+
+static atomic_bool stopping;
+
+const char *req_method(const struct req *r) { return r->method; }
+const char *req_path(const struct req *r) { return r->path; }
+const char *req_path_arg(const struct req *r) { return r->path_arg; }
+cJSON *req_json(const struct req *r) { return r->json; }
+
+const char *req_query(const struct req *r, const char *name)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
+}
+
+const char *req_header(const struct req *r, const char *name)
+{
+	return MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, name);
+}
+
+const char *req_body(const struct req *r, size_t *len)
+{
+	if (len)
+		*len = r->body.len;
+	return r->body.data ? r->body.data : "";
+}
+
+/* ---- replies ---- */
+
+static void queue(struct req *r, int status, struct MHD_Response *resp, const char *ctype)
+{
+	if (r->replied) {
+		log_error("%s %s: second reply ignored", r->method, r->path);
+		MHD_destroy_response(resp);
+		return;
+	}
+	if (ctype)
+		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+	if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES)
+		log_error("%s %s: could not queue the response", r->method, r->path);
+	MHD_destroy_response(resp);
+	r->replied = true;
+	r->status = status;
+}
+
+void reply_bytes(struct req *r, int status, const char *content_type, char *data, size_t len)
+{
+	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data ? data : (char *)"",
+								    data ? MHD_RESPMEM_MUST_FREE
+									 : MHD_RESPMEM_PERSISTENT);
+	queue(r, status, resp, content_type);
+}
+
+void reply_json(struct req *r, int status, cJSON *body)
+{
+	char *text = json_print(body);
+	cJSON_Delete(body);
+	if (!text) {
+		log_error("out of memory printing a reply");
+		reply_bytes(r, 500, "text/plain", NULL, 0);
+		return;
+	}
+	reply_bytes(r, status, "application/json", text, strlen(text));
+}
+
+void reply_ok(struct req *r, cJSON *body)
+{
+	char ts[32];
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddTrueToObject(out, "success");
+	/* Move the fields over in order; an object's items carry their keys. */
+	while (body && body->child) {
+		cJSON *item = cJSON_DetachItemViaPointer(body, body->child);
+		cJSON_AddItemToArray(out, item);
+	}
+	cJSON_Delete(body);
+	cJSON_AddStringToObject(out, "timestamp", json_timestamp(ts));
+	reply_json(r, 200, out);
+}
+
+static void reply_verror(struct req *r, int status, const char *code, int err, cJSON *context,
+			 const char *fmt, va_list ap)
+{
+	char msg[1024], ts[32];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "code", code);
+	cJSON_AddStringToObject(o, "message", msg);
+	cJSON_AddItemToObject(o, "context", context ? context : cJSON_CreateObject());
+	cJSON_AddNumberToObject(o, "httpStatus", status);
+	if (err) {
+		const char *name = errno_name(err);
+		if (name)
+			cJSON_AddStringToObject(o, "errno", name);
+	}
+	cJSON_AddStringToObject(o, "timestamp", json_timestamp(ts));
+	reply_json(r, status, o);
+}
+
+void reply_error(struct req *r, int status, const char *code, int err, cJSON *context,
+		 const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	reply_verror(r, status, code, err, context, fmt, ap);
+	va_end(ap);
+}
+
+void reply_errno(struct req *r, int err, const char *path, const char *fmt, ...)
+{
+	int status;
+	if (err < 0)
+		err = -err;
+	const char *code = errno_to_code(err, &status);
+	cJSON *ctx = cJSON_CreateObject();
+	if (path)
+		cJSON_AddStringToObject(ctx, "path", path);
+	va_list ap;
+	va_start(ap, fmt);
+	reply_verror(r, status, code, err, ctx, fmt, ap);
+	va_end(ap);
+}
+
+/* ---- SSE ---- */
+
+void sse_append(struct strbuf *out, const cJSON *event)
+{
+	char *text = json_print(event);
+	if (!text)
+		return;
+	strbuf_appends(out, "data: ");
+	strbuf_appends(out, text);
+	strbuf_appends(out, "\n\n");
+	free(text);
+}
+
+struct sse_stream {
+	struct sse_source src;
+	struct strbuf buf;
+	size_t off;
+	bool done; /* next() returned 0: serve what is buffered, then end */
+};
+
+static long elapsed_ms(const struct timespec *since)
+{
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
+}
+
+static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct sse_stream *s = cls;
+	(void)pos;
+	if (s->off >= s->buf.len) {
+		strbuf_reset(&s->buf);
+		s->off = 0;
+		if (s->done)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		struct timespec start;
+		clock_gettime(CLOCK_MONOTONIC, &start);
+		while (s->buf.len == 0) {
+			if (atomic_load(&stopping))
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			long left = SSE_KEEPALIVE_MS - elapsed_ms(&start);
+			if (left <= 0) {
+				strbuf_appends(&s->buf, ": keepalive\n\n");
+				break;
+			}
+			int rc = s->src.next(s->src.ctx, &s->buf,
+					     left < SSE_SLICE_MS ? (int)left : SSE_SLICE_MS);
+			if (rc < 0)
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			if (rc == 0) {
+				s->done = true;
+				if (s->buf.len == 0)
+					return MHD_CONTENT_READER_END_OF_STREAM;
+			}
+		}
+	}
+	size_t n = s->buf.len - s->off;
+	if (n > max)
+		n = max;
+	memcpy(out, s->buf.data + s->off, n);
+	s->off += n;
+	return (ssize_t)n;
+}
+
+static void sse_free(void *cls)
+{
+	struct sse_stream *s = cls;
+	if (s->src.release)
+		s->src.release(s->src.ctx);
+	strbuf_free(&s->buf);
+	free(s);
+}
+
+void reply_sse(struct req *r, struct sse_source src)
+{
+	struct sse_stream *s = calloc(1, sizeof *s);
+	if (!s) {
+		if (src.release)
+			src.release(src.ctx);
+		reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
+		return;
+	}
+	s->src = src;
+	struct MHD_Response *resp =
+		MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, sse_read, s, sse_free);
+	if (!resp) {
+		sse_free(s);
+		reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "cannot create a stream");
+		return;
+	}
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+	queue(r, 200, resp, "text/event-stream");
+}
+
+/* ---- routing and authentication ---- */
+
+/* A wrong method on a known path is "not found" too, as in the container. */
+static const struct route *find_route(const char *method, const char *path, const char **arg)
+{
+	*arg = NULL;
+	for (size_t i = 0; i < n_routes; i++) {
+		const struct route *rt = &routes[i];
+		if (rt->flags & ROUTE_EXTENSION && sbxd_cfg && sbxd_cfg->no_extensions)
+			continue;
+		const char *var = strstr(rt->path, "/{id}");
+		const char *a = NULL;
+		if (var && var[5] == '\0') {
+			size_t pl = (size_t)(var - rt->path);
+			if (strncmp(path, rt->path, pl) != 0 || path[pl] != '/' || !path[pl + 1] ||
+			    strchr(path + pl + 1, '/'))
+				continue;
+			a = path + pl + 1;
+		} else if (strcmp(path, rt->path) != 0) {
+			continue;
+		}
+		if (strcmp(method, rt->method) == 0) {
+			*arg = a;
+			return rt;
+		}
+	}
+	return NULL;
+}
+
+/* Constant time in the token's content (only the lengths may leak). */
+static bool token_ok(const char *given)
+{
+	const char *want = sbxd_cfg ? sbxd_cfg->token : NULL;
+	if (!want || !given)
+		return false;
+	size_t gl = strlen(given), wl = strlen(want);
+	unsigned char diff = gl != wl;
+	for (size_t i = 0; i < wl; i++)
+		diff |= (unsigned char)want[i] ^ (unsigned char)(i < gl ? given[i] : 0);
+	return diff == 0;
+}
+
+static bool authorized(struct req *r)
+{
+	const char *h = req_header(r, MHD_HTTP_HEADER_AUTHORIZATION);
+	if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+		return false;
+	h += 7;
+	while (*h == ' ')
+		h++;
+	return token_ok(h);
+}
+
+static void reply_not_found(struct req *r)
+{
+	reply_error(r, 404, "UNKNOWN_ERROR", 0, NULL, "The requested endpoint was not found");
+}
+
+static void run_handler(struct req *r)
+{
+	if (r->too_large) {
+		reply_bytes(r, 413, NULL, NULL, 0);
+		return;
+	}
+	if (r->route->flags & ROUTE_JSON) {
+		if (r->body.len == 0) {
+			r->json = cJSON_CreateObject();
+		} else {
+			r->json = cJSON_ParseWithLength(r->body.data, r->body.len);
+			if (!cJSON_IsObject(r->json)) {
+				reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+					    "invalid JSON body");
+				return;
+			}
+		}
+	}
+	r->route->handler(r);
+	if (!r->replied) {
+		log_error("%s %s: handler gave no reply", r->method, r->path);
+		reply_error(r, 500, "INTERNAL_ERROR", EIO, NULL, "no reply");
+	}
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+				  const char *method, const char *version,
+				  const char *upload_data, size_t *upload_data_size,
+				  void **con_cls)
+{
+	struct req *r = *con_cls;
+	(void)cls;
+	(void)version;
+	if (!r) {
+		r = calloc(1, sizeof *r);
+		if (!r)
+			return MHD_NO;
+		clock_gettime(CLOCK_MONOTONIC, &r->start);
+		r->conn = conn;
+		r->method = method;
+		r->path = url;
+		*con_cls = r;
+		r->route = find_route(method, url, &r->path_arg);
+		if (!r->route) {
+			reply_not_found(r);
+			return MHD_YES;
+		}
+		if (!(r->route->flags & ROUTE_PUBLIC) && !authorized(r)) {
+			reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
+				    "missing or invalid bearer token");
+			return MHD_YES;
+		}
+		const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+		if (cl && strtoull(cl, NULL, 10) > BODY_MAX)
+			reply_bytes(r, 413, NULL, NULL, 0);
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		size_t n = *upload_data_size;
+		*upload_data_size = 0;
+		if (r->replied || r->too_large)
+			return MHD_YES;
+		if (r->body.len + n > BODY_MAX) {
+			r->too_large = true;
+			strbuf_free(&r->body);
+			return MHD_YES;
+		}
+		strbuf_append(&r->body, upload_data, n);
+		return MHD_YES;
+	}
+	if (!r->replied)
+		run_handler(r);
+	return MHD_YES;
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+			 enum MHD_RequestTerminationCode toe)
+{
+	struct req *r = *con_cls;
+	(void)cls;
+	(void)conn;
+	if (!r)
+		return;
+	log_debug("%s %s %d %ldms%s", r->method, r->path, r->status, elapsed_ms(&r->start),
+		  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut)");
+	strbuf_free(&r->body);
+	cJSON_Delete(r->json);
+	free(r);
+	*con_cls = NULL;
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+	char line[512];
+	(void)cls;
+	vsnprintf(line, sizeof line, fmt, ap);
+	size_t n = strlen(line);
+	while (n && line[n - 1] == '\n')
+		line[--n] = '\0';
+	log_warn("httpd: %s", line);
+}
+
+/* ---- daemon ---- */
+
+static int split_listen(const char *listen, char *host, size_t hostlen, char *port,
+			size_t portlen)
+{
+	const char *colon;
+	const char *h = listen;
+	size_t hl;
+	if (listen[0] == '[') {
+		const char *end = strchr(listen, ']');
+		if (!end || end[1] != ':')
+			return -1;
+		h = listen + 1;
+		hl = (size_t)(end - h);
+		colon = end + 1;
+	} else {
+		colon = strrchr(listen, ':');
+		if (!colon)
+			return -1;
+		hl = (size_t)(colon - listen);
+	}
+	if (hl == 0 || hl >= hostlen || !colon[1] || strlen(colon + 1) >= portlen ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1))
+		return -1;
+	memcpy(host, h, hl);
+	host[hl] = '\0';
+	strcpy(port, colon + 1);
+	return atoi(port) <= 65535 ? 0 : -1;
+}
+
+static bool is_loopback(const struct sockaddr *sa)
+{
+	if (sa->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+	if (sa->sa_family == AF_INET6) {
+		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(a) ||
+		       (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+struct httpd *httpd_start(const struct sbxd_config *cfg)
+{
+	char host[256], port[16];
+	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:7070";
+	if (split_listen(listen, host, sizeof host, port, sizeof port)) {
+		log_error("bad listen address '%s' (want HOST:PORT or [V6]:PORT)", listen);
+		return NULL;
+	}
+	struct addrinfo hints = { .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV };
+	struct addrinfo *ai;
+	int gerr = getaddrinfo(host, port, &hints, &ai);
+	if (gerr) {
+		log_error("cannot resolve '%s': %s", host, gai_strerror(gerr));
+		return NULL;
+	}
+	if (!is_loopback(ai->ai_addr))
+		log_warn("listening on %s, which is NOT a loopback address: anyone who can reach "
+			 "it and knows the token controls the sandbox", listen);
+	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
+			 MHD_USE_POLL | MHD_USE_ERROR_LOG;
+	if (ai->ai_family == AF_INET6)
+		flags |= MHD_USE_DUAL_STACK;
+	struct httpd *h = calloc(1, sizeof *h);
+	if (!h) {
+		freeaddrinfo(ai);
+		return NULL;
+	}
+	atomic_store(&stopping, false);
+	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, NULL,
+				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
+				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+				  MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
+				  MHD_OPTION_END);
+	freeaddrinfo(ai);
+	if (!h->mhd) {
+		log_error("cannot listen on %s: %s", listen, strerror(errno));
+		free(h);
+		return NULL;
+	}
+	return h;
+}
+
+int httpd_port(const struct httpd *h)
+{
+	const union MHD_DaemonInfo *info = MHD_get_daemon_info(h->mhd, MHD_DAEMON_INFO_BIND_PORT);
+	return info ? info->port : -1;
+}
+
+void httpd_stop(struct httpd *h)
+{
+	if (!h)
+		return;
+	atomic_store(&stopping, true);
+	MHD_stop_daemon(h->mhd);
+	free(h);
+}

@@ -73,5 +73,7 @@ extern const size_t n_routes;
 struct sbxd_config;
 struct httpd;
 struct httpd *httpd_start(const struct sbxd_config *cfg);
+/* The port actually bound (useful with port 0). */
+int httpd_port(const struct httpd *h);
 void httpd_stop(struct httpd *h);
 #endif

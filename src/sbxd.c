@@ -1,1 +1,223 @@
-int main(void) { return 1; } /* placeholder */
+/* sbxd: the local sandbox server. Parses options, prepares the workspace, the token and the
+ * state directory, and hands over to sbxd_serve(). */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "common/log.h"
+#include "server/server.h"
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: sbxd --token-file FILE [options]\n"
+		"\n"
+		"Serves a sandbox's HTTP API (the Cloudflare sandbox container's, plus the sbxfs\n"
+		"extensions) for a workspace directory on this host.\n"
+		"\n"
+		"  --listen HOST:PORT    address to listen on (default 127.0.0.1:7070; [::1]:PORT\n"
+		"                        for IPv6; port 0 picks a free port)\n"
+		"  --workspace DIR       host directory shown as /workspace (default ./workspace,\n"
+		"                        created if missing)\n"
+		"  --token-file FILE     bearer token; created (0600) with a fresh random token if\n"
+		"                        missing. Required unless SBXD_TOKEN is set\n"
+		"  --state-dir DIR       private state (default $XDG_RUNTIME_DIR/sbxd-PORT, or\n"
+		"                        /run/sbxd-PORT)\n"
+		"  --sandbox-id NAME     sandbox id reported to clients (default \"local\")\n"
+		"  --no-extensions       serve only the container's standard routes\n"
+		"  -v, --verbose         log every request\n"
+		"  -h, --help            show this help\n"
+		"  -V, --version         show the version\n");
+}
+
+static int die_usage(const char *fmt, const char *arg)
+{
+	fprintf(stderr, "sbxd: ");
+	fprintf(stderr, fmt, arg);
+	fprintf(stderr, "\nTry 'sbxd --help'.\n");
+	return 2;
+}
+
+/* "HOST:PORT" or "[V6]:PORT" with a numeric port; returns the port text or NULL. */
+static const char *listen_port(const char *listen)
+{
+	const char *colon = strrchr(listen, ':');
+	if (!colon || colon == listen || !colon[1] ||
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1) || atoi(colon + 1) > 65535)
+		return NULL;
+	if (listen[0] == '[' && colon[-1] != ']')
+		return NULL;
+	return colon + 1;
+}
+
+static int mkdir_p(const char *dir, mode_t mode)
+{
+	char *p = strdup(dir);
+	if (!p)
+		return -ENOMEM;
+	for (char *s = p + 1; *s; s++) {
+		if (*s != '/')
+			continue;
+		*s = '\0';
+		if (mkdir(p, 0755) && errno != EEXIST) {
+			int err = -errno;
+			free(p);
+			return err;
+		}
+		*s = '/';
+	}
+	int err = mkdir(p, mode) && errno != EEXIST ? -errno : 0;
+	free(p);
+	struct stat st;
+	if (!err && (stat(dir, &st) || !S_ISDIR(st.st_mode)))
+		err = -ENOTDIR;
+	return err;
+}
+
+static int create_token_file(const char *file)
+{
+	unsigned char raw[32];
+	char hex[sizeof raw * 2 + 2];
+	if (getrandom(raw, sizeof raw, 0) != sizeof raw)
+		return -errno;
+	for (size_t i = 0; i < sizeof raw; i++)
+		snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+	strcat(hex, "\n");
+	int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return -errno;
+	ssize_t n = write(fd, hex, strlen(hex));
+	int err = n == (ssize_t)strlen(hex) ? 0 : n < 0 ? -errno : -EIO;
+	if (close(fd) && !err)
+		err = -errno;
+	return err;
+}
+
+/* Reads the token (created first when the file does not exist); NULL after a message. */
+static char *load_token(const char *file)
+{
+	int err = create_token_file(file);
+	if (err == 0)
+		fprintf(stderr, "sbxd: created token file %s\n", file);
+	else if (err != -EEXIST) {
+		fprintf(stderr, "sbxd: cannot create token file %s: %s\n", file, strerror(-err));
+		return NULL;
+	}
+	FILE *f = fopen(file, "re");
+	if (!f) {
+		fprintf(stderr, "sbxd: cannot read token file %s: %s\n", file, strerror(errno));
+		return NULL;
+	}
+	struct stat st;
+	if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077))
+		fprintf(stderr, "sbxd: warning: token file %s is readable by others (mode %03o)\n",
+			file, st.st_mode & 0777);
+	char buf[4097];
+	size_t n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	while (n && strchr(" \t\r\n", buf[n - 1]))
+		buf[--n] = '\0';
+	if (n == 0 || strpbrk(buf, " \t\r\n")) {
+		fprintf(stderr, "sbxd: token file %s must hold one non-empty token\n", file);
+		return NULL;
+	}
+	return strdup(buf);
+}
+
+int main(int argc, char **argv)
+{
+	enum { OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID,
+	       OPT_NO_EXT };
+	static const struct option opts[] = {
+		{ "listen", required_argument, NULL, OPT_LISTEN },
+		{ "workspace", required_argument, NULL, OPT_WORKSPACE },
+		{ "token-file", required_argument, NULL, OPT_TOKEN_FILE },
+		{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
+		{ "sandbox-id", required_argument, NULL, OPT_SANDBOX_ID },
+		{ "no-extensions", no_argument, NULL, OPT_NO_EXT },
+		{ "verbose", no_argument, NULL, 'v' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 },
+	};
+	struct sbxd_config cfg = {
+		.listen = "127.0.0.1:7070",
+		.workspace = "./workspace",
+		.sandbox_id = "local",
+	};
+	const char *token_file = NULL;
+	int c;
+	while ((c = getopt_long(argc, argv, "vhV", opts, NULL)) != -1) {
+		switch (c) {
+		case OPT_LISTEN: cfg.listen = optarg; break;
+		case OPT_WORKSPACE: cfg.workspace = optarg; break;
+		case OPT_TOKEN_FILE: token_file = optarg; break;
+		case OPT_STATE_DIR: cfg.state_dir = optarg; break;
+		case OPT_SANDBOX_ID: cfg.sandbox_id = optarg; break;
+		case OPT_NO_EXT: cfg.no_extensions = true; break;
+		case 'v': cfg.verbose = true; break;
+		case 'h': usage(stdout); return 0;
+		case 'V': printf("sbxd %s\n", SBXFS_VERSION); return 0;
+		default: fprintf(stderr, "Try 'sbxd --help'.\n"); return 2;
+		}
+	}
+	if (optind < argc)
+		return die_usage("unexpected argument '%s'", argv[optind]);
+	const char *port = listen_port(cfg.listen);
+	if (!port)
+		return die_usage("--listen wants HOST:PORT or [IPV6]:PORT, not '%s'", cfg.listen);
+	if (!*cfg.workspace)
+		return die_usage("--workspace must not be empty%s", "");
+	if (!*cfg.sandbox_id)
+		return die_usage("--sandbox-id must not be empty%s", "");
+
+	log_init("sbxd", cfg.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, false);
+
+	char *token = NULL;
+	if (token_file) {
+		token = load_token(token_file);
+		if (!token)
+			return 1;
+	} else if (getenv("SBXD_TOKEN") && *getenv("SBXD_TOKEN")) {
+		token = strdup(getenv("SBXD_TOKEN"));
+	} else {
+		return die_usage("a token is required: --token-file FILE (created if missing) or "
+				 "SBXD_TOKEN in the environment%s", "");
+	}
+	unsetenv("SBXD_TOKEN"); /* never handed down */
+	cfg.token = token;
+
+	int err = mkdir_p(cfg.workspace, 0755);
+	if (err) {
+		fprintf(stderr, "sbxd: workspace %s: %s\n", cfg.workspace, strerror(-err));
+		free(token);
+		return 1;
+	}
+	char *state_dir = NULL;
+	if (!cfg.state_dir) {
+		const char *run = getenv("XDG_RUNTIME_DIR");
+		if (asprintf(&state_dir, "%s/sbxd-%s", run && *run ? run : "/run", port) < 0) {
+			free(token);
+			return 1;
+		}
+		cfg.state_dir = state_dir;
+	}
+	err = mkdir_p(cfg.state_dir, 0700);
+	if (err) {
+		fprintf(stderr, "sbxd: state directory %s: %s\n", cfg.state_dir, strerror(-err));
+		free(state_dir);
+		free(token);
+		return 1;
+	}
+
+	int status = sbxd_serve(&cfg);
+	free(state_dir);
+	free(token);
+	return status;
+}
