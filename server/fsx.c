@@ -1,1 +1,655 @@
-/* placeholder */ typedef int sbxd_placeholder_fsx;
+/* The filesystem extensions under /api/x/ (docs/protocol.md, "Extensions"): one syscall per route,
+ * on the entry's parent directory resolved beneath the workspace, the final component never
+ * followed. Errors are the syscall's own errno, since sbxfs hands them straight to the kernel.
+ * Every route that changes an entry answers with its new stat. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+#include "common/errnames.h"
+#include "common/jsonutil.h"
+#include "server/handles.h"
+#include "server/routes.h"
+#include "server/workspace.h"
+
+#define PREAD_MAX (16u << 20)
+
+/* The stat object of an entry, with "target" for a symlink; NULL and *err on failure. */
+static cJSON *stat_at(int dirfd, const char *name, int *err)
+{
+	struct stat st;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) {
+		*err = -errno;
+		return NULL;
+	}
+	cJSON *o = json_from_stat(&st);
+	if (S_ISLNK(st.st_mode)) {
+		char target[PATH_MAX + 1];
+		ssize_t n = readlinkat(dirfd, name, target, sizeof target - 1);
+		if (n >= 0) {
+			target[n] = '\0';
+			cJSON_AddStringToObject(o, "target", target);
+		}
+	}
+	return o;
+}
+
+static cJSON *stat_fd(int fd, int *err)
+{
+	struct stat st;
+	if (fstat(fd, &st)) {
+		*err = -errno;
+		return NULL;
+	}
+	return json_from_stat(&st);
+}
+
+/* Resolves the body field key to its parent directory; answers the error itself. */
+static bool entry(struct req *r, const char *key, struct ws_entry *e)
+{
+	const char *path = req_str_field(r, key);
+	if (!path)
+		return false;
+	int err = ws_parent(path, e);
+	if (err) {
+		reply_ws_errno(r, err, path);
+		return false;
+	}
+	return true;
+}
+
+static void reply_stat(struct req *r, cJSON *st)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "stat", st);
+	reply_ok(r, o);
+}
+
+/* Answers with the stat of e, or err if nonzero; closes e. */
+static void finish_entry(struct req *r, struct ws_entry *e, int err, const char *key)
+{
+	const char *path = json_str(req_json(r), key);
+	cJSON *st = err ? NULL : stat_at(e->dirfd, e->name, &err);
+	ws_entry_close(e);
+	if (err)
+		reply_ws_errno(r, err, path);
+	else
+		reply_stat(r, st);
+}
+
+static void reply_two(struct req *r, int err, const char *from, const char *to)
+{
+	int status;
+	const char *code = errno_to_code(-err, &status);
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "oldPath", from);
+	cJSON_AddStringToObject(ctx, "newPath", to);
+	reply_error(r, status, code, -err, ctx, "%s: %s -> %s", ws_strerror(err), from, to);
+}
+
+/* ---- metadata and directories ---- */
+
+void route_x_stat(struct req *r)
+{
+	struct ws_entry e;
+	if (entry(r, "path", &e))
+		finish_entry(r, &e, 0, "path");
+}
+
+void route_x_readdir(struct req *r)
+{
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	const char *path = json_str(req_json(r), "path");
+	int fd = openat(e.dirfd, e.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	int err = fd < 0 ? -errno : 0;
+	ws_entry_close(&e);
+	DIR *d = err ? NULL : fdopendir(fd);
+	if (!err && !d) {
+		err = -errno;
+		close(fd);
+	}
+	if (err) {
+		reply_ws_errno(r, err, path);
+		return;
+	}
+	cJSON *list = cJSON_CreateArray();
+	struct dirent *de;
+	errno = 0;
+	while ((de = readdir(d))) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		int serr = 0;
+		cJSON *st = stat_at(dirfd(d), de->d_name, &serr);
+		if (!st)
+			continue; /* removed between readdir and fstatat */
+		cJSON *ent = cJSON_CreateObject();
+		cJSON_AddStringToObject(ent, "name", de->d_name);
+		cJSON_AddItemToObject(ent, "stat", st);
+		cJSON_AddItemToArray(list, ent);
+		errno = 0;
+	}
+	err = errno ? -errno : 0;
+	closedir(d);
+	if (err) {
+		cJSON_Delete(list);
+		reply_ws_errno(r, err, path);
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "entries", list);
+	reply_ok(r, o);
+}
+
+/* Gives a newly created entry exactly the requested permission bits (the server's umask must
+ * not apply: the client already applied its own). fd is the entry, opened. */
+static int fix_mode(int fd, mode_t want)
+{
+	struct stat st;
+	if (fstat(fd, &st))
+		return -errno;
+	if (S_ISDIR(st.st_mode))
+		want |= st.st_mode & S_ISGID; /* inherited from a setgid parent */
+	if ((st.st_mode & 07777) != want && fchmod(fd, want))
+		return -errno;
+	return 0;
+}
+
+void route_x_mkdir(struct req *r)
+{
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	mode_t mode = (mode_t)json_int(req_json(r), "mode", 0777) & 07777;
+	int err = mkdirat(e.dirfd, e.name, mode) ? -errno : 0;
+	if (!err) {
+		int fd = openat(e.dirfd, e.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (fd >= 0) {
+			err = fix_mode(fd, mode);
+			close(fd);
+		}
+	}
+	finish_entry(r, &e, err, "path");
+}
+
+static void remove_entry(struct req *r, int flags)
+{
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	int err = unlinkat(e.dirfd, e.name, flags) ? -errno : 0;
+	ws_entry_close(&e);
+	if (err)
+		reply_ws_errno(r, err, json_str(req_json(r), "path"));
+	else
+		reply_ok(r, NULL);
+}
+
+void route_x_unlink(struct req *r) { remove_entry(r, 0); }
+void route_x_rmdir(struct req *r) { remove_entry(r, AT_REMOVEDIR); }
+
+void route_x_rename(struct req *r)
+{
+	struct ws_entry from, to;
+	if (!entry(r, "oldPath", &from))
+		return;
+	if (!entry(r, "newPath", &to)) {
+		ws_entry_close(&from);
+		return;
+	}
+	unsigned flags = 0;
+	if (json_bool(req_json(r), "noreplace", false))
+		flags |= RENAME_NOREPLACE;
+	if (json_bool(req_json(r), "exchange", false))
+		flags |= RENAME_EXCHANGE;
+	int err = renameat2(from.dirfd, from.name, to.dirfd, to.name, flags) ? -errno : 0;
+	ws_entry_close(&from);
+	ws_entry_close(&to);
+	if (err)
+		reply_two(r, err, json_str(req_json(r), "oldPath"), json_str(req_json(r), "newPath"));
+	else
+		reply_ok(r, NULL);
+}
+
+void route_x_symlink(struct req *r)
+{
+	const char *target = json_str(req_json(r), "target");
+	if (!target) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "'target' must be a string");
+		return;
+	}
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	int err = symlinkat(target, e.dirfd, e.name) ? -errno : 0;
+	finish_entry(r, &e, err, "path");
+}
+
+void route_x_readlink(struct req *r)
+{
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	char target[PATH_MAX + 2];
+	ssize_t n = readlinkat(e.dirfd, e.name, target, sizeof target - 1);
+	int err = n < 0 ? -errno : (size_t)n >= sizeof target - 1 ? -ENAMETOOLONG : 0;
+	ws_entry_close(&e);
+	if (err) {
+		reply_ws_errno(r, err, json_str(req_json(r), "path"));
+		return;
+	}
+	target[n] = '\0';
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "target", target);
+	reply_ok(r, o);
+}
+
+void route_x_link(struct req *r)
+{
+	struct ws_entry from, to;
+	if (!entry(r, "oldPath", &from))
+		return;
+	if (!entry(r, "newPath", &to)) {
+		ws_entry_close(&from);
+		return;
+	}
+	int err = linkat(from.dirfd, from.name, to.dirfd, to.name, 0) ? -errno : 0;
+	ws_entry_close(&from);
+	if (err) {
+		ws_entry_close(&to);
+		reply_two(r, err, json_str(req_json(r), "oldPath"), json_str(req_json(r), "newPath"));
+		return;
+	}
+	finish_entry(r, &to, 0, "newPath");
+}
+
+void route_x_statfs(struct req *r)
+{
+	const char *path = json_str(req_json(r), "path");
+	if (!path || !*path)
+		path = "/workspace";
+	int fd = ws_open(path, O_PATH, 0);
+	struct statvfs sv;
+	int err = fd < 0 ? fd : fstatvfs(fd, &sv) ? -errno : 0;
+	if (fd >= 0)
+		close(fd);
+	if (err) {
+		reply_ws_errno(r, err, path);
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	json_add_int(o, "bsize", (int64_t)sv.f_bsize);
+	json_add_int(o, "frsize", (int64_t)sv.f_frsize);
+	json_add_int(o, "blocks", (int64_t)sv.f_blocks);
+	json_add_int(o, "bfree", (int64_t)sv.f_bfree);
+	json_add_int(o, "bavail", (int64_t)sv.f_bavail);
+	json_add_int(o, "files", (int64_t)sv.f_files);
+	json_add_int(o, "ffree", (int64_t)sv.f_ffree);
+	json_add_int(o, "namemax", (int64_t)sv.f_namemax);
+	reply_ok(r, o);
+}
+
+/* ---- setattr ---- */
+
+/* A time field: [s,ns], "now", or absent (UTIME_OMIT); false for anything else. */
+static bool time_field(const cJSON *body, const char *key, struct timespec *ts)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, key);
+	if (!v || cJSON_IsNull(v)) {
+		ts->tv_sec = 0;
+		ts->tv_nsec = UTIME_OMIT;
+		return true;
+	}
+	if (cJSON_IsString(v) && strcmp(v->valuestring, "now") == 0) {
+		ts->tv_sec = 0;
+		ts->tv_nsec = UTIME_NOW;
+		return true;
+	}
+	return json_get_timespec(v, ts);
+}
+
+static bool int_field(const cJSON *body, const char *key, int64_t min, int64_t *out, bool *set)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(body, key);
+	*set = v && !cJSON_IsNull(v);
+	if (!*set)
+		return true;
+	if (!cJSON_IsNumber(v) || v->valuedouble < (double)min || v->valuedouble > 9.2e18)
+		return false;
+	*out = (int64_t)v->valuedouble;
+	return true;
+}
+
+/* chmod of the entry itself without following it: through an O_PATH descriptor's /proc
+ * magic link (chmod has no AT_SYMLINK_NOFOLLOW of its own). Symlinks have no mode to set. */
+static int chmod_at(int dirfd, const char *name, mode_t mode)
+{
+	struct stat st;
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
+		return -errno;
+	if (S_ISLNK(st.st_mode))
+		return -EOPNOTSUPP;
+	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	char proc[64];
+	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+	int err = chmod(proc, mode) ? -errno : 0;
+	close(fd);
+	return err;
+}
+
+static int truncate_at(int dirfd, const char *name, off_t size)
+{
+	int fd = openat(dirfd, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	int err = ftruncate(fd, size) ? -errno : 0;
+	close(fd);
+	return err;
+}
+
+void route_x_setattr(struct req *r)
+{
+	const cJSON *body = req_json(r);
+	int64_t mode = 0, size = 0, uid = -1, gid = -1;
+	bool has_mode, has_size, has_uid, has_gid;
+	struct timespec ts[2];
+	if (!int_field(body, "mode", 0, &mode, &has_mode) ||
+	    !int_field(body, "size", 0, &size, &has_size) ||
+	    !int_field(body, "uid", 0, &uid, &has_uid) ||
+	    !int_field(body, "gid", 0, &gid, &has_gid) || !time_field(body, "atime", &ts[0]) ||
+	    !time_field(body, "mtime", &ts[1])) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "mode, size, uid, gid must be non-negative numbers; atime, mtime "
+			    "[seconds, nanoseconds] or \"now\"");
+		return;
+	}
+	bool has_times = ts[0].tv_nsec != UTIME_OMIT || ts[1].tv_nsec != UTIME_OMIT;
+	uid_t u = has_uid ? (uid_t)uid : (uid_t)-1;
+	gid_t g = has_gid ? (gid_t)gid : (gid_t)-1;
+	const char *hid = json_str(body, "handle");
+	int err = 0;
+
+	if (hid) {
+		struct handle *h;
+		err = handles_get(hid, &h);
+		if (err) {
+			reply_errno(r, err, NULL, "handle %s: %s", hid, strerror(-err));
+			return;
+		}
+		int fd = handle_fd(h);
+		/* Owner first (it clears set-id bits), then mode, size, and times last (a
+		 * truncate sets mtime). */
+		if ((has_uid || has_gid) && fchown(fd, u, g))
+			err = -errno;
+		if (!err && has_mode && fchmod(fd, (mode_t)mode & 07777))
+			err = -errno;
+		if (!err && has_size && ftruncate(fd, (off_t)size))
+			err = -errno;
+		if (!err && has_times && futimens(fd, ts))
+			err = -errno;
+		cJSON *st = err ? NULL : stat_fd(fd, &err);
+		handles_put(h);
+		if (err)
+			reply_errno(r, err, NULL, "handle %s: %s", hid, strerror(-err));
+		else
+			reply_stat(r, st);
+		return;
+	}
+
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	if ((has_uid || has_gid) && fchownat(e.dirfd, e.name, u, g, AT_SYMLINK_NOFOLLOW))
+		err = -errno;
+	if (!err && has_mode)
+		err = chmod_at(e.dirfd, e.name, (mode_t)mode & 07777);
+	if (!err && has_size)
+		err = truncate_at(e.dirfd, e.name, (off_t)size);
+	if (!err && has_times && utimensat(e.dirfd, e.name, ts, AT_SYMLINK_NOFOLLOW))
+		err = -errno;
+	finish_entry(r, &e, err, "path");
+}
+
+/* ---- open files and ranged I/O ---- */
+
+void route_x_open(struct req *r)
+{
+	const cJSON *body = req_json(r);
+	const char *access = json_str(body, "access");
+	int flags;
+	if (!access || strcmp(access, "r") == 0)
+		flags = O_RDONLY;
+	else if (strcmp(access, "w") == 0)
+		flags = O_WRONLY;
+	else if (strcmp(access, "rw") == 0)
+		flags = O_RDWR;
+	else {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "'access' must be \"r\", \"w\" or \"rw\"");
+		return;
+	}
+	bool create = json_bool(body, "create", false);
+	bool exclusive = json_bool(body, "exclusive", false);
+	mode_t mode = (mode_t)json_int(body, "mode", 0644) & 07777;
+	if (json_bool(body, "truncate", false))
+		flags |= O_TRUNC;
+	if (json_bool(body, "append", false))
+		flags |= O_APPEND;
+	/* Never through a symlink; never blocking on a FIFO. */
+	flags |= O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+
+	struct ws_entry e;
+	if (!entry(r, "path", &e))
+		return;
+	const char *path = json_str(body, "path");
+	int fd = -1, err = 0;
+	bool created = false;
+	/* Create exclusively first so that we know whether the file is new (its mode is then
+	 * set exactly); an existing file is opened in a second step, unless exclusive. */
+	for (int tries = 0; tries < 8; tries++) {
+		if (create) {
+			fd = openat(e.dirfd, e.name, flags | O_CREAT | O_EXCL, mode);
+			if (fd >= 0) {
+				created = true;
+				break;
+			}
+			if (errno != EEXIST || exclusive)
+				break;
+		}
+		fd = openat(e.dirfd, e.name, flags);
+		if (fd >= 0 || errno != ENOENT || !create)
+			break;
+	}
+	if (fd < 0)
+		err = -errno;
+	ws_entry_close(&e);
+	struct stat st;
+	if (!err && fstat(fd, &st))
+		err = -errno;
+	if (!err && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
+		err = -EOPNOTSUPP;
+	if (!err && created)
+		err = fix_mode(fd, mode);
+	if (err) {
+		if (fd >= 0)
+			close(fd);
+		reply_ws_errno(r, err, path);
+		return;
+	}
+	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	cJSON *sto = stat_fd(fd, &err);
+	char id[HANDLE_ID_MAX];
+	err = handles_add(fd, id);
+	if (err) {
+		cJSON_Delete(sto);
+		reply_errno(r, err, path, "%s: too many open handles (%d)", path, HANDLES_MAX);
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "handle", id);
+	cJSON_AddItemToObject(o, "stat", sto);
+	reply_ok(r, o);
+}
+
+static void reply_handle_error(struct req *r, int err, const char *hid)
+{
+	reply_errno(r, err, NULL, "handle %s: %s", hid ? hid : "", strerror(-err));
+}
+
+static ssize_t pread_full(int fd, char *buf, size_t len, off_t off)
+{
+	size_t n = 0;
+	while (n < len) {
+		ssize_t k = pread(fd, buf + n, len - n, off + (off_t)n);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		if (k == 0)
+			break;
+		n += (size_t)k;
+	}
+	return (ssize_t)n;
+}
+
+void route_x_pread(struct req *r)
+{
+	const cJSON *body = req_json(r);
+	int64_t off = json_int(body, "offset", 0), len = json_int(body, "length", -1);
+	if (off < 0 || len < 0 || len > PREAD_MAX) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "'offset' must be >= 0 and 'length' between 0 and %u", PREAD_MAX);
+		return;
+	}
+	const char *hid = json_str(body, "handle");
+	struct handle *h = NULL;
+	int fd, err;
+	if (hid) {
+		err = handles_get(hid, &h);
+		if (err) {
+			reply_handle_error(r, err, hid);
+			return;
+		}
+		fd = handle_fd(h);
+	} else {
+		const char *path = req_str_field(r, "path");
+		if (!path)
+			return;
+		fd = ws_open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+		struct stat st;
+		err = fd < 0 ? fd : fstat(fd, &st) ? -errno
+			 : S_ISDIR(st.st_mode)	    ? -EISDIR
+			 : !S_ISREG(st.st_mode)	    ? -EINVAL
+						    : 0;
+		if (err) {
+			if (fd >= 0)
+				close(fd);
+			reply_ws_errno(r, err, path);
+			return;
+		}
+	}
+	char *buf = malloc(len ? (size_t)len : 1);
+	ssize_t n = buf ? pread_full(fd, buf, (size_t)len, (off_t)off) : -ENOMEM;
+	if (h)
+		handles_put(h);
+	else
+		close(fd);
+	if (n < 0) {
+		free(buf);
+		reply_handle_error(r, (int)n, hid);
+		return;
+	}
+	reply_bytes(r, 200, "application/octet-stream", buf, (size_t)n);
+}
+
+static bool parse_offset(const char *s, int64_t *out)
+{
+	char *end;
+	if (!s || !*s || *s == '-')
+		return false;
+	errno = 0;
+	long long v = strtoll(s, &end, 10);
+	if (*end || errno)
+		return false;
+	*out = v;
+	return true;
+}
+
+void route_x_pwrite(struct req *r)
+{
+	const char *hid = req_query(r, "handle");
+	int64_t off;
+	if (!hid || !parse_offset(req_query(r, "offset"), &off)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "query parameters 'handle' and 'offset' (>= 0) are required");
+		return;
+	}
+	struct handle *h;
+	int err = handles_get(hid, &h);
+	if (err) {
+		reply_handle_error(r, err, hid);
+		return;
+	}
+	size_t len;
+	const char *data = req_body(r, &len);
+	int fd = handle_fd(h);
+	size_t done = 0;
+	while (done < len) {
+		ssize_t k = pwrite(fd, data + done, len - done, (off_t)off + (off_t)done);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			err = -errno;
+			break;
+		}
+		done += (size_t)k;
+	}
+	cJSON *st = err ? NULL : stat_fd(fd, &err);
+	handles_put(h);
+	if (err) {
+		reply_handle_error(r, err, hid);
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	json_add_int(o, "written", (int64_t)done);
+	cJSON_AddItemToObject(o, "stat", st);
+	reply_ok(r, o);
+}
+
+void route_x_fsync(struct req *r)
+{
+	const char *hid = req_str_field(r, "handle");
+	if (!hid)
+		return;
+	struct handle *h;
+	int err = handles_get(hid, &h);
+	if (!err) {
+		int fd = handle_fd(h);
+		if (json_bool(req_json(r), "datasync", false) ? fdatasync(fd) : fsync(fd))
+			err = -errno;
+		handles_put(h);
+	}
+	if (err)
+		reply_handle_error(r, err, hid);
+	else
+		reply_ok(r, NULL);
+}
+
+void route_x_close(struct req *r)
+{
+	const char *hid = req_str_field(r, "handle");
+	if (!hid)
+		return;
+	int err = handles_close(hid);
+	if (err)
+		reply_handle_error(r, err, hid);
+	else
+		reply_ok(r, NULL);
+}

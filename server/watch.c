@@ -1,1 +1,805 @@
-/* placeholder */ typedef int sbxd_placeholder_watch;
+/* Change events: POST /api/watch (container-api.md §12, docs/protocol.md).
+ *
+ * One inotify instance watches every directory of the workspace, for the life of the server,
+ * from one background thread. That thread alone owns the wd -> directory map: it adds watches
+ * for the whole tree at start, for each directory created or moved in later (scanning a new
+ * directory's contents and reporting what was created there before its watch existed), renames
+ * the paths of a moved directory's subtree when a MOVED_FROM/MOVED_TO pair arrives, and drops
+ * the watches of a directory moved out of the workspace (a MOVED_FROM whose MOVED_TO does not
+ * follow within 20 ms). Watches are added through /proc/self/fd of a descriptor opened beneath
+ * the root, so a symlink swapped in mid-path can never make us watch something outside.
+ *
+ * Each /api/watch request is a subscriber with its own filter (path, recursive, events,
+ * include/exclude globs) and a bounded queue of preformatted SSE events, guarded by one mutex
+ * together with the subscriber list. The thread formats each event once and appends it to the
+ * queue of every subscriber that wants it; an event identical to the one still waiting at the
+ * tail of a queue is dropped (a burst of writes sends one "modify" to a slow reader). A full
+ * queue drops events and owes its reader an "overflow" event, as does an inotify queue
+ * overflow: either way the client must forget what it caches. The SSE source's next() waits on
+ * the subscriber's condition variable and hands over the whole queue at once. */
+#include "server/watch.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/inotify.h>
+#include <time.h>
+#include <unistd.h>
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include "server/routes.h"
+#include "server/workspace.h"
+
+#define QUEUE_MAX 10000
+#define READY_WAIT_S 10
+#define MOVE_PAIR_MS 20
+#define GLOBS_MAX 64
+#define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | \
+		    IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR | IN_EXCL_UNLINK)
+
+enum ev_type {
+	EV_CREATE = 1 << 0,
+	EV_MODIFY = 1 << 1,
+	EV_DELETE = 1 << 2,
+	EV_MOVE_FROM = 1 << 3,
+	EV_MOVE_TO = 1 << 4,
+	EV_ATTRIB = 1 << 5,
+	EV_ALL = (1 << 6) - 1,
+};
+static const char *const ev_names[] = { "create", "modify", "delete",
+					"move_from", "move_to", "attrib" };
+
+/* ---- the wd map (watch thread only) ---- */
+
+struct dirwatch {
+	int wd;
+	char *rel;
+	struct dirwatch *next;
+};
+#define NBUCKETS 1024
+static struct dirwatch *buckets[NBUCKETS];
+
+static struct dirwatch **map_slot(int wd)
+{
+	struct dirwatch **p = &buckets[(unsigned)wd % NBUCKETS];
+	while (*p && (*p)->wd != wd)
+		p = &(*p)->next;
+	return p;
+}
+
+static const char *map_get(int wd)
+{
+	struct dirwatch *d = *map_slot(wd);
+	return d ? d->rel : NULL;
+}
+
+static void map_set(int wd, const char *rel)
+{
+	struct dirwatch **p = map_slot(wd);
+	char *copy = strdup(rel);
+	if (!copy)
+		return;
+	if (*p) {
+		free((*p)->rel);
+		(*p)->rel = copy;
+		return;
+	}
+	struct dirwatch *d = malloc(sizeof *d);
+	if (!d) {
+		free(copy);
+		return;
+	}
+	*d = (struct dirwatch){ wd, copy, NULL };
+	*p = d;
+}
+
+static void map_del(int wd)
+{
+	struct dirwatch **p = map_slot(wd), *d = *p;
+	if (d) {
+		*p = d->next;
+		free(d->rel);
+		free(d);
+	}
+}
+
+static bool under(const char *rel, const char *prefix)
+{
+	size_t n = strlen(prefix);
+	return strncmp(rel, prefix, n) == 0 && (rel[n] == '\0' || rel[n] == '/');
+}
+
+/* A directory moved inside the workspace: its subtree's paths change, its watches stay. */
+static void map_rename_prefix(const char *from, const char *to)
+{
+	size_t fl = strlen(from);
+	for (size_t b = 0; b < NBUCKETS; b++)
+		for (struct dirwatch *d = buckets[b]; d; d = d->next) {
+			if (!under(d->rel, from))
+				continue;
+			char *n;
+			if (asprintf(&n, "%s%s", to, d->rel + fl) < 0)
+				continue;
+			free(d->rel);
+			d->rel = n;
+		}
+}
+
+static void map_clear(void)
+{
+	for (size_t b = 0; b < NBUCKETS; b++)
+		while (buckets[b])
+			map_del(buckets[b]->wd);
+}
+
+/* ---- subscribers ---- */
+
+struct qev {
+	struct qev *next;
+	enum ev_type type;
+	char *path; /* for coalescing; NULL for non-path events */
+	char *line; /* "data: {...}\n\n" */
+};
+
+struct sub {
+	struct sub *next, *prev;
+	char *root;     /* normalised relative path of the watched entry */
+	bool recursive;
+	unsigned events;
+	char **globs;
+	size_t nglobs;
+	bool include;   /* globs are an include list (else exclude) */
+	struct qev *head, *tail;
+	size_t len;
+	bool owe_overflow;
+	pthread_cond_t cond;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ready_cond = PTHREAD_COND_INITIALIZER;
+static struct sub *subs;
+static bool ready, stopping, started;
+static unsigned watch_seq;
+
+static int ifd = -1, stopfd = -1;
+static pthread_t thread;
+
+static char *event_line(cJSON *e)
+{
+	struct strbuf sb = STRBUF_INIT;
+	sse_append(&sb, e);
+	cJSON_Delete(e);
+	return strbuf_detach(&sb, NULL);
+}
+
+static char *overflow_line(void)
+{
+	char ts[32];
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "type", "overflow");
+	cJSON_AddStringToObject(e, "timestamp", json_timestamp(ts));
+	return event_line(e);
+}
+
+/* With the lock held; takes ownership of line and path. */
+static void enqueue_locked(struct sub *s, enum ev_type type, char *path, char *line)
+{
+	if (path && s->tail && !s->owe_overflow && s->tail->type == type && s->tail->path &&
+	    strcmp(s->tail->path, path) == 0)
+		goto drop;
+	if (s->len >= QUEUE_MAX || s->owe_overflow) {
+		s->owe_overflow = true;
+		pthread_cond_signal(&s->cond);
+		goto drop;
+	}
+	struct qev *q = malloc(sizeof *q);
+	if (!q) {
+		s->owe_overflow = true;
+		goto drop;
+	}
+	*q = (struct qev){ NULL, type, path, line };
+	if (s->tail)
+		s->tail->next = q;
+	else
+		s->head = q;
+	s->tail = q;
+	s->len++;
+	pthread_cond_signal(&s->cond);
+	return;
+drop:
+	free(path);
+	free(line);
+}
+
+/* The glob language of the container: '*' within a component, '**' across components, '?'
+ * one character; a glob matches when it matches a run of whole components. */
+static bool glob_at(const char *g, const char *s)
+{
+	if (!*g)
+		return *s == '\0' || *s == '/';
+	if (g[0] == '*' && g[1] == '*') {
+		for (const char *p = s;; p++) {
+			if (glob_at(g + 2, p))
+				return true;
+			if (!*p)
+				return false;
+		}
+	}
+	if (*g == '*') {
+		for (const char *p = s;; p++) {
+			if (glob_at(g + 1, p))
+				return true;
+			if (!*p || *p == '/')
+				return false;
+		}
+	}
+	if (!*s || *s == '/')
+		return *g == '/' && *s == '/' && glob_at(g + 1, s + 1);
+	return (*g == '?' || *g == *s) && glob_at(g + 1, s + 1);
+}
+
+static bool glob_match(const char *g, const char *path)
+{
+	for (const char *p = path; p; p = strchr(p, '/') ? strchr(p, '/') + 1 : NULL)
+		if (glob_at(g, p))
+			return true;
+	return false;
+}
+
+static bool wants(const struct sub *s, enum ev_type type, const char *rel, const char *abs)
+{
+	if (!(s->events & type))
+		return false;
+	if (strcmp(s->root, ".") != 0) {
+		if (!under(rel, s->root))
+			return false;
+		rel += strlen(s->root);
+		if (*rel == '/')
+			rel++;
+	} else if (strcmp(rel, ".") == 0) {
+		rel = "";
+	}
+	if (!s->recursive && strchr(rel, '/'))
+		return false;
+	if (s->nglobs) {
+		bool hit = false;
+		for (size_t i = 0; i < s->nglobs && !hit; i++)
+			hit = glob_match(s->globs[i], abs);
+		if (hit != s->include)
+			return false;
+	}
+	return true;
+}
+
+static void publish(enum ev_type type, const char *rel, bool is_dir)
+{
+	char abs[WS_PATH_MAX + 16], ts[32];
+	ws_api_path(rel, abs, sizeof abs);
+	char *line = NULL;
+	pthread_mutex_lock(&lock);
+	for (struct sub *s = subs; s; s = s->next) {
+		if (!wants(s, type, rel, abs))
+			continue;
+		if (!line) {
+			size_t i = 0;
+			while ((1u << i) != (unsigned)type)
+				i++;
+			cJSON *e = cJSON_CreateObject();
+			cJSON_AddStringToObject(e, "type", "event");
+			cJSON_AddStringToObject(e, "eventType", ev_names[i]);
+			cJSON_AddStringToObject(e, "path", abs);
+			cJSON_AddBoolToObject(e, "isDirectory", is_dir);
+			cJSON_AddStringToObject(e, "timestamp", json_timestamp(ts));
+			line = event_line(e);
+		}
+		char *l = strdup(line), *p = strdup(abs);
+		if (l && p)
+			enqueue_locked(s, type, p, l);
+		else {
+			free(l);
+			free(p);
+			s->owe_overflow = true;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	free(line);
+}
+
+static void publish_overflow(void)
+{
+	pthread_mutex_lock(&lock);
+	for (struct sub *s = subs; s; s = s->next) {
+		s->owe_overflow = true;
+		pthread_cond_signal(&s->cond);
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+/* ---- the watch thread ---- */
+
+static char *join(const char *dir, const char *name)
+{
+	char *p;
+	if (strcmp(dir, ".") == 0)
+		return strdup(name);
+	return asprintf(&p, "%s/%s", dir, name) < 0 ? NULL : p;
+}
+
+/* Watches rel and every directory below it (breadth first, one descriptor at a time); with
+ * report, also publishes "create" for everything found (entries made before the watch). */
+static void add_tree(const char *rel, bool report)
+{
+	size_t n = 1, cap = 16, head = 0;
+	char **todo = malloc(cap * sizeof *todo);
+	if (!todo || !(todo[0] = strdup(rel))) {
+		free(todo);
+		return;
+	}
+	static bool warned;
+	while (head < n) {
+		char *dir = todo[head++];
+		int fd = ws_open_rel(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
+		if (fd < 0) {
+			free(dir);
+			continue;
+		}
+		char proc[64];
+		snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+		int wd = inotify_add_watch(ifd, proc, WATCH_MASK);
+		if (wd >= 0) {
+			map_set(wd, dir);
+		} else if (!warned) {
+			warned = true;
+			log_warn("watch: cannot watch /workspace/%s: %s%s", dir, strerror(errno),
+				 errno == ENOSPC ? " (raise fs.inotify.max_user_watches)" : "");
+		}
+		DIR *d = fdopendir(fd);
+		if (!d) {
+			close(fd);
+			free(dir);
+			continue;
+		}
+		struct dirent *de;
+		while ((de = readdir(d))) {
+			if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+				continue;
+			bool is_dir = de->d_type == DT_DIR;
+			if (de->d_type == DT_UNKNOWN) {
+				struct stat st;
+				is_dir = fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+					 S_ISDIR(st.st_mode);
+			}
+			char *child = join(dir, de->d_name);
+			if (!child)
+				continue;
+			if (report)
+				publish(EV_CREATE, child, is_dir);
+			if (!is_dir) {
+				free(child);
+				continue;
+			}
+			if (n == cap) {
+				char **t = realloc(todo, 2 * cap * sizeof *todo);
+				if (!t) {
+					free(child);
+					continue;
+				}
+				todo = t;
+				cap *= 2;
+			}
+			todo[n++] = child;
+		}
+		closedir(d);
+		free(dir);
+	}
+	free(todo);
+}
+
+/* A directory moved out of the workspace: forget its subtree's watches. */
+static void drop_tree(const char *rel)
+{
+	for (size_t b = 0; b < NBUCKETS; b++)
+		for (struct dirwatch *d = buckets[b], *next; d; d = next) {
+			next = d->next;
+			if (under(d->rel, rel)) {
+				inotify_rm_watch(ifd, d->wd);
+				map_del(d->wd);
+			}
+		}
+}
+
+struct pending_move {
+	uint32_t cookie;
+	char *rel; /* NULL when none */
+};
+
+static void settle_move(struct pending_move *pm)
+{
+	if (pm->rel) {
+		drop_tree(pm->rel);
+		free(pm->rel);
+		pm->rel = NULL;
+	}
+}
+
+static void handle_event(const struct inotify_event *ev, struct pending_move *pm)
+{
+	if (ev->mask & IN_Q_OVERFLOW) {
+		settle_move(pm);
+		publish_overflow();
+		return;
+	}
+	if (ev->mask & IN_IGNORED) {
+		map_del(ev->wd);
+		return;
+	}
+	const char *dir = map_get(ev->wd);
+	if (!dir)
+		return;
+	if (ev->len == 0 || !ev->name[0]) {
+		/* Events of a directory about itself are reported by its parent's watch, except
+		 * for the root, which has none. */
+		if (strcmp(dir, ".") == 0 && (ev->mask & IN_ATTRIB))
+			publish(EV_ATTRIB, ".", true);
+		return;
+	}
+	bool is_dir = ev->mask & IN_ISDIR;
+	char *rel = join(dir, ev->name);
+	if (!rel)
+		return;
+	if (pm->rel && !((ev->mask & IN_MOVED_TO) && ev->cookie == pm->cookie))
+		settle_move(pm);
+	if (ev->mask & IN_CREATE) {
+		publish(EV_CREATE, rel, is_dir);
+		if (is_dir)
+			add_tree(rel, true);
+	}
+	if (ev->mask & (IN_MODIFY | IN_CLOSE_WRITE))
+		publish(EV_MODIFY, rel, is_dir);
+	if (ev->mask & IN_ATTRIB)
+		publish(EV_ATTRIB, rel, is_dir);
+	if (ev->mask & IN_DELETE)
+		publish(EV_DELETE, rel, is_dir);
+	if (ev->mask & IN_MOVED_FROM) {
+		publish(EV_MOVE_FROM, rel, is_dir);
+		if (is_dir) {
+			pm->cookie = ev->cookie;
+			pm->rel = rel;
+			rel = NULL;
+		}
+	}
+	if (ev->mask & IN_MOVED_TO) {
+		publish(EV_MOVE_TO, rel, is_dir);
+		if (is_dir && pm->rel && ev->cookie == pm->cookie) {
+			map_rename_prefix(pm->rel, rel);
+			free(pm->rel);
+			pm->rel = NULL;
+		} else if (is_dir) {
+			add_tree(rel, false);
+		}
+	}
+	free(rel);
+}
+
+static void *watch_thread(void *arg)
+{
+	(void)arg;
+	add_tree(".", false);
+	pthread_mutex_lock(&lock);
+	ready = true;
+	pthread_cond_broadcast(&ready_cond);
+	pthread_mutex_unlock(&lock);
+
+	static char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
+	struct pending_move pm = { 0, NULL };
+	for (;;) {
+		struct pollfd p[2] = { { ifd, POLLIN, 0 }, { stopfd, POLLIN, 0 } };
+		int k = poll(p, 2, pm.rel ? MOVE_PAIR_MS : -1);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0 || (p[1].revents & POLLIN))
+			break;
+		if (k == 0) {
+			settle_move(&pm);
+			continue;
+		}
+		ssize_t n = read(ifd, buf, sizeof buf);
+		if (n <= 0)
+			continue;
+		for (char *q = buf; q < buf + n;) {
+			const struct inotify_event *ev = (const struct inotify_event *)q;
+			handle_event(ev, &pm);
+			q += sizeof *ev + ev->len;
+		}
+	}
+	free(pm.rel);
+	return NULL;
+}
+
+void watch_init(void)
+{
+	ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+	stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (ifd < 0 || stopfd < 0) {
+		log_error("watch: cannot create an inotify instance: %s", strerror(errno));
+		goto fail;
+	}
+	int err = pthread_create(&thread, NULL, watch_thread, NULL);
+	if (err) {
+		log_error("watch: cannot start the watch thread: %s", strerror(err));
+		goto fail;
+	}
+	started = true;
+	return;
+fail:
+	if (ifd >= 0)
+		close(ifd);
+	if (stopfd >= 0)
+		close(stopfd);
+	ifd = stopfd = -1;
+}
+
+void watch_shutdown(void)
+{
+	pthread_mutex_lock(&lock);
+	stopping = true;
+	for (struct sub *s = subs; s; s = s->next)
+		pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&lock);
+	if (!started)
+		return;
+	uint64_t one = 1;
+	if (write(stopfd, &one, sizeof one) < 0)
+		log_warn("watch: cannot wake the watch thread: %s", strerror(errno));
+	pthread_join(thread, NULL);
+	started = false;
+	close(ifd);
+	close(stopfd);
+	ifd = stopfd = -1;
+	map_clear();
+}
+
+/* ---- the route ---- */
+
+static void sub_free(struct sub *s)
+{
+	while (s->head) {
+		struct qev *q = s->head;
+		s->head = q->next;
+		free(q->path);
+		free(q->line);
+		free(q);
+	}
+	for (size_t i = 0; i < s->nglobs; i++)
+		free(s->globs[i]);
+	free(s->globs);
+	free(s->root);
+	pthread_cond_destroy(&s->cond);
+	free(s);
+}
+
+static int sub_next(void *ctx, struct strbuf *out, int timeout_ms)
+{
+	struct sub *s = ctx;
+	pthread_mutex_lock(&lock);
+	if (!s->head && !s->owe_overflow && !stopping) {
+		struct timespec dl;
+		clock_gettime(CLOCK_MONOTONIC, &dl);
+		dl.tv_sec += timeout_ms / 1000;
+		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+		if (dl.tv_nsec >= 1000000000) {
+			dl.tv_sec++;
+			dl.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&s->cond, &lock, &dl);
+	}
+	struct qev *q = s->head;
+	s->head = s->tail = NULL;
+	s->len = 0;
+	bool overflow = s->owe_overflow;
+	s->owe_overflow = false;
+	bool stop = stopping;
+	pthread_mutex_unlock(&lock);
+	while (q) {
+		struct qev *next = q->next;
+		strbuf_appends(out, q->line);
+		free(q->path);
+		free(q->line);
+		free(q);
+		q = next;
+	}
+	if (overflow) {
+		char *l = overflow_line();
+		if (l)
+			strbuf_appends(out, l);
+		free(l);
+	}
+	if (stop) {
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddStringToObject(e, "type", "stopped");
+		cJSON_AddStringToObject(e, "reason", "server shutting down");
+		sse_append(out, e);
+		cJSON_Delete(e);
+		return 0;
+	}
+	return 1;
+}
+
+static void sub_release(void *ctx)
+{
+	struct sub *s = ctx;
+	pthread_mutex_lock(&lock);
+	if (s->prev)
+		s->prev->next = s->next;
+	else if (subs == s)
+		subs = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	pthread_mutex_unlock(&lock);
+	sub_free(s);
+}
+
+static void reply_invalid(struct req *r, const char *msg)
+{
+	reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "%s", msg);
+}
+
+/* include or exclude: an array of globs without [ ] { }; returns false after answering. */
+static bool parse_globs(struct req *r, struct sub *s, const cJSON *arr, bool include)
+{
+	if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) > GLOBS_MAX) {
+		reply_invalid(r, "include/exclude must be arrays of at most 64 glob strings");
+		return false;
+	}
+	s->include = include;
+	s->globs = calloc((size_t)cJSON_GetArraySize(arr) + 1, sizeof *s->globs);
+	const cJSON *g;
+	cJSON_ArrayForEach(g, arr) {
+		if (!cJSON_IsString(g) || !*g->valuestring || strlen(g->valuestring) > 1024 ||
+		    strpbrk(g->valuestring, "[]{}")) {
+			reply_invalid(r, "globs must be non-empty strings using only *, **, ? and /");
+			return false;
+		}
+		if (s->globs && (s->globs[s->nglobs] = strdup(g->valuestring)))
+			s->nglobs++;
+	}
+	return true;
+}
+
+void route_watch(struct req *r)
+{
+	const cJSON *body = req_json(r);
+	const char *path = json_str(body, "path");
+	if (!path || !*path) {
+		reply_invalid(r, "'path' is required");
+		return;
+	}
+	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
+	int err = ws_normalize(path, rel, sizeof rel);
+	if (err == -EACCES) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "path", path);
+		cJSON_AddStringToObject(ctx, "resolvedPath", path);
+		cJSON_AddStringToObject(ctx, "workspaceRoot", "/workspace");
+		reply_error(r, 403, "PERMISSION_DENIED", EACCES, ctx,
+			    "path must be inside /workspace");
+		return;
+	}
+	if (err) {
+		reply_ws_errno(r, err, path);
+		return;
+	}
+	ws_api_path(rel, abs, sizeof abs);
+	struct stat st;
+	err = ws_stat(abs, &st, false);
+	if (err == -ENOENT) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "path", abs);
+		reply_error(r, 404, "FILE_NOT_FOUND", ENOENT, ctx, "Path does not exist: %s", abs);
+		return;
+	}
+	if (err) {
+		reply_ws_errno(r, err, abs);
+		return;
+	}
+
+	struct sub *s = calloc(1, sizeof *s);
+	if (!s || !(s->root = strdup(rel))) {
+		free(s);
+		reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
+		return;
+	}
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&s->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	s->recursive = json_bool(body, "recursive", true);
+	s->events = EV_ALL & ~EV_ATTRIB;
+	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
+	if (events && !cJSON_IsNull(events)) {
+		if (!cJSON_IsArray(events)) {
+			sub_free(s);
+			reply_invalid(r, "'events' must be an array");
+			return;
+		}
+		unsigned mask = 0;
+		const cJSON *e;
+		cJSON_ArrayForEach(e, events) {
+			size_t i = 0;
+			while (i < 6 && !(cJSON_IsString(e) && strcmp(e->valuestring, ev_names[i]) == 0))
+				i++;
+			if (i == 6) {
+				sub_free(s);
+				reply_invalid(r, "events must be among create, modify, delete, "
+						 "move_from, move_to, attrib");
+				return;
+			}
+			mask |= 1u << i;
+		}
+		if (mask)
+			s->events = mask;
+	}
+	const cJSON *inc = cJSON_GetObjectItemCaseSensitive(body, "include");
+	const cJSON *exc = cJSON_GetObjectItemCaseSensitive(body, "exclude");
+	if (inc && exc) {
+		sub_free(s);
+		reply_invalid(r, "include and exclude cannot be used together");
+		return;
+	}
+	bool ok = true;
+	if (inc)
+		ok = parse_globs(r, s, inc, true);
+	else if (exc)
+		ok = parse_globs(r, s, exc, false);
+	else {
+		static const char *const dflt[] = { ".git", "node_modules", ".DS_Store" };
+		s->globs = calloc(3, sizeof *s->globs);
+		for (size_t i = 0; s->globs && i < 3; i++)
+			if ((s->globs[s->nglobs] = strdup(dflt[i])))
+				s->nglobs++;
+	}
+	if (!ok) {
+		sub_free(s);
+		return;
+	}
+
+	/* The watcher must be established before "watching" is promised. */
+	pthread_mutex_lock(&lock);
+	struct timespec dl;
+	clock_gettime(CLOCK_REALTIME, &dl);
+	dl.tv_sec += READY_WAIT_S;
+	while (started && !ready && !stopping &&
+	       pthread_cond_timedwait(&ready_cond, &lock, &dl) == 0)
+		;
+	if (!started || !ready || stopping) {
+		pthread_mutex_unlock(&lock);
+		sub_free(s);
+		reply_error(r, 500, "WATCH_START_ERROR", EAGAIN, NULL,
+			    "the file watcher is not running");
+		return;
+	}
+	char id[64];
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	snprintf(id, sizeof id, "watch-%u-%lld", ++watch_seq,
+		 (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+	cJSON *w = cJSON_CreateObject();
+	cJSON_AddStringToObject(w, "type", "watching");
+	cJSON_AddStringToObject(w, "path", abs);
+	cJSON_AddStringToObject(w, "watchId", id);
+	enqueue_locked(s, (enum ev_type)0, NULL, event_line(w));
+	s->next = subs;
+	if (subs)
+		subs->prev = s;
+	subs = s;
+	pthread_mutex_unlock(&lock);
+	log_debug("watch %s on %s (recursive %d)", id, abs, s->recursive);
+	reply_sse(r, (struct sse_source){ sub_next, sub_release, s });
+}
