@@ -1,1 +1,680 @@
-/* placeholder */ typedef int sbxd_placeholder_exec;
+/* POST /api/execute and /api/execute/stream.
+ *
+ * A command's stdout and stderr are read concurrently with poll() (a command that fills one
+ * pipe while we wait on the other would otherwise deadlock), together with its pidfd, so the
+ * end of the command is noticed even when a background child keeps the pipes open: once the
+ * command has exited, what it wrote is already in the pipes, so one drain pass ends the
+ * collection and whatever it left running in the background no longer holds the request.
+ *
+ * /api/execute collects both outputs whole (each capped at 64 MiB) and answers once. The
+ * stream is an sse_source: each next() polls for at most the time httpd gives it and turns
+ * what arrived into events; text events carry incomplete UTF-8 sequences over to the next
+ * chunk so a character is never split. If the client goes away first, release() kills the
+ * command's process group. Either way every child is reaped.
+ *
+ * Output text is UTF-8 with invalid sequences and NUL bytes replaced by U+FFFD (cJSON strings
+ * cannot hold NUL); "encoding":"base64" gives the bytes exactly. */
+#include "server/routes.h"
+#include "server/runner.h"
+#include "server/sessions.h"
+#include "common/base64.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define OUTPUT_MAX ((size_t)64 << 20)
+#define KILL_GRACE_MS 2000          /* SIGTERM, then SIGKILL this much later */
+#define DRAIN_MAX_MS 200            /* after the exit: reading what is left, at most */
+#define READ_CHUNK 65536
+#define STEP_BYTES (1024 * 1024) /* per round, so timeouts and exits are seen */
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- UTF-8 ---- */
+
+/* The valid sequence at s: its length; 0 for a valid but incomplete prefix (n too short);
+ * -k for an invalid sequence whose maximal subpart is k bytes (one U+FFFD each). NUL counts
+ * as invalid. */
+static int utf8_seq(const unsigned char *s, size_t n)
+{
+	unsigned c = s[0], lo = 0x80, hi = 0xBF;
+	int len;
+	if (c < 0x80)
+		return c ? 1 : -1;
+	if (c >= 0xC2 && c <= 0xDF)
+		len = 2;
+	else if (c == 0xE0)
+		len = 3, lo = 0xA0;
+	else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
+		len = 3;
+	else if (c == 0xED)
+		len = 3, hi = 0x9F;
+	else if (c == 0xF0)
+		len = 4, lo = 0x90;
+	else if (c >= 0xF1 && c <= 0xF3)
+		len = 4;
+	else if (c == 0xF4)
+		len = 4, hi = 0x8F;
+	else
+		return -1;
+	for (int i = 1; i < len; i++) {
+		if ((size_t)i >= n)
+			return 0;
+		if (s[i] < lo || s[i] > hi)
+			return -i;
+		lo = 0x80, hi = 0xBF;
+	}
+	return len;
+}
+
+/* Appends in[0..n) to out as valid UTF-8. Unless final, an incomplete sequence at the end
+ * is left unconsumed; returns the number of bytes consumed. */
+static size_t utf8_sanitize(struct strbuf *out, const char *in, size_t n, bool final)
+{
+	static const char replacement[] = "\xEF\xBF\xBD";
+	const unsigned char *s = (const unsigned char *)in;
+	size_t i = 0, run = 0;
+	strbuf_reserve(out, n);
+	while (i < n) {
+		if (s[i] && s[i] < 0x80) {
+			i++;
+			continue;
+		}
+		int k = utf8_seq(s + i, n - i);
+		if (k > 0) {
+			i += (size_t)k;
+			continue;
+		}
+		strbuf_append(out, in + run, i - run);
+		if (k == 0 && !final)
+			return i;
+		strbuf_append(out, replacement, 3);
+		i += k == 0 ? n - i : (size_t)-k;
+		run = i;
+	}
+	strbuf_append(out, in + run, i - run);
+	return i;
+}
+
+/* ---- running a command and reading its output ---- */
+
+enum { OUT, ERR };
+
+struct proc_io {
+	struct run_proc p;
+	const char *input;      /* the command text, when it goes to stdin */
+	size_t input_len, input_off;
+	bool eof[2];
+	bool exited, reaped;
+	int status;
+	int timeout_ms;         /* 0: none */
+	int64_t deadline;       /* timeout, -1 none */
+	int64_t kill_at;        /* SIGKILL after the SIGTERM of a timeout, -1 none */
+	int64_t drain_until;    /* after the exit: reading what is left, until then */
+	bool timed_out;
+	bool killed;            /* by us, for any reason: its state is not to be kept */
+};
+
+typedef void (*sink_fn)(void *ctx, int which, const char *buf, size_t n);
+
+static void io_kill(struct proc_io *io, int sig)
+{
+	runner_kill(&io->p, sig);
+	io->killed = true;
+}
+
+/* Writes to the command's stdin without dying of SIGPIPE when it has closed it (sbxd's
+ * signal disposition is not ours to rely on): SIGPIPE is blocked in this thread for the
+ * write and a pending one is consumed. */
+static void io_feed(struct proc_io *io)
+{
+	sigset_t pipe_set, old;
+	sigemptyset(&pipe_set);
+	sigaddset(&pipe_set, SIGPIPE);
+	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+	ssize_t w = write(io->p.stdin_fd, io->input + io->input_off,
+			  io->input_len - io->input_off);
+	int err = errno;
+	if (w < 0 && err == EPIPE) {
+		struct timespec zero = { 0, 0 };
+		sigtimedwait(&pipe_set, NULL, &zero);
+	}
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (w > 0)
+		io->input_off += (size_t)w;
+	if ((w < 0 && err != EAGAIN && err != EINTR) || io->input_off == io->input_len) {
+		close(io->p.stdin_fd);
+		io->p.stdin_fd = -1;
+	}
+}
+
+/* Reads what fd has now, up to budget bytes; false once it reached EOF. */
+static bool io_read(struct proc_io *io, int which, sink_fn sink, void *ctx, size_t *budget)
+{
+	int fd = which == OUT ? io->p.stdout_fd : io->p.stderr_fd;
+	char buf[READ_CHUNK];
+	while (*budget) {
+		ssize_t n = read(fd, buf, *budget < sizeof buf ? *budget : sizeof buf);
+		if (n > 0) {
+			sink(ctx, which, buf, (size_t)n);
+			*budget -= (size_t)n;
+			continue;
+		}
+		if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+			io->eof[which] = true;
+			return false;
+		}
+		if (errno == EAGAIN)
+			break;
+	}
+	return true;
+}
+
+static void io_check_exit(struct proc_io *io)
+{
+	if (io->exited)
+		return;
+	int err = runner_wait(&io->p, &io->status, 0);
+	if (err == -ETIMEDOUT)
+		return;
+	if (err) {
+		log_error("exec: waiting for %d: %s", (int)io->p.pid, strerror(-err));
+		io->status = 255 << 8;
+	}
+	/* a failed wait (nothing to reap) ends it just the same */
+	io->exited = io->reaped = true;
+	io->drain_until = now_ms() + DRAIN_MAX_MS;
+}
+
+/* Timeouts: SIGTERM at the deadline, SIGKILL KILL_GRACE_MS later. */
+static void io_timers(struct proc_io *io, int64_t now)
+{
+	if (io->deadline >= 0 && now >= io->deadline) {
+		io->deadline = -1;
+		io->timed_out = true;
+		io_kill(io, SIGTERM);
+		io->kill_at = now + KILL_GRACE_MS;
+	}
+	if (io->kill_at >= 0 && now >= io->kill_at) {
+		io->kill_at = -1;
+		io_kill(io, SIGKILL);
+	}
+}
+
+/* One round: waits at most wait_ms for output, input room or the exit, and hands what
+ * arrived to sink (at most budget bytes). True once the command has exited and its output
+ * is read. */
+static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, size_t budget)
+{
+	int64_t now = now_ms();
+	io_timers(io, now);
+	if (!io->exited) {
+		struct pollfd pfd[4];
+		int n = 0, i_out = -1, i_err = -1, i_in = -1;
+		if (!io->eof[OUT])
+			pfd[i_out = n++] = (struct pollfd){ .fd = io->p.stdout_fd, .events = POLLIN };
+		if (!io->eof[ERR])
+			pfd[i_err = n++] = (struct pollfd){ .fd = io->p.stderr_fd, .events = POLLIN };
+		if (io->p.stdin_fd >= 0)
+			pfd[i_in = n++] = (struct pollfd){ .fd = io->p.stdin_fd, .events = POLLOUT };
+		if (io->p.pidfd >= 0)
+			pfd[n++] = (struct pollfd){ .fd = io->p.pidfd, .events = POLLIN };
+		else if (wait_ms < 0 || wait_ms > 10)
+			wait_ms = 10; /* no pidfd: look for the exit now and then */
+		int64_t next = io->deadline >= 0 ? io->deadline : io->kill_at;
+		if (io->deadline >= 0 && io->kill_at >= 0 && io->kill_at < next)
+			next = io->kill_at;
+		if (next >= 0 && (wait_ms < 0 || next - now < wait_ms))
+			wait_ms = next - now < 0 ? 0 : (int)(next - now);
+		if (poll(pfd, (nfds_t)n, wait_ms) > 0) {
+			if (i_in >= 0 && pfd[i_in].revents)
+				io_feed(io);
+			if (i_out >= 0 && pfd[i_out].revents)
+				io_read(io, OUT, sink, ctx, &budget);
+			if (i_err >= 0 && pfd[i_err].revents)
+				io_read(io, ERR, sink, ctx, &budget);
+		}
+		io_check_exit(io);
+		if (!io->exited)
+			return false;
+	}
+	/* exited: everything it wrote is in the pipes; a background child holding them open
+	 * does not keep us beyond DRAIN_MAX_MS */
+	for (int w = OUT; w <= ERR; w++)
+		if (!io->eof[w])
+			io_read(io, w, sink, ctx, &budget);
+	return budget > 0 || now_ms() >= io->drain_until;
+}
+
+/* Starts the command; 0 or a negative errno. */
+static int io_start(struct proc_io *io, const struct session_launch *l, const char *command,
+		    int timeout_ms)
+{
+	struct run_spec spec = {
+		.argv = (const char *const *)l->argv,
+		.env = (const char *const *)l->env,
+		.stdin_null = !l->command_on_stdin,
+	};
+	*io = (struct proc_io){ .deadline = -1, .kill_at = -1, .timeout_ms = timeout_ms };
+	int err = runner_spawn(&spec, &io->p);
+	if (err)
+		return err;
+	if (l->command_on_stdin) {
+		io->input = command;
+		io->input_len = strlen(command);
+	}
+	if (timeout_ms > 0)
+		io->deadline = now_ms() + timeout_ms;
+	return 0;
+}
+
+/* Ends the command if it still runs (SIGTERM, SIGKILL after the grace period), reaps it and
+ * closes everything. */
+static void io_finish(struct proc_io *io)
+{
+	if (io->p.pid > 0 && !io->reaped) {
+		if (!io->exited) {
+			io_kill(io, SIGTERM);
+			if (runner_wait(&io->p, &io->status, KILL_GRACE_MS) == -ETIMEDOUT) {
+				io_kill(io, SIGKILL);
+				runner_wait(&io->p, &io->status, -1);
+			}
+		} else {
+			runner_wait(&io->p, &io->status, -1);
+		}
+	}
+	/* what a timed-out command left behind in its group goes too */
+	if (io->timed_out)
+		runner_kill(&io->p, SIGKILL);
+	runner_close(&io->p);
+}
+
+/* ---- request fields shared by both routes ---- */
+
+struct exec_req {
+	const char *command;
+	const char *cwd;
+	char **env;
+	const char *session_id;  /* resolved; SESSION_NONE for sessionless */
+	bool session_given;
+	bool base64;
+	int timeout_ms;          /* 0: none (yet: the session's default applies later) */
+};
+
+/* Parses and validates; false after answering the request. */
+static bool parse_exec_req(struct req *r, struct exec_req *x, bool stream)
+{
+	cJSON *body = req_json(r);
+	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(body, "command");
+	const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(body, "cwd");
+	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
+	*x = (struct exec_req){ 0 };
+
+	if (stream && (!cJSON_IsString(cmd) || !*cmd->valuestring ||
+		       strspn(cmd->valuestring, " \t\r\n\v\f") == strlen(cmd->valuestring))) {
+		reply_error(r, 400, "INVALID_COMMAND", EINVAL, NULL,
+			    "Invalid command: empty command provided");
+		return false;
+	}
+	if (!cmd || cJSON_IsNull(cmd)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "command is required");
+		return false;
+	}
+	if (!cJSON_IsString(cmd)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "command must be a string");
+		return false;
+	}
+	x->command = cmd->valuestring;
+	if (cwd && !cJSON_IsNull(cwd) && !cJSON_IsString(cwd)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "cwd must be a string");
+		return false;
+	}
+	if (cJSON_IsString(cwd) && *cwd->valuestring)
+		x->cwd = cwd->valuestring;
+	if (tmo && !cJSON_IsNull(tmo)) {
+		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 0 || tmo->valuedouble > INT_MAX) {
+			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				    "timeoutMs must be a number of milliseconds");
+			return false;
+		}
+		x->timeout_ms = (int)tmo->valuedouble;
+	}
+	if (!stream && json_bool(body, "background", false)) {
+		reply_error(r, 501, "NOT_SUPPORTED", ENOSYS, NULL,
+			    "background processes arrive with /api/process");
+		return false;
+	}
+	const char *enc = json_str(body, "encoding");
+	x->base64 = enc && strcmp(enc, "base64") == 0;
+	x->session_id = session_id_of_request(r, &x->session_given);
+	if (!x->session_id)
+		return false;
+	x->env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
+	return x->env != NULL;
+}
+
+static void reply_spawn_error(struct req *r, int err)
+{
+	if (err == -ENOTSUP && runner_unavailable())
+		reply_error(r, 500, "COMMAND_EXECUTION_ERROR", ENOTSUP, NULL,
+			    "cannot run commands: %s", runner_unavailable());
+	else
+		reply_error(r, 500, "COMMAND_EXECUTION_ERROR", -err, NULL,
+			    "cannot start the command: %s", strerror(-err));
+}
+
+static void reply_session_error(struct req *r, const struct exec_req *x, int err)
+{
+	if (err == -ENOSPC)
+		reply_error(r, 500, "INTERNAL_ERROR", ENOSPC, NULL,
+			    "cannot create session '%s': too many sessions", x->session_id);
+	else
+		reply_error(r, 500, "INTERNAL_ERROR", -err, NULL, "session '%s': %s",
+			    x->session_id, strerror(-err));
+}
+
+/* Takes the session for this command (none when sessionless); 0, -ETIMEDOUT or an error. */
+static int take_session(struct exec_req *x, struct session **s)
+{
+	*s = NULL;
+	if (strcmp(x->session_id, SESSION_NONE) == 0)
+		return 0;
+	int err = session_acquire(x->session_id, x->cwd, x->timeout_ms > 0 ? x->timeout_ms : -1,
+				  s);
+	if (!err && !x->timeout_ms)
+		x->timeout_ms = session_command_timeout(*s);
+	return err;
+}
+
+/* ---- POST /api/execute ---- */
+
+struct collected {
+	struct strbuf buf[2];
+	bool overflow[2];
+	struct proc_io *io;
+};
+
+static void collect(void *ctx, int which, const char *buf, size_t n)
+{
+	struct collected *c = ctx;
+	if (c->overflow[which])
+		return;
+	if (c->buf[which].len + n > OUTPUT_MAX) {
+		c->overflow[which] = true;
+		io_kill(c->io, SIGKILL);
+		return;
+	}
+	strbuf_append(&c->buf[which], buf, n);
+}
+
+static void add_output(cJSON *res, const char *key, const struct strbuf *b, bool base64)
+{
+	if (base64) {
+		char *enc = base64_encode_alloc(b->len ? b->data : "", b->len);
+		if (!enc)
+			abort();
+		cJSON_AddStringToObject(res, key, enc);
+		free(enc);
+		return;
+	}
+	struct strbuf text = STRBUF_INIT;
+	utf8_sanitize(&text, b->len ? b->data : "", b->len, true);
+	cJSON_AddStringToObject(res, key, text.len ? text.data : "");
+	strbuf_free(&text);
+}
+
+void route_execute(struct req *r)
+{
+	struct exec_req x;
+	struct session *s = NULL;
+	struct session_launch l = { 0 };
+	struct proc_io io = { .p = { .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
+				     .pidfd = -1 } };
+	struct collected c = { .buf = { STRBUF_INIT, STRBUF_INIT }, .io = &io };
+	int64_t t0 = now_ms();
+	bool timed_out = false;
+
+	if (!parse_exec_req(r, &x, false))
+		return;
+	int err = take_session(&x, &s);
+	if (err == -ETIMEDOUT) {
+		/* the session's previous command outlasted our whole timeout */
+		timed_out = true;
+	} else if (err) {
+		reply_session_error(r, &x, err);
+		goto out;
+	} else {
+		session_launch(s, x.command, x.cwd, x.env, s != NULL, &l);
+		int left = x.timeout_ms > 0 ? x.timeout_ms - (int)(now_ms() - t0) : 0;
+		err = io_start(&io, &l, x.command, x.timeout_ms > 0 ? (left > 1 ? left : 1) : 0);
+		if (err) {
+			reply_spawn_error(r, err);
+			goto out;
+		}
+		t0 = now_ms();
+		while (!io_step(&io, -1, collect, &c, STEP_BYTES))
+			;
+		io_finish(&io);
+		timed_out = io.timed_out;
+		if (s && !io.killed)
+			session_commit(s);
+	}
+	if (s) {
+		session_release(s);
+		s = NULL;
+	}
+	for (int w = OUT; w <= ERR; w++)
+		if (c.overflow[w]) {
+			reply_error(r, 500, "COMMAND_EXECUTION_ERROR", EFBIG, NULL,
+				    "the command wrote more than %zu MiB to %s and was killed "
+				    "(/api/execute/stream has no limit)", OUTPUT_MAX >> 20,
+				    w == OUT ? "stdout" : "stderr");
+			goto out;
+		}
+
+	int code = timed_out ? 124 : runner_exit_code(io.status);
+	if (timed_out) {
+		struct strbuf *e = &c.buf[ERR];
+		if (e->len && e->data[e->len - 1] != '\n')
+			strbuf_appends(e, "\n");
+		strbuf_appendf(e, "Command timed out after %dms", x.timeout_ms);
+	}
+	char ts[32];
+	cJSON *res = cJSON_CreateObject();
+	cJSON_AddBoolToObject(res, "success", code == 0);
+	cJSON_AddNumberToObject(res, "exitCode", code);
+	add_output(res, "stdout", &c.buf[OUT], x.base64);
+	add_output(res, "stderr", &c.buf[ERR], x.base64);
+	if (x.base64)
+		cJSON_AddStringToObject(res, "encoding", "base64");
+	cJSON_AddStringToObject(res, "command", x.command);
+	json_add_int(res, "duration", now_ms() - t0);
+	cJSON_AddStringToObject(res, "timestamp", json_timestamp(ts));
+	if (x.session_given)
+		cJSON_AddStringToObject(res, "sessionId", x.session_id);
+	reply_json(r, 200, res);
+out:
+	if (s)
+		session_release(s);
+	session_launch_free(&l);
+	session_free_env(x.env);
+	strbuf_free(&c.buf[OUT]);
+	strbuf_free(&c.buf[ERR]);
+}
+
+/* ---- POST /api/execute/stream ---- */
+
+struct stream {
+	struct proc_io io;
+	struct strbuf *out;      /* the events of the current next() */
+	struct strbuf carry[2];  /* an incomplete UTF-8 sequence from the last chunk */
+	char *command;
+	bool base64;
+	bool started, finished;
+};
+
+static void stream_event(struct strbuf *out, const char *type, const char *data)
+{
+	char ts[32];
+	cJSON *ev = cJSON_CreateObject();
+	cJSON_AddStringToObject(ev, "type", type);
+	cJSON_AddStringToObject(ev, "data", data);
+	cJSON_AddStringToObject(ev, "timestamp", json_timestamp(ts));
+	sse_append(out, ev);
+	cJSON_Delete(ev);
+}
+
+/* One stdout/stderr event for a chunk (none when it is only the start of a character). */
+static void stream_chunk(struct stream *st, int which, const char *buf, size_t n, bool final)
+{
+	const char *type = which == OUT ? "stdout" : "stderr";
+	if (st->base64) {
+		if (!n)
+			return;
+		char *enc = base64_encode_alloc(buf, n);
+		if (!enc)
+			abort();
+		stream_event(st->out, type, enc);
+		free(enc);
+		return;
+	}
+	struct strbuf *carry = &st->carry[which];
+	struct strbuf text = STRBUF_INIT;
+	if (carry->len) {
+		strbuf_append(carry, buf, n);
+		size_t used = utf8_sanitize(&text, carry->data, carry->len, final);
+		strbuf_consume(carry, used);
+	} else {
+		size_t used = utf8_sanitize(&text, buf, n, final);
+		strbuf_append(carry, buf + used, n - used);
+	}
+	if (text.len)
+		stream_event(st->out, type, text.data);
+	strbuf_free(&text);
+}
+
+static void stream_sink(void *ctx, int which, const char *buf, size_t n)
+{
+	stream_chunk(ctx, which, buf, n, false);
+}
+
+static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
+{
+	struct stream *st = ctx;
+	char ts[32];
+	st->out = out;
+	if (!st->started) {
+		cJSON *ev = cJSON_CreateObject();
+		cJSON_AddStringToObject(ev, "type", "start");
+		cJSON_AddStringToObject(ev, "command", st->command);
+		cJSON_AddStringToObject(ev, "timestamp", json_timestamp(ts));
+		sse_append(out, ev);
+		cJSON_Delete(ev);
+		st->started = true;
+		return 1;
+	}
+	if (st->finished)
+		return 0;
+	/* return with the first output rather than wait out the whole timeout */
+	int64_t end = now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+	size_t before = out->len;
+	bool done;
+	for (;;) {
+		int64_t left = end - now_ms();
+		done = io_step(&st->io, left > 0 ? (int)left : 0, stream_sink, st, STEP_BYTES);
+		if (done || out->len != before || left <= 0)
+			break;
+	}
+	if (!done)
+		return 1;
+	for (int w = OUT; w <= ERR; w++)
+		if (st->carry[w].len)
+			stream_chunk(st, w, "", 0, true);
+	io_finish(&st->io);
+	int code = runner_exit_code(st->io.status);
+	if (st->io.timed_out) {
+		code = 124;
+		struct strbuf msg = STRBUF_INIT;
+		strbuf_appendf(&msg, "Command timed out after %dms\n", st->io.timeout_ms);
+		if (st->base64) {
+			char *enc = base64_encode_alloc(msg.data, msg.len);
+			stream_event(out, "stderr", enc);
+			free(enc);
+		} else {
+			stream_event(out, "stderr", msg.data);
+		}
+		strbuf_free(&msg);
+	}
+	cJSON *ev = cJSON_CreateObject();
+	cJSON_AddStringToObject(ev, "type", "complete");
+	cJSON_AddNumberToObject(ev, "exitCode", code);
+	cJSON_AddStringToObject(ev, "timestamp", json_timestamp(ts));
+	sse_append(out, ev);
+	cJSON_Delete(ev);
+	st->finished = true;
+	return 0;
+}
+
+static void stream_release(void *ctx)
+{
+	struct stream *st = ctx;
+	if (!st->finished)
+		io_finish(&st->io); /* the client went away: the command goes too */
+	strbuf_free(&st->carry[OUT]);
+	strbuf_free(&st->carry[ERR]);
+	free(st->command);
+	free(st);
+}
+
+void route_execute_stream(struct req *r)
+{
+	struct exec_req x;
+	struct session *s = NULL;
+	struct session_launch l = { 0 };
+
+	if (!parse_exec_req(r, &x, true))
+		return;
+	/* the session lock is held only while the command starts, as in the container */
+	int err = take_session(&x, &s);
+	if (err) {
+		if (err == -ETIMEDOUT)
+			reply_error(r, 500, "COMMAND_EXECUTION_ERROR", ETIMEDOUT, NULL,
+				    "Command timed out after %dms waiting for session '%s'",
+				    x.timeout_ms, x.session_id);
+		else
+			reply_session_error(r, &x, err);
+		session_free_env(x.env);
+		return;
+	}
+	struct stream *st = calloc(1, sizeof *st);
+	if (!st || !(st->command = strdup(x.command)))
+		abort();
+	st->base64 = x.base64;
+	session_launch(s, x.command, x.cwd, x.env, false, &l);
+	err = io_start(&st->io, &l, st->command, x.timeout_ms);
+	if (s)
+		session_release(s);
+	session_launch_free(&l);
+	session_free_env(x.env);
+	if (err) {
+		free(st->command);
+		free(st);
+		return reply_spawn_error(r, err);
+	}
+	reply_sse(r, (struct sse_source){ .next = stream_next, .release = stream_release,
+					  .ctx = st });
+}

@@ -1,1 +1,681 @@
-/* placeholder */ typedef int sbxd_placeholder_sessions;
+/* Sessions without a long-lived shell.
+ *
+ * The container keeps one bash per session and feeds it commands; a command that runs `exit`
+ * kills the session, and a command that never ends blocks it for good. Here every command is
+ * a fresh `bash --norc --noprofile -c WRAPPER` (started by the runner like anything else), and
+ * what a shell would carry from one command to the next lives in a state file:
+ *
+ *   - the wrapper reads its parameters from __SBX_* variables and unsets them before the user
+ *     command runs (the command text travels in __SBX_CMD, or on stdin when it is longer
+ *     than an environment string may be; either way no quoting is involved);
+ *   - it sources the session's state file: exported variables (`export -p`), functions
+ *     (`declare -f`), aliases (`alias -p`), then `cd` to the saved directory;
+ *   - it applies the request's env and cwd on top, runs `eval "$cmd"`, and on the way out
+ *     (normally, or through `exit N` via the EXIT trap) takes the request's env and cwd back
+ *     and writes the state to state.new, ending with a marker line;
+ *   - sbxd renames state.new over the state file only when the command ended normally and
+ *     the marker is there, so a killed command or a truncated write leaves the old state.
+ *
+ * Once a command has saved state, the state file is the whole environment: later commands
+ * start from an empty environment, so a variable the user unset stays unset. Before that,
+ * a command starts from the default environment plus the session's env. Streamed commands
+ * load the state but do not save it (as in the container).
+ *
+ * The wrapper's own lines after the state is loaded use `builtin` (the user may have defined
+ * functions called cd or printf); aliases are enabled only for the user's command, and the
+ * trailing call that saves the state sits on the command's line, which bash parses before
+ * the command has a chance to define an alias.
+ *
+ * Locking: a table lock guards the list of sessions (held briefly); each session has a run
+ * lock that serialises its foreground commands and is held for the whole command. Sessions
+ * are reference-counted so a deleted session stays valid for a request that still holds it;
+ * such a request notices the deletion after taking the run lock and starts over. */
+#include "server/sessions.h"
+#include "server/routes.h"
+#include "server/runner.h"
+#include "server/server.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_SESSIONS 4096
+#define MAX_SESSION_ID 1024
+/* an environment string may not exceed 128 KiB (MAX_ARG_STRLEN); longer commands go to stdin */
+#define MAX_COMMAND_IN_ENV (96 * 1024)
+#define STATE_END "#sbx-end\n"
+
+static const char wrapper[] =
+	"__sbx_cmd=$__SBX_CMD __sbx_in=$__SBX_STATE __sbx_out=$__SBX_SAVE __sbx_cwd=$__SBX_CWD"
+	" __sbx_reqenv=$__SBX_REQENV\n"
+	"if [[ -n $__SBX_CMD_STDIN ]]; then __sbx_cmd=$(</dev/stdin); exec </dev/null; fi\n"
+	"unset -v __SBX_CMD __SBX_STATE __SBX_SAVE __SBX_CWD __SBX_REQENV __SBX_CMD_STDIN\n"
+	"declare -A __sbx_new __sbx_old\n"
+	"for __sbx_n in $__sbx_reqenv; do __sbx_v=__SBX_E_$__sbx_n;"
+	" __sbx_new[$__sbx_n]=${!__sbx_v}; unset -v \"$__sbx_v\"; done\n"
+	"[[ -n $__sbx_in && -r $__sbx_in ]] && builtin source \"$__sbx_in\"\n"
+	"__sbx_home=$PWD\n"
+	"for __sbx_n in $__sbx_reqenv; do"
+	" [[ -v $__sbx_n ]] && __sbx_old[$__sbx_n]=${!__sbx_n};"
+	" builtin export \"$__sbx_n=${__sbx_new[$__sbx_n]}\"; done\n"
+	"if [[ -n $__sbx_cwd ]] && ! builtin cd -- \"$__sbx_cwd\" 2>/dev/null; then"
+	" builtin printf \"Failed to change directory to '%s'\\n\" \"$__sbx_cwd\" >&2;"
+	" builtin exit 1; fi\n"
+	"builtin unset -v __sbx_n __sbx_v __sbx_in __sbx_new\n"
+	"__sbx_save() {\n"
+	"\tbuiltin local __sbx_rc=$1 __sbx_n __sbx_pwd=$PWD IFS=$' \\t\\n'\n"
+	"\tbuiltin trap - EXIT\n"
+	"\tbuiltin unset -f __sbx_save\n"
+	"\tbuiltin set +euo pipefail\n"
+	"\t[[ -n $__sbx_cwd ]] && __sbx_pwd=$__sbx_home\n"
+	"\tfor __sbx_n in $__sbx_reqenv; do\n"
+	"\t\tif [[ -v __sbx_old[$__sbx_n] ]]; then"
+	" builtin export \"$__sbx_n=${__sbx_old[$__sbx_n]}\";"
+	" else builtin unset -v \"$__sbx_n\"; fi\n"
+	"\tdone\n"
+	"\t[[ -n $__sbx_out ]] && { builtin export -p; builtin declare -f; builtin alias -p;"
+	" builtin printf 'builtin cd -- %q 2>/dev/null || builtin cd /workspace\\n" STATE_END "'"
+	" \"$__sbx_pwd\"; } >| \"$__sbx_out\" 2>/dev/null\n"
+	"\tbuiltin exit \"$__sbx_rc\"\n"
+	"}\n"
+	"builtin trap '\\__sbx_save $?' EXIT\n"
+	"builtin shopt -s expand_aliases; builtin eval \"$__sbx_cmd\"; \\__sbx_save $?\n";
+
+struct session {
+	char *id;
+	char *dir;          /* private directory under the state dir */
+	char *state;        /* what the next command loads */
+	char *state_new;    /* what a command saves */
+	char **env;         /* from session/create, "K=V" */
+	int timeout_ms;
+	bool saved;         /* the state file holds a command's saved environment */
+	bool deleted;
+	int refs;
+	pthread_mutex_t run;
+	struct session *next;
+};
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct session *sessions, **sessions_tail = &sessions;
+static size_t n_sessions;
+static unsigned long serial;
+static char *root;          /* <state dir>/sessions */
+
+/* ---- small helpers ---- */
+
+void session_free_env(char **v)
+{
+	for (char **p = v; p && *p; p++)
+		free(*p);
+	free(v);
+}
+
+struct strv {
+	char **v;
+	size_t n, cap;
+};
+
+static void strv_push(struct strv *sv, char *s)
+{
+	if (sv->n + 2 > sv->cap) {
+		sv->cap = sv->cap ? 2 * sv->cap : 16;
+		sv->v = realloc(sv->v, sv->cap * sizeof *sv->v);
+		if (!sv->v)
+			abort();
+	}
+	if (!s)
+		abort();
+	sv->v[sv->n++] = s;
+	sv->v[sv->n] = NULL;
+}
+
+static void strv_pushf(struct strv *sv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void strv_pushf(struct strv *sv, const char *fmt, ...)
+{
+	va_list ap;
+	char *s;
+	va_start(ap, fmt);
+	if (vasprintf(&s, fmt, ap) < 0)
+		s = NULL;
+	va_end(ap);
+	strv_push(sv, s);
+}
+
+/* Sets "K=V" in sv, replacing an earlier K. */
+static void strv_setenv(struct strv *sv, const char *kv)
+{
+	size_t klen = strcspn(kv, "=");
+	for (size_t i = 0; i < sv->n; i++)
+		if (strncmp(sv->v[i], kv, klen) == 0 && sv->v[i][klen] == '=') {
+			free(sv->v[i]);
+			sv->v[i] = strdup(kv);
+			if (!sv->v[i])
+				abort();
+			return;
+		}
+	strv_push(sv, strdup(kv));
+}
+
+static bool blank(const char *s)
+{
+	for (; *s; s++)
+		if (!isspace((unsigned char)*s))
+			return false;
+	return true;
+}
+
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+	if (ftw->level > 0)
+		remove(path);
+	return 0;
+}
+
+/* Empties a directory tree, keeping its top. */
+static void empty_dir(const char *dir)
+{
+	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static bool setup_root(void)
+{
+	if (root)
+		return true;
+	const char *base = sbxd_cfg ? sbxd_cfg->state_dir : NULL;
+	char *dir = NULL;
+	if (base) {
+		if (mkdir(base, 0700) < 0 && errno != EEXIST) {
+			log_error("sessions: state directory %s: %s", base, strerror(errno));
+			return false;
+		}
+		if (asprintf(&dir, "%s/sessions", base) < 0)
+			return false;
+		if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+			log_error("sessions: %s: %s", dir, strerror(errno));
+			free(dir);
+			return false;
+		}
+		/* sessions live in memory: whatever an earlier sbxd left is stale */
+		empty_dir(dir);
+	} else {
+		char tmpl[] = "/tmp/sbxd-sessions-XXXXXX";
+		if (!mkdtemp(tmpl)) {
+			log_error("sessions: mkdtemp: %s", strerror(errno));
+			return false;
+		}
+		dir = strdup(tmpl);
+	}
+	root = dir;
+	return root != NULL;
+}
+
+/* 'text' with every ' written as '\'' */
+static void put_quoted(FILE *f, const char *s)
+{
+	fputc('\'', f);
+	for (; *s; s++)
+		if (*s == '\'')
+			fputs("'\\''", f);
+		else
+			fputc(*s, f);
+	fputc('\'', f);
+}
+
+/* The state of a new session: only its start directory ($HOME when that is missing, as in
+ * the container). Its environment comes from the process environment until a command saves. */
+static int write_initial_state(const struct session *s, const char *cwd)
+{
+	FILE *f = fopen(s->state, "wex");
+	if (!f)
+		return -errno;
+	fputs("builtin cd -- ", f);
+	put_quoted(f, cwd ? cwd : "/workspace");
+	fputs(" 2>/dev/null || builtin cd\n" STATE_END, f);
+	return fclose(f) ? -errno : 0;
+}
+
+static void session_free(struct session *s)
+{
+	pthread_mutex_destroy(&s->run);
+	free(s->id);
+	free(s->dir);
+	free(s->state);
+	free(s->state_new);
+	session_free_env(s->env);
+	free(s);
+}
+
+static void session_put(struct session *s)
+{
+	pthread_mutex_lock(&table_lock);
+	bool last = --s->refs == 0;
+	pthread_mutex_unlock(&table_lock);
+	if (last)
+		session_free(s);
+}
+
+static struct session *find_locked(const char *id)
+{
+	for (struct session *s = sessions; s; s = s->next)
+		if (strcmp(s->id, id) == 0)
+			return s;
+	return NULL;
+}
+
+/* A new session in the table (table lock held); takes ownership of env. */
+static int create_locked(const char *id, const char *cwd, char **env, int timeout_ms,
+			 struct session **out)
+{
+	if (n_sessions >= MAX_SESSIONS)
+		return -ENOSPC;
+	if (!setup_root())
+		return -EIO;
+	struct session *s = calloc(1, sizeof *s);
+	if (!s)
+		return -ENOMEM;
+	/* the directory name never depends on the id beyond a sanitised hint */
+	char hint[33];
+	size_t h = 0;
+	for (const char *p = id; *p && h < sizeof hint - 1; p++)
+		hint[h++] = isalnum((unsigned char)*p) || *p == '-' || *p == '_' ? *p : '_';
+	hint[h] = 0;
+	s->id = strdup(id);
+	if (!s->id || asprintf(&s->dir, "%s/%lu-%s", root, ++serial, hint) < 0 ||
+	    asprintf(&s->state, "%s/state", s->dir) < 0 ||
+	    asprintf(&s->state_new, "%s/state.new", s->dir) < 0)
+		abort();
+	s->env = env;
+	s->timeout_ms = timeout_ms;
+	s->refs = 1; /* the table's */
+	pthread_mutex_init(&s->run, NULL);
+	int err = mkdir(s->dir, 0700) < 0 ? -errno : write_initial_state(s, cwd);
+	if (err) {
+		log_error("sessions: cannot create state for session '%s' in %s: %s", id, s->dir,
+			  strerror(-err));
+		rmdir(s->dir);
+		s->env = NULL;
+		session_free(s);
+		return err;
+	}
+	*sessions_tail = s;
+	sessions_tail = &s->next;
+	n_sessions++;
+	*out = s;
+	return 0;
+}
+
+static void unlink_locked(struct session *s)
+{
+	struct session **pp = &sessions;
+	while (*pp != s)
+		pp = &(*pp)->next;
+	*pp = s->next;
+	if (sessions_tail == &s->next)
+		sessions_tail = pp;
+	s->next = NULL;
+	n_sessions--;
+	s->deleted = true;
+}
+
+static void remove_files(struct session *s)
+{
+	empty_dir(s->dir);
+	rmdir(s->dir);
+}
+
+/* ---- for exec.c ---- */
+
+const char *session_id_of_request(struct req *r, bool *given)
+{
+	const char *id = NULL;
+	cJSON *body = req_json(r);
+	const cJSON *field = body ? cJSON_GetObjectItemCaseSensitive(body, "sessionId") : NULL;
+	if (field && !cJSON_IsNull(field) && !cJSON_IsString(field)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "sessionId must be a string");
+		return NULL;
+	}
+	if (field && cJSON_IsString(field) && field->valuestring[0])
+		id = field->valuestring;
+	if (!id || !*id)
+		id = req_header(r, "X-Session-Id");
+	if (!id || !*id)
+		id = req_query(r, "session");
+	if (!id || !*id)
+		id = req_query(r, "sessionId");
+	*given = id && *id;
+	if (!*given)
+		return SESSION_DEFAULT;
+	if (blank(id)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "sessionId must not be empty or whitespace");
+		return NULL;
+	}
+	if (strlen(id) > MAX_SESSION_ID) {
+		reply_error(r, 400, "VALIDATION_FAILED", ENAMETOOLONG, NULL,
+			    "sessionId is longer than %d bytes", MAX_SESSION_ID);
+		return NULL;
+	}
+	return id;
+}
+
+static int lock_run(struct session *s, int64_t deadline_ns)
+{
+	if (deadline_ns < 0)
+		return -pthread_mutex_lock(&s->run);
+	struct timespec ts = { deadline_ns / 1000000000, deadline_ns % 1000000000 };
+	return -pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
+}
+
+int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
+		    struct session **out)
+{
+	int64_t deadline = -1;
+	if (timeout_ms >= 0) {
+		struct timespec now;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
+			   (int64_t)timeout_ms * 1000000;
+	}
+	for (;;) {
+		struct session *s;
+		pthread_mutex_lock(&table_lock);
+		s = find_locked(id);
+		if (!s) {
+			int err = create_locked(id, start_cwd, NULL, 0, &s);
+			if (err) {
+				pthread_mutex_unlock(&table_lock);
+				return err;
+			}
+			log_debug("sessions: created '%s' implicitly", id);
+		}
+		s->refs++;
+		pthread_mutex_unlock(&table_lock);
+		int err = lock_run(s, deadline);
+		if (err) {
+			session_put(s);
+			return err;
+		}
+		if (!s->deleted) {
+			*out = s;
+			return 0;
+		}
+		pthread_mutex_unlock(&s->run);
+		session_put(s);
+	}
+}
+
+void session_release(struct session *s)
+{
+	pthread_mutex_unlock(&s->run);
+	session_put(s);
+}
+
+int session_command_timeout(const struct session *s)
+{
+	return s->timeout_ms;
+}
+
+int session_launch(struct session *s, const char *command, const char *cwd,
+		   char *const *req_env, bool save, struct session_launch *out)
+{
+	struct strv argv = { 0 }, env = { 0 };
+	*out = (struct session_launch){ 0 };
+	strv_push(&argv, strdup("bash"));
+	strv_push(&argv, strdup("--norc"));
+	strv_push(&argv, strdup("--noprofile"));
+	strv_push(&argv, strdup("-c"));
+	strv_push(&argv, strdup(wrapper));
+	strv_push(&argv, strdup("bash"));
+
+	if (!s || !s->saved) {
+		for (const char *const *e = runner_default_env(); *e; e++)
+			strv_setenv(&env, *e);
+		for (char **e = s ? s->env : NULL; e && *e; e++)
+			strv_setenv(&env, *e);
+	}
+	if (s) {
+		strv_pushf(&env, "__SBX_STATE=%s", s->state);
+		if (save) {
+			unlink(s->state_new);
+			strv_pushf(&env, "__SBX_SAVE=%s", s->state_new);
+		}
+	}
+	if (cwd)
+		strv_pushf(&env, "__SBX_CWD=%s", cwd);
+	if (req_env && req_env[0]) {
+		/* names travel in __SBX_REQENV, values in __SBX_E_<name>: the wrapper applies
+		 * them after loading the state and takes them back before saving it */
+		size_t len = 0;
+		for (char *const *e = req_env; *e; e++)
+			len += strcspn(*e, "=") + 1;
+		char *names = malloc(len + sizeof "__SBX_REQENV=");
+		if (!names)
+			abort();
+		char *p = stpcpy(names, "__SBX_REQENV=");
+		for (char *const *e = req_env; *e; e++) {
+			if (e != req_env)
+				*p++ = ' ';
+			p = stpncpy(p, *e, strcspn(*e, "="));
+		}
+		*p = 0;
+		strv_push(&env, names);
+		for (char *const *e = req_env; *e; e++)
+			strv_pushf(&env, "__SBX_E_%s", *e);
+	}
+	if (strlen(command) > MAX_COMMAND_IN_ENV) {
+		strv_push(&env, strdup("__SBX_CMD_STDIN=1"));
+		out->command_on_stdin = true;
+	} else {
+		strv_pushf(&env, "__SBX_CMD=%s", command);
+	}
+	out->argv = argv.v;
+	out->env = env.v;
+	return 0;
+}
+
+void session_launch_free(struct session_launch *l)
+{
+	session_free_env(l->argv);
+	session_free_env(l->env);
+	*l = (struct session_launch){ 0 };
+}
+
+/* Does the file end with the marker the wrapper writes last? */
+static bool state_complete(const char *path)
+{
+	char tail[sizeof STATE_END - 1];
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return false;
+	struct stat st;
+	bool ok = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+		  st.st_size >= (off_t)sizeof tail &&
+		  pread(fd, tail, sizeof tail, st.st_size - (off_t)sizeof tail) ==
+			  (ssize_t)sizeof tail &&
+		  memcmp(tail, STATE_END, sizeof tail) == 0;
+	close(fd);
+	return ok;
+}
+
+void session_commit(struct session *s)
+{
+	if (!state_complete(s->state_new)) {
+		/* the command replaced our EXIT trap, exec'd, or was killed: keep the old state */
+		unlink(s->state_new);
+		return;
+	}
+	if (rename(s->state_new, s->state) < 0) {
+		log_error("sessions: saving the state of '%s': %s", s->id, strerror(errno));
+		unlink(s->state_new);
+		return;
+	}
+	s->saved = true;
+}
+
+/* ---- routes ---- */
+
+char **session_env_from_json(struct req *r, const cJSON *obj)
+{
+	struct strv sv = { .v = calloc(1, sizeof(char *)), .cap = 1 };
+	if (!sv.v)
+		abort();
+	if (!obj || cJSON_IsNull(obj))
+		return sv.v;
+	if (!cJSON_IsObject(obj)) {
+		free(sv.v);
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "env must be an object");
+		return NULL;
+	}
+	const cJSON *e;
+	cJSON_ArrayForEach(e, obj) {
+		const char *k = e->string;
+		bool ok = k && (isalpha((unsigned char)k[0]) || k[0] == '_');
+		for (const char *p = k; ok && *p; p++)
+			ok = isalnum((unsigned char)*p) || *p == '_';
+		if (!ok || strncmp(k, "__SBX_", 6) == 0) {
+			session_free_env(sv.v);
+			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				    "Invalid environment variable name: %s", k ? k : "");
+			return NULL;
+		}
+		if (cJSON_IsNull(e))
+			continue;
+		if (cJSON_IsString(e))
+			strv_pushf(&sv, "%s=%s", k, e->valuestring);
+		else if (cJSON_IsBool(e))
+			strv_pushf(&sv, "%s=%s", k, cJSON_IsTrue(e) ? "true" : "false");
+		else if (cJSON_IsNumber(e) && e->valuedouble == (double)(int64_t)e->valuedouble)
+			strv_pushf(&sv, "%s=%" PRId64, k, (int64_t)e->valuedouble);
+		else if (cJSON_IsNumber(e))
+			strv_pushf(&sv, "%s=%.17g", k, e->valuedouble);
+		else {
+			session_free_env(sv.v);
+			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				    "Environment variable %s must be a string", k);
+			return NULL;
+		}
+	}
+	return sv.v;
+}
+
+static void new_session_id(char buf[64])
+{
+	unsigned char rnd[6];
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+		for (size_t i = 0; i < sizeof rnd; i++)
+			rnd[i] = (unsigned char)(rand() ^ ts.tv_nsec >> (i * 3));
+	snprintf(buf, 64, "session_%" PRId64 "_%02x%02x%02x%02x%02x%02x",
+		 (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, rnd[0], rnd[1], rnd[2], rnd[3],
+		 rnd[4], rnd[5]);
+}
+
+void route_session_create(struct req *r)
+{
+	cJSON *body = req_json(r);
+	const cJSON *idv = cJSON_GetObjectItemCaseSensitive(body, "id");
+	const cJSON *cwdv = cJSON_GetObjectItemCaseSensitive(body, "cwd");
+	char idbuf[64];
+	const char *id;
+
+	if (idv && !cJSON_IsNull(idv) && !cJSON_IsString(idv))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "id must be a string");
+	if (cwdv && !cJSON_IsNull(cwdv) && !cJSON_IsString(cwdv))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "cwd must be a string");
+	id = cJSON_IsString(idv) ? idv->valuestring : NULL;
+	if (!id || !*id) {
+		new_session_id(idbuf);
+		id = idbuf;
+	} else if (blank(id) || strcmp(id, SESSION_NONE) == 0) {
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "invalid session id '%s'", id);
+	} else if (strlen(id) > MAX_SESSION_ID) {
+		return reply_error(r, 400, "VALIDATION_FAILED", ENAMETOOLONG, NULL,
+				   "session id is longer than %d bytes", MAX_SESSION_ID);
+	}
+	int64_t timeout = json_int(body, "commandTimeoutMs", 0);
+	if (timeout < 0 || timeout > INT32_MAX)
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "commandTimeoutMs must be a positive number of milliseconds");
+	char **env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
+	if (!env)
+		return;
+
+	struct session *s;
+	pthread_mutex_lock(&table_lock);
+	int err = find_locked(id) ? -EEXIST :
+		  create_locked(id, cJSON_IsString(cwdv) && *cwdv->valuestring ?
+					    cwdv->valuestring : NULL,
+				env, (int)timeout, &s);
+	pthread_mutex_unlock(&table_lock);
+	if (err) {
+		session_free_env(env);
+		if (err == -EEXIST) {
+			cJSON *ctx = cJSON_CreateObject();
+			cJSON_AddStringToObject(ctx, "sessionId", id);
+			cJSON_AddNullToObject(ctx, "containerPlacementId");
+			return reply_error(r, 409, "SESSION_ALREADY_EXISTS", EEXIST, ctx,
+					   "Session '%s' already exists", id);
+		}
+		return reply_error(r, 500, "INTERNAL_ERROR", -err, NULL,
+				   "cannot create session '%s': %s", id,
+				   err == -ENOSPC ? "too many sessions" : strerror(-err));
+	}
+	cJSON *res = cJSON_CreateObject();
+	cJSON *data = cJSON_AddObjectToObject(res, "data");
+	cJSON_AddStringToObject(data, "id", id);
+	cJSON_AddNullToObject(res, "containerPlacementId");
+	reply_ok(r, res);
+}
+
+void route_session_list(struct req *r)
+{
+	cJSON *res = cJSON_CreateObject();
+	cJSON *ids = cJSON_AddArrayToObject(res, "data");
+	pthread_mutex_lock(&table_lock);
+	for (struct session *s = sessions; s; s = s->next)
+		cJSON_AddItemToArray(ids, cJSON_CreateString(s->id));
+	pthread_mutex_unlock(&table_lock);
+	reply_ok(r, res);
+}
+
+void route_session_delete(struct req *r)
+{
+	const char *id = json_str(req_json(r), "sessionId");
+	if (!id || !*id)
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "sessionId is required");
+	pthread_mutex_lock(&table_lock);
+	struct session *s = find_locked(id);
+	if (s)
+		unlink_locked(s); /* the table's reference is now ours */
+	pthread_mutex_unlock(&table_lock);
+	if (!s) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "sessionId", id);
+		cJSON_AddStringToObject(ctx, "originalError", "Session not found");
+		return reply_error(r, 500, "INTERNAL_ERROR", ENOENT, ctx,
+				   "Session '%s' not found", id);
+	}
+	/* as the container: wait for the running foreground command first */
+	pthread_mutex_lock(&s->run);
+	remove_files(s);
+	pthread_mutex_unlock(&s->run);
+	cJSON *res = cJSON_CreateObject();
+	cJSON_AddStringToObject(res, "sessionId", id);
+	session_put(s);
+	reply_ok(r, res);
+}
