@@ -360,13 +360,13 @@ static int map_curl_error(struct xfer *x, CURLcode rc, char *msg, size_t n)
 	case CURLE_OPERATION_TIMEDOUT:
 		if (now_ms() + 5 >= x->deadline || x->kind == XFER_STREAM)
 			fmt_msg(msg, n, "%s %s: no answer within %ld ms", x->method, x->url,
-				 x->timeout_ms);
+				x->timeout_ms);
 		else
 			fmt_msg(msg, n, "connect to %s timed out", c->hostport);
 		return -ETIMEDOUT;
 	case CURLE_COULDNT_CONNECT:
 		fmt_msg(msg, n, "connect to %s failed: %s", c->hostport,
-			 os_err ? strerror((int)os_err) : detail);
+			os_err ? strerror((int)os_err) : detail);
 		return -ENOTCONN;
 	case CURLE_COULDNT_RESOLVE_HOST:
 	case CURLE_COULDNT_RESOLVE_PROXY:
@@ -377,7 +377,7 @@ static int map_curl_error(struct xfer *x, CURLcode rc, char *msg, size_t n)
 	case CURLE_GOT_NOTHING:
 	case CURLE_PARTIAL_FILE:
 		fmt_msg(msg, n, "%s %s: connection to %s lost: %s", x->method, x->url,
-			 c->hostport, detail);
+			c->hostport, detail);
 		return -ENOTCONN;
 	default:
 		fmt_msg(msg, n, "%s %s: %s", x->method, x->url, detail);
@@ -603,10 +603,8 @@ static void xfer_start(struct http_client *c, struct xfer *x)
 		}
 		s->last_activity = now_ms();
 		x->easy = easy_setup(c, x, stream_write);
-		if (!x->easy || attempt_start(c, x) < 0) {
+		if (!x->easy || attempt_start(c, x) < 0)
 			stream_finish(c, s, -EIO);
-			return;
-		}
 		return;
 	}
 	x->easy = easy_setup(c, x, request_write);
@@ -645,8 +643,8 @@ static int64_t check_streams(struct http_client *c, int64_t now)
 			if (!x->status && x->easy)
 				curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
 			stream_finish(c, s, err);
-			/* on_end may have closed other streams; nx is still on the list because
-			 * only this thread removes entries, and only here and in finish paths. */
+			/* Callbacks cannot unlink other transfers (closing a stream from this
+			 * thread only flags it), so nx is still valid. */
 			continue;
 		}
 		if (due < next)
@@ -666,7 +664,7 @@ static int64_t run_timers(struct http_client *c, int64_t now)
 			if (attempt_start(c, x) < 0) {
 				char msg[256];
 				fmt_msg(msg, sizeof(msg), "%s %s: cannot restart transfer",
-					 x->method, x->url);
+					x->method, x->url);
 				request_complete(c, x, -EIO, msg);
 			}
 		} else if (x->retry_at < next) {
@@ -703,7 +701,7 @@ static void cancel_one(struct http_client *c, struct xfer *x)
 	} else {
 		char msg[256];
 		fmt_msg(msg, sizeof(msg), "%s %s: cancelled (client shutting down)", x->method,
-			 x->url);
+			x->url);
 		request_complete(c, x, -ECANCELED, msg);
 	}
 }
@@ -957,7 +955,7 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 	if (on_net_thread(c)) {
 		out->err = -EDEADLK;
 		fmt_msg(out->errmsg, sizeof(out->errmsg),
-			 "synchronous request from the network thread");
+			"synchronous request from the network thread");
 		return out->err;
 	}
 	struct sync_wait *w = calloc(1, sizeof(*w));
@@ -980,8 +978,8 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 		sync_put(w);
 		out->err = rc;
 		fmt_msg(out->errmsg, sizeof(out->errmsg), "%s %s: %s",
-			 req && req->method ? req->method : "GET", req && req->path ? req->path : "",
-			 strerror(-rc));
+			req && req->method ? req->method : "GET", req && req->path ? req->path : "",
+			strerror(-rc));
 		return rc;
 	}
 	long timeout = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
@@ -1001,7 +999,7 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 	} else {
 		out->err = -ETIMEDOUT;
 		fmt_msg(out->errmsg, sizeof(out->errmsg), "%s %s: no answer within %ld ms",
-			 req->method ? req->method : "GET", req->path, timeout);
+			req->method ? req->method : "GET", req->path, timeout);
 		log_warn("http: %s (network thread stalled)", out->errmsg);
 	}
 	sync_put(w);
