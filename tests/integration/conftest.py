@@ -113,7 +113,7 @@ class Dir:
 
     def execute(self, cmd, **kw):
         """Runs a command inside the sandbox with the test directory as cwd."""
-        return self.sbx.execute("cd '%s' && %s" % (self.rel, cmd), **kw)
+        return self.sbx.execute("cd '/workspace/%s' && %s" % (self.rel, cmd), **kw)
 
 
 @pytest.fixture
