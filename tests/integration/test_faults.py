@@ -5,6 +5,7 @@ failure ('HANG') instead of wedging the test run.
 """
 import errno
 import os
+import re
 import signal
 import subprocess
 import time
@@ -22,7 +23,7 @@ TIMEOUT_OPT = 5
 def sbxfs_timeout_opts(sbxfs_bin):
     out = subprocess.run([sbxfs_bin, '--help'], capture_output=True, timeout=10)
     text = (out.stdout + out.stderr).decode(errors='replace')
-    return ['timeout=%d' % TIMEOUT_OPT] if 'timeout=' in text else []
+    return ['timeout=%d' % TIMEOUT_OPT] if re.search(r'-o timeout=', text) else []
 
 
 def bound(opts):
