@@ -79,7 +79,7 @@ ssize_t base64_decode(const char *in, size_t n, void *out)
 			*o++ = (uint8_t)(acc >> bits);
 		}
 	}
-	if (pad > 2 || (n && (n - pad) % 4 == 1))
+	if (pad > 2 || (n && (n - pad) % 4 == 1) || (pad && n % 4))
 		return -1;
 	return (ssize_t)(o - (uint8_t *)out);
 }

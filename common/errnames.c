@@ -96,6 +96,7 @@ int errno_from_api_error(const char *errno_field, const char *code, long http_st
 	case 404: return ENOENT;
 	case 409: return EEXIST;
 	case 413: return EFBIG;
+	case 429: return EAGAIN;
 	case 501: return ENOSYS;
 	case 503: return EAGAIN;
 	case 504: return ETIMEDOUT;

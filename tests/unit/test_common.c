@@ -7,10 +7,8 @@
 #include "common/errnames.h"
 #include "common/jsonutil.h"
 #include "common/strbuf.h"
+#include "client/shellquote.h"
 #include "unit.h"
-/* shell_quote lives in the client library, which this test does not link (it checks common/
- * alone); the file has no other dependency than strbuf, so it is compiled in here. */
-#include "client/shellquote.c"
 
 static void test_base64_vectors(void)
 {
