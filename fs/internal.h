@@ -1,0 +1,119 @@
+/* What the parts of fs/ share: the filesystem state, the per-kind handler tables and the
+ * helpers every handler uses. Not for use outside fs/. */
+#ifndef SBX_FS_INTERNAL_H
+#define SBX_FS_INTERNAL_H
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <fuse_lowlevel.h>
+#include "fs/fs.h"
+#include "fs/nodes.h"
+
+struct invalidator;
+struct sbx_watch;
+struct dirsnap;
+
+struct sbxfs {
+	struct sbxfs_config cfg;
+	struct sbx *sbx;
+	struct fuse_session *se;
+	struct nodes nodes;
+	/* The change-event stream is up: long kernel timeouts and our caches are trusted. */
+	atomic_bool healthy;
+	/* Bumped for every change event received: a reply built from data fetched before an
+	 * event arrived is sent with zero timeouts and not cached. */
+	atomic_uint_fast64_t events;
+	struct invalidator *inval;
+	struct sbx_watch *watch;
+	struct timespec mount_time;
+	uid_t uid;
+	gid_t gid;
+};
+
+/* Handlers of one node kind. `n` is held for the duration of the call; for operations on a
+ * name (lookup, mkdir, ...) it is the parent directory. A NULL handler answers EPERM for
+ * changes and ENOSYS otherwise. */
+struct kind_ops {
+	void (*lookup)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name);
+	void (*getattr)(fuse_req_t req, struct sbxfs *fs, struct node *n,
+			struct fuse_file_info *fi);
+	void (*setattr)(fuse_req_t req, struct sbxfs *fs, struct node *n, struct stat *attr,
+			int to_set, struct fuse_file_info *fi);
+	void (*readlink)(fuse_req_t req, struct sbxfs *fs, struct node *n);
+	void (*mknod)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		      mode_t mode, dev_t rdev);
+	void (*mkdir)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		      mode_t mode);
+	void (*unlink)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name);
+	void (*rmdir)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name);
+	void (*symlink)(fuse_req_t req, struct sbxfs *fs, const char *link, struct node *n,
+			const char *name);
+	/* Both directories are of this kind (else EXDEV). */
+	void (*rename)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		       struct node *newparent, const char *newname, unsigned flags);
+	void (*link)(fuse_req_t req, struct sbxfs *fs, struct node *n, struct node *newparent,
+		     const char *newname);
+	void (*open)(fuse_req_t req, struct sbxfs *fs, struct node *n,
+		     struct fuse_file_info *fi);
+	void (*create)(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		       mode_t mode, struct fuse_file_info *fi);
+	/* Fills the directory snapshot of opendir. */
+	int (*list)(struct sbxfs *fs, struct node *n, struct dirsnap *snap);
+	void (*statfs)(fuse_req_t req, struct sbxfs *fs, struct node *n);
+};
+
+extern const struct kind_ops root_kind_ops, workspace_kind_ops;
+
+/* What opendir saw: served to readdir/readdirplus by offset. */
+struct dirsnap_entry {
+	char *name;
+	char *target;
+	struct stat st;
+	enum node_kind kind;
+};
+struct dirsnap {
+	struct dirsnap_entry *ents;
+	size_t n, cap;
+	uint64_t seq;    /* the table's seq before the listing was fetched */
+	uint64_t events; /* fs->events likewise */
+};
+void dirsnap_add(struct dirsnap *snap, const char *name, const struct stat *st,
+		 const char *target, enum node_kind kind);
+
+/* Timeouts for a reply built from data fetched when fs->events was `events`. */
+struct reply_timeouts {
+	double attr, entry, negative;
+};
+struct reply_timeouts fs_timeouts(struct sbxfs *fs, uint64_t events);
+double fs_now(void);
+bool fs_caches_trusted(struct sbxfs *fs);
+
+/* Binds (parent, name) to a node for the inode in st, detaching a stale node of a different
+ * inode or type, takes a kernel reference and fills e. Stores st in the node's cache when
+ * `cache` (the caller checked staleness). Caller holds the table lock. */
+struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *name,
+			   enum node_kind kind, const struct stat *st, const char *target,
+			   bool cache, const struct reply_timeouts *to, struct fuse_entry_param *e);
+void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st);
+void fs_reply_negative(fuse_req_t req, const struct reply_timeouts *to);
+
+/* The invalidator (fs/invalidate.c). */
+struct invalidator *invalidator_start(struct sbxfs *fs);
+void invalidator_stop(struct invalidator *inv);
+void invalidator_change(struct invalidator *inv, const char *path, const char *type,
+			bool is_dir);
+void invalidator_resync(struct invalidator *inv);
+
+/* Operations on open workspace files (fs/workspace.c): fi->fh is the struct ofile, so they
+ * need no dispatch. Only workspace nodes can be opened today; a kind whose files differ (a
+ * stream) will get its own open and mark its handles. */
+void workspace_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi);
+void workspace_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi);
+void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void workspace_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
+void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+
+/* Closes every file left open (unmount). */
+void workspace_close_all(struct sbxfs *fs);
+#endif

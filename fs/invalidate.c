@@ -1,0 +1,275 @@
+/* The invalidator: turns the sandbox's change events into kernel invalidations.
+ *
+ * Change events arrive on the HTTP client's network thread, which must never block; FUSE
+ * notifications may block (the kernel can wait for page locks) and must never be sent from a
+ * request handler (libfuse doc/README.notifications: the kernel may be waiting for that very
+ * request). So the watch callbacks only queue (path, type) and signal; one dedicated thread
+ * drains the queue and, per event:
+ *   - under the table lock: maps the path and its parent to nodes, drops our cached attributes
+ *     of both, the parent's listing (for a name created, deleted or moved; for a modified or
+ *     re-attributed name only that entry's attributes), marks the node's data changed (so the
+ *     next open does not keep the page cache), and stamps both as changed;
+ *   - without any lock: fuse_lowlevel_notify_inval_inode for the node (attributes and data) and
+ *     the parent (attributes), and fuse_lowlevel_notify_inval_entry for the name when names
+ *     changed - also for a name the kernel may only know as a cached negative entry.
+ * -ENOENT from a notification (the kernel forgot the inode or never had the name) is normal.
+ *
+ * A resync (events may have been lost: reconnect, overflow, or a queue that grew past its
+ * bound) drops every cached attribute and listing and invalidates every inode and name the
+ * table knows. Negative entries the kernel cached for names we never bound cannot be listed;
+ * they expire by negative_timeout (and none are handed out while the stream is down). */
+#include "fs/internal.h"
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include "common/log.h"
+
+#define QUEUE_MAX 65536
+
+struct event {
+	struct event *next;
+	bool names; /* a name appeared, vanished or moved */
+	char path[];
+};
+
+struct invalidator {
+	struct sbxfs *fs;
+	pthread_t thread;
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct event *head, *tail;
+	size_t n;
+	bool resync, stop;
+};
+
+struct notice {
+	uint64_t ino;
+	off_t off;      /* -1: attributes only */
+	uint64_t parent;
+	char *name;     /* non-NULL: an entry notice */
+};
+
+struct notices {
+	struct notice *v;
+	size_t n, cap;
+};
+
+static void notice_add(struct notices *ns, struct notice no)
+{
+	if (ns->n == ns->cap) {
+		ns->cap = ns->cap ? ns->cap * 2 : 16;
+		ns->v = realloc(ns->v, ns->cap * sizeof(*ns->v));
+		if (!ns->v)
+			abort();
+	}
+	ns->v[ns->n++] = no;
+}
+
+static void notices_send(struct sbxfs *fs, struct notices *ns)
+{
+	for (size_t i = 0; i < ns->n; i++) {
+		struct notice *no = &ns->v[i];
+		int err;
+		if (no->name)
+			err = fuse_lowlevel_notify_inval_entry(fs->se, no->parent, no->name,
+							       strlen(no->name));
+		else
+			err = fuse_lowlevel_notify_inval_inode(fs->se, no->ino, no->off, 0);
+		if (err < 0 && err != -ENOENT && err != -EBADF && err != -ENODEV &&
+		    err != -ENOSYS)
+			log_debug("invalidation: %s", strerror(-err));
+		free(no->name);
+	}
+	ns->n = 0;
+}
+
+static void forget_cached(struct nodes *t, struct node *n)
+{
+	nodes_touch(t, n);
+	n->attr_valid = false;
+	n->data_changed = true;
+	nodes_drop_list(t, n);
+}
+
+static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
+{
+	struct nodes *t = &fs->nodes;
+	const char *slash = strrchr(ev->path, '/');
+	if (!slash || !slash[1])
+		return;
+	char *parent_path = strndup(ev->path, slash - ev->path);
+	if (!parent_path)
+		abort();
+	const char *name = slash + 1;
+	nodes_lock(t);
+	struct node *n = nodes_resolve(t, ev->path);
+	struct node *p = nodes_resolve(t, parent_path);
+	if (n && n->id != NODE_ROOT_ID) {
+		forget_cached(t, n);
+		notice_add(ns, (struct notice){ .ino = n->id, .off = 0 });
+	}
+	if (p) {
+		nodes_touch(t, p);
+		p->attr_valid = false;
+		if (p->list && !ev->names)
+			dirlist_stale(p->list, name);
+		else
+			nodes_drop_list(t, p);
+		notice_add(ns, (struct notice){ .ino = p->id, .off = -1 });
+		if (ev->names) {
+			char *nm = strdup(name);
+			if (!nm)
+				abort();
+			notice_add(ns, (struct notice){ .parent = p->id, .name = nm });
+		}
+	}
+	nodes_unlock(t);
+	free(parent_path);
+}
+
+struct resync_walk {
+	struct nodes *t;
+	struct notices *ns;
+};
+
+static void resync_node(struct node *n, void *arg)
+{
+	struct resync_walk *w = arg;
+	forget_cached(w->t, n);
+	if (n->id == NODE_ROOT_ID)
+		return;
+	notice_add(w->ns, (struct notice){ .ino = n->id, .off = 0 });
+	if (n->parent) {
+		char *nm = strdup(n->name);
+		if (!nm)
+			abort();
+		notice_add(w->ns, (struct notice){ .parent = n->parent->id, .name = nm });
+	}
+}
+
+static void resync(struct sbxfs *fs, struct notices *ns)
+{
+	struct resync_walk w = { &fs->nodes, ns };
+	nodes_lock(&fs->nodes);
+	nodes_foreach(&fs->nodes, resync_node, &w);
+	nodes_unlock(&fs->nodes);
+	log_debug("resync: invalidating %zu cached entries", ns->n);
+}
+
+static void free_events(struct event *e)
+{
+	for (struct event *next; e; e = next) {
+		next = e->next;
+		free(e);
+	}
+}
+
+static void *run(void *arg)
+{
+	struct invalidator *inv = arg;
+	struct notices ns = { 0 };
+	pthread_mutex_lock(&inv->lock);
+	for (;;) {
+		while (!inv->stop && !inv->head && !inv->resync)
+			pthread_cond_wait(&inv->cond, &inv->lock);
+		if (inv->stop)
+			break;
+		struct event *batch = inv->head;
+		bool full = inv->resync;
+		inv->head = inv->tail = NULL;
+		inv->n = 0;
+		inv->resync = false;
+		pthread_mutex_unlock(&inv->lock);
+
+		if (full) {
+			resync(inv->fs, &ns);
+			notices_send(inv->fs, &ns);
+		} else {
+			for (struct event *e = batch; e; e = e->next) {
+				apply(inv->fs, e, &ns);
+				notices_send(inv->fs, &ns);
+			}
+		}
+		free_events(batch);
+		pthread_mutex_lock(&inv->lock);
+	}
+	pthread_mutex_unlock(&inv->lock);
+	free(ns.v);
+	return NULL;
+}
+
+struct invalidator *invalidator_start(struct sbxfs *fs)
+{
+	struct invalidator *inv = calloc(1, sizeof(*inv));
+	if (!inv)
+		return NULL;
+	inv->fs = fs;
+	pthread_mutex_init(&inv->lock, NULL);
+	pthread_cond_init(&inv->cond, NULL);
+	if (pthread_create(&inv->thread, NULL, run, inv) != 0) {
+		pthread_mutex_destroy(&inv->lock);
+		pthread_cond_destroy(&inv->cond);
+		free(inv);
+		return NULL;
+	}
+	return inv;
+}
+
+void invalidator_stop(struct invalidator *inv)
+{
+	pthread_mutex_lock(&inv->lock);
+	inv->stop = true;
+	pthread_cond_signal(&inv->cond);
+	pthread_mutex_unlock(&inv->lock);
+	pthread_join(inv->thread, NULL);
+	free_events(inv->head);
+	pthread_mutex_destroy(&inv->lock);
+	pthread_cond_destroy(&inv->cond);
+	free(inv);
+}
+
+void invalidator_change(struct invalidator *inv, const char *path, const char *type,
+			bool is_dir)
+{
+	if (!inv)
+		return;
+	size_t len = strlen(path) + 1;
+	struct event *e = malloc(sizeof(*e) + len);
+	if (!e)
+		abort();
+	e->next = NULL;
+	e->names = strcmp(type, "modify") != 0 && strcmp(type, "attrib") != 0;
+	memcpy(e->path, path, len);
+	pthread_mutex_lock(&inv->lock);
+	if (inv->resync || inv->n >= QUEUE_MAX) {
+		/* Too far behind to replay one by one: start over instead. */
+		free(e);
+		free_events(inv->head);
+		inv->head = inv->tail = NULL;
+		inv->n = 0;
+		inv->resync = true;
+	} else {
+		if (inv->tail)
+			inv->tail->next = e;
+		else
+			inv->head = e;
+		inv->tail = e;
+		inv->n++;
+	}
+	pthread_cond_signal(&inv->cond);
+	pthread_mutex_unlock(&inv->lock);
+}
+
+void invalidator_resync(struct invalidator *inv)
+{
+	if (!inv)
+		return;
+	pthread_mutex_lock(&inv->lock);
+	free_events(inv->head);
+	inv->head = inv->tail = NULL;
+	inv->n = 0;
+	inv->resync = true;
+	pthread_cond_signal(&inv->cond);
+	pthread_mutex_unlock(&inv->lock);
+}

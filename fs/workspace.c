@@ -1,0 +1,937 @@
+/* workspace/: the sandbox's /workspace as ordinary POSIX files.
+ *
+ * Caching, and what is guaranteed.
+ *
+ * Three caches sit between a process and the sandbox: the kernel's (dentries, attributes, page
+ * cache; bounded by entry_timeout/attr_timeout/negative_timeout and by keep_cache at open), the
+ * node table's attributes (attr_timeout), and our directory listings (dir_cache_timeout), which
+ * answer lookups of children, found or not, without a round trip.
+ *
+ * 1. Changes made through this mount are never hidden by a cache. Every mutating handler
+ *    updates the table before it replies: the node's attributes from the stat the sandbox API
+ *    returns with every change, the parent's listing in place (put, remove, or "stale" for a
+ *    name whose attributes a write changed), and a new generation stamp on what changed. The
+ *    kernel updates its own caches from the reply. Handlers that read remotely store what they
+ *    got only if nothing they cover was stamped after the request started (nodes.h), so a slow
+ *    read racing a change never overwrites the change.
+ * 2. Changes made in the sandbox arrive as change events; fs/invalidate.c turns them into
+ *    kernel invalidations and drops our cached attributes and listings. A reply whose data was
+ *    fetched while an event arrived goes out with zero timeouts and is not cached. While the
+ *    event stream is down, nothing of ours is trusted and the kernel gets 1 s / 1 s / 0
+ *    timeouts, so a sandbox-side change shows within about a second either way.
+ *    Our own changes come back as events too; they only cost a revalidation, so they are not
+ *    suppressed.
+ * 3. Open files buffer writes in the client (no kernel writeback cache: sshfs dropped it as
+ *    unsafe for network filesystems). The kernel learns sizes from its own writes; anything
+ *    that would hand it attributes of a file with open handles (getattr, lookup, setattr)
+ *    flushes those handles first and asks the handle, so a size is never reported short.
+ *    readdirplus hands out attributes only for names not changed since the listing was
+ *    fetched and without open files. An upload error seen by such a flush is kept on the
+ *    handle and returned by the next flush, so close() reports it.
+ * 4. Page cache: keep_cache at open only when the file's (mtime, size) equal those of the last
+ *    open and no change event touched it since; otherwise the kernel drops its pages.
+ *
+ * An open file stays usable when its name goes away: before unlink or a rename over it, every
+ * open handle is pinned (sbx_file_pin), and a rename tells the handles below the moved name
+ * their new path (sbx_file_set_path), which the fallback backend uploads to.
+ *
+ * Workers block only on bounded requests (the client's deadline, -o timeout). */
+#include "fs/internal.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "client/sandbox.h"
+#include "common/log.h"
+
+static char *child_path(const struct node *dir, const char *name)
+{
+	char *dp = nodes_path(dir);
+	if (!dp)
+		return NULL;
+	char *p;
+	if (asprintf(&p, "%s/%s", dp, name) < 0)
+		abort();
+	free(dp);
+	return p;
+}
+
+static bool list_valid(struct sbxfs *fs, const struct node *dir)
+{
+	return dir->list && fs_caches_trusted(fs) && fs_now() < dir->list_expiry;
+}
+
+static bool attr_fresh(struct sbxfs *fs, const struct node *n)
+{
+	return n->attr_valid && fs_caches_trusted(fs) && fs_now() < n->attr_expiry;
+}
+
+static bool writable(int flags)
+{
+	return (flags & O_ACCMODE) != O_RDONLY;
+}
+
+static void put_ofile(struct sbxfs *fs, struct ofile *of)
+{
+	nodes_lock(&fs->nodes);
+	bool last = nodes_ofile_put(&fs->nodes, of);
+	nodes_unlock(&fs->nodes);
+	if (last) {
+		int err = sbx_file_close(of->file);
+		if (err < 0)
+			log_error("closing a released file: %s", sbx_last_error());
+		free(of);
+	}
+}
+
+static void release_ofiles(struct sbxfs *fs, struct ofile **v, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		put_ofile(fs, v[i]);
+	free(v);
+}
+
+static void latch_error(struct sbxfs *fs, struct ofile *of, int err)
+{
+	if (err >= 0 || !writable(of->flags))
+		return;
+	nodes_lock(&fs->nodes);
+	if (!of->err)
+		of->err = err;
+	nodes_unlock(&fs->nodes);
+}
+
+/* Attributes of a node with open files: flushed, then from a handle (which also works for an
+ * unlinked file). Caller holds nothing; n is held. Returns 1 when n has no open files. */
+static int stat_open_node(struct sbxfs *fs, struct node *n, struct stat *st)
+{
+	size_t count;
+	nodes_lock(&fs->nodes);
+	struct ofile **v = nodes_ofiles(&fs->nodes, n, &count);
+	nodes_unlock(&fs->nodes);
+	if (!count)
+		return 1;
+	int err = 0;
+	for (size_t i = 0; i < count; i++) {
+		if (!writable(v[i]->flags))
+			continue;
+		int e = sbx_file_flush(v[i]->file);
+		latch_error(fs, v[i], e);
+	}
+	err = -EIO;
+	for (size_t i = 0; i < count && err < 0; i++)
+		err = sbx_file_fstat(v[i]->file, st);
+	release_ofiles(fs, v, count);
+	return err;
+}
+
+/* Flushes the node's open files so a change by path is not undone by buffered data. */
+static void flush_node(struct sbxfs *fs, struct node *n)
+{
+	size_t count;
+	nodes_lock(&fs->nodes);
+	struct ofile **v = nodes_ofiles(&fs->nodes, n, &count);
+	nodes_unlock(&fs->nodes);
+	for (size_t i = 0; i < count; i++)
+		if (writable(v[i]->flags))
+			latch_error(fs, v[i], sbx_file_flush(v[i]->file));
+	release_ofiles(fs, v, count);
+}
+
+static void pin_files(struct sbxfs *fs, struct ofile **v, size_t count)
+{
+	for (size_t i = 0; i < count; i++) {
+		int err = sbx_file_pin(v[i]->file);
+		if (err < 0)
+			log_warn("keeping an open file usable after its name goes away: %s",
+				 sbx_last_error());
+	}
+}
+
+/* A new name in dir with attributes st (create, mkdir, symlink, link): the table and the
+ * listing learn it; e is filled for the reply. Returns the node. */
+static struct node *entry_made(struct sbxfs *fs, struct node *dir, const char *name,
+			       const struct stat *st, const char *target, uint64_t events,
+			       struct fuse_entry_param *e)
+{
+	struct nodes *t = &fs->nodes;
+	struct reply_timeouts to = fs_timeouts(fs, events);
+	nodes_touch(t, dir);
+	dir->attr_valid = false;
+	if (dir->list)
+		dirlist_put(dir->list, name, st, target);
+	return fs_bind_entry(fs, dir, name, NODE_WORKSPACE, st, target, to.attr > 0, &to, e);
+}
+
+static void ws_lookup(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name)
+{
+	struct nodes *t = &fs->nodes;
+	uint64_t ev = atomic_load(&fs->events);
+	struct stat st;
+	char *target = NULL;
+	bool have = false;
+	int err = 0;
+
+	nodes_lock(t);
+	char *path = child_path(dir, name);
+	uint64_t seq = t->seq;
+	struct node *child = nodes_child(t, dir, name);
+	if (child)
+		nodes_hold(child);
+	bool busy = child && child->open;
+	if (path && !busy && list_valid(fs, dir)) {
+		struct dirlist_entry *de = dirlist_find(dir->list, name);
+		if (!de) {
+			nodes_unlock(t);
+			struct reply_timeouts to = fs_timeouts(fs, ev);
+			fs_reply_negative(req, &to);
+			goto out;
+		}
+		if (de->st_valid) {
+			st = de->st;
+			target = de->target ? strdup(de->target) : NULL;
+			have = true;
+		}
+	}
+	if (path && !have && !busy && child && attr_fresh(fs, child)) {
+		st = child->attr;
+		have = true;
+	}
+	nodes_unlock(t);
+	if (!path) {
+		fuse_reply_err(req, ENOENT);
+		goto out;
+	}
+
+	if (!have) {
+		err = busy ? stat_open_node(fs, child, &st) : 1;
+		if (err == 1)
+			err = sbx_lstat(fs->sbx, path, &st, &target);
+	}
+	if (err == -ENOENT) {
+		nodes_lock(t);
+		struct node *gone = nodes_child(t, dir, name);
+		if (gone && gone->gen <= seq)
+			nodes_detach(t, gone);
+		if (dir->list && dir->gen <= seq)
+			dirlist_remove(dir->list, name);
+		nodes_unlock(t);
+		struct reply_timeouts to = fs_timeouts(fs, ev);
+		fs_reply_negative(req, &to);
+		goto out;
+	}
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		goto out;
+	}
+
+	struct fuse_entry_param e;
+	nodes_lock(t);
+	struct reply_timeouts to = fs_timeouts(fs, ev);
+	struct node *cur = nodes_child(t, dir, name);
+	bool cache = to.attr > 0 && !busy && (!cur || cur->gen <= seq);
+	fs_bind_entry(fs, dir, name, NODE_WORKSPACE, &st, target, cache, &to, &e);
+	nodes_unlock(t);
+	fuse_reply_entry(req, &e);
+out:
+	if (child) {
+		nodes_lock(t);
+		nodes_put(t, child);
+		nodes_unlock(t);
+	}
+	free(path);
+	free(target);
+}
+
+static void ws_getattr(fuse_req_t req, struct sbxfs *fs, struct node *n,
+		       struct fuse_file_info *fi)
+{
+	struct nodes *t = &fs->nodes;
+	uint64_t ev = atomic_load(&fs->events);
+	struct stat st;
+	int err = stat_open_node(fs, n, &st);
+	if (err <= 0) {
+		if (err < 0)
+			fuse_reply_err(req, -err);
+		else
+			fuse_reply_attr(req, &st, fs_timeouts(fs, ev).attr);
+		return;
+	}
+	nodes_lock(t);
+	if (attr_fresh(fs, n)) {
+		st = n->attr;
+		nodes_unlock(t);
+		fuse_reply_attr(req, &st, fs_timeouts(fs, ev).attr);
+		return;
+	}
+	char *path = nodes_path(n);
+	uint64_t seq = t->seq;
+	nodes_unlock(t);
+	if (!path) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	err = sbx_lstat(fs->sbx, path, &st, NULL);
+	free(path);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	nodes_lock(t);
+	struct reply_timeouts to = fs_timeouts(fs, ev);
+	if (n->ino != st.st_ino || n->type != (st.st_mode & S_IFMT)) {
+		/* The name now holds another file: this inode is gone for good. */
+		nodes_detach(t, n);
+		nodes_unlock(t);
+		fuse_reply_err(req, ESTALE);
+		return;
+	}
+	if (to.attr > 0 && n->gen <= seq)
+		fs_cache_attr(fs, n, &st);
+	nodes_unlock(t);
+	fuse_reply_attr(req, &st, to.attr);
+}
+
+/* The handle a size change goes through: the request's, else a writable one of the node (so
+ * the client's buffered or local copy stays consistent), else none (by path). */
+static struct ofile *size_handle(struct sbxfs *fs, struct node *n, struct fuse_file_info *fi)
+{
+	nodes_lock(&fs->nodes);
+	struct ofile *of = fi ? (struct ofile *)(uintptr_t)fi->fh : NULL;
+	if (!of)
+		for (of = n->open; of && !writable(of->flags); of = of->next)
+			;
+	if (of)
+		of->ref++;
+	nodes_unlock(&fs->nodes);
+	return of;
+}
+
+static void ws_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct stat *attr,
+		       int to_set, struct fuse_file_info *fi)
+{
+	struct nodes *t = &fs->nodes;
+	uint64_t ev = atomic_load(&fs->events);
+	unsigned valid = 0;
+	struct stat want = *attr, st;
+	if (to_set & FUSE_SET_ATTR_MODE)
+		valid |= SBX_SET_MODE;
+	if (to_set & FUSE_SET_ATTR_UID)
+		valid |= SBX_SET_UID;
+	if (to_set & FUSE_SET_ATTR_GID)
+		valid |= SBX_SET_GID;
+	if (to_set & FUSE_SET_ATTR_SIZE)
+		valid |= SBX_SET_SIZE;
+	if (to_set & (FUSE_SET_ATTR_ATIME | FUSE_SET_ATTR_ATIME_NOW)) {
+		valid |= SBX_SET_ATIME;
+		if (to_set & FUSE_SET_ATTR_ATIME_NOW)
+			want.st_atim.tv_nsec = UTIME_NOW;
+	}
+	if (to_set & (FUSE_SET_ATTR_MTIME | FUSE_SET_ATTR_MTIME_NOW)) {
+		valid |= SBX_SET_MTIME;
+		if (to_set & FUSE_SET_ATTR_MTIME_NOW)
+			want.st_mtim.tv_nsec = UTIME_NOW;
+	}
+
+	/* Buffered data landing after a utimens or truncate by path would undo it. */
+	flush_node(fs, n);
+	int err = 0;
+	struct ofile *of = NULL;
+	if (valid & SBX_SET_SIZE) {
+		of = size_handle(fs, n, fi);
+		if (of) {
+			err = sbx_file_ftruncate(of->file, attr->st_size);
+			valid &= ~SBX_SET_SIZE;
+		}
+	}
+	if (!err) {
+		nodes_lock(t);
+		char *path = nodes_path(n);
+		nodes_unlock(t);
+		if (valid && path)
+			err = sbx_setattr(fs->sbx, path, valid, &want, &st);
+		else if (valid)
+			err = -ENOENT;
+		else if (of)
+			err = sbx_file_fstat(of->file, &st);
+		else
+			err = path ? sbx_lstat(fs->sbx, path, &st, NULL) : -ENOENT;
+		free(path);
+	}
+	if (of)
+		put_ofile(fs, of);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	nodes_lock(t);
+	struct reply_timeouts to = fs_timeouts(fs, ev);
+	nodes_touch(t, n);
+	if (to.attr > 0)
+		fs_cache_attr(fs, n, &st);
+	else
+		n->attr_valid = false;
+	if (n->parent && n->parent->list)
+		dirlist_put(n->parent->list, n->name, &st, n->target);
+	nodes_unlock(t);
+	fuse_reply_attr(req, &st, to.attr);
+}
+
+static void ws_readlink(fuse_req_t req, struct sbxfs *fs, struct node *n)
+{
+	struct nodes *t = &fs->nodes;
+	nodes_lock(t);
+	char *target = n->target ? strdup(n->target) : NULL;
+	char *path = target ? NULL : nodes_path(n);
+	nodes_unlock(t);
+	if (!target) {
+		if (!path) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		int err = sbx_readlink(fs->sbx, path, &target);
+		free(path);
+		if (err < 0) {
+			fuse_reply_err(req, -err);
+			return;
+		}
+		/* A symlink's target never changes; a new one is a new inode, so a new node. */
+		nodes_lock(t);
+		if (!n->target)
+			n->target = strdup(target);
+		nodes_unlock(t);
+	}
+	fuse_reply_readlink(req, target);
+	free(target);
+}
+
+/* Locks, builds the path of (dir, name), unlocks; replies ENOENT when dir is gone. */
+static char *name_path(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name)
+{
+	nodes_lock(&fs->nodes);
+	char *path = child_path(dir, name);
+	nodes_unlock(&fs->nodes);
+	if (!path)
+		fuse_reply_err(req, ENOENT);
+	return path;
+}
+
+static void ws_mknod(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
+		     mode_t mode, dev_t rdev)
+{
+	if (!S_ISREG(mode)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	uint64_t ev = atomic_load(&fs->events);
+	char *path = name_path(req, fs, dir, name);
+	if (!path)
+		return;
+	struct sbx_file *f;
+	struct stat st;
+	int err = sbx_file_open(fs->sbx, path, O_WRONLY | O_CREAT | O_EXCL, mode & 07777, &f,
+				&st);
+	free(path);
+	if (!err)
+		err = sbx_file_close(f);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	nodes_lock(&fs->nodes);
+	entry_made(fs, dir, name, &st, NULL, ev, &e);
+	nodes_unlock(&fs->nodes);
+	fuse_reply_entry(req, &e);
+}
+
+static void ws_mkdir(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
+		     mode_t mode)
+{
+	uint64_t ev = atomic_load(&fs->events);
+	char *path = name_path(req, fs, dir, name);
+	if (!path)
+		return;
+	struct stat st;
+	int err = sbx_mkdir(fs->sbx, path, mode & 07777, &st);
+	free(path);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	nodes_lock(&fs->nodes);
+	struct node *n = entry_made(fs, dir, name, &st, NULL, ev, &e);
+	/* A new directory is empty: its listing is known without asking. */
+	if (fs->cfg.dir_cache_timeout > 0 && e.attr_timeout > 0)
+		nodes_set_list(&fs->nodes, n, dirlist_new(), fs_now() + fs->cfg.dir_cache_timeout);
+	nodes_unlock(&fs->nodes);
+	fuse_reply_entry(req, &e);
+}
+
+static void ws_symlink(fuse_req_t req, struct sbxfs *fs, const char *link, struct node *dir,
+		       const char *name)
+{
+	uint64_t ev = atomic_load(&fs->events);
+	char *path = name_path(req, fs, dir, name);
+	if (!path)
+		return;
+	struct stat st;
+	int err = sbx_symlink(fs->sbx, link, path, &st);
+	free(path);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	nodes_lock(&fs->nodes);
+	entry_made(fs, dir, name, &st, link, ev, &e);
+	nodes_unlock(&fs->nodes);
+	fuse_reply_entry(req, &e);
+}
+
+static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct node *newdir,
+		    const char *newname)
+{
+	uint64_t ev = atomic_load(&fs->events);
+	nodes_lock(&fs->nodes);
+	char *from = nodes_path(n);
+	char *to = child_path(newdir, newname);
+	nodes_unlock(&fs->nodes);
+	struct stat st;
+	int err = from && to ? sbx_link(fs->sbx, from, to, &st) : -ENOENT;
+	free(from);
+	free(to);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	nodes_lock(&fs->nodes);
+	nodes_touch(&fs->nodes, n);
+	n->attr_valid = false; /* st_nlink */
+	entry_made(fs, newdir, newname, &st, n->target, ev, &e);
+	nodes_unlock(&fs->nodes);
+	fuse_reply_entry(req, &e);
+}
+
+/* unlink and rmdir: the name goes, its node is detached (open files keep working). */
+static void remove_name(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
+			bool is_dir)
+{
+	struct nodes *t = &fs->nodes;
+	size_t count = 0;
+	struct ofile **v = NULL;
+	nodes_lock(t);
+	char *path = child_path(dir, name);
+	struct node *child = nodes_child(t, dir, name);
+	if (child)
+		v = nodes_ofiles(t, child, &count);
+	nodes_unlock(t);
+	int err = -ENOENT;
+	if (path) {
+		pin_files(fs, v, count);
+		err = is_dir ? sbx_rmdir(fs->sbx, path) : sbx_unlink(fs->sbx, path);
+	}
+	if (!err) {
+		nodes_lock(t);
+		child = nodes_child(t, dir, name);
+		if (child)
+			nodes_detach(t, child);
+		nodes_touch(t, dir);
+		dir->attr_valid = false;
+		if (dir->list)
+			dirlist_remove(dir->list, name);
+		nodes_unlock(t);
+	}
+	release_ofiles(fs, v, count);
+	free(path);
+	fuse_reply_err(req, -err);
+}
+
+static void ws_unlink(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name)
+{
+	remove_name(req, fs, dir, name, false);
+}
+
+static void ws_rmdir(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name)
+{
+	remove_name(req, fs, dir, name, true);
+}
+
+/* Open files at or below one of the moved nodes, each held, with its new path. */
+struct moved {
+	struct ofile *of;
+	char *path;
+};
+
+static struct moved *moved_files(struct nodes *t, struct node *a, struct node *b, size_t *count)
+{
+	size_t k = 0, cap = 0;
+	struct moved *v = NULL;
+	for (struct ofile *of = t->all_open; of; of = of->all_next) {
+		if (!(a && nodes_below(of->node, a)) && !(b && nodes_below(of->node, b)))
+			continue;
+		char *path = nodes_path(of->node);
+		if (!path)
+			continue;
+		if (k == cap) {
+			cap = cap ? cap * 2 : 8;
+			v = realloc(v, cap * sizeof(*v));
+			if (!v)
+				abort();
+		}
+		of->ref++;
+		v[k++] = (struct moved){ of, path };
+	}
+	*count = k;
+	return v;
+}
+
+static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
+		      struct node *newdir, const char *newname, unsigned flags)
+{
+	struct nodes *t = &fs->nodes;
+	if (flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	size_t count = 0;
+	struct ofile **v = NULL;
+	nodes_lock(t);
+	char *from = child_path(dir, name);
+	char *to = child_path(newdir, newname);
+	struct node *target = nodes_child(t, newdir, newname);
+	if (target && !(flags & RENAME_EXCHANGE))
+		v = nodes_ofiles(t, target, &count);
+	nodes_unlock(t);
+	int err = -ENOENT;
+	if (from && to) {
+		pin_files(fs, v, count);
+		err = sbx_rename(fs->sbx, from, to, flags);
+	}
+	size_t nmoved = 0;
+	struct moved *moved = NULL;
+	if (!err) {
+		nodes_lock(t);
+		struct node *src = nodes_child(t, dir, name);
+		struct node *dst = nodes_child(t, newdir, newname);
+		if (flags & RENAME_EXCHANGE) {
+			if (src && dst)
+				nodes_exchange(t, src, dst);
+			else if (src)
+				nodes_move(t, src, newdir, newname);
+			else if (dst)
+				nodes_move(t, dst, dir, name);
+			if (dir->list)
+				dirlist_stale(dir->list, name);
+			if (newdir->list)
+				dirlist_stale(newdir->list, newname);
+		} else {
+			if (src)
+				nodes_move(t, src, newdir, newname);
+			else if (dst)
+				nodes_detach(t, dst);
+			dst = NULL;
+			if (dir->list)
+				dirlist_remove(dir->list, name);
+			/* The name exists; its attributes (ctime) are asked for when needed. */
+			if (newdir->list)
+				dirlist_put(newdir->list, newname, NULL, NULL);
+		}
+		for (struct node *m = src; m; m = m == src ? dst : NULL) {
+			nodes_touch(t, m);
+			m->attr_valid = false;
+		}
+		nodes_touch(t, dir);
+		dir->attr_valid = false;
+		nodes_touch(t, newdir);
+		newdir->attr_valid = false;
+		moved = moved_files(t, src, dst, &nmoved);
+		nodes_unlock(t);
+	}
+	for (size_t i = 0; i < nmoved; i++) {
+		int e = sbx_file_set_path(moved[i].of->file, moved[i].path);
+		if (e < 0)
+			log_warn("open file moved to %s: %s", moved[i].path, sbx_last_error());
+		free(moved[i].path);
+		put_ofile(fs, moved[i].of);
+	}
+	free(moved);
+	release_ofiles(fs, v, count);
+	free(from);
+	free(to);
+	fuse_reply_err(req, -err);
+}
+
+static void release_of(struct sbxfs *fs, struct ofile *of);
+
+/* keep_cache: the pages the kernel holds are still the file's. st_mode == 0 when the open was
+ * lazy (no round trip): then the node's fresh attributes stand in, and with the change stream
+ * healthy, "no event touched it" is enough. Caller holds the lock. */
+static bool note_open(struct sbxfs *fs, struct node *n, const struct stat *st)
+{
+	if (!st->st_mode && attr_fresh(fs, n))
+		st = &n->attr;
+	bool known = st->st_mode != 0;
+	bool same = known && n->open_size == st->st_size &&
+		    n->open_mtime.tv_sec == st->st_mtim.tv_sec &&
+		    n->open_mtime.tv_nsec == st->st_mtim.tv_nsec;
+	bool keep = n->opened && !n->data_changed && (same || (!known && fs_caches_trusted(fs)));
+	if (known) {
+		n->opened = true;
+		n->open_size = st->st_size;
+		n->open_mtime = st->st_mtim;
+	}
+	if (known || !keep)
+		n->data_changed = !known;
+	return keep;
+}
+
+static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fuse_file_info *fi)
+{
+	struct nodes *t = &fs->nodes;
+	uint64_t ev = atomic_load(&fs->events);
+	nodes_lock(t);
+	char *path = nodes_path(n);
+	nodes_unlock(t);
+	if (!path) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct sbx_file *f;
+	struct stat st;
+	int flags = fi->flags & (O_ACCMODE | O_TRUNC | O_APPEND);
+	int err = sbx_file_open(fs->sbx, path, flags, 0, &f, &st);
+	free(path);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	nodes_lock(t);
+	struct ofile *of = nodes_open(t, n, f, flags);
+	fi->keep_cache = note_open(fs, n, &st);
+	if (flags & O_TRUNC) {
+		nodes_touch(t, n);
+		if (n->parent && n->parent->list)
+			dirlist_put(n->parent->list, n->name, &st, NULL);
+	}
+	if (fs_timeouts(fs, ev).attr > 0 && (flags & O_TRUNC))
+		fs_cache_attr(fs, n, &st);
+	nodes_unlock(t);
+	fi->fh = (uintptr_t)of;
+	if (fuse_reply_open(req, fi) != 0)
+		release_of(fs, of);
+}
+
+static void ws_create(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
+		      mode_t mode, struct fuse_file_info *fi)
+{
+	struct nodes *t = &fs->nodes;
+	uint64_t ev = atomic_load(&fs->events);
+	char *path = name_path(req, fs, dir, name);
+	if (!path)
+		return;
+	struct sbx_file *f;
+	struct stat st;
+	int flags = fi->flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND);
+	int err = sbx_file_open(fs->sbx, path, flags | O_CREAT, mode & 07777, &f, &st);
+	free(path);
+	if (err < 0) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	nodes_lock(t);
+	struct node *n = entry_made(fs, dir, name, &st, NULL, ev, &e);
+	struct ofile *of = nodes_open(t, n, f, flags & ~(O_CREAT | O_EXCL));
+	note_open(fs, n, &st);
+	nodes_unlock(t);
+	fi->fh = (uintptr_t)of;
+	if (fuse_reply_create(req, &e, fi) != 0) {
+		nodes_lock(t);
+		nodes_forget(t, n, 1);
+		nodes_unlock(t);
+		release_of(fs, of);
+	}
+}
+
+static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
+{
+	struct nodes *t = &fs->nodes;
+	nodes_lock(t);
+	char *path = nodes_path(dir);
+	nodes_unlock(t);
+	if (!path)
+		return -ENOENT;
+	struct sbx_dirent *ents;
+	size_t n;
+	int err = sbx_readdir(fs->sbx, path, &ents, &n);
+	free(path);
+	if (err < 0)
+		return err;
+	struct dirlist *dl = NULL;
+	bool cacheable = fs->cfg.dir_cache_timeout > 0 && fs_caches_trusted(fs) &&
+			 atomic_load(&fs->events) == snap->events;
+	if (cacheable)
+		dl = dirlist_new();
+	for (size_t i = 0; i < n; i++) {
+		dirsnap_add(snap, ents[i].name, &ents[i].st, ents[i].target, NODE_WORKSPACE);
+		if (dl)
+			dirlist_put(dl, ents[i].name, &ents[i].st, ents[i].target);
+	}
+	sbx_dirents_free(ents, n);
+	if (dl) {
+		nodes_lock(t);
+		if (dir->gen <= snap->seq && !dir->detached &&
+		    atomic_load(&fs->events) == snap->events)
+			nodes_set_list(t, dir, dl, fs_now() + fs->cfg.dir_cache_timeout), dl = NULL;
+		nodes_unlock(t);
+		dirlist_free(dl);
+	}
+	return 0;
+}
+
+static void ws_statfs(fuse_req_t req, struct sbxfs *fs, struct node *n)
+{
+	struct statvfs sv;
+	int err = sbx_statfs(fs->sbx, "/workspace", &sv);
+	if (err < 0)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_statfs(req, &sv);
+}
+
+const struct kind_ops workspace_kind_ops = {
+	.lookup = ws_lookup,
+	.getattr = ws_getattr,
+	.setattr = ws_setattr,
+	.readlink = ws_readlink,
+	.mknod = ws_mknod,
+	.mkdir = ws_mkdir,
+	.unlink = ws_unlink,
+	.rmdir = ws_rmdir,
+	.symlink = ws_symlink,
+	.rename = ws_rename,
+	.link = ws_link,
+	.open = ws_open,
+	.create = ws_create,
+	.list = ws_list,
+	.statfs = ws_statfs,
+};
+
+/* ---- open files ---- */
+
+static struct ofile *ofile_of(struct fuse_file_info *fi)
+{
+	return (struct ofile *)(uintptr_t)fi->fh;
+}
+
+void workspace_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct sbxfs *fs = fuse_req_userdata(req);
+	struct ofile *of = ofile_of(fi);
+	char *buf = malloc(size ? size : 1);
+	if (!buf)
+		abort();
+	ssize_t r = sbx_file_pread(of->file, buf, size, off);
+	if (r < 0) {
+		latch_error(fs, of, (int)r);
+		fuse_reply_err(req, (int)-r);
+	} else {
+		fuse_reply_buf(req, buf, r);
+	}
+	free(buf);
+}
+
+void workspace_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	struct sbxfs *fs = fuse_req_userdata(req);
+	struct ofile *of = ofile_of(fi);
+	ssize_t r = sbx_file_pwrite(of->file, buf, size, off);
+	if (r < 0) {
+		fuse_reply_err(req, (int)-r);
+		return;
+	}
+	nodes_lock(&fs->nodes);
+	struct node *n = of->node;
+	nodes_touch(&fs->nodes, n);
+	n->attr_valid = false;
+	if (n->parent && n->parent->list)
+		dirlist_stale(n->parent->list, n->name);
+	nodes_unlock(&fs->nodes);
+	fuse_reply_write(req, r);
+}
+
+void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct sbxfs *fs = fuse_req_userdata(req);
+	struct ofile *of = ofile_of(fi);
+	int err = writable(of->flags) ? sbx_file_flush(of->file) : 0;
+	nodes_lock(&fs->nodes);
+	if (!err)
+		err = of->err;
+	of->err = 0;
+	if (writable(of->flags)) {
+		/* The sandbox set mtime at upload time. */
+		nodes_touch(&fs->nodes, of->node);
+		of->node->attr_valid = false;
+	}
+	nodes_unlock(&fs->nodes);
+	fuse_reply_err(req, -err);
+}
+
+void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	struct sbxfs *fs = fuse_req_userdata(req);
+	struct ofile *of = ofile_of(fi);
+	int err = sbx_file_fsync(of->file, datasync != 0);
+	nodes_lock(&fs->nodes);
+	if (!err)
+		err = of->err;
+	of->err = 0;
+	nodes_unlock(&fs->nodes);
+	fuse_reply_err(req, -err);
+}
+
+static void release_of(struct sbxfs *fs, struct ofile *of)
+{
+	nodes_lock(&fs->nodes);
+	if (writable(of->flags)) {
+		nodes_touch(&fs->nodes, of->node);
+		of->node->attr_valid = false;
+	}
+	bool last = nodes_close(&fs->nodes, of);
+	nodes_unlock(&fs->nodes);
+	if (last) {
+		int err = sbx_file_close(of->file);
+		if (err < 0)
+			log_error("release: %s", sbx_last_error());
+		free(of);
+	}
+}
+
+/* close() already got flush's answer; an error here can only be logged. */
+void workspace_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	release_of(fuse_req_userdata(req), ofile_of(fi));
+	fuse_reply_err(req, 0);
+}
+
+void workspace_close_all(struct sbxfs *fs)
+{
+	nodes_lock(&fs->nodes);
+	struct ofile *all = fs->nodes.all_open;
+	fs->nodes.all_open = NULL;
+	nodes_unlock(&fs->nodes);
+	for (struct ofile *of = all, *next; of; of = next) {
+		next = of->all_next;
+		int err = sbx_file_close(of->file);
+		if (err < 0)
+			log_error("closing a file left open at unmount: %s", sbx_last_error());
+		free(of);
+	}
+}
