@@ -75,13 +75,15 @@ static bool start_sbxd(struct server *sv, bool no_extensions)
 	snprintf(token_file, sizeof token_file, "%s/token", sv->dir);
 	mkdir(sv->ws, 0755);
 	mkdir(state, 0700);
-	FILE *t = fopen(token_file, "w");
-	fputs(TOKEN "\n", t);
-	fclose(t);
+	int tfd = open(token_file, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (tfd < 0 || write(tfd, TOKEN "\n", sizeof TOKEN) != (ssize_t)sizeof TOKEN)
+		return false;
+	close(tfd);
 	sv->port = free_port();
 	snprintf(sv->url, sizeof sv->url, "http://127.0.0.1:%d", sv->port);
 	char listen[32];
 	snprintf(listen, sizeof listen, "127.0.0.1:%d", sv->port);
+	fflush(stdout);
 	sv->pid = fork();
 	if (sv->pid == 0) {
 		const char *argv[] = { bin, "--listen", listen, "--workspace", sv->ws,
