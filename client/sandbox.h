@@ -38,7 +38,8 @@ int sbx_open(const struct http_client_opts *opts, struct sbx **out);
 void sbx_close(struct sbx *s);
 const struct sbx_info *sbx_info(const struct sbx *s);
 struct http_client *sbx_http(struct sbx *s);
-/* Forces the standard routes even when extensions exist (used by tests and -o no_extensions). */
+/* Forces the standard routes even when extensions exist (used by tests and -o no_extensions).
+ * Call it right after sbx_open(), before the sandbox is shared. */
 void sbx_force_fallback(struct sbx *s);
 
 /* Readable reason of this thread's last failure ("mkdir: File exists"), or "". */
@@ -114,7 +115,8 @@ int sbx_read_all(struct sbx *s, const char *path, char **data, size_t *len);
 ssize_t sbx_pread_path(struct sbx *s, const char *path, void *buf, size_t len, off_t off);
 
 /* Runs a shell command in the sandbox (POST /api/execute, sessionless); output is collected
- * whole. exit_code is -1 when the command could not be run. */
+ * whole. exit_code is -1 when the command could not be run. timeout_ms <= 0 means 30 s; the
+ * server kills the command at the timeout (exit code 124). */
 struct sbx_exec_result {
 	int exit_code;
 	char *out;
