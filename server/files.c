@@ -593,6 +593,8 @@ void route_delete(struct req *r)
 	 * link to a directory counts as a directory. The entry itself is what gets removed. */
 	struct stat st;
 	int err = ws_stat(abs, &st, true);
+	if (err && ws_refused())
+		err = ws_stat(abs, &st, false); /* a link leading out: the link itself can go */
 	if (err == -ENOENT) {
 		cJSON *ctx = cJSON_CreateObject();
 		cJSON_AddStringToObject(ctx, "path", abs);
@@ -880,10 +882,8 @@ void route_exists(struct req *r)
 		return;
 	struct stat st;
 	int err = ws_stat(abs, &st, true); /* test -e: a dangling link does not exist */
-	if (err && ws_refused()) {
-		reply_ws_errno(r, err, abs);
-		return;
-	}
+	if (err && ws_refused())
+		err = ws_stat(abs, &st, false); /* a link leading out exists, unfollowed */
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "path", abs);
 	cJSON_AddBoolToObject(o, "exists", err == 0);

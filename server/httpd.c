@@ -499,7 +499,6 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
-				  MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
 				  MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!h->mhd) {

@@ -428,9 +428,15 @@ static void settle_move(struct pending_move *pm)
 	}
 }
 
+static struct {
+	int wd;
+	char name[NAME_MAX + 1];
+} last_modify = { -1, "" };
+
 static void handle_event(const struct inotify_event *ev, struct pending_move *pm)
 {
 	if (ev->mask & IN_Q_OVERFLOW) {
+		last_modify.wd = -1;
 		settle_move(pm);
 		publish_overflow();
 		return;
@@ -439,6 +445,10 @@ static void handle_event(const struct inotify_event *ev, struct pending_move *pm
 		map_del(ev->wd);
 		return;
 	}
+	/* Moves are reported as adjacent MOVED_FROM/MOVED_TO pairs: anything else after a
+	 * directory's MOVED_FROM means it left the workspace (forget it before looking up wd). */
+	if (pm->rel && !((ev->mask & IN_MOVED_TO) && ev->cookie == pm->cookie))
+		settle_move(pm);
 	const char *dir = map_get(ev->wd);
 	if (!dir)
 		return;
@@ -453,14 +463,21 @@ static void handle_event(const struct inotify_event *ev, struct pending_move *pm
 	char *rel = join(dir, ev->name);
 	if (!rel)
 		return;
-	if (pm->rel && !((ev->mask & IN_MOVED_TO) && ev->cookie == pm->cookie))
-		settle_move(pm);
+	/* A close after writing adds nothing to the IN_MODIFY just before it (any write in
+	 * between would have been an IN_MODIFY of its own). */
+	bool after_modify = (ev->mask & IN_CLOSE_WRITE) && last_modify.wd == ev->wd &&
+			    strcmp(last_modify.name, ev->name) == 0;
+	last_modify.wd = -1;
+	if ((ev->mask & IN_MODIFY) && strlen(ev->name) < sizeof last_modify.name) {
+		last_modify.wd = ev->wd;
+		strcpy(last_modify.name, ev->name);
+	}
 	if (ev->mask & IN_CREATE) {
 		publish(EV_CREATE, rel, is_dir);
 		if (is_dir)
 			add_tree(rel, true);
 	}
-	if (ev->mask & (IN_MODIFY | IN_CLOSE_WRITE))
+	if ((ev->mask & IN_MODIFY) || ((ev->mask & IN_CLOSE_WRITE) && !after_modify))
 		publish(EV_MODIFY, rel, is_dir);
 	if (ev->mask & IN_ATTRIB)
 		publish(EV_ATTRIB, rel, is_dir);
