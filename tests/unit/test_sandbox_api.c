@@ -388,6 +388,8 @@ static void suite(struct sbx *s, const struct server *sv, const char *mode)
 	CHECK(sbx_rename(s, P(D, "b"), P(D, "d3"), 0) == -EISDIR);
 	CHECK(sbx_rename(s, P(D, "d3"), P(D, "b"), 0) == -ENOTDIR);
 	CHECK(sbx_rename(s, P(D, "nope"), P(D, "x"), 0) == -ENOENT);
+	CHECK(sbx_rename(s, P(D, "b"), P(D, "d2/inner"), RENAME_NOREPLACE) ==
+	      (sbx_info(s)->extensions ? -EEXIST : -EINVAL));
 	struct sbx_file *g;
 	CHECK(sbx_file_open(s, P(D, "b"), O_WRONLY | O_CREAT | O_EXCL, 0644, &g, NULL) == -EEXIST);
 	CHECK(sbx_lstat(s, P(D, "b/x"), &st, NULL) == -ENOTDIR);
