@@ -57,6 +57,7 @@ struct ofile {
 	unsigned ref;                    /* the open itself + transient holders */
 	int flags;
 	int err;  /* an upload error seen outside flush (getattr, read), owed to close() */
+	bool reported; /* close() or fsync() returned an upload error already */
 };
 
 struct node {

@@ -875,6 +875,8 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (!err)
 		err = of->err;
 	of->err = 0;
+	if (err)
+		of->reported = true;
 	if (writable(of->flags)) {
 		/* The sandbox set mtime at upload time. */
 		nodes_touch(&fs->nodes, of->node);
@@ -893,6 +895,8 @@ void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	if (!err)
 		err = of->err;
 	of->err = 0;
+	if (err)
+		of->reported = true;
 	nodes_unlock(&fs->nodes);
 	fuse_reply_err(req, -err);
 }
@@ -908,7 +912,10 @@ static void release_of(struct sbxfs *fs, struct ofile *of)
 	nodes_unlock(&fs->nodes);
 	if (last) {
 		int err = sbx_file_close(of->file);
-		if (err < 0)
+		/* After close() returned an upload error, the same failure again is no news. */
+		if (err < 0 && of->reported)
+			log_debug("release: %s", sbx_last_error());
+		else if (err < 0)
 			log_error("release: %s", sbx_last_error());
 		free(of);
 	}
