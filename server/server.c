@@ -59,7 +59,9 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	sigwait(&stop, &sig);
 	log_info("%s received, stopping", strsignal(sig));
 	httpd_stop(h);
+	log_debug("http server stopped");
 	watch_shutdown();
+	log_debug("watcher stopped");
 	handles_shutdown();
 	ws_shutdown();
 	return 0;

@@ -202,7 +202,12 @@ int main(int argc, char **argv)
 	char *state_dir = NULL;
 	if (!cfg.state_dir) {
 		const char *run = getenv("XDG_RUNTIME_DIR");
-		if (asprintf(&state_dir, "%s/sbxd-%s", run && *run ? run : "/run", port) < 0) {
+		/* Port 0 (any free port) must not share one directory between servers. */
+		int n = strcmp(port, "0") == 0
+				? asprintf(&state_dir, "%s/sbxd-pid%d", run && *run ? run : "/run",
+					   (int)getpid())
+				: asprintf(&state_dir, "%s/sbxd-%s", run && *run ? run : "/run", port);
+		if (n < 0) {
 			free(token);
 			return 1;
 		}
