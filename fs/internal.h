@@ -102,6 +102,9 @@ void invalidator_stop(struct invalidator *inv);
 void invalidator_change(struct invalidator *inv, const char *path, const char *type,
 			bool is_dir);
 void invalidator_resync(struct invalidator *inv);
+/* Queues an invalidation of one node's attributes (and pages with data): for handlers, which
+ * must not notify themselves. */
+void invalidator_inode(struct invalidator *inv, uint64_t id, bool data);
 
 /* Operations on open workspace files (fs/workspace.c): fi->fh is the struct ofile, so they
  * need no dispatch. Only workspace nodes can be opened today; a kind whose files differ (a

@@ -29,7 +29,9 @@
 
 struct event {
 	struct event *next;
-	bool names; /* a name appeared, vanished or moved */
+	uint64_t node; /* non-zero: only this node (invalidator_inode) */
+	bool data;     /* with node: its pages too */
+	bool names;    /* a name appeared, vanished or moved */
 	char path[];
 };
 
@@ -92,9 +94,35 @@ static void forget_cached(struct nodes *t, struct node *n)
 	nodes_drop_list(t, n);
 }
 
+struct alias_walk {
+	struct nodes *t;
+	const struct node *n;
+	struct notices *ns;
+};
+
+static void alias_visit(struct node *m, void *arg)
+{
+	struct alias_walk *w = arg;
+	if (m != w->n && m->ino == w->n->ino && S_ISREG(m->type)) {
+		forget_cached(w->t, m);
+		notice_add(w->ns, (struct notice){ .ino = m->id, .off = 0 });
+	}
+}
+
+/* Other names of a hard-linked file are other nodes: they changed too. */
+static void aliases(struct nodes *t, const struct node *n, struct notices *ns)
+{
+	struct alias_walk w = { t, n, ns };
+	nodes_foreach(t, alias_visit, &w);
+}
+
 static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 {
 	struct nodes *t = &fs->nodes;
+	if (ev->node) {
+		notice_add(ns, (struct notice){ .ino = ev->node, .off = ev->data ? 0 : -1 });
+		return;
+	}
 	const char *slash = strrchr(ev->path, '/');
 	if (!slash || !slash[1])
 		return;
@@ -108,6 +136,8 @@ static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 	if (n && n->id != NODE_ROOT_ID) {
 		forget_cached(t, n);
 		notice_add(ns, (struct notice){ .ino = n->id, .off = 0 });
+		if (S_ISREG(n->type) && n->attr.st_nlink > 1)
+			aliases(t, n, ns);
 	}
 	if (p) {
 		nodes_touch(t, p);
@@ -229,18 +259,8 @@ void invalidator_stop(struct invalidator *inv)
 	free(inv);
 }
 
-void invalidator_change(struct invalidator *inv, const char *path, const char *type,
-			bool is_dir)
+static void enqueue(struct invalidator *inv, struct event *e)
 {
-	if (!inv)
-		return;
-	size_t len = strlen(path) + 1;
-	struct event *e = malloc(sizeof(*e) + len);
-	if (!e)
-		abort();
-	e->next = NULL;
-	e->names = strcmp(type, "modify") != 0 && strcmp(type, "attrib") != 0;
-	memcpy(e->path, path, len);
 	pthread_mutex_lock(&inv->lock);
 	if (inv->resync || inv->n >= QUEUE_MAX) {
 		/* Too far behind to replay one by one: start over instead. */
@@ -259,6 +279,34 @@ void invalidator_change(struct invalidator *inv, const char *path, const char *t
 	}
 	pthread_cond_signal(&inv->cond);
 	pthread_mutex_unlock(&inv->lock);
+}
+
+void invalidator_change(struct invalidator *inv, const char *path, const char *type,
+			bool is_dir)
+{
+	if (!inv)
+		return;
+	size_t len = strlen(path) + 1;
+	struct event *e = malloc(sizeof(*e) + len);
+	if (!e)
+		abort();
+	e->next = NULL;
+	e->node = 0;
+	e->names = strcmp(type, "modify") != 0 && strcmp(type, "attrib") != 0;
+	memcpy(e->path, path, len);
+	enqueue(inv, e);
+}
+
+void invalidator_inode(struct invalidator *inv, uint64_t id, bool data)
+{
+	if (!inv)
+		return;
+	struct event *e = calloc(1, sizeof(*e) + 1);
+	if (!e)
+		abort();
+	e->node = id;
+	e->data = data;
+	enqueue(inv, e);
 }
 
 void invalidator_resync(struct invalidator *inv)

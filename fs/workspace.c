@@ -102,6 +102,44 @@ static void latch_error(struct sbxfs *fs, struct ofile *of, int err)
 	nodes_unlock(&fs->nodes);
 }
 
+/* Hard links: a node has one name, so another name of the same file is another node (and
+ * another kernel inode). When a file with st_nlink > 1 changes through one of them, the
+ * others are marked changed (no keep_cache at their next open) and the kernel is told to drop
+ * their attributes and pages, by the invalidator, right after the reply. Rare, so a scan. */
+struct alias_scan {
+	struct nodes *t;
+	const struct node *n;
+	uint64_t ids[64];
+	size_t count;
+};
+
+static void alias_visit(struct node *m, void *arg)
+{
+	struct alias_scan *a = arg;
+	if (m == a->n || m->ino != a->n->ino || m->type != S_IFREG || a->count == 64)
+		return;
+	nodes_touch(a->t, m);
+	m->attr_valid = false;
+	m->data_changed = true;
+	a->ids[a->count++] = m->id;
+}
+
+/* Caller holds the lock; send with aliases_notify after unlocking. */
+static void aliases_changed(struct sbxfs *fs, const struct node *n, struct alias_scan *a)
+{
+	a->t = &fs->nodes;
+	a->n = n;
+	a->count = 0;
+	if (n->type == S_IFREG && n->attr.st_nlink > 1)
+		nodes_foreach(&fs->nodes, alias_visit, a);
+}
+
+static void aliases_notify(struct sbxfs *fs, const struct alias_scan *a)
+{
+	for (size_t i = 0; i < a->count; i++)
+		invalidator_inode(fs->inval, a->ids[i], true);
+}
+
 /* Attributes of a node with open files: flushed, then from a handle (which also works for an
  * unlinked file). Caller holds nothing; n is held. Returns 1 when n has no open files. */
 static int stat_open_node(struct sbxfs *fs, struct node *n, struct stat *st)
@@ -374,8 +412,11 @@ static void ws_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct 
 		n->attr_valid = false;
 	if (n->parent && n->parent->list)
 		dirlist_put(n->parent->list, n->name, &st, n->target);
+	struct alias_scan a;
+	aliases_changed(fs, n, &a);
 	nodes_unlock(t);
 	fuse_reply_attr(req, &st, to.attr);
+	aliases_notify(fs, &a);
 }
 
 static void ws_readlink(fuse_req_t req, struct sbxfs *fs, struct node *n)
@@ -507,13 +548,20 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 		fuse_reply_err(req, -err);
 		return;
 	}
+	/* The new name gets a node of its own (a node has one name, so each name keeps a path
+	 * when the other goes). The kernel's attributes of the linked inode now have a stale
+	 * st_nlink; the invalidator tells it right after this reply. */
 	struct fuse_entry_param e;
+	struct alias_scan a;
 	nodes_lock(&fs->nodes);
 	nodes_touch(&fs->nodes, n);
-	n->attr_valid = false; /* st_nlink */
-	entry_made(fs, newdir, newname, &st, n->target, ev, &e);
+	n->attr = st;
+	n->attr_valid = false;
+	struct node *m = entry_made(fs, newdir, newname, &st, n->target, ev, &e);
+	aliases_changed(fs, m, &a);
 	nodes_unlock(&fs->nodes);
 	fuse_reply_entry(req, &e);
+	aliases_notify(fs, &a);
 }
 
 /* unlink and rmdir: the name goes, its node is detached (open files keep working). */
@@ -828,11 +876,32 @@ static struct ofile *ofile_of(struct fuse_file_info *fi)
 	return (struct ofile *)(uintptr_t)fi->fh;
 }
 
+/* Each handle buffers its own writes: before one handle reads or writes, the other writable
+ * handles of the same file push theirs, so the sandbox sees the writes in the order they were
+ * made (two O_APPEND writers interleave correctly) and a read sees them all. Free when nothing
+ * is buffered; skipped when the file has no other writer. */
+static void flush_others(struct sbxfs *fs, struct ofile *of)
+{
+	nodes_lock(&fs->nodes);
+	struct node *n = of->node;
+	bool others = false;
+	for (struct ofile *o = n->open; o && !others; o = o->next)
+		others = o != of && writable(o->flags);
+	size_t count = 0;
+	struct ofile **v = others ? nodes_ofiles(&fs->nodes, n, &count) : NULL;
+	nodes_unlock(&fs->nodes);
+	for (size_t i = 0; i < count; i++)
+		if (v[i] != of && writable(v[i]->flags))
+			latch_error(fs, v[i], sbx_file_flush(v[i]->file));
+	release_ofiles(fs, v, count);
+}
+
 void workspace_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
 	struct sbxfs *fs = fuse_req_userdata(req);
 	struct ofile *of = ofile_of(fi);
+	flush_others(fs, of);
 	char *buf = malloc(size ? size : 1);
 	if (!buf)
 		abort();
@@ -851,6 +920,7 @@ void workspace_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 {
 	struct sbxfs *fs = fuse_req_userdata(req);
 	struct ofile *of = ofile_of(fi);
+	flush_others(fs, of);
 	ssize_t r = sbx_file_pwrite(of->file, buf, size, off);
 	if (r < 0) {
 		fuse_reply_err(req, (int)-r);
@@ -877,13 +947,16 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	of->err = 0;
 	if (err)
 		of->reported = true;
+	struct alias_scan a = { .count = 0 };
 	if (writable(of->flags)) {
 		/* The sandbox set mtime at upload time. */
 		nodes_touch(&fs->nodes, of->node);
 		of->node->attr_valid = false;
+		aliases_changed(fs, of->node, &a);
 	}
 	nodes_unlock(&fs->nodes);
 	fuse_reply_err(req, -err);
+	aliases_notify(fs, &a);
 }
 
 void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
