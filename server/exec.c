@@ -20,7 +20,6 @@
 #include "common/base64.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
-#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
