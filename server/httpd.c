@@ -366,13 +366,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r->path = url;
 		*con_cls = r;
 		r->route = find_route(method, url, &r->path_arg);
-		if (!r->route) {
-			reply_not_found(r);
-			return MHD_YES;
-		}
-		if (!(r->route->flags & ROUTE_PUBLIC) && !authorized(r)) {
+		/* The token is checked before "not found": without it nothing about the server
+		 * shows (and a client probing an absent extension learns its token is wrong). */
+		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)) && !authorized(r)) {
 			reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
 				    "missing or invalid bearer token");
+			return MHD_YES;
+		}
+		if (!r->route) {
+			reply_not_found(r);
 			return MHD_YES;
 		}
 		const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
