@@ -336,14 +336,14 @@ static char *join(const char *dir, const char *name)
 static void add_tree(const char *rel, bool report)
 {
 	size_t n = 1, cap = 16, head = 0;
-	char **todo = malloc(cap * sizeof *todo);
-	if (!todo || !(todo[0] = strdup(rel))) {
-		free(todo);
+	char **pending = malloc(cap * sizeof *pending);
+	if (!pending || !(pending[0] = strdup(rel))) {
+		free(pending);
 		return;
 	}
 	static bool warned;
 	while (head < n) {
-		char *dir = todo[head++];
+		char *dir = pending[head++];
 		int fd = ws_open_rel(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0);
 		if (fd < 0) {
 			free(dir);
@@ -385,20 +385,20 @@ static void add_tree(const char *rel, bool report)
 				continue;
 			}
 			if (n == cap) {
-				char **t = realloc(todo, 2 * cap * sizeof *todo);
+				char **t = realloc(pending, 2 * cap * sizeof *pending);
 				if (!t) {
 					free(child);
 					continue;
 				}
-				todo = t;
+				pending = t;
 				cap *= 2;
 			}
-			todo[n++] = child;
+			pending[n++] = child;
 		}
 		closedir(d);
 		free(dir);
 	}
-	free(todo);
+	free(pending);
 }
 
 /* A directory moved out of the workspace: forget its subtree's watches. */
