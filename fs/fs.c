@@ -134,6 +134,8 @@ struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *na
 	}
 	if (cache)
 		fs_cache_attr(fs, n, st);
+	else if (!n->attr_valid)
+		n->attr = *st; /* not trusted, but st_nlink tells about hard links */
 	if (target && !n->target)
 		n->target = strdup(target);
 	nodes_lookup(n);

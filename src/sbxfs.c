@@ -155,6 +155,21 @@ static int open_sandbox(const struct options *o, const char *token, struct sbx *
 		return err;
 	if (o->no_extensions)
 		sbx_force_fallback(*out);
+	/* A plain container's probe (/api/ping) needs no token: prove the token on /workspace,
+	 * which every later request needs anyway. */
+	struct stat st;
+	err = sbx_lstat(*out, "/workspace", &st, NULL);
+	if (err == -EACCES)
+		fail("%s: token refused%s (%s)", o->url,
+		     token && *token ? "" : ", none given: -o token_file= or SBXFS_TOKEN",
+		     sbx_last_error());
+	else if (err < 0)
+		fail("%s: /workspace: %s", o->url, sbx_last_error());
+	if (err < 0) {
+		sbx_close(*out);
+		*out = NULL;
+		return err;
+	}
 	const struct sbx_info *info = sbx_info(*out);
 	log_debug("%s: %s %s, %s", o->url, info->server ? info->server : "sandbox",
 		  info->version ? info->version : "",
@@ -205,6 +220,16 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "usage: %s URL MOUNTPOINT [options]  (--help for more)\n",
 			argv[0]);
 		goto out;
+	}
+	/* The daemon runs in /: a relative CA file must be resolved now. */
+	if (o.ca_file && o.ca_file[0] != '/') {
+		char *abs = realpath(o.ca_file, NULL);
+		if (!abs) {
+			fprintf(stderr, "sbxfs: ca_file %s: %s\n", o.ca_file, strerror(errno));
+			goto out;
+		}
+		free(o.ca_file);
+		o.ca_file = abs;
 	}
 	if (o.timeout <= 0) {
 		fprintf(stderr, "sbxfs: timeout must be positive\n");
