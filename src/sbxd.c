@@ -121,10 +121,13 @@ static char *load_token(const char *file)
 	size_t n = fread(buf, 1, sizeof buf - 1, f);
 	fclose(f);
 	buf[n] = '\0';
-	while (n && strchr(" \t\r\n", buf[n - 1]))
+	buf[strcspn(buf, "\r\n")] = '\0'; /* the first line is the token */
+	n = strlen(buf);
+	while (n && strchr(" \t", buf[n - 1]))
 		buf[--n] = '\0';
-	if (n == 0 || strpbrk(buf, " \t\r\n")) {
-		fprintf(stderr, "sbxd: token file %s must hold one non-empty token\n", file);
+	if (n == 0 || strpbrk(buf, " \t")) {
+		fprintf(stderr, "sbxd: the first line of token file %s must be a token (no blanks)\n",
+			file);
 		return NULL;
 	}
 	return strdup(buf);
