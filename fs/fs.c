@@ -579,6 +579,11 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
+	struct sbxfs *fs = userdata;
+	if (conn->capable & FUSE_CAP_EXPIRE_ONLY) {
+		conn->want |= FUSE_CAP_EXPIRE_ONLY;
+		atomic_store(&fs->expire_only, true);
+	}
 	if (conn->capable & FUSE_CAP_READDIRPLUS)
 		conn->want |= FUSE_CAP_READDIRPLUS;
 	conn->want &= ~FUSE_CAP_READDIRPLUS_AUTO;
@@ -645,6 +650,7 @@ struct sbxfs *sbxfs_new(const struct sbxfs_config *cfg)
 	nodes_init(&fs->nodes, cfg->dir_cache_max);
 	atomic_init(&fs->healthy, false);
 	atomic_init(&fs->events, 0);
+	atomic_init(&fs->expire_only, false);
 	clock_gettime(CLOCK_REALTIME, &fs->mount_time);
 	fs->uid = getuid();
 	fs->gid = getgid();

@@ -24,6 +24,9 @@ struct sbxfs {
 	atomic_uint_fast64_t events;
 	struct invalidator *inval;
 	struct sbx_watch *watch;
+	/* The kernel can expire a name instead of dropping it (FUSE_CAP_EXPIRE_ONLY): a
+	 * directory that is some process's cwd stays usable when the lookup confirms it. */
+	atomic_bool expire_only;
 	struct timespec mount_time;
 	uid_t uid;
 	gid_t gid;

@@ -10,8 +10,11 @@
  *     re-attributed name only that entry's attributes), marks the node's data changed (so the
  *     next open does not keep the page cache), and stamps both as changed;
  *   - without any lock: fuse_lowlevel_notify_inval_inode for the node (attributes and data) and
- *     the parent (attributes), and fuse_lowlevel_notify_inval_entry for the name when names
- *     changed - also for a name the kernel may only know as a cached negative entry.
+ *     the parent (attributes), and for the name when names changed (also a name the kernel
+ *     may only know as a cached negative entry) an expiry: fuse_lowlevel_notify_expire_entry
+ *     makes the kernel look the name up again at its next use instead of unhashing it, so a
+ *     directory that is some shell's cwd survives the (late) echo of its own mkdir; without
+ *     FUSE_CAP_EXPIRE_ONLY (kernels before 6.2) fuse_lowlevel_notify_inval_entry.
  * -ENOENT from a notification (the kernel forgot the inode or never had the name) is normal.
  *
  * A resync (events may have been lost: reconnect, overflow, or a queue that grew past its
@@ -73,7 +76,11 @@ static void notices_send(struct sbxfs *fs, struct notices *ns)
 	for (size_t i = 0; i < ns->n; i++) {
 		struct notice *no = &ns->v[i];
 		int err;
-		if (no->name)
+		if (no->name && atomic_load(&fs->expire_only))
+			err = fuse_lowlevel_notify_expire_entry(fs->se, no->parent, no->name,
+								strlen(no->name),
+								FUSE_LL_EXPIRE_ONLY);
+		else if (no->name)
 			err = fuse_lowlevel_notify_inval_entry(fs->se, no->parent, no->name,
 							       strlen(no->name));
 		else
