@@ -248,13 +248,6 @@ int main(int argc, char *argv[])
 			abort();
 	}
 
-	if (open_sandbox(&o, token, &sandbox) < 0)
-		goto out;
-	if (!cmd.foreground) {
-		sbx_close(sandbox);
-		sandbox = NULL;
-	}
-
 	/* df and mount show the URL; mount -t fuse.sbxfs needs the subtype whatever argv[0]. */
 	char *fsname = malloc(strlen(o.url) * 2 + 16);
 	if (!fsname)
@@ -274,7 +267,13 @@ int main(int argc, char *argv[])
 	fs = sbxfs_new(&cfg);
 	se = fuse_session_new(&args, sbxfs_lowlevel_ops(), sizeof(struct fuse_lowlevel_ops), fs);
 	if (!se)
-		goto out;
+		goto out; /* it said why (an unknown option, ...) */
+	if (open_sandbox(&o, token, &sandbox) < 0)
+		goto out_session;
+	if (!cmd.foreground) {
+		sbx_close(sandbox);
+		sandbox = NULL;
+	}
 	if (fuse_set_signal_handlers(se) != 0)
 		goto out_session;
 	if (fuse_session_mount(se, cmd.mountpoint) != 0)
