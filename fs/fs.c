@@ -674,8 +674,10 @@ static void on_resync(void *arg)
 static void on_state(void *arg, bool healthy)
 {
 	struct sbxfs *fs = arg;
-	log_info("change events %s", healthy ? "flowing: long cache timeouts"
-				     : "interrupted: short cache timeouts until they resume");
+	if (healthy)
+		log_info("change events flowing: caches trusted");
+	else
+		log_warn("change events interrupted: short cache timeouts until they resume");
 	/* Whatever happened while the stream was down is unknown: start over. */
 	if (healthy && !atomic_load(&fs->healthy))
 		on_resync(fs);
