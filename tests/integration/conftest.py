@@ -82,13 +82,29 @@ def fresh_sbx(build_dir, mode):
         _finish(s)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == 'call':
+        item.call_failed = rep.failed
+
+
 @pytest.fixture(autouse=True)
 def check_logs(request):
-    """Fails the test when sbxd or sbxfs complain while it runs."""
+    """Fails the test when sbxd or sbxfs complain while it runs; shows what they logged
+    during a test that failed."""
     names = [n for n in ('sbx',) if n in request.fixturenames]
     sbxs = [request.getfixturevalue(n) for n in names]
     before = [s.log_sizes() for s in sbxs]
     yield
+    if getattr(request.node, 'call_failed', False):
+        for s, b in zip(sbxs, before):
+            for path, start in b.items():
+                text = s.read_log(path, start)
+                if text:
+                    print('--- %s during the test (last 60 lines):' % os.path.basename(path))
+                    print('\n'.join(text.splitlines()[-60:]))
     expected = request.node.get_closest_marker('expect_errors') is not None
     complaints = []
     for s, b in zip(sbxs, before):

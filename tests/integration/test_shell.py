@@ -2,6 +2,8 @@
 import hashlib
 import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 
@@ -399,3 +401,19 @@ def test_host_changes_visible_in_mount(d):
     assert wait_for(lambda: os.listdir(d.m) == ['g'], 5), os.listdir(d.m)
     os.unlink(os.path.join(d.h, 'g'))
     assert wait_for(lambda: not os.path.exists(os.path.join(d.m, 'g')), 5)
+
+
+def test_cwd_survives_change_events(d):
+    """A shell sitting in a directory of the mount keeps a working getcwd() while change
+    events arrive late (here: behind a burst of sandbox-side events), as git and every shell
+    prompt need. A notification must not detach the directory the shell is in."""
+    getcwd = [sys.executable, '-c', 'import os, time\nprint(os.getcwd())\ntime.sleep(1.5)\n'
+              'print(os.getcwd())']
+    for i in range(3):
+        r = d.execute('mkdir -p noise && cd noise && seq 3000 | xargs touch && rm -f ./*')
+        assert r['exitCode'] == 0, r
+        sub = os.path.join(d.m, 'cwd%d' % i)
+        os.mkdir(sub)
+        p = subprocess.run(getcwd, cwd=sub, capture_output=True, timeout=60)
+        assert p.returncode == 0 and p.stdout.decode().split() == [sub, sub], \
+            'getcwd in %s failed: %s' % (sub, p.stderr.decode(errors='replace')[-300:])
