@@ -225,9 +225,12 @@ int sbx_open(const struct http_client_opts *opts, struct sbx **out)
 	struct sbx *s = calloc(1, sizeof *s);
 	if (!s)
 		return sbx_fail(-ENOMEM, "out of memory");
+	s->deadline_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 30000;
+	pthread_mutex_init(&s->copies_lock, NULL);
 	s->http = http_client_new(opts);
 	if (!s->http) {
 		int err = errno ? -errno : -EINVAL;
+		pthread_mutex_destroy(&s->copies_lock);
 		free(s);
 		return sbx_fail(err, "cannot create the HTTP client for %s: %s",
 				opts->base_url ? opts->base_url : "(no URL)", strerror(-err));
@@ -253,6 +256,7 @@ void sbx_close(struct sbx *s)
 	free(s->server);
 	free(s->version);
 	free(s->sandbox_id);
+	pthread_mutex_destroy(&s->copies_lock);
 	free(s);
 }
 
@@ -371,6 +375,12 @@ int sbx_file_set_path(struct sbx_file *f, const char *path)
 	return f->ops->file_set_path(f, path);
 }
 
+int sbx_file_orphan(struct sbx_file *f)
+{
+	/* the extensions' handle is the server's open file: it already outlives its name */
+	return f->ops->file_orphan ? f->ops->file_orphan(f) : 0;
+}
+
 int sbx_file_close(struct sbx_file *f) { return f ? f->ops->file_close(f) : 0; }
 
 int sbx_read_all(struct sbx *s, const char *path, char **data, size_t *len)
@@ -410,12 +420,17 @@ static int exec_output(const cJSON *j, const char *key, bool b64, char **out, si
 	return 0;
 }
 
-int sbx_exec(struct sbx *s, const char *command, const char *cwd, long timeout_ms,
-	     struct sbx_exec_result *r)
+long sbx_deadline(const struct sbx *s, size_t bytes)
+{
+	/* 1 s per MiB beyond the first 8: slow links still finish, a stall still ends */
+	return s->deadline_ms + (bytes > (8u << 20) ? (long)(bytes >> 20) * 1000 : 0);
+}
+
+/* The command's timeout and the HTTP deadline around it. */
+static int exec_bounded(struct sbx *s, const char *command, const char *cwd, long timeout_ms,
+			long http_ms, struct sbx_exec_result *r)
 {
 	*r = (struct sbx_exec_result){ .exit_code = -1 };
-	if (timeout_ms <= 0)
-		timeout_ms = SBX_HELPER_TIMEOUT_MS;
 	cJSON *body = cJSON_CreateObject();
 	cJSON_AddStringToObject(body, "command", command);
 	if (cwd)
@@ -424,9 +439,7 @@ int sbx_exec(struct sbx *s, const char *command, const char *cwd, long timeout_m
 	cJSON_AddStringToObject(body, "sessionId", "__DISABLE_SESSION__");
 	cJSON_AddStringToObject(body, "encoding", "base64");
 	cJSON *j;
-	/* the server kills the command at timeout_ms (SIGTERM, SIGKILL 5 s later) and answers */
-	int err = sbx_call(s, "execute", "POST", "/api/execute", body, false, timeout_ms + 10000,
-			   &j);
+	int err = sbx_call(s, "execute", "POST", "/api/execute", body, false, http_ms, &j);
 	if (err)
 		return err;
 	const char *enc = json_str(j, "encoding");
@@ -446,6 +459,25 @@ int sbx_exec(struct sbx *s, const char *command, const char *cwd, long timeout_m
 		return sbx_fail(err, "execute: undecodable output");
 	}
 	return 0;
+}
+
+int sbx_exec(struct sbx *s, const char *command, const char *cwd, long timeout_ms,
+	     struct sbx_exec_result *r)
+{
+	if (timeout_ms <= 0)
+		timeout_ms = 30000;
+	/* the server kills the command at timeout_ms (SIGTERM, SIGKILL 5 s later) and answers */
+	return exec_bounded(s, command, cwd, timeout_ms, timeout_ms + 10000, r);
+}
+
+int sbx_exec_within(struct sbx *s, const char *command, const char *cwd, long http_ms,
+		    struct sbx_exec_result *r)
+{
+	/* the server answers with exit code 124 a little before the client would give up; its
+	 * SIGKILL grace does not matter for the helpers, which are plain tools that die on
+	 * SIGTERM */
+	long margin = http_ms / 5 < 2000 ? http_ms / 5 : 2000;
+	return exec_bounded(s, command, cwd, http_ms - margin, http_ms, r);
 }
 
 void sbx_exec_result_free(struct sbx_exec_result *r)

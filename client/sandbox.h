@@ -105,6 +105,14 @@ int sbx_file_ftruncate(struct sbx_file *f, off_t size);
 int sbx_file_pin(struct sbx_file *f);
 /* Tells the file its path changed (a rename through the mount): the fallback uploads there. */
 int sbx_file_set_path(struct sbx_file *f, const char *path);
+/* The name this file was opened under is gone (unlinked, or replaced by a rename): keep its data
+ * private from now on and never upload it again. Applies to every open file of that name (in
+ * the fallback they share one local copy); reads, writes and fstat keep working on the private
+ * data, flush/fsync/close succeed without uploading. Idempotent, cannot fail (returns 0). Call
+ * it after the unlink or rename succeeded, after sbx_file_pin(). With the extensions it does
+ * nothing: the server-side handle already has POSIX semantics. sbx_unlink()/sbx_rename() of the
+ * fallback also do this by themselves for files opened through the same struct sbx. */
+int sbx_file_orphan(struct sbx_file *f);
 /* Flushes, releases the handle and frees f; returns the flush's error (nothing acknowledged
  * is lost silently: the caller reports it from close()). */
 int sbx_file_close(struct sbx_file *f);

@@ -9,12 +9,25 @@
  * UTF-8 text. Errors come back as the tools' LC_ALL=C messages, which map to errnos through
  * one table (sbx_errno_from_text).
  *
- * Open files are local temporary copies (unlinked at once, only the fd is kept): opening
- * downloads the whole file (/api/read in base64; above the container's 32 MiB read limit,
- * ranged `dd | base64` commands, which unlike /api/read/stream stay byte-exact for files the
- * container would send as text); reads and writes go to the copy; flush uploads it whole with
- * /api/write if it changed. An upload failure leaves the copy dirty, so every later flush
- * retries and reports, and close reports it last. */
+ * Every request is bounded by the client's deadline (-o timeout), scaled only for large
+ * transfers; a helper command's own timeout is a little shorter, so the server answers first.
+ *
+ * Open files are local temporary copies (unlinked at once, only the fd is kept), one per
+ * sandbox path shared by all open files of that path in one struct sbx, as a local filesystem
+ * shares one inode: writes through one handle are seen through the others, O_APPEND writes land
+ * at the copy's current end, and flush of any handle uploads it. Opening downloads the whole
+ * file (/api/read in base64; above the container's 32 MiB read limit, ranged `dd | base64`
+ * commands, which unlike /api/read/stream stay byte-exact for files the container would send
+ * as text); reads and writes go to the copy; flush uploads it whole with /api/write if it
+ * changed. An upload failure leaves the copy dirty, so every later flush retries and reports,
+ * and a writer's close reports it last.
+ *
+ * A copy whose name goes away (unlink, rename over it; through this sandbox object or told by
+ * sbx_file_orphan) is orphaned: it leaves the table, keeps serving its handles, and is never
+ * uploaded again, so the name does not come back and the file that replaced it is not
+ * overwritten. unlink and rename hold the locks of the copies they touch across the command,
+ * so no upload to the old name can land after it. A rename moves the copies at and below the
+ * old name to the new one. */
 #include "client/sandbox_impl.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -40,16 +53,17 @@
  * 512-byte blocks, atime, mtime, ctime (seconds.fraction), name, symlink target */
 #define STAT_FMT "'%i\\0%m\\0%y\\0%n\\0%U\\0%G\\0%s\\0%b\\0%A@\\0%T@\\0%C@\\0%f\\0%l\\0'"
 
-/* Runs a helper command (sessionless, pipefail, C locale). On success *out holds stdout,
- * base64-decoded when decode is set. A failure maps the command's stderr to an errno. */
-static int run(struct sbx *s, const char *what, const char *cmd, bool decode, char **out,
-	       size_t *out_len)
+/* Runs a helper command (sessionless, pipefail, C locale) within the deadline for moving about
+ * `bytes` bytes. On success *out holds stdout, base64-decoded when decode is set. A failure maps
+ * the command's stderr to an errno. */
+static int run_sized(struct sbx *s, const char *what, const char *cmd, size_t bytes, bool decode,
+		     char **out, size_t *out_len)
 {
 	struct strbuf sb = STRBUF_INIT;
 	strbuf_appends(&sb, "set -o pipefail; export LC_ALL=C; ");
 	strbuf_appends(&sb, cmd);
 	struct sbx_exec_result r;
-	int err = sbx_exec(s, sb.data, NULL, SBX_HELPER_TIMEOUT_MS, &r);
+	int err = sbx_exec_within(s, sb.data, NULL, sbx_deadline(s, bytes), &r);
 	strbuf_free(&sb);
 	if (err) {
 		char msg[512];
@@ -91,6 +105,12 @@ static int run(struct sbx *s, const char *what, const char *cmd, bool decode, ch
 	}
 	sbx_exec_result_free(&r);
 	return 0;
+}
+
+static int run(struct sbx *s, const char *what, const char *cmd, bool decode, char **out,
+	       size_t *out_len)
+{
+	return run_sized(s, what, cmd, 0, decode, out, out_len);
 }
 
 static void append_q(struct strbuf *sb, const char *s)
@@ -291,23 +311,9 @@ static int simple(struct sbx *s, const char *op, const char *tool, const char *a
 	return err;
 }
 
-static int fb_unlink(struct sbx *s, const char *path)
-{
-	return simple(s, "unlink", "unlink", path, NULL);
-}
-
 static int fb_rmdir(struct sbx *s, const char *path)
 {
 	return simple(s, "rmdir", "rmdir", path, NULL);
-}
-
-static int fb_rename(struct sbx *s, const char *from, const char *to, unsigned flags)
-{
-	/* mv -n is a check-then-act race and mv cannot exchange: refuse, as sshfs does */
-	if (flags)
-		return sbx_fail(-EINVAL, "rename %s: flags %#x are not supported without the sbxd "
-				"extensions", from, flags);
-	return simple(s, "rename", "mv -T", from, to);
 }
 
 static int fb_symlink(struct sbx *s, const char *target, const char *path, struct stat *st)
@@ -451,7 +457,7 @@ static ssize_t read_range(struct sbx *s, const char *path, void *buf, size_t len
 	char *out = NULL;
 	size_t n = 0;
 	const char *what = WHAT("read", path);
-	int err = run(s, what, sb.data, true, &out, &n);
+	int err = run_sized(s, what, sb.data, len, true, &out, &n);
 	strbuf_free(&sb);
 	if (err)
 		return err;
@@ -479,15 +485,17 @@ static ssize_t fb_pread_path(struct sbx *s, const char *path, void *buf, size_t 
 	return (ssize_t)done;
 }
 
-/* /api/read in base64: 0 and the bytes; -EFBIG when the container refuses the size. */
-static int read_whole(struct sbx *s, const char *path, char **data, size_t *len)
+/* /api/read in base64: 0 and the bytes; -EFBIG when the container refuses the size.
+ * size_hint (0 = unknown) sizes the deadline. */
+static int read_whole(struct sbx *s, const char *path, size_t size_hint, char **data,
+		      size_t *len)
 {
 	cJSON *b = cJSON_CreateObject();
 	cJSON_AddStringToObject(b, "path", path);
 	cJSON_AddStringToObject(b, "encoding", "base64");
 	cJSON *j;
 	const char *what = WHAT("read", path);
-	int err = sbx_call(s, what, "POST", "/api/read", b, true, 0, &j);
+	int err = sbx_call(s, what, "POST", "/api/read", b, true, sbx_deadline(s, size_hint), &j);
 	if (err)
 		return err;
 	const char *c = json_str(j, "content"), *enc = json_str(j, "encoding");
@@ -512,7 +520,7 @@ static int read_whole(struct sbx *s, const char *path, char **data, size_t *len)
 
 static int fb_read_all(struct sbx *s, const char *path, char **data, size_t *len)
 {
-	int err = read_whole(s, path, data, len);
+	int err = read_whole(s, path, 0, data, len);
 	if (err != -EFBIG)
 		return err;
 	struct strbuf sb = STRBUF_INIT;
@@ -532,17 +540,32 @@ static int fb_read_all(struct sbx *s, const char *path, char **data, size_t *len
 	return 0;
 }
 
-/* ---- open files: local copies ---- */
+/* ---- open files: one local copy per path ---- */
+
+/* The shared copy of one sandbox path, for all its open files in one struct sbx.
+ * Lock order: copy locks (several only in rename/unlink, taken in address order), then
+ * s->copies_lock; never a copy lock while holding s->copies_lock (except a copy nobody else can
+ * see yet). path changes only with both held, so either one is enough to read it. */
+struct fb_copy {
+	struct fb_copy *next;   /* in s->copies while keyed */
+	struct sbx *s;
+	pthread_mutex_t lock;   /* everything below, and the upload */
+	char *path;
+	unsigned refs;          /* s->copies_lock */
+	bool keyed;             /* in s->copies under path (s->copies_lock) */
+	atomic_bool orphaned;   /* the name is gone: the data is private, never uploaded */
+	int fd;
+	bool loaded;            /* fd holds the file; else the next opener downloads it */
+	bool dirty;             /* the copy differs from what the sandbox has */
+	bool modified;          /* written since st was read: times come from the copy */
+	bool st_known;
+	struct stat st;         /* attributes as last read from the sandbox */
+};
 
 struct fb_file {
 	struct sbx_file base;
-	pthread_mutex_t lock;
-	char *path;
+	struct fb_copy *c;
 	int flags;
-	int fd;
-	bool dirty;        /* the copy differs from what the sandbox has */
-	bool modified;     /* written since open: times come from the copy */
-	struct stat st;    /* attributes at open */
 };
 
 static int write_all_fd(int fd, const void *buf, size_t len, off_t off)
@@ -579,13 +602,16 @@ static int make_temp(const char *what)
 	return sbx_fail(-errno, "%s: cannot create a local copy: %s", what, strerror(errno));
 }
 
-static int download(struct fb_file *f, const char *what)
+/* Replaces the copy's content with the sandbox's file; size_hint (or 0) sizes the deadline. */
+static int download(struct fb_copy *c, size_t size_hint, const char *what)
 {
+	if (ftruncate(c->fd, 0))
+		return sbx_fail(-errno, "%s: local copy: %s", what, strerror(errno));
 	char *data = NULL;
 	size_t len = 0;
-	int err = read_whole(f->base.s, f->path, &data, &len);
+	int err = read_whole(c->s, c->path, size_hint, &data, &len);
 	if (!err) {
-		err = write_all_fd(f->fd, data, len, 0);
+		err = write_all_fd(c->fd, data, len, 0);
 		free(data);
 		return err ? sbx_fail(err, "%s: local copy: %s", what, strerror(-err)) : 0;
 	}
@@ -597,12 +623,12 @@ static int download(struct fb_file *f, const char *what)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
 	off_t off = 0;
 	for (;;) {
-		ssize_t n = read_range(f->base.s, f->path, buf, CHUNK, off);
+		ssize_t n = read_range(c->s, c->path, buf, CHUNK, off);
 		if (n < 0) {
 			err = (int)n;
 			break;
 		}
-		if ((err = write_all_fd(f->fd, buf, (size_t)n, off))) {
+		if ((err = write_all_fd(c->fd, buf, (size_t)n, off))) {
 			err = sbx_fail(err, "%s: local copy: %s", what, strerror(-err));
 			break;
 		}
@@ -614,14 +640,14 @@ static int download(struct fb_file *f, const char *what)
 	return err;
 }
 
-/* Uploads the copy if it changed. */
-static int flush_locked(struct fb_file *f)
+/* Uploads the copy if it changed and its name still exists. */
+static int flush_locked(struct fb_copy *c)
 {
-	if (!f->dirty)
+	if (!c->dirty || atomic_load(&c->orphaned))
 		return 0;
-	const char *what = WHAT("write", f->path);
+	const char *what = WHAT("write", c->path);
 	struct stat lst;
-	if (fstat(f->fd, &lst))
+	if (fstat(c->fd, &lst))
 		return sbx_fail(-errno, "%s: local copy: %s", what, strerror(errno));
 	if ((uint64_t)lst.st_size > WRITE_MAX)
 		return sbx_fail(-EFBIG, "%s: %jd bytes is more than a container accepts in one write "
@@ -632,7 +658,7 @@ static int flush_locked(struct fb_file *f)
 	if (!raw)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
 	for (size_t done = 0; done < len;) {
-		ssize_t n = pread(f->fd, raw + done, len - done, (off_t)done);
+		ssize_t n = pread(c->fd, raw + done, len - done, (off_t)done);
 		if (n <= 0) {
 			int e = n < 0 ? errno : EIO;
 			free(raw);
@@ -641,7 +667,7 @@ static int flush_locked(struct fb_file *f)
 		done += (size_t)n;
 	}
 	/* the body is built by hand: the base64 text is the bulk and is written only once */
-	cJSON *jp = cJSON_CreateString(f->path);
+	cJSON *jp = cJSON_CreateString(c->path);
 	char *qpath = json_print(jp);
 	cJSON_Delete(jp);
 	struct strbuf body = STRBUF_INIT;
@@ -656,28 +682,118 @@ static int flush_locked(struct fb_file *f)
 		.path = "/api/write",
 		.body = body.data,
 		.body_len = body.len,
-		.timeout_ms = len > (8u << 20) ? 30000 + (long)(len >> 20) * 1000 : 0,
+		.timeout_ms = sbx_deadline(c->s, len),
 	};
 	struct http_response resp = { 0 };
-	int err = http_request_sync(f->base.s->http, &req, &resp);
+	int err = http_request_sync(c->s->http, &req, &resp);
 	strbuf_free(&body);
 	if (err)
 		err = sbx_fail(err, "%s: %s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err));
 	else if (resp.status < 200 || resp.status > 299)
 		err = sbx_fail_response(what, resp.status, resp.body, resp.body_len);
 	else
-		f->dirty = false;
+		c->dirty = false;
 	http_response_clear(&resp);
 	return err;
 }
 
-static void fb_file_free(struct fb_file *f)
+/* Reads the attributes of the copy's file (following a final symlink, as open did). */
+static int copy_stat_locked(struct fb_copy *c)
 {
-	if (f->fd >= 0)
-		close(f->fd);
-	pthread_mutex_destroy(&f->lock);
-	free(f->path);
-	free(f);
+	struct stat st;
+	int err = run_then_stat(c->s, WHAT("stat", c->path), NULL, c->path, true, &st, NULL);
+	if (!err) {
+		c->st = st;
+		c->st_known = true;
+	}
+	return err;
+}
+
+static struct fb_copy *find_locked(struct sbx *s, const char *path)
+{
+	for (struct fb_copy *c = s->copies; c; c = c->next)
+		if (strcmp(c->path, path) == 0)
+			return c;
+	return NULL;
+}
+
+static void unkey_locked(struct sbx *s, struct fb_copy *c)
+{
+	for (struct fb_copy **pp = &s->copies; *pp; pp = &(*pp)->next) {
+		if (*pp == c) {
+			*pp = c->next;
+			break;
+		}
+	}
+	c->next = NULL;
+	c->keyed = false;
+}
+
+static void orphan_locked(struct sbx *s, struct fb_copy *c)
+{
+	if (c->keyed)
+		unkey_locked(s, c);
+	atomic_store(&c->orphaned, true);
+}
+
+static void copy_free(struct fb_copy *c)
+{
+	if (c->fd >= 0)
+		close(c->fd);
+	pthread_mutex_destroy(&c->lock);
+	free(c->path);
+	free(c);
+}
+
+/* Drops a reference; the caller does not hold c->lock. */
+static void copy_put(struct fb_copy *c)
+{
+	struct sbx *s = c->s;
+	pthread_mutex_lock(&s->copies_lock);
+	bool last = --c->refs == 0;
+	if (last && c->keyed)
+		unkey_locked(s, c);
+	pthread_mutex_unlock(&s->copies_lock);
+	if (last)
+		copy_free(c);
+}
+
+/* The copy of path, referenced and locked; a new one (empty, not loaded) when none is open. */
+static int copy_get(struct sbx *s, const char *path, const char *what, struct fb_copy **out)
+{
+	struct fb_copy *fresh = calloc(1, sizeof *fresh);
+	if (!fresh || !(fresh->path = strdup(path))) {
+		free(fresh);
+		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	}
+	fresh->s = s;
+	fresh->refs = 1;
+	pthread_mutex_init(&fresh->lock, NULL);
+	if ((fresh->fd = make_temp(what)) < 0) {
+		int err = fresh->fd;
+		copy_free(fresh);
+		return err;
+	}
+	pthread_mutex_lock(&fresh->lock); /* nobody else can see it yet */
+	pthread_mutex_lock(&s->copies_lock);
+	struct fb_copy *c = find_locked(s, path);
+	if (c) {
+		c->refs++;
+	} else {
+		fresh->keyed = true;
+		fresh->next = s->copies;
+		s->copies = fresh;
+	}
+	pthread_mutex_unlock(&s->copies_lock);
+	if (c) {
+		pthread_mutex_unlock(&fresh->lock);
+		copy_free(fresh);
+		pthread_mutex_lock(&c->lock);
+		*out = c;
+	} else {
+		*out = fresh;
+	}
+	return 0;
 }
 
 /* The shell part of open: O_CREAT/O_EXCL/O_TRUNC with open(2)'s errors; nothing if none. */
@@ -701,36 +817,70 @@ static void append_open_cmd(struct strbuf *sb, const char *path, int flags, mode
 	strbuf_free(&q);
 }
 
+/* Opening. A read-only open without O_CREAT/O_TRUNC is one /api/read (it fails for a missing
+ * file all the same) and leaves the attributes unknown until fstat or pin asks; every other
+ * open is the open command chained with a stat, then the download if the file is not empty.
+ * A copy other files of the path already share is reused as it is while it holds unuploaded
+ * writes (the sandbox's file is older), else refreshed, so an open sees the sandbox's file. */
 static int fb_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 			struct sbx_file **out, struct stat *st)
 {
 	const char *what = WHAT("open", path);
+	bool lazy = (flags & O_ACCMODE) == O_RDONLY && !(flags & (O_CREAT | O_TRUNC));
+	struct stat now = { 0 };
+	int err = 0;
+	if (!lazy) {
+		struct strbuf sb = STRBUF_INIT;
+		append_open_cmd(&sb, path, flags, mode);
+		err = run_then_stat(s, what, sb.len ? sb.data : NULL, path, true, &now, NULL);
+		strbuf_free(&sb);
+		if (!err && S_ISDIR(now.st_mode))
+			err = sbx_fail(-EISDIR, "%s: is a directory", what);
+		if (err)
+			return err;
+	}
 	struct fb_file *f = calloc(1, sizeof *f);
-	if (!f || !(f->path = strdup(path))) {
-		free(f);
+	if (!f)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	struct fb_copy *c = NULL;
+	if ((err = copy_get(s, path, what, &c))) {
+		free(f);
+		return err;
+	}
+	if (!lazy) {
+		c->st = now;
+		c->st_known = true;
+	}
+	if (flags & O_TRUNC) {
+		/* the sandbox's file is empty now, and so is the copy */
+		err = ftruncate(c->fd, 0) ? sbx_fail(-errno, "%s: local copy: %s", what,
+						     strerror(errno)) : 0;
+		c->loaded = !err;
+		c->dirty = c->modified = false;
+	} else if (!c->loaded || !c->dirty) {
+		c->loaded = false;
+		if (!lazy && now.st_size == 0)
+			err = ftruncate(c->fd, 0) ? sbx_fail(-errno, "%s: local copy: %s", what,
+							     strerror(errno)) : 0;
+		else
+			err = download(c, (size_t)now.st_size, what);
+		c->loaded = !err;
+		c->dirty = c->modified = false;
+		if (lazy)
+			c->st_known = false; /* the content may be newer than any st we had */
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (err) {
+		copy_put(c);
+		free(f);
+		return err;
 	}
 	f->base.ops = &sbx_fallback_ops;
 	f->base.s = s;
+	f->c = c;
 	f->flags = flags;
-	f->fd = -1;
-	pthread_mutex_init(&f->lock, NULL);
-	struct strbuf sb = STRBUF_INIT;
-	append_open_cmd(&sb, path, flags, mode);
-	int err = run_then_stat(s, what, sb.len ? sb.data : NULL, path, true, &f->st, NULL);
-	strbuf_free(&sb);
-	if (!err && S_ISDIR(f->st.st_mode))
-		err = sbx_fail(-EISDIR, "%s: is a directory", what);
-	if (!err && (f->fd = make_temp(what)) < 0)
-		err = f->fd;
-	if (!err && !(flags & O_TRUNC) && f->st.st_size > 0)
-		err = download(f, what);
-	if (err) {
-		fb_file_free(f);
-		return err;
-	}
 	if (st)
-		*st = f->st;
+		*st = now;
 	*out = &f->base;
 	return 0;
 }
@@ -738,40 +888,50 @@ static int fb_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 static ssize_t fb_file_pread(struct sbx_file *base, void *buf, size_t len, off_t off)
 {
 	struct fb_file *f = (struct fb_file *)base;
+	struct fb_copy *c = f->c;
 	if ((f->flags & O_ACCMODE) == O_WRONLY)
-		return sbx_fail(-EBADF, "read %s: the file is open write-only", f->path);
-	for (;;) {
-		ssize_t n = pread(f->fd, buf, len, off);
-		if (n >= 0 || errno != EINTR)
-			return n >= 0 ? n : sbx_fail(-errno, "read %s: local copy: %s", f->path,
-						    strerror(errno));
-	}
+		return sbx_fail(-EBADF, "read %s: the file is open write-only", c->path);
+	pthread_mutex_lock(&c->lock);
+	ssize_t n;
+	do
+		n = pread(c->fd, buf, len, off);
+	while (n < 0 && errno == EINTR);
+	int e = errno;
+	pthread_mutex_unlock(&c->lock);
+	return n >= 0 ? n : sbx_fail(-e, "read: local copy: %s", strerror(e));
 }
 
 static ssize_t fb_file_pwrite(struct sbx_file *base, const void *buf, size_t len, off_t off)
 {
 	struct fb_file *f = (struct fb_file *)base;
+	struct fb_copy *c = f->c;
 	if ((f->flags & O_ACCMODE) == O_RDONLY)
-		return sbx_fail(-EBADF, "write %s: the file is open read-only", f->path);
-	if ((uint64_t)off + len > WRITE_MAX)
-		return sbx_fail(-EFBIG, "write %s: beyond 96 MiB, more than a container accepts in "
-				"one write", f->path);
-	pthread_mutex_lock(&f->lock);
-	int err = write_all_fd(f->fd, buf, len, off);
+		return sbx_fail(-EBADF, "write: the file is open read-only");
+	pthread_mutex_lock(&c->lock);
+	int err = 0;
+	struct stat lst;
+	/* O_APPEND: at the end of the shared copy, whatever the other writers did */
+	if ((f->flags & O_APPEND) && fstat(c->fd, &lst) == 0)
+		off = lst.st_size;
+	else if (f->flags & O_APPEND)
+		err = sbx_fail(-errno, "write: local copy: %s", strerror(errno));
+	if (!err && (uint64_t)off + len > WRITE_MAX)
+		err = sbx_fail(-EFBIG, "write %s: beyond 96 MiB, more than a container accepts in "
+			       "one write", c->path);
+	if (!err && (err = write_all_fd(c->fd, buf, len, off)))
+		err = sbx_fail(err, "write %s: local copy: %s", c->path, strerror(-err));
 	if (!err)
-		f->dirty = f->modified = true;
-	pthread_mutex_unlock(&f->lock);
-	if (err)
-		return sbx_fail(err, "write %s: local copy: %s", f->path, strerror(-err));
-	return (ssize_t)len;
+		c->dirty = c->modified = true;
+	pthread_mutex_unlock(&c->lock);
+	return err ? err : (ssize_t)len;
 }
 
 static int fb_file_flush(struct sbx_file *base)
 {
-	struct fb_file *f = (struct fb_file *)base;
-	pthread_mutex_lock(&f->lock);
-	int err = flush_locked(f);
-	pthread_mutex_unlock(&f->lock);
+	struct fb_copy *c = ((struct fb_file *)base)->c;
+	pthread_mutex_lock(&c->lock);
+	int err = flush_locked(c);
+	pthread_mutex_unlock(&c->lock);
 	return err;
 }
 
@@ -783,65 +943,230 @@ static int fb_file_fsync(struct sbx_file *base, bool datasync)
 
 static int fb_file_fstat(struct sbx_file *base, struct stat *st)
 {
-	struct fb_file *f = (struct fb_file *)base;
+	struct fb_copy *c = ((struct fb_file *)base)->c;
 	struct stat lst;
-	pthread_mutex_lock(&f->lock);
-	int err = fstat(f->fd, &lst) ? -errno : 0;
+	pthread_mutex_lock(&c->lock);
+	int err = 0;
+	if (!c->st_known && !atomic_load(&c->orphaned))
+		err = copy_stat_locked(c);
+	if (!err && fstat(c->fd, &lst))
+		err = sbx_fail(-errno, "fstat: local copy: %s", strerror(errno));
 	if (!err) {
-		*st = f->st;
+		if (c->st_known) {
+			*st = c->st;
+		} else {
+			/* orphaned before anyone asked for its attributes (no pin): the copy's */
+			*st = lst;
+			st->st_mode = S_IFREG | 0644;
+			st->st_nlink = 0;
+		}
 		st->st_size = lst.st_size;
 		st->st_blocks = lst.st_blocks;
-		if (f->modified) {
+		if (c->modified) {
 			st->st_mtim = lst.st_mtim;
 			st->st_ctim = lst.st_ctim;
 		}
 	}
-	pthread_mutex_unlock(&f->lock);
-	return err ? sbx_fail(err, "fstat %s: local copy: %s", f->path, strerror(-err)) : 0;
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
 static int fb_file_ftruncate(struct sbx_file *base, off_t size)
 {
 	struct fb_file *f = (struct fb_file *)base;
+	struct fb_copy *c = f->c;
 	if ((f->flags & O_ACCMODE) == O_RDONLY)
-		return sbx_fail(-EBADF, "truncate %s: the file is open read-only", f->path);
+		return sbx_fail(-EBADF, "truncate: the file is open read-only");
 	if ((uint64_t)size > WRITE_MAX)
-		return sbx_fail(-EFBIG, "truncate %s: beyond 96 MiB, more than a container accepts "
-				"in one write", f->path);
-	pthread_mutex_lock(&f->lock);
-	int err = ftruncate(f->fd, size) ? -errno : 0;
+		return sbx_fail(-EFBIG, "truncate: beyond 96 MiB, more than a container accepts "
+				"in one write");
+	pthread_mutex_lock(&c->lock);
+	int err = ftruncate(c->fd, size) ? -errno : 0;
 	if (!err)
-		f->dirty = f->modified = true;
-	pthread_mutex_unlock(&f->lock);
-	return err ? sbx_fail(err, "truncate %s: local copy: %s", f->path, strerror(-err)) : 0;
+		c->dirty = c->modified = true;
+	pthread_mutex_unlock(&c->lock);
+	return err ? sbx_fail(err, "truncate: local copy: %s", strerror(-err)) : 0;
 }
 
+/* The data outlives the name already; the attributes must be read while the name exists. */
 static int fb_file_pin(struct sbx_file *base)
 {
-	(void)base; /* the local copy already outlives the path */
-	return 0;
+	struct fb_copy *c = ((struct fb_file *)base)->c;
+	pthread_mutex_lock(&c->lock);
+	int err = c->st_known || atomic_load(&c->orphaned) ? 0 : copy_stat_locked(c);
+	pthread_mutex_unlock(&c->lock);
+	return err;
 }
 
+/* A copy already under the new name belongs to the file the rename replaced: orphaned here (a
+ * rename through fb_rename did that already, with the copy locked against a racing upload). */
 static int fb_file_set_path(struct sbx_file *base, const char *path)
 {
-	struct fb_file *f = (struct fb_file *)base;
+	struct fb_copy *c = ((struct fb_file *)base)->c;
+	struct sbx *s = c->s;
 	char *p = strdup(path);
 	if (!p)
-		return sbx_fail(-ENOMEM, "rename %s: out of memory", f->path);
-	pthread_mutex_lock(&f->lock);
-	free(f->path);
-	f->path = p;
-	pthread_mutex_unlock(&f->lock);
+		return sbx_fail(-ENOMEM, "rename %s: out of memory", path);
+	pthread_mutex_lock(&c->lock);
+	pthread_mutex_lock(&s->copies_lock);
+	if (!atomic_load(&c->orphaned) && strcmp(c->path, path) != 0) {
+		struct fb_copy *old = find_locked(s, path);
+		if (old)
+			orphan_locked(s, old);
+		char *t = c->path;
+		c->path = p;
+		p = t;
+	}
+	pthread_mutex_unlock(&s->copies_lock);
+	pthread_mutex_unlock(&c->lock);
+	free(p);
 	return 0;
 }
 
+static int fb_file_orphan(struct sbx_file *base)
+{
+	struct fb_copy *c = ((struct fb_file *)base)->c;
+	pthread_mutex_lock(&c->lock);
+	pthread_mutex_lock(&c->s->copies_lock);
+	orphan_locked(c->s, c);
+	pthread_mutex_unlock(&c->s->copies_lock);
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+/* Only a writer uploads on close: a reader's close reports nothing of others' writes. */
 static int fb_file_close(struct sbx_file *base)
 {
 	struct fb_file *f = (struct fb_file *)base;
-	pthread_mutex_lock(&f->lock);
-	int err = flush_locked(f);
-	pthread_mutex_unlock(&f->lock);
-	fb_file_free(f);
+	struct fb_copy *c = f->c;
+	int err = 0;
+	if ((f->flags & O_ACCMODE) != O_RDONLY) {
+		pthread_mutex_lock(&c->lock);
+		err = flush_locked(c);
+		pthread_mutex_unlock(&c->lock);
+	}
+	copy_put(c);
+	free(f);
+	return err;
+}
+
+/* ---- names with open files: unlink and rename ---- */
+
+/* The open copies a rename or unlink touches, referenced and locked (in address order) across
+ * the operation, so no upload to the old name can land after the name went away. */
+struct held {
+	struct fb_copy *c;
+	bool moved;             /* below `from` (else at or below the replaced `to`) */
+};
+
+static bool at_or_below(const char *path, const char *top)
+{
+	size_t n = strlen(top);
+	return strncmp(path, top, n) == 0 && (path[n] == 0 || path[n] == '/');
+}
+
+static int held_cmp(const void *a, const void *b)
+{
+	uintptr_t x = (uintptr_t)((const struct held *)a)->c;
+	uintptr_t y = (uintptr_t)((const struct held *)b)->c;
+	return x < y ? -1 : x > y;
+}
+
+/* Holds the copies at or below from (moved) and at or below to (replaced; to may be NULL). */
+static int hold(struct sbx *s, const char *from, const char *to, struct held **out, size_t *n)
+{
+	*out = NULL;
+	*n = 0;
+	pthread_mutex_lock(&s->copies_lock);
+	size_t cnt = 0;
+	for (struct fb_copy *c = s->copies; c; c = c->next)
+		cnt++;
+	struct held *v = cnt ? calloc(cnt, sizeof *v) : NULL;
+	if (cnt && !v) {
+		pthread_mutex_unlock(&s->copies_lock);
+		return sbx_fail(-ENOMEM, "rename %s: out of memory", from);
+	}
+	cnt = 0;
+	for (struct fb_copy *c = s->copies; c; c = c->next) {
+		bool moved = to && at_or_below(c->path, from);
+		if (moved || at_or_below(c->path, to ? to : from)) {
+			c->refs++;
+			v[cnt++] = (struct held){ c, moved };
+		}
+	}
+	pthread_mutex_unlock(&s->copies_lock);
+	qsort(v, cnt, sizeof *v, held_cmp);
+	for (size_t i = 0; i < cnt; i++) {
+		pthread_mutex_lock(&v[i].c->lock);
+		/* a reader's attributes, while the name still leads to them */
+		if (!v[i].moved && !v[i].c->st_known && !atomic_load(&v[i].c->orphaned))
+			copy_stat_locked(v[i].c);
+	}
+	*out = v;
+	*n = cnt;
+	return 0;
+}
+
+static void unhold(struct held *v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		pthread_mutex_unlock(&v[i].c->lock);
+	for (size_t i = 0; i < n; i++)
+		copy_put(v[i].c);
+	free(v);
+}
+
+/* After a successful unlink or rename: the replaced copies become private, the moved ones
+ * take their new names. */
+static void rename_held(struct sbx *s, struct held *v, size_t n, const char *from,
+			const char *to)
+{
+	pthread_mutex_lock(&s->copies_lock);
+	for (size_t i = 0; i < n; i++) {
+		struct fb_copy *c = v[i].c;
+		if (!v[i].moved) {
+			orphan_locked(s, c);
+			continue;
+		}
+		char *p;
+		if (atomic_load(&c->orphaned) ||
+		    asprintf(&p, "%s%s", to, c->path + strlen(from)) < 0)
+			continue;
+		free(c->path);
+		c->path = p;
+	}
+	pthread_mutex_unlock(&s->copies_lock);
+}
+
+static int fb_unlink(struct sbx *s, const char *path)
+{
+	struct held *v;
+	size_t n;
+	int err = hold(s, path, NULL, &v, &n);
+	if (err)
+		return err;
+	err = simple(s, "unlink", "unlink", path, NULL);
+	if (!err)
+		rename_held(s, v, n, path, NULL);
+	unhold(v, n);
+	return err;
+}
+
+static int fb_rename(struct sbx *s, const char *from, const char *to, unsigned flags)
+{
+	/* mv -n is a check-then-act race and mv cannot exchange: refuse, as sshfs does */
+	if (flags)
+		return sbx_fail(-EINVAL, "rename %s: flags %#x are not supported without the sbxd "
+				"extensions", from, flags);
+	struct held *v;
+	size_t n;
+	int err = hold(s, from, to, &v, &n);
+	if (err)
+		return err;
+	err = simple(s, "rename", "mv -T", from, to);
+	if (!err && strcmp(from, to) != 0)
+		rename_held(s, v, n, from, to);
+	unhold(v, n);
 	return err;
 }
 
@@ -867,6 +1192,7 @@ const struct sbx_ops sbx_fallback_ops = {
 	.file_ftruncate = fb_file_ftruncate,
 	.file_pin = fb_file_pin,
 	.file_set_path = fb_file_set_path,
+	.file_orphan = fb_file_orphan,
 	.file_close = fb_file_close,
 	.read_all = fb_read_all,
 	.pread_path = fb_pread_path,

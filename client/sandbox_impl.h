@@ -2,6 +2,7 @@
  * table each backend fills, the shared state of a sandbox, and the helpers both use. */
 #ifndef SBX_SANDBOX_IMPL_H
 #define SBX_SANDBOX_IMPL_H
+#include <pthread.h>
 #include <stdatomic.h>
 #include "client/sandbox.h"
 
@@ -32,6 +33,7 @@ struct sbx_ops {
 	int (*file_ftruncate)(struct sbx_file *f, off_t size);
 	int (*file_pin)(struct sbx_file *f);
 	int (*file_set_path)(struct sbx_file *f, const char *path);
+	int (*file_orphan)(struct sbx_file *f);
 	int (*file_close)(struct sbx_file *f);
 
 	int (*read_all)(struct sbx *s, const char *path, char **data, size_t *len);
@@ -47,6 +49,10 @@ struct sbx {
 	struct sbx_info info;
 	bool heartbeats; /* the server sends SSE keepalives (sbxd): streams get an idle timeout */
 	char *server, *version, *sandbox_id;
+	long deadline_ms; /* the client's request deadline (-o timeout) */
+	/* the fallback's local copies of open files, keyed by path (sandbox_fallback.c) */
+	pthread_mutex_t copies_lock;
+	struct fb_copy *copies;
 };
 
 /* Every backend's open file starts with this, so the public calls dispatch on the backend that
@@ -74,7 +80,11 @@ int sbx_errno_from_text(const char *text);
 /* The "stat" object of an answer (plus its "target" for symlinks, caller frees). */
 int sbx_parse_stat(const struct cJSON *obj, struct stat *st, char **target);
 
-/* A sandbox's helper commands (the fallback's POSIX operations): default command timeout and
- * the HTTP deadline that covers it. */
-#define SBX_HELPER_TIMEOUT_MS 30000L
+/* The HTTP deadline of one operation moving about `bytes` bytes: the client's deadline, plus
+ * time for the transfer itself when it is large. */
+long sbx_deadline(const struct sbx *s, size_t bytes);
+/* sbx_exec with an explicit HTTP deadline; the command's own timeout is set a little shorter,
+ * so the server kills it and answers before the client gives up. */
+int sbx_exec_within(struct sbx *s, const char *command, const char *cwd, long http_ms,
+		    struct sbx_exec_result *r);
 #endif
