@@ -242,6 +242,134 @@ static void check_watch(struct sbx *s, const char *dir)
 	pthread_mutex_destroy(&w.lock);
 }
 
+/* ---- open files sharing a name, losing it, and a frozen server ---- */
+
+static void check_open_files(struct sbx *s, const char *D, const char *H)
+{
+	struct sbx_file *f, *g;
+	struct stat st, hs;
+	char buf[256] = { 0 };
+
+	/* unlinked while open for writing: writes stay private, the name does not come back */
+	CHECK(put_file(s, P(D, "gone"), "still here") == 0);
+	CHECK(sbx_file_open(s, P(D, "gone"), O_RDWR, 0, &f, NULL) == 0);
+	CHECK(sbx_file_pin(f) == 0);
+	CHECK(sbx_unlink(s, P(D, "gone")) == 0);
+	CHECK(sbx_file_orphan(f) == 0);
+	CHECK(sbx_file_pwrite(f, "STILL", 5, 0) == 5);
+	CHECK(sbx_file_fsync(f, false) == 0);
+	CHECK(sbx_file_pread(f, buf, sizeof buf, 0) == 10 && memcmp(buf, "STILL here", 10) == 0);
+	CHECK(sbx_file_fstat(f, &st) == 0 && st.st_size == 10 && S_ISREG(st.st_mode));
+	CHECK(sbx_file_close(f) == 0);
+	CHECK(lstat(P(H, "gone"), &hs) == -1 && errno == ENOENT);
+
+	/* the same when the name went away behind the API's back and the caller says so */
+	CHECK(put_file(s, P(D, "gone2"), "abc") == 0);
+	CHECK(sbx_file_open(s, P(D, "gone2"), O_WRONLY, 0, &f, NULL) == 0);
+	CHECK(sbx_file_pin(f) == 0);
+	CHECK(unlink(P(H, "gone2")) == 0);
+	CHECK(sbx_file_orphan(f) == 0 && sbx_file_orphan(f) == 0);
+	CHECK(sbx_file_pwrite(f, "x", 1, 0) == 1);
+	CHECK(sbx_file_flush(f) == 0 && sbx_file_close(f) == 0);
+	CHECK(lstat(P(H, "gone2"), &hs) == -1 && errno == ENOENT);
+
+	/* replaced by a rename while open for writing (and a reader): the new file stays */
+	CHECK(put_file(s, P(D, "old"), "BBBB old") == 0 && put_file(s, P(D, "new"), "AAAA new") == 0);
+	CHECK(sbx_file_open(s, P(D, "old"), O_RDWR, 0, &f, NULL) == 0);
+	CHECK(sbx_file_open(s, P(D, "old"), O_RDONLY, 0, &g, NULL) == 0);
+	CHECK(sbx_file_pin(f) == 0 && sbx_file_pin(g) == 0);
+	CHECK(sbx_rename(s, P(D, "new"), P(D, "old"), 0) == 0);
+	CHECK(sbx_file_orphan(f) == 0);
+	CHECK(sbx_file_pwrite(f, "written to the replaced file", 28, 0) == 28);
+	CHECK(sbx_file_fsync(f, false) == 0 && sbx_file_close(f) == 0);
+	memset(buf, 0, sizeof buf);
+	CHECK(sbx_file_pread(g, buf, sizeof buf, 0) == 28 &&
+	      memcmp(buf, "written to the replaced file", 28) == 0);
+	CHECK(sbx_file_fstat(g, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 28);
+	CHECK(sbx_file_close(g) == 0);
+	CHECK(file_is(s, P(D, "old"), "AAAA new"));
+
+	/* two O_APPEND writers: every write lands at the end, nothing is overwritten (the other
+	 * handle is flushed first, as the filesystem orders writes across handles) */
+	CHECK(sbx_file_open(s, P(D, "log"), O_WRONLY | O_CREAT | O_APPEND, 0644, &f, NULL) == 0);
+	CHECK(sbx_file_open(s, P(D, "log"), O_WRONLY | O_APPEND, 0, &g, NULL) == 0);
+	char want[200] = { 0 };
+	bool ok = true;
+	for (int i = 0; i < 40; i++) {
+		char line[8];
+		snprintf(line, sizeof line, "%02d\n", i);
+		strcat(want, line);
+		ok &= sbx_file_flush(i % 2 ? g : f) == 0;
+		ok &= sbx_file_pwrite(i % 2 ? f : g, line, 3, 0) == 3;
+	}
+	CHECK(ok);
+	CHECK(sbx_file_close(f) == 0 && sbx_file_close(g) == 0);
+	CHECK(file_is(s, P(D, "log"), want));
+
+	/* one file through two handles; O_TRUNC by a third empties it for all */
+	CHECK(sbx_file_open(s, P(D, "log"), O_RDWR, 0, &f, NULL) == 0);
+	CHECK(sbx_file_open(s, P(D, "log"), O_RDONLY, 0, &g, NULL) == 0);
+	CHECK(sbx_file_pwrite(f, "ZZ", 2, 0) == 2 && sbx_file_flush(f) == 0);
+	CHECK(sbx_file_pread(g, buf, 2, 0) == 2 && memcmp(buf, "ZZ", 2) == 0);
+	struct sbx_file *t;
+	CHECK(sbx_file_open(s, P(D, "log"), O_WRONLY | O_TRUNC, 0, &t, &st) == 0 &&
+	      st.st_size == 0);
+	CHECK(sbx_file_fstat(f, &st) == 0 && st.st_size == 0);
+	CHECK(sbx_file_pread(g, buf, sizeof buf, 0) == 0);
+	CHECK(sbx_file_pwrite(t, "t", 1, 0) == 1);
+	CHECK(sbx_file_close(t) == 0 && sbx_file_close(g) == 0 && sbx_file_close(f) == 0);
+	CHECK(file_is(s, P(D, "log"), "t"));
+
+	/* a file open under a directory follows the directory's rename */
+	CHECK(sbx_mkdir(s, P(D, "dA"), 0755, NULL) == 0);
+	CHECK(sbx_file_open(s, P(D, "dA/in"), O_RDWR | O_CREAT, 0644, &f, NULL) == 0);
+	CHECK(sbx_rename(s, P(D, "dA"), P(D, "dB"), 0) == 0);
+	CHECK(sbx_file_set_path(f, P(D, "dB/in")) == 0);
+	CHECK(sbx_file_pwrite(f, "in", 2, 0) == 2 && sbx_file_close(f) == 0);
+	CHECK(file_is(s, P(D, "dB/in"), "in"));
+	CHECK(lstat(P(H, "dA"), &hs) == -1 && errno == ENOENT);
+}
+
+/* A server that accepts connections but never answers: every call fails within about the
+ * client's deadline. */
+static void check_deadline(const struct server *sv, bool fallback, const char *D)
+{
+	struct http_client_opts o = { .base_url = sv->url, .token = TOKEN,
+				      .request_timeout_ms = 1500, .connect_timeout_ms = 1000 };
+	struct sbx *s = NULL;
+	CHECK(sbx_open(&o, &s) == 0);
+	if (!s)
+		return;
+	if (fallback)
+		sbx_force_fallback(s);
+	struct sbx_file *f;
+	CHECK(put_file(s, P(D, "frozen"), "x") == 0);
+	CHECK(sbx_file_open(s, P(D, "frozen"), O_RDWR, 0, &f, NULL) == 0);
+	CHECK(sbx_file_pwrite(f, "y", 1, 0) == 1);
+	kill(sv->pid, SIGSTOP);
+	struct stat st;
+	struct sbx_file *g = NULL;
+	double t0 = now_s();
+	int e1 = sbx_lstat(s, P(D, "frozen"), &st, NULL);
+	double t1 = now_s();
+	int e2 = sbx_file_open(s, P(D, "frozen2"), O_RDWR | O_CREAT, 0644, &g, NULL);
+	double t2 = now_s();
+	int e3 = sbx_file_flush(f);
+	double t3 = now_s();
+	kill(sv->pid, SIGCONT);
+	printf("# frozen server: lstat %d in %.1f s, open %d in %.1f s, flush %d in %.1f s\n", e1,
+	       t1 - t0, e2, t2 - t1, e3, t3 - t2);
+	CHECK((e1 == -ETIMEDOUT || e1 == -ENOTCONN) && t1 - t0 < 4);
+	CHECK((e2 == -ETIMEDOUT || e2 == -ENOTCONN) && t2 - t1 < 4);
+	CHECK((e3 == -ETIMEDOUT || e3 == -ENOTCONN) && t3 - t2 < 4);
+	if (g)
+		sbx_file_close(g);
+	/* the write was not acknowledged by the server: still dirty, uploaded now */
+	CHECK(sbx_file_close(f) == 0);
+	CHECK(file_is(s, P(D, "frozen"), "y"));
+	sbx_close(s);
+}
+
 /* ---- the suite ---- */
 
 static void suite(struct sbx *s, const struct server *sv, const char *mode)
@@ -433,7 +561,9 @@ static void suite(struct sbx *s, const struct server *sv, const char *mode)
 	      strncmp(r.out, D, strlen(D)) == 0);
 	sbx_exec_result_free(&r);
 
+	check_open_files(s, D, H);
 	check_watch(s, D);
+	check_deadline(sv, !sbx_info(s)->extensions, D);
 }
 
 int main(void)
