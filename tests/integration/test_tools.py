@@ -103,6 +103,7 @@ def git_env(tmp_path):
     return env
 
 
+@pytest.mark.timeout(300 * SLOW)
 def test_git_workflow(d, git_env):
     def git(args, **kw):
         return d.sh('git ' + args, env=git_env, **kw).stdout.decode()
