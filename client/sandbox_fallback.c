@@ -1095,7 +1095,8 @@ static int hold(struct sbx *s, const char *from, const char *to, struct held **o
 		}
 	}
 	pthread_mutex_unlock(&s->copies_lock);
-	qsort(v, cnt, sizeof *v, held_cmp);
+	if (cnt > 1)
+		qsort(v, cnt, sizeof *v, held_cmp);
 	for (size_t i = 0; i < cnt; i++) {
 		pthread_mutex_lock(&v[i].c->lock);
 		/* a reader's attributes, while the name still leads to them */

@@ -330,6 +330,23 @@ static void check_open_files(struct sbx *s, const char *D, const char *H)
 	CHECK(lstat(P(H, "dA"), &hs) == -1 && errno == ENOENT);
 }
 
+/* kill(SIGSTOP) returns before the process has stopped: waits for state T (bounded). */
+static void wait_stopped(pid_t pid)
+{
+	char path[64];
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	for (double end = now_s() + 5; now_s() < end; usleep(5000)) {
+		char buf[256] = { 0 };
+		FILE *fp = fopen(path, "r");
+		size_t n = fp ? fread(buf, 1, sizeof buf - 1, fp) : 0;
+		if (fp)
+			fclose(fp);
+		char *paren = n ? strrchr(buf, ')') : NULL;
+		if (paren && paren[1] == ' ' && (paren[2] == 'T' || paren[2] == 't'))
+			return;
+	}
+}
+
 /* A server that accepts connections but never answers: every call fails within about the
  * client's deadline. */
 static void check_deadline(const struct server *sv, bool fallback, const char *D)
@@ -347,6 +364,7 @@ static void check_deadline(const struct server *sv, bool fallback, const char *D
 	CHECK(sbx_file_open(s, P(D, "frozen"), O_RDWR, 0, &f, NULL) == 0);
 	CHECK(sbx_file_pwrite(f, "y", 1, 0) == 1);
 	kill(sv->pid, SIGSTOP);
+	wait_stopped(sv->pid);
 	struct stat st;
 	struct sbx_file *g = NULL;
 	double t0 = now_s();
