@@ -354,25 +354,57 @@ static int truncate_at(int dirfd, const char *name, off_t size)
 	return err;
 }
 
+/* What a setattr asks for, from a JSON body or from pwrite's query string. */
+struct attr_req {
+	int64_t mode, size, uid, gid;
+	bool has_mode, has_size, has_uid, has_gid;
+	struct timespec ts[2]; /* UTIME_OMIT where absent */
+};
+
+static bool attr_req_json(const cJSON *body, struct attr_req *a)
+{
+	a->uid = a->gid = -1;
+	return int_field(body, "mode", 0, &a->mode, &a->has_mode) &&
+	       int_field(body, "size", 0, &a->size, &a->has_size) &&
+	       int_field(body, "uid", 0, &a->uid, &a->has_uid) &&
+	       int_field(body, "gid", 0, &a->gid, &a->has_gid) &&
+	       time_field(body, "atime", &a->ts[0]) && time_field(body, "mtime", &a->ts[1]);
+}
+
+static bool has_times(const struct attr_req *a)
+{
+	return a->ts[0].tv_nsec != UTIME_OMIT || a->ts[1].tv_nsec != UTIME_OMIT;
+}
+
+/* Owner first (it clears set-id bits), then mode, size, and times last (a truncate sets
+ * mtime). */
+static int fd_setattr(int fd, const struct attr_req *a)
+{
+	uid_t u = a->has_uid ? (uid_t)a->uid : (uid_t)-1;
+	gid_t g = a->has_gid ? (gid_t)a->gid : (gid_t)-1;
+	if ((a->has_uid || a->has_gid) && fchown(fd, u, g))
+		return -errno;
+	if (a->has_mode && fchmod(fd, (mode_t)a->mode & 07777))
+		return -errno;
+	if (a->has_size && ftruncate(fd, (off_t)a->size))
+		return -errno;
+	if (has_times(a) && futimens(fd, a->ts))
+		return -errno;
+	return 0;
+}
+
 void route_x_setattr(struct req *r)
 {
 	const cJSON *body = req_json(r);
-	int64_t mode = 0, size = 0, uid = -1, gid = -1;
-	bool has_mode, has_size, has_uid, has_gid;
-	struct timespec ts[2];
-	if (!int_field(body, "mode", 0, &mode, &has_mode) ||
-	    !int_field(body, "size", 0, &size, &has_size) ||
-	    !int_field(body, "uid", 0, &uid, &has_uid) ||
-	    !int_field(body, "gid", 0, &gid, &has_gid) || !time_field(body, "atime", &ts[0]) ||
-	    !time_field(body, "mtime", &ts[1])) {
+	struct attr_req a;
+	if (!attr_req_json(body, &a)) {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 			    "mode, size, uid, gid must be non-negative numbers; atime, mtime "
 			    "[seconds, nanoseconds] or \"now\"");
 		return;
 	}
-	bool has_times = ts[0].tv_nsec != UTIME_OMIT || ts[1].tv_nsec != UTIME_OMIT;
-	uid_t u = has_uid ? (uid_t)uid : (uid_t)-1;
-	gid_t g = has_gid ? (gid_t)gid : (gid_t)-1;
+	uid_t u = a.has_uid ? (uid_t)a.uid : (uid_t)-1;
+	gid_t g = a.has_gid ? (gid_t)a.gid : (gid_t)-1;
 	const char *hid = json_str(body, "handle");
 	int err = 0;
 
@@ -384,16 +416,7 @@ void route_x_setattr(struct req *r)
 			return;
 		}
 		int fd = handle_fd(h);
-		/* Owner first (it clears set-id bits), then mode, size, and times last (a
-		 * truncate sets mtime). */
-		if ((has_uid || has_gid) && fchown(fd, u, g))
-			err = -errno;
-		if (!err && has_mode && fchmod(fd, (mode_t)mode & 07777))
-			err = -errno;
-		if (!err && has_size && ftruncate(fd, (off_t)size))
-			err = -errno;
-		if (!err && has_times && futimens(fd, ts))
-			err = -errno;
+		err = fd_setattr(fd, &a);
 		cJSON *st = err ? NULL : stat_fd(fd, &err);
 		handles_put(h);
 		if (err)
@@ -406,13 +429,13 @@ void route_x_setattr(struct req *r)
 	struct ws_entry e;
 	if (!entry(r, "path", &e))
 		return;
-	if ((has_uid || has_gid) && fchownat(e.dirfd, e.name, u, g, AT_SYMLINK_NOFOLLOW))
+	if ((a.has_uid || a.has_gid) && fchownat(e.dirfd, e.name, u, g, AT_SYMLINK_NOFOLLOW))
 		err = -errno;
-	if (!err && has_mode)
-		err = chmod_at(e.dirfd, e.name, (mode_t)mode & 07777);
-	if (!err && has_size)
-		err = truncate_at(e.dirfd, e.name, (off_t)size);
-	if (!err && has_times && utimensat(e.dirfd, e.name, ts, AT_SYMLINK_NOFOLLOW))
+	if (!err && a.has_mode)
+		err = chmod_at(e.dirfd, e.name, (mode_t)a.mode & 07777);
+	if (!err && a.has_size)
+		err = truncate_at(e.dirfd, e.name, (off_t)a.size);
+	if (!err && has_times(&a) && utimensat(e.dirfd, e.name, a.ts, AT_SYMLINK_NOFOLLOW))
 		err = -errno;
 	finish_entry(r, &e, err, "path");
 }
@@ -494,6 +517,7 @@ void route_x_open(struct req *r)
 	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "handle", id);
+	cJSON_AddBoolToObject(o, "created", created);
 	cJSON_AddItemToObject(o, "stat", sto);
 	reply_ok(r, o);
 }
@@ -582,13 +606,74 @@ static bool parse_offset(const char *s, int64_t *out)
 	return true;
 }
 
+/* A time in a query string: "now", "S" or "S.F" (F a decimal fraction of up to 9 digits);
+ * absent is UTIME_OMIT. */
+static bool query_time(const char *s, struct timespec *ts)
+{
+	ts->tv_sec = 0;
+	ts->tv_nsec = UTIME_OMIT;
+	if (!s)
+		return true;
+	if (strcmp(s, "now") == 0) {
+		ts->tv_nsec = UTIME_NOW;
+		return true;
+	}
+	char *end;
+	errno = 0;
+	long long sec = strtoll(s, &end, 10);
+	if (end == s || errno)
+		return false;
+	long ns = 0;
+	if (*end == '.') {
+		const char *f = end + 1;
+		int digits = 0;
+		for (; *f >= '0' && *f <= '9' && digits < 9; f++, digits++)
+			ns = ns * 10 + (*f - '0');
+		if (!digits || *f)
+			return false;
+		for (; digits < 9; digits++)
+			ns *= 10;
+		end = (char *)f;
+	}
+	if (*end)
+		return false;
+	ts->tv_sec = (time_t)sec;
+	ts->tv_nsec = ns;
+	return true;
+}
+
+static bool query_int(struct req *r, const char *key, int64_t *out, bool *set)
+{
+	const char *s = req_query(r, key);
+	*set = s != NULL;
+	return !s || parse_offset(s, out);
+}
+
+/* pwrite's optional attributes, applied after the data (so the write cannot undo a time). */
+static bool attr_req_query(struct req *r, struct attr_req *a)
+{
+	*a = (struct attr_req){ .uid = -1, .gid = -1 };
+	return query_int(r, "mode", &a->mode, &a->has_mode) &&
+	       query_int(r, "uid", &a->uid, &a->has_uid) &&
+	       query_int(r, "gid", &a->gid, &a->has_gid) &&
+	       query_time(req_query(r, "atime"), &a->ts[0]) &&
+	       query_time(req_query(r, "mtime"), &a->ts[1]);
+}
+
 void route_x_pwrite(struct req *r)
 {
 	const char *hid = req_query(r, "handle");
 	int64_t off;
+	struct attr_req a;
 	if (!hid || !parse_offset(req_query(r, "offset"), &off)) {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 			    "query parameters 'handle' and 'offset' (>= 0) are required");
+		return;
+	}
+	if (!attr_req_query(r, &a)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "mode, uid, gid must be non-negative integers; atime, mtime "
+			    "S.N or \"now\"");
 		return;
 	}
 	struct handle *h;
@@ -611,6 +696,8 @@ void route_x_pwrite(struct req *r)
 		}
 		done += (size_t)k;
 	}
+	if (!err)
+		err = fd_setattr(fd, &a);
 	cJSON *st = err ? NULL : stat_fd(fd, &err);
 	handles_put(h);
 	if (err) {
