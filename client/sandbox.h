@@ -99,6 +99,17 @@ int sbx_file_flush(struct sbx_file *f);
 int sbx_file_fsync(struct sbx_file *f, bool datasync);
 int sbx_file_fstat(struct sbx_file *f, struct stat *st);
 int sbx_file_ftruncate(struct sbx_file *f, off_t size);
+/* setattr through an open file (SBX_SET_*), st (may be NULL) receiving the result. The
+ * extensions backend defers what cannot fail (mode and times of a file this open created, an
+ * owner left unchanged) to the next flush, which sends it along with the buffered data in
+ * one request; st then holds the attributes as they will be. -ENOSYS for a backend whose
+ * files are set by path (the fallback). */
+int sbx_file_setattr(struct sbx_file *f, unsigned valid, const struct stat *want,
+		     struct stat *st);
+/* The attributes of a file open for writing as its handle knows them (the sandbox's last
+ * answer, the buffered size, deferred attributes), without a round trip. -EAGAIN when it
+ * knows none (then flush and sbx_file_fstat), -ENOSYS for the fallback backend. */
+int sbx_file_cached_stat(struct sbx_file *f, struct stat *st);
 /* Makes sure f keeps working after its path goes away (unlink, rename over it): a lazily
  * opened read-only file gets its server-side handle now. The filesystem calls it for every open
  * file of an entry before removing or replacing that entry. */

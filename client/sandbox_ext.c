@@ -315,6 +315,11 @@ struct ext_file {
 	off_t woff;
 	int pending_err;    /* a failed flush, until reported by flush/fsync/close */
 	char pending_msg[512];
+	bool created;       /* the server created the file for this handle, so owns it */
+	bool st_known;
+	struct stat st;     /* the attributes in the server's last answer about the handle */
+	unsigned pend;      /* SBX_SET_* deferred to the next flush */
+	struct stat pend_st;
 };
 
 static char *what_of(struct ext_file *f, const char *op, char *buf, size_t size)
@@ -331,23 +336,54 @@ static int file_handle_call(struct ext_file *f, const char *op, const char *rout
 			0, out);
 }
 
-/* PUT /api/x/pwrite of len bytes at off; the whole of it or an error. */
-static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off)
+static void query_time(struct strbuf *q, const char *key, const struct timespec *ts)
+{
+	if (ts->tv_nsec == UTIME_OMIT)
+		return;
+	if (ts->tv_nsec == UTIME_NOW)
+		strbuf_appendf(q, "&%s=now", key);
+	else
+		strbuf_appendf(q, "&%s=%jd.%09ld", key, (intmax_t)ts->tv_sec, (long)ts->tv_nsec);
+}
+
+/* The deferred attributes as pwrite's query parameters (docs/protocol.md). */
+static void query_attrs(struct strbuf *q, unsigned valid, const struct stat *want)
+{
+	if (valid & SBX_SET_MODE)
+		strbuf_appendf(q, "&mode=%u", (unsigned)(want->st_mode & 07777));
+	if (valid & SBX_SET_UID)
+		strbuf_appendf(q, "&uid=%ju", (uintmax_t)want->st_uid);
+	if (valid & SBX_SET_GID)
+		strbuf_appendf(q, "&gid=%ju", (uintmax_t)want->st_gid);
+	if (valid & SBX_SET_ATIME)
+		query_time(q, "atime", &want->st_atim);
+	if (valid & SBX_SET_MTIME)
+		query_time(q, "mtime", &want->st_mtim);
+}
+
+static void note_stat(struct ext_file *f, const cJSON *answer)
+{
+	f->st_known = !sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(answer, "stat"), &f->st,
+				      NULL);
+}
+
+/* PUT /api/x/pwrite of len bytes at off, with the deferred attributes `valid` applied after
+ * them; the whole of it or an error. */
+static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off,
+		     unsigned valid, const struct stat *want)
 {
 	char what[64 + 4096];
 	what_of(f, "write", what, sizeof what);
 	char *h = http_urlencode(f->handle);
 	if (!h)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
-	char route[256 + 64];
-	int rl = snprintf(route, sizeof route, "/api/x/pwrite?handle=%s&offset=%jd", h,
-			  (intmax_t)off);
+	struct strbuf route = STRBUF_INIT;
+	strbuf_appendf(&route, "/api/x/pwrite?handle=%s&offset=%jd", h, (intmax_t)off);
 	free(h);
-	if (rl < 0 || (size_t)rl >= sizeof route)
-		return sbx_fail(-EPROTO, "%s: the server's handle id is too long", what);
+	query_attrs(&route, valid, want);
 	struct http_request req = {
 		.method = "PUT",
-		.path = route,
+		.path = route.data,
 		.content_type = "application/octet-stream",
 		.body = data,
 		.body_len = len,
@@ -363,21 +399,31 @@ static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off
 	} else {
 		cJSON *j = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
 		int64_t written = json_int(j, "written", -1);
+		note_stat(f, j);
 		cJSON_Delete(j);
 		if (written != (int64_t)len)
 			err = sbx_fail(-EIO, "%s: the server wrote %" PRId64 " of %zu bytes", what,
 				       written, len);
 	}
 	http_response_clear(&resp);
+	strbuf_free(&route);
+	if (err)
+		f->st_known = false;
 	return err;
 }
 
-/* Sends the write-behind buffer; returns this attempt's error (and keeps it pending). */
+static int setattr_handle_locked(struct ext_file *f, unsigned valid, const struct stat *want);
+
+/* Sends the write-behind buffer and the deferred attributes, in one request when there is
+ * data; returns this attempt's error (and keeps it pending). */
 static int flush_locked(struct ext_file *f)
 {
-	if (!f->wlen)
+	if (!f->wlen && !f->pend)
 		return 0;
-	int err = put_bytes(f, f->wbuf, f->wlen, f->woff);
+	unsigned pend = f->pend;
+	f->pend = 0;
+	int err = f->wlen ? put_bytes(f, f->wbuf, f->wlen, f->woff, pend, &f->pend_st)
+			  : setattr_handle_locked(f, pend, &f->pend_st);
 	f->wlen = 0;
 	if (err && !f->pending_err) {
 		f->pending_err = err;
@@ -416,6 +462,8 @@ static int open_handle(struct ext_file *f, int flags, mode_t mode, struct stat *
 		return sbx_fail(-EPROTO, "open %s: the answer has no handle", f->path);
 	}
 	f->handle = strdup(h);
+	f->created = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "created"));
+	note_stat(f, j);
 	if (st)
 		err = sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(j, "stat"), st, NULL);
 	cJSON_Delete(j);
@@ -497,12 +545,14 @@ static ssize_t ext_file_pwrite(struct sbx_file *base, const void *buf, size_t le
 		return 0;
 	pthread_mutex_lock(&f->lock);
 	ssize_t ret = 0;
-	if (f->wlen && (off != f->woff + (off_t)f->wlen || f->wlen + len > WBUF_MAX))
+	/* Deferred attributes were set before this write: they go first (a write clears
+	 * set-id bits and sets mtime). */
+	if (f->pend || (f->wlen && (off != f->woff + (off_t)f->wlen || f->wlen + len > WBUF_MAX)))
 		ret = flush_locked(f);
 	if (ret)
 		goto out;
 	if (len >= WBUF_MAX) {
-		ret = put_bytes(f, buf, len, off);
+		ret = put_bytes(f, buf, len, off, 0, NULL);
 		goto out;
 	}
 	if (!f->wbuf && !(f->wbuf = malloc(WBUF_MAX))) {
@@ -548,7 +598,24 @@ static int ext_file_fsync(struct sbx_file *base, bool datasync)
 	return err;
 }
 
-/* setattr on the handle when there is one (it works after unlink), else by path. */
+/* POST /api/x/setattr on the handle (valid may be 0: an fstat); the answer's stat is noted. */
+static int setattr_handle_locked(struct ext_file *f, unsigned valid, const struct stat *want)
+{
+	cJSON *b = cJSON_CreateObject();
+	cJSON_AddStringToObject(b, "handle", f->handle);
+	add_setattr_fields(b, valid, want);
+	cJSON *j;
+	int err = file_handle_call(f, "setattr", "/api/x/setattr", b, false, &j);
+	if (!err)
+		note_stat(f, j);
+	else
+		f->st_known = false;
+	cJSON_Delete(j);
+	return err;
+}
+
+/* setattr on the handle when there is one (it works after unlink), else by path; what is
+ * buffered or deferred goes first. */
 static int handle_setattr_locked(struct ext_file *f, unsigned valid, const struct stat *want,
 				 struct stat *st)
 {
@@ -557,14 +624,12 @@ static int handle_setattr_locked(struct ext_file *f, unsigned valid, const struc
 		return err;
 	if (!f->handle)
 		return ext_setattr(f->base.s, f->path, valid, want, st);
-	cJSON *b = cJSON_CreateObject();
-	cJSON_AddStringToObject(b, "handle", f->handle);
-	add_setattr_fields(b, valid, want);
-	cJSON *j;
-	err = file_handle_call(f, "setattr", "/api/x/setattr", b, false, &j);
-	if (!err && st)
-		err = sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(j, "stat"), st, NULL);
-	cJSON_Delete(j);
+	err = setattr_handle_locked(f, valid, want);
+	if (!err && st) {
+		if (!f->st_known)
+			return sbx_fail(-EPROTO, "setattr %s: the answer has no stat", f->path);
+		*st = f->st;
+	}
 	return err;
 }
 
@@ -572,9 +637,127 @@ static int ext_file_fstat(struct sbx_file *base, struct stat *st)
 {
 	struct ext_file *f = (struct ext_file *)base;
 	pthread_mutex_lock(&f->lock);
-	int err = f->handle ? handle_setattr_locked(f, 0, NULL, st) : ext_lstat(base->s, f->path, st, NULL);
+	int err;
+	if (!f->handle) {
+		err = ext_lstat(base->s, f->path, st, NULL);
+	} else if (f->wlen || f->pend) {
+		/* The flush answers with the stat. */
+		err = flush_locked(f);
+		if (!err && f->st_known)
+			*st = f->st;
+		else if (!err)
+			err = handle_setattr_locked(f, 0, NULL, st);
+	} else {
+		err = handle_setattr_locked(f, 0, NULL, st);
+	}
 	pthread_mutex_unlock(&f->lock);
 	return err;
+}
+
+static bool ext_writable(const struct ext_file *f)
+{
+	return (f->flags & O_ACCMODE) != O_RDONLY;
+}
+
+static void now_ts(struct timespec *ts)
+{
+	clock_gettime(CLOCK_REALTIME, ts);
+}
+
+/* The attributes the file will have once what is buffered and deferred has been sent. */
+static void local_stat(const struct ext_file *f, struct stat *st)
+{
+	*st = f->st;
+	struct timespec now;
+	now_ts(&now);
+	if (f->wlen) {
+		off_t end = f->woff + (off_t)f->wlen;
+		if (end > st->st_size)
+			st->st_size = end;
+		st->st_blocks = (st->st_size + 511) / 512;
+		st->st_mtim = st->st_ctim = now;
+	}
+	if (!f->pend)
+		return;
+	st->st_ctim = now;
+	if (f->pend & SBX_SET_MODE)
+		st->st_mode = (st->st_mode & S_IFMT) | (f->pend_st.st_mode & 07777);
+	if (f->pend & SBX_SET_UID)
+		st->st_uid = f->pend_st.st_uid;
+	if (f->pend & SBX_SET_GID)
+		st->st_gid = f->pend_st.st_gid;
+	if (f->pend & SBX_SET_ATIME)
+		st->st_atim = f->pend_st.st_atim.tv_nsec == UTIME_NOW ? now : f->pend_st.st_atim;
+	if (f->pend & SBX_SET_MTIME)
+		st->st_mtim = f->pend_st.st_mtim.tv_nsec == UTIME_NOW ? now : f->pend_st.st_mtim;
+}
+
+/* Whether setting `valid` can wait for the next flush: only what cannot fail on a file the
+ * server created for this handle (its owner may change its mode and times; an unchanged
+ * owner is a no-op), and no owner change while set-id bits are in play (chown clears them,
+ * so its order against chmod matters). */
+static bool deferrable(const struct ext_file *f, unsigned valid, const struct stat *want)
+{
+	if (!f->handle || !f->created || !f->st_known || !ext_writable(f) ||
+	    (valid & ~(SBX_SET_MODE | SBX_SET_ATIME | SBX_SET_MTIME | SBX_SET_UID | SBX_SET_GID)))
+		return false;
+	if (!(valid & (SBX_SET_UID | SBX_SET_GID)))
+		return true;
+	struct stat cur;
+	local_stat(f, &cur);
+	mode_t mode = valid & SBX_SET_MODE ? want->st_mode : cur.st_mode;
+	return !((cur.st_mode | mode) & (S_ISUID | S_ISGID)) &&
+	       (!(valid & SBX_SET_UID) || want->st_uid == cur.st_uid) &&
+	       (!(valid & SBX_SET_GID) || want->st_gid == cur.st_gid);
+}
+
+static void defer(struct ext_file *f, unsigned valid, const struct stat *want)
+{
+	f->pend |= valid;
+	if (valid & SBX_SET_MODE)
+		f->pend_st.st_mode = want->st_mode;
+	if (valid & SBX_SET_UID)
+		f->pend_st.st_uid = want->st_uid;
+	if (valid & SBX_SET_GID)
+		f->pend_st.st_gid = want->st_gid;
+	if (valid & SBX_SET_ATIME)
+		f->pend_st.st_atim = want->st_atim;
+	if (valid & SBX_SET_MTIME)
+		f->pend_st.st_mtim = want->st_mtim;
+}
+
+int sbx_file_setattr(struct sbx_file *base, unsigned valid, const struct stat *want,
+		     struct stat *st)
+{
+	if (base->ops != &sbx_ext_ops)
+		return sbx_fail(-ENOSYS, "setattr: open files of the %s backend are set by path",
+				base->ops->name);
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	int err = 0;
+	if (deferrable(f, valid, want)) {
+		defer(f, valid, want);
+		if (st)
+			local_stat(f, st);
+	} else {
+		err = handle_setattr_locked(f, valid, want, st);
+	}
+	pthread_mutex_unlock(&f->lock);
+	return err;
+}
+
+int sbx_file_cached_stat(struct sbx_file *base, struct stat *st)
+{
+	if (base->ops != &sbx_ext_ops)
+		return sbx_fail(-ENOSYS, "stat: the %s backend keeps no attributes per file",
+				base->ops->name);
+	struct ext_file *f = (struct ext_file *)base;
+	pthread_mutex_lock(&f->lock);
+	bool known = f->handle && f->st_known && ext_writable(f);
+	if (known)
+		local_stat(f, st);
+	pthread_mutex_unlock(&f->lock);
+	return known ? 0 : -EAGAIN;
 }
 
 static int ext_file_ftruncate(struct sbx_file *base, off_t size)
