@@ -110,6 +110,39 @@ struct reply_timeouts fs_timeouts(struct sbxfs *fs, uint64_t events)
 	return to;
 }
 
+/* One of a and b is the other or lies below it. */
+static bool paths_related(const char *a, const char *b)
+{
+	size_t la = strlen(a), lb = strlen(b), l = la < lb ? la : lb;
+	if (strncmp(a, b, l) != 0)
+		return false;
+	return la == lb || (la < lb ? b[la] == '/' : a[lb] == '/');
+}
+
+/* No event since `events` concerns path (see fs_timeouts_at). */
+static bool events_spare(struct sbxfs *fs, uint64_t events, const char *path, bool created)
+{
+	pthread_mutex_lock(&fs->ring_lock);
+	uint64_t cur = atomic_load(&fs->events);
+	bool spare = cur - events <= EVENT_RING;
+	for (uint64_t i = events + 1; spare && i <= cur; i++) {
+		const struct ring_event *re = &fs->ring[i % EVENT_RING];
+		spare = re->path && (!paths_related(re->path, path) ||
+				     (created && re->created && strcmp(re->path, path) == 0));
+	}
+	pthread_mutex_unlock(&fs->ring_lock);
+	return spare;
+}
+
+struct reply_timeouts fs_timeouts_at(struct sbxfs *fs, uint64_t events, const char *path,
+				     bool created)
+{
+	uint64_t cur = atomic_load(&fs->events);
+	if (cur != events && path && events_spare(fs, events, path, created))
+		events = cur;
+	return fs_timeouts(fs, events);
+}
+
 void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st)
 {
 	n->attr = *st;
@@ -650,6 +683,7 @@ struct sbxfs *sbxfs_new(const struct sbxfs_config *cfg)
 	nodes_init(&fs->nodes, cfg->dir_cache_max);
 	atomic_init(&fs->healthy, false);
 	atomic_init(&fs->events, 0);
+	pthread_mutex_init(&fs->ring_lock, NULL);
 	atomic_init(&fs->expire_only, false);
 	clock_gettime(CLOCK_REALTIME, &fs->mount_time);
 	fs->uid = getuid();
@@ -657,17 +691,33 @@ struct sbxfs *sbxfs_new(const struct sbxfs_config *cfg)
 	return fs;
 }
 
+/* Counts an event and remembers its path (NULL: every path). */
+static void note_event(struct sbxfs *fs, const char *path, bool created)
+{
+	char *copy = path ? strdup(path) : NULL;
+	if (path && !copy)
+		abort();
+	pthread_mutex_lock(&fs->ring_lock);
+	uint64_t n = atomic_load(&fs->events) + 1;
+	struct ring_event *re = &fs->ring[n % EVENT_RING];
+	free(re->path);
+	re->path = copy;
+	re->created = created;
+	atomic_store(&fs->events, n);
+	pthread_mutex_unlock(&fs->ring_lock);
+}
+
 static void on_change(void *arg, const char *path, const char *type, bool is_dir)
 {
 	struct sbxfs *fs = arg;
-	atomic_fetch_add(&fs->events, 1);
+	note_event(fs, path, strcmp(type, "create") == 0);
 	invalidator_change(fs->inval, path, type, is_dir);
 }
 
 static void on_resync(void *arg)
 {
 	struct sbxfs *fs = arg;
-	atomic_fetch_add(&fs->events, 1);
+	note_event(fs, NULL, false);
 	invalidator_resync(fs->inval);
 }
 
@@ -725,5 +775,8 @@ void sbxfs_free(struct sbxfs *fs)
 	if (fs->sbx)
 		workspace_close_all(fs);
 	nodes_destroy(&fs->nodes);
+	for (size_t i = 0; i < EVENT_RING; i++)
+		free(fs->ring[i].path);
+	pthread_mutex_destroy(&fs->ring_lock);
 	free(fs);
 }

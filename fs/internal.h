@@ -8,6 +8,8 @@
 #include "fs/fs.h"
 #include "fs/nodes.h"
 
+#define EVENT_RING 256
+
 struct invalidator;
 struct sbx_watch;
 struct dirsnap;
@@ -22,6 +24,14 @@ struct sbxfs {
 	/* Bumped for every change event received: a reply built from data fetched before an
 	 * event arrived is sent with zero timeouts and not cached. */
 	atomic_uint_fast64_t events;
+	/* The paths of the last EVENT_RING events (NULL: a resync, which concerns every path),
+	 * so a reply can tell whether an event that arrived meanwhile concerns it at all: the
+	 * echo of a request's own change usually overtakes the request's answer. */
+	pthread_mutex_t ring_lock;
+	struct ring_event {
+		char *path;
+		bool created;
+	} ring[EVENT_RING];
 	struct invalidator *inval;
 	struct sbx_watch *watch;
 	/* The kernel can expire a name instead of dropping it (FUSE_CAP_EXPIRE_ONLY): a
@@ -87,6 +97,11 @@ struct reply_timeouts {
 	double attr, entry, negative;
 };
 struct reply_timeouts fs_timeouts(struct sbxfs *fs, uint64_t events);
+/* The same for a reply about one sandbox path: events since then about other paths (neither
+ * an ancestor nor below it) do not matter, nor, when `created`, the creation of path itself
+ * (the echo of the request's own mkdir or create; a removal in between still counts). */
+struct reply_timeouts fs_timeouts_at(struct sbxfs *fs, uint64_t events, const char *path,
+				     bool created);
 double fs_now(void);
 bool fs_caches_trusted(struct sbxfs *fs);
 

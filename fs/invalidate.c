@@ -35,6 +35,7 @@ struct event {
 	uint64_t node; /* non-zero: only this node (invalidator_inode) */
 	bool data;     /* with node: its pages too */
 	bool names;    /* a name appeared, vanished or moved */
+	int appeared;  /* with names: 1 the name exists now, 0 it is gone, -1 unknown */
 	char path[];
 };
 
@@ -93,12 +94,20 @@ static void notices_send(struct sbxfs *fs, struct notices *ns)
 	ns->n = 0;
 }
 
-static void forget_cached(struct nodes *t, struct node *n)
+static void forget_cached(struct nodes *t, struct node *n, bool keep_list)
 {
 	nodes_touch(t, n);
 	n->attr_valid = false;
 	n->data_changed = true;
-	nodes_drop_list(t, n);
+	if (!keep_list)
+		nodes_drop_list(t, n);
+}
+
+/* What the handles of n know about its attributes may be old now. */
+static void open_files_changed(struct node *n)
+{
+	for (struct ofile *of = n->open; of; of = of->next)
+		of->remote_change = true;
 }
 
 struct alias_walk {
@@ -111,7 +120,7 @@ static void alias_visit(struct node *m, void *arg)
 {
 	struct alias_walk *w = arg;
 	if (m != w->n && m->ino == w->n->ino && S_ISREG(m->type)) {
-		forget_cached(w->t, m);
+		forget_cached(w->t, m, false);
 		notice_add(w->ns, (struct notice){ .ino = m->id, .off = 0 });
 	}
 }
@@ -141,7 +150,13 @@ static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 	struct node *n = nodes_resolve(t, ev->path);
 	struct node *p = nodes_resolve(t, parent_path);
 	if (n && n->id != NODE_ROOT_ID) {
-		forget_cached(t, n);
+		/* A directory's own listing changes only by events about its children; its
+		 * creation (the echo of a mkdir that seeded an empty listing) keeps it. */
+		forget_cached(t, n, !ev->names || ev->appeared == 1);
+		/* The file an open handle is on was created before it was opened: a creation
+		 * says nothing new about it. */
+		if (!(ev->names && ev->appeared == 1))
+			open_files_changed(n);
 		notice_add(ns, (struct notice){ .ino = n->id, .off = 0 });
 		if (S_ISREG(n->type) && n->attr.st_nlink > 1)
 			aliases(t, n, ns);
@@ -149,8 +164,14 @@ static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 	if (p) {
 		nodes_touch(t, p);
 		p->attr_valid = false;
+		/* The listing stays complete: the event says which name came or went (and
+		 * events arrive in order, so replaying them converges on the directory). */
 		if (p->list && !ev->names)
 			dirlist_stale(p->list, name);
+		else if (p->list && ev->appeared == 1)
+			dirlist_put(p->list, name, NULL, NULL);
+		else if (p->list && ev->appeared == 0)
+			dirlist_remove(p->list, name);
 		else
 			nodes_drop_list(t, p);
 		notice_add(ns, (struct notice){ .ino = p->id, .off = -1 });
@@ -173,7 +194,8 @@ struct resync_walk {
 static void resync_node(struct node *n, void *arg)
 {
 	struct resync_walk *w = arg;
-	forget_cached(w->t, n);
+	forget_cached(w->t, n, false);
+	open_files_changed(n);
 	if (n->id == NODE_ROOT_ID)
 		return;
 	notice_add(w->ns, (struct notice){ .ino = n->id, .off = 0 });
@@ -300,6 +322,9 @@ void invalidator_change(struct invalidator *inv, const char *path, const char *t
 	e->next = NULL;
 	e->node = 0;
 	e->names = strcmp(type, "modify") != 0 && strcmp(type, "attrib") != 0;
+	e->appeared = !strcmp(type, "create") || !strcmp(type, "move_to")	  ? 1
+		      : !strcmp(type, "delete") || !strcmp(type, "move_from") ? 0
+									  : -1;
 	memcpy(e->path, path, len);
 	enqueue(inv, e);
 }

@@ -58,6 +58,9 @@ struct ofile {
 	int flags;
 	int err;  /* an upload error seen outside flush (getattr, read), owed to close() */
 	bool reported; /* close() or fsync() returned an upload error already */
+	/* A change event touched the file since its handle last answered: the attributes the
+	 * handle keeps are not to be trusted. */
+	bool remote_change;
 };
 
 struct node {

@@ -140,14 +140,44 @@ static void aliases_notify(struct sbxfs *fs, const struct alias_scan *a)
 		invalidator_inode(fs->inval, a->ids[i], true);
 }
 
-/* Attributes of a node with open files: flushed, then from a handle (which also works for an
- * unlinked file). Caller holds nothing; n is held. Returns 1 when n has no open files. */
+/* The only writable open file of n, held, or NULL. Caller holds the lock. */
+static struct ofile *sole_writer(struct node *n)
+{
+	struct ofile *w = NULL;
+	for (struct ofile *of = n->open; of; of = of->next) {
+		if (!writable(of->flags))
+			continue;
+		if (w)
+			return NULL;
+		w = of;
+	}
+	if (w)
+		w->ref++;
+	return w;
+}
+
+/* Attributes of a node with open files. With one writer and no change event since its
+ * handle last answered, the handle knows them (what it buffers and defers included): no
+ * round trip. Otherwise flushed, then from a handle (which also works for an unlinked
+ * file). Caller holds nothing; n is held. Returns 1 when n has no open files. */
 static int stat_open_node(struct sbxfs *fs, struct node *n, struct stat *st)
 {
 	size_t count;
 	nodes_lock(&fs->nodes);
 	struct ofile **v = nodes_ofiles(&fs->nodes, n, &count);
+	struct ofile *w = sole_writer(n);
+	bool trusted = w && !w->remote_change && fs_caches_trusted(fs);
+	if (w)
+		w->remote_change = false; /* the handle answers below; an event now sets it again */
 	nodes_unlock(&fs->nodes);
+	if (w) {
+		int e = trusted ? sbx_file_cached_stat(w->file, st) : -EAGAIN;
+		put_ofile(fs, w);
+		if (!e) {
+			release_ofiles(fs, v, count);
+			return 0;
+		}
+	}
 	if (!count)
 		return 1;
 	int err = 0;
@@ -187,14 +217,14 @@ static void pin_files(struct sbxfs *fs, struct ofile **v, size_t count)
 	}
 }
 
-/* A new name in dir with attributes st (create, mkdir, symlink, link): the table and the
- * listing learn it; e is filled for the reply. Returns the node. */
+/* A new name in dir with attributes st (create, mkdir, symlink, link), made at path: the
+ * table and the listing learn it; e is filled for the reply. Returns the node. */
 static struct node *entry_made(struct sbxfs *fs, struct node *dir, const char *name,
-			       const struct stat *st, const char *target, uint64_t events,
-			       struct fuse_entry_param *e)
+			       const char *path, const struct stat *st, const char *target,
+			       uint64_t events, struct fuse_entry_param *e)
 {
 	struct nodes *t = &fs->nodes;
-	struct reply_timeouts to = fs_timeouts(fs, events);
+	struct reply_timeouts to = fs_timeouts_at(fs, events, path, true);
 	nodes_touch(t, dir);
 	dir->attr_valid = false;
 	if (dir->list)
@@ -222,7 +252,7 @@ static void ws_lookup(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 		struct dirlist_entry *de = dirlist_find(dir->list, name);
 		if (!de) {
 			nodes_unlock(t);
-			struct reply_timeouts to = fs_timeouts(fs, ev);
+			struct reply_timeouts to = fs_timeouts_at(fs, ev, path, false);
 			fs_reply_negative(req, &to);
 			goto out;
 		}
@@ -255,7 +285,7 @@ static void ws_lookup(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 		if (dir->list && dir->gen <= seq)
 			dirlist_remove(dir->list, name);
 		nodes_unlock(t);
-		struct reply_timeouts to = fs_timeouts(fs, ev);
+		struct reply_timeouts to = fs_timeouts_at(fs, ev, path, false);
 		fs_reply_negative(req, &to);
 		goto out;
 	}
@@ -266,7 +296,7 @@ static void ws_lookup(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 
 	struct fuse_entry_param e;
 	nodes_lock(t);
-	struct reply_timeouts to = fs_timeouts(fs, ev);
+	struct reply_timeouts to = fs_timeouts_at(fs, ev, path, false);
 	struct node *cur = nodes_child(t, dir, name);
 	bool cache = to.attr > 0 && !busy && (!cur || cur->gen <= seq);
 	fs_bind_entry(fs, dir, name, NODE_WORKSPACE, &st, target, cache, &to, &e);
@@ -311,13 +341,14 @@ static void ws_getattr(fuse_req_t req, struct sbxfs *fs, struct node *n,
 		return;
 	}
 	err = sbx_lstat(fs->sbx, path, &st, NULL);
-	free(path);
 	if (err < 0) {
+		free(path);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	nodes_lock(t);
-	struct reply_timeouts to = fs_timeouts(fs, ev);
+	struct reply_timeouts to = fs_timeouts_at(fs, ev, path, false);
+	free(path);
 	if (n->ino != st.st_ino || n->type != (st.st_mode & S_IFMT)) {
 		/* The name now holds another file: this inode is gone for good. */
 		nodes_detach(t, n);
@@ -372,10 +403,25 @@ static void ws_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct 
 			want.st_mtim.tv_nsec = UTIME_NOW;
 	}
 
-	/* Buffered data landing after a utimens or truncate by path would undo it. */
-	flush_node(fs, n);
 	int err = 0;
 	struct ofile *of = NULL;
+	nodes_lock(t);
+	char *where = nodes_path(n);
+	nodes_unlock(t);
+	/* One writer: through its handle, which keeps its buffered data, size and attributes
+	 * coherent and may defer the change to its next flush (sandbox.h). */
+	nodes_lock(t);
+	struct ofile *w = sole_writer(n);
+	nodes_unlock(t);
+	if (w) {
+		err = sbx_file_setattr(w->file, valid, &want, &st);
+		put_ofile(fs, w);
+		if (err != -ENOSYS)
+			goto done;
+		err = 0;
+	}
+	/* Buffered data landing after a utimens or truncate by path would undo it. */
+	flush_node(fs, n);
 	if (valid & SBX_SET_SIZE) {
 		of = size_handle(fs, n, fi);
 		if (of) {
@@ -399,12 +445,15 @@ static void ws_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct 
 	}
 	if (of)
 		put_ofile(fs, of);
+done:
 	if (err < 0) {
+		free(where);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	nodes_lock(t);
-	struct reply_timeouts to = fs_timeouts(fs, ev);
+	struct reply_timeouts to = fs_timeouts_at(fs, ev, where, false);
+	free(where);
 	nodes_touch(t, n);
 	if (to.attr > 0)
 		fs_cache_attr(fs, n, &st);
@@ -473,17 +522,18 @@ static void ws_mknod(fuse_req_t req, struct sbxfs *fs, struct node *dir, const c
 	struct stat st;
 	int err = sbx_file_open(fs->sbx, path, O_WRONLY | O_CREAT | O_EXCL, mode & 07777, &f,
 				&st);
-	free(path);
 	if (!err)
 		err = sbx_file_close(f);
 	if (err < 0) {
+		free(path);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	struct fuse_entry_param e;
 	nodes_lock(&fs->nodes);
-	entry_made(fs, dir, name, &st, NULL, ev, &e);
+	entry_made(fs, dir, name, path, &st, NULL, ev, &e);
 	nodes_unlock(&fs->nodes);
+	free(path);
 	fuse_reply_entry(req, &e);
 }
 
@@ -496,18 +546,20 @@ static void ws_mkdir(fuse_req_t req, struct sbxfs *fs, struct node *dir, const c
 		return;
 	struct stat st;
 	int err = sbx_mkdir(fs->sbx, path, mode & 07777, &st);
-	free(path);
 	if (err < 0) {
+		free(path);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	struct fuse_entry_param e;
 	nodes_lock(&fs->nodes);
-	struct node *n = entry_made(fs, dir, name, &st, NULL, ev, &e);
-	/* A new directory is empty: its listing is known without asking. */
+	struct node *n = entry_made(fs, dir, name, path, &st, NULL, ev, &e);
+	/* A new directory is empty: its listing is known without asking (unless an event
+	 * about it or below it came meanwhile: then e has zero timeouts). */
 	if (fs->cfg.dir_cache_timeout > 0 && e.attr_timeout > 0)
 		nodes_set_list(&fs->nodes, n, dirlist_new(), fs_now() + fs->cfg.dir_cache_timeout);
 	nodes_unlock(&fs->nodes);
+	free(path);
 	fuse_reply_entry(req, &e);
 }
 
@@ -520,15 +572,16 @@ static void ws_symlink(fuse_req_t req, struct sbxfs *fs, const char *link, struc
 		return;
 	struct stat st;
 	int err = sbx_symlink(fs->sbx, link, path, &st);
-	free(path);
 	if (err < 0) {
+		free(path);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	struct fuse_entry_param e;
 	nodes_lock(&fs->nodes);
-	entry_made(fs, dir, name, &st, link, ev, &e);
+	entry_made(fs, dir, name, path, &st, link, ev, &e);
 	nodes_unlock(&fs->nodes);
+	free(path);
 	fuse_reply_entry(req, &e);
 }
 
@@ -543,8 +596,8 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 	struct stat st;
 	int err = from && to ? sbx_link(fs->sbx, from, to, &st) : -ENOENT;
 	free(from);
-	free(to);
 	if (err < 0) {
+		free(to);
 		fuse_reply_err(req, -err);
 		return;
 	}
@@ -557,9 +610,10 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 	nodes_touch(&fs->nodes, n);
 	n->attr = st;
 	n->attr_valid = false;
-	struct node *m = entry_made(fs, newdir, newname, &st, n->target, ev, &e);
+	struct node *m = entry_made(fs, newdir, newname, to, &st, n->target, ev, &e);
 	aliases_changed(fs, m, &a);
 	nodes_unlock(&fs->nodes);
+	free(to);
 	fuse_reply_entry(req, &e);
 	aliases_notify(fs, &a);
 }
@@ -785,14 +839,15 @@ static void ws_create(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	struct stat st;
 	int flags = fi->flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND);
 	int err = sbx_file_open(fs->sbx, path, flags | O_CREAT, mode & 07777, &f, &st);
-	free(path);
 	if (err < 0) {
+		free(path);
 		fuse_reply_err(req, -err);
 		return;
 	}
 	struct fuse_entry_param e;
 	nodes_lock(t);
-	struct node *n = entry_made(fs, dir, name, &st, NULL, ev, &e);
+	struct node *n = entry_made(fs, dir, name, path, &st, NULL, ev, &e);
+	free(path);
 	struct ofile *of = nodes_open(t, n, f, flags & ~(O_CREAT | O_EXCL));
 	note_open(fs, n, &st);
 	nodes_unlock(t);
@@ -816,12 +871,14 @@ static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
 	struct sbx_dirent *ents;
 	size_t n;
 	int err = sbx_readdir(fs->sbx, path, &ents, &n);
-	free(path);
-	if (err < 0)
+	if (err < 0) {
+		free(path);
 		return err;
+	}
 	struct dirlist *dl = NULL;
-	bool cacheable = fs->cfg.dir_cache_timeout > 0 && fs_caches_trusted(fs) &&
-			 atomic_load(&fs->events) == snap->events;
+	/* Events about other directories meanwhile do not matter (one below it does). */
+	bool cacheable = fs->cfg.dir_cache_timeout > 0 &&
+			 fs_timeouts_at(fs, snap->events, path, false).attr > 0;
 	if (cacheable)
 		dl = dirlist_new();
 	for (size_t i = 0; i < n; i++) {
@@ -833,11 +890,12 @@ static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
 	if (dl) {
 		nodes_lock(t);
 		if (dir->gen <= snap->seq && !dir->detached &&
-		    atomic_load(&fs->events) == snap->events)
+		    fs_timeouts_at(fs, snap->events, path, false).attr > 0)
 			nodes_set_list(t, dir, dl, fs_now() + fs->cfg.dir_cache_timeout), dl = NULL;
 		nodes_unlock(t);
 		dirlist_free(dl);
 	}
+	free(path);
 	return 0;
 }
 
@@ -950,8 +1008,11 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct alias_scan a = { .count = 0 };
 	if (writable(of->flags)) {
 		/* The sandbox set mtime at upload time. */
-		nodes_touch(&fs->nodes, of->node);
-		of->node->attr_valid = false;
+		struct node *n = of->node;
+		nodes_touch(&fs->nodes, n);
+		n->attr_valid = false;
+		if (n->parent && n->parent->list)
+			dirlist_stale(n->parent->list, n->name);
 		aliases_changed(fs, of->node, &a);
 	}
 	nodes_unlock(&fs->nodes);
