@@ -207,6 +207,14 @@ static void flush_node(struct sbxfs *fs, struct node *n)
 	release_ofiles(fs, v, count);
 }
 
+/* The name these files were opened under is gone: they must never upload to it again. */
+static void orphan_files(struct ofile **v, size_t count)
+{
+	for (size_t i = 0; i < count; i++)
+		if (sbx_file_orphan(v[i]->file) < 0)
+			log_warn("an open file whose name went away: %s", sbx_last_error());
+}
+
 static void pin_files(struct sbxfs *fs, struct ofile **v, size_t count)
 {
 	for (size_t i = 0; i < count; i++) {
@@ -646,6 +654,7 @@ static void remove_name(fuse_req_t req, struct sbxfs *fs, struct node *dir, cons
 		if (dir->list)
 			dirlist_remove(dir->list, name);
 		nodes_unlock(t);
+		orphan_files(v, count);
 	}
 	release_ofiles(fs, v, count);
 	free(path);
@@ -761,6 +770,8 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 		put_ofile(fs, moved[i].of);
 	}
 	free(moved);
+	if (!err)
+		orphan_files(v, count);
 	release_ofiles(fs, v, count);
 	free(from);
 	free(to);
