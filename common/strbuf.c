@@ -31,12 +31,19 @@ void strbuf_appends(struct strbuf *sb, const char *s) { strbuf_append(sb, s, str
 
 void strbuf_appendf(struct strbuf *sb, const char *fmt, ...)
 {
+	/* Most formatted pieces are short: one pass into a stack buffer, a second only when the
+	 * result did not fit. */
+	char small[256];
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(NULL, 0, fmt, ap);
+	int n = vsnprintf(small, sizeof small, fmt, ap);
 	va_end(ap);
 	if (n < 0)
 		return;
+	if ((size_t)n < sizeof small) {
+		strbuf_append(sb, small, (size_t)n);
+		return;
+	}
 	strbuf_reserve(sb, (size_t)n);
 	va_start(ap, fmt);
 	vsnprintf(sb->data + sb->len, (size_t)n + 1, fmt, ap);
