@@ -10,18 +10,27 @@
  * SSE responses are pulled by MHD through a content reader that runs on the connection's
  * thread too. It asks the source for events in slices of at most one second (so a stopping
  * server is noticed quickly), and after 15 s of nothing it sends a ": keepalive" comment. The
- * reader never returns 0 bytes, which MHD would treat as "call again at once" (a busy loop). */
+ * reader never returns 0 bytes, which MHD would treat as "call again at once" (a busy loop).
+ *
+ * A client that hangs up would otherwise be noticed only when a write fails, i.e. at the second
+ * keepalive, while its command keeps running. So between slices the reader peeks at the
+ * connection's socket: hang-up, error or end of file means gone (pending bytes are not, they may
+ * be a pipelined request). The reader then ends the response with an error so that MHD closes
+ * the connection and frees the source; MHD reports that as an application error, which for a
+ * departed client (or a stopping server) is expected and logged at debug level only. */
 #include "server/httpd.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include "common/errnames.h"
 #include "common/jsonutil.h"
@@ -187,8 +196,33 @@ struct sse_stream {
 	struct sse_source src;
 	struct strbuf buf;
 	size_t off;
+	int fd;    /* the connection's socket, only peeked at; -1 if MHD did not tell */
 	bool done; /* next() returned 0: serve what is buffered, then end */
 };
+
+/* Set by the content reader of this connection's thread just before it ends a stream on
+ * purpose, read by mhd_log when MHD reports that ending (on the same thread). */
+static _Thread_local bool expected_abort;
+
+static bool peer_gone(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
+	char c;
+	if (fd < 0 || poll(&p, 1, 0) <= 0)
+		return false;
+	if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+		return true;
+	if (!(p.revents & POLLIN))
+		return false;
+	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+static ssize_t end_on_purpose(void)
+{
+	expected_abort = true;
+	return MHD_CONTENT_READER_END_WITH_ERROR;
+}
 
 static long elapsed_ms(const struct timespec *since)
 {
@@ -210,7 +244,11 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
 		clock_gettime(CLOCK_MONOTONIC, &start);
 		while (s->buf.len == 0) {
 			if (atomic_load(&stopping))
-				return MHD_CONTENT_READER_END_WITH_ERROR;
+				return end_on_purpose();
+			if (peer_gone(s->fd)) {
+				log_debug("stream: the client went away");
+				return end_on_purpose();
+			}
 			long left = SSE_KEEPALIVE_MS - elapsed_ms(&start);
 			if (left <= 0) {
 				strbuf_appends(&s->buf, ": keepalive\n\n");
@@ -254,6 +292,9 @@ void reply_sse(struct req *r, struct sse_source src)
 		return;
 	}
 	s->src = src;
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	s->fd = ci ? ci->connect_fd : -1;
 	struct MHD_Response *resp =
 		MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, sse_read, s, sse_free);
 	if (!resp) {
@@ -424,6 +465,11 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 	size_t n = strlen(line);
 	while (n && line[n - 1] == '\n')
 		line[--n] = '\0';
+	if (expected_abort && strncmp(line, "Closing connection (application ", 32) == 0) {
+		expected_abort = false;
+		log_debug("httpd: %s", line);
+		return;
+	}
 	log_warn("httpd: %s", line);
 }
 
