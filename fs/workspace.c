@@ -5,7 +5,8 @@
  * Three caches sit between a process and the sandbox: the kernel's (dentries, attributes, page
  * cache; bounded by entry_timeout/attr_timeout/negative_timeout and by keep_cache at open), the
  * node table's attributes (attr_timeout), and our directory listings (dir_cache_timeout), which
- * answer lookups of children, found or not, without a round trip.
+ * answer lookups of children, found or not, and opendir without a round trip (opendir only when
+ * every name's attributes are known: readdirplus hands them to the kernel).
  *
  * 1. Changes made through this mount are never hidden by a cache. Every mutating handler
  *    updates the table before it replies: the node's attributes from the stat the sandbox API
@@ -871,10 +872,50 @@ static void ws_create(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	}
 }
 
+/* The attributes of a listed name, if known: the listing's, else the child node's fresh ones;
+ * NULL when a fetch is needed. A node whose attributes were dropped (a hard link's other name
+ * changed) vetoes the listing's. Names with open files get plain entries from readdirplus, so
+ * only their type and inode number matter. */
+static const struct stat *cached_entry_stat(struct sbxfs *fs, struct node *dir,
+					    const struct dirlist_entry *de)
+{
+	struct node *child = nodes_child(&fs->nodes, dir, de->name);
+	if (child && !child->open && !child->attr_valid)
+		return NULL;
+	if (de->st_valid)
+		return &de->st;
+	return child && (child->open ? child->attr_valid : attr_fresh(fs, child)) ?
+		       &child->attr : NULL;
+}
+
+/* Serves opendir from a valid complete listing (kept up to date by our own mutations and by
+ * change events); false when it is absent or a name's attributes are unknown. Caller holds
+ * the lock; snap->seq is the table's seq now, so readdirplus still skips names changed later. */
+static bool list_from_cache(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
+{
+	if (!list_valid(fs, dir))
+		return false;
+	const struct dirlist *dl = dir->list;
+	for (size_t b = 0; b < dl->nbuckets; b++)
+		for (const struct dirlist_entry *de = dl->buckets[b]; de; de = de->next)
+			if (!cached_entry_stat(fs, dir, de))
+				return false;
+	for (size_t b = 0; b < dl->nbuckets; b++)
+		for (const struct dirlist_entry *de = dl->buckets[b]; de; de = de->next)
+			dirsnap_add(snap, de->name, cached_entry_stat(fs, dir, de), de->target,
+				    NODE_WORKSPACE);
+	snap->seq = fs->nodes.seq;
+	return true;
+}
+
 static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
 {
 	struct nodes *t = &fs->nodes;
 	nodes_lock(t);
+	if (list_from_cache(fs, dir, snap)) {
+		nodes_unlock(t);
+		return 0;
+	}
 	char *path = nodes_path(dir);
 	nodes_unlock(t);
 	if (!path)
