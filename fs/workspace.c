@@ -516,6 +516,29 @@ static char *name_path(fuse_req_t req, struct sbxfs *fs, struct node *dir, const
 	return path;
 }
 
+/* The end of mknod, mkdir and symlink: replies err, or binds the made name and replies its
+ * entry. Frees path. */
+static void reply_made(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
+		       char *path, int err, const struct stat *st, const char *target, uint64_t ev,
+		       bool new_dir)
+{
+	if (err < 0) {
+		free(path);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	nodes_lock(&fs->nodes);
+	struct node *n = entry_made(fs, dir, name, path, st, target, ev, &e);
+	/* A new directory is empty: its listing is known without asking (unless an event
+	 * about it or below it came meanwhile: then e has zero timeouts). */
+	if (new_dir && fs->cfg.dir_cache_timeout > 0 && e.attr_timeout > 0)
+		nodes_set_list(&fs->nodes, n, dirlist_new(), fs_now() + fs->cfg.dir_cache_timeout);
+	nodes_unlock(&fs->nodes);
+	free(path);
+	fuse_reply_entry(req, &e);
+}
+
 static void ws_mknod(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
 		     mode_t mode, dev_t rdev)
 {
@@ -533,17 +556,7 @@ static void ws_mknod(fuse_req_t req, struct sbxfs *fs, struct node *dir, const c
 				&st);
 	if (!err)
 		err = sbx_file_close(f);
-	if (err < 0) {
-		free(path);
-		fuse_reply_err(req, -err);
-		return;
-	}
-	struct fuse_entry_param e;
-	nodes_lock(&fs->nodes);
-	entry_made(fs, dir, name, path, &st, NULL, ev, &e);
-	nodes_unlock(&fs->nodes);
-	free(path);
-	fuse_reply_entry(req, &e);
+	reply_made(req, fs, dir, name, path, err, &st, NULL, ev, false);
 }
 
 static void ws_mkdir(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
@@ -555,21 +568,7 @@ static void ws_mkdir(fuse_req_t req, struct sbxfs *fs, struct node *dir, const c
 		return;
 	struct stat st;
 	int err = sbx_mkdir(fs->sbx, path, mode & 07777, &st);
-	if (err < 0) {
-		free(path);
-		fuse_reply_err(req, -err);
-		return;
-	}
-	struct fuse_entry_param e;
-	nodes_lock(&fs->nodes);
-	struct node *n = entry_made(fs, dir, name, path, &st, NULL, ev, &e);
-	/* A new directory is empty: its listing is known without asking (unless an event
-	 * about it or below it came meanwhile: then e has zero timeouts). */
-	if (fs->cfg.dir_cache_timeout > 0 && e.attr_timeout > 0)
-		nodes_set_list(&fs->nodes, n, dirlist_new(), fs_now() + fs->cfg.dir_cache_timeout);
-	nodes_unlock(&fs->nodes);
-	free(path);
-	fuse_reply_entry(req, &e);
+	reply_made(req, fs, dir, name, path, err, &st, NULL, ev, true);
 }
 
 static void ws_symlink(fuse_req_t req, struct sbxfs *fs, const char *link, struct node *dir,
@@ -581,17 +580,7 @@ static void ws_symlink(fuse_req_t req, struct sbxfs *fs, const char *link, struc
 		return;
 	struct stat st;
 	int err = sbx_symlink(fs->sbx, link, path, &st);
-	if (err < 0) {
-		free(path);
-		fuse_reply_err(req, -err);
-		return;
-	}
-	struct fuse_entry_param e;
-	nodes_lock(&fs->nodes);
-	entry_made(fs, dir, name, path, &st, link, ev, &e);
-	nodes_unlock(&fs->nodes);
-	free(path);
-	fuse_reply_entry(req, &e);
+	reply_made(req, fs, dir, name, path, err, &st, link, ev, false);
 }
 
 static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct node *newdir,
