@@ -940,16 +940,6 @@ static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
 	return 0;
 }
 
-static void ws_statfs(fuse_req_t req, struct sbxfs *fs, struct node *n)
-{
-	struct statvfs sv;
-	int err = sbx_statfs(fs->sbx, "/workspace", &sv);
-	if (err < 0)
-		fuse_reply_err(req, -err);
-	else
-		fuse_reply_statfs(req, &sv);
-}
-
 const struct kind_ops workspace_kind_ops = {
 	.lookup = ws_lookup,
 	.getattr = ws_getattr,
@@ -965,7 +955,7 @@ const struct kind_ops workspace_kind_ops = {
 	.open = ws_open,
 	.create = ws_create,
 	.list = ws_list,
-	.statfs = ws_statfs,
+	/* statfs: the root's, which op_statfs uses for kinds without one. */
 };
 
 /* ---- open files ---- */
