@@ -255,6 +255,16 @@ static bool normalize(struct req *r, const char *path, char *rel, char *abs)
 	return true;
 }
 
+/* Stats abs as the container's `test -e` sees it: following symlinks, so a dangling link does
+ * not exist, yet a link leading out of the workspace exists, as itself, unfollowed. */
+static int stat_existing(const char *abs, struct stat *st)
+{
+	int err = ws_stat(abs, st, true);
+	if (err && ws_refused())
+		err = ws_stat(abs, st, false);
+	return err;
+}
+
 /* Opens a regular file for reading (following symlinks inside the workspace); a FIFO or device
  * is refused rather than blocked on. Directories read as "not found", as in the container. */
 static int open_for_read(const char *rel, struct stat *st, const char **why)
@@ -592,9 +602,7 @@ void route_delete(struct req *r)
 	/* The container tests existence following symlinks: a dangling link is "not found", a
 	 * link to a directory counts as a directory. The entry itself is what gets removed. */
 	struct stat st;
-	int err = ws_stat(abs, &st, true);
-	if (err && ws_refused())
-		err = ws_stat(abs, &st, false); /* a link leading out: the link itself can go */
+	int err = stat_existing(abs, &st);
 	if (err == -ENOENT) {
 		cJSON *ctx = cJSON_CreateObject();
 		cJSON_AddStringToObject(ctx, "path", abs);
@@ -881,9 +889,7 @@ void route_exists(struct req *r)
 	if (!path || !normalize(r, path, rel, abs))
 		return;
 	struct stat st;
-	int err = ws_stat(abs, &st, true); /* test -e: a dangling link does not exist */
-	if (err && ws_refused())
-		err = ws_stat(abs, &st, false); /* a link leading out exists, unfollowed */
+	int err = stat_existing(abs, &st);
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "path", abs);
 	cJSON_AddBoolToObject(o, "exists", err == 0);
