@@ -62,6 +62,18 @@ static bool entry(struct req *r, const char *key, struct ws_entry *e)
 	return true;
 }
 
+/* entry() of "oldPath" and "newPath", both or neither. */
+static bool entry_pair(struct req *r, struct ws_entry *from, struct ws_entry *to)
+{
+	if (!entry(r, "oldPath", from))
+		return false;
+	if (!entry(r, "newPath", to)) {
+		ws_entry_close(from);
+		return false;
+	}
+	return true;
+}
+
 static void reply_stat(struct req *r, cJSON *st)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -196,12 +208,8 @@ void route_x_rmdir(struct req *r) { remove_entry(r, AT_REMOVEDIR); }
 void route_x_rename(struct req *r)
 {
 	struct ws_entry from, to;
-	if (!entry(r, "oldPath", &from))
+	if (!entry_pair(r, &from, &to))
 		return;
-	if (!entry(r, "newPath", &to)) {
-		ws_entry_close(&from);
-		return;
-	}
 	unsigned flags = 0;
 	if (json_bool(req_json(r), "noreplace", false))
 		flags |= RENAME_NOREPLACE;
@@ -252,12 +260,8 @@ void route_x_readlink(struct req *r)
 void route_x_link(struct req *r)
 {
 	struct ws_entry from, to;
-	if (!entry(r, "oldPath", &from))
+	if (!entry_pair(r, &from, &to))
 		return;
-	if (!entry(r, "newPath", &to)) {
-		ws_entry_close(&from);
-		return;
-	}
 	int err = linkat(from.dirfd, from.name, to.dirfd, to.name, 0) ? -errno : 0;
 	ws_entry_close(&from);
 	if (err) {
