@@ -25,7 +25,9 @@
  * 3. Open files buffer writes in the client (no kernel writeback cache: sshfs dropped it as
  *    unsafe for network filesystems). The kernel learns sizes from its own writes; anything
  *    that would hand it attributes of a file with open handles (getattr, lookup, setattr)
- *    flushes those handles first and asks the handle, so a size is never reported short.
+ *    asks a handle: a sole writer with no change event since knows them itself (buffered size,
+ *    deferred chmod/chown/utimens included: no round trip); otherwise the handles are flushed
+ *    and one is asked. Either way a size is never reported short.
  *    readdirplus hands out attributes only for names not changed since the listing was
  *    fetched and without open files. An upload error seen by such a flush is kept on the
  *    handle and returned by the next flush, so close() reports it.
