@@ -46,7 +46,7 @@ struct req {
 	const char *method;
 	const char *path;
 	const struct route *route;
-	const char *path_arg;
+	char path_arg[256];   /* the {id} segment; empty when the route has none */
 	struct strbuf body;
 	bool too_large;
 	cJSON *json;
@@ -63,7 +63,7 @@ static atomic_bool stopping;
 
 const char *req_method(const struct req *r) { return r->method; }
 const char *req_path(const struct req *r) { return r->path; }
-const char *req_path_arg(const struct req *r) { return r->path_arg; }
+const char *req_path_arg(const struct req *r) { return r->path_arg[0] ? r->path_arg : NULL; }
 cJSON *req_json(const struct req *r) { return r->json; }
 
 const char *req_query(const struct req *r, const char *name)
@@ -308,30 +308,44 @@ void reply_sse(struct req *r, struct sse_source src)
 
 /* ---- routing and authentication ---- */
 
-/* A wrong method on a known path is "not found" too, as in the container. */
-static const struct route *find_route(const char *method, const char *path, const char **arg)
+/* Does path match the route's path? "{id}" stands for any one non-empty segment (of fewer
+ * than argsize bytes), copied to arg. */
+static bool route_matches(const char *pattern, const char *path, char *arg, size_t argsize)
 {
-	*arg = NULL;
-	for (size_t i = 0; i < n_routes; i++) {
-		const struct route *rt = &routes[i];
-		if (rt->flags & ROUTE_EXTENSION && sbxd_cfg && sbxd_cfg->no_extensions)
-			continue;
-		const char *var = strstr(rt->path, "/{id}");
-		const char *a = NULL;
-		if (var && var[5] == '\0') {
-			size_t pl = (size_t)(var - rt->path);
-			if (strncmp(path, rt->path, pl) != 0 || path[pl] != '/' || !path[pl + 1] ||
-			    strchr(path + pl + 1, '/'))
+	const char *var = strstr(pattern, "{id}");
+	if (!var)
+		return strcmp(path, pattern) == 0;
+	size_t pl = (size_t)(var - pattern);
+	if (strncmp(path, pattern, pl) != 0)
+		return false;
+	const char *seg = path + pl, *end = strchrnul(seg, '/');
+	size_t n = (size_t)(end - seg);
+	if (n == 0 || n >= argsize || strcmp(end, var + 4) != 0)
+		return false;
+	memcpy(arg, seg, n);
+	arg[n] = '\0';
+	return true;
+}
+
+/* Exact routes win over "{id}" routes ("/api/process/list" is not process "list"). A wrong
+ * method on a known path is "not found" too, as in the container. */
+static const struct route *find_route(const char *method, const char *path, char *arg,
+				      size_t argsize)
+{
+	for (int pass = 0; pass < 2; pass++) {
+		for (size_t i = 0; i < n_routes; i++) {
+			const struct route *rt = &routes[i];
+			if (rt->flags & ROUTE_EXTENSION && sbxd_cfg && sbxd_cfg->no_extensions)
 				continue;
-			a = path + pl + 1;
-		} else if (strcmp(path, rt->path) != 0) {
-			continue;
-		}
-		if (strcmp(method, rt->method) == 0) {
-			*arg = a;
-			return rt;
+			if ((strstr(rt->path, "{id}") != NULL) != (pass == 1))
+				continue;
+			arg[0] = '\0';
+			if (route_matches(rt->path, path, arg, argsize) &&
+			    strcmp(method, rt->method) == 0)
+				return rt;
 		}
 	}
+	arg[0] = '\0';
 	return NULL;
 }
 
@@ -406,7 +420,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r->method = method;
 		r->path = url;
 		*con_cls = r;
-		r->route = find_route(method, url, &r->path_arg);
+		r->route = find_route(method, url, r->path_arg, sizeof r->path_arg);
 		/* The token is checked before "not found": without it nothing about the server
 		 * shows (and a client probing an absent extension learns its token is wrong). */
 		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)) && !authorized(r)) {

@@ -62,7 +62,7 @@ enum route_flags {
 };
 struct route {
 	const char *method;
-	const char *path;         /* exact, or ending in "/{id}" for one variable segment */
+	const char *path;         /* exact, or with "{id}" for one variable segment */
 	void (*handler)(struct req *r);
 	unsigned flags;
 };
