@@ -3,11 +3,12 @@
  * snapshots shared by every kind.
  *
  * The root is a static table of rows (plan9 acme's fsys.c style): a name, the kind of node it
- * leads to, its mode. A new control tree (ctx/, proc/, ...) is one more row and one more
- * kind_ops table; nothing else here changes. The root's own attributes are synthetic; a row's
- * attributes come from its kind (workspace: the sandbox's /workspace). */
+ * leads to, its mode. workspace/ is the sandbox's /workspace; every other row is a control tree
+ * (fs/control.h), whose table lives in its own file. The root's own attributes are synthetic, as
+ * are the control trees'; workspace/'s come from the sandbox. */
 #include "fs/internal.h"
 #include <errno.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,24 +17,26 @@
 #include <unistd.h>
 #include "client/sandbox.h"
 #include "common/log.h"
+#include "fs/control.h"
 
 #define MIB (1024 * 1024)
 
 struct root_row {
 	const char *name;
 	enum node_kind kind;
-	mode_t mode;
-	const char *sandbox_path; /* where its attributes come from */
+	const char *sandbox_path; /* workspace: where its attributes come from */
+	const struct ctl_entry *tree; /* control trees */
 };
 
 static const struct root_row root_rows[] = {
-	{ "workspace", NODE_WORKSPACE, S_IFDIR | 0755, "/workspace" },
+	{ "workspace", NODE_WORKSPACE, "/workspace", NULL },
 };
 #define N_ROWS (sizeof(root_rows) / sizeof(root_rows[0]))
 
 static const struct kind_ops *const kinds[NODE_KINDS] = {
 	[NODE_ROOT] = &root_kind_ops,
 	[NODE_WORKSPACE] = &workspace_kind_ops,
+	[NODE_CONTROL] = &control_kind_ops,
 };
 
 /* ---- options ---- */
@@ -228,6 +231,17 @@ static const struct root_row *row_find(const char *name)
 	return NULL;
 }
 
+const struct ctl_entry *fs_control_tree(const char *name)
+{
+	const struct root_row *row = row_find(name);
+	return row ? row->tree : NULL;
+}
+
+static mode_t row_mode(const struct root_row *row)
+{
+	return row->tree ? row->tree->mode : S_IFDIR | 0755;
+}
+
 static void root_stat(struct sbxfs *fs, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
@@ -235,7 +249,7 @@ static void root_stat(struct sbxfs *fs, struct stat *st)
 	st->st_mode = S_IFDIR | 0755;
 	st->st_nlink = 2;
 	for (size_t i = 0; i < N_ROWS; i++)
-		if (S_ISDIR(root_rows[i].mode))
+		if (S_ISDIR(row_mode(&root_rows[i])))
 			st->st_nlink++;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
@@ -243,10 +257,22 @@ static void root_stat(struct sbxfs *fs, struct stat *st)
 	st->st_atim = st->st_mtim = st->st_ctim = fs->mount_time;
 }
 
-/* A row's attributes: the sandbox's own for rows backed by a sandbox path. */
+/* A row's attributes: the sandbox's own for workspace/, synthetic for a control tree. */
 static int row_stat(struct sbxfs *fs, const struct root_row *row, struct stat *st)
 {
-	return sbx_lstat(fs->sbx, row->sandbox_path, st, NULL);
+	if (!row->tree)
+		return sbx_lstat(fs->sbx, row->sandbox_path, st, NULL);
+	char path[64];
+	snprintf(path, sizeof(path), "/%s", row->name);
+	memset(st, 0, sizeof(*st));
+	st->st_ino = ctl_ino(path);
+	st->st_mode = row->tree->mode;
+	st->st_nlink = S_ISDIR(st->st_mode) ? 2 : 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = 4096;
+	st->st_atim = st->st_mtim = st->st_ctim = fs->mount_time;
+	return 0;
 }
 
 static void root_lookup(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name)
@@ -256,6 +282,10 @@ static void root_lookup(fuse_req_t req, struct sbxfs *fs, struct node *n, const 
 	struct reply_timeouts forever = { 0, 0, 86400.0 };
 	if (!row) {
 		fs_reply_negative(req, &forever);
+		return;
+	}
+	if (row->tree) {
+		control_kind_ops.lookup(req, fs, n, name);
 		return;
 	}
 	uint64_t ev = atomic_load(&fs->events);
@@ -288,7 +318,7 @@ static int root_list(struct sbxfs *fs, struct node *n, struct dirsnap *snap)
 		if (row_stat(fs, &root_rows[i], &st) < 0) {
 			/* Still listed, so `ls` shows what exists; lookup reports the error. */
 			memset(&st, 0, sizeof(st));
-			st.st_mode = root_rows[i].mode;
+			st.st_mode = row_mode(&root_rows[i]);
 		}
 		dirsnap_add(snap, root_rows[i].name, &st, NULL, root_rows[i].kind);
 	}
@@ -638,6 +668,63 @@ static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t offset,
 	fuse_reply_err(req, EOPNOTSUPP);
 }
 
+/* ---- open files: workspace files or control files, told apart by the handle ---- */
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	if (ctl_is_handle(fi))
+		ctl_read(req, ino, size, off, fi);
+	else
+		workspace_read(req, ino, size, off, fi);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+		     struct fuse_file_info *fi)
+{
+	if (ctl_is_handle(fi))
+		ctl_write(req, ino, buf, size, off, fi);
+	else
+		workspace_write(req, ino, buf, size, off, fi);
+}
+
+static void op_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (ctl_is_handle(fi))
+		ctl_flush(req, ino, fi);
+	else
+		workspace_flush(req, ino, fi);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	if (ctl_is_handle(fi))
+		ctl_release(req, ino, fi);
+	else
+		workspace_release(req, ino, fi);
+}
+
+static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)
+{
+	if (ctl_is_handle(fi))
+		fuse_reply_err(req, 0); /* nothing is kept: commands act at close */
+	else
+		workspace_fsync(req, ino, datasync, fi);
+}
+
+static void op_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+		    struct fuse_pollhandle *ph)
+{
+	if (ctl_is_handle(fi)) {
+		ctl_poll(req, ino, fi, ph);
+		return;
+	}
+	/* A regular file is always ready, as on a local disk. */
+	if (ph)
+		fuse_pollhandle_destroy(ph);
+	fuse_reply_poll(req, POLLIN | POLLRDNORM | POLLOUT | POLLWRNORM);
+}
+
 /* No xattr handlers: libfuse answers ENOSYS, and the kernel stops asking after the first. */
 static const struct fuse_lowlevel_ops ops = {
 	.init = op_init,
@@ -656,11 +743,12 @@ static const struct fuse_lowlevel_ops ops = {
 	.link = op_link,
 	.open = op_open,
 	.create = op_create,
-	.read = workspace_read,
-	.write = workspace_write,
-	.flush = workspace_flush,
-	.release = workspace_release,
-	.fsync = workspace_fsync,
+	.read = op_read,
+	.write = op_write,
+	.flush = op_flush,
+	.release = op_release,
+	.fsync = op_fsync,
+	.poll = op_poll,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
 	.readdirplus = op_readdirplus,
@@ -758,6 +846,10 @@ int sbxfs_start(struct sbxfs *fs, struct sbx *sandbox, struct fuse_session *se)
 
 void sbxfs_stop(struct sbxfs *fs)
 {
+	for (size_t i = 0; fs->sbx && i < N_ROWS; i++)
+		if (root_rows[i].tree && root_rows[i].tree->stop)
+			root_rows[i].tree->stop(fs);
+	ctl_stop(fs);
 	if (fs->watch)
 		sbx_watch_stop(fs->watch);
 	fs->watch = NULL;

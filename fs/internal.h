@@ -76,6 +76,10 @@ struct kind_ops {
 
 extern const struct kind_ops root_kind_ops, workspace_kind_ops;
 
+/* The control tree of a root row ("ctx"), or NULL (fs.c's root table). */
+struct ctl_entry;
+const struct ctl_entry *fs_control_tree(const char *name);
+
 /* What opendir saw: served to readdir/readdirplus by offset. */
 struct dirsnap_entry {
 	char *name;
@@ -124,9 +128,8 @@ void invalidator_resync(struct invalidator *inv);
  * must not notify themselves. */
 void invalidator_inode(struct invalidator *inv, uint64_t id, bool data);
 
-/* Operations on open workspace files (fs/workspace.c): fi->fh is the struct ofile, so they
- * need no dispatch. Only workspace nodes can be opened today; a kind whose files differ (a
- * stream) will get its own open and mark its handles. */
+/* Operations on open workspace files (fs/workspace.c): fi->fh is the struct ofile. fs.c sends
+ * a file's operations here unless the handle is a control file's (ctl_is_handle). */
 void workspace_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi);
 void workspace_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,

@@ -43,6 +43,7 @@
 enum node_kind {
 	NODE_ROOT,      /* the mount's root: a static table of rows */
 	NODE_WORKSPACE, /* /workspace and everything below it */
+	NODE_CONTROL,   /* the control trees: ctx/, proc/, ports/, git/, env (fs/control.h) */
 	NODE_KINDS
 };
 

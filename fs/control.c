@@ -1,0 +1,763 @@
+/* The generic half of the control trees (fs/control.h): entry tables turned into FUSE handlers,
+ * open control files, feeds and parked reads.
+ *
+ * Concurrency. Everything about feeds, parked reads and poll handles is guarded by one mutex,
+ * ctl_lock: a feed is pushed to from the network thread while worker threads read, poll and
+ * release, and the kernel's interrupt for a parked read arrives on yet another worker. One
+ * lock keeps the interrupt path simple: ctl_interrupted() finds its request in the global
+ * parked list without touching a feed that may be going away, and a parked read is answered
+ * exactly once by whoever removes it from that list (push, end, interrupt, unmount). FUSE
+ * replies and poll notifications are sent with ctl_lock held: they only write to /dev/fuse,
+ * and libfuse calls an interrupt function with the request's own lock held but never ours, so
+ * the order is always request lock -> ctl_lock -> session lock and cannot deadlock.
+ *
+ * A handle's `in`, `out` and commit state are guarded by its own mutex (two threads may read
+ * or write one descriptor at once); commit callbacks run with it held and may block for a
+ * bounded request, never on a stream. */
+#include "fs/control.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "client/sandbox.h"
+#include "common/log.h"
+#include "fs/internal.h"
+
+#define CTL_MAX_INPUT (64 * 1024 * 1024)
+/* Names below a static entry never change; dynamic ones (ids) come and go elsewhere. */
+#define STATIC_ENTRY_TIMEOUT 3600.0
+#define DYNAMIC_ENTRY_TIMEOUT 1.0
+
+struct ctl_feed {
+	unsigned refs;
+	struct strbuf data;
+	bool ended;
+	int err;
+};
+
+struct parked {
+	fuse_req_t req;
+	struct ctl_handle *h;
+	size_t size;
+	struct parked *next;
+};
+
+static pthread_mutex_t ctl_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct parked *parked;      /* every parked read */
+static struct ctl_handle **pollers; /* handles holding a poll handle */
+static size_t npollers, cap_pollers;
+
+/* The handle's private lock lives beside it (struct ctl_handle is public and plain). */
+struct handle_box {
+	struct ctl_handle h;
+	pthread_mutex_t lock;
+};
+#define BOX(hp) ((struct handle_box *)(hp))
+
+void ctl_names_add(struct ctl_names *names, const char *name)
+{
+	if (names->n == names->cap) {
+		names->cap = names->cap ? names->cap * 2 : 16;
+		names->v = realloc(names->v, names->cap * sizeof(*names->v));
+		if (!names->v)
+			abort();
+	}
+	if (!(names->v[names->n++] = strdup(name)))
+		abort();
+}
+
+static void names_free(struct ctl_names *names)
+{
+	for (size_t i = 0; i < names->n; i++)
+		free(names->v[i]);
+	free(names->v);
+}
+
+/* ---- resolving a node to its entry ---- */
+
+struct resolved {
+	const struct ctl_entry *e;
+	struct ctl_args a;
+	char *path; /* owns the strings a points into */
+};
+
+static const struct ctl_entry *child_of(const struct ctl_entry *dir, const char *name,
+					bool *dynamic)
+{
+	const struct ctl_entry *dyn = NULL;
+	*dynamic = false;
+	if (!dir->children)
+		return NULL;
+	for (const struct ctl_entry *c = dir->children; c->mode; c++) {
+		if (!c->name)
+			dyn = c;
+		else if (strcmp(c->name, name) == 0)
+			return c;
+	}
+	*dynamic = dyn != NULL;
+	return dyn;
+}
+
+/* The entry of node n, or of its child `name` when name is not NULL. */
+static int resolve(struct sbxfs *fs, struct node *n, const char *name, struct resolved *r)
+{
+	memset(r, 0, sizeof(*r));
+	nodes_lock(&fs->nodes);
+	char *p = nodes_path(n);
+	nodes_unlock(&fs->nodes);
+	if (!p)
+		return -ESTALE;
+	if (name) {
+		char *q;
+		if (asprintf(&q, "%s/%s", p, name) < 0)
+			abort();
+		free(p);
+		p = q;
+	}
+	r->path = p;
+	char *save = NULL, *seg = strtok_r(p, "/", &save);
+	const struct ctl_entry *e = seg ? fs_control_tree(seg) : NULL;
+	if (!e)
+		return -ENOENT;
+	while ((seg = strtok_r(NULL, "/", &save))) {
+		bool dynamic;
+		if (!S_ISDIR(e->mode))
+			return -ENOTDIR;
+		e = child_of(e, seg, &dynamic);
+		if (!e)
+			return -ENOENT;
+		if (dynamic) {
+			if (r->a.n == CTL_MAX_ARGS)
+				return -ENOENT;
+			r->a.v[r->a.n++] = seg;
+		}
+	}
+	r->e = e;
+	return 0;
+}
+
+static void resolved_free(struct resolved *r)
+{
+	free(r->path);
+}
+
+ino_t ctl_ino(const char *path)
+{
+	uint64_t h = 1469598103934665603ULL;
+	for (const char *c = path; *c; c++)
+		h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+	return (ino_t)(h | (1ULL << 63));
+}
+
+static int entry_stat(struct sbxfs *fs, const struct ctl_entry *e, const struct ctl_args *a,
+		      const char *path, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	if (e->stat) {
+		int err = e->stat(fs, a, st);
+		if (err < 0)
+			return err;
+	} else {
+		st->st_atim = st->st_mtim = st->st_ctim = fs->mount_time;
+	}
+	st->st_ino = ctl_ino(path);
+	st->st_mode = e->mode;
+	st->st_nlink = S_ISDIR(e->mode) ? 2 : 1;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_blksize = 4096;
+	st->st_blocks = (st->st_size + 511) / 512;
+	return 0;
+}
+
+/* ---- node handlers ---- */
+
+static void reply_bound(fuse_req_t req, struct sbxfs *fs, struct node *parent, const char *name,
+			const struct stat *st, bool dynamic, struct fuse_entry_param *e)
+{
+	struct reply_timeouts to = { 1.0, dynamic ? DYNAMIC_ENTRY_TIMEOUT : STATIC_ENTRY_TIMEOUT,
+				     0 };
+	nodes_lock(&fs->nodes);
+	fs_bind_entry(fs, parent, name, NODE_CONTROL, st, NULL, false, &to, e);
+	nodes_unlock(&fs->nodes);
+}
+
+static void ctl_lookup(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name)
+{
+	struct resolved r;
+	int err = resolve(fs, n, name, &r);
+	bool dynamic = r.e && !r.e->name;
+	if (!err && dynamic)
+		err = r.e->exists ? r.e->exists(fs, &r.a) : -ENOENT;
+	struct stat st;
+	if (!err)
+		err = entry_stat(fs, r.e, &r.a, r.path, &st);
+	if (err) {
+		/* Dynamic names must not be cached as missing: they appear from elsewhere. */
+		fuse_reply_err(req, -err);
+	} else {
+		struct fuse_entry_param e;
+		reply_bound(req, fs, n, name, &st, dynamic, &e);
+		fuse_reply_entry(req, &e);
+	}
+	resolved_free(&r);
+}
+
+static void ctl_getattr(fuse_req_t req, struct sbxfs *fs, struct node *n,
+			struct fuse_file_info *fi)
+{
+	struct resolved r;
+	struct stat st;
+	int err = resolve(fs, n, NULL, &r);
+	if (!err)
+		err = entry_stat(fs, r.e, &r.a, r.path, &st);
+	if (err)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_attr(req, &st, 1.0);
+	resolved_free(&r);
+}
+
+/* Control files take truncation and times silently (echo > f, touch f); ownership and modes
+ * are the table's. */
+static void ctl_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct stat *attr,
+			int to_set, struct fuse_file_info *fi)
+{
+	if (to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) {
+		fuse_reply_err(req, EPERM);
+		return;
+	}
+	ctl_getattr(req, fs, n, fi);
+}
+
+static int ctl_list(struct sbxfs *fs, struct node *n, struct dirsnap *snap)
+{
+	struct resolved r;
+	int err = resolve(fs, n, NULL, &r);
+	if (!err && !S_ISDIR(r.e->mode))
+		err = -ENOTDIR;
+	for (const struct ctl_entry *c = r.e && !err ? r.e->children : NULL; c && c->mode;
+	     c++) {
+		struct ctl_names names = { 0 };
+		if (c->name)
+			ctl_names_add(&names, c->name);
+		else if (c->list && (err = c->list(fs, &r.a, &names)) < 0)
+			log_warn("listing %s: %s", r.path, sbx_last_error());
+		for (size_t i = 0; !err && i < names.n; i++) {
+			struct ctl_args a = r.a;
+			char *p;
+			if (!c->name && a.n < CTL_MAX_ARGS)
+				a.v[a.n++] = names.v[i];
+			if (asprintf(&p, "%s/%s", r.path, names.v[i]) < 0)
+				abort();
+			struct stat st;
+			/* A file whose stat fails is still listed, as the root lists its rows. */
+			if (entry_stat(fs, c, &a, p, &st) < 0) {
+				memset(&st, 0, sizeof(st));
+				st.st_mode = c->mode;
+			}
+			dirsnap_add(snap, names.v[i], &st, NULL, NODE_CONTROL);
+			free(p);
+		}
+		names_free(&names);
+		if (err)
+			break;
+	}
+	resolved_free(&r);
+	return err;
+}
+
+static void handle_free(struct ctl_handle *h);
+
+/* Makes the handle of an opened entry and runs its open callback. */
+static int handle_open(struct sbxfs *fs, const struct resolved *r, int flags,
+		       struct ctl_handle **out)
+{
+	const struct ctl_entry *e = r->e;
+	int acc = flags & O_ACCMODE;
+	if (S_ISDIR(e->mode))
+		return -EISDIR;
+	if ((acc != O_WRONLY && !(e->mode & 0444)) || (acc != O_RDONLY && !(e->mode & 0222)))
+		return -EACCES;
+	struct handle_box *box = calloc(1, sizeof(*box));
+	if (!box)
+		abort();
+	pthread_mutex_init(&box->lock, NULL);
+	struct ctl_handle *h = &box->h;
+	h->fs = fs;
+	h->sbx = fs->sbx;
+	h->entry = e;
+	h->flags = flags;
+	h->args.n = r->a.n;
+	for (int i = 0; i < r->a.n; i++)
+		if (!(h->args.v[i] = strdup(r->a.v[i])))
+			abort();
+	int err = e->open ? e->open(h) : 0;
+	if (err < 0) {
+		log_warn("open %s: %s", r->path, sbx_last_error());
+		handle_free(h);
+		return err;
+	}
+	*out = h;
+	return 0;
+}
+
+static void set_open_flags(struct fuse_file_info *fi, const struct ctl_handle *h)
+{
+	fi->fh = (uintptr_t)h | 1;
+	fi->direct_io = 1;
+	fi->keep_cache = 0;
+	if (h->entry->flags & CTL_STREAM || h->feed)
+		fi->nonseekable = 1;
+}
+
+static void ctl_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fuse_file_info *fi)
+{
+	struct resolved r;
+	struct ctl_handle *h = NULL;
+	int err = resolve(fs, n, NULL, &r);
+	if (!err)
+		err = handle_open(fs, &r, fi->flags, &h);
+	resolved_free(&r);
+	if (err) {
+		fuse_reply_err(req, -err);
+		return;
+	}
+	set_open_flags(fi, h);
+	if (fuse_reply_open(req, fi) != 0)
+		handle_free(h);
+}
+
+/* The dynamic child `name` of n that can be created with this type, or an errno. */
+static int creatable(struct sbxfs *fs, struct node *n, const char *name, mode_t type,
+		     struct resolved *r)
+{
+	int err = resolve(fs, n, name, r);
+	if (err == -ENOENT && r->e == NULL)
+		return -EPERM;
+	if (err)
+		return err;
+	if (r->e->name || !r->e->create)
+		return r->e->name ? -EEXIST : -EPERM;
+	if ((r->e->mode & S_IFMT) != type)
+		return S_ISDIR(type) ? -ENOTDIR : -EISDIR;
+	return 0;
+}
+
+static void ctl_create(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		       mode_t mode, struct fuse_file_info *fi)
+{
+	struct resolved r;
+	struct ctl_handle *h = NULL;
+	struct stat st;
+	int err = creatable(fs, n, name, S_IFREG, &r);
+	if (!err && (err = r.e->create(fs, &r.a, mode)) < 0)
+		log_warn("create %s: %s", r.path, sbx_last_error());
+	if (!err)
+		err = entry_stat(fs, r.e, &r.a, r.path, &st);
+	if (!err)
+		err = handle_open(fs, &r, fi->flags & ~(O_CREAT | O_EXCL), &h);
+	if (err) {
+		resolved_free(&r);
+		fuse_reply_err(req, -err);
+		return;
+	}
+	struct fuse_entry_param e;
+	reply_bound(req, fs, n, name, &st, true, &e);
+	resolved_free(&r);
+	set_open_flags(fi, h);
+	if (fuse_reply_create(req, &e, fi) != 0)
+		handle_free(h);
+}
+
+static void ctl_mkdir(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		      mode_t mode)
+{
+	struct resolved r;
+	struct stat st;
+	int err = creatable(fs, n, name, S_IFDIR, &r);
+	if (!err && (err = r.e->create(fs, &r.a, mode)) < 0)
+		log_warn("mkdir %s: %s", r.path, sbx_last_error());
+	if (!err)
+		err = entry_stat(fs, r.e, &r.a, r.path, &st);
+	if (err) {
+		fuse_reply_err(req, -err);
+	} else {
+		struct fuse_entry_param e;
+		reply_bound(req, fs, n, name, &st, true, &e);
+		fuse_reply_entry(req, &e);
+	}
+	resolved_free(&r);
+}
+
+static void do_remove(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name,
+		      mode_t type)
+{
+	struct resolved r;
+	int err = resolve(fs, n, name, &r);
+	if (!err && (r.e->mode & S_IFMT) != type)
+		err = S_ISDIR(type) ? -ENOTDIR : -EISDIR;
+	if (!err && (r.e->name || !r.e->remove))
+		err = -EPERM;
+	if (!err && (err = r.e->remove(fs, &r.a)) < 0)
+		log_warn("remove %s: %s", r.path, sbx_last_error());
+	if (!err) {
+		nodes_lock(&fs->nodes);
+		struct node *c = nodes_child(&fs->nodes, n, name);
+		if (c)
+			nodes_detach(&fs->nodes, c);
+		nodes_unlock(&fs->nodes);
+	}
+	resolved_free(&r);
+	fuse_reply_err(req, -err);
+}
+
+static void ctl_unlink(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name)
+{
+	do_remove(req, fs, n, name, S_IFREG);
+}
+
+static void ctl_rmdir(fuse_req_t req, struct sbxfs *fs, struct node *n, const char *name)
+{
+	do_remove(req, fs, n, name, S_IFDIR);
+}
+
+const struct kind_ops control_kind_ops = {
+	.lookup = ctl_lookup,
+	.getattr = ctl_getattr,
+	.setattr = ctl_setattr,
+	.mkdir = ctl_mkdir,
+	.unlink = ctl_unlink,
+	.rmdir = ctl_rmdir,
+	.open = ctl_open,
+	.create = ctl_create,
+	.list = ctl_list,
+};
+
+/* ---- feeds ---- */
+
+struct ctl_feed *ctl_feed_new(void)
+{
+	struct ctl_feed *f = calloc(1, sizeof(*f));
+	if (!f)
+		abort();
+	f->refs = 1;
+	return f;
+}
+
+void ctl_feed_ref(struct ctl_feed *f)
+{
+	pthread_mutex_lock(&ctl_lock);
+	f->refs++;
+	pthread_mutex_unlock(&ctl_lock);
+}
+
+void ctl_feed_unref(struct ctl_feed *f)
+{
+	if (!f)
+		return;
+	pthread_mutex_lock(&ctl_lock);
+	bool last = --f->refs == 0;
+	pthread_mutex_unlock(&ctl_lock);
+	if (last) {
+		strbuf_free(&f->data);
+		free(f);
+	}
+}
+
+/* What a read of h at its cursor gets now: 1 with bytes replied, 0 when it must wait.
+ * Caller holds ctl_lock. */
+static int feed_answer(fuse_req_t req, struct ctl_handle *h, size_t size)
+{
+	struct ctl_feed *f = h->feed;
+	if (h->rpos < f->data.len) {
+		size_t n = f->data.len - h->rpos;
+		if (n > size)
+			n = size;
+		fuse_reply_buf(req, f->data.data + h->rpos, n);
+		h->rpos += n;
+		return 1;
+	}
+	if (f->ended) {
+		if (f->err)
+			fuse_reply_err(req, -f->err);
+		else
+			fuse_reply_buf(req, NULL, 0);
+		return 1;
+	}
+	return 0;
+}
+
+/* Answers the parked reads and wakes the pollers of f. Caller holds ctl_lock. */
+static void feed_wake(struct ctl_feed *f)
+{
+	for (struct parked **pp = &parked; *pp;) {
+		struct parked *p = *pp;
+		if (p->h->feed == f && feed_answer(p->req, p->h, p->size)) {
+			*pp = p->next;
+			free(p);
+		} else {
+			pp = &p->next;
+		}
+	}
+	for (size_t i = 0; i < npollers;) {
+		struct ctl_handle *h = pollers[i];
+		if (h->feed == f) {
+			fuse_lowlevel_notify_poll(h->ph);
+			fuse_pollhandle_destroy(h->ph);
+			h->ph = NULL;
+			pollers[i] = pollers[--npollers];
+		} else {
+			i++;
+		}
+	}
+}
+
+void ctl_feed_push(struct ctl_feed *f, const void *data, size_t len)
+{
+	if (!len)
+		return;
+	pthread_mutex_lock(&ctl_lock);
+	if (!f->ended) {
+		strbuf_append(&f->data, data, len);
+		feed_wake(f);
+	}
+	pthread_mutex_unlock(&ctl_lock);
+}
+
+void ctl_feed_end(struct ctl_feed *f, int err)
+{
+	pthread_mutex_lock(&ctl_lock);
+	if (!f->ended) {
+		f->ended = true;
+		f->err = err;
+		feed_wake(f);
+	}
+	pthread_mutex_unlock(&ctl_lock);
+}
+
+bool ctl_feed_ended(struct ctl_feed *f)
+{
+	pthread_mutex_lock(&ctl_lock);
+	bool ended = f->ended;
+	pthread_mutex_unlock(&ctl_lock);
+	return ended;
+}
+
+void ctl_handle_attach(struct ctl_handle *h, struct ctl_feed *f)
+{
+	ctl_feed_ref(f);
+	h->feed = f;
+	h->rpos = 0;
+}
+
+/* Ctrl-C on a parked reader: the kernel's interrupt arrives here (from libfuse, with the
+ * request's lock held). */
+static void ctl_interrupted(fuse_req_t req, void *data)
+{
+	pthread_mutex_lock(&ctl_lock);
+	for (struct parked **pp = &parked; *pp; pp = &(*pp)->next) {
+		if ((*pp)->req == req) {
+			struct parked *p = *pp;
+			*pp = p->next;
+			free(p);
+			fuse_reply_err(req, EINTR);
+			break;
+		}
+	}
+	pthread_mutex_unlock(&ctl_lock);
+}
+
+static void feed_read(fuse_req_t req, struct ctl_handle *h, size_t size)
+{
+	/* Registered before parking: if the interrupt came first, the check below sees it. */
+	fuse_req_interrupt_func(req, ctl_interrupted, NULL);
+	pthread_mutex_lock(&ctl_lock);
+	if (!feed_answer(req, h, size)) {
+		if (fuse_req_interrupted(req)) {
+			fuse_reply_err(req, EINTR);
+		} else {
+			struct parked *p = malloc(sizeof(*p));
+			if (!p)
+				abort();
+			*p = (struct parked){ req, h, size, parked };
+			parked = p;
+		}
+	}
+	pthread_mutex_unlock(&ctl_lock);
+}
+
+/* ---- open control files ---- */
+
+bool ctl_is_handle(const struct fuse_file_info *fi)
+{
+	return fi && (fi->fh & 1);
+}
+
+static struct ctl_handle *handle_of(const struct fuse_file_info *fi)
+{
+	return (struct ctl_handle *)(uintptr_t)(fi->fh & ~(uint64_t)1);
+}
+
+static void handle_free(struct ctl_handle *h)
+{
+	pthread_mutex_lock(&ctl_lock);
+	for (size_t i = 0; i < npollers; i++)
+		if (pollers[i] == h) {
+			pollers[i] = pollers[--npollers];
+			break;
+		}
+	if (h->ph)
+		fuse_pollhandle_destroy(h->ph);
+	pthread_mutex_unlock(&ctl_lock);
+	ctl_feed_unref(h->feed);
+	if (h->priv_free)
+		h->priv_free(h->priv);
+	for (int i = 0; i < h->args.n; i++)
+		free((char *)h->args.v[i]);
+	strbuf_free(&h->in);
+	strbuf_free(&h->out);
+	pthread_mutex_destroy(&BOX(h)->lock);
+	free(BOX(h));
+}
+
+/* Runs the commit callback; caller holds the handle's lock. */
+static int commit(struct ctl_handle *h)
+{
+	h->committed = true;
+	h->dirty = false;
+	strbuf_reset(&h->out);
+	h->rpos = 0;
+	int err = h->entry->commit(h);
+	if (err < 0)
+		log_warn("%s: %s", h->entry->name ? h->entry->name : "control file",
+			 sbx_last_error());
+	return err;
+}
+
+void ctl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
+{
+	struct ctl_handle *h = handle_of(fi);
+	pthread_mutex_t *lock = &BOX(h)->lock;
+	pthread_mutex_lock(lock);
+	if ((h->entry->flags & CTL_REQUEST) && h->entry->commit && (!h->committed || h->dirty)) {
+		int err = commit(h);
+		if (err < 0) {
+			pthread_mutex_unlock(lock);
+			fuse_reply_err(req, -err);
+			return;
+		}
+	}
+	if (h->feed) {
+		pthread_mutex_unlock(lock);
+		feed_read(req, h, size);
+		return;
+	}
+	size_t pos = h->entry->flags & CTL_STREAM ? h->rpos : (size_t)off;
+	size_t n = pos < h->out.len ? h->out.len - pos : 0;
+	if (n > size)
+		n = size;
+	if (h->entry->flags & CTL_STREAM)
+		h->rpos += n;
+	fuse_reply_buf(req, n ? h->out.data + pos : NULL, n);
+	pthread_mutex_unlock(lock);
+}
+
+void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off_t off,
+	       struct fuse_file_info *fi)
+{
+	struct ctl_handle *h = handle_of(fi);
+	if (!h->entry->commit) {
+		fuse_reply_err(req, EBADF);
+		return;
+	}
+	if (off < 0 || (size_t)off > CTL_MAX_INPUT || size > CTL_MAX_INPUT - (size_t)off) {
+		fuse_reply_err(req, EFBIG);
+		return;
+	}
+	pthread_mutex_lock(&BOX(h)->lock);
+	/* Appends go at the end whatever the offset: a stream file has no offsets. */
+	size_t at = (h->flags & O_APPEND) || (h->entry->flags & CTL_STREAM) ? h->in.len
+									     : (size_t)off;
+	if (at > h->in.len) {
+		strbuf_reserve(&h->in, at - h->in.len);
+		memset(h->in.data + h->in.len, 0, at - h->in.len);
+		h->in.len = at;
+	}
+	size_t end = at + size;
+	if (end > h->in.len) {
+		strbuf_reserve(&h->in, end - h->in.len);
+		h->in.len = end;
+		h->in.data[end] = '\0';
+	}
+	memcpy(h->in.data + at, buf, size);
+	h->dirty = true;
+	pthread_mutex_unlock(&BOX(h)->lock);
+	fuse_reply_write(req, size);
+}
+
+/* close(): a command file acts on what was written, and close() returns how that went. A
+ * request file acts only when something was written and not yet read back. */
+void ctl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ctl_handle *h = handle_of(fi);
+	int err = 0;
+	pthread_mutex_lock(&BOX(h)->lock);
+	bool writer = (h->flags & O_ACCMODE) != O_RDONLY;
+	bool due = h->entry->flags & CTL_REQUEST ? h->dirty : h->dirty || !h->committed;
+	if (writer && h->entry->commit && due)
+		err = commit(h);
+	pthread_mutex_unlock(&BOX(h)->lock);
+	fuse_reply_err(req, -err);
+}
+
+void ctl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	handle_free(handle_of(fi));
+	fuse_reply_err(req, 0);
+}
+
+void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
+	      struct fuse_pollhandle *ph)
+{
+	struct ctl_handle *h = handle_of(fi);
+	unsigned revents = POLLOUT | POLLWRNORM;
+	pthread_mutex_lock(&ctl_lock);
+	if (!h->feed || h->rpos < h->feed->data.len || h->feed->ended)
+		revents |= POLLIN | POLLRDNORM;
+	if (ph) {
+		if (h->ph) {
+			fuse_pollhandle_destroy(h->ph);
+		} else {
+			if (npollers == cap_pollers) {
+				cap_pollers = cap_pollers ? cap_pollers * 2 : 16;
+				pollers = realloc(pollers, cap_pollers * sizeof(*pollers));
+				if (!pollers)
+					abort();
+			}
+			pollers[npollers++] = h;
+		}
+		h->ph = ph;
+	}
+	pthread_mutex_unlock(&ctl_lock);
+	fuse_reply_poll(req, revents);
+}
+
+void ctl_stop(struct sbxfs *fs)
+{
+	pthread_mutex_lock(&ctl_lock);
+	while (parked) {
+		struct parked *p = parked;
+		parked = p->next;
+		fuse_reply_err(p->req, ENOTCONN);
+		free(p);
+	}
+	free(pollers);
+	pollers = NULL;
+	npollers = cap_pollers = 0;
+	pthread_mutex_unlock(&ctl_lock);
+}
