@@ -306,12 +306,19 @@ static int handle_open(struct sbxfs *fs, const struct resolved *r, int flags,
 	return 0;
 }
 
+/* Streams and request answers are read in sequence: a request's answer starts at 0 whatever
+ * the descriptor's offset after the write that asked. */
+static bool sequential(const struct ctl_handle *h)
+{
+	return h->feed || (h->entry->flags & (CTL_STREAM | CTL_REQUEST));
+}
+
 static void set_open_flags(struct fuse_file_info *fi, const struct ctl_handle *h)
 {
 	fi->fh = (uintptr_t)h | 1;
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
-	if (h->entry->flags & CTL_STREAM || h->feed)
+	if (sequential(h))
 		fi->nonseekable = 1;
 }
 
@@ -657,11 +664,11 @@ void ctl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 		feed_read(req, h, size);
 		return;
 	}
-	size_t pos = h->entry->flags & CTL_STREAM ? h->rpos : (size_t)off;
+	size_t pos = sequential(h) ? h->rpos : (size_t)off;
 	size_t n = pos < h->out.len ? h->out.len - pos : 0;
 	if (n > size)
 		n = size;
-	if (h->entry->flags & CTL_STREAM)
+	if (sequential(h))
 		h->rpos += n;
 	fuse_reply_buf(req, n ? h->out.data + pos : NULL, n);
 	pthread_mutex_unlock(lock);
@@ -680,9 +687,8 @@ void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off
 		return;
 	}
 	pthread_mutex_lock(&BOX(h)->lock);
-	/* Appends go at the end whatever the offset: a stream file has no offsets. */
-	size_t at = (h->flags & O_APPEND) || (h->entry->flags & CTL_STREAM) ? h->in.len
-									     : (size_t)off;
+	/* Appends go at the end whatever the offset, as do writes to a file read in sequence. */
+	size_t at = (h->flags & O_APPEND) || sequential(h) ? h->in.len : (size_t)off;
 	if (at > h->in.len) {
 		strbuf_reserve(&h->in, at - h->in.len);
 		memset(h->in.data + h->in.len, 0, at - h->in.len);

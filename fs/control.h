@@ -57,7 +57,8 @@ void ctl_names_add(struct ctl_names *names, const char *name);
 
 enum ctl_flags {
 	CTL_REQUEST = 1 << 0, /* the first read commits what was written and reads its answer */
-	CTL_STREAM = 1 << 1,  /* reads are sequential (nonseekable): a feed or a request answer */
+	CTL_STREAM = 1 << 1,  /* reads and writes are sequential (nonseekable); implied by
+				 CTL_REQUEST and by an attached feed */
 };
 
 struct ctl_entry {
