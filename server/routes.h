@@ -46,4 +46,8 @@ void route_session_list(struct req *r);
 void route_session_delete(struct req *r);
 void route_execute(struct req *r);
 void route_execute_stream(struct req *r);
+
+/* envstore.c */
+void route_x_env_get(struct req *r);
+void route_x_env_set(struct req *r);
 #endif

@@ -14,6 +14,7 @@
  * Children are reaped only by runner_wait(), through a pidfd, so nothing else in sbxd may set
  * SIGCHLD to SIG_IGN or call waitpid(-1). */
 #include "server/runner.h"
+#include "server/envstore.h"
 #include "server/server.h"
 #include "common/log.h"
 #include <errno.h>
@@ -355,6 +356,15 @@ int runner_spawn(const struct run_spec *spec, struct run_proc *out)
 				  .pidfd = -1 };
 	if (!spec->argv || !spec->argv[0])
 		return -EINVAL;
+	if (!spec->env) {
+		/* the default: runner_default_env() and the variables set through /api/x/env */
+		struct run_spec with_env = *spec;
+		char **env = envstore_build(NULL);
+		with_env.env = (const char *const *)env;
+		int err = runner_spawn(&with_env, out);
+		envstore_free(env);
+		return err;
+	}
 	if (!ensure_init())
 		return -ENOTSUP;
 	const char *const *env = spec->env ? spec->env : default_env;
