@@ -35,6 +35,7 @@
 #include "common/errnames.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "server/preview.h"
 #include "server/server.h"
 
 #define BODY_MAX (128u << 20)
@@ -411,6 +412,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	struct req *r = *con_cls;
 	(void)cls;
 	(void)version;
+	/* Preview URLs (Host <port>-<id>-<token>.*) are proxied, ahead of routes and token. */
+	if (preview_claims(conn, con_cls))
+		return preview_access(conn, url, method, upload_data, upload_data_size, con_cls);
 	if (!r) {
 		r = calloc(1, sizeof *r);
 		if (!r)
@@ -461,7 +465,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	struct req *r = *con_cls;
 	(void)cls;
 	(void)conn;
-	if (!r)
+	if (!r || preview_completed(con_cls))
 		return;
 	log_debug("%s %s %d %ldms%s", r->method, r->path, r->status, elapsed_ms(&r->start),
 		  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut)");
@@ -548,7 +552,7 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 		log_warn("listening on %s, which is NOT a loopback address: anyone who can reach "
 			 "it and knows the token controls the sandbox", listen);
 	unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
-			 MHD_USE_POLL | MHD_USE_ERROR_LOG;
+			 MHD_USE_POLL | MHD_USE_ERROR_LOG | MHD_ALLOW_UPGRADE;
 	if (ai->ai_family == AF_INET6)
 		flags |= MHD_USE_DUAL_STACK;
 	struct httpd *h = calloc(1, sizeof *h);
@@ -561,6 +565,7 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+				  MHD_OPTION_URI_LOG_CALLBACK, preview_note_uri, NULL,
 				  MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!h->mhd) {

@@ -43,5 +43,9 @@ const struct route routes[] = {
 
 	{ "GET", "/api/x/env", route_x_env_get, ROUTE_EXTENSION },
 	{ "POST", "/api/x/env", route_x_env_set, ROUTE_JSON | ROUTE_EXTENSION },
+
+	{ "POST", "/api/x/ports", route_x_ports_expose, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "GET", "/api/x/ports", route_x_ports_list, ROUTE_EXTENSION },
+	{ "DELETE", "/api/x/ports/{id}", route_x_ports_unexpose, ROUTE_EXTENSION },
 };
 const size_t n_routes = sizeof routes / sizeof routes[0];

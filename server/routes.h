@@ -50,4 +50,9 @@ void route_execute_stream(struct req *r);
 /* envstore.c */
 void route_x_env_get(struct req *r);
 void route_x_env_set(struct req *r);
+
+/* ports.c */
+void route_x_ports_expose(struct req *r);
+void route_x_ports_list(struct req *r);
+void route_x_ports_unexpose(struct req *r);
 #endif

@@ -1,0 +1,724 @@
+/* The preview proxy: serves http://<port>-<sandbox id>-<token>.<host>/ by forwarding the request
+ * to the sandbox's port on loopback (the sandbox shares the host's network namespace), as the
+ * Cloudflare SDK's proxyToSandbox does through the platform.
+ *
+ * Which requests: httpd asks preview_claims() before routing. A Host whose first label looks
+ * like "<digits>-<something>-<something>" (or that starts with "<digits>-<sandbox id>-") is a
+ * preview request whether or not it matches an exposed port: a wrong token, an unexposed port or
+ * another sandbox's id gets "404 preview URL not found", never the API behind it.
+ *
+ * The upstream client is a plain HTTP/1.1 client on one socket rather than libcurl. MHD pulls a
+ * response body through a content reader, one buffer at a time, on the connection's own thread
+ * (sbxd runs a thread per connection); a socket read maps onto that directly, so a large or slow
+ * answer streams through without being held whole. libcurl pushes data through its own
+ * callbacks instead (needing the multi interface and pausing, or another thread and a queue) and
+ * cannot hand over its socket for a WebSocket tunnel. Upstream is loopback, plain HTTP, one
+ * request per connection ("Connection: close"), so the client stays small: a request head, the
+ * body passed through as MHD delivers it (re-chunked when the client sent it chunked), then a
+ * response head and a body framed by Content-Length, chunks or the end of the connection.
+ *
+ * Timing: one access-handler call per body fragment writes that fragment upstream (blocking,
+ * at most SEND_TIMEOUT_S without progress), so a request body is never held whole either. Every
+ * wait for upstream is cut into one-second slices that check whether the client is still there
+ * (a departed client or a stopping server ends the wait), and an upstream silent for IDLE_MS
+ * before or within its answer is given up on.
+ *
+ * WebSocket (any "Connection: upgrade"): the upgrade request is forwarded; a 101 answer becomes
+ * an MHD upgrade response (the daemon runs with MHD_ALLOW_UPGRADE) whose handler, on the
+ * connection's thread, copies bytes both ways until both sides have closed.
+ *
+ * MHD hands the access handler a percent-decoded path without its query, so the raw request
+ * target is taken from the URI log callback, which runs on the same connection thread just
+ * before (kept per thread, tagged with the connection).
+ *
+ * A preview request's state is *con_cls like httpd's own requests; the registry of live ones
+ * tells the two apart on later calls and at completion. */
+#include "server/preview.h"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "common/log.h"
+#include "common/strbuf.h"
+#include "server/ports.h"
+#include "server/server.h"
+
+#define BUF_SIZE (64 * 1024)
+#define SLICE_MS 1000
+#define IDLE_MS (120 * 1000)
+#define SEND_TIMEOUT_S 30
+#define RAW_URI_MAX 8192
+
+enum framing { BY_LENGTH, BY_CHUNKS, BY_CLOSE };
+enum chunk_state { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER, CH_DONE };
+
+struct preview {
+	struct preview *next; /* in the registry */
+	struct MHD_Connection *conn;
+	int port;
+	int up;        /* upstream socket, -1 when none */
+	int client_fd; /* only polled, to notice a departed client; -1 if MHD did not tell */
+	bool head_request, upgrade, chunked_body, send_failed, replied;
+	enum framing framing;
+	enum chunk_state chunk;
+	uint64_t left; /* bytes left in a Content-Length body or in the current chunk */
+	struct strbuf headers; /* upstream's response headers: name\0value\0... */
+	size_t start, end;     /* unread upstream bytes in buf */
+	char buf[BUF_SIZE];
+};
+
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct preview *registry;
+
+static bool registered(const void *p)
+{
+	bool found = false;
+	pthread_mutex_lock(&registry_lock);
+	for (const struct preview *q = registry; q && !found; q = q->next)
+		found = q == p;
+	pthread_mutex_unlock(&registry_lock);
+	return found;
+}
+
+static void unregister(struct preview *p)
+{
+	pthread_mutex_lock(&registry_lock);
+	for (struct preview **q = &registry; *q; q = &(*q)->next) {
+		if (*q == p) {
+			*q = p->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&registry_lock);
+}
+
+static _Thread_local struct {
+	struct MHD_Connection *conn;
+	bool too_long;
+	char uri[RAW_URI_MAX];
+} raw_target;
+
+void *preview_note_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	(void)cls;
+	size_t n = strlen(uri);
+	raw_target.conn = conn;
+	raw_target.too_long = n >= sizeof raw_target.uri;
+	if (!raw_target.too_long)
+		memcpy(raw_target.uri, uri, n + 1);
+	return NULL;
+}
+
+/* ---- which requests are previews ---- */
+
+static const char *sandbox_id(void)
+{
+	return sbxd_cfg && sbxd_cfg->sandbox_id ? sbxd_cfg->sandbox_id : "local";
+}
+
+static bool preview_shaped(const char *host)
+{
+	size_t digits = strspn(host, "0123456789");
+	if (digits == 0 || digits > 5 || host[digits] != '-')
+		return false;
+	const char *rest = host + digits + 1;
+	const char *dash = memchr(rest, '-', strcspn(rest, ".:"));
+	size_t idl = strlen(sandbox_id());
+	return dash || (strncasecmp(rest, sandbox_id(), idl) == 0 && rest[idl] == '-');
+}
+
+/* The exposed port a preview Host names with the right sandbox id and token, or 0. */
+static int preview_target(const char *host)
+{
+	char *end;
+	unsigned long port = strtoul(host, &end, 10);
+	if (end == host || *end != '-' || port == 0 || port > 65535)
+		return 0;
+	const char *id = sandbox_id();
+	size_t idl = strlen(id);
+	if (strncasecmp(end + 1, id, idl) != 0 || end[1 + idl] != '-')
+		return 0;
+	const char *token = end + 2 + idl;
+	size_t tl = strcspn(token, ".:");
+	return ports_match((int)port, token, tl) ? (int)port : 0;
+}
+
+bool preview_claims(struct MHD_Connection *conn, void *const *con_cls)
+{
+	static atomic_bool port_known;
+	if (*con_cls)
+		return registered(*con_cls);
+	if (!atomic_load(&port_known)) {
+		const union MHD_ConnectionInfo *ci =
+			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
+		const union MHD_DaemonInfo *di =
+			ci ? MHD_get_daemon_info(ci->daemon, MHD_DAEMON_INFO_BIND_PORT) : NULL;
+		if (di && di->port) {
+			ports_set_server_port(di->port);
+			atomic_store(&port_known, true);
+		}
+	}
+	const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host");
+	return host && preview_shaped(host);
+}
+
+/* ---- answers of the proxy itself ---- */
+
+static void reply_text(struct preview *p, unsigned status, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void reply_text(struct preview *p, unsigned status, const char *fmt, ...)
+{
+	char *text;
+	va_list ap;
+	va_start(ap, fmt);
+	int n = vasprintf(&text, fmt, ap);
+	va_end(ap);
+	if (n < 0)
+		text = NULL;
+	struct MHD_Response *resp = MHD_create_response_from_buffer(
+		text ? (size_t)n : 0, text ? text : (char *)"",
+		text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
+	MHD_queue_response(p->conn, status, resp);
+	MHD_destroy_response(resp);
+	p->replied = true;
+	log_debug("preview port %d: %u %s", p->port, status, text ? text : "");
+}
+
+/* ---- the upstream connection ---- */
+
+static bool client_gone(int fd)
+{
+	struct pollfd pf = { .fd = fd, .events = POLLIN | POLLRDHUP };
+	char c;
+	if (fd < 0 || poll(&pf, 1, 0) <= 0)
+		return false;
+	if (pf.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
+		return true;
+	if (!(pf.revents & POLLIN))
+		return false;
+	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Connects to the port on 127.0.0.1, or on ::1 for services bound to an IPv6 "localhost". */
+static int connect_upstream(int port)
+{
+	struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	struct sockaddr_in6 v6 = { .sin6_family = AF_INET6, .sin6_port = htons((uint16_t)port),
+				   .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+	const struct sockaddr *addrs[] = { (struct sockaddr *)&v4, (struct sockaddr *)&v6 };
+	const socklen_t lens[] = { sizeof v4, sizeof v6 };
+	struct timeval tv = { .tv_sec = SEND_TIMEOUT_S };
+	int err = ECONNREFUSED;
+	for (size_t i = 0; i < 2; i++) {
+		int fd = socket(addrs[i]->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		/* Bounds connect() (a full backlog) and every send. */
+		setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+		if (connect(fd, addrs[i], lens[i]) == 0)
+			return fd;
+		err = errno;
+		close(fd);
+		if (err != ECONNREFUSED && err != EADDRNOTAVAIL && err != EAFNOSUPPORT)
+			break;
+	}
+	return -err;
+}
+
+static int send_all(int fd, const void *data, size_t len)
+{
+	const char *p = data;
+	while (len) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+			struct pollfd pf = { .fd = fd, .events = POLLOUT };
+			if (poll(&pf, 1, SEND_TIMEOUT_S * 1000) <= 0)
+				return -ETIMEDOUT;
+			continue;
+		}
+		if (n < 0)
+			return -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* Reads more upstream bytes into buf: 1, 0 at the end of the connection, or -errno. */
+static int fill(struct preview *p)
+{
+	if (p->start == p->end) {
+		p->start = p->end = 0;
+	} else if (p->end == sizeof p->buf) {
+		memmove(p->buf, p->buf + p->start, p->end - p->start);
+		p->end -= p->start;
+		p->start = 0;
+	}
+	if (p->end == sizeof p->buf)
+		return -E2BIG;
+	for (long waited = 0;;) {
+		struct pollfd pf = { .fd = p->up, .events = POLLIN };
+		int n = poll(&pf, 1, SLICE_MS);
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		if (n > 0) {
+			ssize_t got = recv(p->up, p->buf + p->end, sizeof p->buf - p->end, 0);
+			if (got > 0) {
+				p->end += (size_t)got;
+				return 1;
+			}
+			if (got == 0)
+				return 0;
+			if (errno != EINTR && errno != EAGAIN)
+				return -errno;
+			continue;
+		}
+		if (client_gone(p->client_fd))
+			return -ECONNABORTED;
+		waited += SLICE_MS;
+		if (waited >= IDLE_MS)
+			return -ETIMEDOUT;
+	}
+}
+
+/* The next line of upstream's head (CR LF or LF ended, terminator cut off), valid until the
+ * next read from upstream; NULL and *err at the end of the connection or on an error. */
+static char *read_line(struct preview *p, int *err)
+{
+	for (;;) {
+		char *line = p->buf + p->start;
+		char *nl = memchr(line, '\n', p->end - p->start);
+		if (nl) {
+			p->start = (size_t)(nl + 1 - p->buf);
+			if (nl > line && nl[-1] == '\r')
+				nl--;
+			*nl = '\0';
+			return line;
+		}
+		if (p->start == 0 && p->end == sizeof p->buf) {
+			*err = -E2BIG;
+			return NULL;
+		}
+		if (p->start > 0) {
+			memmove(p->buf, p->buf + p->start, p->end - p->start);
+			p->end -= p->start;
+			p->start = 0;
+		}
+		int rc = fill(p);
+		if (rc <= 0) {
+			*err = rc == 0 ? -ECONNRESET : rc;
+			return NULL;
+		}
+	}
+}
+
+static size_t take(struct preview *p, char *out, size_t max)
+{
+	size_t n = p->end - p->start;
+	if (n > max)
+		n = max;
+	memcpy(out, p->buf + p->start, n);
+	p->start += n;
+	return n;
+}
+
+/* ---- the request, upstream ---- */
+
+static bool hop_by_hop(const char *name)
+{
+	static const char *const names[] = {
+		"Connection", "Keep-Alive", "Proxy-Connection", "TE", "Trailer",
+		"Transfer-Encoding", "Upgrade", "Content-Length", "Expect", "Host",
+		"X-Forwarded-Host", "X-Forwarded-Proto", "X-Original-URL",
+	};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return true;
+	return false;
+}
+
+static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
+				   const char *value)
+{
+	struct strbuf *head = cls;
+	(void)kind;
+	if (key && !hop_by_hop(key))
+		strbuf_appendf(head, "%s: %s\r\n", key, value ? value : "");
+	return MHD_YES;
+}
+
+static bool has_token(const char *list, const char *token)
+{
+	size_t tl = strlen(token);
+	for (const char *s = list; s && *s;) {
+		s += strspn(s, " \t,");
+		size_t n = strcspn(s, ",");
+		size_t m = n;
+		while (m && (s[m - 1] == ' ' || s[m - 1] == '\t'))
+			m--;
+		if (m == tl && strncasecmp(s, token, tl) == 0)
+			return true;
+		s += n;
+	}
+	return false;
+}
+
+static const char *header(const struct preview *p, const char *name)
+{
+	return MHD_lookup_connection_value(p->conn, MHD_HEADER_KIND, name);
+}
+
+static void begin(struct preview *p, const char *url, const char *method)
+{
+	const char *host = header(p, "Host");
+	p->port = preview_target(host);
+	if (!p->port) {
+		reply_text(p, 404, "preview URL not found\n");
+		return;
+	}
+	const char *target = url;
+	if (raw_target.conn == p->conn) {
+		if (raw_target.too_long) {
+			reply_text(p, 414, "request target longer than %d bytes\n", RAW_URI_MAX - 1);
+			return;
+		}
+		target = raw_target.uri;
+	}
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(p->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	p->client_fd = ci ? ci->connect_fd : -1;
+	p->head_request = strcmp(method, "HEAD") == 0;
+	const char *upgrade = header(p, "Upgrade");
+	p->upgrade = upgrade && has_token(header(p, "Connection"), "upgrade");
+	const char *te = header(p, "Transfer-Encoding");
+	const char *length = header(p, "Content-Length");
+	p->chunked_body = te && has_token(te, "chunked");
+
+	p->up = connect_upstream(p->port);
+	if (p->up < 0) {
+		reply_text(p, 502, "nothing answers on port %d in the sandbox (%s)\n", p->port,
+			   strerror(-p->up));
+		return;
+	}
+	struct strbuf head = STRBUF_INIT;
+	strbuf_appendf(&head, "%s %s HTTP/1.1\r\nHost: localhost:%d\r\n", method, target, p->port);
+	MHD_get_connection_values(p->conn, MHD_HEADER_KIND, copy_header, &head);
+	strbuf_appendf(&head, "X-Forwarded-Host: %s\r\nX-Forwarded-Proto: http\r\n"
+			      "X-Original-URL: http://%s%s\r\n", host, host, target);
+	if (p->upgrade)
+		strbuf_appendf(&head, "Connection: Upgrade\r\nUpgrade: %s\r\n", upgrade);
+	else
+		strbuf_appends(&head, "Connection: close\r\n");
+	if (p->chunked_body)
+		strbuf_appends(&head, "Transfer-Encoding: chunked\r\n");
+	else if (length)
+		strbuf_appendf(&head, "Content-Length: %s\r\n", length);
+	strbuf_appends(&head, "\r\n");
+	int err = send_all(p->up, head.data, head.len);
+	strbuf_free(&head);
+	if (err)
+		reply_text(p, 502, "cannot send the request to port %d in the sandbox (%s)\n",
+			   p->port, strerror(-err));
+}
+
+static void forward_body(struct preview *p, const char *data, size_t len)
+{
+	if (p->replied || p->send_failed)
+		return;
+	char size[32];
+	int err = 0;
+	if (p->chunked_body) {
+		snprintf(size, sizeof size, "%zx\r\n", len);
+		err = send_all(p->up, size, strlen(size));
+	}
+	if (!err)
+		err = send_all(p->up, data, len);
+	if (!err && p->chunked_body)
+		err = send_all(p->up, "\r\n", 2);
+	if (err) {
+		/* It may still answer (413, say): the answer is read at the end of the body. */
+		log_debug("preview port %d: upstream stopped taking the body: %s", p->port,
+			  strerror(-err));
+		p->send_failed = true;
+	}
+}
+
+/* ---- the response, downstream ---- */
+
+static ssize_t read_body(void *cls, uint64_t pos, char *out, size_t max)
+{
+	struct preview *p = cls;
+	int rc, err;
+	char *line;
+	(void)pos;
+	switch (p->framing) {
+	case BY_CLOSE:
+		if (p->start == p->end && (rc = fill(p)) <= 0)
+			return rc == 0 ? MHD_CONTENT_READER_END_OF_STREAM
+				       : MHD_CONTENT_READER_END_WITH_ERROR;
+		return (ssize_t)take(p, out, max);
+	case BY_LENGTH:
+		if (p->left == 0)
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		if (p->start == p->end && fill(p) <= 0)
+			return MHD_CONTENT_READER_END_WITH_ERROR; /* cut short */
+		rc = (int)take(p, out, p->left < max ? (size_t)p->left : max);
+		p->left -= (uint64_t)rc;
+		return rc;
+	case BY_CHUNKS:
+		break;
+	}
+	for (;;) {
+		switch (p->chunk) {
+		case CH_SIZE: {
+			if (!(line = read_line(p, &err)))
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			char *end;
+			errno = 0;
+			p->left = strtoull(line, &end, 16);
+			if (end == line || errno || (*end && *end != ';' && *end != ' '))
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			p->chunk = p->left ? CH_DATA : CH_TRAILER;
+			break;
+		}
+		case CH_DATA:
+			if (p->left == 0) {
+				p->chunk = CH_DATA_END;
+				break;
+			}
+			if (p->start == p->end && fill(p) <= 0)
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			rc = (int)take(p, out, p->left < max ? (size_t)p->left : max);
+			p->left -= (uint64_t)rc;
+			return rc;
+		case CH_DATA_END:
+			if (!(line = read_line(p, &err)) || *line)
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			p->chunk = CH_SIZE;
+			break;
+		case CH_TRAILER: /* trailers are dropped */
+			if (!(line = read_line(p, &err)))
+				return MHD_CONTENT_READER_END_WITH_ERROR;
+			if (!*line)
+				p->chunk = CH_DONE;
+			break;
+		case CH_DONE:
+			return MHD_CONTENT_READER_END_OF_STREAM;
+		}
+	}
+}
+
+/* Upstream's status and headers (1xx interim answers skipped); the status, or -errno. */
+static int read_head(struct preview *p)
+{
+	int err, status;
+	for (;;) {
+		char *line = read_line(p, &err);
+		if (!line)
+			return err;
+		if (strncmp(line, "HTTP/1.", 7) != 0 || sscanf(line + 7, "%*1d %3d", &status) != 1 ||
+		    status < 100 || status > 999)
+			return -EPROTO;
+		strbuf_reset(&p->headers);
+		while ((line = read_line(p, &err)) && *line) {
+			char *colon = strchr(line, ':');
+			if (!colon || colon == line)
+				return -EPROTO;
+			*colon++ = '\0';
+			colon += strspn(colon, " \t");
+			size_t vl = strlen(colon);
+			while (vl && (colon[vl - 1] == ' ' || colon[vl - 1] == '\t'))
+				colon[--vl] = '\0';
+			strbuf_append(&p->headers, line, strlen(line) + 1);
+			strbuf_append(&p->headers, colon, vl + 1);
+		}
+		if (!line)
+			return err;
+		if (status >= 200 || (status == 101 && p->upgrade))
+			return status;
+	}
+}
+
+/* Iterates over the saved response headers: *name and *value, false at the end. */
+static bool next_header(const struct preview *p, size_t *pos, const char **name,
+			const char **value)
+{
+	if (*pos >= p->headers.len)
+		return false;
+	*name = p->headers.data + *pos;
+	*value = *name + strlen(*name) + 1;
+	*pos = (size_t)(*value + strlen(*value) + 1 - p->headers.data);
+	return true;
+}
+
+static const char *response_header(const struct preview *p, const char *want)
+{
+	const char *name, *value;
+	for (size_t pos = 0; next_header(p, &pos, &name, &value);)
+		if (strcasecmp(name, want) == 0)
+			return value;
+	return NULL;
+}
+
+static void pump(int from, int to, char *buf, size_t size, bool *open)
+{
+	ssize_t n = recv(from, buf, size, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0 || send_all(to, buf, (size_t)n)) {
+		*open = false;
+		shutdown(to, SHUT_WR);
+	}
+}
+
+/* The WebSocket (or other upgraded protocol) tunnel, on the connection's thread. */
+static void tunnel(void *cls, struct MHD_Connection *conn, void *con_cls, const char *extra_in,
+		   size_t extra_in_size, MHD_socket sock, struct MHD_UpgradeResponseHandle *urh)
+{
+	struct preview *p = cls;
+	char buf[16 * 1024];
+	bool down_open = true, up_open = true; /* client -> upstream, upstream -> client */
+	(void)conn;
+	(void)con_cls;
+	if ((extra_in_size && send_all(p->up, extra_in, extra_in_size)) ||
+	    (p->end > p->start && send_all(sock, p->buf + p->start, p->end - p->start)))
+		down_open = up_open = false;
+	p->start = p->end = 0;
+	while (down_open || up_open) {
+		struct pollfd pf[2] = { { .fd = down_open ? sock : -1, .events = POLLIN },
+					{ .fd = up_open ? p->up : -1, .events = POLLIN } };
+		int n = poll(pf, 2, SLICE_MS);
+		if (n < 0 && errno != EINTR)
+			break;
+		if (n > 0 && pf[0].revents)
+			pump(sock, p->up, buf, sizeof buf, &down_open);
+		if (n > 0 && pf[1].revents)
+			pump(p->up, sock, buf, sizeof buf, &up_open);
+	}
+	log_debug("preview port %d: tunnel closed", p->port);
+	close(p->up);
+	p->up = -1;
+	MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+}
+
+static void finish(struct preview *p)
+{
+	if (p->chunked_body && !p->send_failed && send_all(p->up, "0\r\n\r\n", 5))
+		p->send_failed = true;
+	int status = read_head(p);
+	if (status < 0) {
+		if (status == -ECONNABORTED)
+			return; /* the client left: MHD closes the connection */
+		reply_text(p, 502, "the service on port %d in the sandbox gave no valid answer "
+				   "(%s)\n", p->port, strerror(-status));
+		return;
+	}
+	const char *te = response_header(p, "Transfer-Encoding");
+	const char *length = response_header(p, "Content-Length");
+	uint64_t size = MHD_SIZE_UNKNOWN;
+	struct MHD_Response *resp;
+	if (status == 101) {
+		resp = MHD_create_response_for_upgrade(tunnel, p);
+	} else {
+		if (te && has_token(te, "chunked")) {
+			p->framing = BY_CHUNKS;
+		} else if (length) {
+			char *end;
+			p->framing = BY_LENGTH;
+			p->left = size = strtoull(length, &end, 10);
+			if (end == length || *end) {
+				reply_text(p, 502, "the service on port %d sent a bad Content-Length\n",
+					   p->port);
+				return;
+			}
+		} else {
+			p->framing = BY_CLOSE;
+		}
+		/* No body, but a HEAD answer keeps the length a GET would have. */
+		if (p->head_request || status == 204 || status == 304) {
+			p->framing = BY_LENGTH;
+			p->left = 0;
+			if (!p->head_request)
+				size = 0;
+		}
+		resp = MHD_create_response_from_callback(size, 64 * 1024, read_body, p, NULL);
+	}
+	if (!resp) {
+		reply_text(p, 500, "out of memory\n");
+		return;
+	}
+	const char *name, *value;
+	for (size_t pos = 0; next_header(p, &pos, &name, &value);) {
+		if (strcasecmp(name, "Connection") && strcasecmp(name, "Keep-Alive") &&
+		    strcasecmp(name, "Transfer-Encoding") && strcasecmp(name, "Content-Length") &&
+		    strcasecmp(name, "Trailer") && strcasecmp(name, "Proxy-Connection") &&
+		    (status == 101 || strcasecmp(name, "Upgrade")))
+			MHD_add_response_header(resp, name, value);
+	}
+	if (MHD_queue_response(p->conn, (unsigned)status, resp) != MHD_YES)
+		log_warn("preview port %d: could not queue the %d answer", p->port, status);
+	MHD_destroy_response(resp);
+	p->replied = true;
+	log_debug("preview port %d: %d", p->port, status);
+}
+
+/* ---- MHD's side ---- */
+
+enum MHD_Result preview_access(struct MHD_Connection *conn, const char *url, const char *method,
+			       const char *upload_data, size_t *upload_data_size,
+			       void **con_cls)
+{
+	struct preview *p = *con_cls;
+	if (!p) {
+		p = calloc(1, sizeof *p);
+		if (!p)
+			return MHD_NO;
+		p->conn = conn;
+		p->up = -1;
+		pthread_mutex_lock(&registry_lock);
+		p->next = registry;
+		registry = p;
+		pthread_mutex_unlock(&registry_lock);
+		*con_cls = p;
+		begin(p, url, method);
+		return MHD_YES;
+	}
+	if (*upload_data_size) {
+		forward_body(p, upload_data, *upload_data_size);
+		*upload_data_size = 0;
+		return MHD_YES;
+	}
+	if (!p->replied)
+		finish(p);
+	return p->replied ? MHD_YES : MHD_NO;
+}
+
+bool preview_completed(void **con_cls)
+{
+	struct preview *p = *con_cls;
+	if (!p || !registered(p))
+		return false;
+	unregister(p);
+	if (p->up >= 0)
+		close(p->up);
+	strbuf_free(&p->headers);
+	free(p);
+	*con_cls = NULL;
+	return true;
+}
