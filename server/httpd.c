@@ -587,6 +587,7 @@ void httpd_stop(struct httpd *h)
 	if (!h)
 		return;
 	atomic_store(&stopping, true);
+	preview_stop(); /* MHD waits for upgraded connections without closing them */
 	MHD_stop_daemon(h->mhd);
 	free(h);
 }

@@ -25,7 +25,8 @@
  *
  * WebSocket (any "Connection: upgrade"): the upgrade request is forwarded; a 101 answer becomes
  * an MHD upgrade response (the daemon runs with MHD_ALLOW_UPGRADE) whose handler, on the
- * connection's thread, copies bytes both ways until both sides have closed.
+ * connection's thread, copies bytes both ways until both sides have closed (or the server
+ * stops: MHD would wait for an upgraded connection forever).
  *
  * MHD hands the access handler a percent-decoded path without its query, so the raw request
  * target is taken from the URI log callback, which runs on the same connection thread just
@@ -46,6 +47,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include "common/log.h"
@@ -76,6 +78,29 @@ struct preview {
 	size_t start, end;     /* unread upstream bytes in buf */
 	char buf[BUF_SIZE];
 };
+
+/* Stopping: a flag, and an eventfd that becomes readable for good, polled with upstream so
+ * that waits end at once. Tunnels are counted so that preview_stop() can let them close before
+ * MHD, which would wait for an upgraded connection forever, stops. */
+static atomic_bool stopping;
+static atomic_int open_tunnels;
+static int stop_fd = -1;
+static pthread_once_t stop_fd_once = PTHREAD_ONCE_INIT;
+
+static void make_stop_fd(void)
+{
+	stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+void preview_stop(void)
+{
+	pthread_once(&stop_fd_once, make_stop_fd);
+	atomic_store(&stopping, true);
+	if (stop_fd >= 0 && eventfd_write(stop_fd, 1))
+		log_debug("preview: cannot signal the stop: %s", strerror(errno));
+	for (int i = 0; i < 200 && atomic_load(&open_tunnels); i++)
+		usleep(10 * 1000);
+}
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct preview *registry;
@@ -156,6 +181,7 @@ static int preview_target(const char *host)
 bool preview_claims(struct MHD_Connection *conn, void *const *con_cls)
 {
 	static atomic_bool port_known;
+	pthread_once(&stop_fd_once, make_stop_fd);
 	if (*con_cls)
 		return registered(*con_cls);
 	if (!atomic_load(&port_known)) {
@@ -273,11 +299,12 @@ static int fill(struct preview *p)
 	if (p->end == sizeof p->buf)
 		return -E2BIG;
 	for (long waited = 0;;) {
-		struct pollfd pf = { .fd = p->up, .events = POLLIN };
-		int n = poll(&pf, 1, SLICE_MS);
+		struct pollfd pf[2] = { { .fd = p->up, .events = POLLIN },
+					{ .fd = stop_fd, .events = POLLIN } };
+		int n = poll(pf, 2, SLICE_MS);
 		if (n < 0 && errno != EINTR)
 			return -errno;
-		if (n > 0) {
+		if (n > 0 && pf[0].revents) {
 			ssize_t got = recv(p->up, p->buf + p->end, sizeof p->buf - p->end, 0);
 			if (got > 0) {
 				p->end += (size_t)got;
@@ -289,7 +316,7 @@ static int fill(struct preview *p)
 				return -errno;
 			continue;
 		}
-		if (client_gone(p->client_fd))
+		if (atomic_load(&stopping) || client_gone(p->client_fd))
 			return -ECONNABORTED;
 		waited += SLICE_MS;
 		if (waited >= IDLE_MS)
@@ -596,14 +623,16 @@ static void tunnel(void *cls, struct MHD_Connection *conn, void *con_cls, const 
 	bool down_open = true, up_open = true; /* client -> upstream, upstream -> client */
 	(void)conn;
 	(void)con_cls;
+	atomic_fetch_add(&open_tunnels, 1);
 	if ((extra_in_size && send_all(p->up, extra_in, extra_in_size)) ||
 	    (p->end > p->start && send_all(sock, p->buf + p->start, p->end - p->start)))
 		down_open = up_open = false;
 	p->start = p->end = 0;
-	while (down_open || up_open) {
-		struct pollfd pf[2] = { { .fd = down_open ? sock : -1, .events = POLLIN },
-					{ .fd = up_open ? p->up : -1, .events = POLLIN } };
-		int n = poll(pf, 2, SLICE_MS);
+	while ((down_open || up_open) && !atomic_load(&stopping)) {
+		struct pollfd pf[3] = { { .fd = down_open ? sock : -1, .events = POLLIN },
+					{ .fd = up_open ? p->up : -1, .events = POLLIN },
+					{ .fd = stop_fd, .events = POLLIN } };
+		int n = poll(pf, 3, SLICE_MS);
 		if (n < 0 && errno != EINTR)
 			break;
 		if (n > 0 && pf[0].revents)
@@ -615,6 +644,7 @@ static void tunnel(void *cls, struct MHD_Connection *conn, void *con_cls, const 
 	close(p->up);
 	p->up = -1;
 	MHD_upgrade_action(urh, MHD_UPGRADE_ACTION_CLOSE);
+	atomic_fetch_sub(&open_tunnels, 1);
 }
 
 static void finish(struct preview *p)

@@ -18,6 +18,9 @@ bool preview_claims(struct MHD_Connection *conn, void *const *con_cls);
 enum MHD_Result preview_access(struct MHD_Connection *conn, const char *url, const char *method,
 			       const char *upload_data, size_t *upload_data_size,
 			       void **con_cls);
+/* The server is stopping (for this process's life): open tunnels and waits for upstream end
+ * within a second. */
+void preview_stop(void);
 /* MHD's completion notice: frees *con_cls and returns true if it is a preview's. */
 bool preview_completed(void **con_cls);
 #endif

@@ -413,3 +413,31 @@ def test_no_extensions_has_no_ports(build_dir):
         problems = s.close()
         s.remove()
     assert not problems, problems
+
+
+def test_stop_with_open_tunnel_and_stream(build_dir, service):
+    """SIGTERM ends sbxd promptly even with a WebSocket tunnel and a stalled download open."""
+    s = Sandbox(build_dir, 'ext')
+    s.start_server()
+    socks = []
+    try:
+        host = preview_host(expose(s, service)['url'])
+        ws = socket.create_connection(('127.0.0.1', s.port), timeout=30 * SLOW)
+        socks.append(ws)
+        ws.sendall(('GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n'
+                    'Connection: Upgrade\r\n\r\n' % host).encode())
+        assert ws.recv(100).startswith(b'HTTP/1.1 101')
+        for path in ('/big', '/slow'):
+            c = socket.create_connection(('127.0.0.1', s.port), timeout=30 * SLOW)
+            socks.append(c)
+            c.sendall(('GET %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (path, host)).encode())
+            assert c.recv(100).startswith(b'HTTP/1.1 200')
+        start = time.monotonic()
+        s.stop_server()
+        assert time.monotonic() - start < 5 * SLOW
+    finally:
+        for c in socks:
+            c.close()
+        problems = s.close()
+        s.remove()
+    assert not problems, problems
