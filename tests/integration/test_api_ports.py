@@ -244,9 +244,13 @@ def test_proxy_get_and_headers(server, service):
     assert h['x-forwarded-host'] == host
     assert h['x-forwarded-proto'] == 'http'
     assert h['x-original-url'] == 'http://%s/some/p%%20ath?x=a+b&y=%%2F&z' % host
-    assert 'authorization' not in h
     assert headers.get_all('Set-Cookie') == ['a=1', 'b=2']
     assert headers['X-Service'] == 'yes'
+    # sbxd's own token never reaches the service; other credentials do
+    _, _, body = fetch(server, host, '/', headers=[('Authorization', 'Bearer ' + server.token)])
+    assert 'authorization' not in json.loads(body)['headers']
+    _, _, body = fetch(server, host, '/', headers=[('Authorization', 'Bearer app-secret')])
+    assert json.loads(body)['headers']['authorization'] == 'Bearer app-secret'
     # upper case in the Host is the same name
     status, _, _ = fetch(server, host.upper(), '/')
     assert status == 200
