@@ -146,6 +146,11 @@ struct reply_timeouts fs_timeouts_at(struct sbxfs *fs, uint64_t events, const ch
 	return fs_timeouts(fs, events);
 }
 
+double fs_attr_ttl(const struct stat *st, double ttl)
+{
+	return S_ISREG(st->st_mode) && st->st_nlink > 1 ? 0 : ttl;
+}
+
 void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st)
 {
 	n->attr = *st;
@@ -178,7 +183,7 @@ struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *na
 	memset(e, 0, sizeof(*e));
 	e->ino = n->id;
 	e->attr = *st;
-	e->attr_timeout = to->attr;
+	e->attr_timeout = fs_attr_ttl(st, to->attr);
 	e->entry_timeout = to->entry;
 	return n;
 }

@@ -106,6 +106,12 @@ struct reply_timeouts fs_timeouts(struct sbxfs *fs, uint64_t events);
  * (the echo of the request's own mkdir or create; a removal in between still counts). */
 struct reply_timeouts fs_timeouts_at(struct sbxfs *fs, uint64_t events, const char *path,
 				     bool created);
+/* The kernel's attribute timeout for st: none for a file with several names. A change through
+ * one name changes the others' attributes (st_nlink, ctime, data), and telling the kernel
+ * about those takes an invalidation that can only be sent after the reply, too late for a
+ * stat right after `mv x name`; without a timeout the kernel asks, and the node table,
+ * updated before the reply, answers. */
+double fs_attr_ttl(const struct stat *st, double ttl);
 double fs_now(void);
 bool fs_caches_trusted(struct sbxfs *fs);
 

@@ -334,14 +334,14 @@ static void ws_getattr(fuse_req_t req, struct sbxfs *fs, struct node *n,
 		if (err < 0)
 			fuse_reply_err(req, -err);
 		else
-			fuse_reply_attr(req, &st, fs_timeouts(fs, ev).attr);
+			fuse_reply_attr(req, &st, fs_attr_ttl(&st, fs_timeouts(fs, ev).attr));
 		return;
 	}
 	nodes_lock(t);
 	if (attr_fresh(fs, n)) {
 		st = n->attr;
 		nodes_unlock(t);
-		fuse_reply_attr(req, &st, fs_timeouts(fs, ev).attr);
+		fuse_reply_attr(req, &st, fs_attr_ttl(&st, fs_timeouts(fs, ev).attr));
 		return;
 	}
 	char *path = nodes_path(n);
@@ -370,7 +370,7 @@ static void ws_getattr(fuse_req_t req, struct sbxfs *fs, struct node *n,
 	if (to.attr > 0 && n->gen <= seq)
 		fs_cache_attr(fs, n, &st);
 	nodes_unlock(t);
-	fuse_reply_attr(req, &st, to.attr);
+	fuse_reply_attr(req, &st, fs_attr_ttl(&st, to.attr));
 }
 
 /* The handle a size change goes through: the request's, else a writable one of the node (so
@@ -475,8 +475,8 @@ done:
 	struct alias_scan a;
 	aliases_changed(fs, n, &a);
 	nodes_unlock(t);
-	fuse_reply_attr(req, &st, to.attr);
 	aliases_notify(fs, &a);
+	fuse_reply_attr(req, &st, fs_attr_ttl(&st, to.attr));
 }
 
 static void ws_readlink(fuse_req_t req, struct sbxfs *fs, struct node *n)
@@ -614,8 +614,8 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 	aliases_changed(fs, m, &a);
 	nodes_unlock(&fs->nodes);
 	free(to);
-	fuse_reply_entry(req, &e);
 	aliases_notify(fs, &a);
+	fuse_reply_entry(req, &e);
 }
 
 /* unlink and rmdir: the name goes, its node is detached (open files keep working). */
@@ -636,9 +636,13 @@ static void remove_name(fuse_req_t req, struct sbxfs *fs, struct node *dir, cons
 		pin_files(fs, v, count);
 		err = is_dir ? sbx_rmdir(fs->sbx, path) : sbx_unlink(fs->sbx, path);
 	}
+	struct alias_scan a = { .count = 0 };
 	if (!err) {
 		nodes_lock(t);
 		child = nodes_child(t, dir, name);
+		/* The file's other names lose a link. */
+		if (child)
+			aliases_changed(fs, child, &a);
 		if (child)
 			nodes_detach(t, child);
 		nodes_touch(t, dir);
@@ -650,6 +654,7 @@ static void remove_name(fuse_req_t req, struct sbxfs *fs, struct node *dir, cons
 	}
 	release_ofiles(fs, v, count);
 	free(path);
+	aliases_notify(fs, &a);
 	fuse_reply_err(req, -err);
 }
 
@@ -715,6 +720,7 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 		err = sbx_rename(fs->sbx, from, to, flags);
 	}
 	size_t nmoved = 0;
+	struct alias_scan a = { .count = 0 };
 	struct moved *moved = NULL;
 	if (!err) {
 		nodes_lock(t);
@@ -732,6 +738,9 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 			if (newdir->list)
 				dirlist_stale(newdir->list, newname);
 		} else {
+			/* A replaced file's other names lose a link. */
+			if (dst && dst != src)
+				aliases_changed(fs, dst, &a);
 			if (src)
 				nodes_move(t, src, newdir, newname);
 			else if (dst)
@@ -767,6 +776,7 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	release_ofiles(fs, v, count);
 	free(from);
 	free(to);
+	aliases_notify(fs, &a);
 	fuse_reply_err(req, -err);
 }
 
@@ -1049,8 +1059,8 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		aliases_changed(fs, of->node, &a);
 	}
 	nodes_unlock(&fs->nodes);
-	fuse_reply_err(req, -err);
 	aliases_notify(fs, &a);
+	fuse_reply_err(req, -err);
 }
 
 void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi)

@@ -267,6 +267,12 @@ def test_hard_link(d):
     d.sh('rm a')
     assert read(os.path.join(d.m, 'b')) == b'one\ntwo\n'
     assert os.stat(os.path.join(d.m, 'b')).st_nlink == 1
+    # renaming another file over one of the names drops a link of the others too
+    d.sh('ln b c && echo other > y')
+    assert os.stat(os.path.join(d.m, 'b')).st_nlink == 2
+    os.rename(os.path.join(d.m, 'y'), os.path.join(d.m, 'c'))
+    assert os.stat(os.path.join(d.m, 'b')).st_nlink == 1
+    assert read(os.path.join(d.m, 'c')) == b'other\n'
 
 
 def test_rename_over_existing_file(d):
