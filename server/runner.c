@@ -1,24 +1,50 @@
 /* Starting commands.
  *
- * Every command runs under bubblewrap in a mount namespace that shows the host workspace
- * directory at /workspace (the rest of the host is bound as is for now). The command is the
- * leader of a new session and process group, so runner_kill() reaches everything it started;
- * its environment is only what the caller passes (or the default below), never sbxd's own,
- * which may hold the bearer token.
+ * Every command runs under bubblewrap: new mount, pid, ipc, uts (and, where possible, cgroup)
+ * namespaces, all capabilities dropped, no new privileges. The network is shared with the host
+ * (docs/security.md says why). The mount namespace is built from nothing: /usr, /etc and the
+ * /bin, /lib... links read-only, /sys read-only, a new /proc with /proc/sys and friends
+ * read-only (root without capabilities may still write most sysctls, core_pattern included),
+ * a minimal /dev, empty /run, /var and /home, the sandbox's own /tmp and /root (directories in
+ * the state dir shared by all commands of this sbxd, or per-command tmpfs without one), the
+ * workspace at /workspace, and the secrets of /etc, sbxd's token file and state dir covered
+ * wherever they would otherwise show.
+ *
+ * One part of the state dir is the sandbox's own: sessions/, where the shell of a session
+ * command loads and saves its state (server/sessions.c). It is bound at SESSIONS_INSIDE, and
+ * an environment value naming a file in it is translated to that path (sbxd itself only
+ * renames and checks those files, never following a link the sandbox could plant).
+ *
+ * Process tree. bubblewrap forks the sandbox's pid 1 (its init, host pid in run_proc.inner_pid)
+ * which forks the command; --new-session makes that init a session and process group leader
+ * whose group the command inherits, so signalling the group -inner_pid reaches the command and
+ * its children but not the outer bubblewrap (which runner_wait reaps and which would otherwise
+ * die of a SIGINT meant for an interpreter). The init ignores every signal from outside but
+ * SIGKILL, and when it dies the kernel kills everything in the pid namespace: so a process
+ * tree dies with its leader, and SIGKILL to the group ends the whole spawn.
+ *
+ * Start-up handshake. bubblewrap reports the init's pid on --info-fd right after creating it,
+ * and the init then waits on --block-fd before it forks the command. In that window both
+ * bubblewrap processes join the sandbox cgroup (server/cgroup.h) and get the rlimits, so that
+ * everything the command ever forks is counted and limited, with no race.
  *
  * All spawns happen on one long-lived thread. bubblewrap's --die-with-parent is
  * PR_SET_PDEATHSIG, and "parent" there means the *thread* that forked: spawned from an HTTP
  * connection thread, a command would be killed as soon as that connection ends. The spawner
- * thread lives as long as sbxd, so commands die with sbxd and with nothing else.
+ * thread lives as long as sbxd, so commands die with sbxd and with nothing else, even when sbxd
+ * is killed with SIGKILL. On an orderly exit runner_shutdown() also empties the cgroup.
  *
  * Children are reaped only by runner_wait(), through a pidfd, so nothing else in sbxd may set
- * SIGCHLD to SIG_IGN or call waitpid(-1). */
+ * SIGCHLD to SIG_IGN or call waitpid(-1). Commands get only the environment the caller passes
+ * (or the default below), never sbxd's own, which may hold the bearer token. */
 #include "server/runner.h"
+#include "server/cgroup.h"
 #include "server/envstore.h"
 #include "server/server.h"
 #include "common/log.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -29,12 +55,23 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/pidfd.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define SANDBOX_WORKSPACE "/workspace"
 #define BWRAP_PROBE_TIMEOUT_MS 10000
+#define BWRAP_INFO_TIMEOUT_MS 10000
+#define BWRAP_INFO_FD 3  /* numbers inside bubblewrap */
+#define BWRAP_BLOCK_FD 4
+#define SESSIONS_INSIDE "/run/sbxd/sessions"
+#define HIGH_FD 10       /* where those two live in sbxd, clear of what do_spawn dup2s to */
+#define CPU_GRACE_SECONDS 5 /* SIGXCPU at the limit, SIGKILL this much later */
+#ifndef PIDFD_SIGNAL_PROCESS_GROUP
+#define PIDFD_SIGNAL_PROCESS_GROUP (1UL << 2) /* Linux 6.9 */
+#endif
 
 static const char *const default_env[] = {
 	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -44,11 +81,35 @@ static const char *const default_env[] = {
 	NULL,
 };
 
+/* Secrets of the host's /etc that root inside the sandbox could read (it owns them). */
+static const char *const etc_secrets[] = {
+	"/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/security/opasswd",
+	"/etc/ssl/private", "/etc/ssh/ssh_host_*key", NULL,
+};
+
+/* Parts of a fresh /proc that must not be writable (bubblewrap covers them only when it
+ * believes they are writable, and for root without CAP_DAC_OVERRIDE it believes wrong). */
+static const char *const proc_read_only[] = {
+	"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", NULL,
+};
+
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool initialised;
 static char *workspace_dir;     /* host path, resolved */
 static char *bwrap_path;        /* NULL: run without bubblewrap */
 static char unavailable[256];   /* non-empty: commands cannot be started */
+static struct runner_limits limits = {
+	.memory = RUNNER_DEFAULT_MEMORY,
+	.pids = RUNNER_DEFAULT_PIDS,
+	.file_size = RUNNER_DEFAULT_FILE_SIZE,
+	.cpu_seconds = RUNNER_DEFAULT_CPU_SECONDS,
+};
+static unsigned cgroup_limits;  /* CGROUP_* in force */
+static char *token_file;        /* resolved; hidden in the sandbox */
+static char *state_dir;         /* resolved; hidden in the sandbox */
+static char *state_dir_given;   /* as configured (sessions.c builds its paths from it) */
+static char *sandbox_tmp;       /* host directories shown as /tmp and /root; NULL: tmpfs */
+static char *sandbox_home;
 
 /* ---- the spawner thread ---- */
 
@@ -58,6 +119,7 @@ struct spawn_job {
 	char *const *envp;
 	const char *chdir_to;   /* NULL: stay */
 	int fd_in, fd_out, fd_err; /* child ends; fd_in -1 = /dev/null */
+	int fd_info, fd_block;  /* -1 or child ends (>= HIGH_FD) for bubblewrap's 3 and 4 */
 	pid_t pid;
 	int err;
 	bool done;
@@ -92,8 +154,14 @@ static int do_spawn(struct spawn_job *j)
 		posix_spawn_file_actions_adddup2(&fa, j->fd_in, 0);
 	posix_spawn_file_actions_adddup2(&fa, j->fd_out, 1);
 	posix_spawn_file_actions_adddup2(&fa, j->fd_err, 2);
+	int keep = 3;
+	if (j->fd_info >= 0) {
+		posix_spawn_file_actions_adddup2(&fa, j->fd_info, BWRAP_INFO_FD);
+		posix_spawn_file_actions_adddup2(&fa, j->fd_block, BWRAP_BLOCK_FD);
+		keep = BWRAP_BLOCK_FD + 1;
+	}
 	/* descriptors other parts of sbxd opened without O_CLOEXEC stay out of the sandbox */
-	posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+	posix_spawn_file_actions_addclosefrom_np(&fa, keep);
 	if (j->chdir_to)
 		posix_spawn_file_actions_addchdir_np(&fa, j->chdir_to);
 	err = posix_spawn(&j->pid, j->path, &fa, &attr, j->argv, j->envp);
@@ -201,6 +269,250 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
+/* pipe2(O_CLOEXEC) with both ends moved to HIGH_FD or above. */
+static int high_pipe(int p[2])
+{
+	int low[2];
+	if (pipe2(low, O_CLOEXEC) < 0)
+		return -errno;
+	p[0] = fcntl(low[0], F_DUPFD_CLOEXEC, HIGH_FD);
+	p[1] = p[0] < 0 ? -1 : fcntl(low[1], F_DUPFD_CLOEXEC, HIGH_FD);
+	int err = p[1] < 0 ? -errno : 0;
+	close(low[0]);
+	close(low[1]);
+	if (err)
+		close_fd(&p[0]);
+	return err;
+}
+
+/* A growing argv of owned strings. */
+struct args {
+	char **v;
+	size_t n, cap;
+	bool failed;
+};
+
+static void add(struct args *a, const char *s)
+{
+	if (a->failed)
+		return;
+	if (a->n + 2 > a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 64;
+		char **v = realloc(a->v, cap * sizeof *v);
+		if (!v) {
+			a->failed = true;
+			return;
+		}
+		a->v = v;
+		a->cap = cap;
+	}
+	if (!(a->v[a->n] = strdup(s))) {
+		a->failed = true;
+		return;
+	}
+	a->v[++a->n] = NULL;
+}
+
+static void add3(struct args *a, const char *opt, const char *x, const char *y)
+{
+	add(a, opt);
+	add(a, x);
+	if (y)
+		add(a, y);
+}
+
+static void args_free(struct args *a)
+{
+	for (size_t i = 0; i < a->n; i++)
+		free(a->v[i]);
+	free(a->v);
+}
+
+/* ---- the sandbox's mount namespace ---- */
+
+/* Host directories bound into the sandbox, for finding where a host path would show. */
+struct bound {
+	const char *host, *inside;
+};
+
+/* Covers host path p (file or directory) wherever one of the binds would show it. */
+static void hide(struct args *a, const struct bound *binds, size_t nb, const char *p)
+{
+	struct stat st;
+	char *real = realpath(p, NULL);
+	if (!real || stat(real, &st) < 0) {
+		free(real);
+		return;
+	}
+	for (size_t i = 0; i < nb; i++) {
+		size_t hl = strlen(binds[i].host);
+		const char *rest;
+		if (strcmp(binds[i].host, "/") == 0)
+			rest = real;
+		else if (strncmp(real, binds[i].host, hl) == 0 && (real[hl] == '/' || !real[hl]))
+			rest = real + hl;
+		else
+			continue;
+		char inside[PATH_MAX * 2];
+		snprintf(inside, sizeof inside, "%s%s", binds[i].inside, rest);
+		/* /dev/null on a nodev mount cannot even be opened: EACCES */
+		if (S_ISDIR(st.st_mode))
+			add3(a, "--tmpfs", inside, NULL);
+		else
+			add3(a, "--ro-bind", "/dev/null", inside);
+	}
+	free(real);
+}
+
+/* /bin, /lib... as the host has them: links into /usr (merged /usr) or directories. */
+static void system_dirs(struct args *a)
+{
+	static const char *const dirs[] = { "/bin", "/sbin", "/lib", "/lib32", "/lib64",
+					    "/libx32", NULL };
+	add3(a, "--ro-bind", "/usr", "/usr");
+	for (size_t i = 0; dirs[i]; i++) {
+		struct stat st;
+		char target[PATH_MAX];
+		if (lstat(dirs[i], &st) < 0)
+			continue;
+		if (S_ISLNK(st.st_mode)) {
+			ssize_t n = readlink(dirs[i], target, sizeof target - 1);
+			if (n <= 0)
+				continue;
+			target[n] = '\0';
+			add3(a, "--symlink", target, dirs[i]);
+		} else if (S_ISDIR(st.st_mode)) {
+			add3(a, "--ro-bind", dirs[i], dirs[i]);
+		}
+	}
+	add3(a, "--ro-bind", "/etc", "/etc");
+	add3(a, "--ro-bind", "/sys", "/sys");
+}
+
+/* bubblewrap's options for a command with this working directory. */
+static void sandbox_args(struct args *a, const char *cwd)
+{
+	add(a, "bwrap");
+	add(a, "--unshare-pid");
+	add(a, "--unshare-ipc");
+	add(a, "--unshare-uts");
+	add(a, "--unshare-cgroup-try");
+	add3(a, "--hostname", "sandbox", NULL);
+	add3(a, "--cap-drop", "ALL", NULL);
+	add(a, "--die-with-parent");
+	add(a, "--new-session");
+
+	system_dirs(a);
+	add3(a, "--proc", "/proc", NULL);
+	for (size_t i = 0; proc_read_only[i]; i++)
+		add3(a, "--ro-bind-try", proc_read_only[i], proc_read_only[i]);
+	add3(a, "--dev", "/dev", NULL);
+	add3(a, "--tmpfs", "/run", NULL);
+	add3(a, "--tmpfs", "/home", NULL);
+	add3(a, "--tmpfs", "/var", NULL);
+	add3(a, "--perms", "1777", NULL);
+	add3(a, "--dir", "/var/tmp", NULL);
+	if (sandbox_tmp) {
+		add3(a, "--bind", sandbox_tmp, "/tmp");
+		add3(a, "--bind", sandbox_home, "/root");
+	} else {
+		add3(a, "--tmpfs", "/tmp", NULL);
+		add3(a, "--chmod", "1777", "/tmp");
+		add3(a, "--tmpfs", "/root", NULL);
+	}
+	add3(a, "--bind", workspace_dir, SANDBOX_WORKSPACE);
+	if (state_dir) {
+		char sessions[PATH_MAX + 16];
+		snprintf(sessions, sizeof sessions, "%s/sessions", state_dir);
+		add3(a, "--bind-try", sessions, SESSIONS_INSIDE);
+	}
+
+	struct bound binds[] = {
+		{ "/usr", "/usr" }, { "/etc", "/etc" }, { workspace_dir, SANDBOX_WORKSPACE },
+		{ sandbox_tmp ? sandbox_tmp : "", "/tmp" }, { sandbox_home ? sandbox_home : "", "/root" },
+	};
+	size_t nb = sandbox_tmp ? 5 : 3;
+	for (size_t i = 0; etc_secrets[i]; i++) {
+		glob_t g;
+		if (glob(etc_secrets[i], GLOB_NOSORT, NULL, &g) == 0)
+			for (size_t k = 0; k < g.gl_pathc; k++)
+				hide(a, binds, nb, g.gl_pathv[k]);
+		globfree(&g);
+	}
+	if (token_file)
+		hide(a, binds, nb, token_file);
+	if (state_dir)
+		hide(a, binds, nb, state_dir);
+
+	add3(a, "--remount-ro", "/", NULL); /* the root tmpfs: nothing lands beside the mounts */
+	add3(a, "--chdir", cwd, NULL);
+	char fd[16];
+	snprintf(fd, sizeof fd, "%d", BWRAP_INFO_FD);
+	add3(a, "--info-fd", fd, NULL);
+	snprintf(fd, sizeof fd, "%d", BWRAP_BLOCK_FD);
+	add3(a, "--block-fd", fd, NULL);
+	add(a, "--");
+}
+
+/* ---- limits ---- */
+
+static void set_rlimit(pid_t pid, int res, rlim_t soft, rlim_t hard)
+{
+	struct rlimit rl = { soft, hard };
+	/* ESRCH: bubblewrap already failed, and says why on stderr */
+	if (prlimit(pid, res, &rl, NULL) < 0 && errno != ESRCH)
+		log_debug("runner: prlimit %d on %d: %s", res, (int)pid, strerror(errno));
+}
+
+/* What the cgroup does not cover, and per-process limits, on a process that has not forked
+ * the command yet. */
+static void limit_process(pid_t pid)
+{
+	if (pid <= 0)
+		return;
+	if (limits.file_size)
+		set_rlimit(pid, RLIMIT_FSIZE, limits.file_size, limits.file_size);
+	if (limits.cpu_seconds)
+		set_rlimit(pid, RLIMIT_CPU, (rlim_t)limits.cpu_seconds,
+			   (rlim_t)limits.cpu_seconds + CPU_GRACE_SECONDS);
+	if (limits.memory && !(cgroup_limits & CGROUP_MEMORY))
+		set_rlimit(pid, RLIMIT_AS, limits.memory, limits.memory);
+	/* no core files in the workspace, and no core_pattern helper run on the host */
+	set_rlimit(pid, RLIMIT_CORE, 0, 0);
+}
+
+/* Reads bubblewrap's --info-fd report ({"child-pid": N, ...}) up to its end; the init's pid,
+ * or -1 when bubblewrap ended (or hung) without creating it. */
+static pid_t read_child_pid(int fd)
+{
+	char buf[1024];
+	size_t len = 0;
+	int64_t deadline = now_ms() + BWRAP_INFO_TIMEOUT_MS;
+	for (;;) {
+		int64_t left = deadline - now_ms();
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		if (left <= 0 || len == sizeof buf - 1)
+			break;
+		int r = poll(&pfd, 1, (int)left);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		ssize_t n = read(fd, buf + len, sizeof buf - 1 - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	const char *p = strstr(buf, "\"child-pid\"");
+	if (!p || !(p = strchr(p, ':')))
+		return -1;
+	long pid = strtol(p + 1, NULL, 10);
+	return pid > 0 && pid <= INT_MAX ? (pid_t)pid : -1;
+}
+
 /* ---- public ---- */
 
 const char *const *runner_default_env(void)
@@ -214,6 +526,7 @@ void runner_close(struct run_proc *p)
 	close_fd(&p->stdout_fd);
 	close_fd(&p->stderr_fd);
 	close_fd(&p->pidfd);
+	close_fd(&p->inner_pidfd);
 }
 
 int runner_exit_code(int status)
@@ -257,6 +570,20 @@ int runner_wait(struct run_proc *p, int *status, int timeout_ms)
 
 int runner_kill(const struct run_proc *p, int sig)
 {
+	if (p->inner_pid > 0) {
+		if (p->inner_pidfd >= 0) {
+			/* through the pidfd the signal cannot reach a recycled pid's group */
+			if (pidfd_send_signal(p->inner_pidfd, sig, NULL,
+					      PIDFD_SIGNAL_PROCESS_GROUP) == 0)
+				return 0;
+			if (errno == ESRCH)
+				return -ESRCH;
+			struct pollfd pfd = { .fd = p->inner_pidfd, .events = POLLIN };
+			if (poll(&pfd, 1, 0) == 1)
+				return -ESRCH; /* the sandbox has ended */
+		}
+		return kill(-p->inner_pid, sig) < 0 ? -errno : 0;
+	}
 	if (p->pid <= 0)
 		return -ESRCH;
 	return kill(-p->pid, sig) < 0 ? -errno : 0;
@@ -267,33 +594,191 @@ const char *runner_unavailable(void)
 	return unavailable[0] ? unavailable : NULL;
 }
 
-/* Can bubblewrap set up a mount namespace here? (It cannot in some containers.) */
-static bool bwrap_works(const char *path)
+void runner_configure(const struct runner_limits *lim, const char *token)
 {
-	char *argv[] = { "bwrap", "--dev-bind", "/", "/", "true", NULL };
-	int out[2];
-	if (pipe2(out, O_CLOEXEC) < 0)
-		return false;
-	struct spawn_job j = { .path = path, .argv = argv, .envp = (char *const *)default_env, .fd_in = -1,
-			       .fd_out = out[1], .fd_err = out[1] };
-	int err = spawn_on_thread(&j);
-	close(out[1]);
+	pthread_mutex_lock(&init_lock);
+	if (lim)
+		limits = *lim;
+	free(token_file);
+	token_file = token ? realpath(token, NULL) : NULL;
+	pthread_mutex_unlock(&init_lock);
+}
+
+/* If value names a file in dir/sessions/, the same file as the sandbox sees it. */
+static char *session_path(const char *dir, const char *value)
+{
+	size_t n = dir ? strlen(dir) : 0;
+	char *out;
+	if (!n || strncmp(value, dir, n) != 0 || strncmp(value + n, "/sessions/", 10) != 0)
+		return NULL;
+	return asprintf(&out, SESSIONS_INSIDE "%s", value + n + 9) < 0 ? NULL : out;
+}
+
+static void free_env(char **env);
+
+/* env with the session paths translated (see the top); NULL when none is there. */
+static char **translate_env(const char *const *env)
+{
+	size_t n = 0;
+	while (env[n])
+		n++;
+	char **out = calloc(n + 1, sizeof *out);
+	bool changed = false;
+	for (size_t i = 0; out && i < n; i++) {
+		const char *v = strchr(env[i], '=');
+		char *inside = v ? session_path(state_dir, v + 1) : NULL;
+		if (v && !inside)
+			inside = session_path(state_dir_given, v + 1);
+		if (inside) {
+			if (asprintf(&out[i], "%.*s=%s", (int)(v - env[i]), env[i], inside) < 0)
+				out[i] = NULL;
+			free(inside);
+			changed = true;
+		} else {
+			out[i] = strdup(env[i]);
+		}
+		if (!out[i]) {
+			free_env(out);
+			return NULL;
+		}
+	}
+	if (!changed) {
+		free_env(out);
+		return NULL;
+	}
+	return out;
+}
+
+static void free_env(char **env)
+{
+	for (size_t i = 0; env && env[i]; i++)
+		free(env[i]);
+	free(env);
+}
+
+/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap. */
+static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
+			   bool stdin_null, struct run_proc *out)
+{
+	struct args a = { 0 };
+	char *prog = NULL;
+	const char *chdir_to = NULL;
+	char **translated = NULL;
+	if (bwrap_path) {
+		sandbox_args(&a, cwd);
+		/* bwrap looks the program up in the command's PATH itself */
+		if ((translated = translate_env(env)))
+			env = (const char *const *)translated;
+	} else {
+		prog = find_program(argv[0], env_get(env, "PATH"));
+		if (!prog)
+			return -ENOENT;
+		chdir_to = cwd;
+	}
+	for (size_t i = 0; argv[i]; i++)
+		add(&a, argv[i]);
+	if (a.failed) {
+		args_free(&a);
+		free(prog);
+		free_env(translated);
+		return -ENOMEM;
+	}
+
+	int in[2] = { -1, -1 }, o[2] = { -1, -1 }, e[2] = { -1, -1 };
+	int info[2] = { -1, -1 }, block[2] = { -1, -1 };
+	int err = 0;
+	if ((!stdin_null && pipe2(in, O_CLOEXEC) < 0) || pipe2(o, O_CLOEXEC) < 0 ||
+	    pipe2(e, O_CLOEXEC) < 0)
+		err = -errno;
+	if (!err && bwrap_path && (err = high_pipe(info)) == 0)
+		err = high_pipe(block);
+	if (!err) {
+		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
+				       .argv = a.v, .envp = (char *const *)env,
+				       .chdir_to = chdir_to, .fd_in = in[0], .fd_out = o[1],
+				       .fd_err = e[1], .fd_info = info[1], .fd_block = block[0] };
+		err = spawn_on_thread(&j);
+		if (!err)
+			out->pid = j.pid;
+	}
+	close_fd(&in[0]);
+	close_fd(&o[1]);
+	close_fd(&e[1]);
+	close_fd(&info[1]);
+	close_fd(&block[0]);
+	free(prog);
+	args_free(&a);
+	free_env(translated);
 	if (err) {
-		close(out[0]);
-		log_error("runner: cannot run %s: %s", path, strerror(-err));
+		close_fd(&in[1]);
+		close_fd(&o[0]);
+		close_fd(&e[0]);
+		close_fd(&info[0]);
+		close_fd(&block[1]);
+		return err;
+	}
+
+	/* Into the cgroup and under the limits before the command exists (see the top). */
+	int cg = cgroup_add(out->pid);
+	limit_process(out->pid);
+	if (bwrap_path) {
+		out->inner_pid = read_child_pid(info[0]);
+		if (out->inner_pid > 0) {
+			out->inner_pidfd = pidfd_open(out->inner_pid, 0);
+			if (!cg)
+				cg = cgroup_add(out->inner_pid);
+			limit_process(out->inner_pid);
+		}
+		close_fd(&info[0]);
+		if (cg)
+			log_warn("runner: cannot add a command to the sandbox cgroup: %s",
+				 strerror(-cg));
+		/* EPIPE when bubblewrap has already failed: its exit status tells */
+		if (write(block[1], "", 1) < 0)
+			log_debug("runner: releasing bubblewrap: %s", strerror(errno));
+		close_fd(&block[1]);
+	}
+
+	out->stdin_fd = in[1];
+	out->stdout_fd = o[0];
+	out->stderr_fd = e[0];
+	for (int i = 0; i < 3; i++) {
+		int fd = i == 0 ? in[1] : i == 1 ? o[0] : e[0];
+		if (fd >= 0)
+			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+	}
+	out->pidfd = pidfd_open(out->pid, 0);
+	if (out->pidfd < 0)
+		log_debug("runner: pidfd_open: %s (polling for exits instead)", strerror(errno));
+	return 0;
+}
+
+static void init_proc(struct run_proc *p)
+{
+	*p = (struct run_proc){ .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
+				.pidfd = -1, .inner_pid = -1, .inner_pidfd = -1 };
+}
+
+/* Can bubblewrap build the sandbox here? (It cannot in some containers.) */
+static bool bwrap_works(void)
+{
+	static const char *const argv[] = { "true", NULL };
+	struct run_proc p;
+	init_proc(&p);
+	int err = spawn_sandboxed(argv, default_env, "/", true, &p);
+	if (err) {
+		log_error("runner: cannot run %s: %s", bwrap_path, strerror(-err));
 		return false;
 	}
-	struct run_proc p = { .pid = j.pid, .stdin_fd = -1, .stdout_fd = out[0], .stderr_fd = -1,
-			      .pidfd = pidfd_open(j.pid, 0) };
 	int status = 0;
 	err = runner_wait(&p, &status, BWRAP_PROBE_TIMEOUT_MS);
 	if (err == -ETIMEDOUT) {
-		kill(j.pid, SIGKILL);
+		kill(p.pid, SIGKILL);
 		err = runner_wait(&p, &status, -1);
 		status = 1;
 	}
 	char msg[512];
-	ssize_t n = read(out[0], msg, sizeof msg - 1);
+	ssize_t n = read(p.stderr_fd, msg, sizeof msg - 1);
 	msg[n > 0 ? n : 0] = 0;
 	msg[strcspn(msg, "\n")] = 0;
 	runner_close(&p);
@@ -305,24 +790,80 @@ static bool bwrap_works(const char *path)
 	return true;
 }
 
-void runner_init(const char *ws, const char *state_dir)
+/* dir/name, created with mode (exactly: whatever the umask), or NULL after a warning. */
+static char *make_dir(const char *dir, const char *name, mode_t mode)
 {
-	(void)state_dir; /* commands get nothing about it (see the header) */
+	char *p;
+	if (asprintf(&p, "%s/%s", dir, name) < 0)
+		return NULL;
+	if ((mkdir(p, mode) && errno != EEXIST) || chmod(p, mode)) {
+		log_warn("runner: %s: %s (per-command tmpfs instead)", p, strerror(errno));
+		free(p);
+		return NULL;
+	}
+	return p;
+}
+
+/* The sandbox's own /tmp and /root: directories in the state dir, so that what a command
+ * leaves there is seen by the next one, as in a container. */
+static void make_sandbox_dirs(void)
+{
+	char *base = state_dir ? make_dir(state_dir, "sandbox", 0700) : NULL;
+	if (base) {
+		sandbox_tmp = make_dir(base, "tmp", 01777);
+		sandbox_home = sandbox_tmp ? make_dir(base, "root", 0700) : NULL;
+		if (!sandbox_home) {
+			free(sandbox_tmp);
+			sandbox_tmp = NULL;
+		}
+	}
+	free(base);
+}
+
+static void describe_limits(const char *cgroup_how)
+{
+	char what[512];
+	size_t n = 0;
+	what[0] = '\0';
+	if (limits.pids && !(cgroup_limits & CGROUP_PIDS))
+		n += (size_t)snprintf(what + n, sizeof what - n, "%snumber of processes",
+				      n ? ", " : "");
+	if (limits.memory && !(cgroup_limits & CGROUP_MEMORY))
+		snprintf(what + n, sizeof what - n, "%stotal memory (only %llu MiB of address "
+			 "space per process)", n ? ", " : "",
+			 (unsigned long long)(limits.memory >> 20));
+	log_info("sandbox: %s; limits: memory %llu MiB, %ld processes, files %llu MiB, "
+		 "CPU %ld s per process (0 = none)", cgroup_how,
+		 (unsigned long long)(limits.memory >> 20), limits.pids,
+		 (unsigned long long)(limits.file_size >> 20), limits.cpu_seconds);
+	if (what[0])
+		log_warn("sandbox: NOT enforced without a writable cgroup: %s", what);
+}
+
+void runner_init(const char *ws, const char *state)
+{
 	pthread_mutex_lock(&init_lock);
 	if (initialised) {
 		pthread_mutex_unlock(&init_lock);
 		return;
 	}
 	workspace_dir = realpath(ws ? ws : SANDBOX_WORKSPACE, NULL);
+	state_dir = state ? realpath(state, NULL) : NULL;
+	state_dir_given = state ? strdup(state) : NULL;
 	if (!workspace_dir) {
 		snprintf(unavailable, sizeof unavailable, "workspace directory %s: %s",
 			 ws ? ws : SANDBOX_WORKSPACE, strerror(errno));
 		log_error("runner: %s", unavailable);
 	} else {
+		const char *how;
+		cgroup_limits = cgroup_setup(limits.memory, limits.pids, &how);
+		describe_limits(how);
+		atexit(runner_shutdown);
+		make_sandbox_dirs();
 		bwrap_path = find_program("bwrap", getenv("PATH"));
 		if (!bwrap_path)
 			log_error("runner: bubblewrap (bwrap) is not installed");
-		else if (!bwrap_works(bwrap_path)) {
+		else if (!bwrap_works()) {
 			free(bwrap_path);
 			bwrap_path = NULL;
 		}
@@ -331,12 +872,24 @@ void runner_init(const char *ws, const char *state_dir)
 				 "bubblewrap is unusable, so commands cannot see %s as "
 				 SANDBOX_WORKSPACE, workspace_dir);
 		else if (!bwrap_path)
-			log_warn("runner: running commands without bubblewrap");
+			log_warn("runner: running commands WITHOUT isolation (no bubblewrap)");
 		if (unavailable[0])
 			log_error("runner: %s", unavailable);
 	}
 	initialised = true;
 	pthread_mutex_unlock(&init_lock);
+}
+
+void runner_shutdown(void)
+{
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	static bool done;
+	pthread_mutex_lock(&lock);
+	if (!done) {
+		cgroup_teardown();
+		done = true;
+	}
+	pthread_mutex_unlock(&lock);
 }
 
 static bool ensure_init(void)
@@ -352,8 +905,7 @@ static bool ensure_init(void)
 
 int runner_spawn(const struct run_spec *spec, struct run_proc *out)
 {
-	*out = (struct run_proc){ .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
-				  .pidfd = -1 };
+	init_proc(out);
 	if (!spec->argv || !spec->argv[0])
 		return -EINVAL;
 	if (!spec->env) {
@@ -367,76 +919,6 @@ int runner_spawn(const struct run_spec *spec, struct run_proc *out)
 	}
 	if (!ensure_init())
 		return -ENOTSUP;
-	const char *const *env = spec->env ? spec->env : default_env;
-	const char *cwd = spec->cwd ? spec->cwd : SANDBOX_WORKSPACE;
-	size_t argc = 0;
-	while (spec->argv[argc])
-		argc++;
-
-	const char **argv = calloc(argc + 16, sizeof *argv);
-	char *prog = NULL;
-	if (!argv)
-		return -ENOMEM;
-	size_t n = 0;
-	const char *chdir_to = NULL;
-	if (bwrap_path) {
-		argv[n++] = "bwrap";
-		argv[n++] = "--dev-bind"; argv[n++] = "/"; argv[n++] = "/";
-		if (strcmp(workspace_dir, SANDBOX_WORKSPACE) != 0) {
-			argv[n++] = "--bind"; argv[n++] = workspace_dir;
-			argv[n++] = SANDBOX_WORKSPACE;
-		}
-		argv[n++] = "--chdir"; argv[n++] = cwd;
-		argv[n++] = "--die-with-parent";
-		argv[n++] = "--";
-		/* bwrap looks the program up in the command's PATH itself */
-	} else {
-		prog = find_program(spec->argv[0], env_get(env, "PATH"));
-		if (!prog) {
-			free(argv);
-			return -ENOENT;
-		}
-		chdir_to = cwd;
-	}
-	for (size_t i = 0; i < argc; i++)
-		argv[n++] = spec->argv[i];
-	argv[n] = NULL;
-
-	int in[2] = { -1, -1 }, o[2] = { -1, -1 }, e[2] = { -1, -1 };
-	int err = 0;
-	if ((!spec->stdin_null && pipe2(in, O_CLOEXEC) < 0) || pipe2(o, O_CLOEXEC) < 0 ||
-	    pipe2(e, O_CLOEXEC) < 0)
-		err = -errno;
-	if (!err) {
-		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
-				       .argv = (char *const *)argv, .envp = (char *const *)env,
-				       .chdir_to = chdir_to, .fd_in = in[0], .fd_out = o[1],
-				       .fd_err = e[1] };
-		err = spawn_on_thread(&j);
-		if (!err)
-			out->pid = j.pid;
-	}
-	close_fd(&in[0]);
-	close_fd(&o[1]);
-	close_fd(&e[1]);
-	free(prog);
-	free(argv);
-	if (err) {
-		close_fd(&in[1]);
-		close_fd(&o[0]);
-		close_fd(&e[0]);
-		return err;
-	}
-	out->stdin_fd = in[1];
-	out->stdout_fd = o[0];
-	out->stderr_fd = e[0];
-	for (int i = 0; i < 3; i++) {
-		int fd = i == 0 ? in[1] : i == 1 ? o[0] : e[0];
-		if (fd >= 0)
-			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-	}
-	out->pidfd = pidfd_open(out->pid, 0);
-	if (out->pidfd < 0)
-		log_debug("runner: pidfd_open: %s (polling for exits instead)", strerror(errno));
-	return 0;
+	return spawn_sandboxed(spec->argv, spec->env, spec->cwd ? spec->cwd : SANDBOX_WORKSPACE,
+			       spec->stdin_null, out);
 }

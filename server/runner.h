@@ -1,10 +1,13 @@
-/* The one place where sbxd starts anything inside the sandbox. Every command (and later every
- * background process and interpreter) is started by runner_spawn(), so isolation is applied
- * here and only here: today a bubblewrap mount namespace that shows the workspace directory at
- * /workspace; the isolation work tightens it in this file without touching callers. */
+/* The one place where sbxd starts anything inside the sandbox. Every command, background
+ * process and interpreter is started by runner_spawn(), so isolation is applied here and only
+ * here: bubblewrap with its own mount, pid, ipc and uts namespaces, no capabilities, the host's
+ * system directories read-only, the workspace directory at /workspace, nothing of sbxd's state
+ * or token, and the sandbox-wide limits of server/cgroup.h plus per-process rlimits (see
+ * docs/security.md for the whole policy). */
 #ifndef SBXD_RUNNER_H
 #define SBXD_RUNNER_H
 #include <stdbool.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 struct run_spec {
@@ -15,18 +18,43 @@ struct run_spec {
 };
 
 struct run_proc {
-	pid_t pid;                /* leader of its own process group */
+	pid_t pid;                /* what runner_wait() reaps: bubblewrap outside the sandbox */
 	int stdin_fd;             /* -1 when stdin_null */
 	int stdout_fd;            /* non-blocking, close-on-exec */
 	int stderr_fd;
 	int pidfd;                /* readable once the process has exited (pidfd_open) */
+	/* The sandbox's pid 1 as the host sees it (bubblewrap's init); the command and what it
+	 * starts are in its process group, and when it dies everything in the sandbox dies. -1
+	 * without bubblewrap or when bubblewrap failed before creating it. */
+	pid_t inner_pid;
+	int inner_pidfd;          /* of inner_pid, -1 if none */
 };
 
+/* Limits for what runs in the sandbox; 0 means none. */
+struct runner_limits {
+	uint64_t memory;          /* bytes, all processes together (cgroup) */
+	long pids;                /* processes and threads, all together (cgroup) */
+	uint64_t file_size;       /* largest file a process may write, bytes (RLIMIT_FSIZE) */
+	long cpu_seconds;         /* CPU time of each process (RLIMIT_CPU) */
+};
+#define RUNNER_DEFAULT_MEMORY (4ull << 30)
+#define RUNNER_DEFAULT_PIDS 2048
+#define RUNNER_DEFAULT_FILE_SIZE (16ull << 30)
+#define RUNNER_DEFAULT_CPU_SECONDS 3600
+
+/* Before runner_init (else the defaults above): the limits, and sbxd's token file, which is
+ * hidden from commands wherever it is (NULL if the token came from the environment). */
+void runner_configure(const struct runner_limits *limits, const char *token_file);
 /* Host workspace directory and sbxd state directory, set once at startup. */
 void runner_init(const char *workspace_dir, const char *state_dir);
+/* Kills everything running in the sandbox and removes its cgroup. Idempotent; runner_init
+ * registers it with atexit() too, so an sbxd that returns from main leaves nothing behind. */
+void runner_shutdown(void);
 /* Starts the command; 0 or a negative errno. */
 int runner_spawn(const struct run_spec *spec, struct run_proc *out);
-/* Signals the whole process group. */
+/* Signals the command's process group inside the sandbox (never bubblewrap itself, so that
+ * SIGINT reaches an interpreter without ending the sandbox). SIGKILL ends the whole sandbox of
+ * this spawn, also what left the process group. */
 int runner_kill(const struct run_proc *p, int sig);
 /* The default environment for commands (PATH, HOME=/root, LANG=C.UTF-8, PWD...). */
 const char *const *runner_default_env(void);

@@ -1,8 +1,12 @@
 /* sbxd: the local sandbox server. Parses options, prepares the workspace, the token and the
  * state directory, and hands over to sbxd_serve(). */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +14,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "common/log.h"
+#include "server/runner.h"
 #include "server/server.h"
 
 static void usage(FILE *out)
@@ -30,6 +35,13 @@ static void usage(FILE *out)
 		"                        /run/sbxd-PORT)\n"
 		"  --sandbox-id NAME     sandbox id reported to clients (default \"local\")\n"
 		"  --no-extensions       serve only the container's standard routes\n"
+		"\n"
+		"Limits for what runs in the sandbox (0 = none; SIZE takes K, M, G or T):\n"
+		"  --memory-limit SIZE   memory of all processes together (default 4G)\n"
+		"  --pids-limit N        processes and threads together (default 2048)\n"
+		"  --file-size-limit SIZE  largest file a process may write (default 16G)\n"
+		"  --cpu-limit SECONDS   CPU time of each process (default 3600)\n"
+		"\n"
 		"  -v, --verbose         log every request\n"
 		"  -h, --help            show this help\n"
 		"  -V, --version         show the version\n");
@@ -41,6 +53,37 @@ static int die_usage(const char *fmt, const char *arg)
 	fprintf(stderr, fmt, arg);
 	fprintf(stderr, "\nTry 'sbxd --help'.\n");
 	return 2;
+}
+
+/* "123", "64K", "4G"... (binary units); false if malformed or out of range. */
+static bool parse_size(const char *s, uint64_t *out)
+{
+	char *end;
+	errno = 0;
+	if (!*s || *s == '-')
+		return false;
+	unsigned long long v = strtoull(s, &end, 10);
+	unsigned shift = 0;
+	if (*end) {
+		static const char units[] = "KMGT";
+		const char *u = strchr(units, toupper((unsigned char)*end));
+		if (!u || (end[1] && strcmp(end + 1, "B") != 0 && strcmp(end + 1, "iB") != 0))
+			return false;
+		shift = 10 * (unsigned)(u - units + 1);
+	}
+	if (errno || end == s || (shift && v > (~0ull >> shift)))
+		return false;
+	*out = (uint64_t)v << shift;
+	return true;
+}
+
+static bool parse_count(const char *s, long *out)
+{
+	uint64_t v;
+	if (strspn(s, "0123456789") != strlen(s) || !parse_size(s, &v) || v > LONG_MAX)
+		return false;
+	*out = (long)v;
+	return true;
 }
 
 /* "HOST:PORT" or "[V6]:PORT" with a numeric port; returns the port text or NULL. */
@@ -136,7 +179,7 @@ static char *load_token(const char *file)
 int main(int argc, char **argv)
 {
 	enum { OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID,
-	       OPT_NO_EXT };
+	       OPT_NO_EXT, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, OPT_LISTEN },
 		{ "workspace", required_argument, NULL, OPT_WORKSPACE },
@@ -144,6 +187,10 @@ int main(int argc, char **argv)
 		{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 		{ "sandbox-id", required_argument, NULL, OPT_SANDBOX_ID },
 		{ "no-extensions", no_argument, NULL, OPT_NO_EXT },
+		{ "memory-limit", required_argument, NULL, OPT_MEMORY },
+		{ "pids-limit", required_argument, NULL, OPT_PIDS },
+		{ "file-size-limit", required_argument, NULL, OPT_FSIZE },
+		{ "cpu-limit", required_argument, NULL, OPT_CPU },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -153,6 +200,12 @@ int main(int argc, char **argv)
 		.listen = "127.0.0.1:7070",
 		.workspace = "./workspace",
 		.sandbox_id = "local",
+	};
+	struct runner_limits limits = {
+		.memory = RUNNER_DEFAULT_MEMORY,
+		.pids = RUNNER_DEFAULT_PIDS,
+		.file_size = RUNNER_DEFAULT_FILE_SIZE,
+		.cpu_seconds = RUNNER_DEFAULT_CPU_SECONDS,
 	};
 	const char *token_file = NULL;
 	int c;
@@ -164,6 +217,25 @@ int main(int argc, char **argv)
 		case OPT_STATE_DIR: cfg.state_dir = optarg; break;
 		case OPT_SANDBOX_ID: cfg.sandbox_id = optarg; break;
 		case OPT_NO_EXT: cfg.no_extensions = true; break;
+		case OPT_MEMORY:
+			if (!parse_size(optarg, &limits.memory))
+				return die_usage("--memory-limit wants a size such as 512M or 4G, "
+						 "not '%s'", optarg);
+			break;
+		case OPT_PIDS:
+			if (!parse_count(optarg, &limits.pids))
+				return die_usage("--pids-limit wants a number, not '%s'", optarg);
+			break;
+		case OPT_FSIZE:
+			if (!parse_size(optarg, &limits.file_size))
+				return die_usage("--file-size-limit wants a size such as 1G, not '%s'",
+						 optarg);
+			break;
+		case OPT_CPU:
+			if (!parse_count(optarg, &limits.cpu_seconds))
+				return die_usage("--cpu-limit wants a number of seconds, not '%s'",
+						 optarg);
+			break;
 		case 'v': cfg.verbose = true; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("sbxd %s\n", SBXFS_VERSION); return 0;
@@ -224,6 +296,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
+	runner_configure(&limits, token_file);
 	int status = sbxd_serve(&cfg);
 	free(state_dir);
 	free(token);
