@@ -215,10 +215,13 @@ static void reply_text(struct preview *p, unsigned status, const char *fmt, ...)
 	struct MHD_Response *resp = MHD_create_response_from_buffer(
 		text ? (size_t)n : 0, text ? text : (char *)"",
 		text ? MHD_RESPMEM_MUST_FREE : MHD_RESPMEM_PERSISTENT);
+	if (!resp) {
+		free(text);
+		return; /* not replied: MHD closes the connection */
+	}
 	MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "text/plain; charset=utf-8");
-	MHD_queue_response(p->conn, status, resp);
+	p->replied = MHD_queue_response(p->conn, status, resp) == MHD_YES;
 	MHD_destroy_response(resp);
-	p->replied = true;
 	log_debug("preview port %d: %u %s", p->port, status, text ? text : "");
 }
 
@@ -718,10 +721,10 @@ static void finish(struct preview *p)
 		    (status == 101 || strcasecmp(name, "Upgrade")))
 			MHD_add_response_header(resp, name, value);
 	}
-	if (MHD_queue_response(p->conn, (unsigned)status, resp) != MHD_YES)
+	p->replied = MHD_queue_response(p->conn, (unsigned)status, resp) == MHD_YES;
+	if (!p->replied)
 		log_warn("preview port %d: could not queue the %d answer", p->port, status);
 	MHD_destroy_response(resp);
-	p->replied = true;
 	log_debug("preview port %d: %d", p->port, status);
 }
 
@@ -744,14 +747,15 @@ enum MHD_Result preview_access(struct MHD_Connection *conn, const char *url, con
 		pthread_mutex_unlock(&registry_lock);
 		*con_cls = p;
 		begin(p, url, method);
-		return MHD_YES;
+		/* Neither an answer nor an upstream: MHD could not take the answer, so close. */
+		return p->replied || p->up >= 0 ? MHD_YES : MHD_NO;
 	}
 	if (*upload_data_size) {
 		forward_body(p, upload_data, *upload_data_size);
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
-	if (!p->replied)
+	if (!p->replied && p->up >= 0)
 		finish(p);
 	return p->replied ? MHD_YES : MHD_NO;
 }
