@@ -445,3 +445,28 @@ def test_stop_with_open_tunnel_and_stream(build_dir, service):
         problems = s.close()
         s.remove()
     assert not problems, problems
+
+
+@pytest.mark.parametrize('answer', [b'', b'garbage\r\n\r\n', b'HTTP/1.1 200 OK\r\nContent-'])
+def test_upstream_bad_answer_is_502(server, answer):
+    import threading
+    ls = socket.socket()
+    ls.bind(('127.0.0.1', 0))
+    ls.listen(4)
+    port = ls.getsockname()[1]
+
+    def serve():
+        c, _ = ls.accept()
+        c.recv(65536)
+        c.sendall(answer)
+        c.close()
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        r = expose(server, port)
+        status, _, body = fetch(server, preview_host(r['url']), '/')
+        assert status == 502 and b'port %d' % port in body, (status, body)
+    finally:
+        t.join(10)
+        ls.close()
+        server.api('/api/x/ports/%d' % port, method='DELETE')
