@@ -1,0 +1,278 @@
+# The Python kernel of a code context (follows mux.py): one IPython InteractiveShell, so state
+# persists between executions and rich values go through IPython's display formatter.
+#
+# Threads: the main thread runs the user's code; a reader thread takes sbxd's requests off the
+# private request pipe and queues them, so an interrupt is seen while code runs. An interrupt
+# names the execution it is for ("seq"): it becomes SIGINT to the main thread (KeyboardInterrupt
+# in the user's code) only while that execution runs, cancels it if it has not started yet,
+# and is dropped otherwise (it came too late). Outside executions SIGINT does nothing.
+import base64
+import errno
+import importlib.abc
+import importlib.util
+import io
+import queue
+import signal
+import sys
+import traceback
+
+mux = Mux()
+sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, 'wb', buffering=0, closefd=False),
+                                               encoding='utf-8', errors='surrogateescape',
+                                               write_through=True)
+sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, 'wb', buffering=0, closefd=False),
+                                               encoding='utf-8', errors='backslashreplace',
+                                               write_through=True)
+sys.stdin = sys.__stdin__ = open(0, 'r', closefd=False)
+sys.argv = ['']
+
+
+class State:
+    lock = threading.Lock()
+    running = None      # seq of the execution in progress
+    cancelled = None    # seq of a queued execution interrupted before it started
+    done = 0            # highest seq finished
+
+
+main_thread = threading.main_thread().ident
+requests = queue.Queue()
+
+
+def on_sigint(signum, frame):
+    if State.running is not None:
+        raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGINT, on_sigint)
+
+
+def read_requests():
+    f = os.fdopen(mux.requests, 'rb')
+    for line in f:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            mux.complain('sbx kernel: bad request %r\n' % line[:200])
+            continue
+        if msg.get('type') == 'interrupt':
+            seq = msg.get('seq')
+            with State.lock:
+                if State.running == seq:
+                    signal.pthread_kill(main_thread, signal.SIGINT)
+                elif isinstance(seq, int) and seq > State.done:
+                    State.cancelled = seq
+        else:
+            requests.put(msg)
+    os._exit(0)     # sbxd went away
+
+
+# ---- matplotlib: figures shown with plt.show() become display data ----
+
+BACKEND = '_sbx_mpl_backend'
+BACKEND_SOURCE = '''
+from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvas
+from matplotlib._pylab_helpers import Gcf
+
+def show(*args, **kwargs):
+    from IPython.display import display
+    for manager in Gcf.get_all_fig_managers():
+        display(manager.canvas.figure)
+    Gcf.destroy_all()
+'''
+
+
+class MatplotlibHook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Selects our backend when matplotlib is first imported (importing it up front would slow
+    every start) and serves the backend module itself."""
+
+    def find_spec(self, name, path, target=None):
+        if name == BACKEND:
+            return importlib.util.spec_from_loader(name, self)
+        if name != 'matplotlib' or 'matplotlib' in sys.modules:
+            return None
+        sys.meta_path.remove(self)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            sys.meta_path.insert(0, self)
+        if spec is None or spec.loader is None:
+            return spec
+        real_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            real_exec(module)
+            module.use('module://' + BACKEND)
+        spec.loader.exec_module = exec_module
+        return spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        exec(BACKEND_SOURCE, module.__dict__)
+
+
+sys.meta_path.insert(0, MatplotlibHook())
+
+
+def figure_png(fig):
+    buf = io.BytesIO()
+    fig.canvas.print_figure(buf, format='png')
+    return buf.getvalue()
+
+
+# ---- IPython ----
+
+from traitlets.config import Config
+from IPython.core.displayhook import DisplayHook
+from IPython.core.displaypub import DisplayPublisher
+from IPython.core.interactiveshell import InteractiveShell
+
+MIME_FIELDS = {
+    'text/plain': 'text', 'text/html': 'html', 'image/png': 'png', 'image/jpeg': 'jpeg',
+    'image/svg+xml': 'svg', 'text/latex': 'latex', 'text/markdown': 'markdown',
+    'application/json': 'json', 'application/javascript': 'javascript',
+}
+
+
+def send_results(data, metadata, last_value):
+    metadata = metadata or {}
+    # a dict or list is JSON data; its text form would only repeat it
+    if last_value and 'application/json' in data and set(data) <= {'application/json',
+                                                                    'text/plain'}:
+        data = {'application/json': data['application/json']}
+    for mime, value in data.items():
+        field = MIME_FIELDS.get(mime)
+        if field is None:
+            continue
+        if field in ('png', 'jpeg') and isinstance(value, bytes):
+            value = base64.b64encode(value).decode('ascii')
+        elif field != 'json' and not isinstance(value, str):
+            continue
+        md = metadata.get(mime, {}) if isinstance(metadata, dict) else {}
+        mux.send({'type': 'result', field: value, 'metadata': md if isinstance(md, dict) else {}})
+
+
+class ResultHook(DisplayHook):
+    """The value of the last expression: results, no "Out[n]:" in stdout."""
+
+    def write_output_prompt(self):
+        pass
+
+    def write_format_data(self, format_dict, md_dict=None):
+        send_results(format_dict, md_dict, True)
+
+    def finish_displayhook(self):
+        sys.stdout.flush()
+
+
+class ResultPublisher(DisplayPublisher):
+    """display(...) and shown figures: results."""
+
+    def publish(self, data, metadata=None, source=None, *, transient=None, update=False,
+                **kwargs):
+        send_results(data, metadata, False)
+
+    def clear_output(self, wait=False):
+        pass
+
+
+def json_data(obj):
+    try:
+        json.dumps(obj, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return obj
+
+
+config = Config()
+config.HistoryManager.enabled = False
+config.HistoryManager.hist_file = ':memory:'
+shell = InteractiveShell.instance(config=config, displayhook_class=ResultHook,
+                                  display_pub_class=ResultPublisher, colors='NoColor',
+                                  autocall=0)
+formatters = shell.display_formatter.formatters
+formatters['application/json'].for_type(dict, json_data)
+formatters['application/json'].for_type(list, json_data)
+formatters['image/png'].for_type_by_name('matplotlib.figure', 'Figure', figure_png)
+
+last_error = None
+
+
+def capture_traceback(etype, evalue, stb):
+    global last_error
+    last_error = {'ename': getattr(etype, '__name__', str(etype)), 'evalue': str(evalue),
+                  'traceback': [line for entry in stb for line in str(entry).split('\n')]}
+
+
+shell._showtraceback = capture_traceback
+
+
+def execute(seq, code):
+    global last_error
+    last_error = None
+    error = None
+    with State.lock:
+        if State.cancelled == seq:
+            error = {'ename': 'KeyboardInterrupt', 'evalue': '', 'traceback': []}
+        else:
+            State.running = seq
+    if error is None:
+        try:
+            try:
+                result = shell.run_cell(code, store_history=True)
+            finally:
+                with State.lock:
+                    State.running = None
+            if not result.success:
+                exc = result.error_before_exec or result.error_in_exec
+                error = last_error or {'ename': type(exc).__name__, 'evalue': str(exc),
+                                       'traceback': []}
+        except KeyboardInterrupt:
+            # the interrupt arrived between the end of the code and the end of run_cell
+            error = last_error
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with State.lock:
+        State.done = seq
+    mux.send({'type': 'done', 'seq': seq, 'execution_count': shell.execution_count - 1,
+              'error': error})
+
+
+def initialise(msg):
+    try:
+        os.chdir(msg.get('cwd') or '/workspace')
+    except OSError as e:
+        mux.send({'type': 'init_done', 'errno': errno.errorcode.get(e.errno, 'EIO'),
+                  'error': 'cwd %s: %s' % (msg.get('cwd'), e.strerror)})
+        return
+    env = msg.get('env')
+    if isinstance(env, dict):
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+    mux.send({'type': 'init_done', 'error': None})
+
+
+threading.Thread(target=read_requests, daemon=True).start()
+mux.send({'type': 'ready'})
+while True:
+    try:
+        msg = requests.get()
+        kind = msg.get('type')
+        if kind == 'execute' and isinstance(msg.get('seq'), int):
+            try:
+                execute(msg['seq'], str(msg.get('code', '')))
+            except Exception:
+                # every execution ends with "done", whatever went wrong in here
+                mux.complain('sbx kernel: ' + traceback.format_exc())
+                mux.send({'type': 'done', 'seq': msg['seq'], 'execution_count': 0,
+                          'error': {'ename': 'KernelError', 'evalue': 'the kernel failed',
+                                    'traceback': traceback.format_exc().split('\n')}})
+        elif kind == 'init':
+            initialise(msg)
+        else:
+            mux.complain('sbx kernel: unknown request %r\n' % kind)
+    except KeyboardInterrupt:
+        pass
+    except Exception:
+        mux.complain('sbx kernel: ' + traceback.format_exc())
