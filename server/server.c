@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/resource.h>
 #include "common/log.h"
+#include "server/contexts.h"
 #include "server/handles.h"
 #include "server/httpd.h"
 #include "server/runner.h"
@@ -60,6 +61,8 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	log_info("%s received, stopping", strsignal(sig));
 	httpd_stop(h);
 	log_debug("http server stopped");
+	contexts_shutdown();
+	log_debug("interpreters stopped");
 	watch_shutdown();
 	log_debug("watcher stopped");
 	handles_shutdown();

@@ -1,0 +1,1257 @@
+/* Code contexts: POST/GET /api/contexts, DELETE /api/contexts/{id}, POST /api/execute/code and
+ * the extension POST /api/x/interrupt.
+ *
+ * A context is one interpreter process started by runner_spawn(): for Python the IPython
+ * kernel of server/interp/kernel_python.py, for JavaScript and TypeScript a small Python host
+ * (host_node.py) that runs node with kernel_node.js. Their code is embedded in sbxd and sent
+ * through stdin to a tiny `python3 -c` bootstrap, so nothing needs installing and nothing shows
+ * in ps but the bootstrap. sbxd speaks JSON lines with the interpreter: requests (init,
+ * execute, interrupt) on its stdin, messages (ready, init_done, stdout, stderr, result, done)
+ * on its stdout; its stderr carries only the kernel's own complaints, kept for the error of a
+ * context that dies. The user's code never sees these pipes (see mux.py).
+ *
+ * Threads and ownership. One mutex (lock) guards every context and execution; each context
+ * has a condition variable for whoever waits on it. Each interpreter has a supervisor thread,
+ * the only reader of its pipes: it turns messages into SSE events appended to the running
+ * execution's buffer, starts the next queued execution when one is done, enforces timeouts,
+ * and on the interpreter's death (end of its stdout, or its pidfd) kills what is left of the
+ * sandbox, reaps it and fails the running and queued executions. The SSE source of an
+ * execution only moves buffered events to httpd; when its client goes away the execution is
+ * interrupted (or dropped from the queue) and its further output discarded. A client that
+ * reads slower than the interpreter writes makes the supervisor stop reading once QUEUE_MAX
+ * bytes wait, so the interpreter blocks instead of sbxd's memory growing.
+ *
+ * Writes to an interpreter's stdin happen outside the lock (a large code can take a moment)
+ * under the context's write_lock, with a bound: the kernels read their requests on a thread of
+ * their own, so a write that cannot finish means a broken interpreter, which is then killed.
+ *
+ * Contexts and executions are reference counted under the lock: the table, the supervisor,
+ * each execution and each request in progress hold one on the context; the SSE source and the
+ * context's queue hold one on the execution. The process may only be signalled while it is not
+ * being reaped (reaping is set, under the lock, before the supervisor waits for it).
+ *
+ * Warm spares: after the first context of a kernel kind is created, a pool thread keeps one
+ * started interpreter of that kind waiting, so later creations only send it the context's
+ * directory and environment (the "init" request, which the kernels apply to themselves). */
+#include "server/contexts.h"
+#include "server/envstore.h"
+#include "server/routes.h"
+#include "server/runner.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include "common/errnames.h"
+#include "interp_sources.h"
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/eventfd.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PYTHON "/usr/bin/python3"  /* Debian's, with IPython; the PATH one may be another */
+#define READY_TIMEOUT_MS 60000      /* an interpreter's start (importing IPython) */
+#define INIT_TIMEOUT_MS 10000
+#define WRITE_TIMEOUT_MS 30000
+#define KILL_AFTER_TIMEOUT_MS 2000  /* a timed-out execution that ignores its interrupt */
+#define QUEUE_MAX ((size_t)8 << 20) /* events waiting for a slow client */
+#define MESSAGE_MAX ((size_t)256 << 20)
+#define DIAG_MAX 4096
+#define CWD_MAX 4096
+
+/* Reads exactly argv[1] bytes of program from stdin (unbuffered, so the requests that follow
+ * stay in the pipe) and runs them. */
+static const char bootstrap[] =
+	"import os,sys\n"
+	"n=int(sys.argv[1]);b=b''\n"
+	"while len(b)<n:\n"
+	" c=os.read(0,n-len(b))\n"
+	" if not c:raise SystemExit(70)\n"
+	" b+=c\n"
+	"exec(compile(b,'<sbx-kernel>','exec'))\n";
+
+enum kernel { KERNEL_PYTHON, KERNEL_NODE, N_KERNELS };
+
+struct language {
+	const char *name;
+	enum kernel kernel;
+	bool typescript;
+	const char *missing_code;   /* the container's code when the interpreter cannot start */
+};
+
+static const struct language languages[] = {
+	{ "python", KERNEL_PYTHON, false, "PYTHON_NOT_AVAILABLE" },
+	{ "javascript", KERNEL_NODE, false, "JAVASCRIPT_NOT_AVAILABLE" },
+	{ "typescript", KERNEL_NODE, true, "JAVASCRIPT_NOT_AVAILABLE" },
+};
+
+static const struct { const char *alias; int index; } language_aliases[] = {
+	{ "python", 0 }, { "python3", 0 }, { "javascript", 1 }, { "js", 1 }, { "node", 1 },
+	{ "typescript", 2 }, { "ts", 2 },
+};
+
+struct exec {
+	int refs;
+	struct ctx *ctx;
+	uint64_t seq;
+	char *request;          /* the execute message until it is sent */
+	int64_t timeout_ms;     /* 0: none */
+	int64_t deadline;       /* monotonic ms; 0: none */
+	int64_t kill_at;        /* after a timeout: when to give up on the interrupt */
+	bool sent, finished, abandoned, timed_out, interrupt_pending;
+	struct strbuf out;      /* SSE bytes not yet handed to httpd */
+	struct exec *next;      /* in the context's queue */
+};
+
+struct ctx {
+	int refs;
+	char id[37];            /* "" while a warm spare */
+	const struct language *lang;
+	enum kernel kernel;
+	char *cwd;
+	struct run_proc proc;
+	pthread_mutex_t write_lock;
+	pthread_cond_t cond;
+	int wake_fd;            /* eventfd: the supervisor looks at its state again */
+	bool ready, dead, deleted, reaping, in_table;
+	int init_state;         /* 0 waiting, 1 done, -1 failed */
+	char *init_error;
+	int init_errno;
+	char *death;            /* why it died */
+	struct strbuf diag;     /* the end of the kernel's stderr */
+	uint64_t seq;
+	struct exec *cur;       /* sent or about to be */
+	struct exec *queue;
+	struct ctx *next;       /* in the table */
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cond = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t gone_cond;     /* on CLOCK_MONOTONIC, see monotonic_cond() */
+static pthread_once_t gone_once = PTHREAD_ONCE_INIT;
+static struct ctx *table;
+static struct ctx *warm[N_KERNELS];
+static bool wanted[N_KERNELS];
+static bool stopping;
+static int supervisors;
+static bool pool_started;
+static pthread_t pool_thread;
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits on cond (with lock held) until the monotonic time deadline; false once it passed. */
+static bool wait_until(pthread_cond_t *cond, int64_t deadline)
+{
+	int64_t left = deadline - now_ms();
+	if (left <= 0)
+		return false;
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ts.tv_sec += left / 1000;
+	ts.tv_nsec += (left % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(cond, &lock, &ts);
+	return true;
+}
+
+static void monotonic_cond(pthread_cond_t *cond)
+{
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(cond, &ca);
+	pthread_condattr_destroy(&ca);
+}
+
+static void init_gone_cond(void)
+{
+	monotonic_cond(&gone_cond);
+}
+
+static void wake(struct ctx *c)
+{
+	uint64_t one = 1;
+	if (write(c->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
+		log_debug("contexts: wake: %s", strerror(errno));
+}
+
+/* ---- reference counting (lock held) ---- */
+
+static void ctx_unref(struct ctx *c)
+{
+	if (--c->refs > 0)
+		return;
+	runner_close(&c->proc);
+	close(c->wake_fd);
+	pthread_mutex_destroy(&c->write_lock);
+	pthread_cond_destroy(&c->cond);
+	strbuf_free(&c->diag);
+	free(c->cwd);
+	free(c->init_error);
+	free(c->death);
+	free(c);
+}
+
+static void exec_unref(struct exec *e)
+{
+	if (--e->refs > 0)
+		return;
+	strbuf_free(&e->out);
+	free(e->request);
+	ctx_unref(e->ctx);
+	free(e);
+}
+
+/* Signals the interpreter unless it is being reaped (its pid may then be reused). */
+static void ctx_signal(struct ctx *c, int sig)
+{
+	if (!c->reaping)
+		runner_kill(&c->proc, sig);
+}
+
+/* ---- writing to an interpreter ---- */
+
+static int write_all(int fd, const char *data, size_t len, int64_t deadline)
+{
+	while (len) {
+		ssize_t n = write(fd, data, len);
+		if (n > 0) {
+			data += n;
+			len -= (size_t)n;
+			continue;
+		}
+		if (n < 0 && errno != EAGAIN && errno != EINTR)
+			return -errno;
+		int64_t left = deadline - now_ms();
+		if (left <= 0)
+			return -ETIMEDOUT;
+		struct pollfd p = { .fd = fd, .events = POLLOUT };
+		if (poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left) < 0 && errno != EINTR)
+			return -errno;
+	}
+	return 0;
+}
+
+/* Sends bytes to the interpreter (lock not held; the caller holds a reference). A write that
+ * fails means the interpreter is broken: it is killed, and its supervisor cleans up. */
+static int ctx_write(struct ctx *c, const char *data, size_t len)
+{
+	pthread_mutex_lock(&c->write_lock);
+	int err = write_all(c->proc.stdin_fd, data, len, now_ms() + WRITE_TIMEOUT_MS);
+	pthread_mutex_unlock(&c->write_lock);
+	if (err) {
+		log_warn("contexts: cannot write to interpreter %s: %s", c->id[0] ? c->id : "(spare)",
+			 strerror(-err));
+		pthread_mutex_lock(&lock);
+		ctx_signal(c, SIGKILL);
+		pthread_mutex_unlock(&lock);
+	}
+	return err;
+}
+
+static int ctx_send(struct ctx *c, cJSON *msg)
+{
+	char *text = json_print(msg);
+	cJSON_Delete(msg);
+	if (!text)
+		return -ENOMEM;
+	size_t n = strlen(text);
+	text[n] = '\n';         /* json_print's NUL becomes the line's end */
+	int err = ctx_write(c, text, n + 1);
+	free(text);
+	return err;
+}
+
+static void send_interrupt(struct ctx *c, uint64_t seq)
+{
+	cJSON *m = cJSON_CreateObject();
+	cJSON_AddStringToObject(m, "type", "interrupt");
+	cJSON_AddNumberToObject(m, "seq", (double)seq);
+	ctx_send(c, m);
+}
+
+/* Sends the execution that just became current and drops advance_queue's reference (lock
+ * not held). */
+static void start_exec(struct ctx *c, struct exec *e)
+{
+	pthread_mutex_lock(&lock);
+	char *request = e->request;
+	e->request = NULL;
+	pthread_mutex_unlock(&lock);
+	if (!request) {
+		pthread_mutex_lock(&lock);
+		exec_unref(e);
+		pthread_mutex_unlock(&lock);
+		return;
+	}
+	size_t n = strlen(request);
+	request[n] = '\n';
+	int err = ctx_write(c, request, n + 1);
+	free(request);
+	pthread_mutex_lock(&lock);
+	bool interrupt = false;
+	if (!err) {
+		e->sent = true;
+		if (e->timeout_ms > 0)
+			e->deadline = now_ms() + e->timeout_ms;
+		interrupt = e->interrupt_pending && !e->finished;
+	}
+	uint64_t seq = e->seq;
+	exec_unref(e);
+	pthread_mutex_unlock(&lock);
+	wake(c);        /* its deadline */
+	if (interrupt)
+		send_interrupt(c, seq);
+}
+
+/* ---- executions (lock held) ---- */
+
+static void exec_event(struct exec *e, const cJSON *event)
+{
+	if (!e->abandoned)
+		sse_append(&e->out, event);
+}
+
+/* Appends the terminal event, marks e finished and drops the context's reference. */
+static void exec_finish(struct exec *e, cJSON *terminal)
+{
+	exec_event(e, terminal);
+	cJSON_Delete(terminal);
+	e->finished = true;
+	pthread_cond_broadcast(&e->ctx->cond);
+	exec_unref(e);
+}
+
+static cJSON *error_event(const char *ename, const char *evalue, cJSON *traceback)
+{
+	cJSON *ev = cJSON_CreateObject();
+	cJSON_AddStringToObject(ev, "type", "error");
+	cJSON_AddStringToObject(ev, "ename", ename);
+	cJSON_AddStringToObject(ev, "evalue", evalue);
+	cJSON_AddItemToObject(ev, "traceback", traceback ? traceback : cJSON_CreateArray());
+	return ev;
+}
+
+static cJSON *timeout_event(const struct exec *e, bool killed)
+{
+	char msg[160];
+	snprintf(msg, sizeof msg, "execution exceeded timeout_ms=%" PRId64 "%s", e->timeout_ms,
+		 killed ? "; the interpreter ignored the interrupt and was killed" : "");
+	return error_event("TimeoutError", msg, NULL);
+}
+
+/* The next queued execution becomes current; returns it, with a reference, for
+ * start_exec() (or NULL). */
+static struct exec *advance_queue(struct ctx *c)
+{
+	if (c->cur || !c->queue || c->dead)
+		return NULL;
+	c->cur = c->queue;
+	c->queue = c->cur->next;
+	c->cur->next = NULL;
+	c->cur->refs++;
+	return c->cur;
+}
+
+/* ---- messages from the interpreter (lock held) ---- */
+
+static void handle_done(struct ctx *c, const cJSON *m)
+{
+	struct exec *e = c->cur;
+	if (!e || json_int(m, "seq", -1) != (int64_t)e->seq) {
+		log_debug("contexts: %s: stray done message", c->id);
+		return;
+	}
+	c->cur = NULL;
+	const cJSON *err = cJSON_GetObjectItemCaseSensitive(m, "error");
+	cJSON *terminal;
+	if (e->timed_out) {
+		terminal = timeout_event(e, false);
+	} else if (cJSON_IsObject(err)) {
+		const char *ename = json_str(err, "ename"), *evalue = json_str(err, "evalue");
+		const cJSON *tb = cJSON_GetObjectItemCaseSensitive(err, "traceback");
+		terminal = error_event(ename ? ename : "Error", evalue ? evalue : "",
+				       cJSON_IsArray(tb) ? cJSON_Duplicate(tb, true) : NULL);
+	} else {
+		terminal = cJSON_CreateObject();
+		cJSON_AddStringToObject(terminal, "type", "execution_complete");
+		cJSON_AddNumberToObject(terminal, "execution_count",
+					(double)json_int(m, "execution_count", 1));
+	}
+	exec_finish(e, terminal);
+}
+
+/* Returns an execution to start, if this message made one current. */
+static struct exec *handle_message(struct ctx *c, const char *line, size_t len)
+{
+	cJSON *m = cJSON_ParseWithLength(line, len);
+	const char *type = m ? json_str(m, "type") : NULL;
+	struct exec *start = NULL;
+	if (!type) {
+		log_debug("contexts: %s: unreadable message from the interpreter", c->id);
+	} else if (!strcmp(type, "stdout") || !strcmp(type, "stderr") || !strcmp(type, "result")) {
+		/* output between executions (a background thread's) has nobody to go to */
+		if (c->cur) {
+			if (strcmp(type, "result") != 0) {
+				cJSON *ev = cJSON_CreateObject();
+				const char *text = json_str(m, "text");
+				cJSON_AddStringToObject(ev, "type", type);
+				cJSON_AddStringToObject(ev, "text", text ? text : "");
+				exec_event(c->cur, ev);
+				cJSON_Delete(ev);
+			} else {
+				exec_event(c->cur, m);
+			}
+			pthread_cond_broadcast(&c->cond);
+		}
+	} else if (!strcmp(type, "done")) {
+		handle_done(c, m);
+		start = advance_queue(c);
+	} else if (!strcmp(type, "ready")) {
+		c->ready = true;
+		pthread_cond_broadcast(&c->cond);
+	} else if (!strcmp(type, "init_done")) {
+		const char *err = json_str(m, "error");
+		if (err) {
+			c->init_state = -1;
+			c->init_error = strdup(err);
+			c->init_errno = errno_from_name(json_str(m, "errno"));
+		} else {
+			c->init_state = 1;
+		}
+		pthread_cond_broadcast(&c->cond);
+	}
+	cJSON_Delete(m);
+	return start;
+}
+
+/* ---- the supervisor ---- */
+
+static void keep_diag(struct ctx *c, const char *data, size_t n)
+{
+	strbuf_append(&c->diag, data, n);
+	if (c->diag.len > DIAG_MAX)
+		strbuf_consume(&c->diag, c->diag.len - DIAG_MAX);
+}
+
+/* Reads what the kernel wrote to its stderr; false at its end. */
+static bool read_diag(struct ctx *c)
+{
+	char buf[4096];
+	ssize_t n = read(c->proc.stderr_fd, buf, sizeof buf);
+	if (n <= 0)
+		return n < 0 && (errno == EAGAIN || errno == EINTR);
+	log_debug("contexts: interpreter %s says: %.*s", c->id[0] ? c->id : "(spare)", (int)n,
+		  buf);
+	pthread_mutex_lock(&lock);
+	keep_diag(c, buf, (size_t)n);
+	pthread_mutex_unlock(&lock);
+	return true;
+}
+
+/* The last non-empty line of the kernel's complaints (lock held); "" if none. */
+static void last_diag_line(const struct ctx *c, char *out, size_t size)
+{
+	out[0] = 0;
+	if (!c->diag.len)
+		return;
+	const char *s = c->diag.data, *end = s + c->diag.len;
+	while (end > s && (end[-1] == '\n' || end[-1] == ' '))
+		end--;
+	const char *start = end;
+	while (start > s && start[-1] != '\n')
+		start--;
+	snprintf(out, size, "%.*s", (int)(end - start), start);
+}
+
+static void died(struct ctx *c, int status, bool reaped)
+{
+	char why[512], last[300];
+	pthread_mutex_lock(&lock);
+	last_diag_line(c, last, sizeof last);
+	int code = runner_exit_code(status);
+	if (c->deleted)
+		snprintf(why, sizeof why, "the context was deleted");
+	else if (!reaped)
+		snprintf(why, sizeof why, "the interpreter stopped answering");
+	else if (code > 128)
+		snprintf(why, sizeof why, "the interpreter was killed by signal %d (%s)%s%s",
+			 code - 128, strsignal(code - 128), last[0] ? ": " : "", last);
+	else
+		snprintf(why, sizeof why, "the interpreter exited with status %d%s%s", code,
+			 last[0] ? ": " : "", last);
+	c->dead = true;
+	c->death = strdup(why);
+	char evalue[600];
+	snprintf(evalue, sizeof evalue, "%s; the context must be deleted and recreated", why);
+	if (c->cur) {
+		struct exec *e = c->cur;
+		c->cur = NULL;
+		exec_finish(e, e->timed_out ? timeout_event(e, true)
+					    : error_event("InterpreterDied", evalue, NULL));
+	}
+	while (c->queue) {
+		struct exec *e = c->queue;
+		c->queue = e->next;
+		e->next = NULL;
+		exec_finish(e, error_event("InterpreterDied", evalue, NULL));
+	}
+	pthread_cond_broadcast(&c->cond);
+	pthread_mutex_unlock(&lock);
+	if (c->id[0] && !c->deleted)
+		log_info("contexts: %s: %s", c->id, why);
+}
+
+/* Complete lines of buf go to handle_message; the rest stays. false: a message too long. */
+static bool take_lines(struct ctx *c, struct strbuf *buf)
+{
+	size_t off = 0;
+	for (;;) {
+		char *nl = memchr(buf->data + off, '\n', buf->len - off);
+		if (!nl)
+			break;
+		pthread_mutex_lock(&lock);
+		struct exec *start = handle_message(c, buf->data + off,
+						    (size_t)(nl - buf->data) - off);
+		pthread_mutex_unlock(&lock);
+		off = (size_t)(nl - buf->data) + 1;
+		if (start)
+			start_exec(c, start);
+	}
+	strbuf_consume(buf, off);
+	return buf->len <= MESSAGE_MAX;
+}
+
+/* Reads stdout; 1 more may come, 0 at its end, -1 error. */
+static int read_messages(struct ctx *c, struct strbuf *buf)
+{
+	strbuf_reserve(buf, 65536);
+	ssize_t n = read(c->proc.stdout_fd, buf->data + buf->len, 65536);
+	if (n < 0)
+		return errno == EAGAIN || errno == EINTR ? 1 : -1;
+	if (n == 0)
+		return 0;
+	buf->len += (size_t)n;
+	buf->data[buf->len] = 0;
+	return take_lines(c, buf) ? 1 : -1;
+}
+
+static void *supervise(void *arg)
+{
+	struct ctx *c = arg;
+	struct strbuf buf = STRBUF_INIT;
+	bool err_open = true;
+	for (;;) {
+		pthread_mutex_lock(&lock);
+		int64_t now = now_ms(), next = -1;
+		struct exec *e = c->cur;
+		uint64_t interrupt_seq = 0;
+		if (e && e->sent && !e->finished && e->deadline) {
+			if (!e->timed_out && now >= e->deadline) {
+				e->timed_out = true;
+				e->kill_at = now + KILL_AFTER_TIMEOUT_MS;
+				interrupt_seq = e->seq;
+			}
+			if (e->timed_out && now >= e->kill_at) {
+				ctx_signal(c, SIGKILL);
+				e->kill_at = now + 1000;
+			}
+			next = e->timed_out ? e->kill_at : e->deadline;
+		}
+		bool throttled = e && !e->abandoned && e->out.len > QUEUE_MAX;
+		pthread_mutex_unlock(&lock);
+		if (interrupt_seq)
+			send_interrupt(c, interrupt_seq);
+
+		struct pollfd p[4] = {
+			{ .fd = throttled ? -1 : c->proc.stdout_fd, .events = POLLIN },
+			{ .fd = err_open ? c->proc.stderr_fd : -1, .events = POLLIN },
+			{ .fd = c->wake_fd, .events = POLLIN },
+			{ .fd = c->proc.pidfd, .events = POLLIN },
+		};
+		int64_t wait = next < 0 ? -1 : next - now_ms();
+		if (next >= 0 && wait < 0)
+			wait = 0;
+		if (poll(p, 4, wait > INT_MAX ? INT_MAX : (int)wait) < 0 && errno != EINTR)
+			break;
+		if (p[2].revents) {
+			uint64_t v;
+			if (read(c->wake_fd, &v, sizeof v) < 0 && errno != EAGAIN)
+				break;
+		}
+		if (p[1].revents)
+			err_open = read_diag(c);
+		if (p[0].revents && read_messages(c, &buf) <= 0)
+			break;
+		if (p[3].revents)
+			break;
+	}
+	/* what it wrote before it went, then the end */
+	for (int i = 0; i < 64 && read_messages(c, &buf) > 0; i++)
+		;
+	pthread_mutex_lock(&lock);
+	ctx_signal(c, SIGKILL);
+	c->reaping = true;
+	pthread_mutex_unlock(&lock);
+	int status = 0;
+	int err = runner_wait(&c->proc, &status, -1);
+	if (err)
+		log_error("contexts: cannot reap interpreter %s: %s", c->id, strerror(-err));
+	while (read_diag(c) && err_open)
+		;
+	died(c, status, err == 0);
+	strbuf_free(&buf);
+	pthread_mutex_lock(&lock);
+	supervisors--;
+	pthread_cond_broadcast(&gone_cond);
+	ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+	return NULL;
+}
+
+/* ---- starting interpreters ---- */
+
+/* A new interpreter of that kind, with one reference for the caller. */
+static struct ctx *ctx_spawn(enum kernel kernel, int *errp)
+{
+	struct ctx *c = calloc(1, sizeof *c);
+	if (!c) {
+		*errp = -ENOMEM;
+		return NULL;
+	}
+	c->kernel = kernel;
+	c->refs = 2;    /* the caller's and the supervisor's */
+	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	pthread_mutex_init(&c->write_lock, NULL);
+	monotonic_cond(&c->cond);
+	pthread_once(&gone_once, init_gone_cond);
+
+	const char *program = kernel == KERNEL_PYTHON ? sbx_interp_kernel_python_py
+						       : sbx_interp_host_node_py;
+	size_t program_len = sbx_interp_mux_py_len + (kernel == KERNEL_PYTHON ?
+		sbx_interp_kernel_python_py_len : sbx_interp_host_node_py_len);
+	char n1[24], n2[24];
+	snprintf(n1, sizeof n1, "%zu", program_len);
+	snprintf(n2, sizeof n2, "%zu", sbx_interp_kernel_node_js_len);
+	const char *argv[] = { PYTHON, "-c", bootstrap, n1,
+			       kernel == KERNEL_NODE ? n2 : NULL, NULL };
+	struct run_spec spec = { .argv = argv };
+	int err = c->wake_fd < 0 ? -errno : runner_spawn(&spec, &c->proc);
+	if (err) {
+		if (c->wake_fd >= 0)
+			close(c->wake_fd);
+		c->proc = (struct run_proc){ .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
+					     .pidfd = -1 };
+		c->wake_fd = -1;
+		c->refs = 1;
+		pthread_mutex_lock(&lock);
+		ctx_unref(c);
+		pthread_mutex_unlock(&lock);
+		*errp = err;
+		return NULL;
+	}
+	pthread_t t;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_mutex_lock(&lock);
+	supervisors++;
+	pthread_mutex_unlock(&lock);
+	err = pthread_create(&t, &a, supervise, c);
+	pthread_attr_destroy(&a);
+	if (err) {
+		pthread_mutex_lock(&lock);
+		supervisors--;
+		runner_kill(&c->proc, SIGKILL);
+		pthread_mutex_unlock(&lock);
+		int status;
+		runner_wait(&c->proc, &status, -1);
+		pthread_mutex_lock(&lock);
+		c->refs = 1;
+		ctx_unref(c);
+		pthread_mutex_unlock(&lock);
+		*errp = -err;
+		return NULL;
+	}
+	if (!ctx_write(c, sbx_interp_mux_py, sbx_interp_mux_py_len) &&
+	    !ctx_write(c, program, program_len - sbx_interp_mux_py_len) && kernel == KERNEL_NODE)
+		ctx_write(c, sbx_interp_kernel_node_js, sbx_interp_kernel_node_js_len);
+	return c;
+}
+
+static void *pool_fill(void *arg)
+{
+	(void)arg;
+	pthread_mutex_lock(&lock);
+	while (!stopping) {
+		int k = 0;
+		while (k < N_KERNELS && !(wanted[k] && !warm[k]))
+			k++;
+		if (k == N_KERNELS) {
+			pthread_cond_wait(&pool_cond, &lock);
+			continue;
+		}
+		pthread_mutex_unlock(&lock);
+		int err = 0;
+		struct ctx *c = ctx_spawn(k, &err);
+		pthread_mutex_lock(&lock);
+		if (!c) {
+			log_warn("contexts: cannot start a spare interpreter: %s", strerror(-err));
+			wanted[k] = false;      /* the next creation asks again */
+		} else if (stopping || warm[k]) {
+			ctx_signal(c, SIGKILL);
+			ctx_unref(c);
+		} else {
+			warm[k] = c;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	return NULL;
+}
+
+/* A started interpreter of that kind for a new context: the spare, or a new one. */
+static struct ctx *take_interpreter(enum kernel k, int *errp)
+{
+	pthread_mutex_lock(&lock);
+	if (stopping) {
+		pthread_mutex_unlock(&lock);
+		*errp = -ESHUTDOWN;
+		return NULL;
+	}
+	struct ctx *c = warm[k];
+	warm[k] = NULL;
+	if (c && c->dead) {
+		ctx_unref(c);
+		c = NULL;
+	}
+	wanted[k] = true;
+	if (!pool_started) {
+		sigset_t all, old;
+		sigfillset(&all);
+		pthread_sigmask(SIG_SETMASK, &all, &old);
+		pool_started = pthread_create(&pool_thread, NULL, pool_fill, NULL) == 0;
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+	}
+	pthread_cond_broadcast(&pool_cond);
+	pthread_mutex_unlock(&lock);
+	return c ? c : ctx_spawn(k, errp);
+}
+
+/* Drops a context that never made it into the table. */
+static void discard(struct ctx *c)
+{
+	pthread_mutex_lock(&lock);
+	ctx_signal(c, SIGKILL);
+	ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+}
+
+/* ---- helpers for the routes ---- */
+
+static const struct language *find_language(const char *name)
+{
+	for (size_t i = 0; i < sizeof language_aliases / sizeof language_aliases[0]; i++)
+		if (!strcasecmp(name, language_aliases[i].alias))
+			return &languages[language_aliases[i].index];
+	return NULL;
+}
+
+static void make_uuid(char out[37])
+{
+	unsigned char b[16];
+	if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
+		/* getrandom does not fail for 16 bytes after boot; stay unique regardless */
+		static uint64_t counter;
+		uint64_t t = (uint64_t)now_ms() ^ ((uint64_t)getpid() << 32) ^ ++counter;
+		memcpy(b, &t, 8);
+		memcpy(b + 8, &counter, 8);
+	}
+	b[6] = (b[6] & 0x0f) | 0x40;
+	b[8] = (b[8] & 0x3f) | 0x80;
+	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+		 b[13], b[14], b[15]);
+}
+
+/* The context with that id, with a reference for the caller (lock held). */
+static struct ctx *find_ctx(const char *id)
+{
+	for (struct ctx *c = table; c && id; c = c->next)
+		if (!strcmp(c->id, id)) {
+			c->refs++;
+			return c;
+		}
+	return NULL;
+}
+
+static void unlink_ctx(struct ctx *c)
+{
+	for (struct ctx **p = &table; *p; p = &(*p)->next)
+		if (*p == c) {
+			*p = c->next;
+			c->next = NULL;
+			c->in_table = false;
+			return;
+		}
+}
+
+/* The environment of a new context as a JSON object: sbxd's default and the env store, then
+ * the request's env_vars. NULL and a message in why when env_vars is malformed. */
+static cJSON *context_env(const cJSON *vars, char *why, size_t size)
+{
+	size_t n = cJSON_GetArraySize(vars);
+	char **extra = calloc(n + 1, sizeof *extra);
+	cJSON *out = NULL;
+	size_t i = 0;
+	if (!extra) {
+		snprintf(why, size, "out of memory");
+		return NULL;
+	}
+	const cJSON *v;
+	cJSON_ArrayForEach(v, vars) {
+		if (!cJSON_IsString(v) || !v->string[0] || strchr(v->string, '=')) {
+			snprintf(why, size, "env_vars: %s must be a string and named without '='",
+				 v->string);
+			goto out;
+		}
+		if (asprintf(&extra[i], "%s=%s", v->string, v->valuestring) < 0) {
+			extra[i] = NULL;
+			snprintf(why, size, "out of memory");
+			goto out;
+		}
+		i++;
+	}
+	char **env = envstore_build((const char *const *)extra);
+	out = cJSON_CreateObject();
+	for (char **e = env; e && *e; e++) {
+		const char *eq = strchr(*e, '=');
+		if (!eq)
+			continue;
+		char *name = strndup(*e, (size_t)(eq - *e));
+		if (name) {
+			cJSON_DeleteItemFromObjectCaseSensitive(out, name);
+			cJSON_AddStringToObject(out, name, eq + 1);
+			free(name);
+		}
+	}
+	envstore_free(env);
+out:
+	for (size_t j = 0; j < i; j++)
+		free(extra[j]);
+	free(extra);
+	return out;
+}
+
+/* /api/execute/code answers errors before the stream in the container's own shape. */
+static void reply_code_error(struct req *r, int status, const char *code, int err,
+			     const char *context_id, const char *fmt, ...)
+	__attribute__((format(printf, 6, 7)));
+static void reply_code_error(struct req *r, int status, const char *code, int err,
+			     const char *context_id, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	va_end(ap);
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "error", msg);
+	cJSON_AddStringToObject(body, "code", code);
+	cJSON *details = cJSON_AddObjectToObject(body, "details");
+	if (context_id)
+		cJSON_AddStringToObject(details, "contextId", context_id);
+	if (errno_name(err))
+		cJSON_AddStringToObject(body, "errno", errno_name(err));
+	reply_json(r, status, body);
+}
+
+static void reply_not_found(struct req *r, const char *id)
+{
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "contextId", id ? id : "");
+	reply_error(r, 404, "CONTEXT_NOT_FOUND", ENOENT, ctx, "Code context '%s' not found",
+		    id ? id : "");
+}
+
+/* ---- routes ---- */
+
+void route_context_create(struct req *r)
+{
+	const cJSON *j = req_json(r);
+	const cJSON *jl = cJSON_GetObjectItemCaseSensitive(j, "language");
+	const cJSON *jc = cJSON_GetObjectItemCaseSensitive(j, "cwd");
+	const cJSON *jenv = cJSON_GetObjectItemCaseSensitive(j, "env_vars");
+	const struct language *lang = &languages[0];
+	if (jl && !cJSON_IsNull(jl)) {
+		lang = cJSON_IsString(jl) ? find_language(jl->valuestring) : NULL;
+		if (!lang) {
+			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				    "unknown language %s: use python, javascript or typescript",
+				    cJSON_IsString(jl) ? jl->valuestring : "(not a string)");
+			return;
+		}
+	}
+	const char *cwd = "/workspace";
+	if (jc && !cJSON_IsNull(jc)) {
+		if (!cJSON_IsString(jc) || jc->valuestring[0] != '/' ||
+		    strlen(jc->valuestring) > CWD_MAX) {
+			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				    "cwd must be an absolute path of at most %d bytes", CWD_MAX);
+			return;
+		}
+		cwd = jc->valuestring;
+	}
+	if (jenv && !cJSON_IsNull(jenv) && !cJSON_IsObject(jenv)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "env_vars must be an object of strings");
+		return;
+	}
+	char why[256];
+	cJSON *env = context_env(jenv, why, sizeof why);
+	if (!env) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "%s", why);
+		return;
+	}
+
+	int err = 0;
+	struct ctx *c = take_interpreter(lang->kernel, &err);
+	if (!c) {
+		cJSON_Delete(env);
+		if (err == -ENOTSUP)
+			reply_error(r, 501, lang->missing_code, ENOTSUP, NULL,
+				    "commands cannot be started here: %s",
+				    runner_unavailable() ? runner_unavailable() : "no sandbox");
+		else
+			reply_error(r, 500, "INTERNAL_ERROR", -err, NULL,
+				    "cannot start the interpreter: %s", strerror(-err));
+		return;
+	}
+	pthread_mutex_lock(&lock);
+	int64_t deadline = now_ms() + READY_TIMEOUT_MS;
+	while (!c->ready && !c->dead && wait_until(&c->cond, deadline))
+		;
+	bool ready = c->ready && !c->dead;
+	char last[300];
+	last_diag_line(c, last, sizeof last);
+	bool dead = c->dead;
+	pthread_mutex_unlock(&lock);
+	if (!ready) {
+		cJSON_Delete(env);
+		discard(c);
+		if (dead)
+			reply_error(r, 501, lang->missing_code, ENOEXEC, NULL,
+				    "the %s interpreter cannot start: %s", lang->name,
+				    last[0] ? last : "it exited");
+		else
+			reply_error(r, 503, "INTERPRETER_NOT_READY", EAGAIN, NULL,
+				    "the %s interpreter did not start within %d s", lang->name,
+				    READY_TIMEOUT_MS / 1000);
+		return;
+	}
+
+	cJSON *init = cJSON_CreateObject();
+	cJSON_AddStringToObject(init, "type", "init");
+	cJSON_AddStringToObject(init, "cwd", cwd);
+	cJSON_AddItemToObject(init, "env", env);
+	cJSON_AddBoolToObject(init, "typescript", lang->typescript);
+	ctx_send(c, init);
+	pthread_mutex_lock(&lock);
+	deadline = now_ms() + INIT_TIMEOUT_MS;
+	while (!c->init_state && !c->dead && wait_until(&c->cond, deadline))
+		;
+	int state = c->dead ? -2 : c->init_state;
+	char *init_error = c->init_error ? strdup(c->init_error) : NULL;
+	int init_errno = c->init_errno;
+	if (state == 1) {
+		make_uuid(c->id);
+		c->lang = lang;
+		c->cwd = strdup(cwd);
+		c->in_table = true;
+		struct ctx **p = &table;
+		while (*p)
+			p = &(*p)->next;
+		*p = c;         /* the caller's reference becomes the table's */
+	}
+	pthread_mutex_unlock(&lock);
+	if (state == 1) {
+		cJSON *body = cJSON_CreateObject();
+		cJSON_AddStringToObject(body, "contextId", c->id);
+		cJSON_AddStringToObject(body, "language", lang->name);
+		cJSON_AddStringToObject(body, "cwd", cwd);
+		reply_ok(r, body);
+	} else {
+		discard(c);
+		if (state == -1)
+			reply_errno(r, init_errno ? init_errno : EINVAL, cwd, "%s", init_error);
+		else
+			reply_error(r, 500, "INTERNAL_ERROR", EIO, NULL,
+				    "the %s interpreter %s", lang->name,
+				    state == -2 ? "died while starting" : "did not answer");
+	}
+	free(init_error);
+}
+
+void route_context_list(struct req *r)
+{
+	cJSON *list = cJSON_CreateArray();
+	pthread_mutex_lock(&lock);
+	for (struct ctx *c = table; c; c = c->next) {
+		cJSON *o = cJSON_CreateObject();
+		cJSON_AddStringToObject(o, "id", c->id);
+		cJSON_AddStringToObject(o, "language", c->lang->name);
+		cJSON_AddStringToObject(o, "cwd", c->cwd ? c->cwd : "");
+		cJSON_AddStringToObject(o, "state", c->dead ? "dead" : c->cur ? "busy" : "ready");
+		cJSON_AddItemToArray(list, o);
+	}
+	pthread_mutex_unlock(&lock);
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddItemToObject(body, "contexts", list);
+	reply_ok(r, body);
+}
+
+void route_context_delete(struct req *r)
+{
+	const char *id = req_path_arg(r);
+	pthread_mutex_lock(&lock);
+	struct ctx *c = find_ctx(id);
+	if (c) {
+		unlink_ctx(c);
+		c->deleted = true;
+		ctx_signal(c, SIGKILL);
+		c->refs--;      /* the table's; ours keeps it */
+	}
+	pthread_mutex_unlock(&lock);
+	if (!c) {
+		reply_not_found(r, id);
+		return;
+	}
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "contextId", c->id);
+	reply_ok(r, body);
+	pthread_mutex_lock(&lock);
+	ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+}
+
+static int exec_next(void *arg, struct strbuf *out, int timeout_ms)
+{
+	struct exec *e = arg;
+	pthread_mutex_lock(&lock);
+	int64_t deadline = now_ms() + timeout_ms;
+	while (!e->out.len && !e->finished && wait_until(&e->ctx->cond, deadline))
+		;
+	bool was_full = e->out.len > QUEUE_MAX;
+	if (e->out.len) {
+		strbuf_append(out, e->out.data, e->out.len);
+		strbuf_free(&e->out);
+	}
+	int more = !e->finished;
+	pthread_mutex_unlock(&lock);
+	if (was_full)
+		wake(e->ctx);
+	return more;
+}
+
+static void exec_release(void *arg)
+{
+	struct exec *e = arg;
+	struct ctx *c = e->ctx;
+	bool interrupt = false;
+	pthread_mutex_lock(&lock);
+	uint64_t seq = e->seq;
+	if (!e->finished) {
+		e->abandoned = true;
+		strbuf_free(&e->out);
+		if (c->cur == e) {
+			interrupt = e->sent;
+			e->interrupt_pending = true;
+		} else {
+			for (struct exec **p = &c->queue; *p; p = &(*p)->next)
+				if (*p == e) {
+					*p = e->next;
+					e->next = NULL;
+					break;
+				}
+			e->finished = true;
+			exec_unref(e);  /* the queue's */
+		}
+	}
+	c->refs++;
+	exec_unref(e);
+	pthread_mutex_unlock(&lock);
+	if (interrupt) {
+		log_debug("contexts: %s: the client left, interrupting execution %" PRIu64, c->id,
+			  seq);
+		send_interrupt(c, seq);
+	}
+	wake(c);
+	pthread_mutex_lock(&lock);
+	ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+}
+
+void route_execute_code(struct req *r)
+{
+	const cJSON *j = req_json(r);
+	const char *id = json_str(j, "context_id");
+	const cJSON *jcode = cJSON_GetObjectItemCaseSensitive(j, "code");
+	const char *language = json_str(j, "language");
+	const cJSON *jt = cJSON_GetObjectItemCaseSensitive(j, "timeout_ms");
+	if (!id) {
+		reply_code_error(r, 404, "CONTEXT_NOT_FOUND", ENOENT, NULL,
+				 "Context undefined not found");
+		return;
+	}
+	if (!cJSON_IsString(jcode)) {
+		reply_code_error(r, 400, "VALIDATION_FAILED", EINVAL, id, "code must be a string");
+		return;
+	}
+	int64_t timeout_ms = 0;
+	if (jt && !cJSON_IsNull(jt)) {
+		if (!cJSON_IsNumber(jt) || jt->valuedouble < 0 || jt->valuedouble > 1e12) {
+			reply_code_error(r, 400, "VALIDATION_FAILED", EINVAL, id,
+					 "timeout_ms must be a number of milliseconds >= 0");
+			return;
+		}
+		timeout_ms = (int64_t)jt->valuedouble;
+	}
+
+	pthread_mutex_lock(&lock);
+	struct ctx *c = find_ctx(id);
+	const char *problem = NULL;
+	if (!c)
+		problem = "not found";
+	else if (c->dead)
+		problem = "dead";
+	else if (language && find_language(language) != c->lang)
+		problem = "language";
+	struct exec *e = NULL, *start = NULL;
+	if (!problem) {
+		e = calloc(1, sizeof *e);
+		if (!e) {
+			problem = "memory";
+		} else {
+			cJSON *m = cJSON_CreateObject();
+			cJSON_AddStringToObject(m, "type", "execute");
+			cJSON_AddNumberToObject(m, "seq", (double)++c->seq);
+			cJSON_AddStringToObject(m, "code", jcode->valuestring);
+			e->request = json_print(m);
+			cJSON_Delete(m);
+			e->refs = 2;    /* the stream's and the queue's */
+			e->ctx = c;     /* takes find_ctx's reference */
+			e->seq = c->seq;
+			e->timeout_ms = timeout_ms;
+			struct exec **p = &c->queue;
+			while (*p)
+				p = &(*p)->next;
+			*p = e;
+			start = advance_queue(c);
+		}
+	}
+	const char *clang = c ? c->lang->name : NULL;
+	if (problem && c)
+		ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+
+	if (problem) {
+		if (!strcmp(problem, "not found"))
+			reply_code_error(r, 404, "CONTEXT_NOT_FOUND", ENOENT, id,
+					 "Context %s not found", id);
+		else if (!strcmp(problem, "dead"))
+			reply_code_error(r, 500, "INTERNAL_ERROR", EIO, id,
+					 "Context executor has terminated. Please delete and "
+					 "recreate the context.");
+		else if (!strcmp(problem, "language"))
+			reply_code_error(r, 500, "CODE_EXECUTION_ERROR", EINVAL, id,
+					 "Failed to execute code in context '%s': Context %s was "
+					 "created for %s, cannot execute %s code", id, id, clang,
+					 language);
+		else
+			reply_code_error(r, 500, "INTERNAL_ERROR", ENOMEM, id, "out of memory");
+		return;
+	}
+	if (start)
+		start_exec(c, start);
+	reply_sse(r, (struct sse_source){ .next = exec_next, .release = exec_release, .ctx = e });
+}
+
+void route_context_interrupt(struct req *r)
+{
+	const char *id = json_str(req_json(r), "context_id");
+	pthread_mutex_lock(&lock);
+	struct ctx *c = find_ctx(id);
+	uint64_t seq = 0;
+	bool running = false;
+	if (c && c->cur && !c->cur->finished) {
+		running = true;
+		if (c->cur->sent)
+			seq = c->cur->seq;
+		else
+			c->cur->interrupt_pending = true;
+	}
+	pthread_mutex_unlock(&lock);
+	if (!c) {
+		reply_not_found(r, id);
+		return;
+	}
+	if (seq)
+		send_interrupt(c, seq);
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "contextId", c->id);
+	cJSON_AddBoolToObject(body, "interrupted", running);
+	reply_ok(r, body);
+	pthread_mutex_lock(&lock);
+	ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+}
+
+void contexts_shutdown(void)
+{
+	pthread_once(&gone_once, init_gone_cond);
+	pthread_mutex_lock(&lock);
+	stopping = true;
+	pthread_cond_broadcast(&pool_cond);
+	bool join = pool_started;
+	pool_started = false;
+	pthread_mutex_unlock(&lock);
+	if (join)
+		pthread_join(pool_thread, NULL);
+
+	pthread_mutex_lock(&lock);
+	for (int k = 0; k < N_KERNELS; k++) {
+		if (warm[k]) {
+			ctx_signal(warm[k], SIGKILL);
+			ctx_unref(warm[k]);
+			warm[k] = NULL;
+		}
+	}
+	while (table) {
+		struct ctx *c = table;
+		unlink_ctx(c);
+		c->deleted = true;
+		ctx_signal(c, SIGKILL);
+		ctx_unref(c);
+	}
+	int64_t deadline = now_ms() + 10000;
+	while (supervisors > 0 && wait_until(&gone_cond, deadline))
+		;
+	if (supervisors > 0)
+		log_error("contexts: %d interpreters still running at shutdown", supervisors);
+	pthread_mutex_unlock(&lock);
+}
