@@ -6,6 +6,10 @@ SBX_PKGS_BUILD="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev libcurl4
 	libcjson-dev libmicrohttpd-dev"
 # run: fusermount3 and the FUSE helpers; bwrap isolates sbxd's commands
 SBX_PKGS_RUN="fuse3 bubblewrap"
+# code contexts: the interpreters sbxd starts (IPython with the usual data libraries; Node.js
+# for JavaScript, esbuild to strip TypeScript's types)
+SBX_PKGS_INTERP="python3 python3-ipython python3-numpy python3-pandas python3-matplotlib nodejs
+	esbuild"
 # tests: pytest with per-test timeouts, and the tools the tests drive as a user would
 SBX_PKGS_TEST="python3 python3-pytest python3-pytest-timeout vim git tar gzip diffutils
 	findutils coreutils procps"
