@@ -164,14 +164,14 @@ static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 	if (p) {
 		nodes_touch(t, p);
 		p->attr_valid = false;
-		/* The listing stays complete: the event says which name came or went (and
-		 * events arrive in order, so replaying them converges on the directory). */
-		if (p->list && !ev->names)
+		/* The listing stays complete: the event says which name came or went. A name
+		 * that went is not dropped but left to be checked: the event may be the late
+		 * echo of our own rename or unlink, after which the name was made again
+		 * through the mount (its own creation event has not arrived yet). */
+		if (p->list && (!ev->names || ev->appeared == 0))
 			dirlist_stale(p->list, name);
 		else if (p->list && ev->appeared == 1)
 			dirlist_put(p->list, name, NULL, NULL);
-		else if (p->list && ev->appeared == 0)
-			dirlist_remove(p->list, name);
 		else
 			nodes_drop_list(t, p);
 		notice_add(ns, (struct notice){ .ino = p->id, .off = -1 });
