@@ -17,6 +17,8 @@
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
+#include "server/envstore.h"
+#include "server/utf8.h"
 #include "common/base64.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
@@ -41,72 +43,6 @@ static int64_t now_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ---- UTF-8 ---- */
-
-/* The valid sequence at s: its length; 0 for a valid but incomplete prefix (n too short);
- * -k for an invalid sequence whose maximal subpart is k bytes (one U+FFFD each). NUL counts
- * as invalid. */
-static int utf8_seq(const unsigned char *s, size_t n)
-{
-	unsigned c = s[0], lo = 0x80, hi = 0xBF;
-	int len;
-	if (c < 0x80)
-		return c ? 1 : -1;
-	if (c >= 0xC2 && c <= 0xDF)
-		len = 2;
-	else if (c == 0xE0)
-		len = 3, lo = 0xA0;
-	else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF)
-		len = 3;
-	else if (c == 0xED)
-		len = 3, hi = 0x9F;
-	else if (c == 0xF0)
-		len = 4, lo = 0x90;
-	else if (c >= 0xF1 && c <= 0xF3)
-		len = 4;
-	else if (c == 0xF4)
-		len = 4, hi = 0x8F;
-	else
-		return -1;
-	for (int i = 1; i < len; i++) {
-		if ((size_t)i >= n)
-			return 0;
-		if (s[i] < lo || s[i] > hi)
-			return -i;
-		lo = 0x80, hi = 0xBF;
-	}
-	return len;
-}
-
-/* Appends in[0..n) to out as valid UTF-8. Unless final, an incomplete sequence at the end
- * is left unconsumed; returns the number of bytes consumed. */
-static size_t utf8_sanitize(struct strbuf *out, const char *in, size_t n, bool final)
-{
-	static const char replacement[] = "\xEF\xBF\xBD";
-	const unsigned char *s = (const unsigned char *)in;
-	size_t i = 0, run = 0;
-	strbuf_reserve(out, n);
-	while (i < n) {
-		if (s[i] && s[i] < 0x80) {
-			i++;
-			continue;
-		}
-		int k = utf8_seq(s + i, n - i);
-		if (k > 0) {
-			i += (size_t)k;
-			continue;
-		}
-		strbuf_append(out, in + run, i - run);
-		if (k == 0 && !final)
-			return i;
-		strbuf_append(out, replacement, 3);
-		i += k == 0 ? n - i : (size_t)-k;
-		run = i;
-	}
-	strbuf_append(out, in + run, i - run);
-	return i;
 }
 
 /* ---- running a command and reading its output ---- */
@@ -352,18 +288,19 @@ static bool parse_exec_req(struct req *r, struct exec_req *x, bool stream)
 		}
 		x->timeout_ms = (int)tmo->valuedouble;
 	}
-	if (!stream && json_bool(body, "background", false)) {
-		reply_error(r, 501, "NOT_SUPPORTED", ENOSYS, NULL,
-			    "background processes arrive with /api/process");
-		return false;
-	}
 	const char *enc = json_str(body, "encoding");
 	x->base64 = enc && strcmp(enc, "base64") == 0;
 	x->session_id = session_id_of_request(r, &x->session_given);
 	if (!x->session_id)
 		return false;
-	x->env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
-	return x->env != NULL;
+	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
+	if (!req_env)
+		return false;
+	/* the store's variables travel with the request's (which win): the session wrapper
+	 * applies them over the session's state and leaves them out of what it saves */
+	x->env = envstore_overlay((const char *const *)req_env);
+	session_free_env(req_env);
+	return true;
 }
 
 static void reply_spawn_error(struct req *r, int err)
@@ -447,6 +384,8 @@ void route_execute(struct req *r)
 	int64_t t0 = now_ms();
 	bool timed_out = false;
 
+	if (json_bool(req_json(r), "background", false))
+		return route_process_start(r); /* as the container: a process record */
 	if (!parse_exec_req(r, &x, false))
 		return;
 	int err = take_session(&x, &s);

@@ -13,6 +13,17 @@ const struct route routes[] = {
 	{ "POST", "/api/execute", route_execute, ROUTE_JSON },
 	{ "POST", "/api/execute/stream", route_execute_stream, ROUTE_JSON },
 
+	{ "POST", "/api/process/start", route_process_start, ROUTE_JSON },
+	{ "GET", "/api/process/list", route_process_list, 0 },
+	{ "DELETE", "/api/process/kill-all", route_process_kill_all, 0 },
+	{ "GET", "/api/process/{id}", route_process_get, 0 },
+	{ "GET", "/api/process/{id}/logs", route_process_logs, 0 },
+	{ "GET", "/api/process/{id}/stream", route_process_stream, 0 },
+	{ "DELETE", "/api/process/{id}", route_process_kill, 0 },
+	{ "POST", "/api/x/process/remove", route_x_process_remove, ROUTE_JSON | ROUTE_EXTENSION },
+
+	{ "POST", "/api/git/checkout", route_git_checkout, ROUTE_JSON },
+
 	{ "POST", "/api/read", route_read, ROUTE_JSON },
 	{ "POST", "/api/read/stream", route_read_stream, ROUTE_JSON },
 	{ "POST", "/api/write", route_write, ROUTE_JSON },

@@ -47,6 +47,19 @@ void route_session_delete(struct req *r);
 void route_execute(struct req *r);
 void route_execute_stream(struct req *r);
 
+/* processes.c (route_execute with "background":true starts a process too) */
+void route_process_start(struct req *r);
+void route_process_list(struct req *r);
+void route_process_get(struct req *r);
+void route_process_logs(struct req *r);
+void route_process_stream(struct req *r);
+void route_process_kill(struct req *r);
+void route_process_kill_all(struct req *r);
+void route_x_process_remove(struct req *r);
+
+/* git.c */
+void route_git_checkout(struct req *r);
+
 /* envstore.c */
 void route_x_env_get(struct req *r);
 void route_x_env_set(struct req *r);

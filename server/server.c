@@ -11,6 +11,7 @@
 #include "server/contexts.h"
 #include "server/handles.h"
 #include "server/httpd.h"
+#include "server/processes.h"
 #include "server/runner.h"
 #include "server/watch.h"
 #include "server/workspace.h"
@@ -63,6 +64,8 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	log_debug("http server stopped");
 	contexts_shutdown();
 	log_debug("interpreters stopped");
+	processes_shutdown();
+	log_debug("background processes stopped");
 	watch_shutdown();
 	log_debug("watcher stopped");
 	handles_shutdown();

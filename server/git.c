@@ -1,0 +1,313 @@
+/* POST /api/git/checkout: `git clone` inside the sandbox, as the container runs it.
+ *
+ * git runs through the runner like any command (bubblewrap, the environment store), with
+ * stdin from /dev/null and GIT_TERMINAL_PROMPT=0 so it never waits for a password. Its output
+ * is read with poll() (bounded to OUTPUT_MAX per stream); the clone has a deadline (timeoutMs,
+ * 10 minutes by default): TERM, then KILL KILL_GRACE_MS later, then 502 GIT_NETWORK_ERROR.
+ * Failures come back as the container's GIT_OPERATION_FAILED with git's stderr, credentials
+ * in URLs replaced by "***", and an errno guessed from git's words so that a filesystem
+ * client can say EEXIST or ENOENT rather than EIO. */
+#include "server/routes.h"
+#include "server/envstore.h"
+#include "server/runner.h"
+#include "server/workspace.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define URL_MAX 2048
+#define DEFAULT_TIMEOUT_MS (10 * 60 * 1000)
+#define KILL_GRACE_MS 5000
+#define OUTPUT_MAX (1024 * 1024)
+#define BRANCH_TIMEOUT_MS 30000
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct git_run {
+	struct strbuf out, err;
+	int exit_code;
+	bool timed_out;
+};
+
+/* Reads what fd has; false at its end. */
+static bool drain(int fd, struct strbuf *sb)
+{
+	char buf[8192];
+	for (;;) {
+		ssize_t n = read(fd, buf, sizeof buf);
+		if (n > 0) {
+			if (sb->len < OUTPUT_MAX)
+				strbuf_append(sb, buf, (size_t)n);
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n < 0 && errno == EAGAIN;
+	}
+}
+
+/* Runs git with these arguments in cwd; 0 (see g) or a negative errno from the runner. */
+static int run_git(const char *const *argv, const char *cwd, int timeout_ms, struct git_run *g)
+{
+	static const char *const extra[] = { "GIT_TERMINAL_PROMPT=0", NULL };
+	struct run_proc p;
+	char **env = envstore_build(extra);
+	struct run_spec spec = { .argv = argv, .cwd = cwd, .env = (const char *const *)env,
+				 .stdin_null = true };
+	int err = runner_spawn(&spec, &p);
+	envstore_free(env);
+	if (err)
+		return err;
+	int64_t deadline = now_ms() + timeout_ms, kill_at = -1, give_up = -1;
+	bool open_out = true, open_err = true;
+	int status = 0;
+	while (open_out || open_err) {
+		int64_t now = now_ms();
+		if (deadline >= 0 && now >= deadline) {
+			g->timed_out = true;
+			runner_kill(&p, SIGTERM);
+			deadline = -1;
+			kill_at = now + KILL_GRACE_MS;
+		}
+		if (kill_at >= 0 && now >= kill_at) {
+			runner_kill(&p, SIGKILL);
+			kill_at = -1;
+			give_up = now + KILL_GRACE_MS;
+		}
+		if (give_up >= 0 && now >= give_up)
+			break; /* something that left the group still holds the pipes */
+		int64_t next = deadline >= 0 ? deadline : kill_at >= 0 ? kill_at : give_up;
+		struct pollfd pfd[2];
+		int n = 0;
+		if (open_out)
+			pfd[n++] = (struct pollfd){ .fd = p.stdout_fd, .events = POLLIN };
+		if (open_err)
+			pfd[n++] = (struct pollfd){ .fd = p.stderr_fd, .events = POLLIN };
+		int wait = next < 0 ? -1 : next - now > INT_MAX ? INT_MAX : (int)(next - now);
+		if (poll(pfd, (nfds_t)n, wait) < 0 && errno != EINTR)
+			break;
+		if (open_out)
+			open_out = drain(p.stdout_fd, &g->out);
+		if (open_err)
+			open_err = drain(p.stderr_fd, &g->err);
+	}
+	/* the pipes closed: git is ending (a hung helper holding them is what the timer kills) */
+	if (runner_wait(&p, &status, KILL_GRACE_MS) == -ETIMEDOUT) {
+		runner_kill(&p, SIGKILL);
+		runner_wait(&p, &status, -1);
+	}
+	runner_kill(&p, SIGKILL); /* helpers left in its group */
+	runner_close(&p);
+	g->exit_code = runner_exit_code(status);
+	return 0;
+}
+
+static void git_run_free(struct git_run *g)
+{
+	strbuf_free(&g->out);
+	strbuf_free(&g->err);
+}
+
+/* A copy of s with the user information of URLs in it ("https://user:token@host")
+ * replaced by "***". */
+static char *redact(const char *s)
+{
+	struct strbuf sb = STRBUF_INIT;
+	const char *p = s;
+	for (;;) {
+		const char *scheme = strstr(p, "://");
+		if (!scheme)
+			break;
+		const char *host = scheme + 3;
+		size_t span = strcspn(host, "/ \t\r\n'\"");
+		const char *at = memrchr(host, '@', span);
+		strbuf_append(&sb, p, (size_t)(host - p));
+		if (at) {
+			strbuf_appends(&sb, "***");
+			p = at;
+		} else {
+			p = host;
+		}
+	}
+	strbuf_appends(&sb, p);
+	return strbuf_detach(&sb, NULL);
+}
+
+/* "/workspace/<last path segment of the URL without .git>" ("repository" when none). */
+static void default_target(const char *url, char *out, size_t outlen)
+{
+	size_t n = strlen(url);
+	while (n && (url[n - 1] == '/' || url[n - 1] == ':'))
+		n--;
+	size_t start = n;
+	while (start && url[start - 1] != '/' && url[start - 1] != ':')
+		start--;
+	size_t len = n - start;
+	if (len >= 4 && strncmp(url + n - 4, ".git", 4) == 0)
+		len -= 4;
+	if (len == 0 || (len <= 2 && strncmp(url + start, "..", len) == 0))
+		snprintf(out, outlen, "/workspace/repository");
+	else
+		snprintf(out, outlen, "/workspace/%.*s", (int)len, url + start);
+}
+
+/* What git's words say in errno terms. */
+static int errno_of_git(const char *err)
+{
+	static const struct { const char *text; int err; } map[] = {
+		{ "already exists and is not an empty directory", EEXIST },
+		{ "not found in upstream", ENOENT },
+		{ "does not appear to be a git repository", ENOENT },
+		{ "does not exist", ENOENT },
+		{ "not found", ENOENT },
+		{ "Authentication failed", EACCES },
+		{ "Permission denied", EACCES },
+		{ "Could not resolve host", EHOSTUNREACH },
+		{ "Connection refused", ECONNREFUSED },
+		{ "unable to connect", ECONNREFUSED },
+		{ "timed out", ETIMEDOUT },
+		{ "No space left", ENOSPC },
+	};
+	for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+		if (strstr(err, map[i].text))
+			return map[i].err;
+	return EIO;
+}
+
+static void trim(struct strbuf *sb)
+{
+	while (sb->len && strchr(" \t\r\n", sb->data[sb->len - 1]))
+		sb->data[--sb->len] = '\0';
+}
+
+void route_git_checkout(struct req *r)
+{
+	cJSON *body = req_json(r);
+	const cJSON *url = cJSON_GetObjectItemCaseSensitive(body, "repoUrl");
+	const cJSON *branch = cJSON_GetObjectItemCaseSensitive(body, "branch");
+	const cJSON *target = cJSON_GetObjectItemCaseSensitive(body, "targetDir");
+	const cJSON *depth = cJSON_GetObjectItemCaseSensitive(body, "depth");
+	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
+	char dir[WS_PATH_MAX + 64], rel[WS_PATH_MAX + 1], depth_arg[32];
+	int timeout_ms = DEFAULT_TIMEOUT_MS;
+
+	if (!cJSON_IsString(url) || !*url->valuestring)
+		return reply_error(r, 400, "INVALID_GIT_URL", EINVAL, NULL,
+				   "Invalid Git URL: repoUrl is required");
+	if (strlen(url->valuestring) > URL_MAX || url->valuestring[0] == '-')
+		return reply_error(r, 400, "INVALID_GIT_URL", EINVAL, NULL,
+				   "Invalid Git URL: it must be at most %d characters and not "
+				   "start with '-'", URL_MAX);
+	if (branch && !cJSON_IsNull(branch) && !cJSON_IsString(branch))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "branch must be a string");
+	if (target && !cJSON_IsNull(target) && !cJSON_IsString(target))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "targetDir must be a string");
+	if (depth && !cJSON_IsNull(depth) &&
+	    (!cJSON_IsNumber(depth) || depth->valuedouble < 1 || depth->valuedouble > INT_MAX ||
+	     depth->valuedouble != (double)(int)depth->valuedouble))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "depth must be a positive integer");
+	if (tmo && !cJSON_IsNull(tmo)) {
+		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 1 || tmo->valuedouble > INT_MAX ||
+		    tmo->valuedouble != (double)(int)tmo->valuedouble)
+			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+					   "Invalid clone timeout '%g'. It must be a positive "
+					   "integer of milliseconds.",
+					   cJSON_IsNumber(tmo) ? tmo->valuedouble : 0.0);
+		timeout_ms = (int)tmo->valuedouble;
+	}
+	const char *want_branch = cJSON_IsString(branch) && *branch->valuestring
+				  ? branch->valuestring : NULL;
+	if (cJSON_IsString(target) && *target->valuestring)
+		snprintf(dir, sizeof dir, "%s", target->valuestring);
+	else
+		default_target(url->valuestring, dir, sizeof dir);
+	int err = ws_normalize(dir, rel, sizeof rel);
+	if (err)
+		return reply_ws_errno(r, err, dir);
+	ws_api_path(rel, dir, sizeof dir);
+
+	const char *argv[16];
+	size_t n = 0;
+	argv[n++] = "git";
+	argv[n++] = "-c"; argv[n++] = "http.lowSpeedLimit=1024";
+	argv[n++] = "-c"; argv[n++] = "http.lowSpeedTime=30";
+	argv[n++] = "clone";
+	argv[n++] = "--filter=blob:none";
+	if (want_branch) {
+		argv[n++] = "--branch";
+		argv[n++] = want_branch;
+	}
+	if (cJSON_IsNumber(depth)) {
+		snprintf(depth_arg, sizeof depth_arg, "--depth=%d", (int)depth->valuedouble);
+		argv[n++] = depth_arg;
+	}
+	argv[n++] = "--";
+	argv[n++] = url->valuestring;
+	argv[n++] = dir;
+	argv[n] = NULL;
+
+	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false };
+	err = run_git(argv, NULL, timeout_ms, &g);
+	if (err) {
+		git_run_free(&g);
+		if (err == -ENOTSUP && runner_unavailable())
+			return reply_error(r, 500, "GIT_OPERATION_FAILED", ENOTSUP, NULL,
+					   "cannot run git: %s", runner_unavailable());
+		return reply_error(r, 500, "GIT_OPERATION_FAILED", -err, NULL,
+				   "cannot run git: %s", strerror(-err));
+	}
+	char *safe_url = redact(url->valuestring);
+	if (g.timed_out || g.exit_code != 0) {
+		trim(&g.err);
+		char *safe_err = redact(g.err.len ? g.err.data : "");
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "repository", safe_url);
+		cJSON_AddStringToObject(ctx, "targetDir", dir);
+		cJSON_AddNumberToObject(ctx, "exitCode", g.timed_out ? 124 : g.exit_code);
+		cJSON_AddStringToObject(ctx, "stderr", safe_err);
+		if (g.timed_out)
+			reply_error(r, 502, "GIT_NETWORK_ERROR", ETIMEDOUT, ctx,
+				    "Failed to clone repository '%s': timed out after %dms",
+				    safe_url, timeout_ms);
+		else
+			reply_error(r, 500, "GIT_OPERATION_FAILED", errno_of_git(safe_err), ctx,
+				    "Failed to clone repository '%s': %s", safe_url,
+				    *safe_err ? safe_err : "git failed");
+		free(safe_err);
+		free(safe_url);
+		git_run_free(&g);
+		return;
+	}
+	git_run_free(&g);
+
+	/* the branch actually checked out (the remote's HEAD when none was asked for) */
+	const char *show[] = { "git", "branch", "--show-current", NULL };
+	struct git_run b = { STRBUF_INIT, STRBUF_INIT, 0, false };
+	err = run_git(show, dir, BRANCH_TIMEOUT_MS, &b);
+	trim(&b.out);
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddStringToObject(out, "repoUrl", safe_url);
+	cJSON_AddStringToObject(out, "branch", !err && b.exit_code == 0 && b.out.len
+				? b.out.data : want_branch ? want_branch : "");
+	cJSON_AddStringToObject(out, "targetDir", dir);
+	git_run_free(&b);
+	free(safe_url);
+	reply_ok(r, out);
+}

@@ -1,0 +1,1032 @@
+/* Background processes: POST /api/process/start and the routes that watch, signal and remove
+ * them.
+ *
+ * A record (struct proc) lives in one table, in memory only, until POST /api/x/process/remove
+ * takes it out or sbxd stops. Each running process has a collector thread that owns its pipes:
+ * it polls stdout, stderr and the pidfd, appends what it reads to the record, and when the
+ * leader has exited it kills what is left of the group (a process tree dies with its leader,
+ * as with the pid namespace the runner gives each spawn), reaps the leader, reads what the
+ * pipes still hold (at most DRAIN_MAX_MS more) and only then marks the record finished. So
+ * "finished" always means "all output is in": a reader that sees a final status has the whole
+ * log.
+ *
+ * Output is kept as two byte logs (offsets into them are what /logs?offset= takes) plus a
+ * list of segments saying which log each successive piece came from; the stream replays and
+ * follows the segments, so stdout and stderr stay in the order sbxd read them. That order is
+ * the order of writing except for writes to both pipes closer together than one turn of the
+ * collector's loop (two pipes carry no common clock). Each log keeps at most LOG_MAX bytes;
+ * beyond that the output is read and dropped, and the record says "outputTruncated".
+ *
+ * Locking: table_lock guards the table and every record's fields, and records_changed is
+ * broadcast whenever output arrives or a process ends (streams and killers wait on it). A
+ * record's sig_lock orders signals against the reap: the collector reaps under it and marks
+ * the record reaped, a kill sends only while the leader is unreaped, so a signal can never
+ * reach a recycled pid. Records are reference-counted (table, collector, each request or
+ * stream that holds one), so a removed record stays valid for a stream still reading it. */
+#include "server/processes.h"
+#include "server/envstore.h"
+#include "server/routes.h"
+#include "server/runner.h"
+#include "server/sessions.h"
+#include "server/utf8.h"
+#include "server/workspace.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_PROCS 1024
+#define ID_MAX 128
+#define LOG_MAX ((size_t)64 << 20)  /* per stream and record */
+#define READ_CHUNK 65536
+#define ROUND_BYTES (1024 * 1024)   /* read per stream and loop turn, so exits are seen */
+#define KILL_GRACE_MS 5000          /* TERM, then KILL this much later (as the container) */
+#define DRAIN_MAX_MS 1000           /* after the exit: reading what the pipes still hold */
+#define EVENT_BYTES 65536           /* output per stream event */
+#define STREAM_ROUND_BYTES (1024 * 1024)
+
+enum { OUT, ERR };
+enum pstatus { P_RUNNING, P_COMPLETED, P_FAILED, P_KILLED, P_ERROR };
+static const char *const status_names[] = { "running", "completed", "failed", "killed", "error" };
+
+struct seg {
+	int which;
+	size_t off, len;
+};
+
+struct proc {
+	struct proc *next;
+	int refs;
+	bool in_table;
+	char *id, *command;
+	enum pstatus status;
+	int exit_code;
+	struct timespec start, end;  /* CLOCK_REALTIME */
+	bool kill_requested;         /* a terminating signal came through the API */
+	int timeout_ms;              /* 0: none */
+	pid_t pid;                   /* as reported; -1 until started */
+	struct strbuf log[2];
+	bool truncated;
+	struct seg *segs;
+	size_t nsegs, segcap;
+	/* the running process */
+	pthread_mutex_t sig_lock;
+	struct run_proc rp;
+	bool reaped;
+};
+
+static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t records_changed = PTHREAD_COND_INITIALIZER;
+static struct proc *table;
+static size_t n_records;
+static int n_collectors;
+static bool shutting_down;
+
+/* ---- helpers ---- */
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static const char *iso_time(const struct timespec *t, char buf[32])
+{
+	struct tm tm;
+	gmtime_r(&t->tv_sec, &tm);
+	size_t n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
+	snprintf(buf + n, 32 - n, ".%03ldZ", t->tv_nsec / 1000000);
+	return buf;
+}
+
+/* Waits on records_changed (table_lock held) until deadline (monotonic ms). */
+static void wait_change_until(int64_t deadline)
+{
+	int64_t left = deadline - mono_ms();
+	if (left <= 0)
+		return;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += left / 1000;
+	ts.tv_nsec += (left % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_cond_timedwait(&records_changed, &table_lock, &ts);
+}
+
+/* "TERM", "SIGTERM", "term" or "15"; 0 when it names no signal. */
+static int parse_signal(const char *s)
+{
+	if (!s || !*s)
+		return 0;
+	if (isdigit((unsigned char)*s)) {
+		char *end;
+		long n = strtol(s, &end, 10);
+		return *end || n < 1 || n > SIGRTMAX ? 0 : (int)n;
+	}
+	if (strncasecmp(s, "SIG", 3) == 0)
+		s += 3;
+	for (int i = 1; i < SIGRTMIN; i++) {
+		const char *name = sigabbrev_np(i);
+		if (name && strcasecmp(name, s) == 0)
+			return i;
+	}
+	return 0;
+}
+
+/* Signals that do not ask a process to end (it may well go on running). */
+static bool terminating(int sig)
+{
+	return sig != SIGCONT && sig != SIGSTOP && sig != SIGTSTP && sig != SIGTTIN &&
+	       sig != SIGTTOU && sig != SIGCHLD && sig != SIGURG && sig != SIGWINCH;
+}
+
+/* An id the client may choose: it names a directory in sbxfs and a URL segment. */
+static bool valid_id(const char *id)
+{
+	size_t n = strlen(id);
+	if (n == 0 || n > ID_MAX || id[0] == '.' || strcmp(id, "list") == 0 ||
+	    strcmp(id, "kill-all") == 0)
+		return false;
+	for (const char *p = id; *p; p++)
+		if (!isalnum((unsigned char)*p) && !strchr("_-.:@+", *p))
+			return false;
+	return true;
+}
+
+static char *new_id(void)
+{
+	static const char digits[] = "0123456789abcdefghijklmnopqrstuvwxyz";
+	unsigned char rnd[6];
+	char suffix[7], *id;
+	struct timespec now;
+	if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd)
+		for (size_t i = 0; i < sizeof rnd; i++)
+			rnd[i] = (unsigned char)rand();
+	for (size_t i = 0; i < sizeof rnd; i++)
+		suffix[i] = digits[rnd[i] % 36];
+	suffix[6] = '\0';
+	clock_gettime(CLOCK_REALTIME, &now);
+	if (asprintf(&id, "proc_%lld_%s", (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000,
+		     suffix) < 0)
+		abort();
+	return id;
+}
+
+/* ---- records ---- */
+
+static struct proc *find_locked(const char *id)
+{
+	for (struct proc *p = table; p; p = p->next)
+		if (strcmp(p->id, id) == 0)
+			return p;
+	return NULL;
+}
+
+static void unlink_locked(struct proc *p)
+{
+	for (struct proc **pp = &table; *pp; pp = &(*pp)->next)
+		if (*pp == p) {
+			*pp = p->next;
+			p->in_table = false;
+			n_records--;
+			return;
+		}
+}
+
+static void put_locked(struct proc *p)
+{
+	if (--p->refs > 0)
+		return;
+	strbuf_free(&p->log[OUT]);
+	strbuf_free(&p->log[ERR]);
+	free(p->segs);
+	free(p->id);
+	free(p->command);
+	pthread_mutex_destroy(&p->sig_lock);
+	free(p);
+}
+
+static void proc_put(struct proc *p)
+{
+	pthread_mutex_lock(&table_lock);
+	put_locked(p);
+	pthread_mutex_unlock(&table_lock);
+}
+
+/* The record with this id, referenced; NULL after answering 404. */
+static struct proc *proc_get(struct req *r, const char *id)
+{
+	pthread_mutex_lock(&table_lock);
+	struct proc *p = id ? find_locked(id) : NULL;
+	if (p)
+		p->refs++;
+	pthread_mutex_unlock(&table_lock);
+	if (!p) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "processId", id ? id : "");
+		reply_error(r, 404, "PROCESS_NOT_FOUND", ENOENT, ctx, "Process %s not found",
+			    id ? id : "");
+	}
+	return p;
+}
+
+/* Appends output (table_lock held). */
+static void append_locked(struct proc *p, int which, const char *buf, size_t n)
+{
+	struct strbuf *log = &p->log[which];
+	if (log->len + n > LOG_MAX) {
+		p->truncated = true;
+		n = LOG_MAX - log->len;
+	}
+	if (!n)
+		return;
+	if (p->nsegs && p->segs[p->nsegs - 1].which == which) {
+		p->segs[p->nsegs - 1].len += n;
+	} else {
+		if (p->nsegs == p->segcap) {
+			p->segcap = p->segcap ? p->segcap * 2 : 16;
+			p->segs = realloc(p->segs, p->segcap * sizeof *p->segs);
+			if (!p->segs)
+				abort();
+		}
+		p->segs[p->nsegs++] = (struct seg){ .which = which, .off = log->len, .len = n };
+	}
+	strbuf_append(log, buf, n);
+}
+
+/* Ends the record (table_lock held): from now on its output is complete. */
+static void finish_locked(struct proc *p, enum pstatus st, int code)
+{
+	p->status = st;
+	p->exit_code = code;
+	clock_gettime(CLOCK_REALTIME, &p->end);
+	pthread_cond_broadcast(&records_changed);
+}
+
+static int signal_proc(struct proc *p, int sig)
+{
+	pthread_mutex_lock(&p->sig_lock);
+	int err = p->reaped || p->rp.pid <= 0 ? -ESRCH : runner_kill(&p->rp, sig);
+	pthread_mutex_unlock(&p->sig_lock);
+	return err;
+}
+
+/* ---- the collector ---- */
+
+struct collector {
+	struct proc *p;
+	bool eof[2];
+	bool exited, timed_out;
+	int status;
+	int64_t deadline, kill_at, drain_until; /* monotonic ms, -1: none */
+};
+
+/* Reads what fd has now (at most ROUND_BYTES); marks eof at its end. */
+static void collect_fd(struct collector *c, int which)
+{
+	struct proc *p = c->p;
+	int fd = which == OUT ? p->rp.stdout_fd : p->rp.stderr_fd;
+	char buf[READ_CHUNK];
+	size_t budget = ROUND_BYTES;
+	while (budget) {
+		ssize_t n = read(fd, buf, sizeof buf);
+		if (n > 0) {
+			pthread_mutex_lock(&table_lock);
+			append_locked(p, which, buf, (size_t)n);
+			pthread_cond_broadcast(&records_changed);
+			pthread_mutex_unlock(&table_lock);
+			budget -= (size_t)n < budget ? (size_t)n : budget;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || errno != EAGAIN)
+			c->eof[which] = true;
+		return;
+	}
+}
+
+/* Once the leader has exited (a zombie, not yet reaped): the rest of its group goes, then
+ * the leader is reaped. */
+static void collect_exit(struct collector *c)
+{
+	struct proc *p = c->p;
+	siginfo_t si = { 0 };
+	int rc = waitid(P_PID, (id_t)p->rp.pid, &si, WEXITED | WNOHANG | WNOWAIT);
+	if (rc < 0 && errno != ECHILD) {
+		log_error("processes: waiting for %d: %s", (int)p->rp.pid, strerror(errno));
+		return;
+	}
+	if (rc == 0 && si.si_pid == 0)
+		return; /* still running */
+	pthread_mutex_lock(&p->sig_lock);
+	runner_kill(&p->rp, SIGKILL);
+	if (runner_wait(&p->rp, &c->status, -1) < 0)
+		c->status = 255 << 8;
+	p->reaped = true;
+	pthread_mutex_unlock(&p->sig_lock);
+	c->exited = true;
+	c->drain_until = mono_ms() + DRAIN_MAX_MS;
+}
+
+static void collect_timers(struct collector *c, int64_t now)
+{
+	if (c->deadline >= 0 && now >= c->deadline) {
+		c->deadline = -1;
+		c->timed_out = true;
+		signal_proc(c->p, SIGTERM);
+		c->kill_at = now + KILL_GRACE_MS;
+	}
+	if (c->kill_at >= 0 && now >= c->kill_at) {
+		c->kill_at = -1;
+		signal_proc(c->p, SIGKILL);
+	}
+}
+
+static void collect_end(struct collector *c)
+{
+	struct proc *p = c->p;
+	int code = runner_exit_code(c->status);
+	enum pstatus st;
+	pthread_mutex_lock(&table_lock);
+	if (c->timed_out) {
+		char msg[64];
+		int n = snprintf(msg, sizeof msg, "Command timed out after %dms\n", p->timeout_ms);
+		append_locked(p, ERR, msg, (size_t)n);
+		code = 124;
+		st = P_FAILED;
+	} else if (p->kill_requested || WIFSIGNALED(c->status) || code == 137 || code == 143) {
+		st = P_KILLED;
+	} else {
+		st = code == 0 ? P_COMPLETED : P_FAILED;
+	}
+	finish_locked(p, st, code);
+	pthread_mutex_unlock(&table_lock);
+}
+
+static void *collector_main(void *arg)
+{
+	struct collector c = { .p = arg, .deadline = -1, .kill_at = -1, .drain_until = -1 };
+	struct proc *p = c.p;
+	if (p->timeout_ms > 0)
+		c.deadline = mono_ms() + p->timeout_ms;
+	for (;;) {
+		int64_t now = mono_ms();
+		collect_timers(&c, now);
+		if (c.exited && ((c.eof[OUT] && c.eof[ERR]) || now >= c.drain_until))
+			break;
+		struct pollfd pfd[3];
+		int n = 0, i_out = -1, i_err = -1, i_pid = -1, wait_ms = -1;
+		if (!c.eof[OUT])
+			pfd[i_out = n++] = (struct pollfd){ .fd = p->rp.stdout_fd, .events = POLLIN };
+		if (!c.eof[ERR])
+			pfd[i_err = n++] = (struct pollfd){ .fd = p->rp.stderr_fd, .events = POLLIN };
+		if (!c.exited && p->rp.pidfd >= 0)
+			pfd[i_pid = n++] = (struct pollfd){ .fd = p->rp.pidfd, .events = POLLIN };
+		else if (!c.exited)
+			wait_ms = 10; /* no pidfd: look for the exit now and then */
+		int64_t timers[] = { c.deadline, c.kill_at, c.exited ? c.drain_until : -1 };
+		for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
+			if (timers[i] >= 0 && (wait_ms < 0 || timers[i] - now < wait_ms))
+				wait_ms = timers[i] - now < 0 ? 0 : (int)(timers[i] - now);
+		if (poll(pfd, (nfds_t)n, wait_ms) < 0 && errno != EINTR) {
+			log_error("processes: poll: %s", strerror(errno));
+			break;
+		}
+		if (i_out >= 0 && pfd[i_out].revents)
+			collect_fd(&c, OUT);
+		if (i_err >= 0 && pfd[i_err].revents)
+			collect_fd(&c, ERR);
+		if (!c.exited && (i_pid < 0 || pfd[i_pid].revents))
+			collect_exit(&c);
+	}
+	if (!c.exited) {
+		/* only after a failing poll: make sure the process is gone and reaped */
+		signal_proc(p, SIGKILL);
+		collect_exit(&c);
+	}
+	runner_close(&p->rp);
+	collect_end(&c);
+	pthread_mutex_lock(&table_lock);
+	n_collectors--;
+	pthread_cond_broadcast(&records_changed);
+	put_locked(p);
+	pthread_mutex_unlock(&table_lock);
+	return NULL;
+}
+
+/* ---- POST /api/process/start ---- */
+
+/* Whether the sandbox has the directory: checked beforehand, so that a bad cwd makes a
+ * record with status "error" rather than a failure of the command. Paths outside /workspace
+ * are looked up on the host, whose tree the sandbox shows there. 0 or a negative errno; the
+ * directory to start in (inside the sandbox) goes to out. */
+static int check_cwd(const char *cwd, char *out, size_t outlen)
+{
+	char rel[WS_PATH_MAX + 1];
+	struct stat st;
+	int err = ws_normalize(cwd, rel, sizeof rel);
+	if (!err) {
+		ws_api_path(rel, out, outlen);
+		err = ws_stat(out, &st, true);
+	} else if (err == -EACCES && cwd[0] == '/') {
+		snprintf(out, outlen, "%s", cwd);
+		err = stat(cwd, &st) < 0 ? -errno : 0;
+	}
+	if (!err && !S_ISDIR(st.st_mode))
+		err = -ENOTDIR;
+	return err;
+}
+
+/* Spawns the record's command and hands it to a collector; or ends the record as "error"
+ * with the reason in its stderr. */
+static void launch(struct proc *p, const char *cwd, char *const *req_env)
+{
+	char dir[WS_PATH_MAX + 64];
+	char why[WS_PATH_MAX + 256];
+	int code = 127;
+	int err = 0;
+
+	why[0] = '\0';
+	if (cwd) {
+		err = check_cwd(cwd, dir, sizeof dir);
+		if (err) {
+			snprintf(why, sizeof why, "Failed to change directory to '%s': %s\n", cwd,
+				 strerror(-err));
+			code = 1;
+		}
+	}
+	if (!err) {
+		const char *argv[] = { "bash", "-c", p->command, NULL };
+		char **env = envstore_build((const char *const *)req_env);
+		struct run_spec spec = { .argv = argv, .cwd = cwd ? dir : NULL,
+					 .env = (const char *const *)env, .stdin_null = true };
+		pthread_mutex_lock(&p->sig_lock);
+		err = runner_spawn(&spec, &p->rp);
+		pthread_mutex_unlock(&p->sig_lock);
+		envstore_free(env);
+		if (err == -ENOTSUP && runner_unavailable())
+			snprintf(why, sizeof why, "cannot run commands: %s\n", runner_unavailable());
+		else if (err)
+			snprintf(why, sizeof why, "cannot start the command: %s\n", strerror(-err));
+	}
+	if (!err) {
+		pthread_t t;
+		pthread_mutex_lock(&table_lock);
+		p->pid = p->rp.pid;
+		pthread_mutex_unlock(&table_lock);
+		pthread_attr_t a;
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		pthread_mutex_lock(&table_lock);
+		p->refs++;
+		n_collectors++;
+		pthread_mutex_unlock(&table_lock);
+		err = -pthread_create(&t, &a, collector_main, p);
+		pthread_attr_destroy(&a);
+		if (!err)
+			return;
+		pthread_mutex_lock(&table_lock);
+		p->refs--;
+		n_collectors--;
+		pthread_mutex_unlock(&table_lock);
+		signal_proc(p, SIGKILL);
+		pthread_mutex_lock(&p->sig_lock);
+		int status;
+		runner_wait(&p->rp, &status, -1);
+		p->reaped = true;
+		pthread_mutex_unlock(&p->sig_lock);
+		runner_close(&p->rp);
+		snprintf(why, sizeof why, "cannot collect the output: %s\n", strerror(-err));
+	}
+	pthread_mutex_lock(&table_lock);
+	append_locked(p, ERR, why, strlen(why));
+	finish_locked(p, P_ERROR, code);
+	pthread_mutex_unlock(&table_lock);
+}
+
+void route_process_start(struct req *r)
+{
+	cJSON *body = req_json(r);
+	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(body, "command");
+	const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(body, "cwd");
+	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
+	const cJSON *pid = cJSON_GetObjectItemCaseSensitive(body, "processId");
+	int timeout_ms = 0;
+
+	if (!cJSON_IsString(cmd) ||
+	    strspn(cmd->valuestring, " \t\r\n\v\f") == strlen(cmd->valuestring))
+		return reply_error(r, 400, "INVALID_COMMAND", EINVAL, NULL,
+				   "Invalid command: empty command provided");
+	if (cwd && !cJSON_IsNull(cwd) && !cJSON_IsString(cwd))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "cwd must be a string");
+	if (tmo && !cJSON_IsNull(tmo)) {
+		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 0 || tmo->valuedouble > INT_MAX)
+			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+					   "timeoutMs must be a number of milliseconds");
+		timeout_ms = (int)tmo->valuedouble;
+	}
+	if (pid && !cJSON_IsNull(pid) && !(cJSON_IsString(pid) && valid_id(pid->valuestring)))
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "processId must be 1 to %d letters, digits or _-.:@+ (not "
+				   "starting with '.', not 'list' or 'kill-all')", ID_MAX);
+	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
+	if (!req_env)
+		return;
+
+	struct proc *p = calloc(1, sizeof *p);
+	if (!p)
+		abort();
+	p->id = cJSON_IsString(pid) ? strdup(pid->valuestring) : new_id();
+	p->command = strdup(cmd->valuestring);
+	if (!p->id || !p->command)
+		abort();
+	p->refs = 1; /* ours, until the answer */
+	p->timeout_ms = timeout_ms;
+	p->pid = -1;
+	p->rp = (struct run_proc){ .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
+				   .pidfd = -1 };
+	pthread_mutex_init(&p->sig_lock, NULL);
+	clock_gettime(CLOCK_REALTIME, &p->start);
+
+	/* the id is taken before the command starts, so a concurrent duplicate sees it */
+	pthread_mutex_lock(&table_lock);
+	struct proc *old = find_locked(p->id);
+	int busy = shutting_down ? ESHUTDOWN
+		   : old && old->status == P_RUNNING ? EEXIST
+		   : n_records - (old != NULL) >= MAX_PROCS ? ENOSPC : 0;
+	if (!busy) {
+		if (old) {
+			/* a finished record of that id is replaced, as in the container */
+			unlink_locked(old);
+			put_locked(old);
+		}
+		p->next = table;
+		table = p;
+		p->in_table = true;
+		p->refs++;
+		n_records++;
+	}
+	pthread_mutex_unlock(&table_lock);
+	if (busy) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "processId", p->id);
+		if (busy == EEXIST)
+			reply_error(r, 409, "PROCESS_ALREADY_EXISTS", EEXIST, ctx,
+				    "Process %s already exists and is running", p->id);
+		else if (busy == ENOSPC)
+			reply_error(r, 500, "PROCESS_ERROR", ENOSPC, ctx,
+				    "too many process records (%d): remove finished ones",
+				    MAX_PROCS);
+		else
+			reply_error(r, 503, "PROCESS_ERROR", ESHUTDOWN, ctx, "sbxd is stopping");
+		session_free_env(req_env);
+		proc_put(p);
+		return;
+	}
+	launch(p, cJSON_IsString(cwd) && *cwd->valuestring ? cwd->valuestring : NULL, req_env);
+	session_free_env(req_env);
+
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddStringToObject(out, "processId", p->id);
+	pthread_mutex_lock(&table_lock);
+	if (p->pid > 0)
+		cJSON_AddNumberToObject(out, "pid", p->pid);
+	pthread_mutex_unlock(&table_lock);
+	cJSON_AddStringToObject(out, "command", p->command);
+	proc_put(p);
+	reply_ok(r, out);
+}
+
+/* ---- reading records ---- */
+
+/* The record as the API shows it (table_lock held). */
+static cJSON *record_json(const struct proc *p)
+{
+	char ts[32];
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "id", p->id);
+	if (p->pid > 0)
+		cJSON_AddNumberToObject(o, "pid", p->pid);
+	cJSON_AddStringToObject(o, "command", p->command);
+	cJSON_AddStringToObject(o, "status", status_names[p->status]);
+	cJSON_AddStringToObject(o, "startTime", iso_time(&p->start, ts));
+	if (p->status != P_RUNNING) {
+		cJSON_AddStringToObject(o, "endTime", iso_time(&p->end, ts));
+		cJSON_AddNumberToObject(o, "exitCode", p->exit_code);
+	}
+	json_add_int(o, "stdoutSize", (int64_t)p->log[OUT].len);
+	json_add_int(o, "stderrSize", (int64_t)p->log[ERR].len);
+	if (p->truncated)
+		cJSON_AddTrueToObject(o, "outputTruncated");
+	return o;
+}
+
+void route_process_list(struct req *r)
+{
+	const char *want = req_query(r, "status");
+	cJSON *list = cJSON_CreateArray();
+	pthread_mutex_lock(&table_lock);
+	/* running ones first, then finished ones, each oldest first (the table is newest first) */
+	for (int finished = 0; finished < 2; finished++) {
+		size_t n = 0;
+		for (struct proc *p = table; p; p = p->next)
+			n++;
+		struct proc **v = calloc(n + 1, sizeof *v);
+		if (!v)
+			abort();
+		n = 0;
+		for (struct proc *p = table; p; p = p->next)
+			if ((p->status != P_RUNNING) == finished &&
+			    (!want || strcmp(want, status_names[p->status]) == 0))
+				v[n++] = p;
+		while (n)
+			cJSON_AddItemToArray(list, record_json(v[--n]));
+		free(v);
+	}
+	pthread_mutex_unlock(&table_lock);
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddItemToObject(out, "processes", list);
+	reply_ok(r, out);
+}
+
+void route_process_get(struct req *r)
+{
+	struct proc *p = proc_get(r, req_path_arg(r));
+	if (!p)
+		return;
+	cJSON *out = cJSON_CreateObject();
+	pthread_mutex_lock(&table_lock);
+	cJSON_AddItemToObject(out, "process", record_json(p));
+	put_locked(p);
+	pthread_mutex_unlock(&table_lock);
+	reply_ok(r, out);
+}
+
+static void add_text(cJSON *o, const char *key, const struct strbuf *log, size_t from)
+{
+	struct strbuf text = STRBUF_INIT;
+	if (from < log->len)
+		utf8_sanitize(&text, log->data + from, log->len - from, true);
+	cJSON_AddStringToObject(o, key, text.len ? text.data : "");
+	strbuf_free(&text);
+}
+
+void route_process_logs(struct req *r)
+{
+	const char *off = req_query(r, "offset");
+	uint64_t from = 0;
+	if (off) {
+		char *end;
+		errno = 0;
+		from = strtoull(off, &end, 10);
+		if (!*off || *end || errno || *off == '-')
+			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+					   "offset must be a number of bytes");
+	}
+	struct proc *p = proc_get(r, req_path_arg(r));
+	if (!p)
+		return;
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddStringToObject(out, "processId", p->id);
+	pthread_mutex_lock(&table_lock);
+	add_text(out, "stdout", &p->log[OUT], from);
+	add_text(out, "stderr", &p->log[ERR], from);
+	json_add_int(out, "stdoutSize", (int64_t)p->log[OUT].len);
+	json_add_int(out, "stderrSize", (int64_t)p->log[ERR].len);
+	if (p->truncated)
+		cJSON_AddTrueToObject(out, "outputTruncated");
+	put_locked(p);
+	pthread_mutex_unlock(&table_lock);
+	reply_ok(r, out);
+}
+
+/* ---- GET /api/process/{id}/stream ---- */
+
+struct pstream {
+	struct proc *p;
+	size_t seg, segoff;       /* the next byte to send */
+	struct strbuf carry[2];   /* an incomplete UTF-8 character from the last event */
+	bool info_sent;
+};
+
+static void output_event(struct strbuf *out, const struct proc *p, int which, const char *text)
+{
+	char ts[32];
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	cJSON *ev = cJSON_CreateObject();
+	cJSON_AddStringToObject(ev, "type", which == OUT ? "stdout" : "stderr");
+	cJSON_AddStringToObject(ev, "data", text);
+	cJSON_AddStringToObject(ev, "processId", p->id);
+	cJSON_AddStringToObject(ev, "timestamp", iso_time(&now, ts));
+	sse_append(out, ev);
+	cJSON_Delete(ev);
+}
+
+/* One event for bytes of one stream, keeping characters whole across events. */
+static void stream_bytes(struct pstream *s, struct strbuf *out, int which, const char *buf,
+			 size_t n, bool final)
+{
+	struct strbuf *carry = &s->carry[which];
+	struct strbuf text = STRBUF_INIT;
+	strbuf_append(carry, buf, n);
+	size_t used = utf8_sanitize(&text, carry->len ? carry->data : "", carry->len, final);
+	strbuf_consume(carry, used);
+	if (text.len)
+		output_event(out, s->p, which, text.data);
+	strbuf_free(&text);
+}
+
+/* Sends what is new (table_lock held); the number of bytes sent. */
+static size_t stream_pending(struct pstream *s, struct strbuf *out)
+{
+	struct proc *p = s->p;
+	size_t sent = 0;
+	while (s->seg < p->nsegs && sent < STREAM_ROUND_BYTES) {
+		const struct seg *g = &p->segs[s->seg];
+		size_t n = g->len - s->segoff;
+		if (n > EVENT_BYTES)
+			n = EVENT_BYTES;
+		if (n) {
+			stream_bytes(s, out, g->which, p->log[g->which].data + g->off + s->segoff, n,
+				     false);
+			s->segoff += n;
+			sent += n;
+		}
+		if (s->segoff < g->len || s->seg + 1 == p->nsegs)
+			break; /* more of it, or the last segment, which may still grow */
+		s->seg++;
+		s->segoff = 0;
+	}
+	return sent;
+}
+
+static bool stream_caught_up(const struct pstream *s)
+{
+	const struct proc *p = s->p;
+	return p->nsegs == 0 || (s->seg + 1 >= p->nsegs && s->segoff == p->segs[s->seg].len);
+}
+
+static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
+{
+	struct pstream *s = ctx;
+	struct proc *p = s->p;
+	char ts[32];
+	struct timespec now;
+	int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
+	int rc = 1;
+
+	pthread_mutex_lock(&table_lock);
+	if (!s->info_sent) {
+		clock_gettime(CLOCK_REALTIME, &now);
+		cJSON *ev = cJSON_CreateObject();
+		cJSON_AddStringToObject(ev, "type", "process_info");
+		cJSON_AddStringToObject(ev, "processId", p->id);
+		cJSON_AddStringToObject(ev, "command", p->command);
+		cJSON_AddStringToObject(ev, "status", status_names[p->status]);
+		cJSON_AddStringToObject(ev, "timestamp", iso_time(&now, ts));
+		sse_append(out, ev);
+		cJSON_Delete(ev);
+		s->info_sent = true;
+	}
+	for (;;) {
+		/* the status is read before the output: a finished record's output is complete */
+		bool finished = p->status != P_RUNNING;
+		if (stream_pending(s, out))
+			break;
+		if (finished && stream_caught_up(s)) {
+			for (int w = OUT; w <= ERR; w++)
+				if (s->carry[w].len)
+					stream_bytes(s, out, w, "", 0, true);
+			clock_gettime(CLOCK_REALTIME, &now);
+			cJSON *ev = cJSON_CreateObject();
+			char msg[64];
+			snprintf(msg, sizeof msg, "Process %s with exit code %d",
+				 status_names[p->status], p->exit_code);
+			cJSON_AddStringToObject(ev, "type", "exit");
+			cJSON_AddStringToObject(ev, "processId", p->id);
+			cJSON_AddNumberToObject(ev, "exitCode", p->exit_code);
+			cJSON_AddStringToObject(ev, "data", msg);
+			cJSON_AddStringToObject(ev, "timestamp", iso_time(&now, ts));
+			sse_append(out, ev);
+			cJSON_Delete(ev);
+			rc = 0;
+			break;
+		}
+		if (out->len || mono_ms() >= deadline)
+			break;
+		wait_change_until(deadline);
+	}
+	pthread_mutex_unlock(&table_lock);
+	return rc;
+}
+
+static void stream_release(void *ctx)
+{
+	struct pstream *s = ctx;
+	proc_put(s->p);
+	strbuf_free(&s->carry[OUT]);
+	strbuf_free(&s->carry[ERR]);
+	free(s);
+}
+
+void route_process_stream(struct req *r)
+{
+	struct proc *p = proc_get(r, req_path_arg(r));
+	if (!p)
+		return;
+	struct pstream *s = calloc(1, sizeof *s);
+	if (!s)
+		abort();
+	s->p = p;
+	reply_sse(r, (struct sse_source){ .next = stream_next, .release = stream_release,
+					  .ctx = s });
+}
+
+/* ---- signals ---- */
+
+/* The ?signal= of a kill route (default TERM); 0 after answering 400. */
+static int signal_of_request(struct req *r)
+{
+	const char *name = req_query(r, "signal");
+	if (!name)
+		return SIGTERM;
+	int sig = parse_signal(name);
+	if (!sig)
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "unknown signal '%s' (a name such as TERM, INT, KILL, or a number)",
+			    name);
+	return sig;
+}
+
+/* Sends sig to each running record of v (referenced); TERM is followed by KILL for those
+ * still running KILL_GRACE_MS later, and then waits (bounded) for them to end. The number
+ * of records signalled. */
+static int kill_records(struct proc **v, size_t n, int sig)
+{
+	int done = 0;
+	for (size_t i = 0; i < n; i++) {
+		pthread_mutex_lock(&table_lock);
+		bool running = v[i]->status == P_RUNNING;
+		if (running && terminating(sig))
+			v[i]->kill_requested = true;
+		pthread_mutex_unlock(&table_lock);
+		if (running && signal_proc(v[i], sig) == 0)
+			done++;
+	}
+	if (sig != SIGTERM)
+		return done;
+	for (int round = 0; round < 2; round++) {
+		int64_t deadline = mono_ms() + KILL_GRACE_MS;
+		pthread_mutex_lock(&table_lock);
+		for (size_t i = 0; i < n; i++)
+			while (v[i]->status == P_RUNNING && mono_ms() < deadline)
+				wait_change_until(deadline);
+		pthread_mutex_unlock(&table_lock);
+		if (round == 1)
+			break;
+		for (size_t i = 0; i < n; i++)
+			signal_proc(v[i], SIGKILL); /* no-op for those that ended */
+	}
+	return done;
+}
+
+void route_process_kill(struct req *r)
+{
+	int sig = signal_of_request(r);
+	if (!sig)
+		return;
+	struct proc *p = proc_get(r, req_path_arg(r));
+	if (!p)
+		return;
+	pthread_mutex_lock(&table_lock);
+	bool running = p->status == P_RUNNING;
+	pthread_mutex_unlock(&table_lock);
+	if (!running || kill_records(&p, 1, sig) == 0) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "processId", p->id);
+		reply_error(r, 404, "COMMAND_NOT_FOUND", ESRCH, ctx,
+			    "Process %s is not running (already completed)", p->id);
+		proc_put(p);
+		return;
+	}
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddStringToObject(out, "processId", p->id);
+	proc_put(p);
+	reply_ok(r, out);
+}
+
+/* The running records, referenced; *n their number. */
+static struct proc **running_records(size_t *n)
+{
+	pthread_mutex_lock(&table_lock);
+	struct proc **v = calloc(n_records + 1, sizeof *v);
+	if (!v)
+		abort();
+	*n = 0;
+	for (struct proc *p = table; p; p = p->next)
+		if (p->status == P_RUNNING) {
+			p->refs++;
+			v[(*n)++] = p;
+		}
+	pthread_mutex_unlock(&table_lock);
+	return v;
+}
+
+void route_process_kill_all(struct req *r)
+{
+	int sig = signal_of_request(r);
+	if (!sig)
+		return;
+	size_t n;
+	struct proc **v = running_records(&n);
+	int done = kill_records(v, n, sig);
+	for (size_t i = 0; i < n; i++)
+		proc_put(v[i]);
+	free(v);
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddNumberToObject(out, "cleanedCount", done);
+	reply_ok(r, out);
+}
+
+/* ---- POST /api/x/process/remove ---- */
+
+void route_x_process_remove(struct req *r)
+{
+	const char *id = json_str(req_json(r), "processId");
+	if (!id || !*id)
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "processId is required");
+	struct proc *p = proc_get(r, id);
+	if (!p)
+		return;
+	pthread_mutex_lock(&table_lock);
+	bool running = p->status == P_RUNNING;
+	if (!running && p->in_table) {
+		unlink_locked(p);
+		put_locked(p); /* the table's reference */
+	}
+	put_locked(p);
+	pthread_mutex_unlock(&table_lock);
+	if (running) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "processId", id);
+		return reply_error(r, 409, "RESOURCE_BUSY", EBUSY, ctx,
+				   "Process %s is still running: kill it first", id);
+	}
+	cJSON *out = cJSON_CreateObject();
+	cJSON_AddStringToObject(out, "processId", id);
+	reply_ok(r, out);
+}
+
+/* ---- shutdown ---- */
+
+void processes_shutdown(void)
+{
+	size_t n;
+	pthread_mutex_lock(&table_lock);
+	shutting_down = true;
+	pthread_mutex_unlock(&table_lock);
+	struct proc **v = running_records(&n);
+	if (n)
+		log_info("stopping %zu background process%s", n, n == 1 ? "" : "es");
+	kill_records(v, n, SIGTERM);
+	for (size_t i = 0; i < n; i++)
+		proc_put(v[i]);
+	free(v);
+
+	/* the collectors end within DRAIN_MAX_MS of the KILL; bounded all the same */
+	int64_t deadline = mono_ms() + 2 * DRAIN_MAX_MS + 1000;
+	pthread_mutex_lock(&table_lock);
+	while (n_collectors > 0 && mono_ms() < deadline)
+		wait_change_until(deadline);
+	if (n_collectors > 0)
+		log_warn("processes: %d collector%s did not end", n_collectors,
+			 n_collectors == 1 ? "" : "s");
+	while (table) {
+		struct proc *p = table;
+		unlink_locked(p);
+		put_locked(p);
+	}
+	pthread_mutex_unlock(&table_lock);
+}
