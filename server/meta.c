@@ -24,7 +24,8 @@ void route_capabilities(struct req *r)
 	cJSON_AddStringToObject(o, "sandboxId",
 				sbxd_cfg && sbxd_cfg->sandbox_id ? sbxd_cfg->sandbox_id : "local");
 	cJSON *ext = cJSON_AddArrayToObject(o, "extensions");
-	cJSON_AddItemToArray(ext, cJSON_CreateString("fs"));
-	cJSON_AddItemToArray(ext, cJSON_CreateString("watch"));
+	static const char *const names[] = { "fs", "watch", "ports", "env", "process", "interrupt" };
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+		cJSON_AddItemToArray(ext, cJSON_CreateString(names[i]));
 	reply_ok(r, o);
 }
