@@ -318,7 +318,7 @@ static void set_open_flags(struct fuse_file_info *fi, const struct ctl_handle *h
 	fi->fh = (uintptr_t)h | 1;
 	fi->direct_io = 1;
 	fi->keep_cache = 0;
-	if (sequential(h))
+	if (h->feed || (h->entry->flags & CTL_STREAM))
 		fi->nonseekable = 1;
 }
 
@@ -702,28 +702,42 @@ void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off
 	}
 	memcpy(h->in.data + at, buf, size);
 	h->dirty = true;
+	int err = 0;
+	if ((h->entry->flags & CTL_LINE) && size && buf[size - 1] == '\n')
+		err = commit(h);
 	pthread_mutex_unlock(&BOX(h)->lock);
-	fuse_reply_write(req, size);
+	if (err < 0)
+		fuse_reply_err(req, -err);
+	else
+		fuse_reply_write(req, size);
 }
 
-/* close(): a command file acts on what was written, and close() returns how that went. A
- * request file acts only when something was written and not yet read back. */
+/* close(): a command or request file acts on what was written since its last commit, and
+ * close() returns how that went. */
 void ctl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ctl_handle *h = handle_of(fi);
 	int err = 0;
 	pthread_mutex_lock(&BOX(h)->lock);
 	bool writer = (h->flags & O_ACCMODE) != O_RDONLY;
-	bool due = h->entry->flags & CTL_REQUEST ? h->dirty : h->dirty || !h->committed;
-	if (writer && h->entry->commit && due)
+	if (writer && h->entry->commit && h->dirty)
 		err = commit(h);
 	pthread_mutex_unlock(&BOX(h)->lock);
 	fuse_reply_err(req, -err);
 }
 
+/* The last close: a command file opened for writing and never written acts now, on empty
+ * input (`: > proc/ID/kill`); nobody is left to tell of an error but the log. */
 void ctl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	handle_free(handle_of(fi));
+	struct ctl_handle *h = handle_of(fi);
+	bool writer = (h->flags & O_ACCMODE) != O_RDONLY;
+	if (writer && h->entry->commit && !(h->entry->flags & CTL_REQUEST) && !h->committed) {
+		pthread_mutex_lock(&BOX(h)->lock);
+		commit(h);
+		pthread_mutex_unlock(&BOX(h)->lock);
+	}
+	handle_free(h);
 	fuse_reply_err(req, 0);
 }
 

@@ -15,6 +15,13 @@
  *     returns commit's error (echo code > ctx/ID/in). With CTL_REQUEST, the first read commits
  *     too and then returns what commit put in h->out, so one descriptor can send a request and
  *     read its answer: id=$(exec 3<>proc/new; echo cmd >&3; head -1 <&3);
+ *     Closes come in numbers: bash's `echo x > f` opens f, dup2()s it onto stdout and closes
+ *     the original (a flush with nothing written yet), writes, then dup2()s stdout back (a
+ *     flush whose error the kernel drops). So a flush commits only what was written since the
+ *     last commit; a command file closed without ever being written (`: > f`) commits empty
+ *     input at its last close (release), where an error can only be logged. With CTL_LINE, a
+ *     write that ends a line commits at once and fails with commit's error, which is the only
+ *     way bash's builtin echo ever sees one (echo INT > proc/ID/kill);
  *   - stream: `open` attaches a feed (ctl_handle_attach); reads return what was pushed to it,
  *     block while nothing is there, and see EOF once it has ended.
  *
@@ -58,7 +65,9 @@ void ctl_names_add(struct ctl_names *names, const char *name);
 enum ctl_flags {
 	CTL_REQUEST = 1 << 0, /* the first read commits what was written and reads its answer */
 	CTL_STREAM = 1 << 1,  /* reads and writes are sequential (nonseekable); implied by
-				 CTL_REQUEST and by an attached feed */
+				 an attached feed. CTL_REQUEST files are sequential too but
+				 seekable, because `head -1` seeks back to the end of its line */
+	CTL_LINE = 1 << 2,    /* a write ending in '\n' commits what was written at once */
 };
 
 struct ctl_entry {
