@@ -30,6 +30,7 @@ struct root_row {
 
 static const struct root_row root_rows[] = {
 	{ "workspace", NODE_WORKSPACE, "/workspace", NULL },
+	{ "proc", NODE_CONTROL, NULL, &ctl_proc_tree },
 };
 #define N_ROWS (sizeof(root_rows) / sizeof(root_rows[0]))
 

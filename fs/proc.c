@@ -1,0 +1,310 @@
+/* proc/: the sandbox's background processes as a control tree (docs/proc.md).
+ *
+ *   proc/new            request: write [cwd=DIR and env.NAME=VALUE lines, then] a command
+ *                       line, read "<id>\n"; `echo cmd > proc/new` starts it without asking
+ *   proc/kill-all       command: a signal (empty: TERM) for every running process
+ *   proc/<id>/cmd, status, info, stdout, stderr   snapshots at open
+ *   proc/<id>/follow    stream: stdout and stderr as produced, EOF when the process ends
+ *   proc/<id>/kill      command: a signal name or number (empty: TERM)
+ *   rmdir proc/<id>     forgets a finished process
+ *
+ * Every file asks the sandbox when it is opened; nothing is cached here, so processes started
+ * by anyone (another mount, the API) appear, and a status is never stale. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "client/processes.h"
+#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "common/log.h"
+#include "fs/control.h"
+#include "fs/internal.h"
+
+static const char *proc_id(const struct ctl_args *a)
+{
+	return a->v[a->n - 1];
+}
+
+/* Names proc/ itself uses, and names no directory can have, are not listed as processes. */
+static bool listable(const char *id)
+{
+	return *id && !strchr(id, '/') && strcmp(id, ".") && strcmp(id, "..") &&
+	       strcmp(id, "new") && strcmp(id, "kill-all");
+}
+
+static int proc_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names *out)
+{
+	struct sbx_process *v;
+	size_t n;
+	int err = sbx_process_list(fs->sbx, &v, &n);
+	if (err)
+		return err;
+	for (size_t i = 0; i < n; i++)
+		if (listable(v[i].id))
+			ctl_names_add(out, v[i].id);
+	sbx_processes_free(v, n);
+	return 0;
+}
+
+static int proc_exists(struct sbxfs *fs, const struct ctl_args *a)
+{
+	struct sbx_process p;
+	int err = sbx_process_get(fs->sbx, proc_id(a), &p);
+	if (!err)
+		sbx_process_clear(&p);
+	else if (err != -ENOENT)
+		log_warn("proc/%s: %s", proc_id(a), sbx_last_error());
+	return err;
+}
+
+static int proc_remove(struct sbxfs *fs, const struct ctl_args *a)
+{
+	return sbx_process_remove(fs->sbx, proc_id(a));
+}
+
+/* ---- proc/new ---- */
+
+static bool is_env_name(const char *s, size_t n)
+{
+	if (!n || !(s[0] == '_' || ((s[0] | 32) >= 'a' && (s[0] | 32) <= 'z')))
+		return false;
+	for (size_t i = 1; i < n; i++)
+		if (!(s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
+		      ((s[i] | 32) >= 'a' && (s[i] | 32) <= 'z')))
+			return false;
+	return true;
+}
+
+/* An option line ("cwd=DIR", "env.NAME=VALUE") of length n at s. */
+static bool is_option_line(const char *s, size_t n)
+{
+	if (n >= 4 && strncmp(s, "cwd=", 4) == 0)
+		return true;
+	const char *eq = memchr(s, '=', n);
+	return n > 4 && strncmp(s, "env.", 4) == 0 && eq && is_env_name(s + 4, (size_t)(eq - s - 4));
+}
+
+static int new_commit(struct ctl_handle *h)
+{
+	const char *text = h->in.data ? h->in.data : "";
+	if (memchr(text, '\0', h->in.len))
+		return sbx_fail(-EINVAL, "proc/new: the command contains a NUL byte");
+	char *cwd = NULL;
+	char **env = calloc(h->in.len / 2 + 2, sizeof(*env));
+	size_t nenv = 0;
+	if (!env)
+		abort();
+	const char *p = text;
+	for (;;) {
+		const char *nl = strchr(p, '\n');
+		size_t n = nl ? (size_t)(nl - p) : strlen(p);
+		size_t line = n && p[n - 1] == '\r' ? n - 1 : n;
+		if (!nl || !is_option_line(p, line))
+			break;
+		if (p[0] == 'c') {
+			free(cwd);
+			if (line > 4 && p[4] == '/')
+				cwd = strndup(p + 4, line - 4);
+			else if (asprintf(&cwd, "/workspace/%.*s", (int)(line - 4), p + 4) < 0)
+				cwd = NULL;
+			if (!cwd)
+				abort();
+		} else if (!(env[nenv++] = strndup(p + 4, line - 4))) {
+			abort();
+		}
+		p = nl + 1;
+	}
+	/* The command is the rest, without the newline(s) echo and editors end it with. */
+	size_t len = strlen(p);
+	while (len && (p[len - 1] == '\n' || p[len - 1] == '\r'))
+		len--;
+	char *command = strndup(p, len);
+	if (!command)
+		abort();
+	char *id = NULL;
+	int err = sbx_process_start(h->sbx, command, cwd, (const char *const *)env, &id);
+	if (!err) {
+		strbuf_appendf(&h->out, "%s\n", id);
+		log_debug("proc/new: started %s: %s", id, command);
+	}
+	free(id);
+	free(command);
+	free(cwd);
+	for (size_t i = 0; i < nenv; i++)
+		free(env[i]);
+	free(env);
+	return err;
+}
+
+/* ---- signals ---- */
+
+static int kill_commit(struct ctl_handle *h)
+{
+	int sig = sbx_signal_parse(h->in.data ? h->in.data : "");
+	if (sig < 0)
+		return sig;
+	return sbx_process_kill(h->sbx, proc_id(&h->args), sig);
+}
+
+static int kill_all_commit(struct ctl_handle *h)
+{
+	int sig = sbx_signal_parse(h->in.data ? h->in.data : "");
+	if (sig < 0)
+		return sig;
+	int count = 0;
+	int err = sbx_process_kill_all(h->sbx, sig, &count);
+	if (!err)
+		log_info("proc/kill-all: signalled %d process%s", count, count == 1 ? "" : "es");
+	return err;
+}
+
+/* ---- snapshots of one process ---- */
+
+static int record_open(struct ctl_handle *h, struct sbx_process *p)
+{
+	return sbx_process_get(h->sbx, proc_id(&h->args), p);
+}
+
+static int cmd_open(struct ctl_handle *h)
+{
+	struct sbx_process p;
+	int err = record_open(h, &p);
+	if (!err) {
+		strbuf_appendf(&h->out, "%s\n", p.command);
+		sbx_process_clear(&p);
+	}
+	return err;
+}
+
+static int status_open(struct ctl_handle *h)
+{
+	struct sbx_process p;
+	int err = record_open(h, &p);
+	if (err)
+		return err;
+	bool ended = strcmp(p.status, "completed") == 0 || strcmp(p.status, "failed") == 0 ||
+		     strcmp(p.status, "killed") == 0;
+	if (ended && p.has_exit_code)
+		strbuf_appendf(&h->out, "%s %d\n", p.status, p.exit_code);
+	else
+		strbuf_appendf(&h->out, "%s\n", p.status);
+	sbx_process_clear(&p);
+	return 0;
+}
+
+static int info_open(struct ctl_handle *h)
+{
+	struct sbx_process p;
+	int err = record_open(h, &p);
+	if (!err) {
+		strbuf_appendf(&h->out, "%s\n", p.json);
+		sbx_process_clear(&p);
+	}
+	return err;
+}
+
+static int logs_open(struct ctl_handle *h, bool want_stderr)
+{
+	char *out, *err_text;
+	size_t out_len, err_len;
+	int err = sbx_process_logs(h->sbx, proc_id(&h->args), &out, &out_len, &err_text,
+				   &err_len);
+	if (err)
+		return err;
+	if (want_stderr)
+		strbuf_append(&h->out, err_text, err_len);
+	else
+		strbuf_append(&h->out, out, out_len);
+	free(out);
+	free(err_text);
+	return 0;
+}
+
+static int stdout_open(struct ctl_handle *h)
+{
+	return logs_open(h, false);
+}
+
+static int stderr_open(struct ctl_handle *h)
+{
+	return logs_open(h, true);
+}
+
+/* ---- follow: each open has its own stream into its own feed ---- */
+
+struct follow {
+	struct ctl_feed *feed;
+	struct sbx_process_stream *ps;
+};
+
+static void follow_output(void *arg, bool is_stderr, const char *data, size_t len)
+{
+	struct follow *f = arg;
+	ctl_feed_push(f->feed, data, len);
+}
+
+static void follow_end(void *arg, int err, int exit_code)
+{
+	struct follow *f = arg;
+	ctl_feed_end(f->feed, err);
+}
+
+static const struct sbx_process_stream_ops follow_ops = {
+	.on_output = follow_output,
+	.on_end = follow_end,
+};
+
+static void follow_free(void *priv)
+{
+	struct follow *f = priv;
+	sbx_process_stream_close(f->ps);
+	ctl_feed_unref(f->feed);
+	free(f);
+}
+
+static int follow_open(struct ctl_handle *h)
+{
+	struct follow *f = calloc(1, sizeof(*f));
+	if (!f)
+		abort();
+	f->feed = ctl_feed_new();
+	f->ps = sbx_process_stream_open(h->sbx, proc_id(&h->args), &follow_ops, f);
+	if (!f->ps) {
+		int err = -errno;
+		ctl_feed_unref(f->feed);
+		free(f);
+		return err;
+	}
+	ctl_handle_attach(h, f->feed);
+	h->priv = f;
+	h->priv_free = follow_free;
+	return 0;
+}
+
+/* ---- the tree ---- */
+
+static const struct ctl_entry process_files[] = {
+	{ .name = "cmd", .mode = S_IFREG | 0444, .open = cmd_open },
+	{ .name = "status", .mode = S_IFREG | 0444, .open = status_open },
+	{ .name = "info", .mode = S_IFREG | 0444, .open = info_open },
+	{ .name = "stdout", .mode = S_IFREG | 0444, .open = stdout_open },
+	{ .name = "stderr", .mode = S_IFREG | 0444, .open = stderr_open },
+	{ .name = "follow", .mode = S_IFREG | 0444, .flags = CTL_STREAM, .open = follow_open },
+	{ .name = "kill", .mode = S_IFREG | 0222, .flags = CTL_LINE, .commit = kill_commit },
+	{ 0 }
+};
+
+static const struct ctl_entry proc_children[] = {
+	{ .name = "new", .mode = S_IFREG | 0666, .flags = CTL_REQUEST | CTL_LINE,
+	  .commit = new_commit },
+	{ .name = "kill-all", .mode = S_IFREG | 0222, .flags = CTL_LINE, .commit = kill_all_commit },
+	{ .name = NULL, .mode = S_IFDIR | 0755, .children = process_files, .list = proc_list,
+	  .exists = proc_exists, .remove = proc_remove },
+	{ 0 }
+};
+
+const struct ctl_entry ctl_proc_tree = {
+	.name = "proc",
+	.mode = S_IFDIR | 0755,
+	.children = proc_children,
+};
