@@ -58,6 +58,8 @@
 #define DRAIN_MAX_MS 1000           /* after the exit: reading what the pipes still hold */
 #define EVENT_BYTES 65536           /* output per stream event */
 #define STREAM_ROUND_BYTES (1024 * 1024)
+#define PROBE_TIMEOUT_MS 10000
+#define SIGNAL_RETRY_MS 2000
 
 enum { OUT, ERR };
 enum pstatus { P_RUNNING, P_COMPLETED, P_FAILED, P_KILLED, P_ERROR };
@@ -281,12 +283,21 @@ static void finish_locked(struct proc *p, enum pstatus st, int code)
 	pthread_cond_broadcast(&records_changed);
 }
 
+/* The command's group may not exist yet right after the start (the sandbox's init is still
+ * setting up): a signal that finds no group while the process lives is retried for a while. */
 static int signal_proc(struct proc *p, int sig)
 {
-	pthread_mutex_lock(&p->sig_lock);
-	int err = p->reaped || p->rp.pid <= 0 ? -ESRCH : runner_kill(&p->rp, sig);
-	pthread_mutex_unlock(&p->sig_lock);
-	return err;
+	int64_t give_up = mono_ms() + SIGNAL_RETRY_MS;
+	for (;;) {
+		pthread_mutex_lock(&p->sig_lock);
+		bool gone = p->reaped || p->rp.pid <= 0;
+		int err = gone ? -ESRCH : runner_kill(&p->rp, sig);
+		pthread_mutex_unlock(&p->sig_lock);
+		if (err != -ESRCH || gone || mono_ms() >= give_up)
+			return err;
+		struct timespec ts = { 0, 10 * 1000000 };
+		nanosleep(&ts, NULL);
+	}
 }
 
 /* ---- the collector ---- */
@@ -435,10 +446,29 @@ static void *collector_main(void *arg)
 
 /* ---- POST /api/process/start ---- */
 
+/* Is dir a directory inside the sandbox? Asked of the sandbox itself (`test -d`), whose view
+ * of paths outside /workspace is not the host's. */
+static int probe_dir(const char *dir)
+{
+	const char *argv[] = { "test", "-d", dir, NULL };
+	struct run_spec spec = { .argv = argv, .stdin_null = true };
+	struct run_proc rp;
+	int status = 0;
+	int err = runner_spawn(&spec, &rp);
+	if (err)
+		return err;
+	err = runner_wait(&rp, &status, PROBE_TIMEOUT_MS);
+	if (err == -ETIMEDOUT) {
+		runner_kill(&rp, SIGKILL);
+		runner_wait(&rp, &status, -1);
+	}
+	runner_close(&rp);
+	return err ? err : WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -ENOENT;
+}
+
 /* Whether the sandbox has the directory: checked beforehand, so that a bad cwd makes a
- * record with status "error" rather than a failure of the command. Paths outside /workspace
- * are looked up on the host, whose tree the sandbox shows there. 0 or a negative errno; the
- * directory to start in (inside the sandbox) goes to out. */
+ * record with status "error" rather than a failure of the command. 0 or a negative errno;
+ * the directory to start in (inside the sandbox) goes to out. */
 static int check_cwd(const char *cwd, char *out, size_t outlen)
 {
 	char rel[WS_PATH_MAX + 1];
@@ -447,12 +477,12 @@ static int check_cwd(const char *cwd, char *out, size_t outlen)
 	if (!err) {
 		ws_api_path(rel, out, outlen);
 		err = ws_stat(out, &st, true);
+		if (!err && !S_ISDIR(st.st_mode))
+			err = -ENOTDIR;
 	} else if (err == -EACCES && cwd[0] == '/') {
 		snprintf(out, outlen, "%s", cwd);
-		err = stat(cwd, &st) < 0 ? -errno : 0;
+		err = probe_dir(cwd);
 	}
-	if (!err && !S_ISDIR(st.st_mode))
-		err = -ENOTDIR;
 	return err;
 }
 
