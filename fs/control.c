@@ -55,6 +55,7 @@ static size_t npollers, cap_pollers;
 struct handle_box {
 	struct ctl_handle h;
 	pthread_mutex_t lock;
+	size_t taken; /* bytes of h.in that ctl_input_take() has handed out */
 };
 #define BOX(hp) ((struct handle_box *)(hp))
 
@@ -82,7 +83,8 @@ static void names_free(struct ctl_names *names)
 struct resolved {
 	const struct ctl_entry *e;
 	struct ctl_args a;
-	char *path; /* owns the strings a points into */
+	char *path;  /* "/ports/8080" */
+	char *words; /* a copy of path cut at its slashes: owns the strings a points into */
 };
 
 static const struct ctl_entry *child_of(const struct ctl_entry *dir, const char *name,
@@ -119,7 +121,9 @@ static int resolve(struct sbxfs *fs, struct node *n, const char *name, struct re
 		p = q;
 	}
 	r->path = p;
-	char *save = NULL, *seg = strtok_r(p, "/", &save);
+	if (!(r->words = strdup(p)))
+		abort();
+	char *save = NULL, *seg = strtok_r(r->words, "/", &save);
 	const struct ctl_entry *e = seg ? fs_control_tree(seg) : NULL;
 	if (!e)
 		return -ENOENT;
@@ -143,6 +147,7 @@ static int resolve(struct sbxfs *fs, struct node *n, const char *name, struct re
 static void resolved_free(struct resolved *r)
 {
 	free(r->path);
+	free(r->words);
 }
 
 ino_t ctl_ino(const char *path)
@@ -630,6 +635,14 @@ static void handle_free(struct ctl_handle *h)
 	strbuf_free(&h->out);
 	pthread_mutex_destroy(&BOX(h)->lock);
 	free(BOX(h));
+}
+
+const char *ctl_input_take(struct ctl_handle *h, size_t *len)
+{
+	size_t from = BOX(h)->taken < h->in.len ? BOX(h)->taken : h->in.len;
+	BOX(h)->taken = h->in.len;
+	*len = h->in.len - from;
+	return h->in.data ? h->in.data + from : "";
 }
 
 /* Runs the commit callback; caller holds the handle's lock. */

@@ -126,6 +126,10 @@ void ctl_feed_end(struct ctl_feed *f, int err);
 bool ctl_feed_ended(struct ctl_feed *f);
 /* Reads of h come from f, from its beginning (takes a reference). Call from `open`. */
 void ctl_handle_attach(struct ctl_handle *h, struct ctl_feed *f);
+/* For commit callbacks: what was written since the previous call (h->in keeps everything, and
+ * a CTL_LINE file commits at every line, so a second line must not act on the first again).
+ * The text runs to the end of h->in, which is NUL-terminated. */
+const char *ctl_input_take(struct ctl_handle *h, size_t *len);
 
 /* The handlers fs.c dispatches to: NODE_CONTROL's kind_ops, and the file operations of a
  * control handle (fi->fh tagged by ctl_fh). */
