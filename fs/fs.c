@@ -31,6 +31,9 @@ struct root_row {
 static const struct root_row root_rows[] = {
 	{ "workspace", NODE_WORKSPACE, "/workspace", NULL },
 	{ "proc", NODE_CONTROL, NULL, &ctl_proc_tree },
+	{ "ports", NODE_CONTROL, NULL, &ctl_ports_tree },
+	{ "git", NODE_CONTROL, NULL, &ctl_git_tree },
+	{ "env", NODE_CONTROL, NULL, &ctl_env_file },
 };
 #define N_ROWS (sizeof(root_rows) / sizeof(root_rows[0]))
 
