@@ -13,6 +13,13 @@ import pytest
 from util import SLOW, Sandbox, free_port, sh, wait_for
 
 
+@pytest.fixture(autouse=True)
+def ext_only(mode):
+    """The API is sbxd's own whatever the mount does: one run (ext) is enough."""
+    if mode != 'ext':
+        pytest.skip('sbxd API tests run in ext mode only')
+
+
 @pytest.fixture(scope='module')
 def sbx(build_dir):
     s = Sandbox(build_dir, 'ext')
