@@ -315,7 +315,7 @@ static int handle_open(struct sbxfs *fs, const struct resolved *r, int flags,
  * the descriptor's offset after the write that asked. */
 static bool sequential(const struct ctl_handle *h)
 {
-	return h->feed || (h->entry->flags & (CTL_STREAM | CTL_REQUEST));
+	return h->feed || (h->entry->flags & (CTL_STREAM | CTL_REQUEST | CTL_LINE));
 }
 
 static void set_open_flags(struct fuse_file_info *fi, const struct ctl_handle *h)
@@ -653,10 +653,18 @@ static int commit(struct ctl_handle *h)
 	strbuf_reset(&h->out);
 	h->rpos = 0;
 	int err = h->entry->commit(h);
+	if (sequential(h))
+		strbuf_reset(&h->in);
 	if (err < 0)
 		log_warn("%s: %s", h->entry->name ? h->entry->name : "control file",
 			 sbx_last_error());
 	return err;
+}
+
+/* Whether what was written is a whole request (see `ready`); caller holds the handle's lock. */
+static bool ready(const struct ctl_handle *h)
+{
+	return !h->entry->ready || h->entry->ready(h);
 }
 
 void ctl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi)
@@ -716,7 +724,7 @@ void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off
 	memcpy(h->in.data + at, buf, size);
 	h->dirty = true;
 	int err = 0;
-	if ((h->entry->flags & CTL_LINE) && size && buf[size - 1] == '\n')
+	if ((h->entry->flags & CTL_LINE) && size && buf[size - 1] == '\n' && ready(h))
 		err = commit(h);
 	pthread_mutex_unlock(&BOX(h)->lock);
 	if (err < 0)
@@ -726,26 +734,29 @@ void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off
 }
 
 /* close(): a command or request file acts on what was written since its last commit, and
- * close() returns how that went. */
+ * close() returns how that went. A request still incomplete waits: `echo cwd=x >&3` closes a
+ * duplicate of the descriptor that goes on to write the command. */
 void ctl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ctl_handle *h = handle_of(fi);
 	int err = 0;
 	pthread_mutex_lock(&BOX(h)->lock);
 	bool writer = (h->flags & O_ACCMODE) != O_RDONLY;
-	if (writer && h->entry->commit && h->dirty)
+	if (writer && h->entry->commit && h->dirty && ready(h))
 		err = commit(h);
 	pthread_mutex_unlock(&BOX(h)->lock);
 	fuse_reply_err(req, -err);
 }
 
 /* The last close: a command file opened for writing and never written acts now, on empty
- * input (`: > proc/ID/kill`); nobody is left to tell of an error but the log. */
+ * input (`: > proc/ID/kill`), and so does what was left incomplete; nobody is left to tell of
+ * an error but the log. */
 void ctl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ctl_handle *h = handle_of(fi);
 	bool writer = (h->flags & O_ACCMODE) != O_RDONLY;
-	if (writer && h->entry->commit && !(h->entry->flags & CTL_REQUEST) && !h->committed) {
+	bool never = !(h->entry->flags & CTL_REQUEST) && !h->committed;
+	if (writer && h->entry->commit && (never || h->dirty)) {
 		pthread_mutex_lock(&BOX(h)->lock);
 		commit(h);
 		pthread_mutex_unlock(&BOX(h)->lock);

@@ -17,11 +17,13 @@
  *     read its answer: id=$(exec 3<>proc/new; echo cmd >&3; head -1 <&3);
  *     Closes come in numbers: bash's `echo x > f` opens f, dup2()s it onto stdout and closes
  *     the original (a flush with nothing written yet), writes, then dup2()s stdout back (a
- *     flush whose error the kernel drops). So a flush commits only what was written since the
- *     last commit; a command file closed without ever being written (`: > f`) commits empty
- *     input at its last close (release), where an error can only be logged. With CTL_LINE, a
- *     write that ends a line commits at once and fails with commit's error, which is the only
- *     way bash's builtin echo ever sees one (echo INT > proc/ID/kill);
+ *     flush whose error the kernel drops). So a flush commits only when something was written
+ *     since the last commit; a command file closed without ever being written (`: > f`)
+ *     commits empty input at its last close (release), where an error can only be logged.
+ *     With CTL_LINE, a write that ends a line commits at once and fails with commit's error,
+ *     which is the only way bash's builtin echo ever sees one (echo INT > proc/ID/kill).
+ *     Files written in sequence (CTL_REQUEST, CTL_LINE) start each request afresh: `in`
+ *     holds what was written since the last commit;
  *   - stream: `open` attaches a feed (ctl_handle_attach); reads return what was pushed to it,
  *     block while nothing is there, and see EOF once it has ended.
  *
@@ -67,7 +69,8 @@ enum ctl_flags {
 	CTL_STREAM = 1 << 1,  /* reads and writes are sequential (nonseekable); implied by
 				 an attached feed. CTL_REQUEST files are sequential too but
 				 seekable, because `head -1` seeks back to the end of its line */
-	CTL_LINE = 1 << 2,    /* a write ending in '\n' commits what was written at once */
+	CTL_LINE = 1 << 2,    /* a write ending in '\n' commits at once (when `ready` agrees);
+				 writes are sequential */
 };
 
 struct ctl_entry {
@@ -90,6 +93,10 @@ struct ctl_entry {
 
 	/* Tree roots only: called at unmount, before the sandbox is closed (may be called twice). */
 	void (*stop)(struct sbxfs *fs);
+
+	/* CTL_LINE files, optional: whether what was written so far is a whole request, so that
+	 * the line just written commits it (proc/new: not while only option lines came). */
+	bool (*ready)(const struct ctl_handle *h);
 };
 
 /* One open control file. Callbacks fill `out`, read `in`, and may keep their own state in priv
