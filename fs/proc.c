@@ -84,23 +84,45 @@ static bool is_option_line(const char *s, size_t n)
 	return n > 4 && strncmp(s, "env.", 4) == 0 && eq && is_env_name(s + 4, (size_t)(eq - s - 4));
 }
 
+/* The option lines of text, one at a time: their length without the line end in *len, the
+ * next line in *next. NULL at the first line that is not an option, and at the end. */
+static const char *next_option(const char *p, size_t *len, const char **next)
+{
+	const char *nl = strchr(p, '\n');
+	size_t n = nl ? (size_t)(nl - p) : strlen(p);
+	*len = n && p[n - 1] == '\r' ? n - 1 : n;
+	if (!*p || !is_option_line(p, *len))
+		return NULL;
+	*next = nl ? nl + 1 : p + n;
+	return p;
+}
+
+/* A line written to proc/new starts the process unless only option lines came so far
+ * (printf writes 'cwd=...\n' and the command line separately). */
+static bool new_ready(const struct ctl_handle *h)
+{
+	const char *p = h->in.data ? h->in.data : "";
+	size_t len;
+	while (next_option(p, &len, &p))
+		;
+	return *p;
+}
+
 static int new_commit(struct ctl_handle *h)
 {
 	const char *text = h->in.data ? h->in.data : "";
 	if (memchr(text, '\0', h->in.len))
 		return sbx_fail(-EINVAL, "proc/new: the command contains a NUL byte");
+	if (!*text)
+		return sbx_fail(-EINVAL, "proc/new: no command was written");
 	char *cwd = NULL;
 	char **env = calloc(h->in.len / 2 + 2, sizeof(*env));
 	size_t nenv = 0;
 	if (!env)
 		abort();
-	const char *p = text;
-	for (;;) {
-		const char *nl = strchr(p, '\n');
-		size_t n = nl ? (size_t)(nl - p) : strlen(p);
-		size_t line = n && p[n - 1] == '\r' ? n - 1 : n;
-		if (!nl || !is_option_line(p, line))
-			break;
+	const char *p = text, *next;
+	size_t line;
+	for (; next_option(p, &line, &next); p = next) {
 		if (p[0] == 'c') {
 			free(cwd);
 			if (line > 4 && p[4] == '/')
@@ -112,7 +134,6 @@ static int new_commit(struct ctl_handle *h)
 		} else if (!(env[nenv++] = strndup(p + 4, line - 4))) {
 			abort();
 		}
-		p = nl + 1;
 	}
 	/* The command is the rest, without the newline(s) echo and editors end it with. */
 	size_t len = strlen(p);
@@ -296,7 +317,7 @@ static const struct ctl_entry process_files[] = {
 
 static const struct ctl_entry proc_children[] = {
 	{ .name = "new", .mode = S_IFREG | 0666, .flags = CTL_REQUEST | CTL_LINE,
-	  .commit = new_commit },
+	  .commit = new_commit, .ready = new_ready },
 	{ .name = "kill-all", .mode = S_IFREG | 0222, .flags = CTL_LINE, .commit = kill_all_commit },
 	{ .name = NULL, .mode = S_IFDIR | 0755, .children = process_files, .list = proc_list,
 	  .exists = proc_exists, .remove = proc_remove },
