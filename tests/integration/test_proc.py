@@ -6,11 +6,12 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 
 import pytest
 
-from util import BACKEND_DOWN_ERRNOS, SLOW, fs_op, sh, wait_for
+from util import BACKEND_DOWN_ERRNOS, SLOW, Sandbox, fs_op, sh, wait_for
 
 ENDED = ('completed', 'failed', 'killed', 'error')
 
@@ -289,3 +290,85 @@ def test_backend_down_is_bounded(fresh_sbx):
     # the follower is told, and does not hang
     follower.wait(30 * SLOW)
     assert os.listdir(sbx.mnt)
+
+
+# A proxy in front of sbxd that cuts every process output stream after CUT_AFTER seconds, as
+# the container does to an idle stream after ~255 s: follow must reopen it by itself and
+# deliver each byte once.
+CUT_AFTER = 1.0
+
+_PROXY = r'''
+import http.client, re, sys, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+UP, CUT, LOG = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+STREAM = re.compile(r'^/api/process/[^/]+/stream')
+
+class H(BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+
+    def relay(self):
+        n = int(self.headers.get('Content-Length') or 0)
+        body = self.rfile.read(n) if n else None
+        up = http.client.HTTPConnection('127.0.0.1', UP, timeout=300)
+        hdrs = {k: v for k, v in self.headers.items() if k.lower() not in ('connection',)}
+        up.request(self.command, self.path, body=body, headers=hdrs)
+        r = up.getresponse()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ('transfer-encoding', 'connection', 'content-length'):
+                self.send_header(k, v)
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        t0 = time.monotonic()
+        cut = STREAM.match(self.path)
+        if cut:
+            with open(LOG, 'a') as f:
+                f.write(self.path + '\n')
+        while True:
+            chunk = r.read1(65536)
+            if not chunk:
+                break
+            self.wfile.write(chunk)
+            self.wfile.flush()
+            if cut and time.monotonic() - t0 > CUT:
+                break
+        up.close()
+
+    do_GET = do_POST = do_PUT = do_DELETE = relay
+
+s = ThreadingHTTPServer(('127.0.0.1', 0), H)
+print(s.server_address[1], flush=True)
+s.serve_forever()
+'''
+
+
+def test_follow_reopens_a_cut_stream(build_dir, mode):
+    sbx = Sandbox(build_dir, mode)
+    proxy = None
+    try:
+        sbx.start_server()
+        streams = os.path.join(sbx.tmp, 'streams')
+        proxy = subprocess.Popen([sys.executable, '-c', _PROXY, str(sbx.port), str(CUT_AFTER),
+                                  streams], stdout=subprocess.PIPE)
+        sbx.url = 'http://127.0.0.1:%d' % int(proxy.stdout.readline())
+        sbx.mount()
+        pid = start(sbx, 'echo err-1 >&2; for i in $(seq 1 8); do echo $i; sleep 0.4; done')
+        t0 = time.monotonic()
+        r = sh('cat %s' % shlex.quote(proc(sbx, pid, 'follow')), timeout=30)
+        took = time.monotonic() - t0
+        assert sorted(r.stdout.decode().splitlines()) == sorted(
+            ['err-1'] + [str(i) for i in range(1, 9)])
+        assert [l for l in r.stdout.decode().splitlines() if l != 'err-1'] == [
+            str(i) for i in range(1, 9)]
+        assert took > 2 * CUT_AFTER
+        with open(streams) as f:
+            assert len(f.read().splitlines()) >= 3     # it really went through cuts
+        assert status(sbx, pid) == 'completed 0'
+    finally:
+        problems = sbx.close()
+        if proxy:
+            proxy.kill()
+            proxy.wait()
+        sbx.remove()
+    assert not problems, problems
