@@ -198,6 +198,9 @@ int main(int argc, char *argv[])
 		goto out;
 	/* Our default, first, so that a -o max_threads= of the user wins. */
 	fuse_opt_insert_arg(&args, 1, "-omax_threads=" MAX_THREADS_STR);
+	/* The kernel checks every access against the modes we report (files are the mounting
+	 * user's), so that even with -o allow_other others get only what the modes grant. */
+	fuse_opt_insert_arg(&args, 1, "-odefault_permissions");
 	if (fuse_parse_cmdline(&args, &cmd) != 0)
 		goto out;
 	if (cmd.show_help) {
