@@ -978,8 +978,10 @@ void route_context_create(struct req *r)
 	int state = c->dead ? -2 : c->init_state;
 	char *init_error = c->init_error ? strdup(c->init_error) : NULL;
 	int init_errno = c->init_errno;
+	char id[37] = "";
 	if (state == 1) {
 		make_uuid(c->id);
+		memcpy(id, c->id, sizeof id);
 		c->lang = lang;
 		c->cwd = strdup(cwd);
 		c->in_table = true;
@@ -991,7 +993,7 @@ void route_context_create(struct req *r)
 	pthread_mutex_unlock(&lock);
 	if (state == 1) {
 		cJSON *body = cJSON_CreateObject();
-		cJSON_AddStringToObject(body, "contextId", c->id);
+		cJSON_AddStringToObject(body, "contextId", id);    /* c may be deleted by now */
 		cJSON_AddStringToObject(body, "language", lang->name);
 		cJSON_AddStringToObject(body, "cwd", cwd);
 		reply_ok(r, body);
