@@ -315,7 +315,7 @@ static int handle_open(struct sbxfs *fs, const struct resolved *r, int flags,
  * the descriptor's offset after the write that asked. */
 static bool sequential(const struct ctl_handle *h)
 {
-	return h->feed || (h->entry->flags & (CTL_STREAM | CTL_REQUEST | CTL_LINE));
+	return h->feed || (h->entry->flags & (CTL_STREAM | CTL_REQUEST));
 }
 
 static void set_open_flags(struct fuse_file_info *fi, const struct ctl_handle *h)
@@ -653,8 +653,10 @@ static int commit(struct ctl_handle *h)
 	strbuf_reset(&h->out);
 	h->rpos = 0;
 	int err = h->entry->commit(h);
-	if (sequential(h))
+	if (sequential(h)) {
 		strbuf_reset(&h->in);
+		BOX(h)->taken = 0;
+	}
 	if (err < 0)
 		log_warn("%s: %s", h->entry->name ? h->entry->name : "control file",
 			 sbx_last_error());

@@ -22,8 +22,9 @@
  *     commits empty input at its last close (release), where an error can only be logged.
  *     With CTL_LINE, a write that ends a line commits at once and fails with commit's error,
  *     which is the only way bash's builtin echo ever sees one (echo INT > proc/ID/kill).
- *     Files written in sequence (CTL_REQUEST, CTL_LINE) start each request afresh: `in`
- *     holds what was written since the last commit;
+ *     A request file (CTL_REQUEST) starts each request afresh: its `in` holds what was written
+ *     since the last commit; other files keep everything in `in` and a commit callback that
+ *     wants only the new part takes it with ctl_input_take();
  *   - stream: `open` attaches a feed (ctl_handle_attach); reads return what was pushed to it,
  *     block while nothing is there, and see EOF once it has ended.
  *
@@ -69,8 +70,7 @@ enum ctl_flags {
 	CTL_STREAM = 1 << 1,  /* reads and writes are sequential (nonseekable); implied by
 				 an attached feed. CTL_REQUEST files are sequential too but
 				 seekable, because `head -1` seeks back to the end of its line */
-	CTL_LINE = 1 << 2,    /* a write ending in '\n' commits at once (when `ready` agrees);
-				 writes are sequential */
+	CTL_LINE = 1 << 2,    /* a write ending in '\n' commits at once (when `ready` agrees) */
 };
 
 struct ctl_entry {

@@ -161,7 +161,8 @@ static int new_commit(struct ctl_handle *h)
 
 static int kill_commit(struct ctl_handle *h)
 {
-	int sig = sbx_signal_parse(h->in.data ? h->in.data : "");
+	size_t len;
+	int sig = sbx_signal_parse(ctl_input_take(h, &len));
 	if (sig < 0)
 		return sig;
 	return sbx_process_kill(h->sbx, proc_id(&h->args), sig);
@@ -169,7 +170,8 @@ static int kill_commit(struct ctl_handle *h)
 
 static int kill_all_commit(struct ctl_handle *h)
 {
-	int sig = sbx_signal_parse(h->in.data ? h->in.data : "");
+	size_t len;
+	int sig = sbx_signal_parse(ctl_input_take(h, &len));
 	if (sig < 0)
 		return sig;
 	int count = 0;
