@@ -121,7 +121,7 @@ struct ctx {
 	pthread_mutex_t write_lock;
 	pthread_cond_t cond;
 	int wake_fd;            /* eventfd: the supervisor looks at its state again */
-	bool ready, dead, deleted, reaping, in_table;
+	bool ready, dead, deleted, reaping;
 	int init_state;         /* 0 waiting, 1 done, -1 failed */
 	char *init_error;
 	int init_errno;
@@ -613,7 +613,7 @@ static void *supervise(void *arg)
 	int err = runner_wait(&c->proc, &status, -1);
 	if (err)
 		log_error("contexts: cannot reap interpreter %s: %s", c->id, strerror(-err));
-	while (read_diag(c) && err_open)
+	for (int i = 0; err_open && i < 64 && read_diag(c); i++)
 		;
 	died(c, status, err == 0);
 	strbuf_free(&buf);
@@ -806,7 +806,6 @@ static void unlink_ctx(struct ctx *c)
 		if (*p == c) {
 			*p = c->next;
 			c->next = NULL;
-			c->in_table = false;
 			return;
 		}
 }
@@ -984,7 +983,6 @@ void route_context_create(struct req *r)
 		memcpy(id, c->id, sizeof id);
 		c->lang = lang;
 		c->cwd = strdup(cwd);
-		c->in_table = true;
 		struct ctx **p = &table;
 		while (*p)
 			p = &(*p)->next;
