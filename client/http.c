@@ -86,6 +86,7 @@ struct http_stream {
 	long idle_timeout_ms;
 	int64_t last_activity;
 	bool responded;            /* headers arrived: the request deadline no longer applies */
+	bool opened;               /* on_open has run */
 	int end_err;               /* set by the write callback when it aborts the transfer */
 	bool consumer_stopped;
 	atomic_bool cancel;
@@ -576,9 +577,20 @@ static size_t stream_write(char *ptr, size_t size, size_t n, void *ud)
 static size_t stream_header(char *ptr, size_t size, size_t n, void *ud)
 {
 	struct http_stream *s = ud;
+	size_t len = size * n;
 	s->last_activity = now_ms();
 	s->responded = true;
-	return size * n;
+	/* The blank line ends a header block; a 1xx block (100 Continue) is not the answer. */
+	bool blank = (len == 2 && ptr[0] == '\r') || (len == 1 && ptr[0] == '\n');
+	if (blank && s->ops->on_open && !s->opened) {
+		long status = 0;
+		curl_easy_getinfo(s->x.easy, CURLINFO_RESPONSE_CODE, &status);
+		if (status >= 200) {
+			s->opened = true;
+			s->ops->on_open(s->arg, status);
+		}
+	}
+	return len;
 }
 
 static int stream_event(void *arg, const struct sse_event *ev)

@@ -96,6 +96,10 @@ struct http_stream;
 struct http_stream_ops {
 	int (*on_event)(void *arg, const struct sse_event *ev);
 	void (*on_end)(void *arg, int err, long status, const char *body, size_t body_len);
+	/* Optional: the response's headers are complete (status is final, not 1xx); runs once,
+	 * before any on_event, so a caller can tell "the server took it" from "still connecting"
+	 * while the body stays silent. */
+	void (*on_open)(void *arg, long status);
 };
 /* Starts a stream; NULL on failure (errno set). idle_timeout_ms 0 = no idle timeout. */
 struct http_stream *http_stream_open(struct http_client *c, const struct http_request *req,
