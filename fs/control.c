@@ -737,14 +737,17 @@ void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off
 
 /* close(): a command or request file acts on what was written since its last commit, and
  * close() returns how that went. A request still incomplete waits: `echo cwd=x >&3` closes a
- * duplicate of the descriptor that goes on to write the command. */
+ * duplicate of the descriptor that goes on to write the command. So does a request opened for
+ * reading too (exec 3<>ctx/new): its read commits and returns the error, which the flush of
+ * bash's echo >&3 (through dup2) would have lost. */
 void ctl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct ctl_handle *h = handle_of(fi);
 	int err = 0;
 	pthread_mutex_lock(&BOX(h)->lock);
-	bool writer = (h->flags & O_ACCMODE) != O_RDONLY;
-	if (writer && h->entry->commit && h->dirty && ready(h))
+	int acc = h->flags & O_ACCMODE;
+	bool answer_read = (h->entry->flags & CTL_REQUEST) && acc == O_RDWR;
+	if (acc != O_RDONLY && !answer_read && h->entry->commit && h->dirty && ready(h))
 		err = commit(h);
 	pthread_mutex_unlock(&BOX(h)->lock);
 	fuse_reply_err(req, -err);
