@@ -30,6 +30,7 @@ struct root_row {
 
 static const struct root_row root_rows[] = {
 	{ "workspace", NODE_WORKSPACE, "/workspace", NULL },
+	{ "ctx", NODE_CONTROL, NULL, &ctl_ctx_tree },
 	{ "proc", NODE_CONTROL, NULL, &ctl_proc_tree },
 	{ "ports", NODE_CONTROL, NULL, &ctl_ports_tree },
 	{ "git", NODE_CONTROL, NULL, &ctl_git_tree },
