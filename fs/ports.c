@@ -44,10 +44,10 @@ static int port_url(struct sbx *s, int port, char **url)
 {
 	struct sbx_port *v;
 	size_t n;
+	*url = NULL;
 	int err = sbx_ports_list(s, &v, &n);
 	if (err)
 		return err;
-	*url = NULL;
 	for (size_t i = 0; i < n && !*url; i++)
 		if (v[i].port == port && !(*url = strdup(v[i].url)))
 			abort();
