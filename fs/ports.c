@@ -81,7 +81,7 @@ static int ports_exists(struct sbxfs *fs, const struct ctl_args *a)
 	if (err && err != -ENOENT)
 		log_warn("ports/%s: %s", port_name(a), sbx_last_error());
 	free(url);
-	return err ? -ENOENT : 0;
+	return err;
 }
 
 static int ports_create(struct sbxfs *fs, const struct ctl_args *a, mode_t mode)
