@@ -46,7 +46,9 @@ static void strv_set(struct strv *sv, const char *kv)
 			return;
 		}
 	if (sv->n + 2 > sv->cap) {
-		sv->cap = sv->cap ? sv->cap * 2 : 32;
+		/* cap may start at the store's count, below what one more entry needs */
+		while (sv->n + 2 > sv->cap)
+			sv->cap = sv->cap ? sv->cap * 2 : 32;
 		sv->v = realloc(sv->v, sv->cap * sizeof *sv->v);
 		if (!sv->v)
 			abort();
