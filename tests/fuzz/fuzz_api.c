@@ -1,0 +1,141 @@
+/* libFuzzer target: sbxd's request handling, end to end. sbxd runs in this process on a
+ * loopback port with a scratch workspace; each input is one request: the first byte picks a
+ * route (those that only touch the workspace and in-memory state: nothing here starts
+ * commands), the rest is the body, sent over a real connection. A crash, a sanitizer report or
+ * an answer that is not HTTP aborts; so does a hang, through libFuzzer's -timeout. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+#include "server/httpd.h"
+#include "server/server.h"
+#include "server/watch.h"
+#include "server/workspace.h"
+
+static const struct {
+	const char *method, *path;
+} targets[] = {
+	{ "POST", "/api/read" }, { "POST", "/api/write" }, { "POST", "/api/delete" },
+	{ "POST", "/api/rename" }, { "POST", "/api/move" }, { "POST", "/api/mkdir" },
+	{ "POST", "/api/list-files" }, { "POST", "/api/exists" }, { "POST", "/api/x/stat" },
+	{ "POST", "/api/x/readdir" }, { "POST", "/api/x/mkdir" }, { "POST", "/api/x/unlink" },
+	{ "POST", "/api/x/rmdir" }, { "POST", "/api/x/rename" }, { "POST", "/api/x/symlink" },
+	{ "POST", "/api/x/readlink" }, { "POST", "/api/x/link" }, { "POST", "/api/x/setattr" },
+	{ "POST", "/api/x/statfs" }, { "POST", "/api/x/open" }, { "POST", "/api/x/pread" },
+	{ "PUT", "/api/x/pwrite" }, { "POST", "/api/x/fsync" }, { "POST", "/api/x/close" },
+	{ "POST", "/api/x/env" }, { "GET", "/api/x/env" }, { "POST", "/api/x/ports" },
+	{ "GET", "/api/x/ports" }, { "POST", "/api/session/create" },
+	{ "POST", "/api/session/delete" }, { "GET", "/api/session/list" },
+	{ "POST", "/api/read/stream" }, { "GET", "/api/ping" }, { "GET", "/api/x/capabilities" },
+};
+#define N_TARGETS (sizeof targets / sizeof targets[0])
+
+static struct sbxd_config cfg;
+static struct httpd *server; /* lives as long as the fuzzer */
+static int port;
+
+static void start(void)
+{
+	static char ws[] = "/tmp/sbx-fuzz-api-XXXXXX";
+	if (!mkdtemp(ws))
+		abort();
+	char p[sizeof ws + 32];
+	snprintf(p, sizeof p, "%s/state", ws);
+	mkdir(p, 0700);
+	static char state[sizeof p];
+	memcpy(state, p, sizeof p);
+	cfg = (struct sbxd_config){ .listen = "127.0.0.1:0", .workspace = ws, .token = "t",
+				    .state_dir = state, .sandbox_id = "fuzz" };
+	sbxd_cfg = &cfg;
+	signal(SIGPIPE, SIG_IGN);
+	if (ws_init(ws))
+		abort();
+	snprintf(p, sizeof p, "%s/a", ws);
+	mkdir(p, 0755);
+	snprintf(p, sizeof p, "%s/out", ws);
+	symlink("/", p);
+	watch_init();
+	server = httpd_start(&cfg);
+	if (!server)
+		abort();
+	port = httpd_port(server);
+}
+
+static int connect_server(void)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct timeval tv = { 10, 0 };
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int err;
+	while ((err = fd < 0 ? -1 : connect(fd, (struct sockaddr *)&sa, sizeof sa)) < 0 &&
+	       errno == EINTR)
+		;
+	if (err < 0) {
+		perror("connect");
+		abort();
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+	return fd;
+}
+
+static void send_all(int fd, const void *buf, size_t len)
+{
+	for (const char *p = buf; len;) {
+		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return; /* the server may answer (413) and close before the body is in */
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	if (!port)
+		start();
+	if (size < 1)
+		return 0;
+	unsigned t = data[0] % N_TARGETS;
+	char head[512];
+	int n = snprintf(head, sizeof head,
+			 "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\n"
+			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
+			 "Connection: close\r\n\r\n",
+			 targets[t].method, targets[t].path, size - 1);
+	int fd = connect_server();
+	send_all(fd, head, (size_t)n);
+	send_all(fd, data + 1, size - 1);
+	char first[16], sink[4096];
+	size_t got = 0;
+	ssize_t r;
+	/* EINTR: libFuzzer's -timeout is a SIGALRM every second */
+	while ((r = got < sizeof first ? recv(fd, first + got, sizeof first - got, 0)
+				      : recv(fd, sink, sizeof sink, 0)) > 0 ||
+	       (r < 0 && errno == EINTR))
+		if (r > 0 && got < sizeof first)
+			got += (size_t)r;
+	close(fd);
+	if (r < 0 && errno == EAGAIN) {
+		fprintf(stderr, "no answer within 10 s\n");
+		abort();
+	}
+	if (got < 12 || memcmp(first, "HTTP/1.1 ", 9) != 0 || first[9] == '5') {
+		fprintf(stderr, "bad answer (%zd, %s): %.*s\n", r, r < 0 ? strerror(errno) : "",
+			(int)got, first);
+		abort();
+	}
+	return 0;
+}
