@@ -1,0 +1,404 @@
+"""ctx/: code contexts through the mount, driven with the shell one-liners of docs/ctx.md, in
+both modes (fallback: the standard context routes of a plain container, where interrupting is
+absent). Every read of an out file happens in a child process with a time limit, so a hang is
+a failure, not a wedged test run."""
+import errno
+import json
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from util import BACKEND_DOWN_ERRNOS, SLOW, sh, wait_for
+
+# each test starts interpreters; allow for a loaded machine
+pytestmark = pytest.mark.timeout(240 * SLOW)
+
+LANGS = ('python', 'javascript', 'typescript')
+
+
+def ctx(sbx, *parts):
+    return os.path.join(sbx.mnt, 'ctx', *parts)
+
+
+def new(sbx, options=None):
+    """A new context by the documented one-liners; returns its id."""
+    if options is None:
+        cmd = 'cat ctx/new'
+    else:
+        cmd = 'id=$(exec 3<>ctx/new; echo %s >&3; head -1 <&3) && echo "$id"' % (
+            shlex.quote(options))
+    r = sh('cd %s && %s' % (shlex.quote(sbx.mnt), cmd), timeout=90)
+    cid = r.stdout.decode().strip()
+    assert cid and '/' not in cid and '\n' not in cid, r
+    return cid
+
+
+def send(sbx, cid, code):
+    """Runs code: `cat FILE > ctx/ID/in`, whose close() reports whether it started."""
+    path = os.path.join(sbx.tmp, 'code-%d' % os.getpid())
+    with open(path, 'w') as f:
+        f.write(code)
+    return sh('cat %s > %s' % (shlex.quote(path), shlex.quote(ctx(sbx, cid, 'in'))),
+              check=False)
+
+
+def out(sbx, cid, timeout=60):
+    """cat ctx/ID/out: the events of the latest execution."""
+    r = sh('cat %s' % shlex.quote(ctx(sbx, cid, 'out')), timeout=timeout)
+    return [json.loads(line) for line in r.stdout.decode().splitlines()]
+
+
+def run(sbx, cid, code, timeout=60):
+    r = send(sbx, cid, code)
+    assert r.returncode == 0, r.stderr
+    return out(sbx, cid, timeout)
+
+
+def texts(events, kind):
+    return ''.join(e.get('text', '') for e in events if e['type'] == kind)
+
+
+def results(events, field):
+    return [e[field] for e in events if e['type'] == 'result' and field in e]
+
+
+def png_size(data):
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and data[12:16] == b'IHDR', data[:16]
+    return struct.unpack('>II', data[16:24])
+
+
+@pytest.fixture(scope='module')
+def py(sbx):
+    return new(sbx)
+
+
+def test_new_gives_a_python_context(sbx):
+    cid = new(sbx)
+    assert cid in os.listdir(ctx(sbx))
+    assert 'new' in os.listdir(ctx(sbx))
+    assert sorted(os.listdir(ctx(sbx, cid))) == ['cwd', 'in', 'interrupt', 'language', 'out',
+                                                 'results']
+    with open(ctx(sbx, cid, 'language')) as f:
+        assert f.read() == 'python\n'
+    with open(ctx(sbx, cid, 'cwd')) as f:
+        assert f.read() == '/workspace\n'
+
+
+def test_out_before_any_execution_is_empty(sbx):
+    cid = new(sbx)
+    t0 = time.monotonic()
+    assert out(sbx, cid) == []
+    assert time.monotonic() - t0 < 5 * SLOW
+    assert os.listdir(ctx(sbx, cid, 'results')) == []
+
+
+@pytest.mark.parametrize('lang', LANGS)
+def test_state_persists(sbx, lang):
+    cid = new(sbx, 'language=%s' % lang)
+    with open(ctx(sbx, cid, 'language')) as f:
+        assert f.read() == lang + '\n'
+    first = {'python': 'x = 41\ndef f(y):\n    return y + 1\n',
+             'javascript': 'var x = 41; function f(y) { return y + 1 }',
+             'typescript': 'var x: number = 41; function f(y: number): number { return y + 1 }'}
+    ev = run(sbx, cid, first[lang])
+    assert ev[-1]['type'] == 'execution_complete', ev
+    ev = run(sbx, cid, 'f(x)')
+    assert ev[-1]['type'] == 'execution_complete', ev
+    assert results(ev, 'text') == ['42'], ev
+
+
+@pytest.mark.parametrize('lang', ('javascript', 'typescript'))
+def test_top_level_await(sbx, lang):
+    cid = new(sbx, 'language=%s' % lang)
+    ev = run(sbx, cid, 'const v = await new Promise(r => setTimeout(() => r(6 * 7), 100));\n'
+                       'console.log("got", v)')
+    assert texts(ev, 'stdout') == 'got 42\n', ev
+    assert ev[-1]['type'] == 'execution_complete'
+
+
+def test_cwd_and_env_options(sbx):
+    os.makedirs(os.path.join(sbx.workspace, 'app'), exist_ok=True)
+    cid = new(sbx, 'language=javascript cwd=/workspace/app env.FOO=bar '
+                   'env.GREETING="hello world"')
+    with open(ctx(sbx, cid, 'cwd')) as f:
+        assert f.read() == '/workspace/app\n'
+    ev = run(sbx, cid, 'console.log(process.cwd(), process.env.FOO, process.env.GREETING)')
+    assert texts(ev, 'stdout') == '/workspace/app bar hello world\n', ev
+    # a relative cwd is under /workspace
+    cid = new(sbx, 'cwd=app')
+    ev = run(sbx, cid, 'import os; print(os.getcwd())')
+    assert texts(ev, 'stdout') == '/workspace/app\n', ev
+
+
+def test_stdout_stderr_result_error(sbx, py):
+    ev = run(sbx, py, 'import sys\nprint("to out")\nprint("to err", file=sys.stderr)\n6 * 7')
+    assert texts(ev, 'stdout') == 'to out\n'
+    assert texts(ev, 'stderr') == 'to err\n'
+    assert results(ev, 'text') == ['42']
+    assert ev[-1] == {'type': 'execution_complete', 'execution_count': ev[-1]['execution_count']}
+    with open(ctx(sbx, py, 'results', '1.txt')) as f:
+        assert f.read() == '42'
+    ev = run(sbx, py, 'print("before")\n1 / 0')
+    assert texts(ev, 'stdout') == 'before\n'
+    assert ev[-1]['type'] == 'error' and ev[-1]['ename'] == 'ZeroDivisionError', ev
+    assert 'division by zero' in ev[-1]['evalue'] and isinstance(ev[-1]['traceback'], list)
+    # one event a line, compact JSON
+    raw = sh('cat %s' % shlex.quote(ctx(sbx, py, 'out'))).stdout.decode()
+    assert all(line.startswith('{"type":"') for line in raw.splitlines()), raw
+
+
+def test_events_stream_as_they_happen(sbx, py):
+    r = send(sbx, py, 'import time\nfor i in range(3):\n    print(i)\n    time.sleep(1)\n')
+    assert r.returncode == 0, r.stderr
+    t0 = time.monotonic()
+    p = subprocess.Popen(['cat', ctx(sbx, py, 'out')], stdout=subprocess.PIPE)
+    first = json.loads(p.stdout.readline())
+    took = time.monotonic() - t0
+    rest = p.stdout.read()
+    assert p.wait(30) == 0
+    total = time.monotonic() - t0
+    assert first['type'] == 'stdout' and first['text'].startswith('0'), first
+    assert took < 1.5, 'the first event came after %.1f s' % took
+    assert total > 2, 'the whole run took only %.1f s' % total
+    assert json.loads(rest.splitlines()[-1])['type'] == 'execution_complete'
+
+
+def test_poll_on_out(sbx, py):
+    import select
+    r = send(sbx, py, 'import time; time.sleep(1.5); print("late")')
+    assert r.returncode == 0
+    fd = os.open(ctx(sbx, py, 'out'), os.O_RDONLY)
+    try:
+        assert select.select([fd], [], [], 0.5)[0] == []
+        assert select.select([fd], [], [], 10)[0] == [fd]
+        assert b'late' in os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
+def test_matplotlib_png_and_pandas_html(sbx, py):
+    ev = run(sbx, py, 'import matplotlib.pyplot as plt\nimport pandas as pd\n'
+                      'fig, ax = plt.subplots(figsize=(4, 3), dpi=100)\n'
+                      'ax.plot([1, 3, 2])\nplt.show()\n'
+                      'pd.DataFrame({"a": [1, 2], "b": [3, 4]})\n')
+    assert ev[-1]['type'] == 'execution_complete', ev
+    names = sorted(os.listdir(ctx(sbx, py, 'results')))
+    pngs = [n for n in names if n.endswith('.png')]
+    htmls = [n for n in names if n.endswith('.html')]
+    assert len(pngs) == 1 and len(htmls) == 1, names
+    path = ctx(sbx, py, 'results', pngs[0])
+    with open(path, 'rb') as f:
+        data = f.read()
+    assert os.stat(path).st_size == len(data)
+    assert png_size(data) == (400, 300)
+    with open(ctx(sbx, py, 'results', htmls[0])) as f:
+        html = f.read()
+    assert '<table' in html and '</table>' in html
+    # an ordinary program opens it by name (an image viewer would)
+    r = sh('file -b %s' % shlex.quote(path))
+    assert r.stdout.startswith(b'PNG image data, 400 x 300')
+
+
+def test_ten_megabytes_of_stdout(sbx, py):
+    n = 10 * 1024 * 1024 // 10
+    ev = run(sbx, py, 'import sys\nsys.stdout.write("".join("%%09d\\n" %% i for i in range(%d)))'
+             % n, timeout=120)
+    assert ev[-1]['type'] == 'execution_complete', ev[-1]
+    text = texts(ev, 'stdout')
+    assert len(text) == n * 10
+    assert text == ''.join('%09d\n' % i for i in range(n))
+
+
+def test_two_contexts_run_in_parallel(sbx):
+    a, b = new(sbx), new(sbx)
+    t0 = time.monotonic()
+    for cid in (a, b):
+        assert send(sbx, cid, 'import time; time.sleep(2); print("done")').returncode == 0
+    for cid in (a, b):
+        assert texts(out(sbx, cid), 'stdout') == 'done\n'
+    took = time.monotonic() - t0
+    assert took < 3.8 * SLOW, 'two 2-second runs took %.1f s' % took
+
+
+def test_a_big_script(sbx, py):
+    code = 'data = [\n' + ''.join('    %d,\n' % i for i in range(400000)) + ']\nlen(data)'
+    assert len(code) > 4 * 1024 * 1024
+    ev = run(sbx, py, code)
+    assert results(ev, 'text') == ['400000'], ev[-1]
+
+
+@pytest.mark.expect_errors
+def test_unknown_context(sbx):
+    fake = '00000000-0000-4000-8000-000000000000'
+    with pytest.raises(OSError) as e:
+        open(ctx(sbx, fake, 'in'), 'w')
+    assert e.value.errno == errno.ENOENT
+    r = sh('echo 1 > %s' % ctx(sbx, fake, 'in'), check=False)
+    assert r.returncode != 0 and b'No such file' in r.stderr
+    # deleted while its in file is open: close() fails
+    cid = new(sbx)
+    fd = os.open(ctx(sbx, cid, 'in'), os.O_WRONLY)
+    status, _ = sbx.api('/api/contexts/' + cid, method='DELETE')
+    assert status == 200
+    os.write(fd, b'print(1)\n')
+    with pytest.raises(OSError) as e:
+        os.close(fd)
+    assert e.value.errno == errno.ENOENT
+
+
+@pytest.mark.expect_errors
+def test_bad_language_and_options(sbx):
+    for opts in ('language=cobol', 'langauge=python', 'cwd', 'env.1X=2', "env.A='unclosed"):
+        r = sh('cd %s && (exec 3<>ctx/new; echo %s >&3; head -1 <&3)' % (
+            shlex.quote(sbx.mnt), shlex.quote(opts)), check=False)
+        assert r.returncode != 0 and b'Invalid argument' in r.stderr, (opts, r)
+        assert r.stdout == b''
+    fd = os.open(ctx(sbx, 'new'), os.O_RDWR)
+    try:
+        os.write(fd, b'language=cobol\n')
+        with pytest.raises(OSError) as e:
+            os.read(fd, 100)
+        assert e.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+    with open(sbx.sbxfs_log) as f:
+        assert "unknown language 'cobol'" in f.read()
+
+
+def test_interpreter_killed_mid_run(sbx):
+    cid = new(sbx)
+    ev = run(sbx, cid, 'import os, signal, time\nprint("up", flush=True)\ntime.sleep(0.5)\n'
+                       'os.kill(os.getpid(), signal.SIGKILL)')
+    assert texts(ev, 'stdout') == 'up\n'
+    assert ev[-1]['type'] == 'error' and ev[-1]['ename'] == 'InterpreterDied', ev
+    # the dead context refuses further code at close(), and says so in out
+    r = send(sbx, cid, 'print(1)')
+    assert r.returncode != 0 and b'write error' in r.stderr, r
+    ev = json.loads(sh('cat %s' % ctx(sbx, cid, 'out'), check=False).stdout.splitlines()[-1])
+    assert ev['type'] == 'error' and 'terminated' in ev['evalue'], ev
+    os.rmdir(ctx(sbx, cid))
+
+
+def test_ctrl_c_on_a_blocked_reader(sbx):
+    cid = new(sbx)
+    assert send(sbx, cid, 'import time\nprint("up", flush=True)\ntime.sleep(30)').returncode == 0
+    p = subprocess.Popen(['cat', ctx(sbx, cid, 'out')], stdout=subprocess.PIPE)
+    try:
+        assert json.loads(p.stdout.readline())['text'].startswith('up')
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        assert p.wait(5) != 0
+        assert time.monotonic() - t0 < 1 * SLOW
+    finally:
+        p.kill()
+        p.wait()
+    os.rmdir(ctx(sbx, cid))  # ends the sleep
+
+
+def test_interrupt(sbx, mode):
+    cid = new(sbx)
+    assert send(sbx, cid, 'import time\nprint("up", flush=True)\ntime.sleep(30)').returncode == 0
+    r = sh('echo > %s' % ctx(sbx, cid, 'interrupt'), check=False)
+    if mode == 'fallback':
+        assert r.returncode != 0 and b'not supported' in r.stderr, r
+        os.rmdir(ctx(sbx, cid))
+        return
+    assert r.returncode == 0, r.stderr
+    ev = out(sbx, cid, timeout=20)
+    assert ev[-1]['type'] == 'error' and ev[-1]['ename'] == 'KeyboardInterrupt', ev
+    # the context lives on
+    assert results(run(sbx, cid, '1 + 1'), 'text') == ['2']
+
+
+def test_rmdir_and_contexts_made_elsewhere(sbx):
+    status, r = sbx.api('/api/contexts', {'language': 'javascript'}, timeout=90)
+    assert status == 200
+    other = r['contextId']
+    assert other in os.listdir(ctx(sbx))
+    with open(ctx(sbx, other, 'language')) as f:
+        assert f.read() == 'javascript\n'
+    ev = run(sbx, other, '[1, 2]')
+    assert results(ev, 'json') == [[1, 2]], ev
+    with open(ctx(sbx, other, 'results', '1.json')) as f:
+        assert json.load(f) == [1, 2]
+    os.rmdir(ctx(sbx, other))
+    assert other not in os.listdir(ctx(sbx))
+    assert not os.path.exists(ctx(sbx, other))
+    status, r = sbx.api('/api/contexts')
+    assert other not in [c['id'] for c in r['contexts']]
+
+
+def test_fifty_parked_readers_do_not_slow_the_mount(sbx):
+    def tree(name):
+        for i in range(20):
+            d = os.path.join(sbx.workspace, name, 'd%02d' % i)
+            os.makedirs(d)
+            for j in range(15):
+                with open(os.path.join(d, 'f%02d' % j), 'w') as f:
+                    f.write('x')
+
+    def ls_r(name):
+        t0 = time.monotonic()
+        r = sh('ls -R %s | wc -l' % shlex.quote(os.path.join(sbx.ws, name)))
+        assert int(r.stdout) > 300
+        return time.monotonic() - t0
+
+    tree('quiet')
+    tree('busy')
+    base = ls_r('quiet')
+    ids = [new(sbx), new(sbx)]
+    for cid in ids:
+        assert send(sbx, cid, 'import time; time.sleep(3); print("done")').returncode == 0
+    readers = [subprocess.Popen(['cat', ctx(sbx, ids[i % 2], 'out')], stdout=subprocess.PIPE)
+               for i in range(50)]
+    time.sleep(0.5)
+    assert all(p.poll() is None for p in readers), 'readers did not block'
+    loaded = ls_r('busy')
+    assert loaded < 3 * base + 0.3, 'ls -R took %.2f s with 50 parked readers, %.2f s ' \
+        'without' % (loaded, base)
+    for p in readers:
+        data, _ = p.communicate(timeout=30)
+        assert p.returncode == 0
+        ev = [json.loads(line) for line in data.splitlines()]
+        assert texts(ev, 'stdout') == 'done\n' and ev[-1]['type'] == 'execution_complete'
+
+
+@pytest.mark.expect_errors
+def test_backend_down(fresh_sbx):
+    sbx = fresh_sbx('timeout=3')
+    cid = new(sbx)
+    assert results(run(sbx, cid, '2 + 2'), 'text') == ['4']
+    # a reader of a running execution, then sbxd dies under it
+    assert send(sbx, cid, 'import time\nprint("up", flush=True)\ntime.sleep(60)').returncode == 0
+    reader = subprocess.Popen(['cat', ctx(sbx, cid, 'out')], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert json.loads(reader.stdout.readline())['text'].startswith('up')
+    sbx.stop_server(signal.SIGKILL)
+    t0 = time.monotonic()
+    rest, err = reader.communicate(timeout=30 * SLOW)
+    assert time.monotonic() - t0 < 20 * SLOW
+    assert reader.returncode != 0, 'the reader of a broken stream saw a clean end'
+    last = json.loads(rest.splitlines()[-1])
+    assert last['type'] == 'error', last
+    assert err.strip(), 'cat said nothing'
+    # new code: close() fails within the bound, with a clear error
+    t0 = time.monotonic()
+    r = send(sbx, cid, 'print(1)')
+    took = time.monotonic() - t0
+    assert r.returncode != 0, r
+    assert took < 20 * SLOW, 'close took %.1f s' % took
+    codes = {os.strerror(e).encode() for e in BACKEND_DOWN_ERRNOS}
+    assert any(c in r.stderr for c in codes | {b'No such file'}), r.stderr
+    # the mount stays usable
+    assert 'ctx' in os.listdir(sbx.mnt)
+    sbx.start_server()
+    ok = wait_for(lambda: os.path.isdir(sbx.ws) and os.listdir(sbx.ws) is not None, 30 * SLOW)
+    assert ok
+    cid = new(sbx)
+    assert results(run(sbx, cid, '3 + 3'), 'text') == ['6']
