@@ -301,7 +301,7 @@ static void exec_end(void *arg, int err, long status, const char *body, size_t b
 	x->phase = ENDED;
 	bool deliver = !x->closing;
 	pthread_mutex_unlock(&x->lock);
-	if (!deliver || err == -ECANCELED)
+	if (!deliver)
 		return;
 	char reason[512] = "";
 	if (!x->terminal) {
