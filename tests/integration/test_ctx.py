@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from util import BACKEND_DOWN_ERRNOS, SLOW, sh, wait_for
+from util import BACKEND_DOWN_ERRNOS, SLOW, fs_op, sh, wait_for
 
 # each test starts interpreters; allow for a loaded machine
 pytestmark = pytest.mark.timeout(240 * SLOW)
@@ -398,7 +398,7 @@ def test_backend_down(fresh_sbx):
     # the mount stays usable
     assert 'ctx' in os.listdir(sbx.mnt)
     sbx.start_server()
-    ok = wait_for(lambda: os.path.isdir(sbx.ws) and os.listdir(sbx.ws) is not None, 30 * SLOW)
-    assert ok
+    ok = wait_for(lambda: fs_op('listdir', sbx.ws, 30)[0] == 'OK', 30 * SLOW, interval=0.5)
+    assert ok, 'the workspace did not come back: %s' % fs_op('listdir', sbx.ws, 30)[0]
     cid = new(sbx)
     assert results(run(sbx, cid, '3 + 3'), 'text') == ['6']
