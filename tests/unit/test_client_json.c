@@ -636,7 +636,7 @@ static void s_end(void *arg, int err, long status, const char *body, size_t len)
 	pthread_mutex_unlock(&r->lock);
 }
 
-static const struct http_stream_ops sops = { s_event, s_end };
+static const struct http_stream_ops sops = { .on_event = s_event, .on_end = s_end };
 
 static bool srec_wait(struct srec *r, int min_events, bool want_end, long timeout_ms)
 {
