@@ -17,12 +17,15 @@ import sys
 import traceback
 
 mux = Mux()
+# Line-buffered, as on a terminal: print() writes its text and its newline separately, and
+# each write would otherwise become an event of its own. What is left without a newline goes
+# out at the end of the execution (or at sys.stdout.flush()).
 sys.stdout = sys.__stdout__ = io.TextIOWrapper(open(1, 'wb', buffering=0, closefd=False),
                                                encoding='utf-8', errors='surrogateescape',
-                                               write_through=True)
+                                               line_buffering=True)
 sys.stderr = sys.__stderr__ = io.TextIOWrapper(open(2, 'wb', buffering=0, closefd=False),
                                                encoding='utf-8', errors='backslashreplace',
-                                               write_through=True)
+                                               line_buffering=True)
 sys.stdin = sys.__stdin__ = open(0, 'r', closefd=False)
 sys.argv = ['']
 
@@ -136,6 +139,9 @@ MIME_FIELDS = {
 
 
 def send_results(data, metadata, last_value):
+    # output printed before the result, even without a newline, comes before it
+    sys.stdout.flush()
+    sys.stderr.flush()
     metadata = metadata or {}
     # a dict or list is JSON data; its text form would only repeat it
     if last_value and 'application/json' in data and set(data) <= {'application/json',
