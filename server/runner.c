@@ -656,6 +656,36 @@ static void free_env(char **env)
 	free(env);
 }
 
+/* Returns once the init has forked the command (or has ended), at most 2 s later: until then
+ * the group -inner_pid holds only the init, which ignores every signal but SIGKILL, so a TERM
+ * sent by a caller right after the start would be lost (and the process killed 5 s later). */
+static void wait_for_command(const struct run_proc *p)
+{
+	if (p->inner_pid <= 0)
+		return;
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/children", (int)p->inner_pid,
+		 (int)p->inner_pid);
+	for (int i = 0; i < 2000; i++) {
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			return; /* gone, or no CONFIG_PROC_CHILDREN: nothing to wait for */
+		char c;
+		ssize_t n = read(fd, &c, 1);
+		close(fd);
+		if (n != 0)
+			return;
+		if (p->inner_pidfd >= 0) {
+			struct pollfd pfd = { .fd = p->inner_pidfd, .events = POLLIN };
+			if (poll(&pfd, 1, 1) != 0)
+				return;
+		} else {
+			usleep(1000);
+		}
+	}
+	log_warn("runner: the sandbox's command did not start within 2 s");
+}
+
 /* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap. */
 static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
 			   bool stdin_null, struct run_proc *out)
@@ -737,6 +767,7 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 		if (write(block[1], "", 1) < 0)
 			log_debug("runner: releasing bubblewrap: %s", strerror(errno));
 		close_fd(&block[1]);
+		wait_for_command(out);
 	}
 
 	out->stdin_fd = in[1];
