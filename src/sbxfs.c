@@ -77,7 +77,7 @@ static void usage(const char *prog)
 	       "    -o timeout=SECS          deadline of one request to the sandbox (30)\n"
 	       "    -o no_extensions         use only the standard container routes\n"
 	       "    -o insecure              do not verify the server's TLS certificate\n"
-	       "    -o ca_file=FILE          extra CA certificates (PEM)\n",
+	       "    -o ca_file=FILE          CA certificates (PEM) to trust instead of the system's\n",
 	       prog);
 	sbxfs_config_help();
 	printf("\nFUSE options:\n");
@@ -238,6 +238,9 @@ int main(int argc, char *argv[])
 		fprintf(stderr, "sbxfs: timeout must be positive\n");
 		goto out;
 	}
+	if (o.insecure && strncmp(o.url, "https://", 8) == 0)
+		log_warn("-o insecure: the server's certificate is not verified; anyone on the "
+			 "path can read the token and the files");
 	if (cmd.debug)
 		log_set_level(LOG_LVL_DEBUG);
 
