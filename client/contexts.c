@@ -26,14 +26,6 @@
 #define CREATE_MS 65000      /* sbxd gives an interpreter 60 s to start */
 #define EXEC_IDLE_MS 45000   /* sbxd sends keepalives every 15 s */
 
-static char *dup_or_null(const char *s)
-{
-	char *d = s ? strdup(s) : NULL;
-	if (s && !d)
-		abort();
-	return d;
-}
-
 void sbx_context_clear(struct sbx_context *c)
 {
 	free(c->id);
@@ -103,30 +95,17 @@ int sbx_context_create(struct sbx *s, const char *language, const char *cwd,
 		}
 	}
 	long ms = s->deadline_ms > CREATE_MS ? s->deadline_ms : CREATE_MS;
-	cJSON *j;
-	int err = sbx_call(s, "create context", "POST", "/api/contexts", body, false, ms, &j);
-	if (err)
-		return err;
-	const char *cid = json_str(j, "contextId");
-	if (!cid || !*cid)
-		err = sbx_fail(-EPROTO, "create context: the answer has no contextId");
-	else
-		*id = dup_or_null(cid);
-	cJSON_Delete(j);
-	return err;
+	return sbx_call_string(s, "create context", "POST", "/api/contexts", body, false, ms,
+			       "contextId", id);
 }
 
 int sbx_context_list(struct sbx *s, struct sbx_context **v, size_t *n)
 {
 	cJSON *j;
-	int err = sbx_call(s, "list contexts", "GET", "/api/contexts", NULL, true, 0, &j);
+	const cJSON *arr;
+	int err = sbx_call_list(s, "list contexts", "/api/contexts", "contexts", &j, &arr);
 	if (err)
 		return err;
-	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "contexts");
-	if (!cJSON_IsArray(arr)) {
-		cJSON_Delete(j);
-		return sbx_fail(-EPROTO, "list contexts: the answer has no contexts array");
-	}
 	size_t cnt = (size_t)cJSON_GetArraySize(arr), i = 0;
 	struct sbx_context *out = calloc(cnt ? cnt : 1, sizeof(*out));
 	if (!out)
@@ -137,10 +116,10 @@ int sbx_context_list(struct sbx *s, struct sbx_context **v, size_t *n)
 		if (!cid || !*cid)
 			continue;
 		const char *lang = json_str(r, "language");
-		out[i].id = dup_or_null(cid);
-		out[i].language = dup_or_null(lang ? lang : "python");
-		out[i].cwd = dup_or_null(json_str(r, "cwd") ? json_str(r, "cwd") : "");
-		out[i].state = dup_or_null(json_str(r, "state"));
+		out[i].id = sbx_strdup(cid);
+		out[i].language = sbx_strdup(lang ? lang : "python");
+		out[i].cwd = sbx_strdup(json_str(r, "cwd") ? json_str(r, "cwd") : "");
+		out[i].state = sbx_strdup(json_str(r, "state"));
 		i++;
 	}
 	cJSON_Delete(j);
@@ -348,7 +327,7 @@ struct sbx_execution *sbx_execution_start(struct sbx *s, const char *id, const c
 		abort();
 	x->ops = *ops;
 	x->arg = arg;
-	x->id = dup_or_null(id);
+	x->id = sbx_strdup(id);
 	pthread_mutex_init(&x->lock, NULL);
 	pthread_cond_init(&x->cond, NULL);
 	struct http_request req = {

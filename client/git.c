@@ -63,14 +63,6 @@ static char *git_reason(const char *stderr_text)
 	return sb.data;
 }
 
-static char *dup_str(const char *v)
-{
-	char *d = strdup(v ? v : "");
-	if (!d)
-		abort();
-	return d;
-}
-
 /* The errno and reason of an error answer. */
 static int clone_failed(const struct http_response *resp, struct sbx_clone_result *r)
 {
@@ -106,7 +98,7 @@ int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_res
 	memset(r, 0, sizeof(*r));
 	long timeout = c->timeout_ms > 0 ? c->timeout_ms : SBX_CLONE_TIMEOUT_MS;
 	if (!c->url || !*c->url) {
-		r->error = dup_str("no repository URL");
+		r->error = sbx_strdup("no repository URL");
 		return sbx_fail(-EINVAL, "git clone: no repository URL");
 	}
 	cJSON *body = cJSON_CreateObject();
@@ -134,7 +126,7 @@ int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_res
 	int err = http_request_sync(s->http, &req, &resp);
 	free(text);
 	if (err) {
-		r->error = dup_str(resp.errmsg[0] ? resp.errmsg : strerror(-err));
+		r->error = sbx_strdup(resp.errmsg[0] ? resp.errmsg : strerror(-err));
 	} else if (resp.status < 200 || resp.status > 299) {
 		err = clone_failed(&resp, r);
 	} else {
@@ -142,10 +134,10 @@ int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_res
 		const char *dir = json_str(j, "targetDir");
 		if (!dir) {
 			err = -EPROTO;
-			r->error = dup_str("the server's answer has no targetDir");
+			r->error = sbx_strdup("the server's answer has no targetDir");
 		} else {
-			r->dir = dup_str(dir);
-			r->branch = dup_str(json_str(j, "branch"));
+			r->dir = sbx_strdup(dir);
+			r->branch = sbx_strdup(json_str(j, "branch") ? json_str(j, "branch") : "");
 		}
 		cJSON_Delete(j);
 	}

@@ -15,14 +15,6 @@ static int need_extension(struct sbx *s, const char *what)
 			"route; preview URLs need sbxd (or the SDK's Worker)", what);
 }
 
-static char *dup_or_null(const char *v)
-{
-	char *d = v ? strdup(v) : NULL;
-	if (v && !d)
-		abort();
-	return d;
-}
-
 int sbx_port_expose(struct sbx *s, int port, const char *name, char **url)
 {
 	char what[64];
@@ -32,20 +24,17 @@ int sbx_port_expose(struct sbx *s, int port, const char *name, char **url)
 	int err = need_extension(s, what);
 	if (err)
 		return err;
-	cJSON *body = cJSON_CreateObject(), *j;
+	cJSON *body = cJSON_CreateObject();
 	cJSON_AddNumberToObject(body, "port", port);
 	if (name)
 		cJSON_AddStringToObject(body, "name", name);
 	/* exposing is idempotent on the server: a retry after a lost answer is harmless */
-	err = sbx_call(s, what, "POST", "/api/x/ports", body, true, 0, &j);
-	if (err)
-		return err;
-	const char *u = json_str(j, "url");
-	if (!u)
-		err = sbx_fail(-EPROTO, "%s: the answer has no url", what);
-	else if (url)
-		*url = dup_or_null(u);
-	cJSON_Delete(j);
+	char *u;
+	err = sbx_call_string(s, what, "POST", "/api/x/ports", body, true, 0, "url", &u);
+	if (url)
+		*url = u;
+	else
+		free(u);
 	return err;
 }
 
@@ -71,14 +60,10 @@ int sbx_ports_list(struct sbx *s, struct sbx_port **ports, size_t *n)
 	if (!s->info.extensions)
 		return 0;
 	cJSON *j;
-	int err = sbx_call(s, "list ports", "GET", "/api/x/ports", NULL, true, 0, &j);
+	const cJSON *arr, *it;
+	int err = sbx_call_list(s, "list ports", "/api/x/ports", "ports", &j, &arr);
 	if (err)
 		return err;
-	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "ports"), *it;
-	if (!cJSON_IsArray(arr)) {
-		cJSON_Delete(j);
-		return sbx_fail(-EPROTO, "list ports: the answer has no ports array");
-	}
 	struct sbx_port *v = calloc((size_t)cJSON_GetArraySize(arr) + 1, sizeof(*v));
 	if (!v)
 		abort();
@@ -89,8 +74,8 @@ int sbx_ports_list(struct sbx *s, struct sbx_port **ports, size_t *n)
 		if (port <= 0 || !u)
 			continue;
 		v[k].port = port;
-		v[k].url = dup_or_null(u);
-		v[k].name = dup_or_null(json_str(it, "name"));
+		v[k].url = sbx_strdup(u);
+		v[k].name = sbx_strdup(json_str(it, "name"));
 		k++;
 	}
 	cJSON_Delete(j);

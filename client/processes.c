@@ -31,14 +31,6 @@
 #define KILL_ALL_MS 120000        /* several TERM-deaf processes cost 5 s each */
 #define MAX_IDLE_RECONNECTS 3
 
-static char *dup_or_null(const char *s)
-{
-	char *d = s ? strdup(s) : NULL;
-	if (s && !d)
-		abort();
-	return d;
-}
-
 void sbx_process_clear(struct sbx_process *p)
 {
 	free(p->id);
@@ -63,17 +55,17 @@ static int parse_record(const cJSON *r, struct sbx_process *p)
 	const char *id = json_str(r, "id");
 	if (!id)
 		return sbx_fail(-EPROTO, "the server's process record has no id");
-	p->id = dup_or_null(id);
-	p->command = dup_or_null(json_str(r, "command") ? json_str(r, "command") : "");
-	p->status = dup_or_null(json_str(r, "status") ? json_str(r, "status") : "unknown");
+	p->id = sbx_strdup(id);
+	p->command = sbx_strdup(json_str(r, "command") ? json_str(r, "command") : "");
+	p->status = sbx_strdup(json_str(r, "status") ? json_str(r, "status") : "unknown");
 	const cJSON *code = cJSON_GetObjectItemCaseSensitive(r, "exitCode");
 	if (cJSON_IsNumber(code)) {
 		p->has_exit_code = true;
 		p->exit_code = code->valueint;
 	}
 	p->pid = (long)json_int(r, "pid", 0);
-	p->start_time = dup_or_null(json_str(r, "startTime"));
-	p->end_time = dup_or_null(json_str(r, "endTime"));
+	p->start_time = sbx_strdup(json_str(r, "startTime"));
+	p->end_time = sbx_strdup(json_str(r, "endTime"));
 	p->json = cJSON_Print(r);
 	if (!p->json)
 		abort();
@@ -119,30 +111,17 @@ int sbx_process_start(struct sbx *s, const char *command, const char *cwd,
 			free(name);
 		}
 	}
-	cJSON *j;
-	int err = sbx_call(s, "process start", "POST", "/api/process/start", body, false, 0, &j);
-	if (err)
-		return err;
-	const char *pid = json_str(j, "processId");
-	if (!pid)
-		err = sbx_fail(-EPROTO, "process start: the answer has no processId");
-	else
-		*id = dup_or_null(pid);
-	cJSON_Delete(j);
-	return err;
+	return sbx_call_string(s, "process start", "POST", "/api/process/start", body, false, 0,
+			       "processId", id);
 }
 
 int sbx_process_list(struct sbx *s, struct sbx_process **v, size_t *n)
 {
 	cJSON *j;
-	int err = sbx_call(s, "process list", "GET", "/api/process/list", NULL, true, 0, &j);
+	const cJSON *arr;
+	int err = sbx_call_list(s, "process list", "/api/process/list", "processes", &j, &arr);
 	if (err)
 		return err;
-	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "processes");
-	if (!cJSON_IsArray(arr)) {
-		cJSON_Delete(j);
-		return sbx_fail(-EPROTO, "process list: the answer has no processes array");
-	}
 	size_t cnt = (size_t)cJSON_GetArraySize(arr), i = 0;
 	struct sbx_process *out = calloc(cnt ? cnt : 1, sizeof(*out));
 	if (!out)
@@ -187,9 +166,9 @@ int sbx_process_logs(struct sbx *s, const char *id, char **out, size_t *out_len,
 	if (err)
 		return err;
 	const char *o = json_str(j, "stdout"), *e = json_str(j, "stderr");
-	*out = dup_or_null(o ? o : "");
+	*out = sbx_strdup(o ? o : "");
 	*out_len = strlen(*out);
-	*err_text = dup_or_null(e ? e : "");
+	*err_text = sbx_strdup(e ? e : "");
 	*err_len = strlen(*err_text);
 	cJSON_Delete(j);
 	return 0;
@@ -430,7 +409,7 @@ struct sbx_process_stream *sbx_process_stream_open(struct sbx *s, const char *id
 	if (!ps)
 		abort();
 	ps->s = s;
-	ps->id = dup_or_null(id);
+	ps->id = sbx_strdup(id);
 	ps->path = process_path(id, "/stream");
 	ps->ops = *ops;
 	ps->arg = arg;

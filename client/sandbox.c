@@ -142,6 +142,45 @@ int sbx_call(struct sbx *s, const char *what, const char *method, const char *pa
 	return err;
 }
 
+int sbx_call_string(struct sbx *s, const char *what, const char *method, const char *path,
+		    cJSON *body, bool idempotent, long timeout_ms, const char *field, char **out)
+{
+	cJSON *j;
+	*out = NULL;
+	int err = sbx_call(s, what, method, path, body, idempotent, timeout_ms, &j);
+	if (err)
+		return err;
+	const char *v = json_str(j, field);
+	if (!v || !*v)
+		err = sbx_fail(-EPROTO, "%s: the answer has no %s", what, field);
+	else
+		*out = sbx_strdup(v);
+	cJSON_Delete(j);
+	return err;
+}
+
+int sbx_call_list(struct sbx *s, const char *what, const char *path, const char *field,
+		  cJSON **answer, const cJSON **items)
+{
+	int err = sbx_call(s, what, "GET", path, NULL, true, 0, answer);
+	if (err)
+		return err;
+	*items = cJSON_GetObjectItemCaseSensitive(*answer, field);
+	if (cJSON_IsArray(*items))
+		return 0;
+	cJSON_Delete(*answer);
+	*answer = NULL;
+	return sbx_fail(-EPROTO, "%s: the answer has no %s array", what, field);
+}
+
+char *sbx_strdup(const char *v)
+{
+	char *d = v ? strdup(v) : NULL;
+	if (v && !d)
+		abort();
+	return d;
+}
+
 int sbx_parse_stat(const cJSON *obj, struct stat *st, char **target)
 {
 	struct stat tmp;

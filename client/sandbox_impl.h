@@ -70,6 +70,18 @@ int sbx_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3))
  * "<what>: <server's message>". timeout_ms 0 = the client's default. */
 int sbx_call(struct sbx *s, const char *what, const char *method, const char *path,
 	     struct cJSON *body, bool idempotent, long timeout_ms, struct cJSON **out);
+/* sbx_call for an answer that carries one string: *out is field's value (caller frees);
+ * EPROTO when it is missing or empty. */
+int sbx_call_string(struct sbx *s, const char *what, const char *method, const char *path,
+		    struct cJSON *body, bool idempotent, long timeout_ms, const char *field,
+		    char **out);
+/* A GET whose answer lists records in the array field: *answer (caller frees) and *items,
+ * the array inside it; EPROTO when there is no such array. */
+int sbx_call_list(struct sbx *s, const char *what, const char *path, const char *field,
+		  struct cJSON **answer, const struct cJSON **items);
+/* strdup that keeps NULL and aborts when out of memory, as every allocation here does. */
+char *sbx_strdup(const char *v);
+
 /* The errno of a non-2xx response (its JSON error body, or the HTTP status), with the reason
  * recorded as for sbx_call. */
 int sbx_fail_response(const char *what, long status, const char *body, size_t body_len);
