@@ -34,6 +34,7 @@
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/server.h"
+#include "server/utf8.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <ctype.h>
@@ -174,6 +175,18 @@ static bool blank(const char *s)
 		if (!isspace((unsigned char)*s))
 			return false;
 	return true;
+}
+
+/* Ids go back out in JSON answers and session lists, which cJSON would print with the
+ * invalid bytes as they came: such an id is refused rather than echoed as broken JSON. */
+static bool valid_utf8(const char *s)
+{
+	size_t n = strlen(s);
+	struct strbuf b = STRBUF_INIT;
+	utf8_sanitize(&b, s, n, true);
+	bool ok = b.len == n && (n == 0 || memcmp(b.data, s, n) == 0);
+	strbuf_free(&b);
+	return ok;
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
@@ -365,6 +378,11 @@ const char *session_id_of_request(struct req *r, bool *given)
 	if (strlen(id) > MAX_SESSION_ID) {
 		reply_error(r, 400, "VALIDATION_FAILED", ENAMETOOLONG, NULL,
 			    "sessionId is longer than %d bytes", MAX_SESSION_ID);
+		return NULL;
+	}
+	if (!valid_utf8(id)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "sessionId must be valid UTF-8");
 		return NULL;
 	}
 	return id;
@@ -605,11 +623,18 @@ void route_session_create(struct req *r)
 	} else if (strlen(id) > MAX_SESSION_ID) {
 		return reply_error(r, 400, "VALIDATION_FAILED", ENAMETOOLONG, NULL,
 				   "session id is longer than %d bytes", MAX_SESSION_ID);
+	} else if (!valid_utf8(id)) {
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "session id must be valid UTF-8");
 	}
-	int64_t timeout = json_int(body, "commandTimeoutMs", 0);
-	if (timeout < 0 || timeout > INT32_MAX)
+	/* checked as a double: a string would otherwise mean "no timeout" without a word, and
+	 * 1e300 does not fit an integer */
+	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "commandTimeoutMs");
+	if (tmo && !cJSON_IsNull(tmo) &&
+	    (!cJSON_IsNumber(tmo) || !(tmo->valuedouble >= 0 && tmo->valuedouble <= INT32_MAX)))
 		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 				   "commandTimeoutMs must be a positive number of milliseconds");
+	int timeout = cJSON_IsNumber(tmo) ? (int)tmo->valuedouble : 0;
 	char **env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
 	if (!env)
 		return;
@@ -619,7 +644,7 @@ void route_session_create(struct req *r)
 	int err = find_locked(id) ? -EEXIST :
 		  create_locked(id, cJSON_IsString(cwdv) && *cwdv->valuestring ?
 					    cwdv->valuestring : NULL,
-				env, (int)timeout, &s);
+				env, timeout, &s);
 	pthread_mutex_unlock(&table_lock);
 	if (err) {
 		session_free_env(env);
@@ -658,6 +683,9 @@ void route_session_delete(struct req *r)
 	if (!id || !*id)
 		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 				   "sessionId is required");
+	if (!valid_utf8(id)) /* no such session can exist, and the id cannot be echoed */
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+				   "sessionId must be valid UTF-8");
 	pthread_mutex_lock(&table_lock);
 	struct session *s = find_locked(id);
 	if (s)

@@ -16,7 +16,8 @@ struct session;
 /* The session id a command request names: body "sessionId" (an empty string counts as
  * absent), then the X-Session-Id header, then ?session= or ?sessionId=, else "default". Never
  * the Authorization header (our bearer token). *given tells whether the request named one.
- * NULL after answering the request with an error (an id that is blank or too long). */
+ * NULL after answering the request with an error (an id that is blank, too long or not
+ * UTF-8). */
 const char *session_id_of_request(struct req *r, bool *given);
 
 /* The session with this id, created on the spot (starting in start_cwd, NULL = /workspace)
