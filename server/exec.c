@@ -323,15 +323,20 @@ static void reply_session_error(struct req *r, const struct exec_req *x, int err
 			    x->session_id, strerror(-err));
 }
 
-/* Takes the session for this command (none when sessionless); 0, -ETIMEDOUT or an error. */
-static int take_session(struct exec_req *x, struct session **s)
+/* Takes the session for this command (none when sessionless); 0, -ETIMEDOUT or an error.
+ * The session's commandTimeoutMs is for foreground commands only (a stream is a background
+ * command in the container) and, like a request's timeoutMs, counts from now: a command
+ * whose time runs out while it waits for the session's running one never starts. */
+static int take_session(struct exec_req *x, bool foreground, struct session **s)
 {
 	*s = NULL;
 	if (strcmp(x->session_id, SESSION_NONE) == 0)
 		return 0;
+	if (!x->timeout_ms && foreground)
+		x->timeout_ms = session_command_timeout_of(x->session_id);
 	int err = session_acquire(x->session_id, x->cwd, x->timeout_ms > 0 ? x->timeout_ms : -1,
 				  s);
-	if (!err && !x->timeout_ms)
+	if (!err && !x->timeout_ms && foreground) /* created meanwhile */
 		x->timeout_ms = session_command_timeout(*s);
 	return err;
 }
@@ -388,7 +393,7 @@ void route_execute(struct req *r)
 		return route_process_start(r); /* as the container: a process record */
 	if (!parse_exec_req(r, &x, false))
 		return;
-	int err = take_session(&x, &s);
+	int err = take_session(&x, true, &s);
 	if (err == -ETIMEDOUT) {
 		/* the session's previous command outlasted our whole timeout */
 		timed_out = true;
@@ -587,7 +592,7 @@ void route_execute_stream(struct req *r)
 	if (!parse_exec_req(r, &x, true))
 		return;
 	/* the session lock is held only while the command starts, as in the container */
-	int err = take_session(&x, &s);
+	int err = take_session(&x, false, &s);
 	if (err) {
 		if (err == -ETIMEDOUT)
 			reply_error(r, 500, "COMMAND_EXECUTION_ERROR", ETIMEDOUT, NULL,

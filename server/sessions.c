@@ -445,6 +445,15 @@ int session_command_timeout(const struct session *s)
 	return s->timeout_ms;
 }
 
+int session_command_timeout_of(const char *id)
+{
+	pthread_mutex_lock(&table_lock);
+	const struct session *s = find_locked(id);
+	int t = s ? s->timeout_ms : 0;
+	pthread_mutex_unlock(&table_lock);
+	return t;
+}
+
 int session_launch(struct session *s, const char *command, const char *cwd,
 		   char *const *req_env, bool save, struct session_launch *out)
 {

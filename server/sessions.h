@@ -30,6 +30,8 @@ int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
 void session_release(struct session *s);
 /* The default timeout of the session's commands (commandTimeoutMs), 0 for none. */
 int session_command_timeout(const struct session *s);
+/* The same for the session with this id, before taking it; 0 when there is none. */
+int session_command_timeout_of(const char *id);
 
 /* How to start a command: argv and envp for runner_spawn(), and whether the command text
  * must be written to the command's stdin (when it is too long for the environment). */
