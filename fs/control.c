@@ -32,12 +32,22 @@
 #define STATIC_ENTRY_TIMEOUT 3600.0
 #define DYNAMIC_ENTRY_TIMEOUT 1.0
 
+/* data holds the feed's bytes from absolute offset `base` on; handles' cursors are absolute.
+ * A replay feed keeps its last `stream_buffer` bytes for readers that come later; a
+ * single-reader feed drops what its reader has taken, and its bytes beyond `stream_buffer`
+ * only pile up under a reader that does not keep up. Either way the oldest bytes go first,
+ * whole lines where the bytes are lines, and a reader left behind skips ahead. */
 struct ctl_feed {
 	unsigned refs;
 	struct strbuf data;
+	size_t base;
+	bool replay, trimmed;
+	char *label;
 	bool ended;
 	int err;
 };
+
+static size_t stream_buffer = (size_t)64 << 20;
 
 struct parked {
 	fuse_req_t req;
@@ -452,12 +462,18 @@ const struct kind_ops control_kind_ops = {
 
 /* ---- feeds ---- */
 
-struct ctl_feed *ctl_feed_new(void)
+void ctl_set_stream_buffer(size_t bytes)
+{
+	stream_buffer = bytes ? bytes : 1;
+}
+
+struct ctl_feed *ctl_feed_new(bool replay, const char *label)
 {
 	struct ctl_feed *f = calloc(1, sizeof(*f));
-	if (!f)
+	if (!f || !(f->label = strdup(label)))
 		abort();
 	f->refs = 1;
+	f->replay = replay;
 	return f;
 }
 
@@ -477,6 +493,7 @@ void ctl_feed_unref(struct ctl_feed *f)
 	pthread_mutex_unlock(&ctl_lock);
 	if (last) {
 		strbuf_free(&f->data);
+		free(f->label);
 		free(f);
 	}
 }
@@ -486,12 +503,22 @@ void ctl_feed_unref(struct ctl_feed *f)
 static int feed_answer(fuse_req_t req, struct ctl_handle *h, size_t size)
 {
 	struct ctl_feed *f = h->feed;
-	if (h->rpos < f->data.len) {
-		size_t n = f->data.len - h->rpos;
+	if (h->rpos < f->base)
+		h->rpos = f->base; /* what it had not read was trimmed away */
+	size_t at = h->rpos - f->base;
+	if (at < f->data.len) {
+		size_t n = f->data.len - at;
 		if (n > size)
 			n = size;
-		fuse_reply_buf(req, f->data.data + h->rpos, n);
+		fuse_reply_buf(req, f->data.data + at, n);
 		h->rpos += n;
+		if (!f->replay && at + n == f->data.len) {
+			f->base += f->data.len;
+			if (f->data.cap > ((size_t)1 << 20))
+				strbuf_free(&f->data); /* give a burst's memory back */
+			else
+				strbuf_reset(&f->data);
+		}
 		return 1;
 	}
 	if (f->ended) {
@@ -529,6 +556,34 @@ static void feed_wake(struct ctl_feed *f)
 	}
 }
 
+/* Keeps a feed within stream_buffer: down to half of it at once, so that a steady writer
+ * moves memory once per half buffer, not at every push. Caller holds ctl_lock. */
+static void feed_trim(struct ctl_feed *f)
+{
+	if (f->data.len <= stream_buffer)
+		return;
+	size_t cut = f->data.len - stream_buffer / 2;
+	const char *d = f->data.data;
+	const char *nl = memchr(d + cut, '\n', f->data.len - cut);
+	if (nl) {
+		cut = (size_t)(nl + 1 - d);
+	} else {
+		nl = memrchr(d, '\n', cut);
+		if (nl)
+			cut = (size_t)(nl + 1 - d);
+		else if (f->replay)
+			return; /* one line longer than the buffer: cutting it would garble it */
+	}
+	strbuf_consume(&f->data, cut);
+	f->base += cut;
+	if (!f->trimmed) {
+		f->trimmed = true;
+		log_warn("%s: more than %zu MiB %s; the oldest is dropped (-o stream_buffer=MiB)",
+			 f->label, stream_buffer >> 20,
+			 f->replay ? "of output" : "not yet read");
+	}
+}
+
 void ctl_feed_push(struct ctl_feed *f, const void *data, size_t len)
 {
 	if (!len)
@@ -536,6 +591,7 @@ void ctl_feed_push(struct ctl_feed *f, const void *data, size_t len)
 	pthread_mutex_lock(&ctl_lock);
 	if (!f->ended) {
 		strbuf_append(&f->data, data, len);
+		feed_trim(f);
 		feed_wake(f);
 	}
 	pthread_mutex_unlock(&ctl_lock);
@@ -776,7 +832,7 @@ void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	struct ctl_handle *h = handle_of(fi);
 	unsigned revents = POLLOUT | POLLWRNORM;
 	pthread_mutex_lock(&ctl_lock);
-	if (!h->feed || h->rpos < h->feed->data.len || h->feed->ended)
+	if (!h->feed || h->rpos < h->feed->base + h->feed->data.len || h->feed->ended)
 		revents |= POLLIN | POLLRDNORM;
 	if (ph) {
 		if (h->ph) {

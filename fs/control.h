@@ -119,11 +119,15 @@ struct ctl_handle {
 	struct fuse_pollhandle *ph;
 };
 
-/* Feeds: an append-only byte log with an end, shared by the handles attached to it (several
- * readers of ctx/ID/out see the same events). Push and end may be called from any thread,
- * including the network thread; both answer parked reads at once. A feed keeps everything
- * pushed until the last reference goes. */
-struct ctl_feed *ctl_feed_new(void);
+/* Feeds: an append-only byte log with an end. Push and end may be called from any thread,
+ * including the network thread; both answer parked reads at once. A replay feed is shared by
+ * the handles attached to it, each reading from the start (several readers of ctx/ID/out see
+ * the same events); otherwise one handle reads it and what it has read is dropped. Either way
+ * a feed holds at most about the stream buffer (ctl_set_stream_buffer): beyond it the oldest
+ * bytes are dropped (whole lines) and a reader that had not read them skips ahead. label
+ * names the file in the log line that says so. */
+void ctl_set_stream_buffer(size_t bytes);
+struct ctl_feed *ctl_feed_new(bool replay, const char *label);
 void ctl_feed_ref(struct ctl_feed *f);
 void ctl_feed_unref(struct ctl_feed *f);
 void ctl_feed_push(struct ctl_feed *f, const void *data, size_t len);

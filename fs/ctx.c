@@ -295,7 +295,9 @@ static int in_commit(struct ctl_handle *h)
 	if (!e || !(e->ctx_id = strdup(ctx_id(&h->args))))
 		abort();
 	e->refs = 2; /* ours (then the table's) and the stream's */
-	e->feed = ctl_feed_new();
+	char label[300];
+	snprintf(label, sizeof label, "ctx/%s/out", e->ctx_id);
+	e->feed = ctl_feed_new(true, label);
 	e->running = true;
 	clock_gettime(CLOCK_REALTIME, &e->started);
 	pthread_mutex_lock(&ctx_lock);
@@ -338,7 +340,7 @@ static int out_open(struct ctl_handle *h)
 	pthread_mutex_unlock(&ctx_lock);
 	if (!h->feed) {
 		/* No execution from this mount yet: an empty file. */
-		struct ctl_feed *f = ctl_feed_new();
+		struct ctl_feed *f = ctl_feed_new(true, "ctx/out");
 		ctl_feed_end(f, 0);
 		ctl_handle_attach(h, f);
 		ctl_feed_unref(f);

@@ -54,6 +54,7 @@ static const struct fuse_opt fs_opts[] = {
 	FS_OPT("dir_cache_timeout=%lf", dir_cache_timeout),
 	FS_OPT("dir_cache_max=%u", dir_cache_max),
 	FS_OPT("no_watch", no_watch),
+	FS_OPT("stream_buffer=%u", stream_buffer),
 	FUSE_OPT_END
 };
 
@@ -65,6 +66,7 @@ int sbxfs_config_parse(struct fuse_args *args, struct sbxfs_config *cfg)
 		.negative_timeout = 5.0,
 		.dir_cache_timeout = 20.0,
 		.dir_cache_max = 65536,
+		.stream_buffer = 64,
 	};
 	if (fuse_opt_parse(args, cfg, fs_opts, NULL) == -1)
 		return -1;
@@ -75,6 +77,10 @@ int sbxfs_config_parse(struct fuse_args *args, struct sbxfs_config *cfg)
 	}
 	if (!cfg->dir_cache_max)
 		cfg->dir_cache_max = 1;
+	if (cfg->stream_buffer < 1 || cfg->stream_buffer > 65536) {
+		fprintf(stderr, "sbxfs: stream_buffer is in MiB, from 1 to 65536\n");
+		return -1;
+	}
 	return 0;
 }
 
@@ -85,7 +91,8 @@ void sbxfs_config_help(void)
 	       "    -o negative_timeout=SECS cache of missing names while events flow (5)\n"
 	       "    -o dir_cache_timeout=SECS  directory listings kept by sbxfs (20)\n"
 	       "    -o dir_cache_max=N       directory listings kept at most (65536)\n"
-	       "    -o no_watch              do not subscribe to change events (short timeouts)\n");
+	       "    -o no_watch              do not subscribe to change events (short timeouts)\n"
+	       "    -o stream_buffer=MiB     output a stream file keeps (ctx out, proc follow) (64)\n");
 }
 
 /* ---- helpers shared by the kinds ---- */
@@ -778,6 +785,7 @@ struct sbxfs *sbxfs_new(const struct sbxfs_config *cfg)
 	if (!fs)
 		abort();
 	fs->cfg = *cfg;
+	ctl_set_stream_buffer((size_t)cfg->stream_buffer << 20);
 	nodes_init(&fs->nodes, cfg->dir_cache_max);
 	atomic_init(&fs->healthy, false);
 	atomic_init(&fs->events, 0);

@@ -25,6 +25,7 @@ struct sbxfs_config {
 	double dir_cache_timeout; /* our own listings */
 	unsigned dir_cache_max;   /* listings kept at most */
 	int no_watch;             /* do not subscribe to change events */
+	unsigned stream_buffer;   /* MiB a stream file (ctx out, proc follow) holds at most */
 };
 
 /* Parses and removes the filesystem's -o options from args (defaults filled in first).

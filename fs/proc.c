@@ -290,7 +290,9 @@ static int follow_open(struct ctl_handle *h)
 	struct follow *f = calloc(1, sizeof(*f));
 	if (!f)
 		abort();
-	f->feed = ctl_feed_new();
+	char label[300];
+	snprintf(label, sizeof label, "proc/%s/follow", proc_id(&h->args));
+	f->feed = ctl_feed_new(false, label);
 	f->ps = sbx_process_stream_open(h->sbx, proc_id(&h->args), &follow_ops, f);
 	if (!f->ps) {
 		int err = -errno;

@@ -235,8 +235,10 @@ def execute(seq, code):
                 error = last_error or {'ename': type(exc).__name__, 'evalue': str(exc),
                                        'traceback': []}
         except KeyboardInterrupt:
-            # the interrupt arrived between the end of the code and the end of run_cell
-            error = last_error
+            # the interrupt reached IPython's own code, before the user's code began or after
+            # it ended: the execution still reports that it was interrupted
+            error = last_error or {'ename': 'KeyboardInterrupt', 'evalue': '',
+                                   'traceback': []}
     sys.stdout.flush()
     sys.stderr.flush()
     with State.lock:

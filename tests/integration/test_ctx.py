@@ -215,6 +215,29 @@ def test_ten_megabytes_of_stdout(sbx, py):
     assert text == ''.join('%09d\n' % i for i in range(n))
 
 
+def test_out_keeps_the_last_stream_buffer_of_events(fresh_sbx):
+    """An execution that prints more than the stream buffer: a reader that comes late gets
+    the newest events, whole lines, still ending with the execution's end."""
+    sbx = fresh_sbx('stream_buffer=2')
+    cid = new(sbx)
+    n = 100000
+    code = ('for i in range(%d):\n    print("%%0120d" %% i)\n'
+            'open("/workspace/printed", "w").close()\n' % n)
+    assert send(sbx, cid, code).returncode == 0
+    assert wait_for(lambda: os.path.exists(os.path.join(sbx.workspace, 'printed')),
+                    120 * SLOW, 0.2)
+    events = out(sbx, cid, timeout=120)
+    assert events[-1]['type'] == 'execution_complete', events[-1]
+    printed = texts(events, 'stdout').split()
+    assert 0 < len(printed) < n and printed[-1] == '%0120d' % (n - 1), len(printed)
+    assert all(len(x) == 120 for x in printed), 'an event was cut'
+    numbers = [int(x) for x in printed]
+    assert all(a < b for a, b in zip(numbers, numbers[1:])), 'events out of order'
+    assert 'the oldest is dropped' in sbx.read_log(sbx.sbxfs_log)
+    # the next execution starts a fresh out
+    assert texts(run(sbx, cid, 'print("again")'), 'stdout') == 'again\n'
+
+
 def test_two_contexts_run_in_parallel(sbx):
     a, b = new(sbx), new(sbx)
     t0 = time.monotonic()
