@@ -379,6 +379,25 @@ static void reply_not_found(struct req *r)
 	reply_error(r, 404, "UNKNOWN_ERROR", 0, NULL, "The requested endpoint was not found");
 }
 
+/* cJSON keeps strings NUL-terminated, so "a\u0000b" would silently become "a": a path or
+ * a session id naming something else, file content cut short. Such bodies are refused. */
+static bool json_has_nul(const char *s, size_t n)
+{
+	if (memchr(s, '\0', n))
+		return true;
+	bool in_string = false;
+	for (size_t i = 0; i < n; i++) {
+		if (s[i] == '"') {
+			in_string = !in_string;
+		} else if (in_string && s[i] == '\\' && i + 1 < n) {
+			if (s[i + 1] == 'u' && i + 5 < n && memcmp(s + i + 2, "0000", 4) == 0)
+				return true;
+			i++; /* the escaped character cannot end the string */
+		}
+	}
+	return false;
+}
+
 static void run_handler(struct req *r)
 {
 	if (r->too_large) {
@@ -393,6 +412,13 @@ static void run_handler(struct req *r)
 			if (!cJSON_IsObject(r->json)) {
 				reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 					    "invalid JSON body");
+				return;
+			}
+			if (json_has_nul(r->body.data, r->body.len)) {
+				reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+					    "a string in the body holds a NUL character (\\u0000), "
+					    "which no path, id or command can contain; send file "
+					    "content with \"encoding\":\"base64\"");
 				return;
 			}
 		}

@@ -520,6 +520,30 @@ def test_malformed_requests(srv):
     assert_serving(srv)
 
 
+def test_nul_in_strings_is_refused(srv):
+    """JSON may carry \\u0000; a C string cannot. Cut at the NUL, a path or a session id
+    would name something else and content would be cut short, so sbxd refuses it."""
+    with open(os.path.join(srv.workspace, 'victim'), 'w') as f:
+        f.write('intact\n')
+    for route, body in (
+            ('/api/write', {'path': '/workspace/victim\0.txt', 'content': 'x'}),
+            ('/api/write', {'path': '/workspace/victim', 'content': 'cut\0here'}),
+            ('/api/delete', {'path': '/workspace/victim\0/../other'}),
+            ('/api/execute', {'command': 'echo hi', 'sessionId': 'a\0b'}),
+            ('/api/execute', {'command': 'rm -f /workspace/victim\0 never'})):
+        status, r = srv.api(route, body)
+        assert status == 400 and r['code'] == 'VALIDATION_FAILED', (route, status, r)
+        assert 'NUL' in r['message'], r
+    with open(os.path.join(srv.workspace, 'victim')) as f:
+        assert f.read() == 'intact\n'
+    # an escaped backslash followed by "u0000" is just text
+    status, r = srv.api('/api/write', {'path': '/workspace/victim', 'content': '\\u0000'})
+    assert status == 200, r
+    with open(os.path.join(srv.workspace, 'victim')) as f:
+        assert f.read() == '\\u0000'
+    assert_serving(srv)
+
+
 # ---- through the mount ----
 
 def test_mount_escapes(srv, links):
