@@ -77,8 +77,8 @@ class TLSForwarder:
 
 
 @pytest.fixture
-def server(build_dir):
-    s = Sandbox(build_dir, 'ext')
+def server(build_dir, mode):
+    s = Sandbox(build_dir, mode)
     s.start_server()
     yield s
     problems = s.close()
