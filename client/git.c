@@ -121,11 +121,15 @@ int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_res
 		.body_len = strlen(text),
 		.timeout_ms = timeout + CLONE_ANSWER_MARGIN_MS,
 		.idempotent = false,
+		.cancel = c->cancel,
 	};
 	struct http_response resp = { 0 };
 	int err = http_request_sync(s->http, &req, &resp);
 	free(text);
-	if (err) {
+	if (err == -ECANCELED) {
+		r->error = sbx_strdup("interrupted; the sandbox stops the clone and removes what it "
+				      "had cloned");
+	} else if (err) {
 		r->error = sbx_strdup(resp.errmsg[0] ? resp.errmsg : strerror(-err));
 	} else if (resp.status < 200 || resp.status > 299) {
 		err = clone_failed(&resp, r);

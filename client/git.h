@@ -1,6 +1,7 @@
 /* Git checkouts: the standard POST /api/git/checkout (container-api.md §10), on every backend. */
 #ifndef SBX_GIT_H
 #define SBX_GIT_H
+#include <stdatomic.h>
 
 struct sbx;
 
@@ -13,6 +14,9 @@ struct sbx_clone {
 	const char *dir;    /* absolute; NULL: /workspace/<repository name> */
 	int depth;          /* 0: the whole history */
 	long timeout_ms;    /* 0: SBX_CLONE_TIMEOUT_MS; the HTTP deadline is a little longer */
+	const atomic_bool *cancel; /* may be NULL; when it turns true the call gives up at once
+				      with -ECANCELED, and the server, seeing the client go,
+				      stops git (which removes what it had cloned) */
 };
 
 /* What a clone did: on success the directory and the branch checked out; on failure (any
@@ -25,7 +29,8 @@ struct sbx_clone_result {
 
 /* Blocks until the clone is done. Errors: -EINVAL (bad request), -EEXIST (the target exists
  * and is not empty), -ENOENT (no such repository or branch), -EACCES (authentication),
- * -ETIMEDOUT (timeout_ms passed), -EIO (anything else git reports), transport errnos. */
+ * -ETIMEDOUT (timeout_ms passed), -ECANCELED (cancelled), -EIO (anything else git reports),
+ * transport errnos. */
 int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_result *r);
 void sbx_clone_result_free(struct sbx_clone_result *r);
 #endif

@@ -50,6 +50,7 @@
 #define BACKOFF_FIRST_MS 50
 #define BACKOFF_MAX_MS 2000
 #define SYNC_GRACE_MS 2000
+#define CANCEL_POLL_MS 250  /* how often a sync waiter looks at its caller's cancel flag */
 #define STREAM_ERROR_BODY_MAX (1 << 20)
 #define POOL_MAX 16
 
@@ -76,6 +77,7 @@ struct xfer {
 
 	http_done_cb cb;           /* requests */
 	void *cb_arg;
+	atomic_bool *cancel;       /* a sync waiter's flag, alive until cb has run */
 };
 
 struct http_stream {
@@ -508,6 +510,13 @@ static void stream_done(struct http_client *c, struct http_stream *s, CURLcode r
 	stream_finish(c, s, err);
 }
 
+static void request_cancelled(struct http_client *c, struct xfer *x)
+{
+	char msg[256];
+	fmt_msg(msg, sizeof(msg), "%s %s: interrupted", x->method, x->url);
+	request_complete(c, x, -ECANCELED, msg);
+}
+
 /* Network thread: one attempt of x ended (it is already off the multi). */
 static void request_done(struct http_client *c, struct xfer *x, CURLcode rc)
 {
@@ -619,6 +628,10 @@ static void xfer_start(struct http_client *c, struct xfer *x)
 			stream_finish(c, s, -EIO);
 		return;
 	}
+	if (x->cancel && atomic_load(x->cancel)) {
+		request_cancelled(c, x);
+		return;
+	}
 	x->easy = easy_setup(c, x, request_write);
 	if (!x->easy || attempt_start(c, x) < 0) {
 		fmt_msg(msg, sizeof(msg), "%s %s: cannot start transfer", x->method, x->url);
@@ -626,15 +639,22 @@ static void xfer_start(struct http_client *c, struct xfer *x)
 	}
 }
 
-/* Network thread: cancelled, idle and header-less streams; returns the next check due. */
+/* Network thread: cancelled requests; cancelled, idle and header-less streams; returns the
+ * next check due. */
 static int64_t check_streams(struct http_client *c, int64_t now)
 {
 	int64_t next = INT64_MAX;
 	struct xfer *x = c->active, *nx;
 	for (; x; x = nx) {
 		nx = x->next;
-		if (x->kind != XFER_STREAM)
+		if (x->kind != XFER_STREAM) {
+			if (x->cancel && atomic_load(x->cancel)) {
+				list_del(&c->active, x);
+				curl_multi_remove_handle(c->multi, x->easy);
+				request_cancelled(c, x);
+			}
 			continue;
+		}
 		struct http_stream *s = (struct http_stream *)x;
 		int err = 0;
 		int64_t due = INT64_MAX;
@@ -671,7 +691,10 @@ static int64_t run_timers(struct http_client *c, int64_t now)
 	struct xfer *x = c->timers, *nx;
 	for (; x; x = nx) {
 		nx = x->next;
-		if (x->retry_at <= now) {
+		if (x->cancel && atomic_load(x->cancel)) {
+			list_del(&c->timers, x);
+			request_cancelled(c, x);
+		} else if (x->retry_at <= now) {
 			list_del(&c->timers, x);
 			if (attempt_start(c, x) < 0) {
 				char msg[256];
@@ -908,8 +931,8 @@ static int submit(struct http_client *c, struct xfer *x)
 	return 0;
 }
 
-int http_request_async(struct http_client *c, const struct http_request *req, http_done_cb cb,
-		       void *arg)
+static int request_submit(struct http_client *c, const struct http_request *req,
+			  http_done_cb cb, void *arg, atomic_bool *cancel)
 {
 	struct xfer *x = calloc(1, sizeof(*x));
 	if (!x)
@@ -918,6 +941,7 @@ int http_request_async(struct http_client *c, const struct http_request *req, ht
 	if (!rc) {
 		x->cb = cb;
 		x->cb_arg = arg;
+		x->cancel = cancel;
 		rc = submit(c, x);
 	}
 	if (rc) {
@@ -927,6 +951,27 @@ int http_request_async(struct http_client *c, const struct http_request *req, ht
 	return rc;
 }
 
+int http_request_async(struct http_client *c, const struct http_request *req, http_done_cb cb,
+		       void *arg)
+{
+	return request_submit(c, req, cb, arg, NULL);
+}
+
+static struct timespec ts_after_ms(long ms)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	t.tv_nsec += (ms % 1000) * 1000000L;
+	t.tv_sec += ms / 1000 + t.tv_nsec / 1000000000L;
+	t.tv_nsec %= 1000000000L;
+	return t;
+}
+
+static bool ts_before(const struct timespec *a, const struct timespec *b)
+{
+	return a->tv_sec < b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec < b->tv_nsec);
+}
+
 /* The waiter and the network thread share this; the last one to let go frees it, so a waiter
  * that gives up (which the deadline should make impossible) leaves nothing dangling. */
 struct sync_wait {
@@ -934,6 +979,8 @@ struct sync_wait {
 	pthread_cond_t cond;
 	int refs;
 	bool done;
+	atomic_bool cancel; /* the caller's cancel flag, relayed: the request keeps no pointer
+			       into the caller's memory, which may be gone if the waiter gives up */
 	struct http_response resp;
 };
 
@@ -983,7 +1030,8 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 	pthread_mutex_init(&w->lock, NULL);
 	w->refs = 2;
 
-	int rc = http_request_async(c, req, sync_done, w);
+	atomic_init(&w->cancel, false);
+	int rc = request_submit(c, req, sync_done, w, &w->cancel);
 	if (rc) {
 		pthread_mutex_lock(&w->lock);
 		w->refs = 1;
@@ -1002,9 +1050,26 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 	ts.tv_nsec = ns % 1000000000;
 
 	pthread_mutex_lock(&w->lock);
-	while (!w->done)
-		if (pthread_cond_timedwait(&w->cond, &w->lock, &ts) == ETIMEDOUT)
+	while (!w->done) {
+		/* with a cancel flag to watch, wake four times a second to look at it */
+		struct timespec until = ts;
+		if (req->cancel && !atomic_load(&w->cancel)) {
+			struct timespec soon = ts_after_ms(CANCEL_POLL_MS);
+			if (ts_before(&soon, &until))
+				until = soon;
+		}
+		pthread_cond_timedwait(&w->cond, &w->lock, &until);
+		if (w->done)
 			break;
+		if (req->cancel && atomic_load(req->cancel) && !atomic_load(&w->cancel)) {
+			atomic_store(&w->cancel, true); /* the network thread ends it now */
+			curl_multi_wakeup(c->multi);
+		} else {
+			struct timespec now = ts_after_ms(0);
+			if (!ts_before(&now, &ts))
+				break;
+		}
+	}
 	if (w->done) {
 		*out = w->resp;
 		memset(&w->resp, 0, sizeof(w->resp));

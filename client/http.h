@@ -11,6 +11,7 @@
  * callback on the network thread, and an idle timeout ends a stream that went silent. */
 #ifndef SBX_HTTP_H
 #define SBX_HTTP_H
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <sys/types.h>
@@ -47,6 +48,10 @@ struct http_request {
 	size_t n_headers;
 	long timeout_ms;          /* total deadline, retries included; 0 = client default */
 	bool idempotent;          /* may be retried (GETs and reads; never a write or exec) */
+	/* http_request_sync only: when *cancel turns true the request is abandoned (its
+	 * connection closed, so the server sees the client go) and ends with -ECANCELED within
+	 * about a quarter of a second. Read only while the call waits. */
+	const atomic_bool *cancel;
 };
 
 struct http_response {

@@ -66,6 +66,7 @@ struct handle_box {
 	struct ctl_handle h;
 	pthread_mutex_t lock;
 	size_t taken; /* bytes of h.in that ctl_input_take() has handed out */
+	atomic_bool interrupted; /* Ctrl-C on the request whose commit runs now */
 };
 #define BOX(hp) ((struct handle_box *)(hp))
 
@@ -701,14 +702,30 @@ const char *ctl_input_take(struct ctl_handle *h, size_t *len)
 	return h->in.data ? h->in.data + from : "";
 }
 
-/* Runs the commit callback; caller holds the handle's lock. */
-static int commit(struct ctl_handle *h)
+static void commit_interrupted(fuse_req_t req, void *data)
+{
+	atomic_store(&((struct handle_box *)data)->interrupted, true);
+}
+
+const atomic_bool *ctl_interrupt_flag(struct ctl_handle *h)
+{
+	return &BOX(h)->interrupted;
+}
+
+/* Runs the commit callback for req (NULL at release: nobody waits); caller holds the
+ * handle's lock. A long commit may watch ctl_interrupt_flag(), set on Ctrl-C. */
+static int commit(struct ctl_handle *h, fuse_req_t req)
 {
 	h->committed = true;
 	h->dirty = false;
 	strbuf_reset(&h->out);
 	h->rpos = 0;
+	atomic_store(&BOX(h)->interrupted, false);
+	if (req)
+		fuse_req_interrupt_func(req, commit_interrupted, BOX(h));
 	int err = h->entry->commit(h);
+	if (req)
+		fuse_req_interrupt_func(req, NULL, NULL);
 	if (sequential(h)) {
 		strbuf_reset(&h->in);
 		BOX(h)->taken = 0;
@@ -731,7 +748,7 @@ void ctl_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, struct fus
 	pthread_mutex_t *lock = &BOX(h)->lock;
 	pthread_mutex_lock(lock);
 	if ((h->entry->flags & CTL_REQUEST) && h->entry->commit && (!h->committed || h->dirty)) {
-		int err = commit(h);
+		int err = commit(h, req);
 		if (err < 0) {
 			pthread_mutex_unlock(lock);
 			fuse_reply_err(req, -err);
@@ -783,7 +800,7 @@ void ctl_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size, off
 	h->dirty = true;
 	int err = 0;
 	if ((h->entry->flags & CTL_LINE) && size && buf[size - 1] == '\n' && ready(h))
-		err = commit(h);
+		err = commit(h, req);
 	pthread_mutex_unlock(&BOX(h)->lock);
 	if (err < 0)
 		fuse_reply_err(req, -err);
@@ -804,7 +821,7 @@ void ctl_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	int acc = h->flags & O_ACCMODE;
 	bool answer_read = (h->entry->flags & CTL_REQUEST) && acc == O_RDWR;
 	if (acc != O_RDONLY && !answer_read && h->entry->commit && h->dirty && ready(h))
-		err = commit(h);
+		err = commit(h, req);
 	pthread_mutex_unlock(&BOX(h)->lock);
 	fuse_reply_err(req, -err);
 }
@@ -819,7 +836,7 @@ void ctl_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	bool never = !(h->entry->flags & CTL_REQUEST) && !h->committed;
 	if (writer && h->entry->commit && (never || h->dirty)) {
 		pthread_mutex_lock(&BOX(h)->lock);
-		commit(h);
+		commit(h, NULL);
 		pthread_mutex_unlock(&BOX(h)->lock);
 	}
 	handle_free(h);

@@ -39,6 +39,7 @@
  * (log_warn with sbx_last_error()) so that the user can find out why. */
 #ifndef SBX_FS_CONTROL_H
 #define SBX_FS_CONTROL_H
+#include <stdatomic.h>
 #include <fuse_lowlevel.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -141,6 +142,9 @@ void ctl_handle_attach(struct ctl_handle *h, struct ctl_feed *f);
  * a CTL_LINE file commits at every line, so a second line must not act on the first again).
  * The text runs to the end of h->in, which is NUL-terminated. */
 const char *ctl_input_take(struct ctl_handle *h, size_t *len);
+/* For commit callbacks that wait long (a clone): set when the user interrupts the write or
+ * close that runs the commit (Ctrl-C); hand it to the client call as its cancel flag. */
+const atomic_bool *ctl_interrupt_flag(struct ctl_handle *h);
 
 /* The handlers fs.c dispatches to: NODE_CONTROL's kind_ops, and the file operations of a
  * control handle (fi->fh tagged by ctl_fh). */

@@ -9,7 +9,9 @@
  * drops the error of the close that ends a builtin's redirection (fs/control.h, CTL_LINE).
  * The write may wait for as long as the clone takes: the request carries the clone's own timeout
  * (timeout=, else the container's 10 minutes) and the client waits half a minute longer for the
- * server's answer, so a clone that hangs ends as ETIMEDOUT, never as a hung write. The outcome
+ * server's answer, so a clone that hangs ends as ETIMEDOUT, never as a hung write. Ctrl-C on
+ * the write (or close) ends it at once with EINTR: the client hangs up, and sbxd, seeing that,
+ * stops git, which removes what it had cloned. The outcome
  * is this mount's: one sbxfs process serves one mount, so it lives in this file. */
 #include <errno.h>
 #include <pthread.h>
@@ -127,7 +129,10 @@ static int clone_commit(struct ctl_handle *h)
 		return err;
 	}
 	struct sbx_clone_result r;
+	l.c.cancel = ctl_interrupt_flag(h);
 	err = sbx_git_clone(h->sbx, &l.c, &r);
+	if (err == -ECANCELED)
+		err = -EINTR; /* Ctrl-C: what the shell expects of an interrupted close */
 	int n = err ? asprintf(&result, "error: %s\n", r.error)
 		    : asprintf(&result, "ok %s %s\n", r.dir, r.branch);
 	if (n < 0)

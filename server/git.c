@@ -41,6 +41,7 @@ struct git_run {
 	struct strbuf out, err;
 	int exit_code;
 	bool timed_out;
+	bool client_gone; /* the client hung up (an interrupted sbxfs): git was stopped */
 };
 
 /* Reads what fd has; false at its end. */
@@ -60,8 +61,11 @@ static bool drain(int fd, struct strbuf *sb)
 	}
 }
 
-/* Runs git with these arguments in cwd; 0 (see g) or a negative errno from the runner. */
-static int run_git(const char *const *argv, const char *cwd, int timeout_ms, struct git_run *g)
+/* Runs git with these arguments in cwd; 0 (see g) or a negative errno from the runner. A
+ * client that hangs up (client_fd, -1: none) stops git as the deadline does: TERM lets git
+ * remove the directory it was cloning into. */
+static int run_git(const char *const *argv, const char *cwd, int timeout_ms, int client_fd,
+		   struct git_run *g)
 {
 	static const char *const extra[] = { "GIT_TERMINAL_PROMPT=0", NULL };
 	struct run_proc p;
@@ -78,7 +82,7 @@ static int run_git(const char *const *argv, const char *cwd, int timeout_ms, str
 	while (open_out || open_err) {
 		int64_t now = now_ms();
 		if (deadline >= 0 && now >= deadline) {
-			g->timed_out = true;
+			g->timed_out = !g->client_gone;
 			runner_kill(&p, SIGTERM);
 			deadline = -1;
 			kill_at = now + KILL_GRACE_MS;
@@ -91,15 +95,23 @@ static int run_git(const char *const *argv, const char *cwd, int timeout_ms, str
 		if (give_up >= 0 && now >= give_up)
 			break; /* something that left the group still holds the pipes */
 		int64_t next = deadline >= 0 ? deadline : kill_at >= 0 ? kill_at : give_up;
-		struct pollfd pfd[2];
+		struct pollfd pfd[3];
 		int n = 0;
 		if (open_out)
 			pfd[n++] = (struct pollfd){ .fd = p.stdout_fd, .events = POLLIN };
 		if (open_err)
 			pfd[n++] = (struct pollfd){ .fd = p.stderr_fd, .events = POLLIN };
+		int watch = client_fd >= 0 && !g->client_gone ? n : -1;
+		if (watch >= 0)
+			pfd[n++] = (struct pollfd){ .fd = client_fd, .events = POLLRDHUP };
 		int wait = next < 0 ? -1 : next - now > INT_MAX ? INT_MAX : (int)(next - now);
 		if (poll(pfd, (nfds_t)n, wait) < 0 && errno != EINTR)
 			break;
+		if (watch >= 0 && (pfd[watch].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+			g->client_gone = true;
+			if (deadline >= 0)
+				deadline = now; /* TERM at the top of the loop */
+		}
 		if (open_out)
 			open_out = drain(p.stdout_fd, &g->out);
 		if (open_err)
@@ -263,8 +275,8 @@ void route_git_checkout(struct req *r)
 	argv[n++] = dir;
 	argv[n] = NULL;
 
-	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false };
-	err = run_git(argv, NULL, timeout_ms, &g);
+	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
+	err = run_git(argv, NULL, timeout_ms, req_client_fd(r), &g);
 	if (err) {
 		git_run_free(&g);
 		if (err == -ENOTSUP && runner_unavailable())
@@ -274,6 +286,14 @@ void route_git_checkout(struct req *r)
 				   "cannot run git: %s", strerror(-err));
 	}
 	char *safe_url = redact(url->valuestring);
+	if (g.client_gone) {
+		log_info("git checkout %s: the client hung up; git was stopped", safe_url);
+		reply_error(r, 499, "GIT_OPERATION_FAILED", ECANCELED, NULL,
+			    "the client hung up; the clone of '%s' was stopped", safe_url);
+		free(safe_url);
+		git_run_free(&g);
+		return;
+	}
 	if (g.timed_out || g.exit_code != 0) {
 		trim(&g.err);
 		char *safe_err = redact(g.err.len ? g.err.data : "");
@@ -299,8 +319,8 @@ void route_git_checkout(struct req *r)
 
 	/* the branch actually checked out (the remote's HEAD when none was asked for) */
 	const char *show[] = { "git", "branch", "--show-current", NULL };
-	struct git_run b = { STRBUF_INIT, STRBUF_INIT, 0, false };
-	err = run_git(show, dir, BRANCH_TIMEOUT_MS, &b);
+	struct git_run b = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
+	err = run_git(show, dir, BRANCH_TIMEOUT_MS, -1, &b);
 	trim(&b.out);
 	cJSON *out = cJSON_CreateObject();
 	cJSON_AddStringToObject(out, "repoUrl", safe_url);

@@ -67,6 +67,13 @@ const char *req_path(const struct req *r) { return r->path; }
 const char *req_path_arg(const struct req *r) { return r->path_arg[0] ? r->path_arg : NULL; }
 cJSON *req_json(const struct req *r) { return r->json; }
 
+int req_client_fd(const struct req *r)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	return ci ? ci->connect_fd : -1;
+}
+
 const char *req_query(const struct req *r, const char *name)
 {
 	return MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND, name);
@@ -293,9 +300,7 @@ void reply_sse(struct req *r, struct sse_source src)
 		return;
 	}
 	s->src = src;
-	const union MHD_ConnectionInfo *ci =
-		MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-	s->fd = ci ? ci->connect_fd : -1;
+	s->fd = req_client_fd(r);
 	struct MHD_Response *resp =
 		MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 64 * 1024, sse_read, s, sse_free);
 	if (!resp) {

@@ -3,8 +3,10 @@ daemon on loopback, in both modes (POST /api/git/checkout is a standard route)."
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -135,6 +137,64 @@ def test_timeout(sbx):
         assert result.startswith('error: ') and 'timed out' in result, result
     finally:
         s.close()
+
+
+def _git_clones_of(url):
+    found = []
+    for pid in os.listdir('/proc'):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as f:
+                args = f.read().split(b'\0')
+        except OSError:
+            continue
+        if url.encode() in args and any(a.endswith(b'git') for a in args[:1]):
+            found.append(int(pid))
+    return found
+
+
+# A program interrupted with Ctrl-C: SIGINT with a handler (as in an interactive shell or
+# Python), so the kernel asks sbxfs to interrupt the write instead of killing the caller.
+_INTERRUPTED_WRITER = r'''
+import os, signal, sys
+def on_int(*a):
+    raise KeyboardInterrupt
+signal.signal(signal.SIGINT, on_int)
+fd = os.open(sys.argv[1], os.O_WRONLY)
+print('writing', flush=True)
+try:
+    os.write(fd, sys.argv[2].encode())
+    print('done')
+except KeyboardInterrupt:
+    print('interrupted')
+'''
+
+
+def test_ctrl_c_stops_a_clone(sbx, repo):
+    s = socket.socket()
+    s.bind(('127.0.0.1', 0))
+    s.listen(1)     # accepts nothing: git waits for an answer that never comes
+    url = 'git://127.0.0.1:%d/stalled.git' % s.getsockname()[1]
+    try:
+        p = subprocess.Popen([sys.executable, '-c', _INTERRUPTED_WRITER,
+                              os.path.join(sbx.mnt, 'git', 'clone'), url + ' dir=stalled\n'],
+                             stdout=subprocess.PIPE)
+        assert p.stdout.readline() == b'writing\n'
+        assert wait_for(lambda: _git_clones_of(url), 20 * SLOW), 'git never started'
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out = p.communicate(timeout=20 * SLOW)[0]
+        assert out == b'interrupted\n', out
+        assert time.monotonic() - t0 < 3 * SLOW, 'the write outlived Ctrl-C'
+        # sbxd saw the client go and stopped git, which removed its half-made directory
+        assert wait_for(lambda: not _git_clones_of(url), 15 * SLOW), 'git still runs'
+        assert not os.path.exists(os.path.join(sbx.workspace, 'stalled'))
+        with open(os.path.join(sbx.mnt, 'git', 'result')) as f:
+            assert f.read().startswith('error: interrupted')
+    finally:
+        s.close()
+    # the mount and the clone file go on working
+    rc, err, result = clone(sbx, repo + ' dir=after-interrupt')
+    assert rc == 0 and result == 'ok /workspace/after-interrupt main\n', (err, result)
 
 
 def test_unreachable(sbx):
