@@ -390,6 +390,8 @@ static bool json_has_nul(const char *s, size_t n)
 {
 	if (memchr(s, '\0', n))
 		return true;
+	if (!memmem(s, n, "\\u0000", 6))
+		return false; /* the usual case, in one fast pass */
 	bool in_string = false;
 	for (size_t i = 0; i < n; i++) {
 		if (s[i] == '"') {

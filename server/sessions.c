@@ -181,12 +181,7 @@ static bool blank(const char *s)
  * invalid bytes as they came: such an id is refused rather than echoed as broken JSON. */
 static bool valid_utf8(const char *s)
 {
-	size_t n = strlen(s);
-	struct strbuf b = STRBUF_INIT;
-	utf8_sanitize(&b, s, n, true);
-	bool ok = b.len == n && (n == 0 || memcmp(b.data, s, n) == 0);
-	strbuf_free(&b);
-	return ok;
+	return utf8_valid(s, strlen(s));
 }
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)

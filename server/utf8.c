@@ -65,3 +65,15 @@ size_t utf8_sanitize(struct strbuf *out, const char *in, size_t n, bool final)
 	strbuf_append(out, in + run, i - run);
 	return i;
 }
+
+bool utf8_valid(const char *in, size_t n)
+{
+	const unsigned char *s = (const unsigned char *)in;
+	for (size_t i = 0; i < n;) {
+		int k = utf8_seq(s + i, n - i);
+		if (k <= 0)
+			return false;
+		i += (size_t)k;
+	}
+	return true;
+}
