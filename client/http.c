@@ -510,7 +510,13 @@ static void stream_done(struct http_client *c, struct http_stream *s, CURLcode r
 	stream_finish(c, s, err);
 }
 
-static void request_cancelled(struct http_client *c, struct xfer *x)
+/* Whether a sync waiter, its caller interrupted, wants request x ended now. */
+static bool cancel_wanted(const struct xfer *x)
+{
+	return x->cancel && atomic_load(x->cancel);
+}
+
+static void finish_cancelled(struct http_client *c, struct xfer *x)
 {
 	char msg[256];
 	fmt_msg(msg, sizeof(msg), "%s %s: interrupted", x->method, x->url);
@@ -628,8 +634,8 @@ static void xfer_start(struct http_client *c, struct xfer *x)
 			stream_finish(c, s, -EIO);
 		return;
 	}
-	if (x->cancel && atomic_load(x->cancel)) {
-		request_cancelled(c, x);
+	if (cancel_wanted(x)) {
+		finish_cancelled(c, x);
 		return;
 	}
 	x->easy = easy_setup(c, x, request_write);
@@ -641,17 +647,17 @@ static void xfer_start(struct http_client *c, struct xfer *x)
 
 /* Network thread: cancelled requests; cancelled, idle and header-less streams; returns the
  * next check due. */
-static int64_t check_streams(struct http_client *c, int64_t now)
+static int64_t check_active(struct http_client *c, int64_t now)
 {
 	int64_t next = INT64_MAX;
 	struct xfer *x = c->active, *nx;
 	for (; x; x = nx) {
 		nx = x->next;
 		if (x->kind != XFER_STREAM) {
-			if (x->cancel && atomic_load(x->cancel)) {
+			if (cancel_wanted(x)) {
 				list_del(&c->active, x);
 				curl_multi_remove_handle(c->multi, x->easy);
-				request_cancelled(c, x);
+				finish_cancelled(c, x);
 			}
 			continue;
 		}
@@ -691,9 +697,9 @@ static int64_t run_timers(struct http_client *c, int64_t now)
 	struct xfer *x = c->timers, *nx;
 	for (; x; x = nx) {
 		nx = x->next;
-		if (x->cancel && atomic_load(x->cancel)) {
+		if (cancel_wanted(x)) {
 			list_del(&c->timers, x);
-			request_cancelled(c, x);
+			finish_cancelled(c, x);
 		} else if (x->retry_at <= now) {
 			list_del(&c->timers, x);
 			if (attempt_start(c, x) < 0) {
@@ -793,7 +799,7 @@ static void *net_thread(void *arg)
 		read_infos(c);
 
 		int64_t now = now_ms();
-		int64_t next = check_streams(c, now);
+		int64_t next = check_active(c, now);
 		int64_t t = run_timers(c, now);
 		if (t < next)
 			next = t;
@@ -1043,11 +1049,7 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 		return rc;
 	}
 	long timeout = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	int64_t ns = ts.tv_nsec + (int64_t)((timeout + SYNC_GRACE_MS) % 1000) * 1000000;
-	ts.tv_sec += (timeout + SYNC_GRACE_MS) / 1000 + ns / 1000000000;
-	ts.tv_nsec = ns % 1000000000;
+	struct timespec ts = ts_after_ms(timeout + SYNC_GRACE_MS);
 
 	pthread_mutex_lock(&w->lock);
 	while (!w->done) {
