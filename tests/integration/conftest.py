@@ -41,11 +41,12 @@ def build_dir(request):
     return os.path.abspath(request.config.getoption('--build-dir'))
 
 
-def _start(build_dir, mode, *mount_opts):
+def _start(build_dir, mode, *mount_opts, mount=True):
     sbx = Sandbox(build_dir, mode)
     try:
         sbx.start_server()
-        sbx.mount(*mount_opts)
+        if mount:
+            sbx.mount(*mount_opts)
     except BaseException:
         sbx.close()
         raise
@@ -57,6 +58,22 @@ def _finish(sbx):
     if problems:
         pytest.fail('\n\n'.join(problems), pytrace=False)
     sbx.remove()
+
+
+@pytest.fixture
+def server(build_dir, mode):
+    """sbxd alone, not mounted, for one test."""
+    s = _start(build_dir, mode, mount=False)
+    yield s
+    _finish(s)
+
+
+@pytest.fixture(scope='module')
+def api_server(build_dir, mode):
+    """sbxd alone, not mounted, shared by the tests of one module and mode."""
+    s = _start(build_dir, mode, mount=False)
+    yield s
+    _finish(s)
 
 
 @pytest.fixture(scope='module')

@@ -14,44 +14,22 @@ import urllib.request
 
 import pytest
 
-from util import SLOW, Sandbox
+from util import SLOW
 
 
 @pytest.fixture(scope='module')
-def sbx(build_dir, mode):
+def sbx(api_server):
     """sbxd alone (the routes are the same with and without extensions: both are run)."""
-    s = Sandbox(build_dir, mode)
-    try:
-        s.start_server()
-    except BaseException:
-        s.close()
-        raise
-    yield s
-    problems = s.close()
-    s.remove()
-    if problems:
-        pytest.fail('\n\n'.join(problems), pytrace=False)
+    return api_server
 
 
 def uid(prefix='s'):
     return '%s-%d%06d' % (prefix, os.getpid(), random.randrange(10 ** 6))
 
 
-def raw(sbx, route, data, method='POST', headers=None, timeout=30):
-    """POSTs bytes as they are; returns (HTTP status, JSON or raw bytes)."""
-    req = urllib.request.Request(sbx.url + route, data=data, method=method)
-    req.add_header('Authorization', 'Bearer ' + sbx.token)
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout * SLOW) as r:
-            status, body = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, body = e.code, e.read()
-    try:
-        return status, json.loads(body)
-    except ValueError:
-        return status, body
+def api_bytes(sbx, route, data, method='POST', headers=None):
+    """route called with the bytes data as they are (not a JSON value of ours)."""
+    return sbx.api(route, data=data, method=method, headers=headers, timeout=30)
 
 
 def create(sbx, **body):
@@ -170,7 +148,7 @@ def test_create_default_id(sbx):
     before = time.time() * 1000
     ids = []
     for _ in range(2):
-        status, r = raw(sbx, '/api/session/create', b'')
+        status, r = api_bytes(sbx, '/api/session/create', b'')
         assert status == 200 and r['success'], r
         ids.append(r['data']['id'])
     status, r = sbx.api('/api/session/create', {})
@@ -194,7 +172,7 @@ def test_create_unparseable_body(sbx):
     # the container uses the defaults; sbxd answers every malformed body with 400
     # (docs/protocol.md), so a client learns it sent garbage
     for body in (b'{nope', b'[1]', b'null'):
-        status, r = raw(sbx, '/api/session/create', body)
+        status, r = api_bytes(sbx, '/api/session/create', body)
         assert_error(status, r, 400, 'VALIDATION_FAILED')
 
 
@@ -402,20 +380,20 @@ def test_list_includes_created_and_implicit(sbx):
 
 def test_session_from_header_and_query(sbx):
     h, q = uid('hdr'), uid('qry')
-    status, r = raw(sbx, '/api/execute', json.dumps({'command': 'export HDR=1'}).encode(),
+    status, r = api_bytes(sbx, '/api/execute', json.dumps({'command': 'export HDR=1'}).encode(),
                     headers={'X-Session-Id': h})
     assert status == 200 and r['exitCode'] == 0 and r['sessionId'] == h, r
     assert out(sbx, 'echo $HDR', h) == '1\n'
-    status, r = raw(sbx, '/api/execute?session=' + q,
+    status, r = api_bytes(sbx, '/api/execute?session=' + q,
                     json.dumps({'command': 'export QRY=1'}).encode())
     assert status == 200 and r['sessionId'] == q, r
     assert out(sbx, 'echo $QRY', q) == '1\n'
     # the body wins; an empty body id counts as absent
-    status, r = raw(sbx, '/api/execute', json.dumps({'command': 'echo $HDR',
+    status, r = api_bytes(sbx, '/api/execute', json.dumps({'command': 'echo $HDR',
                                                      'sessionId': q}).encode(),
                     headers={'X-Session-Id': h})
     assert status == 200 and r['sessionId'] == q and r['stdout'] == '\n', r
-    status, r = raw(sbx, '/api/execute', json.dumps({'command': 'echo $HDR',
+    status, r = api_bytes(sbx, '/api/execute', json.dumps({'command': 'echo $HDR',
                                                      'sessionId': ''}).encode(),
                     headers={'X-Session-Id': h})
     assert status == 200 and r['sessionId'] == h and r['stdout'] == '1\n', r
@@ -454,7 +432,7 @@ def test_delete_bad_requests(sbx):
         assert_error(status, r, 400, 'VALIDATION_FAILED')
         assert r['message'] == 'sessionId is required', r
     for data in (b'', b'{bad'):
-        status, r = raw(sbx, '/api/session/delete', data)
+        status, r = api_bytes(sbx, '/api/session/delete', data)
         assert_error(status, r, 400, 'VALIDATION_FAILED')
 
 
@@ -549,7 +527,7 @@ def test_whitespace_session_id_refused(sbx):
         status, r = sbx.api('/api/execute', {'command': 'echo hi', 'sessionId': sid})
         assert_error(status, r, 400, 'VALIDATION_FAILED')
         assert 'whitespace' in r['message'], r
-        status, r = raw(sbx, '/api/execute/stream',
+        status, r = api_bytes(sbx, '/api/execute/stream',
                         json.dumps({'command': 'echo hi', 'sessionId': sid}).encode())
         assert_error(status, r, 400, 'VALIDATION_FAILED')
     status, r = sbx.api('/api/execute', {'command': 'echo hi', 'sessionId': 5})
@@ -600,11 +578,11 @@ def test_too_long_and_invalid_ids_refused(sbx):
                         ('/api/execute/stream',
                          b'{"command":"true","sessionId":"bad\xc3(id"}'),
                         ('/api/session/delete', b'{"sessionId":"bad\xffid"}')):
-        status, r = raw(sbx, route, body)
+        status, r = api_bytes(sbx, route, body)
         assert_error(status, r, 400, 'VALIDATION_FAILED')
     # a lone surrogate is not a string cJSON accepts
-    status, r = raw(sbx, '/api/session/create', b'{"id":"sur\\ud800x"}')
+    status, r = api_bytes(sbx, '/api/session/create', b'{"id":"sur\\ud800x"}')
     assert_error(status, r, 400, 'VALIDATION_FAILED')
-    status, r = raw(sbx, '/api/session/list', None, method='GET')
+    status, r = api_bytes(sbx, '/api/session/list', None, method='GET')
     assert status == 200 and isinstance(r, dict), r
     assert not any(i.startswith(('bad', 'yyyy', 'sur')) for i in r['data'])

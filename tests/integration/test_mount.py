@@ -6,18 +6,7 @@ import time
 
 import pytest
 
-from util import SLOW, Sandbox, is_mounted, wait_for
-
-
-@pytest.fixture
-def server(build_dir, mode):
-    """sbxd alone, not mounted."""
-    s = Sandbox(build_dir, mode)
-    s.start_server()
-    yield s
-    problems = s.close()
-    s.remove()
-    assert not problems, problems
+from util import SLOW, is_mounted, wait_for
 
 
 def test_token_file_created(server):

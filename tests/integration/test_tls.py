@@ -10,9 +10,7 @@ import subprocess
 import threading
 import time
 
-import pytest
-
-from util import SLOW, Sandbox, is_mounted
+from util import SLOW, is_mounted
 
 
 def make_cert(tmp, name, san):
@@ -74,16 +72,6 @@ class TLSForwarder:
     def close(self):
         self.closing = True
         self.sock.close()
-
-
-@pytest.fixture
-def server(build_dir, mode):
-    s = Sandbox(build_dir, mode)
-    s.start_server()
-    yield s
-    problems = s.close()
-    s.remove()
-    assert not problems, problems
 
 
 def forwarder_for(server, san):

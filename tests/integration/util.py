@@ -200,16 +200,21 @@ class Sandbox:
 
     # -- the HTTP API --
 
-    def api(self, route, body=None, token=True, method=None, timeout=60):
-        """Calls route; returns (HTTP status, decoded JSON or raw bytes)."""
-        data = None if body is None else json.dumps(body).encode()
+    def api(self, route, body=None, token=True, method=None, timeout=60, data=None,
+            headers=None):
+        """Calls route with body as JSON, or with the bytes data as they are; returns (HTTP
+        status, decoded JSON or raw bytes)."""
+        if body is not None:
+            data = json.dumps(body).encode()
         req = urllib.request.Request(self.url + route, data=data, method=method)
-        if data is not None:
+        if body is not None:
             req.add_header('Content-Type', 'application/json')
         if token is True:
             token = self.token
         if token:
             req.add_header('Authorization', 'Bearer ' + token)
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
         try:
             with urllib.request.urlopen(req, timeout=timeout * SLOW) as r:
                 status, raw = r.status, r.read()
