@@ -17,6 +17,20 @@
  * CURLOPT_TIMEOUT_MS = what is left of it, and a retry is only scheduled when its backoff ends
  * before the deadline, so the callback always runs by the deadline (plus scheduling noise).
  *
+ * Repeats. A request is repeatable when it is idempotent or carries an idempotency key; only
+ * those are retried after an attempt that may have reached the server. libcurl itself resends
+ * a request, unasked, when a reused connection turns out dead before any answer byte: harmless
+ * for repeatable requests, so the others go out on a fresh connection (CURLOPT_FRESH_CONNECT),
+ * where that cannot happen. Any request is retried after a failure that shows it was never
+ * sent (no connection, nothing written) and after 429, which says it was not processed.
+ *
+ * Holding. Before each attempt (first or retry) the loop asks the liveness prober whether the
+ * server is known to be down. If it is, the transfer waits on the timer list, marked held,
+ * for at most HTTP_HOLD_MS (its deadline if sooner): the prober's change of state wakes the
+ * loop, which starts held transfers at once when the server is back and fails them with the
+ * prober's reason when their hold ends. The prober is asked to look whenever an attempt has
+ * gone unanswered for suspect_after_ms or lost its connection.
+ *
  * Streams. A stream is a transfer with no total timeout whose write callback feeds an SSE
  * parser. Its owner and the network thread both hold it; it is freed by whichever lets go
  * last, decided under the stream's own lock (s->ended / s->closed). http_stream_close() from
@@ -36,12 +50,17 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <limits.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <cjson/cJSON.h>
+#include <sys/random.h>
+#include "client/liveness.h"
+#include "common/clock.h"
 #include "common/errnames.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
@@ -53,6 +72,13 @@
 #define CANCEL_POLL_MS 250  /* how often a sync waiter looks at its caller's cancel flag */
 #define STREAM_ERROR_BODY_MAX (1 << 20)
 #define POOL_MAX 16
+/* The prober looks when an attempt is unanswered for a sixth of the deadline (1-5 s), and gives
+ * a ping a third of it (2-10 s): a sandbox that stopped answering is known down well before
+ * the first deadline ends, so what queues behind that request fails fast. */
+#define SUSPECT_MIN_MS 1000
+#define SUSPECT_MAX_MS 5000
+#define PROBE_MIN_MS 2000
+#define PROBE_MAX_MS 10000
 
 enum xfer_kind { XFER_REQUEST, XFER_STREAM };
 
@@ -65,11 +91,15 @@ struct xfer {
 	char *body;
 	size_t body_len;
 	struct curl_slist *headers;
-	bool idempotent;
+	bool repeatable;           /* idempotent, or carries an idempotency key */
 	long timeout_ms;
 	int64_t deadline;          /* monotonic ms */
 	int attempts;
+	int lost;                  /* attempts that may have reached the server unanswered */
 	int64_t retry_at;
+	bool held;                 /* waiting for a down server, until retry_at at most */
+	int64_t attempt_at;        /* when the current attempt started */
+	bool suspected;            /* the prober was asked about the current attempt */
 	CURL *easy;
 	struct strbuf resp;
 	long status;
@@ -105,8 +135,12 @@ struct http_client {
 	char *ca_file;
 	long connect_timeout_ms;
 	long request_timeout_ms;
+	long suspect_after_ms;     /* an attempt unanswered this long makes the prober look */
 	int max_retries;
 	bool insecure;
+	char id[20];               /* http_client_id() */
+	atomic_ullong next_key;
+	struct liveness *live;
 
 	CURLM *multi;
 	pthread_t thread;
@@ -135,13 +169,6 @@ static void fmt_msg(char *buf, size_t n, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, n, fmt, ap);
 	va_end(ap);
-}
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 static bool on_net_thread(const struct http_client *c)
@@ -177,6 +204,13 @@ void http_response_clear(struct http_response *r)
 }
 
 const char *http_client_base_url(const struct http_client *c) { return c->base_url; }
+const char *http_client_id(const struct http_client *c) { return c->id; }
+
+void http_client_new_key(struct http_client *c, char key[HTTP_KEY_MAX])
+{
+	snprintf(key, HTTP_KEY_MAX, "%s-%llu", c->id,
+		 (unsigned long long)atomic_fetch_add(&c->next_key, 1) + 1);
+}
 
 char *http_urlencode(const char *s)
 {
@@ -241,7 +275,7 @@ static int xfer_init(struct http_client *c, struct xfer *x, enum xfer_kind kind,
 		memcpy(x->body, req->body, req->body_len);
 		x->body_len = req->body_len;
 	}
-	x->idempotent = req->idempotent;
+	x->repeatable = req->idempotent || req->idempotency_key;
 	x->timeout_ms = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
 
 	struct strbuf h = STRBUF_INIT;
@@ -259,6 +293,15 @@ static int xfer_init(struct http_client *c, struct xfer *x, enum xfer_kind kind,
 	} while (0)
 	if (c->auth_header)
 		ADDH("%s", c->auth_header);
+	ADDH("Sbx-Client: %s", c->id);
+	if (req->idempotency_key) {
+		if (!header_safe(req->idempotency_key)) {
+			strbuf_free(&h);
+			curl_slist_free_all(l);
+			return -EINVAL;
+		}
+		ADDH("Idempotency-Key: %s", req->idempotency_key);
+	}
 	if (x->body || strcmp(x->method, "POST") == 0 || strcmp(x->method, "PUT") == 0)
 		ADDH("Content-Type: %s", req->content_type ? req->content_type : "application/json");
 	/* No "Expect: 100-continue": it costs a round trip (or a 1 s wait) on large bodies. */
@@ -313,6 +356,9 @@ static CURL *easy_setup(struct http_client *c, struct xfer *x, curl_write_callba
 	curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
 	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+	/* see "Repeats" at the top */
+	if (!x->repeatable)
+		curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
 	if (c->insecure) {
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -361,7 +407,7 @@ static int map_curl_error(struct xfer *x, CURLcode rc, char *msg, size_t n)
 		curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &os_err);
 	switch (rc) {
 	case CURLE_OPERATION_TIMEDOUT:
-		if (now_ms() + 5 >= x->deadline || x->kind == XFER_STREAM)
+		if (mono_ms() + 5 >= x->deadline || x->kind == XFER_STREAM)
 			fmt_msg(msg, n, "%s %s: no answer within %ld ms", x->method, x->url,
 				x->timeout_ms);
 		else
@@ -419,7 +465,11 @@ static uint64_t rng_next(struct http_client *c)
 /* Network thread: (re)attaches x to the multi for one attempt. */
 static int attempt_start(struct http_client *c, struct xfer *x)
 {
-	int64_t left = x->deadline - now_ms();
+	x->attempt_at = mono_ms();
+	x->suspected = false;
+	if (x->kind == XFER_STREAM)
+		((struct http_stream *)x)->last_activity = x->attempt_at;
+	int64_t left = x->deadline - x->attempt_at;
 	if (x->kind == XFER_REQUEST) {
 		if (left < 1)
 			left = 1;
@@ -437,7 +487,7 @@ static int attempt_start(struct http_client *c, struct xfer *x)
 
 static void request_complete(struct http_client *c, struct xfer *x, int err, const char *msg)
 {
-	struct http_response r = { .status = x->status, .err = err };
+	struct http_response r = { .status = x->status, .err = err, .lost = x->lost };
 	if (err) {
 		r.status = 0;
 		fmt_msg(r.errmsg, sizeof(r.errmsg), "%s", msg ? msg : strerror(-err));
@@ -491,6 +541,9 @@ static void stream_finish(struct http_client *c, struct http_stream *s, int err)
 	}
 }
 
+static bool attempt_sent(struct xfer *x, CURLcode rc);
+static long backoff_ms(struct http_client *c, int attempts);
+
 static void stream_done(struct http_client *c, struct http_stream *s, CURLcode rc)
 {
 	int err = 0;
@@ -503,6 +556,22 @@ static void stream_done(struct http_client *c, struct http_stream *s, CURLcode r
 		err = 0;
 	else if (rc != CURLE_OK) {
 		err = map_curl_error(&s->x, rc, msg, sizeof(msg));
+		liveness_suspect(c->live);
+		/* Nothing came back yet: a stream may be opened again as a request would be. */
+		struct xfer *x = &s->x;
+		bool sent = attempt_sent(x, rc);
+		x->lost += sent;
+		if (!s->responded && retryable_curl(rc) && (x->repeatable || !sent) &&
+		    x->attempts <= c->max_retries) {
+			long delay = backoff_ms(c, x->attempts);
+			if (mono_ms() + delay + 10 < x->deadline) {
+				log_debug("http: stream %s, retry %d in %ld ms", msg, x->attempts,
+					  delay);
+				x->retry_at = mono_ms() + delay;
+				list_push(&c->timers, x);
+				return;
+			}
+		}
 		log_debug("http: stream %s", msg);
 	}
 	if (!s->x.status)
@@ -523,32 +592,55 @@ static void finish_cancelled(struct http_client *c, struct xfer *x)
 	request_complete(c, x, -ECANCELED, msg);
 }
 
+/* Exponential, with jitter: BACKOFF_FIRST_MS doubling up to BACKOFF_MAX_MS. */
+static long backoff_ms(struct http_client *c, int attempts)
+{
+	long d = BACKOFF_FIRST_MS << (attempts - 1 < 6 ? attempts - 1 : 6);
+	if (d > BACKOFF_MAX_MS)
+		d = BACKOFF_MAX_MS;
+	return d / 2 + (long)(rng_next(c) % (uint64_t)(d / 2 + 1));
+}
+
+/* Whether a failed attempt may have reached the server: something of it was written. */
+static bool attempt_sent(struct xfer *x, CURLcode rc)
+{
+	if (rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+	    rc == CURLE_COULDNT_RESOLVE_PROXY)
+		return false;
+	long sent = 0;
+	curl_easy_getinfo(x->easy, CURLINFO_REQUEST_SIZE, &sent);
+	return sent > 0;
+}
+
 /* Network thread: one attempt of x ended (it is already off the multi). */
 static void request_done(struct http_client *c, struct xfer *x, CURLcode rc)
 {
 	char msg[256] = "";
 	int err = 0;
-	long delay = -1;
-	int64_t now = now_ms();
+	long delay = -1;  /* >= 0: worth another attempt, after this many ms (0: backoff) */
+	bool sent = true;
+	int64_t now = mono_ms();
 	if (rc == CURLE_OK) {
 		curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
 		if (retryable_status(x->status)) {
 			curl_off_t ra = 0;
 			curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra);
 			delay = ra > 0 ? (long)ra * 1000 : 0;
+			/* 429 says the request was not processed; a gateway cannot tell */
+			sent = x->status != 429;
+			x->lost += sent;
 		}
 	} else {
 		err = map_curl_error(x, rc, msg, sizeof(msg));
+		sent = attempt_sent(x, rc);
+		x->lost += sent;
 		if (retryable_curl(rc))
 			delay = 0;
+		liveness_suspect(c->live);
 	}
-	if (delay >= 0 && x->idempotent && x->attempts <= c->max_retries) {
-		if (!delay) {
-			long d = BACKOFF_FIRST_MS << (x->attempts - 1 < 6 ? x->attempts - 1 : 6);
-			if (d > BACKOFF_MAX_MS)
-				d = BACKOFF_MAX_MS;
-			delay = d / 2 + (long)(rng_next(c) % (uint64_t)(d / 2 + 1));
-		}
+	if (delay >= 0 && (x->repeatable || !sent) && x->attempts <= c->max_retries) {
+		if (!delay)
+			delay = backoff_ms(c, x->attempts);
 		/* Only worth it when the next attempt starts with some time left to run. */
 		if (now + delay + 10 < x->deadline) {
 			if (err)
@@ -569,7 +661,7 @@ static size_t stream_write(char *ptr, size_t size, size_t n, void *ud)
 {
 	struct http_stream *s = ud;
 	size_t len = size * n;
-	s->last_activity = now_ms();
+	s->last_activity = mono_ms();
 	s->responded = true;
 	if (!s->x.status)
 		curl_easy_getinfo(s->x.easy, CURLINFO_RESPONSE_CODE, &s->x.status);
@@ -593,7 +685,7 @@ static size_t stream_header(char *ptr, size_t size, size_t n, void *ud)
 {
 	struct http_stream *s = ud;
 	size_t len = size * n;
-	s->last_activity = now_ms();
+	s->last_activity = mono_ms();
 	s->responded = true;
 	/* The blank line ends a header block; a 1xx block (100 Continue) is not the answer. */
 	bool blank = (len == 2 && ptr[0] == '\r') || (len == 1 && ptr[0] == '\n');
@@ -618,31 +710,87 @@ static int stream_event(void *arg, const struct sse_event *ev)
 	return atomic_load(&s->cancel) ? 1 : 0;
 }
 
+/* Network thread: x cannot go on; it ends with err. */
+static void xfer_fail(struct http_client *c, struct xfer *x, int err, const char *msg)
+{
+	if (x->kind == XFER_STREAM) {
+		log_debug("http: stream %s", msg);
+		stream_finish(c, (struct http_stream *)x, err);
+	} else {
+		request_complete(c, x, err, msg);
+	}
+}
+
+/* Network thread: starts the next attempt of x, or holds it while the server is known to be
+ * down (see "Holding" at the top). */
+static void attempt_or_hold(struct http_client *c, struct xfer *x)
+{
+	char why[160], msg[256];
+	int64_t now = mono_ms();
+	int down = liveness_down(c->live, why, sizeof why);
+	if (down) {
+		if (!x->held) {
+			x->held = true;
+			x->retry_at = now + HTTP_HOLD_MS < x->deadline ? now + HTTP_HOLD_MS
+								       : x->deadline;
+		}
+		if (now < x->retry_at) {
+			list_push(&c->timers, x);
+			return;
+		}
+		fmt_msg(msg, sizeof(msg), "%s", why);
+		xfer_fail(c, x, down, msg);
+		return;
+	}
+	x->held = false;
+	if (attempt_start(c, x) < 0) {
+		fmt_msg(msg, sizeof(msg), "%s %s: cannot start transfer", x->method, x->url);
+		xfer_fail(c, x, -EIO, msg);
+	}
+}
+
+/* Whether the owner of x has given up on it. */
+static bool xfer_cancelled(const struct xfer *x)
+{
+	if (x->kind == XFER_STREAM)
+		return atomic_load(&((const struct http_stream *)x)->cancel);
+	return cancel_wanted(x);
+}
+
 /* Network thread: the first attempt of something just taken off the queue. */
 static void xfer_start(struct http_client *c, struct xfer *x)
 {
 	char msg[256];
-	if (x->kind == XFER_STREAM) {
-		struct http_stream *s = (struct http_stream *)x;
-		if (atomic_load(&s->cancel)) {
-			stream_finish(c, s, -ECANCELED);
-			return;
-		}
-		s->last_activity = now_ms();
-		x->easy = easy_setup(c, x, stream_write);
-		if (!x->easy || attempt_start(c, x) < 0)
-			stream_finish(c, s, -EIO);
+	if (xfer_cancelled(x)) {
+		if (x->kind == XFER_STREAM)
+			stream_finish(c, (struct http_stream *)x, -ECANCELED);
+		else
+			finish_cancelled(c, x);
 		return;
 	}
-	if (cancel_wanted(x)) {
-		finish_cancelled(c, x);
-		return;
-	}
-	x->easy = easy_setup(c, x, request_write);
-	if (!x->easy || attempt_start(c, x) < 0) {
+	if (x->kind == XFER_STREAM)
+		((struct http_stream *)x)->last_activity = mono_ms();
+	x->easy = easy_setup(c, x, x->kind == XFER_STREAM ? stream_write : request_write);
+	if (!x->easy) {
 		fmt_msg(msg, sizeof(msg), "%s %s: cannot start transfer", x->method, x->url);
-		request_complete(c, x, -EIO, msg);
+		xfer_fail(c, x, -EIO, msg);
+		return;
 	}
+	attempt_or_hold(c, x);
+}
+
+/* Network thread: asks the prober to look when an attempt has gone unanswered for a while;
+ * returns when that will be, for one not due yet. */
+static int64_t check_unanswered(struct http_client *c, struct xfer *x, int64_t now)
+{
+	int64_t due = x->attempt_at + c->suspect_after_ms;
+	if (x->suspected)
+		return INT64_MAX;
+	if (now < due)
+		return due;
+	x->suspected = true;
+	liveness_suspect(c->live);
+	return INT64_MAX;
 }
 
 /* Network thread: cancelled requests; cancelled, idle and header-less streams; returns the
@@ -658,12 +806,21 @@ static int64_t check_active(struct http_client *c, int64_t now)
 				list_del(&c->active, x);
 				curl_multi_remove_handle(c->multi, x->easy);
 				finish_cancelled(c, x);
+			} else {
+				int64_t due = check_unanswered(c, x, now);
+				if (due < next)
+					next = due;
 			}
 			continue;
 		}
 		struct http_stream *s = (struct http_stream *)x;
 		int err = 0;
 		int64_t due = INT64_MAX;
+		if (!s->responded) {
+			int64_t d = check_unanswered(c, x, now);
+			if (d < next)
+				next = d;
+		}
 		if (atomic_load(&s->cancel)) {
 			err = -ECANCELED;
 		} else {
@@ -691,27 +848,34 @@ static int64_t check_active(struct http_client *c, int64_t now)
 	return next;
 }
 
+/* Network thread: starts retries whose backoff ended and held transfers whose server is back,
+ * fails held ones whose hold ended; returns the next moment something is due. */
 static int64_t run_timers(struct http_client *c, int64_t now)
 {
-	int64_t next = INT64_MAX;
-	struct xfer *x = c->timers, *nx;
-	for (; x; x = nx) {
+	bool up = !liveness_down(c->live, NULL, 0);
+	struct xfer *due = NULL, *x, *nx;
+	for (x = c->timers; x; x = nx) {
 		nx = x->next;
-		if (cancel_wanted(x)) {
+		if (xfer_cancelled(x) || x->retry_at <= now || (x->held && up)) {
 			list_del(&c->timers, x);
-			finish_cancelled(c, x);
-		} else if (x->retry_at <= now) {
-			list_del(&c->timers, x);
-			if (attempt_start(c, x) < 0) {
-				char msg[256];
-				fmt_msg(msg, sizeof(msg), "%s %s: cannot restart transfer",
-					x->method, x->url);
-				request_complete(c, x, -EIO, msg);
-			}
-		} else if (x->retry_at < next) {
-			next = x->retry_at;
+			list_push(&due, x);
 		}
 	}
+	/* Apart from the list walk: attempt_or_hold may put a transfer back on it. */
+	for (x = due; x; x = nx) {
+		nx = x->next;
+		x->next = x->prev = NULL;
+		if (!xfer_cancelled(x))
+			attempt_or_hold(c, x);
+		else if (x->kind == XFER_STREAM)
+			stream_finish(c, (struct http_stream *)x, -ECANCELED);
+		else
+			finish_cancelled(c, x);
+	}
+	int64_t next = INT64_MAX;
+	for (x = c->timers; x; x = x->next)
+		if (x->retry_at < next)
+			next = x->retry_at;
 	return next;
 }
 
@@ -798,7 +962,7 @@ static void *net_thread(void *arg)
 		curl_multi_perform(c->multi, &running);
 		read_infos(c);
 
-		int64_t now = now_ms();
+		int64_t now = mono_ms();
 		int64_t next = check_active(c, now);
 		int64_t t = run_timers(c, now);
 		if (t < next)
@@ -807,7 +971,7 @@ static void *net_thread(void *arg)
 		/* curl_multi_poll() also honours curl's own timers (a retry just added has one). */
 		int timeout = 1000;
 		if (next != INT64_MAX) {
-			int64_t d = next - now_ms();
+			int64_t d = next - mono_ms();
 			timeout = d < 0 ? 0 : d < 1000 ? (int)d : 1000;
 		}
 		curl_multi_poll(c->multi, NULL, 0, timeout, NULL);
@@ -831,6 +995,18 @@ static void client_destroy(struct http_client *c)
 	free(c->user_agent);
 	free(c->ca_file);
 	free(c);
+}
+
+static long clamp_ms(long v, long lo, long hi)
+{
+	return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* The prober's change of state: held transfers start or fail. */
+static void wake_loop(void *arg)
+{
+	struct http_client *c = arg;
+	curl_multi_wakeup(c->multi);
 }
 
 /* "host:port" of the base URL, for error messages. */
@@ -883,9 +1059,14 @@ struct http_client *http_client_new(const struct http_client_opts *opts)
 	c->ca_file = opts->ca_file ? strdup(opts->ca_file) : NULL;
 	c->connect_timeout_ms = opts->connect_timeout_ms > 0 ? opts->connect_timeout_ms : 5000;
 	c->request_timeout_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 30000;
-	c->max_retries = opts->max_retries < 0 ? 0 : opts->max_retries ? opts->max_retries : 4;
+	c->max_retries = opts->max_retries < 0 ? 0 : opts->max_retries ? opts->max_retries : INT_MAX;
+	c->suspect_after_ms = clamp_ms(c->request_timeout_ms / 6, SUSPECT_MIN_MS, SUSPECT_MAX_MS);
 	c->insecure = opts->insecure;
-	c->rng = (uint64_t)now_ms() * 0x9e3779b97f4a7c15ULL | 1;
+	uint64_t r;
+	if (getrandom(&r, sizeof r, 0) != sizeof r)
+		r = (uint64_t)mono_ms() * 0x9e3779b97f4a7c15ULL ^ (uint64_t)getpid();
+	snprintf(c->id, sizeof c->id, "%016llx", (unsigned long long)r);
+	c->rng = r | 1;
 	long maxconn = opts->max_connections > 0 ? opts->max_connections : 16;
 
 	c->multi = curl_multi_init();
@@ -897,8 +1078,29 @@ struct http_client *http_client_new(const struct http_client_opts *opts)
 	curl_multi_setopt(c->multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxconn);
 	curl_multi_setopt(c->multi, CURLMOPT_MAX_HOST_CONNECTIONS, maxconn);
 	curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, maxconn);
+	char *ping = join_url(c, "/api/ping");
+	struct liveness_opts lo = {
+		.url = ping,
+		.hostport = c->hostport,
+		.auth_header = c->auth_header,
+		.user_agent = c->user_agent,
+		.ca_file = c->ca_file,
+		.insecure = c->insecure,
+		.connect_timeout_ms = c->connect_timeout_ms,
+		.probe_timeout_ms = clamp_ms(c->request_timeout_ms / 3, PROBE_MIN_MS, PROBE_MAX_MS),
+		.on_change = wake_loop,
+		.arg = c,
+	};
+	c->live = liveness_start(&lo);
+	free(ping);
+	if (!c->live) {
+		client_destroy(c);
+		errno = ENOMEM;
+		return NULL;
+	}
 	int rc = pthread_create(&c->thread, NULL, net_thread, c);
 	if (rc) {
+		liveness_stop(c->live);
 		client_destroy(c);
 		errno = rc;
 		return NULL;
@@ -910,6 +1112,7 @@ void http_client_free(struct http_client *c)
 {
 	if (!c)
 		return;
+	liveness_stop(c->live); /* first: its on_change wakes the loop */
 	pthread_mutex_lock(&c->lock);
 	c->stopping = true;
 	pthread_mutex_unlock(&c->lock);
@@ -920,7 +1123,7 @@ void http_client_free(struct http_client *c)
 
 static int submit(struct http_client *c, struct xfer *x)
 {
-	x->deadline = now_ms() + x->timeout_ms;
+	x->deadline = mono_ms() + x->timeout_ms;
 	pthread_mutex_lock(&c->lock);
 	if (c->stopping) {
 		pthread_mutex_unlock(&c->lock);
@@ -961,16 +1164,6 @@ int http_request_async(struct http_client *c, const struct http_request *req, ht
 		       void *arg)
 {
 	return request_submit(c, req, cb, arg, NULL);
-}
-
-static struct timespec ts_after_ms(long ms)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	t.tv_nsec += (ms % 1000) * 1000000L;
-	t.tv_sec += ms / 1000 + t.tv_nsec / 1000000000L;
-	t.tv_nsec %= 1000000000L;
-	return t;
 }
 
 static bool ts_before(const struct timespec *a, const struct timespec *b)
@@ -1049,14 +1242,14 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 		return rc;
 	}
 	long timeout = req->timeout_ms > 0 ? req->timeout_ms : c->request_timeout_ms;
-	struct timespec ts = ts_after_ms(timeout + SYNC_GRACE_MS);
+	struct timespec ts = mono_after_ms(timeout + SYNC_GRACE_MS);
 
 	pthread_mutex_lock(&w->lock);
 	while (!w->done) {
 		/* with a cancel flag to watch, wake four times a second to look at it */
 		struct timespec until = ts;
 		if (req->cancel && !atomic_load(&w->cancel)) {
-			struct timespec soon = ts_after_ms(CANCEL_POLL_MS);
+			struct timespec soon = mono_after_ms(CANCEL_POLL_MS);
 			if (ts_before(&soon, &until))
 				until = soon;
 		}
@@ -1067,7 +1260,7 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 			atomic_store(&w->cancel, true); /* the network thread ends it now */
 			curl_multi_wakeup(c->multi);
 		} else {
-			struct timespec now = ts_after_ms(0);
+			struct timespec now = mono_after_ms(0);
 			if (!ts_before(&now, &ts))
 				break;
 		}

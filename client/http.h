@@ -2,10 +2,19 @@
  *
  * One network thread owns a CURLM. Callers (FUSE worker threads, the event watcher, ...) hand it
  * requests through a queue and wake it with curl_multi_wakeup(). Every request has a deadline;
- * idempotent requests are retried with backoff on 429, 5xx and connection errors while the
- * deadline allows. Connections are reused (one multi, one connection cache). Completion is
- * reported by a callback that runs on the network thread; http_request_sync() wraps that in a
- * condition variable for callers that may block (never use it for a stream).
+ * requests that are safe to repeat (idempotent ones, and mutations carrying an idempotency key
+ * that the server honours) are retried with backoff on 429, gateway errors (502-504) and lost
+ * connections as often as the deadline allows. A mutation without a key is never repeated,
+ * not even by libcurl's own resend on a reused connection (it gets a fresh connection), unless
+ * it provably never reached the server. Connections are reused (one multi, one connection
+ * cache). Completion is reported by a callback that runs on the network thread;
+ * http_request_sync() wraps that in a condition variable for callers that may block (never use
+ * it for a stream).
+ *
+ * Circuit breaker (client/liveness.h): when a request goes unanswered for a while or loses its
+ * connection, a prober pings the server; while the pings fail, attempts are held back for at
+ * most HTTP_HOLD_MS and then fail with the prober's error, so nothing queues behind a dead or
+ * stopped server for a whole deadline each.
  *
  * Streams (SSE) are long-lived requests on the same multi: each received event is handed to a
  * callback on the network thread, and an idle timeout ends a stream that went silent. */
@@ -25,7 +34,8 @@ struct http_client_opts {
 	const char *token;        /* bearer token; NULL or "" for none */
 	long connect_timeout_ms;  /* 0 = 5000 */
 	long request_timeout_ms;  /* default deadline of a request; 0 = 30000 */
-	int max_retries;          /* for idempotent requests; 0 = 4, -1 = none */
+	int max_retries;          /* for repeatable requests; 0 = as many as the deadline allows,
+				     -1 = none */
 	bool insecure;            /* skip TLS verification (never the default) */
 	const char *ca_file;      /* extra CA bundle, may be NULL */
 	int max_connections;      /* 0 = 16 */
@@ -47,7 +57,13 @@ struct http_request {
 	const struct http_header *headers; /* extra headers, may be NULL */
 	size_t n_headers;
 	long timeout_ms;          /* total deadline, retries included; 0 = client default */
-	bool idempotent;          /* may be retried (GETs and reads; never a write or exec) */
+	bool idempotent;          /* may be repeated as it is (reads, and writes that set
+				     absolute values) */
+	/* A mutation's "Idempotency-Key" (docs/protocol.md): the server carries out a key once
+	 * and answers repeats with the first outcome, so the request is retried like an
+	 * idempotent one. NULL: no key (then a non-idempotent request is sent once). Only for a
+	 * server that honours keys. */
+	const char *idempotency_key;
 	/* http_request_sync only: when *cancel turns true the request is abandoned (its
 	 * connection closed, so the server sees the client go) and ends with -ECANCELED within
 	 * about a quarter of a second. Read only while the call waits. */
@@ -62,6 +78,10 @@ struct http_response {
 	size_t body_len;
 	char *content_type;       /* may be NULL */
 	char errmsg[256];         /* readable reason for err != 0 */
+	/* Attempts of this request that may have reached the server without their answer
+	 * reaching us (connection lost after sending, a gateway error): when non-zero and the
+	 * request is not idempotent, the server may have carried it out more than once. */
+	int lost;
 };
 
 void http_response_clear(struct http_response *r);
@@ -70,6 +90,14 @@ struct http_client *http_client_new(const struct http_client_opts *opts);
 /* Cancels what is pending (callbacks get -ECANCELED), stops the thread, frees. */
 void http_client_free(struct http_client *c);
 const char *http_client_base_url(const struct http_client *c);
+/* This client's random id: sent with every request as "Sbx-Client", so the server can tie
+ * what it holds for us (open files) to our lease, and the prefix of our idempotency keys. */
+const char *http_client_id(const struct http_client *c);
+/* A fresh idempotency key ("<client id>-<n>"), unique for this client's life. */
+#define HTTP_KEY_MAX 48
+void http_client_new_key(struct http_client *c, char key[HTTP_KEY_MAX]);
+/* How long an attempt waits for a server known to be down to answer again before failing. */
+#define HTTP_HOLD_MS 1000
 
 /* Called once on the network thread when the request is done; owns nothing of resp after
  * returning (resp is cleared by the client afterwards). Must not block. */
