@@ -414,13 +414,18 @@ void route_x_setattr(struct req *r)
 
 	if (hid) {
 		struct handle *h;
-		err = handles_get(hid, &h);
+		int64_t seq = json_int(body, "seq", 0);
+		err = seq < 0 ? -EINVAL : handles_get(hid, &h);
 		if (err) {
 			reply_errno(r, err, NULL, "handle %s: %s", hid, strerror(-err));
 			return;
 		}
 		int fd = handle_fd(h);
-		err = fd_setattr(fd, &a);
+		err = handle_write_begin(h, (unsigned long long)seq);
+		if (!err) {
+			err = fd_setattr(fd, &a);
+			handle_write_end(h);
+		}
 		cJSON *st = err ? NULL : stat_fd(fd, &err);
 		handles_put(h);
 		if (err)
@@ -513,7 +518,7 @@ void route_x_open(struct req *r)
 	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
 	cJSON *sto = stat_fd(fd, &err);
 	char id[HANDLE_ID_MAX];
-	err = handles_add(fd, id);
+	err = handles_add(fd, req_client(r), id);
 	if (err) {
 		cJSON_Delete(sto);
 		reply_errno(r, err, path, "%s: too many open handles (%d)", path, HANDLES_MAX);
@@ -667,11 +672,13 @@ static bool attr_req_query(struct req *r, struct attr_req *a)
 void route_x_pwrite(struct req *r)
 {
 	const char *hid = req_query(r, "handle");
-	int64_t off;
+	int64_t off, seq = 0;
 	struct attr_req a;
-	if (!hid || !parse_offset(req_query(r, "offset"), &off)) {
+	if (!hid || !parse_offset(req_query(r, "offset"), &off) ||
+	    (req_query(r, "seq") && !parse_offset(req_query(r, "seq"), &seq))) {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "query parameters 'handle' and 'offset' (>= 0) are required");
+			    "query parameters 'handle' and 'offset' (>= 0) are required; 'seq' "
+			    "is optional (>= 0)");
 		return;
 	}
 	if (!attr_req_query(r, &a)) {
@@ -690,6 +697,14 @@ void route_x_pwrite(struct req *r)
 	const char *data = req_body(r, &len);
 	int fd = handle_fd(h);
 	size_t done = 0;
+	err = handle_write_begin(h, (unsigned long long)seq);
+	if (err) {
+		handles_put(h);
+		reply_error(r, 409, "WRITE_SUPERSEDED", ESTALE, NULL,
+			    "write %lld on handle %s arrived after a later one: not applied",
+			    (long long)seq, hid);
+		return;
+	}
 	while (done < len) {
 		ssize_t k = pwrite(fd, data + done, len - done, (off_t)off + (off_t)done);
 		if (k < 0 && errno == EINTR)
@@ -702,6 +717,7 @@ void route_x_pwrite(struct req *r)
 	}
 	if (!err)
 		err = fd_setattr(fd, &a);
+	handle_write_end(h);
 	cJSON *st = err ? NULL : stat_fd(fd, &err);
 	handles_put(h);
 	if (err) {

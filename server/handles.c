@@ -2,6 +2,7 @@
  * never reused (N only grows), which is how a closed or expired id is told from a bad one. */
 #include "server/handles.h"
 #include <errno.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include "server/leases.h"
 
 #define IDLE_SECONDS 3600
 #define SWEEP_SECONDS 60
@@ -18,7 +20,10 @@ struct handle {
 	int fd;
 	int refs;       /* under lock */
 	time_t used;    /* under lock */
-	struct handle *next_free; /* sweep: to close once the lock is released */
+	char owner[LEASE_ID_MAX]; /* "" without a lease: then idle handles expire */
+	pthread_mutex_t wlock;    /* serialises writes, guards wseq */
+	unsigned long long wseq;  /* the highest write sequence number started */
+	struct handle *next_free; /* to close once the lock is released */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -44,8 +49,28 @@ static void destroy(struct handle *h)
 {
 	if (h) {
 		close(h->fd);
+		pthread_mutex_destroy(&h->wlock);
 		free(h);
 	}
+}
+
+static void destroy_list(struct handle *h)
+{
+	while (h) {
+		struct handle *next = h->next_free;
+		destroy(h);
+		h = next;
+	}
+}
+
+/* Takes the table's reference of the handle in slot i; returns the handle when that was the
+ * last reference (to destroy after unlocking). */
+static struct handle *remove_locked(size_t i)
+{
+	struct handle *h = table[i];
+	table[i] = NULL;
+	count--;
+	return unref_locked(h);
 }
 
 /* Unlinks idle handles, at most once a minute, with the lock held; returns those whose last
@@ -58,11 +83,9 @@ static struct handle *sweep_locked(time_t now)
 	last_sweep = now;
 	for (size_t i = 0; i < HANDLES_MAX; i++) {
 		struct handle *h = table[i];
-		if (!h || now - h->used <= IDLE_SECONDS)
+		if (!h || h->owner[0] || now - h->used <= IDLE_SECONDS)
 			continue;
-		table[i] = NULL;
-		count--;
-		if ((h = unref_locked(h))) {
+		if ((h = remove_locked(i))) {
 			h->next_free = list;
 			list = h;
 		}
@@ -70,13 +93,16 @@ static struct handle *sweep_locked(time_t now)
 	return list;
 }
 
-int handles_add(int fd, char id[HANDLE_ID_MAX])
+int handles_add(int fd, const char *owner, char id[HANDLE_ID_MAX])
 {
 	struct handle *h = calloc(1, sizeof *h);
 	if (!h) {
 		close(fd);
 		return -ENOMEM;
 	}
+	if (owner)
+		snprintf(h->owner, sizeof h->owner, "%s", owner);
+	pthread_mutex_init(&h->wlock, NULL);
 	pthread_mutex_lock(&lock);
 	time_t now = now_s();
 	struct handle *idle = sweep_locked(now);
@@ -95,14 +121,10 @@ int handles_add(int fd, char id[HANDLE_ID_MAX])
 		count++;
 	}
 	pthread_mutex_unlock(&lock);
-	while (idle) {
-		struct handle *next = idle->next_free;
-		destroy(idle);
-		idle = next;
-	}
+	destroy_list(idle);
 	if (err) {
-		close(fd);
-		free(h);
+		h->fd = fd;
+		destroy(h);
 		return err;
 	}
 	snprintf(id, HANDLE_ID_MAX, "h%llu", (unsigned long long)n);
@@ -134,10 +156,8 @@ int handles_get(const char *id, struct handle **out)
 	time_t now = now_s();
 	if (!h || h->n != n) {
 		err = n < next_n ? -ESTALE : -EBADF;
-	} else if (now - h->used > IDLE_SECONDS) {
-		table[n % HANDLES_MAX] = NULL;
-		count--;
-		stale = unref_locked(h);
+	} else if (!h->owner[0] && now - h->used > IDLE_SECONDS) {
+		stale = remove_locked(n % HANDLES_MAX);
 		err = -ESTALE;
 	} else {
 		h->refs++;
@@ -150,6 +170,23 @@ int handles_get(const char *id, struct handle **out)
 }
 
 int handle_fd(const struct handle *h) { return h->fd; }
+
+int handle_write_begin(struct handle *h, unsigned long long seq)
+{
+	pthread_mutex_lock(&h->wlock);
+	if (seq && seq <= h->wseq) {
+		pthread_mutex_unlock(&h->wlock);
+		return -ESTALE;
+	}
+	if (seq)
+		h->wseq = seq;
+	return 0;
+}
+
+void handle_write_end(struct handle *h)
+{
+	pthread_mutex_unlock(&h->wlock);
+}
 
 void handles_put(struct handle *h)
 {
@@ -168,9 +205,7 @@ int handles_close(const char *id)
 	struct handle *gone = NULL;
 	pthread_mutex_lock(&lock);
 	if (table[h->n % HANDLES_MAX] == h) {
-		table[h->n % HANDLES_MAX] = NULL;
-		count--;
-		gone = unref_locked(h); /* the table's reference; ours is still held */
+		gone = remove_locked(h->n % HANDLES_MAX); /* the table's; ours is still held */
 	} else {
 		err = -ESTALE; /* a concurrent close won */
 	}
@@ -180,20 +215,57 @@ int handles_close(const char *id)
 	return err;
 }
 
-void handles_shutdown(void)
+static bool named(const char *const *ids, size_t n, uint64_t hn)
 {
+	char id[HANDLE_ID_MAX];
+	snprintf(id, sizeof id, "h%llu", (unsigned long long)hn);
+	for (size_t i = 0; i < n; i++)
+		if (ids[i] && strcmp(ids[i], id) == 0)
+			return true;
+	return false;
+}
+
+size_t handles_close_owned(const char *owner, const char *const *ids, size_t n)
+{
+	struct handle *list = NULL;
+	size_t closed = 0;
 	pthread_mutex_lock(&lock);
 	for (size_t i = 0; i < HANDLES_MAX; i++) {
 		struct handle *h = table[i];
-		if (!h)
+		if (!h || strcmp(h->owner, owner) != 0 || (ids && !named(ids, n, h->n)))
 			continue;
-		table[i] = NULL;
-		count--;
-		h = unref_locked(h);
-		if (h) {
-			close(h->fd);
-			free(h);
+		closed++;
+		if ((h = remove_locked(i))) {
+			h->next_free = list;
+			list = h;
 		}
 	}
 	pthread_mutex_unlock(&lock);
+	destroy_list(list);
+	return closed;
+}
+
+size_t handles_count_owned(const char *owner)
+{
+	size_t n = 0;
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < HANDLES_MAX; i++)
+		n += table[i] && strcmp(table[i]->owner, owner) == 0;
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
+void handles_shutdown(void)
+{
+	struct handle *list = NULL;
+	pthread_mutex_lock(&lock);
+	for (size_t i = 0; i < HANDLES_MAX; i++) {
+		struct handle *h = table[i] ? remove_locked(i) : NULL;
+		if (h) {
+			h->next_free = list;
+			list = h;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+	destroy_list(list);
 }

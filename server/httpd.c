@@ -35,6 +35,8 @@
 #include "common/errnames.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "server/idempotency.h"
+#include "server/leases.h"
 #include "server/preview.h"
 #include "server/server.h"
 
@@ -54,6 +56,9 @@ struct req {
 	bool replied;
 	int status;
 	struct timespec start;
+	const char *client;       /* the Sbx-Client whose lease this request renewed, or NULL */
+	struct idem_entry *idem;  /* the outcome to record under the request's key */
+	bool replayed;            /* the answer is a recorded one */
 };
 
 struct httpd {
@@ -66,6 +71,7 @@ const char *req_method(const struct req *r) { return r->method; }
 const char *req_path(const struct req *r) { return r->path; }
 const char *req_path_arg(const struct req *r) { return r->path_arg[0] ? r->path_arg : NULL; }
 cJSON *req_json(const struct req *r) { return r->json; }
+const char *req_client(const struct req *r) { return r->client; }
 
 int req_client_fd(const struct req *r)
 {
@@ -102,6 +108,8 @@ static void queue(struct req *r, int status, struct MHD_Response *resp, const ch
 	}
 	if (ctype)
 		MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+	if (r->replayed)
+		MHD_add_response_header(resp, "Idempotent-Replayed", "true");
 	if (MHD_queue_response(r->conn, (unsigned)status, resp) != MHD_YES)
 		log_error("%s %s: could not queue the response", r->method, r->path);
 	MHD_destroy_response(resp);
@@ -111,6 +119,10 @@ static void queue(struct req *r, int status, struct MHD_Response *resp, const ch
 
 void reply_bytes(struct req *r, int status, const char *content_type, char *data, size_t len)
 {
+	if (r->idem && !r->replied) {
+		idem_complete(r->idem, status, content_type, data, len);
+		r->idem = NULL;
+	}
 	struct MHD_Response *resp = MHD_create_response_from_buffer(len, data ? data : (char *)"",
 								    data ? MHD_RESPMEM_MUST_FREE
 									 : MHD_RESPMEM_PERSISTENT);
@@ -292,6 +304,10 @@ static void sse_free(void *cls)
 
 void reply_sse(struct req *r, struct sse_source src)
 {
+	if (r->idem && !r->replied) {
+		idem_streamed(r->idem);
+		r->idem = NULL;
+	}
 	struct sse_stream *s = calloc(1, sizeof *s);
 	if (!s) {
 		if (src.release)
@@ -405,6 +421,75 @@ static bool json_has_nul(const char *s, size_t n)
 	return false;
 }
 
+/* ---- idempotency keys ---- */
+
+static enum MHD_Result hash_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+				const char *value)
+{
+	uint64_t *h = cls;
+	(void)kind;
+	*h = idem_hash(*h, key, strlen(key) + 1);
+	if (value)
+		*h = idem_hash(*h, value, strlen(value) + 1);
+	return MHD_YES;
+}
+
+/* What a key must stand for: the same method, path, query and body. */
+static uint64_t fingerprint(const struct req *r)
+{
+	uint64_t h = idem_hash(IDEM_HASH_INIT, r->method, strlen(r->method) + 1);
+	h = idem_hash(h, r->path, strlen(r->path) + 1);
+	MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, hash_arg, &h);
+	return idem_hash(h, r->body.data ? r->body.data : "", r->body.len);
+}
+
+static int client_gone(void *arg)
+{
+	return peer_gone(req_client_fd(arg));
+}
+
+/* Before the handler of a request that may carry an Idempotency-Key: true when the request
+ * has been answered here (a repeat, or a key that cannot be honoured). GETs change nothing,
+ * and a server without extensions is a plain container, which knows no keys. */
+static bool answered_by_key(struct req *r)
+{
+	const char *key = req_header(r, "Idempotency-Key");
+	if (!key || (sbxd_cfg && sbxd_cfg->no_extensions) || strcmp(r->method, "GET") == 0)
+		return false;
+	if (!idem_key_valid(key)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "Idempotency-Key must be 1 to %d visible ASCII characters",
+			    IDEM_KEY_MAX - 1);
+		return true;
+	}
+	struct idem_answer a;
+	switch (idem_begin(key, fingerprint(r), client_gone, r, &r->idem, &a)) {
+	case IDEM_RUN:
+		return false;
+	case IDEM_REPLAY:
+		log_debug("%s %s: repeat of key %s, answered with the first outcome", r->method,
+			  r->path, key);
+		r->replayed = true;
+		reply_bytes(r, a.status, a.content_type, a.body, a.len);
+		free(a.content_type);
+		return true;
+	case IDEM_REUSED:
+		reply_error(r, 422, "IDEMPOTENCY_KEY_REUSED", EINVAL, NULL,
+			    "Idempotency-Key %s was used for a different request", key);
+		return true;
+	case IDEM_STREAMED:
+		reply_error(r, 409, "IDEMPOTENT_STREAM_STARTED", EIO, NULL,
+			    "the request with Idempotency-Key %s already ran and streamed its "
+			    "answer on an earlier connection, which cannot be replayed", key);
+		return true;
+	case IDEM_GONE:
+		reply_error(r, 499, "CLIENT_CLOSED_REQUEST", ECANCELED, NULL,
+			    "the client left while the first request with this key ran");
+		return true;
+	}
+	return false;
+}
+
 static void run_handler(struct req *r)
 {
 	if (r->too_large) {
@@ -430,6 +515,8 @@ static void run_handler(struct req *r)
 			}
 		}
 	}
+	if (answered_by_key(r))
+		return;
 	r->route->handler(r);
 	if (!r->replied) {
 		log_error("%s %s: handler gave no reply", r->method, r->path);
@@ -460,11 +547,16 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r->route = find_route(method, url, r->path_arg, sizeof r->path_arg);
 		/* The token is checked before "not found": without it nothing about the server
 		 * shows (and a client probing an absent extension learns its token is wrong). */
-		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)) && !authorized(r)) {
+		bool authed = authorized(r);
+		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)) && !authed) {
 			reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
 				    "missing or invalid bearer token");
 			return MHD_YES;
 		}
+		const char *client = req_header(r, "Sbx-Client");
+		if (authed && client && !(sbxd_cfg && sbxd_cfg->no_extensions) &&
+		    leases_renew(client))
+			r->client = client;
 		if (!r->route) {
 			reply_not_found(r);
 			return MHD_YES;

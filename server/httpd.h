@@ -24,6 +24,9 @@ const char *req_body(const struct req *r, size_t *len);       /* raw body, NUL-t
 /* The parsed JSON body for routes flagged ROUTE_JSON (httpd answers 400 itself when the body
  * is not a JSON object). An empty body gives an empty object. Owned by the request. */
 cJSON *req_json(const struct req *r);
+/* The client (its "Sbx-Client" header) whose lease this request renewed, or NULL: what the
+ * request opens for it lives by that lease (server/leases.h). */
+const char *req_client(const struct req *r);
 /* The client's socket, for a handler that runs long: poll it for POLLRDHUP to notice the
  * client hanging up (never read or write it). -1 if unknown. */
 int req_client_fd(const struct req *r);

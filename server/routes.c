@@ -6,6 +6,8 @@ const struct route routes[] = {
 	{ "GET", "/api/ping", route_ping, ROUTE_PUBLIC },
 	{ "GET", "/api/version", route_version, 0 },
 	{ "GET", "/api/x/capabilities", route_capabilities, ROUTE_EXTENSION },
+	{ "POST", "/api/x/lease", route_x_lease_renew, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "DELETE", "/api/x/lease", route_x_lease_end, ROUTE_EXTENSION },
 
 	{ "POST", "/api/session/create", route_session_create, ROUTE_JSON },
 	{ "GET", "/api/session/list", route_session_list, 0 },

@@ -7,6 +7,8 @@
 void route_ping(struct req *r);
 void route_version(struct req *r);
 void route_capabilities(struct req *r);
+void route_x_lease_renew(struct req *r);
+void route_x_lease_end(struct req *r);
 
 /* files.c: the container's standard file routes */
 void route_read(struct req *r);

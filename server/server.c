@@ -11,6 +11,8 @@
 #include "server/contexts.h"
 #include "server/handles.h"
 #include "server/httpd.h"
+#include "server/idempotency.h"
+#include "server/leases.h"
 #include "server/processes.h"
 #include "server/runner.h"
 #include "server/watch.h"
@@ -46,8 +48,10 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	}
 	runner_init(ws_host_dir(), cfg->state_dir);
 	watch_init();
+	leases_start(cfg->lease_seconds * 1000);
 	struct httpd *h = httpd_start(cfg);
 	if (!h) {
+		leases_stop();
 		watch_shutdown();
 		ws_shutdown();
 		return 1;
@@ -68,7 +72,9 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	log_debug("background processes stopped");
 	watch_shutdown();
 	log_debug("watcher stopped");
+	leases_stop();
 	handles_shutdown();
+	idem_shutdown();
 	ws_shutdown();
 	return 0;
 }

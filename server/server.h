@@ -10,6 +10,7 @@ struct sbxd_config {
 	const char *state_dir;  /* sbxd's private state (sessions); never visible to commands */
 	const char *sandbox_id; /* used in preview URLs and capabilities */
 	bool no_extensions;     /* serve only the container's standard routes */
+	long lease_seconds;     /* how long a silent client keeps its handles (leases.h) */
 	bool verbose;
 };
 

@@ -35,6 +35,8 @@ static void usage(FILE *out)
 		"                        /run/sbxd-PORT)\n"
 		"  --sandbox-id NAME     sandbox id reported to clients (default \"local\")\n"
 		"  --no-extensions       serve only the container's standard routes\n"
+		"  --lease-seconds N     how long a silent client keeps its open files (default\n"
+		"                        30; sbxfs renews every third of it)\n"
 		"\n"
 		"Limits for what runs in the sandbox (0 = none; SIZE takes K, M, G or T):\n"
 		"  --memory-limit SIZE   memory of all processes together (default 4G)\n"
@@ -179,7 +181,7 @@ static char *load_token(const char *file)
 int main(int argc, char **argv)
 {
 	enum { OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID,
-	       OPT_NO_EXT, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU };
+	       OPT_NO_EXT, OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, OPT_LISTEN },
 		{ "workspace", required_argument, NULL, OPT_WORKSPACE },
@@ -187,6 +189,7 @@ int main(int argc, char **argv)
 		{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
 		{ "sandbox-id", required_argument, NULL, OPT_SANDBOX_ID },
 		{ "no-extensions", no_argument, NULL, OPT_NO_EXT },
+		{ "lease-seconds", required_argument, NULL, OPT_LEASE },
 		{ "memory-limit", required_argument, NULL, OPT_MEMORY },
 		{ "pids-limit", required_argument, NULL, OPT_PIDS },
 		{ "file-size-limit", required_argument, NULL, OPT_FSIZE },
@@ -200,6 +203,7 @@ int main(int argc, char **argv)
 		.listen = "127.0.0.1:7070",
 		.workspace = "./workspace",
 		.sandbox_id = "local",
+		.lease_seconds = 30,
 	};
 	struct runner_limits limits = {
 		.memory = RUNNER_DEFAULT_MEMORY,
@@ -217,6 +221,12 @@ int main(int argc, char **argv)
 		case OPT_STATE_DIR: cfg.state_dir = optarg; break;
 		case OPT_SANDBOX_ID: cfg.sandbox_id = optarg; break;
 		case OPT_NO_EXT: cfg.no_extensions = true; break;
+		case OPT_LEASE:
+			if (!parse_count(optarg, &cfg.lease_seconds) || cfg.lease_seconds < 1 ||
+			    cfg.lease_seconds > 86400)
+				return die_usage("--lease-seconds wants 1 to 86400, not '%s'",
+						 optarg);
+			break;
 		case OPT_MEMORY:
 			if (!parse_size(optarg, &limits.memory))
 				return die_usage("--memory-limit wants a size such as 512M or 4G, "
