@@ -330,12 +330,16 @@ struct sbx_execution *sbx_execution_start(struct sbx *s, const char *id, const c
 	x->id = sbx_strdup(id);
 	pthread_mutex_init(&x->lock, NULL);
 	pthread_cond_init(&x->cond, NULL);
+	char key[HTTP_KEY_MAX];
 	struct http_request req = {
 		.method = "POST",
 		.path = "/api/execute/code",
 		.body = json,
 		.body_len = strlen(json),
 		.timeout_ms = sbx_deadline(s, len),
+		/* opened again after a lost connection only before anything came back; the
+		 * server then runs it once (a repeat of one that started is refused) */
+		.idempotency_key = sbx_key(s, key),
 	};
 	pthread_mutex_lock(&x->lock);
 	x->stream = http_stream_open(s->http, &req, &exec_ops, x,

@@ -114,13 +114,14 @@ int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_res
 	cJSON_Delete(body);
 	if (!text)
 		abort();
+	char key[HTTP_KEY_MAX];
 	struct http_request req = {
 		.method = "POST",
 		.path = "/api/git/checkout",
 		.body = text,
 		.body_len = strlen(text),
 		.timeout_ms = timeout + CLONE_ANSWER_MARGIN_MS,
-		.idempotent = false,
+		.idempotency_key = sbx_key(s, key),
 		.cancel = c->cancel,
 	};
 	struct http_response resp = { 0 };

@@ -313,6 +313,7 @@ static struct http_stream *follow_connect(struct sbx_process_stream *ps)
 		.method = "GET",
 		.path = ps->path,
 		.timeout_ms = STREAM_CONNECT_MS,
+		.idempotent = true,
 	};
 	return http_stream_open(ps->s->http, &req, &follow_ops, ps,
 				ps->s->heartbeats ? STREAM_IDLE_MS : 0);

@@ -31,8 +31,18 @@
 #include "common/log.h"
 
 static __thread char last_error[512];
+static __thread int last_lost;
 
 const char *sbx_last_error(void) { return last_error; }
+int sbx_last_lost(void) { return last_lost; }
+
+const char *sbx_key(struct sbx *s, char buf[HTTP_KEY_MAX])
+{
+	if (!s->keys)
+		return NULL;
+	http_client_new_key(s->http, buf);
+	return buf;
+}
 
 int sbx_fail(int err, const char *fmt, ...)
 {
@@ -118,6 +128,7 @@ int sbx_call(struct sbx *s, const char *what, const char *method, const char *pa
 	*out = NULL;
 	if (body && !text)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
+	char key[HTTP_KEY_MAX];
 	struct http_request req = {
 		.method = method,
 		.path = path,
@@ -125,9 +136,11 @@ int sbx_call(struct sbx *s, const char *what, const char *method, const char *pa
 		.body_len = text ? strlen(text) : 0,
 		.timeout_ms = timeout_ms,
 		.idempotent = idempotent,
+		.idempotency_key = idempotent ? NULL : sbx_key(s, key),
 	};
 	struct http_response resp = { 0 };
 	int err = http_request_sync(s->http, &req, &resp);
+	last_lost = resp.lost;
 	free(text);
 	if (err) {
 		err = sbx_fail(err, "%s: %s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err));
@@ -195,6 +208,15 @@ int sbx_parse_stat(const cJSON *obj, struct stat *st, char **target)
 
 /* ---- probe ---- */
 
+static bool has_extension(const cJSON *caps, const char *name)
+{
+	const cJSON *e;
+	cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(caps, "extensions"))
+		if (cJSON_IsString(e) && strcmp(e->valuestring, name) == 0)
+			return true;
+	return false;
+}
+
 static int probe(struct sbx *s)
 {
 	struct http_request req = { .method = "GET", .path = "/api/x/capabilities",
@@ -226,6 +248,9 @@ static int probe(struct sbx *s)
 			s->sandbox_id = strdup(json_str(j, "sandboxId"));
 		s->info.extensions = true;
 		s->heartbeats = strcmp(server, "sbxd") == 0;
+		s->keys = has_extension(j, "idempotency");
+		if (has_extension(j, "lease"))
+			s->lease_ms = json_int(j, "leaseMs", 0);
 		atomic_store(&s->ops, &sbx_ext_ops);
 		cJSON_Delete(j);
 		goto out;
@@ -282,6 +307,8 @@ int sbx_open(const struct http_client_opts *opts, struct sbx **out)
 	s->info.server = s->server;
 	s->info.version = s->version;
 	s->info.sandbox_id = s->sandbox_id;
+	if (s->lease_ms > 0)
+		s->lease = sbx_lease_start(s, s->lease_ms);
 	last_error[0] = 0;
 	*out = s;
 	return 0;
@@ -291,6 +318,7 @@ void sbx_close(struct sbx *s)
 {
 	if (!s)
 		return;
+	sbx_lease_stop(s->lease);
 	http_client_free(s->http);
 	free(s->server);
 	free(s->version);
@@ -305,6 +333,7 @@ struct http_client *sbx_http(struct sbx *s) { return s->http; }
 void sbx_force_fallback(struct sbx *s)
 {
 	s->info.extensions = false;
+	s->keys = false; /* as a plain container, which knows none */
 	atomic_store(&s->ops, &sbx_fallback_ops);
 }
 
@@ -627,6 +656,7 @@ static struct http_stream *watch_open_stream(struct sbx_watch *w)
 		.body_len = strlen(text),
 		/* for a stream, the deadline covers the connection and the first response */
 		.timeout_ms = 15000,
+		.idempotent = true, /* it only watches */
 	};
 	struct http_stream *st = http_stream_open(w->s->http, &req, &watch_stream_ops, w,
 						  w->s->heartbeats ? WATCH_IDLE_MS : 0);

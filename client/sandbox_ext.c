@@ -5,10 +5,19 @@
  * (called before the entry is removed or replaced) opens a real handle, so the common
  * open-read-close costs only the reads. Writes are buffered per file while they are
  * contiguous, up to WBUF_MAX, and go out as one PUT /api/x/pwrite; anything that must see them
- * (pread, fstat, ftruncate, fsync, close, a non-contiguous write) flushes first. A failed
- * flush drops the buffered bytes and stays pending as the file's error until flush, fsync or
- * close reports it once. One mutex per file serialises its requests: a file's operations are
- * ordered as its callers issued them, while different files proceed in parallel. */
+ * (pread, fstat, ftruncate, fsync, close, a non-contiguous write) flushes first. One mutex
+ * per file serialises its requests: a file's operations are ordered as its callers issued
+ * them, while different files proceed in parallel.
+ *
+ * Exactly once. Every request that changes the file through its handle carries an
+ * idempotency key and the handle's next write sequence number (docs/protocol.md): the client
+ * may repeat it after a lost answer, and a copy that turns up late at the server, after a
+ * later write, is refused there instead of overwriting newer data. A flush that fails keeps
+ * its bytes, deferred attributes, key and number: its error is reported once (by flush, fsync
+ * or close), and the next flush sends the very same request again, so it is carried out once
+ * whether or not the lost one had been. Until then nothing is added to the buffer (a repeat
+ * must be the same request). A handle whose close fails is left to the lease's heartbeat to
+ * close (client/lease.c). */
 #include "client/sandbox_impl.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -315,6 +324,10 @@ struct ext_file {
 	off_t woff;
 	int pending_err;    /* a failed flush, until reported by flush/fsync/close */
 	char pending_msg[512];
+	unsigned long long wseq;   /* the handle's last write sequence number used */
+	unsigned long long wseq_sent; /* the number of the buffer's send */
+	char wkey[HTTP_KEY_MAX];   /* the key of the buffer's unacknowledged send, or "" */
+	unsigned wpend;            /* the deferred attributes that send carried */
 	bool created;       /* the server created the file for this handle, so owns it */
 	bool st_known;
 	struct stat st;     /* the attributes in the server's last answer about the handle */
@@ -368,9 +381,10 @@ static void note_stat(struct ext_file *f, const cJSON *answer)
 }
 
 /* PUT /api/x/pwrite of len bytes at off, with the deferred attributes `valid` applied after
- * them; the whole of it or an error. */
+ * them; the whole of it or an error. key and seq (0: the next) identify the request. */
 static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off,
-		     unsigned valid, const struct stat *want)
+		     unsigned valid, const struct stat *want, const char *key,
+		     unsigned long long seq)
 {
 	char what[64 + 4096];
 	what_of(f, "write", what, sizeof what);
@@ -378,9 +392,11 @@ static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off
 	if (!h)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
 	struct strbuf route = STRBUF_INIT;
-	strbuf_appendf(&route, "/api/x/pwrite?handle=%s&offset=%jd", h, (intmax_t)off);
+	strbuf_appendf(&route, "/api/x/pwrite?handle=%s&offset=%jd&seq=%llu", h, (intmax_t)off,
+		       seq ? seq : ++f->wseq);
 	free(h);
 	query_attrs(&route, valid, want);
+	char fresh[HTTP_KEY_MAX];
 	struct http_request req = {
 		.method = "PUT",
 		.path = route.data,
@@ -388,7 +404,10 @@ static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off
 		.body = data,
 		.body_len = len,
 		/* large bodies on slow links: at least the default, plus 1 s per MiB */
-		.timeout_ms = len > (8u << 20) ? 30000 + (long)(len >> 20) * 1000 : 0,
+		.timeout_ms = sbx_deadline(f->base.s, len),
+		/* without keys, bytes at an offset can be written twice (not appended twice) */
+		.idempotent = !f->base.s->keys && !(f->flags & O_APPEND),
+		.idempotency_key = key && key[0] ? key : sbx_key(f->base.s, fresh),
 	};
 	struct http_response resp = { 0 };
 	int err = http_request_sync(f->base.s->http, &req, &resp);
@@ -415,16 +434,31 @@ static int put_bytes(struct ext_file *f, const void *data, size_t len, off_t off
 static int setattr_handle_locked(struct ext_file *f, unsigned valid, const struct stat *want);
 
 /* Sends the write-behind buffer and the deferred attributes, in one request when there is
- * data; returns this attempt's error (and keeps it pending). */
+ * data; returns this attempt's error (and keeps it pending). A failed send of data stays
+ * buffered, to be sent again as the same request ("Exactly once" above). */
 static int flush_locked(struct ext_file *f)
 {
 	if (!f->wlen && !f->pend)
 		return 0;
-	unsigned pend = f->pend;
-	f->pend = 0;
-	int err = f->wlen ? put_bytes(f, f->wbuf, f->wlen, f->woff, pend, &f->pend_st)
-			  : setattr_handle_locked(f, pend, &f->pend_st);
-	f->wlen = 0;
+	int err;
+	if (f->wlen) {
+		if (!f->wkey[0]) { /* a new send, not the repeat of a failed one */
+			f->wpend = f->pend;
+			f->wseq_sent = ++f->wseq;
+			sbx_key(f->base.s, f->wkey); /* stays "" without keys */
+		}
+		err = put_bytes(f, f->wbuf, f->wlen, f->woff, f->wpend, &f->pend_st, f->wkey,
+				f->wseq_sent);
+		if (!err || !f->wkey[0]) { /* done, or not repeatable: dropped */
+			f->wlen = 0;
+			f->pend &= ~f->wpend;
+			f->wkey[0] = '\0';
+		}
+	} else {
+		unsigned pend = f->pend;
+		f->pend = 0;
+		err = setattr_handle_locked(f, pend, &f->pend_st);
+	}
 	if (err && !f->pending_err) {
 		f->pending_err = err;
 		snprintf(f->pending_msg, sizeof f->pending_msg, "%s", sbx_last_error());
@@ -479,6 +513,8 @@ static void ext_file_free(struct ext_file *f)
 	free(f);
 }
 
+/* Closes the server-side handle; one whose close cannot be delivered is left to the lease's
+ * heartbeat (a handle the server no longer knows needs nothing). */
 static int close_handle(struct ext_file *f)
 {
 	cJSON *b = cJSON_CreateObject();
@@ -486,6 +522,8 @@ static int close_handle(struct ext_file *f)
 	cJSON *j;
 	int err = file_handle_call(f, "close", "/api/x/close", b, false, &j);
 	cJSON_Delete(j);
+	if (err && err != -ESTALE && err != -EBADF)
+		sbx_lease_orphan(f->base.s->lease, f->handle);
 	return err;
 }
 
@@ -546,13 +584,14 @@ static ssize_t ext_file_pwrite(struct sbx_file *base, const void *buf, size_t le
 	pthread_mutex_lock(&f->lock);
 	ssize_t ret = 0;
 	/* Deferred attributes were set before this write: they go first (a write clears
-	 * set-id bits and sets mtime). */
-	if (f->pend || (f->wlen && (off != f->woff + (off_t)f->wlen || f->wlen + len > WBUF_MAX)))
+	 * set-id bits and sets mtime). A buffer with an unacknowledged send cannot grow. */
+	if (f->pend || f->wkey[0] ||
+	    (f->wlen && (off != f->woff + (off_t)f->wlen || f->wlen + len > WBUF_MAX)))
 		ret = flush_locked(f);
 	if (ret)
 		goto out;
 	if (len >= WBUF_MAX) {
-		ret = put_bytes(f, buf, len, off, 0, NULL);
+		ret = put_bytes(f, buf, len, off, 0, NULL, NULL, 0);
 		goto out;
 	}
 	if (!f->wbuf && !(f->wbuf = malloc(WBUF_MAX))) {
@@ -604,8 +643,10 @@ static int setattr_handle_locked(struct ext_file *f, unsigned valid, const struc
 	cJSON *b = cJSON_CreateObject();
 	cJSON_AddStringToObject(b, "handle", f->handle);
 	add_setattr_fields(b, valid, want);
+	if (valid & SBX_SET_SIZE)
+		json_add_int(b, "seq", (int64_t)++f->wseq); /* a truncation is a write */
 	cJSON *j;
-	int err = file_handle_call(f, "setattr", "/api/x/setattr", b, false, &j);
+	int err = file_handle_call(f, "setattr", "/api/x/setattr", b, !valid, &j);
 	if (!err)
 		note_stat(f, j);
 	else
@@ -698,7 +739,7 @@ static void local_stat(const struct ext_file *f, struct stat *st)
  * so its order against chmod matters). */
 static bool deferrable(const struct ext_file *f, unsigned valid, const struct stat *want)
 {
-	if (!f->handle || !f->created || !f->st_known || !ext_writable(f) ||
+	if (!f->handle || !f->created || !f->st_known || !ext_writable(f) || f->wkey[0] ||
 	    (valid & ~(SBX_SET_MODE | SBX_SET_ATIME | SBX_SET_MTIME | SBX_SET_UID | SBX_SET_GID)))
 		return false;
 	if (!(valid & (SBX_SET_UID | SBX_SET_GID)))

@@ -41,6 +41,14 @@ struct sbx_ops {
 };
 
 extern const struct sbx_ops sbx_ext_ops;
+
+/* The heartbeat that keeps our lease, and with it our server-side handles (client/lease.c). */
+struct sbx_lease;
+struct sbx_lease *sbx_lease_start(struct sbx *s, long lease_ms);
+/* Stops the heartbeat and ends the lease on the server (our handles close at once). */
+void sbx_lease_stop(struct sbx_lease *l);
+/* A handle we no longer use but could not close: the next heartbeat closes it. */
+void sbx_lease_orphan(struct sbx_lease *l, const char *handle);
 extern const struct sbx_ops sbx_fallback_ops;
 
 struct sbx {
@@ -48,8 +56,11 @@ struct sbx {
 	_Atomic(const struct sbx_ops *) ops;
 	struct sbx_info info;
 	bool heartbeats; /* the server sends SSE keepalives (sbxd): streams get an idle timeout */
+	bool keys;       /* the server honours idempotency keys: mutations carry one */
+	struct sbx_lease *lease; /* the heartbeat that keeps our handles alive, or NULL */
 	char *server, *version, *sandbox_id;
 	long deadline_ms; /* the client's request deadline (-o timeout) */
+	long lease_ms;    /* the server's lease on what it holds for us (0: no leases) */
 	/* the fallback's local copies of open files, keyed by path (sandbox_fallback.c) */
 	pthread_mutex_t copies_lock;
 	struct fb_copy *copies;
@@ -61,6 +72,14 @@ struct sbx_file {
 	const struct sbx_ops *ops;
 	struct sbx *s;
 };
+
+/* A fresh idempotency key in buf for a mutation, or NULL when the server knows no keys. */
+const char *sbx_key(struct sbx *s, char buf[HTTP_KEY_MAX]);
+/* http_response.lost of this thread's last sbx_call: attempts that may have reached the server
+ * unanswered. For a request sent without a key but marked idempotent (a fallback command whose
+ * repeat cannot do harm but may report "already done"), non-zero means an earlier copy may have
+ * done it. */
+int sbx_last_lost(void);
 
 /* Records this thread's readable reason and returns err (a negative errno). */
 int sbx_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
