@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from util import BACKEND_DOWN_ERRNOS, SLOW, fs_op, sh, wait_for
+from util import BACKEND_DOWN_ERRNOS, SLOW, default_sigint, fs_op, sh, wait_for
 
 # each test starts interpreters; allow for a loaded machine
 pytestmark = pytest.mark.timeout(240 * SLOW)
@@ -311,7 +311,8 @@ def test_interpreter_killed_mid_run(sbx):
 def test_ctrl_c_on_a_blocked_reader(sbx):
     cid = new(sbx)
     assert send(sbx, cid, 'import time\nprint("up", flush=True)\ntime.sleep(30)').returncode == 0
-    p = subprocess.Popen(['cat', ctx(sbx, cid, 'out')], stdout=subprocess.PIPE)
+    p = subprocess.Popen(['cat', ctx(sbx, cid, 'out')], stdout=subprocess.PIPE,
+                         preexec_fn=default_sigint)
     try:
         assert json.loads(p.stdout.readline())['text'].startswith('up')
         t0 = time.monotonic()

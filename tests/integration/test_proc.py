@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from util import BACKEND_DOWN_ERRNOS, SLOW, Sandbox, fs_op, sh, wait_for
+from util import BACKEND_DOWN_ERRNOS, SLOW, Sandbox, default_sigint, fs_op, sh, wait_for
 
 ENDED = ('completed', 'failed', 'killed', 'error')
 
@@ -133,7 +133,8 @@ def test_follow_interleaves_and_replays_a_finished_process(sbx):
 def test_follow_ctrl_c_returns_at_once(sbx):
     pid = start(sbx, 'echo up; sleep 60')
     t0 = time.monotonic()
-    p = subprocess.Popen(['cat', proc(sbx, pid, 'follow')], stdout=subprocess.PIPE)
+    p = subprocess.Popen(['cat', proc(sbx, pid, 'follow')], stdout=subprocess.PIPE,
+                         preexec_fn=default_sigint)
     assert p.stdout.readline() == b'up\n'
     p.send_signal(2)
     assert p.wait(5) != 0

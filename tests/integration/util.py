@@ -33,6 +33,12 @@ BACKEND_DOWN_ERRNOS = {errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNRE
 SLOW = 3 if os.environ.get('ASAN_OPTIONS') else 1   # sanitizers slow everything down
 
 
+def default_sigint():
+    """preexec_fn for a child the test will Ctrl-C: a suite started in the background (by a
+    non-interactive shell) inherits SIGINT ignored, and so would the child."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
