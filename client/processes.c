@@ -12,7 +12,12 @@
  *
  * ps->lock guards the current stream pointer and the end state: close and a reconnect cannot
  * cross (close sets `closing` first; an on_end that sees it does not reconnect), and the old
- * stream of a reconnect is closed from the network thread, which frees it after its on_end. */
+ * stream of a reconnect is closed from the network thread, which frees it after its on_end.
+ *
+ * Starting a process exactly once. With sbxd the start carries an idempotency key. A plain
+ * container knows no keys, so the start names the process itself (processId, unique for this
+ * client) and is never sent twice blindly: when its answer is lost, the process's record is
+ * looked up, and only if there is none is the start sent again. */
 #include "client/processes.h"
 #include <cjson/cJSON.h>
 #include <ctype.h>
@@ -23,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/sandbox_impl.h"
+#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 
@@ -82,6 +88,40 @@ static char *process_path(const char *id, const char *suffix)
 	return path;
 }
 
+/* Without keys: see "Starting a process exactly once" above. Takes body. */
+static int start_once(struct sbx *s, cJSON *body, char **id)
+{
+	char pid[HTTP_KEY_MAX + 8];
+	char key[HTTP_KEY_MAX];
+	http_client_new_key(s->http, key);
+	snprintf(pid, sizeof pid, "sbxfs-%s", key);
+	cJSON_AddStringToObject(body, "processId", pid);
+	int64_t deadline = mono_ms() + s->deadline_ms;
+	int err;
+	for (;;) {
+		err = sbx_call_string(s, "process start", "POST", "/api/process/start",
+				      cJSON_Duplicate(body, true), false, 0, "processId", id);
+		if (!err || !sbx_last_lost() || mono_ms() >= deadline)
+			break;
+		char saved[512];
+		snprintf(saved, sizeof saved, "%s", sbx_last_error());
+		struct sbx_process p = { 0 };
+		int e = sbx_process_get(s, pid, &p);
+		sbx_process_clear(&p);
+		if (!e) {
+			log_info("%s: it started (its answer was lost)", saved);
+			*id = sbx_strdup(pid);
+			err = 0;
+			break;
+		}
+		sbx_fail(err, "%s", saved);
+		if (e != -ENOENT)
+			break; /* cannot tell: it may run */
+	}
+	cJSON_Delete(body);
+	return err;
+}
+
 int sbx_process_start(struct sbx *s, const char *command, const char *cwd,
 		      const char *const *env, char **id)
 {
@@ -111,8 +151,10 @@ int sbx_process_start(struct sbx *s, const char *command, const char *cwd,
 			free(name);
 		}
 	}
-	return sbx_call_string(s, "process start", "POST", "/api/process/start", body, false, 0,
-			       "processId", id);
+	if (s->keys)
+		return sbx_call_string(s, "process start", "POST", "/api/process/start", body,
+				       false, 0, "processId", id);
+	return start_once(s, body, id);
 }
 
 int sbx_process_list(struct sbx *s, struct sbx_process **v, size_t *n)

@@ -143,7 +143,11 @@ int sbx_call(struct sbx *s, const char *what, const char *method, const char *pa
 	last_lost = resp.lost;
 	free(text);
 	if (err) {
-		err = sbx_fail(err, "%s: %s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err));
+		/* a request sent once, whose answer was lost: say that it may have happened */
+		bool unknown = resp.lost && !req.idempotent && !req.idempotency_key;
+		err = sbx_fail(err, "%s: %s%s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err),
+			       unknown ? " (the sandbox may have carried it out: its answer was "
+					 "lost)" : "");
 	} else if (resp.status < 200 || resp.status > 299) {
 		err = sbx_fail_response(what, resp.status, resp.body, resp.body_len);
 	} else {
@@ -496,7 +500,7 @@ long sbx_deadline(const struct sbx *s, size_t bytes)
 
 /* The command's timeout and the HTTP deadline around it. */
 static int exec_bounded(struct sbx *s, const char *command, const char *cwd, long timeout_ms,
-			long http_ms, struct sbx_exec_result *r)
+			long http_ms, bool repeatable, struct sbx_exec_result *r)
 {
 	*r = (struct sbx_exec_result){ .exit_code = -1 };
 	cJSON *body = cJSON_CreateObject();
@@ -507,7 +511,7 @@ static int exec_bounded(struct sbx *s, const char *command, const char *cwd, lon
 	cJSON_AddStringToObject(body, "sessionId", "__DISABLE_SESSION__");
 	cJSON_AddStringToObject(body, "encoding", "base64");
 	cJSON *j;
-	int err = sbx_call(s, "execute", "POST", "/api/execute", body, false, http_ms, &j);
+	int err = sbx_call(s, "execute", "POST", "/api/execute", body, repeatable, http_ms, &j);
 	if (err)
 		return err;
 	const char *enc = json_str(j, "encoding");
@@ -535,7 +539,7 @@ int sbx_exec(struct sbx *s, const char *command, const char *cwd, long timeout_m
 	if (timeout_ms <= 0)
 		timeout_ms = 30000;
 	/* the server kills the command at timeout_ms (SIGTERM, SIGKILL 5 s later) and answers */
-	return exec_bounded(s, command, cwd, timeout_ms, timeout_ms + 10000, r);
+	return exec_bounded(s, command, cwd, timeout_ms, timeout_ms + 10000, false, r);
 }
 
 int sbx_exec_within(struct sbx *s, const char *command, const char *cwd, long http_ms,
@@ -545,7 +549,7 @@ int sbx_exec_within(struct sbx *s, const char *command, const char *cwd, long ht
 	 * SIGKILL grace does not matter for the helpers, which are plain tools that die on
 	 * SIGTERM */
 	long margin = http_ms / 5 < 2000 ? http_ms / 5 : 2000;
-	return exec_bounded(s, command, cwd, http_ms - margin, http_ms, r);
+	return exec_bounded(s, command, cwd, http_ms - margin, http_ms, true, r);
 }
 
 void sbx_exec_result_free(struct sbx_exec_result *r)

@@ -27,7 +27,18 @@
  * uploaded again, so the name does not come back and the file that replaced it is not
  * overwritten. unlink and rename hold the locks of the copies they touch across the command,
  * so no upload to the old name can land after it. A rename moves the copies at and below the
- * old name to the new one. */
+ * old name to the new one.
+ *
+ * Lost answers. A plain container knows no idempotency keys, so nothing here can ask it to
+ * carry a request out once. Every request this backend makes is one whose repeat cannot do
+ * harm, and the HTTP client repeats them after a lost answer: reads and finds; commands that
+ * set absolute values (chmod, touch -d, truncate -s, the whole-file upload); and commands
+ * whose repeat fails without changing anything once the first copy succeeded (mkdir, rmdir,
+ * unlink, mv -T, ln, an O_EXCL create). For the last kind, a repeat that fails with exactly
+ * the error the first copy's success would cause (EEXIST, ENOENT) after an answer was lost is
+ * checked against the sandbox (already_done): if the entry now looks as the operation leaves
+ * it, the operation is reported done, since the first copy did it. docs/protocol.md lists
+ * this; commands given by users (proc/, ctx/, git/clone) are never repeated this way. */
 #include "client/sandbox_impl.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -285,6 +296,29 @@ static int fb_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents,
 	return 0;
 }
 
+/* Whether a command that failed with err after a lost answer had been carried out by its
+ * first copy: err is the error that copy's success makes a repeat fail with, and path now has
+ * the type `type` (S_IFDIR...; 0: absent). The entry's attributes go to st (may be NULL). */
+static bool already_done(struct sbx *s, int err, int expected, const char *path, mode_t type,
+			 struct stat *st)
+{
+	if (err != expected || !sbx_last_lost())
+		return false;
+	char saved[512];
+	snprintf(saved, sizeof saved, "%s", sbx_last_error());
+	struct stat now;
+	int e = fb_lstat(s, path, &now, NULL);
+	bool done = type ? !e && (now.st_mode & S_IFMT) == type : e == -ENOENT;
+	if (done) {
+		log_info("%s: an earlier copy of this request did it (its answer was lost)", saved);
+		if (st)
+			*st = now;
+	} else {
+		sbx_fail(err, "%s", saved);
+	}
+	return done;
+}
+
 static int fb_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st)
 {
 	struct strbuf sb = STRBUF_INIT;
@@ -292,7 +326,7 @@ static int fb_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *s
 	append_q(&sb, path);
 	int err = run_then_stat(s, WHAT("mkdir", path), sb.data, path, false, st, NULL);
 	strbuf_free(&sb);
-	return err;
+	return already_done(s, err, -EEXIST, path, S_IFDIR, st) ? 0 : err;
 }
 
 /* A command of the form "<tool> -- 'a' ['b']" without output. */
@@ -313,7 +347,8 @@ static int simple(struct sbx *s, const char *op, const char *tool, const char *a
 
 static int fb_rmdir(struct sbx *s, const char *path)
 {
-	return simple(s, "rmdir", "rmdir", path, NULL);
+	int err = simple(s, "rmdir", "rmdir", path, NULL);
+	return already_done(s, err, -ENOENT, path, 0, NULL) ? 0 : err;
 }
 
 static int fb_symlink(struct sbx *s, const char *target, const char *path, struct stat *st)
@@ -325,7 +360,7 @@ static int fb_symlink(struct sbx *s, const char *target, const char *path, struc
 	append_q(&sb, path);
 	int err = run_then_stat(s, WHAT("symlink", path), sb.data, path, false, st, NULL);
 	strbuf_free(&sb);
-	return err;
+	return already_done(s, err, -EEXIST, path, S_IFLNK, st) ? 0 : err;
 }
 
 static int fb_readlink(struct sbx *s, const char *path, char **target)
@@ -352,7 +387,7 @@ static int fb_link(struct sbx *s, const char *from, const char *to, struct stat 
 	append_q(&sb, to);
 	int err = run_then_stat(s, WHAT("link", to), sb.data, to, false, st, NULL);
 	strbuf_free(&sb);
-	return err;
+	return already_done(s, err, -EEXIST, to, S_IFREG, st) ? 0 : err;
 }
 
 static int fb_statfs(struct sbx *s, const char *path, struct statvfs *sv)
@@ -683,6 +718,7 @@ static int flush_locked(struct fb_copy *c)
 		.body = body.data,
 		.body_len = body.len,
 		.timeout_ms = sbx_deadline(c->s, len),
+		.idempotent = true, /* the whole file: a repeat writes the same bytes */
 	};
 	struct http_response resp = { 0 };
 	int err = http_request_sync(c->s->http, &req, &resp);
@@ -834,6 +870,10 @@ static int fb_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 		append_open_cmd(&sb, path, flags, mode);
 		err = run_then_stat(s, what, sb.len ? sb.data : NULL, path, true, &now, NULL);
 		strbuf_free(&sb);
+		/* an O_EXCL create whose answer was lost: the empty file it made is ours */
+		if ((flags & O_CREAT) && (flags & O_EXCL) &&
+		    already_done(s, err, -EEXIST, path, S_IFREG, &now))
+			err = now.st_size ? sbx_fail(-EEXIST, "%s: File exists", what) : 0;
 		if (!err && S_ISDIR(now.st_mode))
 			err = sbx_fail(-EISDIR, "%s: is a directory", what);
 		if (err)
@@ -1147,6 +1187,8 @@ static int fb_unlink(struct sbx *s, const char *path)
 	if (err)
 		return err;
 	err = simple(s, "unlink", "unlink", path, NULL);
+	if (already_done(s, err, -ENOENT, path, 0, NULL))
+		err = 0;
 	if (!err)
 		rename_held(s, v, n, path, NULL);
 	unhold(v, n);
@@ -1165,6 +1207,19 @@ static int fb_rename(struct sbx *s, const char *from, const char *to, unsigned f
 	if (err)
 		return err;
 	err = simple(s, "rename", "mv -T", from, to);
+	if (err == -ENOENT && sbx_last_lost()) {
+		/* as already_done, with both names: from gone and to there */
+		char saved[512];
+		snprintf(saved, sizeof saved, "%s", sbx_last_error());
+		struct stat st;
+		if (fb_lstat(s, from, &st, NULL) == -ENOENT && !fb_lstat(s, to, &st, NULL)) {
+			log_info("%s: an earlier copy of this request did it (its answer was lost)",
+				 saved);
+			err = 0;
+		} else {
+			sbx_fail(err, "%s", saved);
+		}
+	}
 	if (!err && strcmp(from, to) != 0)
 		rename_held(s, v, n, from, to);
 	unhold(v, n);

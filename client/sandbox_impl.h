@@ -115,7 +115,9 @@ int sbx_parse_stat(const struct cJSON *obj, struct stat *st, char **target);
  * time for the transfer itself when it is large. */
 long sbx_deadline(const struct sbx *s, size_t bytes);
 /* sbx_exec with an explicit HTTP deadline; the command's own timeout is set a little shorter,
- * so the server kills it and answers before the client gives up. */
+ * so the server kills it and answers before the client gives up. For the fallback's helper
+ * commands only: they are sent again after a lost answer (see sandbox_fallback.c, "Lost
+ * answers"). */
 int sbx_exec_within(struct sbx *s, const char *command, const char *cwd, long http_ms,
 		    struct sbx_exec_result *r);
 #endif
