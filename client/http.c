@@ -26,9 +26,10 @@
  *
  * Holding. Before each attempt (first or retry) the loop asks the liveness prober whether the
  * server is known to be down. If it is, the transfer waits on the timer list, marked held,
- * for at most HTTP_HOLD_MS (its deadline if sooner): the prober's change of state wakes the
- * loop, which starts held transfers at once when the server is back and fails them with the
- * prober's reason when their hold ends. The prober is asked to look whenever an attempt has
+ * until HTTP_HOLD_MS after the server was first seen down (its deadline if sooner): the
+ * prober's change of state wakes the loop, which starts held transfers at once when the
+ * server is back and fails them with the prober's reason when their hold ends. So a blip
+ * costs a short wait, and once an outage has lasted that long, nothing waits at all. The prober is asked to look whenever an attempt has
  * gone unanswered for suspect_after_ms or lost its connection.
  *
  * Streams. A stream is a transfer with no total timeout whose write callback feeds an SSE
@@ -727,12 +728,14 @@ static void attempt_or_hold(struct http_client *c, struct xfer *x)
 {
 	char why[160], msg[256];
 	int64_t now = mono_ms();
-	int down = liveness_down(c->live, why, sizeof why);
+	int64_t since = 0;
+	int down = liveness_down(c->live, why, sizeof why, &since);
 	if (down) {
 		if (!x->held) {
+			/* the first HTTP_HOLD_MS of an outage may be a blip; after that, no wait */
 			x->held = true;
-			x->retry_at = now + HTTP_HOLD_MS < x->deadline ? now + HTTP_HOLD_MS
-								       : x->deadline;
+			x->retry_at = since + HTTP_HOLD_MS < x->deadline ? since + HTTP_HOLD_MS
+									 : x->deadline;
 		}
 		if (now < x->retry_at) {
 			list_push(&c->timers, x);
@@ -852,7 +855,7 @@ static int64_t check_active(struct http_client *c, int64_t now)
  * fails held ones whose hold ended; returns the next moment something is due. */
 static int64_t run_timers(struct http_client *c, int64_t now)
 {
-	bool up = !liveness_down(c->live, NULL, 0);
+	bool up = !liveness_down(c->live, NULL, 0, NULL);
 	struct xfer *due = NULL, *x, *nx;
 	for (x = c->timers; x; x = nx) {
 		nx = x->next;

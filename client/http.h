@@ -96,7 +96,8 @@ const char *http_client_id(const struct http_client *c);
 /* A fresh idempotency key ("<client id>-<n>"), unique for this client's life. */
 #define HTTP_KEY_MAX 48
 void http_client_new_key(struct http_client *c, char key[HTTP_KEY_MAX]);
-/* How long an attempt waits for a server known to be down to answer again before failing. */
+/* How long into an outage an attempt still waits for the server to answer again (a blip)
+ * before failing; later attempts fail at once. */
 #define HTTP_HOLD_MS 1000
 
 /* Called once on the network thread when the request is done; owns nothing of resp after

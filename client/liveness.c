@@ -43,6 +43,7 @@ struct liveness {
 	atomic_int down;         /* 0 or the negative errno of the last failed round; read
 				    without the lock on every request's attempt */
 	char reason[256];        /* why it is down, under the lock */
+	int64_t down_since;      /* under the lock */
 	int64_t round_end;       /* when the last round ended */
 };
 
@@ -128,6 +129,8 @@ static void *prober(void *arg)
 		bool changed = (err != 0) != (atomic_load(&l->down) != 0);
 		if (err)
 			snprintf(l->reason, sizeof l->reason, "%s", msg);
+		if (err && !atomic_load(&l->down))
+			l->down_since = l->round_end;
 		atomic_store(&l->down, err);
 		if (!changed)
 			continue;
@@ -242,7 +245,7 @@ void liveness_suspect(struct liveness *l)
 	pthread_mutex_unlock(&l->lock);
 }
 
-int liveness_down(struct liveness *l, char *msg, size_t n)
+int liveness_down(struct liveness *l, char *msg, size_t n, int64_t *since)
 {
 	if (!atomic_load(&l->down))
 		return 0;
@@ -250,6 +253,8 @@ int liveness_down(struct liveness *l, char *msg, size_t n)
 	int err = atomic_load(&l->down);
 	if (msg)
 		snprintf(msg, n, "%s", err ? l->reason : "");
+	if (since)
+		*since = l->down_since;
 	pthread_mutex_unlock(&l->lock);
 	return err;
 }

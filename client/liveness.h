@@ -9,6 +9,7 @@
 #define SBX_LIVENESS_H
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct liveness;
 
@@ -31,6 +32,7 @@ void liveness_stop(struct liveness *l);
 /* Asks for a probe soon (from any thread; cheap, rate-limited). */
 void liveness_suspect(struct liveness *l);
 /* 0 while the sandbox is thought to answer; else the negative errno of the last failed
- * probe round, with its reason in msg. */
-int liveness_down(struct liveness *l, char *msg, size_t n);
+ * probe round, with its reason in msg (may be NULL) and when it was first seen down in *since
+ * (monotonic ms; may be NULL). */
+int liveness_down(struct liveness *l, char *msg, size_t n, int64_t *since);
 #endif
