@@ -34,7 +34,8 @@
  * time cannot hold the client for longer.
  *
  * sbxd's own token never reaches upstream: a request header that carries it in any spelling is
- * dropped, and a URL that carries it is refused (400), see carries_server_token().
+ * dropped, and a request line, Host or Upgrade that carries it is refused (400), see
+ * carries_server_token().
  *
  * WebSocket (any "Connection: upgrade"): the upgrade request is forwarded; a 101 answer becomes
  * an MHD upgrade response (the daemon runs with MHD_ALLOW_UPGRADE) whose handler, on the
