@@ -17,11 +17,25 @@
  * body passed through as MHD delivers it (re-chunked when the client sent it chunked), then a
  * response head and a body framed by Content-Length, chunks or the end of the connection.
  *
+ * Upstream is code in the sandbox, hostile as far as sbxd is concerned: whatever it sends must
+ * cost sbxd bounded memory and CPU, and nothing may wait on it without a bound. Its answer is
+ * parsed by server/http_response.c, which holds the bounds of the head (RESP_HEAD_MAX_BYTES and
+ * RESP_HEAD_MAX_LINES for all heads of one answer together, RESP_MAX_INTERIM 1xx answers) and
+ * refuses framings that could be read two ways (a Content-Length that is not plain digits or
+ * disagrees with another, one beside Transfer-Encoding, a coding other than chunked): each is
+ * a 502. The body streams through buf, never held whole.
+ *
  * Timing: one access-handler call per body fragment writes that fragment upstream (blocking,
  * at most SEND_TIMEOUT_S without progress), so a request body is never held whole either. Every
- * wait for upstream is cut into one-second slices that check whether the client is still there
- * (a departed client or a stopping server ends the wait), and an upstream silent for IDLE_MS
- * before or within its answer is given up on.
+ * wait for upstream also polls the client's socket for its hang-up and the stop eventfd, so a
+ * departed client or a stopping server ends it at once, even while upstream keeps sending. An
+ * upstream silent for IDLE_MS before or within its answer is given up on (504 before the head);
+ * a head must be complete HEAD_MS after its first byte (504), so a head dripped a line at a
+ * time cannot hold the client for longer.
+ *
+ * sbxd's own token never reaches upstream: a request header that carries it in any spelling is
+ * dropped, and a request line, Host or Upgrade that carries it is refused (400), see
+ * carries_server_token().
  *
  * WebSocket (any "Connection: upgrade"): the upgrade request is forwarded; a 101 answer becomes
  * an MHD upgrade response (the daemon runs with MHD_ALLOW_UPGRADE) whose handler, on the
@@ -49,20 +63,21 @@
 #include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
+#include "common/base64.h"
 #include "common/log.h"
 #include "common/strbuf.h"
+#include "server/http_response.h"
 #include "server/ports.h"
 #include "server/server.h"
 
 #define BUF_SIZE (64 * 1024)
 #define SLICE_MS 1000
 #define IDLE_MS (120 * 1000)
+#define HEAD_MS (30 * 1000)
 #define SEND_TIMEOUT_S 30
 #define RAW_URI_MAX 8192
-
-enum framing { BY_LENGTH, BY_CHUNKS, BY_CLOSE };
-enum chunk_state { CH_SIZE, CH_DATA, CH_DATA_END, CH_TRAILER, CH_DONE };
 
 struct preview {
 	struct preview *next; /* in the registry */
@@ -71,11 +86,11 @@ struct preview {
 	int up;        /* upstream socket, -1 when none */
 	int client_fd; /* only polled, to notice a departed client; -1 if MHD did not tell */
 	bool head_request, upgrade, chunked_body, send_failed, replied;
-	enum framing framing;
-	enum chunk_state chunk;
-	uint64_t left; /* bytes left in a Content-Length body or in the current chunk */
-	struct strbuf headers; /* upstream's response headers: name\0value\0... */
-	size_t start, end;     /* unread upstream bytes in buf */
+	struct resp_head head; /* upstream's answer head */
+	enum resp_framing framing;
+	uint64_t left;          /* bytes left in a Content-Length body */
+	struct chunked chunks;  /* the state of a chunked body */
+	size_t start, end;      /* unread upstream bytes in buf */
 	char buf[BUF_SIZE];
 };
 
@@ -227,18 +242,11 @@ static void reply_text(struct preview *p, unsigned status, const char *fmt, ...)
 
 /* ---- the upstream connection ---- */
 
-static bool client_gone(int fd)
+static int64_t now_ms(void)
 {
-	struct pollfd pf = { .fd = fd, .events = POLLIN | POLLRDHUP };
-	char c;
-	if (fd < 0 || poll(&pf, 1, 0) <= 0)
-		return false;
-	if (pf.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
-		return true;
-	if (!(pf.revents & POLLIN))
-		return false;
-	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Connects to the port on 127.0.0.1, or on ::1 for services bound to an IPv6 "localhost". */
@@ -289,8 +297,12 @@ static int send_all(int fd, const void *data, size_t len)
 	return 0;
 }
 
-/* Reads more upstream bytes into buf: 1, 0 at the end of the connection, or -errno. */
-static int fill(struct preview *p)
+/* Reads more upstream bytes into buf: 1, or 0 at the end of the connection, or -errno:
+ * -ECONNABORTED when the client left or the server stops, -ETIMEDOUT after IDLE_MS without a
+ * byte or at deadline (a now_ms() time; 0: none). The client's socket is polled along with
+ * upstream for its hang-up only (pipelined bytes must not wake us), and before upstream's
+ * data, so that an upstream that never stops sending cannot hide a departed client. */
+static int fill(struct preview *p, int64_t deadline)
 {
 	if (p->start == p->end) {
 		p->start = p->end = 0;
@@ -301,13 +313,23 @@ static int fill(struct preview *p)
 	}
 	if (p->end == sizeof p->buf)
 		return -E2BIG;
-	for (long waited = 0;;) {
-		struct pollfd pf[2] = { { .fd = p->up, .events = POLLIN },
-					{ .fd = stop_fd, .events = POLLIN } };
-		int n = poll(pf, 2, SLICE_MS);
+	int64_t idle_end = now_ms() + IDLE_MS;
+	int64_t end = deadline && deadline < idle_end ? deadline : idle_end;
+	for (;;) {
+		int64_t now = now_ms();
+		if (now >= end)
+			return -ETIMEDOUT;
+		struct pollfd pf[3] = { { .fd = p->up, .events = POLLIN },
+					{ .fd = stop_fd, .events = POLLIN },
+					{ .fd = p->client_fd, .events = POLLRDHUP } };
+		int n = poll(pf, 3, (int)(end - now));
 		if (n < 0 && errno != EINTR)
 			return -errno;
-		if (n > 0 && pf[0].revents) {
+		if (n <= 0)
+			continue;
+		if (pf[1].revents || pf[2].revents || atomic_load(&stopping))
+			return -ECONNABORTED;
+		if (pf[0].revents) {
 			ssize_t got = recv(p->up, p->buf + p->end, sizeof p->buf - p->end, 0);
 			if (got > 0) {
 				p->end += (size_t)got;
@@ -317,43 +339,6 @@ static int fill(struct preview *p)
 				return 0;
 			if (errno != EINTR && errno != EAGAIN)
 				return -errno;
-			continue;
-		}
-		if (atomic_load(&stopping) || client_gone(p->client_fd))
-			return -ECONNABORTED;
-		waited += SLICE_MS;
-		if (waited >= IDLE_MS)
-			return -ETIMEDOUT;
-	}
-}
-
-/* The next line of upstream's head (CR LF or LF ended, terminator cut off), valid until the
- * next read from upstream; NULL and *err at the end of the connection or on an error. */
-static char *read_line(struct preview *p, int *err)
-{
-	for (;;) {
-		char *line = p->buf + p->start;
-		char *nl = memchr(line, '\n', p->end - p->start);
-		if (nl) {
-			p->start = (size_t)(nl + 1 - p->buf);
-			if (nl > line && nl[-1] == '\r')
-				nl--;
-			*nl = '\0';
-			return line;
-		}
-		if (p->start == 0 && p->end == sizeof p->buf) {
-			*err = -E2BIG;
-			return NULL;
-		}
-		if (p->start > 0) {
-			memmove(p->buf, p->buf + p->start, p->end - p->start);
-			p->end -= p->start;
-			p->start = 0;
-		}
-		int rc = fill(p);
-		if (rc <= 0) {
-			*err = rc == 0 ? -ECONNRESET : rc;
-			return NULL;
 		}
 	}
 }
@@ -383,19 +368,53 @@ static bool hop_by_hop(const char *name)
 	return false;
 }
 
-/* "Bearer <sbxd's own token>": a client that sends it to a preview URL by mistake must not hand
- * the sandbox the key to its own server (compared in constant time, like httpd does). */
-static bool carries_server_token(const char *value)
+/* ---- sbxd's token never goes to the sandbox ---- */
+
+static unsigned char lower(unsigned char c)
+{
+	return (unsigned char)(c + (((unsigned)(c - 'A') < 26u) << 5));
+}
+
+/* Whether want occurs in s[0..n), case ignored. Constant time in the content of both (only
+ * the lengths show): every position is compared in full. */
+static bool contains(const char *s, size_t n, const char *want, size_t wl)
+{
+	unsigned char found = 0;
+	for (size_t i = 0; wl && i + wl <= n; i++) {
+		unsigned char diff = 0;
+		for (size_t j = 0; j < wl; j++)
+			diff |= lower((unsigned char)s[i + j]) ^ lower((unsigned char)want[j]);
+		found |= diff == 0;
+	}
+	return found;
+}
+
+/* Whether s carries sbxd's token in any spelling that gives it away: anywhere in it, in any
+ * case, with spaces or tabs inserted anywhere ("Bearer <token>", "bearer\t<token> ",
+ * "token=<token>"), or base64-encoded in Basic credentials. A client that sends it to a
+ * preview URL by mistake must not hand the sandbox the key to its own server. */
+static bool carries_server_token(const char *s)
 {
 	const char *want = sbxd_cfg ? sbxd_cfg->token : NULL;
-	if (!want || !value || strncasecmp(value, "Bearer ", 7) != 0)
+	if (!want || !*want || !s)
 		return false;
-	value += 7 + strspn(value + 7, " ");
-	size_t gl = strlen(value), wl = strlen(want);
-	unsigned char diff = gl != wl;
-	for (size_t i = 0; i < wl; i++)
-		diff |= (unsigned char)want[i] ^ (unsigned char)(i < gl ? value[i] : 0);
-	return diff == 0;
+	size_t n = strlen(s), wl = strlen(want), m = 0;
+	char *squeezed = malloc(n + 1);
+	if (!squeezed)
+		return true; /* when in doubt, leave it out */
+	for (size_t i = 0; i < n; i++)
+		if (s[i] != ' ' && s[i] != '\t')
+			squeezed[m++] = s[i];
+	squeezed[m] = '\0';
+	bool found = contains(squeezed, m, want, wl);
+	if (!found && m > 5 && strncasecmp(squeezed, "basic", 5) == 0) {
+		char *plain = malloc(base64_decoded_max(m - 5) + 1);
+		ssize_t pl = plain ? base64_decode(squeezed + 5, m - 5, plain) : -1;
+		found = pl > 0 && contains(plain, (size_t)pl, want, wl);
+		free(plain);
+	}
+	free(squeezed);
+	return found;
 }
 
 static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const char *key,
@@ -403,10 +422,13 @@ static enum MHD_Result copy_header(void *cls, enum MHD_ValueKind kind, const cha
 {
 	struct strbuf *head = cls;
 	(void)kind;
-	if (key && strcasecmp(key, "Authorization") == 0 && carries_server_token(value))
+	if (!key || hop_by_hop(key))
 		return MHD_YES;
-	if (key && !hop_by_hop(key))
-		strbuf_appendf(head, "%s: %s\r\n", key, value ? value : "");
+	if (carries_server_token(key) || carries_server_token(value)) {
+		log_debug("preview: a request header not passed on: it carries sbxd's token");
+		return MHD_YES;
+	}
+	strbuf_appendf(head, "%s: %s\r\n", key, value ? value : "");
 	return MHD_YES;
 }
 
@@ -453,6 +475,14 @@ static void begin(struct preview *p, const char *url, const char *method)
 	p->head_request = strcmp(method, "HEAD") == 0;
 	const char *upgrade = header(p, "Upgrade");
 	p->upgrade = upgrade && has_token(header(p, "Connection"), "upgrade");
+	/* Headers that carry the token are dropped; where it cannot be taken out, refuse. */
+	if (carries_server_token(method) || carries_server_token(target) ||
+	    carries_server_token(host) || (p->upgrade && carries_server_token(upgrade))) {
+		reply_text(p, 400, "the request carries sbxd's token in its request line, Host or "
+				   "Upgrade: it is not passed to the sandbox\n");
+		return;
+	}
+	resp_head_init(&p->head, p->upgrade);
 	const char *te = header(p, "Transfer-Encoding");
 	const char *length = header(p, "Content-Length");
 	p->chunked_body = te && has_token(te, "chunked");
@@ -511,116 +541,69 @@ static void forward_body(struct preview *p, const char *data, size_t len)
 static ssize_t read_body(void *cls, uint64_t pos, char *out, size_t max)
 {
 	struct preview *p = cls;
-	int rc, err;
-	char *line;
+	int rc;
 	(void)pos;
 	switch (p->framing) {
-	case BY_CLOSE:
-		if (p->start == p->end && (rc = fill(p)) <= 0)
+	case RESP_BY_CLOSE:
+		if (p->start == p->end && (rc = fill(p, 0)) <= 0)
 			return rc == 0 ? MHD_CONTENT_READER_END_OF_STREAM
 				       : MHD_CONTENT_READER_END_WITH_ERROR;
 		return (ssize_t)take(p, out, max);
-	case BY_LENGTH:
+	case RESP_BY_LENGTH:
 		if (p->left == 0)
 			return MHD_CONTENT_READER_END_OF_STREAM;
-		if (p->start == p->end && fill(p) <= 0)
+		if (p->start == p->end && fill(p, 0) <= 0)
 			return MHD_CONTENT_READER_END_WITH_ERROR; /* cut short */
 		rc = (int)take(p, out, p->left < max ? (size_t)p->left : max);
 		p->left -= (uint64_t)rc;
 		return rc;
-	case BY_CHUNKS:
+	case RESP_BY_CHUNKS:
 		break;
 	}
-	for (;;) {
-		switch (p->chunk) {
-		case CH_SIZE: {
-			if (!(line = read_line(p, &err)))
-				return MHD_CONTENT_READER_END_WITH_ERROR;
-			char *end;
-			errno = 0;
-			p->left = strtoull(line, &end, 16);
-			if (end == line || errno || (*end && *end != ';' && *end != ' '))
-				return MHD_CONTENT_READER_END_WITH_ERROR;
-			p->chunk = p->left ? CH_DATA : CH_TRAILER;
-			break;
+	while (!chunked_done(&p->chunks)) {
+		size_t at, n;
+		if (p->start == p->end && fill(p, 0) <= 0)
+			return MHD_CONTENT_READER_END_WITH_ERROR; /* cut short */
+		ssize_t used = chunked_decode(&p->chunks, p->buf + p->start, p->end - p->start, max,
+					      &at, &n);
+		if (used < 0) {
+			log_debug("preview port %d: bad chunk framing (%s)", p->port,
+				  strerror((int)-used));
+			return MHD_CONTENT_READER_END_WITH_ERROR;
 		}
-		case CH_DATA:
-			if (p->left == 0) {
-				p->chunk = CH_DATA_END;
-				break;
-			}
-			if (p->start == p->end && fill(p) <= 0)
-				return MHD_CONTENT_READER_END_WITH_ERROR;
-			rc = (int)take(p, out, p->left < max ? (size_t)p->left : max);
-			p->left -= (uint64_t)rc;
-			return rc;
-		case CH_DATA_END:
-			if (!(line = read_line(p, &err)) || *line)
-				return MHD_CONTENT_READER_END_WITH_ERROR;
-			p->chunk = CH_SIZE;
-			break;
-		case CH_TRAILER: /* trailers are dropped */
-			if (!(line = read_line(p, &err)))
-				return MHD_CONTENT_READER_END_WITH_ERROR;
-			if (!*line)
-				p->chunk = CH_DONE;
-			break;
-		case CH_DONE:
-			return MHD_CONTENT_READER_END_OF_STREAM;
-		}
+		memcpy(out, p->buf + p->start + at, n);
+		p->start += (size_t)used;
+		if (n)
+			return (ssize_t)n;
 	}
+	return MHD_CONTENT_READER_END_OF_STREAM;
 }
 
-/* Upstream's status and headers (1xx interim answers skipped); the status, or -errno. */
+/* Upstream's final answer head (1xx interim answers dropped): its status, or -errno; -ETIME
+ * when a head was not complete HEAD_MS after its first byte. Between heads, and before the
+ * first, upstream may think for IDLE_MS. */
 static int read_head(struct preview *p)
 {
-	int err, status;
+	int64_t deadline = 0;
 	for (;;) {
-		char *line = read_line(p, &err);
-		if (!line)
-			return err;
-		if (strncmp(line, "HTTP/1.", 7) != 0 || sscanf(line + 7, "%*1d %3d", &status) != 1 ||
-		    status < 100 || status > 999)
-			return -EPROTO;
-		strbuf_reset(&p->headers);
-		while ((line = read_line(p, &err)) && *line) {
-			char *colon = strchr(line, ':');
-			if (!colon || colon == line)
-				return -EPROTO;
-			*colon++ = '\0';
-			colon += strspn(colon, " \t");
-			size_t vl = strlen(colon);
-			while (vl && (colon[vl - 1] == ' ' || colon[vl - 1] == '\t'))
-				colon[--vl] = '\0';
-			strbuf_append(&p->headers, line, strlen(line) + 1);
-			strbuf_append(&p->headers, colon, vl + 1);
+		int rc = RESP_MORE;
+		if (p->start < p->end) {
+			size_t used;
+			if (!p->head.in_head)
+				deadline = now_ms() + HEAD_MS;
+			rc = resp_head_feed(&p->head, p->buf + p->start, p->end - p->start, &used);
+			p->start += used;
 		}
-		if (!line)
-			return err;
-		if (status >= 200 || (status == 101 && p->upgrade))
-			return status;
+		if (rc < 0 || rc == RESP_FINAL)
+			return rc < 0 ? rc : p->head.status;
+		if (rc == RESP_INTERIM)
+			continue;
+		rc = fill(p, p->head.in_head ? deadline : 0);
+		if (rc == -ETIMEDOUT && p->head.in_head && now_ms() >= deadline)
+			return -ETIME;
+		if (rc <= 0)
+			return rc == 0 ? -ECONNRESET : rc;
 	}
-}
-
-/* Iterates over the saved response headers: *name and *value, false at the end. */
-static bool next_header(const struct preview *p, size_t *pos, const char **name,
-			const char **value)
-{
-	if (*pos >= p->headers.len)
-		return false;
-	*name = p->headers.data + *pos;
-	*value = *name + strlen(*name) + 1;
-	*pos = (size_t)(*value + strlen(*value) + 1 - p->headers.data);
-	return true;
-}
-
-static const char *response_header(const struct preview *p, const char *want)
-{
-	const char *name, *value;
-	for (size_t pos = 0; next_header(p, &pos, &name, &value);)
-		if (strcasecmp(name, want) == 0)
-			return value;
-	return NULL;
 }
 
 static void pump(int from, int to, char *buf, size_t size, bool *open)
@@ -667,42 +650,59 @@ static void tunnel(void *cls, struct MHD_Connection *conn, void *con_cls, const 
 	atomic_fetch_sub(&open_tunnels, 1);
 }
 
+/* Answers the client when upstream gave no usable head. */
+static void reply_head_error(struct preview *p, int err)
+{
+	switch (err) {
+	case -ECONNABORTED:
+		return; /* the client left (or sbxd stops): MHD closes the connection */
+	case -ETIME:
+		reply_text(p, 504, "the service on port %d in the sandbox did not complete its "
+				   "answer's head within %d s\n", p->port, HEAD_MS / 1000);
+		return;
+	case -ETIMEDOUT:
+		reply_text(p, 504, "the service on port %d in the sandbox was silent for %d s\n",
+			   p->port, IDLE_MS / 1000);
+		return;
+	case -EMSGSIZE:
+		reply_text(p, 502, "the service on port %d in the sandbox sent an answer head over "
+				   "the bounds (%d KiB, %d lines, %d interim answers)\n", p->port,
+			   RESP_HEAD_MAX_BYTES / 1024, RESP_HEAD_MAX_LINES, RESP_MAX_INTERIM);
+		return;
+	default:
+		reply_text(p, 502, "the service on port %d in the sandbox gave no valid answer "
+				   "(%s)\n", p->port, strerror(-err));
+	}
+}
+
 static void finish(struct preview *p)
 {
 	if (p->chunked_body && !p->send_failed && send_all(p->up, "0\r\n\r\n", 5))
 		p->send_failed = true;
 	int status = read_head(p);
 	if (status < 0) {
-		if (status == -ECONNABORTED)
-			return; /* the client left: MHD closes the connection */
-		reply_text(p, 502, "the service on port %d in the sandbox gave no valid answer "
-				   "(%s)\n", p->port, strerror(-status));
+		reply_head_error(p, status);
 		return;
 	}
-	const char *te = response_header(p, "Transfer-Encoding");
-	const char *length = response_header(p, "Content-Length");
 	uint64_t size = MHD_SIZE_UNKNOWN;
 	struct MHD_Response *resp;
 	if (status == 101) {
 		resp = MHD_create_response_for_upgrade(tunnel, p);
 	} else {
-		if (te && has_token(te, "chunked")) {
-			p->framing = BY_CHUNKS;
-		} else if (length) {
-			char *end;
-			p->framing = BY_LENGTH;
-			p->left = size = strtoull(length, &end, 10);
-			if (end == length || *end) {
-				reply_text(p, 502, "the service on port %d sent a bad Content-Length\n",
-					   p->port);
-				return;
-			}
-		} else {
-			p->framing = BY_CLOSE;
+		int framing = resp_framing(&p->head, &p->left);
+		if (framing < 0) {
+			reply_text(p, 502, "the service on port %d in the sandbox sent a bad "
+					   "Content-Length or Transfer-Encoding\n", p->port);
+			return;
 		}
+		p->framing = (enum resp_framing)framing;
+		if (p->framing == RESP_BY_LENGTH)
+			size = p->left;
+		else if (p->framing == RESP_BY_CHUNKS)
+			chunked_init(&p->chunks);
 		/* No body, but a HEAD answer keeps the length a GET would have. */
 		if (p->head_request || status == 204 || status == 304) {
-			p->framing = BY_LENGTH;
+			p->framing = RESP_BY_LENGTH;
 			p->left = 0;
 			if (!p->head_request)
 				size = 0;
@@ -714,7 +714,7 @@ static void finish(struct preview *p)
 		return;
 	}
 	const char *name, *value;
-	for (size_t pos = 0; next_header(p, &pos, &name, &value);) {
+	for (size_t pos = 0; resp_head_next(&p->head, &pos, &name, &value);) {
 		if (strcasecmp(name, "Connection") && strcasecmp(name, "Keep-Alive") &&
 		    strcasecmp(name, "Transfer-Encoding") && strcasecmp(name, "Content-Length") &&
 		    strcasecmp(name, "Trailer") && strcasecmp(name, "Proxy-Connection") &&
@@ -768,7 +768,7 @@ bool preview_completed(void **con_cls)
 	unregister(p);
 	if (p->up >= 0)
 		close(p->up);
-	strbuf_free(&p->headers);
+	resp_head_free(&p->head);
 	free(p);
 	*con_cls = NULL;
 	return true;

@@ -4,7 +4,13 @@ The service behind the preview URLs is a small Python HTTP server on the host's 
 sandbox shares the host's network namespace): it echoes requests, serves 20 MB with a length,
 in chunks and until it closes, drips a slow answer and accepts a WebSocket-style upgrade after
 which it echoes raw bytes.
+
+The hostile service (EVIL) runs inside the sandbox, as an attacker's would, started through the
+process API: it echoes the raw request head it received, floods or drips its answer's head,
+floods interim answers, or sends whatever answer bytes the request's path spells in hex. The
+tests check that sbxd stays within its bounds against it (docs/protocol.md, "The proxy").
 """
+import base64
 import hashlib
 import json
 import os
@@ -13,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -470,3 +477,247 @@ def test_upstream_bad_answer_is_502(server, answer):
         t.join(10)
         ls.close()
         server.api('/api/x/ports/%d' % port, method='DELETE')
+
+
+# ---- a hostile service inside the sandbox ----
+
+EVIL = r"""
+import socket, sys, threading, time
+
+def request_head(c):
+    data = b''
+    while b'\r\n\r\n' not in data:
+        b = c.recv(65536)
+        if not b:
+            return None
+        data += b
+    return data.split(b'\r\n\r\n', 1)[0] + b'\r\n\r\n'
+
+def serve(c):
+    try:
+        head = request_head(c)
+        if head is None:
+            return
+        path = head.split(b' ')[1].decode()
+        if path == '/echo':
+            c.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n' % len(head) + head)
+        elif path == '/header-flood':
+            # 4 KiB header lines as fast as sbxd takes them (256 MiB at most: enough to show
+            # unbounded growth without taking the machine down when that is what happens)
+            c.sendall(b'HTTP/1.1 200 OK\r\n')
+            line = b'X-Flood: ' + b'a' * 4085 + b'\r\n'
+            for _ in range(256 * 1024 * 1024 // len(line)):
+                c.sendall(line)
+        elif path == '/header-drip':
+            c.sendall(b'HTTP/1.1 200 OK\r\n')
+            for i in range(150):
+                c.sendall(b'X-Drip-%d: x\r\n' % i)
+                time.sleep(2)
+        elif path == '/continue-flood':
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                c.sendall(b'HTTP/1.1 100 Continue\r\n\r\n' * 64)
+        elif path.startswith('/raw/'):
+            c.sendall(bytes.fromhex(path[5:]))
+        elif path == '/long-extension':
+            c.sendall(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;' + b'e' * 5000 +
+                      b'\r\nhello\r\n0\r\n\r\n')
+        elif path == '/trailer-flood':
+            c.sendall(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n')
+            for i in range(16384):
+                c.sendall(b'X-Trailer-%d: %s\r\n' % (i, b'a' * 100))
+            c.sendall(b'\r\n')
+    except OSError:
+        pass
+    finally:
+        c.close()
+
+ls = socket.socket()
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind(('127.0.0.1', int(sys.argv[1])))
+ls.listen(64)
+while True:
+    c, _ = ls.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+@pytest.fixture(scope='module')
+def evil(server):
+    """EVIL started inside the sandbox and exposed; yields its preview host name."""
+    port = free_port()
+    with open(os.path.join(server.workspace, 'evil.py'), 'w') as f:
+        f.write(EVIL)
+    status, r = server.api('/api/process/start',
+                           {'command': 'exec python3 /workspace/evil.py %d' % port})
+    assert status == 200 and r['success'], r
+    try:
+        assert wait_for(lambda: port_open(port), 20 * SLOW), 'the evil service did not start'
+        yield preview_host(expose(server, port)['url'])
+    finally:
+        server.api('/api/x/ports/%d' % port, method='DELETE')
+        server.api('/api/process/%s?signal=KILL' % r['processId'], method='DELETE')
+
+
+def raw_request(server, host, path, headers=(), timeout=30, connection='close'):
+    """One GET sent byte for byte as given; (status or None when no answer came within
+    timeout s, head, body exactly as they came, seconds taken). Reads until sbxd closes."""
+    start = time.monotonic()
+    s = socket.create_connection(('127.0.0.1', server.port), timeout=timeout * SLOW)
+    data = b''
+    try:
+        s.sendall(b'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: %s\r\n%s\r\n' % (
+            path.encode(), host.encode(), connection.encode(),
+            b''.join(b'%s: %s\r\n' % (k.encode(), v.encode()) for k, v in headers)))
+        while True:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            data += b
+    except socket.timeout:
+        return None, b'', b'', time.monotonic() - start
+    finally:
+        s.close()
+    head, _, body = data.partition(b'\r\n\r\n')
+    m = re.match(rb'HTTP/1\.1 (\d{3})', head)
+    return int(m.group(1)) if m else None, head, body, time.monotonic() - start
+
+
+def rss_kib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rpartition(')')[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def test_header_flood_memory_bounded(server, evil):
+    """4 KiB header lines as fast as they go: a 502 at 64 KiB, sbxd's memory stays put."""
+    pid = server.sbxd.pid
+    base = peak = rss_kib(pid)
+    done = threading.Event()
+
+    def sample():
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_kib(pid))
+            done.wait(0.01)
+    t = threading.Thread(target=sample)
+    t.start()
+    try:
+        status, _, body, _ = raw_request(server, evil, '/header-flood', timeout=60)
+    finally:
+        done.set()
+        t.join()
+    assert peak - base < 32 * 1024, 'sbxd grew by %d MiB' % ((peak - base) // 1024)
+    assert status == 502 and b'bounds (64 KiB, 256 lines' in body, (status, body)
+
+
+def test_header_drip_ends_within_the_head_deadline(server, evil):
+    """One header line every 2 s: the head is given up on 30 s after it began (504)."""
+    status, _, body, took = raw_request(server, evil, '/header-drip', timeout=30 + 20 * SLOW)
+    assert status == 504 and b'within 30 s' in body, (status, body, took)
+    assert 29 < took < 30 + 10 * SLOW, took
+
+
+def test_interim_flood_ends_and_sbxd_goes_quiet(server, evil):
+    """Endless "100 Continue": a 502 after the 10th, and no CPU spent once the client left."""
+    status, _, body, _ = raw_request(server, evil, '/continue-flood', timeout=10)
+    pid = server.sbxd.pid
+    before = cpu_seconds(pid)
+    time.sleep(2)       # a measuring window: sbxd should do nothing in it
+    spent = cpu_seconds(pid) - before
+    assert status == 502 and b'10 interim answers' in body, (status, body)
+    assert spent < 0.3, 'sbxd used %.2f s of CPU in 2 s after the client left' % spent
+
+
+def squeezed(b):
+    return re.sub(rb'[ \t]', b'', b).lower()
+
+
+def test_token_never_reaches_upstream(server, evil):
+    t = server.token
+    basic = base64.b64encode(('user:' + t).encode()).decode()
+    variants = [('Authorization', 'Bearer ' + t), ('Authorization', 'Bearer ' + t + ' '),
+                ('Authorization', 'Bearer\t' + t), ('Authorization', 'bearer  ' + t + '\t'),
+                ('Authorization', 'BEARER ' + t.upper()),
+                ('Authorization', 'Bearer %s %s' % (t[:20], t[20:])),
+                ('Authorization', 'Basic ' + basic),
+                ('Proxy-Authorization', 'Bearer ' + t), ('X-Api-Key', t),
+                ('Cookie', 'theme=dark; sbxd=' + t)]
+    for k, v in variants:
+        status, _, body, _ = raw_request(server, evil, '/echo', [('X-App', 'kept'), (k, v)])
+        assert status == 200 and b'X-App: kept' in body, (k, v, status, body)
+        assert t.lower().encode() not in squeezed(body) and basic.encode() not in body, (k, v)
+    # duplicates: every copy that carries it goes, another credential passes
+    status, _, body, _ = raw_request(server, evil, '/echo', [
+        ('Authorization', 'Bearer ' + t + ' '), ('Authorization', 'Bearer app-secret'),
+        ('authorization', 'Bearer\t' + t)])
+    assert status == 200 and t.lower().encode() not in squeezed(body), body
+    assert b'Authorization: Bearer app-secret' in body, body
+    # in the URL or an Upgrade it cannot be taken out: refused, upstream never asked
+    for path, host, headers, connection in (
+            ('/echo?access_token=' + t, evil, (), 'close'),
+            ('/echo', evil.replace('.localhost', '.%s.localhost' % t), (), 'close'),
+            ('/echo', evil, [('Upgrade', 'x-' + t)], 'Upgrade')):
+        status, _, body, _ = raw_request(server, host, path, headers, connection=connection)
+        assert status == 400 and b"carries sbxd's token" in body, (path, host, status, body)
+        assert t.encode() not in body
+
+
+def answer_path(answer):
+    return '/raw/' + answer.hex()
+
+
+@pytest.mark.parametrize('head', [
+    'Content-Length: -5', 'Content-Length: 5x', 'Content-Length: +5', 'Content-Length: 0x5',
+    'Content-Length:', 'Content-Length: 99999999999999999999999',
+    'Content-Length: 18446744073709551611', 'Content-Length: 5, 6',
+    'Content-Length: 5\r\nContent-Length: 6',
+    'Content-Length: 5\r\nTransfer-Encoding: chunked', 'Transfer-Encoding: gzip',
+    'Transfer-Encoding: gzip, chunked', 'Transfer-Encoding: chunked, chunked',
+    'Content-Length : 5', 'X-Folded: a\r\n b', 'X-Nul: a\0b', 'X-Cr: a\rb', 'Bad Name: x',
+], ids=lambda h: re.sub(r'[^A-Za-z0-9+,-]+', '_', h))
+def test_bad_framing_is_502(server, evil, head):
+    answer = ('HTTP/1.1 200 OK\r\n%s\r\n\r\nhello' % head).encode()
+    status, _, body, _ = raw_request(server, evil, answer_path(answer))
+    assert status == 502 and b'port ' in body, (status, body)
+
+
+def test_unasked_upgrade_is_502(server, evil):
+    answer = b'HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\nwhatever'
+    status, _, body, _ = raw_request(server, evil, answer_path(answer))
+    assert status == 502, (status, body)
+
+
+@pytest.mark.parametrize('head', ['Content-Length: 5, 5', 'Content-Length: 5\r\nContent-Length: 5',
+                                  'Content-Length: 005', 'Transfer-Encoding: Chunked'],
+                         ids=lambda h: re.sub(r'[^A-Za-z0-9+,-]+', '_', h))
+def test_equivalent_framings_pass(server, evil, head):
+    body = b'5\r\nhello\r\n0\r\n\r\n' if 'Chunked' in head else b'hello'
+    answer = ('HTTP/1.1 200 OK\r\n%s\r\n\r\n' % head).encode() + body
+    status, _, got, _ = raw_request(server, evil, answer_path(answer))
+    assert status == 200 and b'hello' in got, (status, got)
+
+
+@pytest.mark.parametrize('chunks', [
+    b'5 5\r\nhello\r\n0\r\n\r\n', b'-5\r\nhello\r\n0\r\n\r\n', b'10000000000000000\r\nhello',
+    b'hello\r\n', b'5\r\nhelloX\r\n0\r\n\r\n', b'5\rhello\r\n0\r\n\r\n', 'long-extension',
+    'trailer-flood'], ids=['space-in-size', 'negative', 'over-64-bits', 'no-size',
+                           'no-crlf-after-data', 'bare-cr', 'long-extension', 'trailer-flood'])
+def test_bad_chunks_cut_the_answer(server, evil, chunks):
+    """Past the head, a bad chunk can only end the answer early: the client must see it cut
+    (no last chunk), never a complete body. The long extension (5000 bytes) and the trailer
+    flood (1.6 MiB after the last chunk) pass the bounds of a chunk line and of trailers."""
+    if isinstance(chunks, str):
+        path = '/' + chunks
+    else:
+        path = answer_path(b'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n' + chunks)
+    status, _, body, _ = raw_request(server, evil, path)
+    assert status == 200 and not body.endswith(b'0\r\n\r\n'), (status, body[-200:])
