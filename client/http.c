@@ -18,7 +18,8 @@
  * before the deadline, so the callback always runs by the deadline (plus scheduling noise).
  *
  * Repeats. A request is repeatable when it is idempotent or carries an idempotency key; only
- * those are retried after an attempt that may have reached the server. libcurl itself resends
+ * those are retried after an attempt that may have reached the server. A gateway status
+ * (502-504) is retried only when the sandbox API did not send it itself (api_error). libcurl itself resends
  * a request, unasked, when a reused connection turns out dead before any answer byte: harmless
  * for repeatable requests, so the others go out on a fresh connection (CURLOPT_FRESH_CONNECT),
  * where that cannot happen. Any request is retried after a failure that shows it was never
@@ -593,6 +594,19 @@ static void finish_cancelled(struct http_client *c, struct xfer *x)
 	request_complete(c, x, -ECANCELED, msg);
 }
 
+/* Whether a 5xx answer comes from the sandbox API itself (its JSON error shape, with a
+ * "code"): then it is the request's outcome (sbxd's 502 GIT_NETWORK_ERROR, a container's 503
+ * while an interpreter starts), not a gateway's "could not deliver it", and is not retried. */
+static bool api_error(const struct xfer *x)
+{
+	if (x->status == 429 || !x->resp.len || x->resp.data[0] != '{')
+		return false;
+	cJSON *j = cJSON_ParseWithLength(x->resp.data, x->resp.len);
+	bool api = json_str(j, "code") != NULL;
+	cJSON_Delete(j);
+	return api;
+}
+
 /* Exponential, with jitter: BACKOFF_FIRST_MS doubling up to BACKOFF_MAX_MS. */
 static long backoff_ms(struct http_client *c, int attempts)
 {
@@ -623,7 +637,7 @@ static void request_done(struct http_client *c, struct xfer *x, CURLcode rc)
 	int64_t now = mono_ms();
 	if (rc == CURLE_OK) {
 		curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
-		if (retryable_status(x->status)) {
+		if (retryable_status(x->status) && !api_error(x)) {
 			curl_off_t ra = 0;
 			curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &ra);
 			delay = ra > 0 ? (long)ra * 1000 : 0;
