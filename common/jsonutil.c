@@ -12,7 +12,14 @@ const char *json_str(const cJSON *obj, const char *key)
 int64_t json_int(const cJSON *obj, const char *key, int64_t dflt)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-	return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : dflt;
+	if (!cJSON_IsNumber(v) || v->valuedouble != v->valuedouble) /* NaN */
+		return dflt;
+	/* casting a double beyond int64_t is undefined behaviour: saturate (2^63 is exact) */
+	if (v->valuedouble >= 9223372036854775808.0)
+		return INT64_MAX;
+	if (v->valuedouble <= -9223372036854775808.0)
+		return INT64_MIN;
+	return (int64_t)v->valuedouble;
 }
 
 bool json_bool(const cJSON *obj, const char *key, bool dflt)
@@ -53,9 +60,14 @@ bool json_get_timespec(const cJSON *v, struct timespec *ts)
 	const cJSON *s = cJSON_GetArrayItem(v, 0), *ns = cJSON_GetArrayItem(v, 1);
 	if (!cJSON_IsNumber(s) || !cJSON_IsNumber(ns))
 		return false;
+	/* range first: a cast out of range is undefined (and NaN fails every comparison) */
+	double tmax = sizeof(time_t) >= 8 ? 9.2e18 : 2147483647.0;
+	if (!(s->valuedouble >= -tmax && s->valuedouble <= tmax) ||
+	    !(ns->valuedouble >= 0 && ns->valuedouble < 1e9))
+		return false;
 	ts->tv_sec = (time_t)s->valuedouble;
 	ts->tv_nsec = (long)ns->valuedouble;
-	return ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000L;
+	return true;
 }
 
 cJSON *json_from_stat(const struct stat *st)

@@ -175,6 +175,30 @@ static void test_stat_json(void)
 	cJSON_Delete(o);
 }
 
+/* Numbers a peer sends are cast only when they fit: a cast out of range is undefined. */
+static void test_json_numbers(void)
+{
+	cJSON *j = cJSON_Parse("{\"big\":1e30,\"small\":-1e30,\"inf\":1e999,\"n\":42,"
+			       "\"s\":\"7\",\"t\":[1700000000,5],\"tbig\":[1e30,0],"
+			       "\"tns\":[1,1000000000],\"tneg\":[1,-1],\"tshort\":[1]}");
+	CHECK(json_int(j, "big", 0) == INT64_MAX);
+	CHECK(json_int(j, "small", 0) == INT64_MIN);
+	CHECK(json_int(j, "inf", 0) == INT64_MAX);
+	CHECK(json_int(j, "n", 0) == 42);
+	CHECK(json_int(j, "s", -1) == -1);
+	CHECK(json_int(j, "missing", 9) == 9);
+	struct timespec ts = { 3, 4 };
+	CHECK(json_get_timespec(cJSON_GetObjectItem(j, "t"), &ts));
+	CHECK(ts.tv_sec == 1700000000 && ts.tv_nsec == 5);
+	ts = (struct timespec){ 3, 4 };
+	CHECK(!json_get_timespec(cJSON_GetObjectItem(j, "tbig"), &ts));
+	CHECK(!json_get_timespec(cJSON_GetObjectItem(j, "tns"), &ts));
+	CHECK(!json_get_timespec(cJSON_GetObjectItem(j, "tneg"), &ts));
+	CHECK(!json_get_timespec(cJSON_GetObjectItem(j, "tshort"), &ts));
+	CHECK(ts.tv_sec == 3 && ts.tv_nsec == 4); /* untouched when refused */
+	cJSON_Delete(j);
+}
+
 /* What /bin/sh makes of the quoted word must be the original bytes. */
 static int shell_roundtrip(const char *s)
 {
@@ -236,6 +260,7 @@ int main(void)
 	test_api_error_precedence();
 	test_strbuf();
 	test_stat_json();
+	test_json_numbers();
 	test_shell_quote();
 	return UNIT_DONE();
 }
