@@ -86,23 +86,4 @@ cJSON *json_from_stat(const struct stat *st)
 	return o;
 }
 
-bool json_to_stat(const cJSON *o, struct stat *st)
-{
-	if (!cJSON_IsObject(o) || !cJSON_GetObjectItemCaseSensitive(o, "mode"))
-		return false;
-	*st = (struct stat){ 0 };
-	st->st_ino = (ino_t)json_int(o, "ino", 0);
-	st->st_mode = (mode_t)json_int(o, "mode", 0);
-	st->st_nlink = (nlink_t)json_int(o, "nlink", 1);
-	st->st_uid = (uid_t)json_int(o, "uid", 0);
-	st->st_gid = (gid_t)json_int(o, "gid", 0);
-	st->st_size = (off_t)json_int(o, "size", 0);
-	st->st_blocks = (blkcnt_t)json_int(o, "blocks", (st->st_size + 511) / 512);
-	st->st_blksize = 4096;
-	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "atime"), &st->st_atim);
-	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "mtime"), &st->st_mtim);
-	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "ctime"), &st->st_ctim);
-	return true;
-}
-
 char *json_print(const cJSON *v) { return cJSON_PrintUnformatted(v); }
