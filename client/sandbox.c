@@ -17,6 +17,7 @@
  * A server with keepalives (sbxd) gets a 45 s idle timeout so a dead connection is noticed;
  * the plain container sends none, and its own idle cut after ~255 s just causes a reconnect. */
 #include "client/sandbox_impl.h"
+#include "client/entry_check.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
@@ -200,13 +201,19 @@ char *sbx_strdup(const char *v)
 
 int sbx_parse_stat(const cJSON *obj, struct stat *st, char **target)
 {
+	return sbx_parse_stat_at(NULL, obj, st, target);
+}
+
+int sbx_parse_stat_at(const char *path, const cJSON *obj, struct stat *st, char **target)
+{
 	struct stat tmp;
-	if (!json_to_stat(obj, st ? st : &tmp))
-		return sbx_fail(-EPROTO, "the server's answer has no valid stat object");
-	if (target) {
-		const char *t = json_str(obj, "target");
-		*target = t ? strdup(t) : NULL;
-	}
+	struct entry_why why;
+	entry_stat_from_json(obj, st ? st : &tmp, target, &why);
+	if (path)
+		entry_warn_stat(path, &why);
+	if (why.fate == ENTRY_DROPPED)
+		return sbx_fail(-EPROTO, "%s%sthe server's stat is unusable: %s", path ? path : "",
+				path ? ": " : "", why.text);
 	return 0;
 }
 

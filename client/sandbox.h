@@ -54,7 +54,9 @@ struct sbx_dirent {
 	struct stat st;
 	char *target; /* symlinks only, else NULL */
 };
-/* Full listing with attributes (readdirplus), without "." and "..". */
+/* Full listing with attributes (readdirplus), without "." and "..". What the server sent is
+ * checked (client/entry_check.h): every name is a valid one and listed once, the attributes
+ * are in range; an entry that is not is left out with a warning, never failing the listing. */
 int sbx_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n);
 void sbx_dirents_free(struct sbx_dirent *ents, size_t n);
 

@@ -19,6 +19,7 @@
  * must be the same request). A handle whose close fails is left to the lease's heartbeat to
  * close (client/lease.c). */
 #include "client/sandbox_impl.h"
+#include "client/entry_check.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -62,7 +63,8 @@ static int ext_stat_call(struct sbx *s, const char *op, const char *route, const
 	cJSON *j;
 	int err = ext_path_call(s, op, route, path, body, idempotent, &j);
 	if (!err && (st || target))
-		err = sbx_parse_stat(cJSON_GetObjectItemCaseSensitive(j, "stat"), st, target);
+		err = sbx_parse_stat_at(path, cJSON_GetObjectItemCaseSensitive(j, "stat"), st,
+					target);
 	cJSON_Delete(j);
 	return err;
 }
@@ -70,6 +72,19 @@ static int ext_stat_call(struct sbx *s, const char *op, const char *route, const
 static int ext_lstat(struct sbx *s, const char *path, struct stat *st, char **target)
 {
 	return ext_stat_call(s, "stat", "/api/x/stat", path, path_body(path), true, st, target);
+}
+
+/* One entry of /api/x/readdir: {"name","stat"}, the target in the stat (or, from older
+ * servers, beside it). */
+static void add_json_entry(struct entry_list *l, const cJSON *it)
+{
+	struct stat st;
+	struct entry_why why;
+	char *target;
+	entry_stat_from_json(cJSON_GetObjectItemCaseSensitive(it, "stat"), &st, &target, &why);
+	if (!target)
+		target = entry_target(json_str(it, "target"), st.st_mode, &why);
+	entry_list_add(l, json_str(it, "name"), &st, target, &why);
 }
 
 static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n)
@@ -83,29 +98,13 @@ static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents
 		cJSON_Delete(j);
 		return sbx_fail(-EPROTO, "readdir %s: the answer has no entries", path);
 	}
-	size_t cnt = (size_t)cJSON_GetArraySize(arr), i = 0;
-	struct sbx_dirent *e = calloc(cnt ? cnt : 1, sizeof *e);
-	if (!e) {
-		cJSON_Delete(j);
-		return sbx_fail(-ENOMEM, "readdir %s: out of memory", path);
-	}
+	struct entry_list l;
+	entry_list_init(&l, path);
 	const cJSON *it;
-	cJSON_ArrayForEach(it, arr) {
-		const char *name = json_str(it, "name");
-		const cJSON *so = cJSON_GetObjectItemCaseSensitive(it, "stat");
-		if (!name || sbx_parse_stat(so, &e[i].st, &e[i].target)) {
-			sbx_dirents_free(e, i);
-			cJSON_Delete(j);
-			return sbx_fail(-EPROTO, "readdir %s: malformed entry", path);
-		}
-		if (!e[i].target && json_str(it, "target"))
-			e[i].target = strdup(json_str(it, "target"));
-		e[i].name = strdup(name);
-		i++;
-	}
+	cJSON_ArrayForEach(it, arr)
+		add_json_entry(&l, it);
 	cJSON_Delete(j);
-	*ents = e;
-	*n = i;
+	entry_list_finish(&l, ents, n);
 	return 0;
 }
 
@@ -152,12 +151,16 @@ static int ext_readlink(struct sbx *s, const char *path, char **target)
 	if (err)
 		return err;
 	const char *t = json_str(j, "target");
-	if (t)
-		*target = strdup(t);
+	size_t len = t ? strlen(t) : 0;
+	if (len && len <= ENTRY_TARGET_MAX)
+		*target = sbx_strdup(t);
 	cJSON_Delete(j);
-	if (!t)
+	if (!len)
 		return sbx_fail(-EPROTO, "readlink %s: the answer has no target", path);
-	return *target ? 0 : sbx_fail(-ENOMEM, "readlink %s: out of memory", path);
+	if (len > ENTRY_TARGET_MAX)
+		return sbx_fail(-EPROTO, "readlink %s: the server's target of %zu bytes is longer "
+				"than a symlink's (%d)", path, len, ENTRY_TARGET_MAX);
+	return 0;
 }
 
 static int ext_link(struct sbx *s, const char *from, const char *to, struct stat *st)

@@ -6,8 +6,9 @@
  * chained with a `find -printf` of the result, so an operation and its new attributes cost one
  * round trip. find prints NUL-separated fields and its output goes through `base64 -w0`, so
  * names and symlink targets arrive byte-exact even though the container's JSON output is
- * UTF-8 text. Errors come back as the tools' LC_ALL=C messages, which map to errnos through
- * one table (sbx_errno_from_text).
+ * UTF-8 text; client/fallback_parse.c reads them and judges every entry as it would any
+ * server's answer. Errors come back as the tools' LC_ALL=C messages, which map to errnos
+ * through one table (sbx_errno_from_text).
  *
  * Every request is bounded by the client's deadline (-o timeout), scaled only for large
  * transfers; a helper command's own timeout is a little shorter, so the server answers first.
@@ -50,6 +51,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "client/fallback_parse.h"
 #include "client/shellquote.h"
 #include "common/base64.h"
 #include "common/jsonutil.h"
@@ -59,11 +61,6 @@
 #define READ_MAX (32u << 20)        /* the container's /api/read limit */
 #define WRITE_MAX (96u << 20)       /* the container's body limit, as base64 */
 #define CHUNK (16u << 20)           /* one ranged read command */
-#define STAT_FIELDS 13
-/* inode, permission bits (octal, with setuid/setgid/sticky), type, links, uid, gid, size,
- * 512-byte blocks, atime, mtime, ctime (seconds.fraction), name, symlink target */
-#define STAT_FMT "'%i\\0%m\\0%y\\0%n\\0%U\\0%G\\0%s\\0%b\\0%A@\\0%T@\\0%C@\\0%f\\0%l\\0'"
-
 /* Runs a helper command (sessionless, pipefail, C locale) within the deadline for moving about
  * `bytes` bytes. On success *out holds stdout, base64-decoded when decode is set. A failure maps
  * the command's stderr to an errno. */
@@ -134,80 +131,7 @@ static void append_stat_cmd(struct strbuf *sb, const char *path, bool follow)
 {
 	strbuf_appends(sb, follow ? "find -H -- " : "find -- ");
 	append_q(sb, path);
-	strbuf_appends(sb, " -maxdepth 0 -printf " STAT_FMT " | base64 -w0");
-}
-
-/* "1795319907.2832694200" -> timespec; false when malformed. */
-static bool parse_time(const char *s, struct timespec *ts)
-{
-	char *end;
-	bool neg = *s == '-';
-	long long sec = strtoll(s, &end, 10);
-	long ns = 0;
-	if (end == s)
-		return false;
-	if (*end == '.') {
-		long scale = 100000000L;
-		for (end++; *end >= '0' && *end <= '9'; end++, scale /= 10)
-			ns += (*end - '0') * scale;
-	}
-	if (*end)
-		return false;
-	if (neg && ns) {
-		sec--;
-		ns = 1000000000L - ns;
-	}
-	ts->tv_sec = (time_t)sec;
-	ts->tv_nsec = ns;
-	return true;
-}
-
-static mode_t type_bits(char y)
-{
-	switch (y) {
-	case 'f': return S_IFREG;
-	case 'd': return S_IFDIR;
-	case 'l': return S_IFLNK;
-	case 'b': return S_IFBLK;
-	case 'c': return S_IFCHR;
-	case 'p': return S_IFIFO;
-	case 's': return S_IFSOCK;
-	default: return 0;
-	}
-}
-
-/* One record of STAT_FMT output starting at *pos; advances *pos. name/target may be NULL. */
-static bool parse_record(const char *buf, size_t len, size_t *pos, struct stat *st, char **name,
-			 char **target)
-{
-	const char *f[STAT_FIELDS];
-	size_t p = *pos;
-	for (int i = 0; i < STAT_FIELDS; i++) {
-		const char *nul = p < len ? memchr(buf + p, 0, len - p) : NULL;
-		if (!nul)
-			return false;
-		f[i] = buf + p;
-		p = (size_t)(nul - buf) + 1;
-	}
-	*pos = p;
-	char *end;
-	*st = (struct stat){ 0 };
-	st->st_ino = (ino_t)strtoull(f[0], NULL, 10);
-	st->st_mode = (mode_t)strtoul(f[1], &end, 8) | type_bits(f[2][0]);
-	st->st_nlink = (nlink_t)strtoul(f[3], NULL, 10);
-	st->st_uid = (uid_t)strtoul(f[4], NULL, 10);
-	st->st_gid = (gid_t)strtoul(f[5], NULL, 10);
-	st->st_size = (off_t)strtoll(f[6], NULL, 10);
-	st->st_blocks = (blkcnt_t)strtoll(f[7], NULL, 10);
-	st->st_blksize = 4096;
-	if (!(st->st_mode & S_IFMT) || !parse_time(f[8], &st->st_atim) ||
-	    !parse_time(f[9], &st->st_mtim) || !parse_time(f[10], &st->st_ctim))
-		return false;
-	if (name)
-		*name = strdup(f[11]);
-	if (target)
-		*target = S_ISLNK(st->st_mode) ? strdup(f[12]) : NULL;
-	return true;
+	strbuf_appends(sb, " -maxdepth 0 -printf " FIND_STAT_FMT " | base64 -w0");
 }
 
 /* Runs "<pre> && <stat of path>" (or only the stat) and parses the one record. */
@@ -224,13 +148,16 @@ static int run_then_stat(struct sbx *s, const char *what, const char *pre, const
 	append_stat_cmd(&sb, path, follow);
 go:;
 	char *out = NULL;
-	size_t len = 0, pos = 0;
+	size_t len = 0;
 	int err = run(s, what, sb.data, !pre || st || target, &out, &len);
 	strbuf_free(&sb);
 	if (!err && (st || target || !pre)) {
 		struct stat tmp;
-		if (!parse_record(out, len, &pos, st ? st : &tmp, NULL, target))
-			err = sbx_fail(-EPROTO, "%s: unexpected find output", what);
+		struct entry_why why;
+		err = find_parse_stat(out, len, st ? st : &tmp, target, &why);
+		entry_warn_stat(path, &why);
+		if (err)
+			err = sbx_fail(err, "%s: the server's answer is unusable: %s", what, why.text);
 	}
 	free(out);
 	return err;
@@ -261,38 +188,15 @@ static int fb_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents,
 	strbuf_appends(&sb, "find -- ");
 	append_q(&sb, dir);
 	free(dir);
-	strbuf_appends(&sb, " -mindepth 1 -maxdepth 1 -printf " STAT_FMT " | base64 -w0");
+	strbuf_appends(&sb, " -mindepth 1 -maxdepth 1 -printf " FIND_STAT_FMT " | base64 -w0");
 	char *out = NULL;
-	size_t len = 0, pos = 0, cnt = 0, cap = 0;
-	const char *what = WHAT("readdir", path);
-	int err = run(s, what, sb.data, true, &out, &len);
+	size_t len = 0;
+	int err = run(s, WHAT("readdir", path), sb.data, true, &out, &len);
 	strbuf_free(&sb);
 	if (err)
 		return err;
-	struct sbx_dirent *e = NULL;
-	while (pos < len) {
-		if (cnt == cap) {
-			cap = cap ? cap * 2 : 16;
-			struct sbx_dirent *ne = realloc(e, cap * sizeof *e);
-			if (!ne) {
-				err = sbx_fail(-ENOMEM, "readdir %s: out of memory", path);
-				break;
-			}
-			e = ne;
-		}
-		if (!parse_record(out, len, &pos, &e[cnt].st, &e[cnt].name, &e[cnt].target)) {
-			err = sbx_fail(-EPROTO, "readdir %s: unexpected find output", path);
-			break;
-		}
-		cnt++;
-	}
+	find_parse_listing(path, out, len, ents, n);
 	free(out);
-	if (err) {
-		sbx_dirents_free(e, cnt);
-		return err;
-	}
-	*ents = e;
-	*n = cnt;
 	return 0;
 }
 

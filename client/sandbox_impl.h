@@ -108,8 +108,12 @@ int sbx_fail_response(const char *what, long status, const char *body, size_t bo
  * ENOTEMPTY); EIO when nothing matches. */
 int sbx_errno_from_text(const char *text);
 
-/* The "stat" object of an answer (plus its "target" for symlinks, caller frees). */
+/* The "stat" object of an answer (plus its "target" for symlinks, caller frees), checked
+ * by client/entry_check.c: -EPROTO for one that cannot be used. */
 int sbx_parse_stat(const struct cJSON *obj, struct stat *st, char **target);
+/* The same for the stat of path, warning (rate-limited) about what was dropped or adjusted. */
+int sbx_parse_stat_at(const char *path, const struct cJSON *obj, struct stat *st,
+		      char **target);
 
 /* The HTTP deadline of one operation moving about `bytes` bytes: the client's deadline, plus
  * time for the transfer itself when it is large. */

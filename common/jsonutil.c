@@ -12,7 +12,14 @@ const char *json_str(const cJSON *obj, const char *key)
 int64_t json_int(const cJSON *obj, const char *key, int64_t dflt)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, key);
-	return cJSON_IsNumber(v) ? (int64_t)v->valuedouble : dflt;
+	if (!cJSON_IsNumber(v) || v->valuedouble != v->valuedouble) /* NaN */
+		return dflt;
+	/* casting a double beyond int64_t is undefined behaviour: saturate (2^63 is exact) */
+	if (v->valuedouble >= 9223372036854775808.0)
+		return INT64_MAX;
+	if (v->valuedouble <= -9223372036854775808.0)
+		return INT64_MIN;
+	return (int64_t)v->valuedouble;
 }
 
 bool json_bool(const cJSON *obj, const char *key, bool dflt)
@@ -53,9 +60,14 @@ bool json_get_timespec(const cJSON *v, struct timespec *ts)
 	const cJSON *s = cJSON_GetArrayItem(v, 0), *ns = cJSON_GetArrayItem(v, 1);
 	if (!cJSON_IsNumber(s) || !cJSON_IsNumber(ns))
 		return false;
+	/* range first: a cast out of range is undefined (and NaN fails every comparison) */
+	double tmax = sizeof(time_t) >= 8 ? 9.2e18 : 2147483647.0;
+	if (!(s->valuedouble >= -tmax && s->valuedouble <= tmax) ||
+	    !(ns->valuedouble >= 0 && ns->valuedouble < 1e9))
+		return false;
 	ts->tv_sec = (time_t)s->valuedouble;
 	ts->tv_nsec = (long)ns->valuedouble;
-	return ts->tv_nsec >= 0 && ts->tv_nsec < 1000000000L;
+	return true;
 }
 
 cJSON *json_from_stat(const struct stat *st)
@@ -72,25 +84,6 @@ cJSON *json_from_stat(const struct stat *st)
 	cJSON_AddItemToObject(o, "mtime", json_timespec(&st->st_mtim));
 	cJSON_AddItemToObject(o, "ctime", json_timespec(&st->st_ctim));
 	return o;
-}
-
-bool json_to_stat(const cJSON *o, struct stat *st)
-{
-	if (!cJSON_IsObject(o) || !cJSON_GetObjectItemCaseSensitive(o, "mode"))
-		return false;
-	*st = (struct stat){ 0 };
-	st->st_ino = (ino_t)json_int(o, "ino", 0);
-	st->st_mode = (mode_t)json_int(o, "mode", 0);
-	st->st_nlink = (nlink_t)json_int(o, "nlink", 1);
-	st->st_uid = (uid_t)json_int(o, "uid", 0);
-	st->st_gid = (gid_t)json_int(o, "gid", 0);
-	st->st_size = (off_t)json_int(o, "size", 0);
-	st->st_blocks = (blkcnt_t)json_int(o, "blocks", (st->st_size + 511) / 512);
-	st->st_blksize = 4096;
-	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "atime"), &st->st_atim);
-	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "mtime"), &st->st_mtim);
-	json_get_timespec(cJSON_GetObjectItemCaseSensitive(o, "ctime"), &st->st_ctim);
-	return true;
 }
 
 char *json_print(const cJSON *v) { return cJSON_PrintUnformatted(v); }

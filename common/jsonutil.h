@@ -7,7 +7,8 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
-/* NULL / dflt when the field is missing or of another type. */
+/* NULL / dflt when the field is missing or of another type; json_int saturates a number beyond
+ * int64_t. */
 const char *json_str(const cJSON *obj, const char *key);
 int64_t json_int(const cJSON *obj, const char *key, int64_t dflt);
 bool json_bool(const cJSON *obj, const char *key, bool dflt);
@@ -20,11 +21,10 @@ cJSON *json_add_int(cJSON *obj, const char *key, int64_t v);
 const char *json_timestamp(char buf[32]);
 
 /* The stat object of docs/protocol.md: {"ino","mode","nlink","uid","gid","size","blocks",
- * "atime":[s,ns],"mtime":[s,ns],"ctime":[s,ns]} (+ "target" for symlinks, added by the caller). */
+ * "atime":[s,ns],"mtime":[s,ns],"ctime":[s,ns]} (+ "target" for symlinks, added by the caller).
+ * The client reads it back with client/entry_check.c, which judges every field. */
 cJSON *json_from_stat(const struct stat *st);
-/* Fills st from such an object; false when a required field is missing. */
-bool json_to_stat(const cJSON *obj, struct stat *st);
-/* [sec, nsec] */
+/* [sec, nsec]; reading fails for anything but two numbers that fit a timespec. */
 cJSON *json_timespec(const struct timespec *ts);
 bool json_get_timespec(const cJSON *v, struct timespec *ts);
 

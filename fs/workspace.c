@@ -921,6 +921,8 @@ static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
 	nodes_unlock(t);
 	if (!path)
 		return -ENOENT;
+	/* Names come valid and unique (sbx_readdir): the kernel fails a whole readdir for one
+	 * with '/', and a name listed twice would be two entries here but one in the cache. */
 	struct sbx_dirent *ents;
 	size_t n;
 	int err = sbx_readdir(fs->sbx, path, &ents, &n);
