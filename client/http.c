@@ -18,8 +18,8 @@
  * before the deadline, so the callback always runs by the deadline (plus scheduling noise).
  *
  * Repeats. A request is repeatable when it is idempotent or carries an idempotency key; only
- * those are retried after an attempt that may have reached the server. A gateway status
- * (502-504) is retried only when the sandbox API did not send it itself (api_error). libcurl itself resends
+ * those are retried after an attempt that may have reached the server. A 502 or 504 is
+ * retried only when the sandbox API did not send it itself (api_error). libcurl itself resends
  * a request, unasked, when a reused connection turns out dead before any answer byte: harmless
  * for repeatable requests, so the others go out on a fresh connection (CURLOPT_FRESH_CONNECT),
  * where that cannot happen. Any request is retried after a failure that shows it was never
@@ -27,11 +27,13 @@
  *
  * Holding. Before each attempt (first or retry) the loop asks the liveness prober whether the
  * server is known to be down. If it is, the transfer waits on the timer list, marked held,
- * until HTTP_HOLD_MS after the server was first seen down (its deadline if sooner): the
- * prober's change of state wakes the loop, which starts held transfers at once when the
- * server is back and fails them with the prober's reason when their hold ends. So a blip
- * costs a short wait, and once an outage has lasted that long, nothing waits at all. The prober is asked to look whenever an attempt has
- * gone unanswered for suspect_after_ms or lost its connection.
+ * until HTTP_HOLD_MS after the server was first seen down, or HTTP_HOLD_LATE_MS (about one
+ * probe's turn) if that is later, its deadline if sooner: the prober's change of state wakes
+ * the loop, which starts held transfers at once when the server is back and fails them with
+ * the prober's reason when their hold ends. So a blip costs a short wait, a long outage
+ * fails every call within a fraction of a second, and requests that queue behind one another
+ * do not add up to much. The prober is asked to look whenever an attempt has gone
+ * unanswered for suspect_after_ms or lost its connection.
  *
  * Streams. A stream is a transfer with no total timeout whose write callback feeds an SSE
  * parser. Its owner and the network thread both hold it; it is freed by whichever lets go
@@ -594,12 +596,13 @@ static void finish_cancelled(struct http_client *c, struct xfer *x)
 	request_complete(c, x, -ECANCELED, msg);
 }
 
-/* Whether a 5xx answer comes from the sandbox API itself (its JSON error shape, with a
- * "code"): then it is the request's outcome (sbxd's 502 GIT_NETWORK_ERROR, a container's 503
- * while an interpreter starts), not a gateway's "could not deliver it", and is not retried. */
+/* Whether a 502 or 504 comes from the sandbox API itself (its JSON error shape, with a
+ * "code"): then it is the request's outcome (sbxd's 502 GIT_NETWORK_ERROR: the clone's own
+ * server failed), not a gateway's "could not deliver it", and is not retried. A 503 means
+ * "try again" whoever says it. */
 static bool api_error(const struct xfer *x)
 {
-	if (x->status == 429 || !x->resp.len || x->resp.data[0] != '{')
+	if ((x->status != 502 && x->status != 504) || !x->resp.len || x->resp.data[0] != '{')
 		return false;
 	cJSON *j = cJSON_ParseWithLength(x->resp.data, x->resp.len);
 	bool api = json_str(j, "code") != NULL;
@@ -746,10 +749,13 @@ static void attempt_or_hold(struct http_client *c, struct xfer *x)
 	int down = liveness_down(c->live, why, sizeof why, &since);
 	if (down) {
 		if (!x->held) {
-			/* the first HTTP_HOLD_MS of an outage may be a blip; after that, no wait */
+			/* the first HTTP_HOLD_MS of an outage may be a blip; after that, a wait as
+			 * long as the prober takes to see a server that is back */
+			int64_t until = since + HTTP_HOLD_MS;
+			if (until < now + HTTP_HOLD_LATE_MS)
+				until = now + HTTP_HOLD_LATE_MS;
 			x->held = true;
-			x->retry_at = since + HTTP_HOLD_MS < x->deadline ? since + HTTP_HOLD_MS
-									 : x->deadline;
+			x->retry_at = until < x->deadline ? until : x->deadline;
 		}
 		if (now < x->retry_at) {
 			list_push(&c->timers, x);

@@ -382,6 +382,10 @@ static void check_deadline(const struct server *sv, bool fallback, const char *D
 	CHECK((e3 == -ETIMEDOUT || e3 == -ENOTCONN) && t3 - t2 < 4);
 	if (g)
 		sbx_file_close(g);
+	/* Calls fail fast until the client has seen the server back (a ping answered). */
+	double t4 = now_s();
+	while (sbx_lstat(s, P(D, "frozen"), &st, NULL) != 0 && now_s() - t4 < 10)
+		;
 	/* the write was not acknowledged by the server: still dirty, uploaded now */
 	CHECK(sbx_file_close(f) == 0);
 	sbx_close(s);
