@@ -27,13 +27,14 @@
  *
  * Holding. Before each attempt (first or retry) the loop asks the liveness prober whether the
  * server is known to be down. If it is, the transfer waits on the timer list, marked held,
- * until HTTP_HOLD_MS after the server was first seen down, or HTTP_HOLD_LATE_MS (about one
- * probe's turn) if that is later, its deadline if sooner: the prober's change of state wakes
- * the loop, which starts held transfers at once when the server is back and fails them with
- * the prober's reason when their hold ends. So a blip costs a short wait, a long outage
- * fails every call within a fraction of a second, and requests that queue behind one another
- * do not add up to much. The prober is asked to look whenever an attempt has gone
- * unanswered for suspect_after_ms or lost its connection.
+ * until HTTP_HOLD_MS after the server was first seen down (its deadline if sooner): the
+ * prober's change of state wakes the loop, which starts held transfers at once when the
+ * server is back and fails them with the prober's reason when their hold ends. So a blip
+ * costs a short wait, and once an outage is that old every attempt fails at once: requests
+ * that queue behind one another (the kernel serialises lookups of one name, and each waiter
+ * asks again after the first failed) cannot add up. The prober keeps pinging every 200 ms
+ * and is answered at once by a server that resumes. It is asked to look whenever an attempt
+ * has gone unanswered for suspect_after_ms or lost its connection.
  *
  * Streams. A stream is a transfer with no total timeout whose write callback feeds an SSE
  * parser. Its owner and the network thread both hold it; it is freed by whichever lets go
@@ -749,11 +750,8 @@ static void attempt_or_hold(struct http_client *c, struct xfer *x)
 	int down = liveness_down(c->live, why, sizeof why, &since);
 	if (down) {
 		if (!x->held) {
-			/* the first HTTP_HOLD_MS of an outage may be a blip; after that, a wait as
-			 * long as the prober takes to see a server that is back */
+			/* the first HTTP_HOLD_MS of an outage may be a blip; after that, no wait */
 			int64_t until = since + HTTP_HOLD_MS;
-			if (until < now + HTTP_HOLD_LATE_MS)
-				until = now + HTTP_HOLD_LATE_MS;
 			x->held = true;
 			x->retry_at = until < x->deadline ? until : x->deadline;
 		}

@@ -97,9 +97,8 @@ const char *http_client_id(const struct http_client *c);
 #define HTTP_KEY_MAX 48
 void http_client_new_key(struct http_client *c, char key[HTTP_KEY_MAX]);
 /* How long into an outage an attempt still waits for the server to answer again (a blip)
- * before failing; later attempts wait HTTP_HOLD_LATE_MS. */
+ * before failing; later attempts fail at once. */
 #define HTTP_HOLD_MS 1000
-#define HTTP_HOLD_LATE_MS 300
 
 /* Called once on the network thread when the request is done; owns nothing of resp after
  * returning (resp is cleared by the client afterwards). Must not block. */

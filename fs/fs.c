@@ -305,16 +305,30 @@ static void root_lookup(fuse_req_t req, struct sbxfs *fs, struct node *n, const 
 		control_kind_ops.lookup(req, fs, n, name);
 		return;
 	}
+	/* workspace/ itself always exists: the name may stay bound for good (its attributes still
+	 * expire), so walking through it never waits for the sandbox. When the sandbox does not
+	 * answer, the attributes it last gave do, rather than making every path under the mount
+	 * fail behind this one name (the kernel serialises lookups of a name). */
 	uint64_t ev = atomic_load(&fs->events);
 	struct stat st;
+	struct reply_timeouts to = fs_timeouts(fs, ev);
 	int err = row_stat(fs, row, &st);
+	nodes_lock(&fs->nodes);
+	if (err < 0 && err != -ENOENT) {
+		struct node *known = nodes_child(&fs->nodes, n, name);
+		if (known && known->attr_valid) {
+			st = known->attr;
+			to.attr = 0;
+			err = 0;
+		}
+	}
 	if (err < 0) {
+		nodes_unlock(&fs->nodes);
 		fuse_reply_err(req, -err);
 		return;
 	}
-	struct reply_timeouts to = fs_timeouts(fs, ev);
+	to.entry = 86400.0; /* the name's binding never changes */
 	struct fuse_entry_param e;
-	nodes_lock(&fs->nodes);
 	fs_bind_entry(fs, n, name, row->kind, &st, NULL, to.attr > 0, &to, &e);
 	nodes_unlock(&fs->nodes);
 	fuse_reply_entry(req, &e);

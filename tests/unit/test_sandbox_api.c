@@ -385,7 +385,7 @@ static void check_deadline(const struct server *sv, bool fallback, const char *D
 	/* Calls fail fast until the client has seen the server back (a ping answered). */
 	double t4 = now_s();
 	while (sbx_lstat(s, P(D, "frozen"), &st, NULL) != 0 && now_s() - t4 < 10)
-		;
+		usleep(50 * 1000);
 	/* the write was not acknowledged by the server: still dirty, uploaded now */
 	CHECK(sbx_file_close(f) == 0);
 	sbx_close(s);
