@@ -25,10 +25,10 @@
 #include "common/log.h"
 
 #define BUCKETS 16384
-#define TTL_MS (15 * 60 * 1000)
-#define MAX_ENTRIES 200000
-#define MAX_BYTES (64u << 20)
-#define ANSWER_MAX (16u << 20)   /* a larger answer is not kept: repeats get IDEM_STREAMED */
+#define TTL_MS (5 * 60 * 1000)
+#define MAX_ENTRIES 100000
+#define MAX_BYTES (32u << 20)
+#define ANSWER_MAX (4u << 20)    /* a larger answer is not kept: repeats get IDEM_STREAMED */
 #define WAIT_SLICE_MS 1000
 #define FULL_WARN_MS 60000
 
