@@ -46,6 +46,8 @@ static void beat(struct sbx_lease *l)
 		log_debug("%s", sbx_last_error());
 		return;
 	}
+	if (!sent)
+		return;
 	pthread_mutex_lock(&l->lock);
 	for (size_t i = 0; i < sent; i++)
 		free(l->orphans[i]);
