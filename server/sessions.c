@@ -39,7 +39,10 @@
  * Locking: a table lock guards the list of sessions (held briefly); each session has a run
  * lock that serialises its foreground commands and is held for the whole command. Sessions
  * are reference-counted so a deleted session stays valid for a request that still holds it;
- * such a request notices the deletion after taking the run lock and starts over. */
+ * such a request notices the deletion after taking the run lock and starts over. A request
+ * waiting for the run lock looks at its client every WAIT_SLICE_MS and gives up when it has
+ * hung up (or sbxd is stopping, which shuts every connection down): a queued command whose
+ * client is gone never runs. */
 #include "server/sessions.h"
 #include "server/routes.h"
 #include "server/runner.h"
@@ -52,6 +55,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -71,6 +75,7 @@
 #define STATE_NEW "state.new"
 #define REMOVE_DEPTH_MAX 64   /* deeper trees the sandbox built in a session's directory stay */
 #define CREATE_TRIES 100      /* names the sandbox took in advance are skipped */
+#define WAIT_SLICE_MS 100
 
 static const char wrapper[] =
 	"__sbx_cmd=$__SBX_CMD __sbx_in=$__SBX_STATE __sbx_out=$__SBX_SAVE __sbx_cwd=$__SBX_CWD"
@@ -457,24 +462,47 @@ const char *session_id_of_request(struct req *r, bool *given)
 	return id;
 }
 
-static int lock_run(struct session *s, int64_t deadline_ns)
+static int64_t now_ns(void)
 {
-	if (deadline_ns < 0)
-		return -pthread_mutex_lock(&s->run);
-	struct timespec ts = { deadline_ns / 1000000000, deadline_ns % 1000000000 };
-	return -pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
-int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
+/* Has the peer of this socket hung up (or has sbxd shut the connection down)? */
+static bool hung_up(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+	return fd >= 0 && poll(&p, 1, 0) > 0 &&
+	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* Takes the run lock by the deadline (< 0: none) unless the client hangs up first. */
+static int lock_run(struct session *s, int64_t deadline_ns, int client_fd)
+{
+	for (;;) {
+		int64_t until = now_ns() + (int64_t)WAIT_SLICE_MS * 1000000;
+		bool last = deadline_ns >= 0 && deadline_ns <= until;
+		if (last)
+			until = deadline_ns;
+		struct timespec ts = { until / 1000000000, until % 1000000000 };
+		int err = pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
+		if (!err && hung_up(client_fd)) {
+			/* the lock came free before the next look at the client */
+			pthread_mutex_unlock(&s->run);
+			return -ECONNABORTED;
+		}
+		if (err != ETIMEDOUT || last)
+			return -err;
+		if (hung_up(client_fd))
+			return -ECONNABORTED;
+	}
+}
+
+int session_acquire(const char *id, const char *start_cwd, int timeout_ms, int client_fd,
 		    struct session **out)
 {
-	int64_t deadline = -1;
-	if (timeout_ms >= 0) {
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
-			   (int64_t)timeout_ms * 1000000;
-	}
+	int64_t deadline = timeout_ms >= 0 ? now_ns() + (int64_t)timeout_ms * 1000000 : -1;
 	for (;;) {
 		struct session *s;
 		pthread_mutex_lock(&table_lock);
@@ -489,7 +517,7 @@ int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
 		}
 		s->refs++;
 		pthread_mutex_unlock(&table_lock);
-		int err = lock_run(s, deadline);
+		int err = lock_run(s, deadline, client_fd);
 		if (err) {
 			session_put(s);
 			return err;
