@@ -9,6 +9,7 @@
  * later. Should anything still hold the stop STOP_MAX_S later (or a second signal come), a
  * watchdog ends the sandbox and sbxd at once, with status 1. */
 #include "server/server.h"
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -34,9 +35,22 @@ static sigset_t stop_signals;
 /* Waits for the end of a stop: a second signal or STOP_MAX_S end sbxd there and then. */
 static void *stop_watchdog(void *arg)
 {
-	struct timespec left = { STOP_MAX_S, 0 };
+	struct timespec now, end;
+	int sig = -1;
 	(void)arg;
-	int sig = sigtimedwait(&stop_signals, NULL, &left);
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	end.tv_sec += STOP_MAX_S;
+	do {
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		struct timespec left = { end.tv_sec - now.tv_sec, end.tv_nsec - now.tv_nsec };
+		if (left.tv_nsec < 0) {
+			left.tv_sec--;
+			left.tv_nsec += 1000000000;
+		}
+		if (left.tv_sec < 0)
+			break;
+		sig = sigtimedwait(&stop_signals, NULL, &left);
+	} while (sig < 0 && errno == EINTR);
 	if (sig > 0)
 		log_error("%s received while stopping: stopping at once", strsignal(sig));
 	else
