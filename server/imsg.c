@@ -42,6 +42,9 @@ void imsg_reader_add(struct imsg_reader *r, const char *data, size_t n)
 		size_t cap = r->cap ? r->cap : 4096;
 		while (cap < r->len + n)
 			cap *= 2;
+		/* past max, next() refuses the line: no need to double beyond */
+		if (cap > r->max + n && r->len <= r->max)
+			cap = r->max + n;
 		char *p = realloc(r->buf, cap);
 		if (!p)
 			abort();
