@@ -24,6 +24,18 @@ pytestmark = pytest.mark.timeout(300 * SLOW)
 UNTRUSTED_IDLE_S = 10   # httpd.c
 
 
+@pytest.fixture
+def ext_only(mode):
+    """What does not involve the mount is sbxd's own whatever the mode: one run is enough."""
+    if mode != 'ext':
+        pytest.skip('sbxd API tests run in ext mode only')
+
+
+@pytest.fixture
+def api(ext_only, api_server):
+    return api_server
+
+
 def half_sent(port, n):
     """n connections to sbxd that sent half a request head and nothing since (the sockets)."""
     socks = []
@@ -67,7 +79,7 @@ time.sleep(3600)
 '''
 
 
-def test_idle_connections_do_not_lock_out_the_token_holder(sbx, tmp_path):
+def test_idle_connections_do_not_lock_out_the_token_holder(sbx):
     """2,000 half-sent connections from inside the sandbox and 2,000 from the host, more
     than sbxd ever allowed in all: the token holder, through the API and through the mount,
     is still answered at once."""
@@ -98,11 +110,11 @@ def test_idle_connections_do_not_lock_out_the_token_holder(sbx, tmp_path):
         sbx.api('/api/process/' + pid + '?signal=KILL', method='DELETE')
 
 
-def test_idle_connections_time_out_but_the_token_holders_do_not(api_server):
+def test_idle_connections_time_out_but_the_token_holders_do_not(api):
     """A connection that never finished its request head is closed after UNTRUSTED_IDLE_S;
     in the same time a token holder's idle keep-alive connection, a quiet stream and a long
     /api/execute are not cut."""
-    s = api_server
+    s = api
     quiet = UNTRUSTED_IDLE_S + 3
     idle = half_sent(s.port, 1)[0]
     idle.settimeout((UNTRUSTED_IDLE_S + 20) * SLOW)
@@ -147,10 +159,10 @@ def test_idle_connections_time_out_but_the_token_holders_do_not(api_server):
 
 # ---- the sandbox's processes ----
 
-def test_no_capabilities_and_own_open_file_limit(api_server):
+def test_no_capabilities_and_own_open_file_limit(api):
     """Every capability set is empty inside, the bounding set included, and the open-file
     limit is the sandbox's own (4096), not sbxd's."""
-    s = api_server
+    s = api
     cmd = 'grep -E "^(Cap|NoNewPrivs)" /proc/self/status; ulimit -Sn; ulimit -Hn'
     status, r = s.api('/api/execute', {'command': cmd})
     assert status == 200, r
@@ -169,11 +181,11 @@ def test_no_capabilities_and_own_open_file_limit(api_server):
 
 # ---- sbxd's session state ----
 
-def test_symlink_planted_in_the_session_state_touches_no_host_file(api_server, tmp_path):
+def test_symlink_planted_in_the_session_state_touches_no_host_file(api, tmp_path):
     """The sandbox swaps a session's state directory for a symlink to a host directory
     (and its state files for links to host files): sbxd neither deletes nor writes anything
     there, and the session goes on."""
-    s = api_server
+    s = api
     host = tmp_path / 'host'
     host.mkdir()
     (host / 'state').write_text('host state\n')
@@ -217,8 +229,8 @@ def post_execute(port, token, command, session):
     return s
 
 
-def test_commands_of_clients_that_hung_up_do_not_run(api_server):
-    s = api_server
+def test_commands_of_clients_that_hung_up_do_not_run(api):
+    s = api
     d = os.path.join(s.workspace, 'queue')
     os.makedirs(d, exist_ok=True)
     ran = os.path.join(d, 'ran')
@@ -239,7 +251,7 @@ def test_commands_of_clients_that_hung_up_do_not_run(api_server):
         assert f.read() == 'first\n'
 
 
-def test_stop_with_running_and_queued_commands_is_prompt(server):
+def test_stop_with_running_and_queued_commands_is_prompt(ext_only, server):
     """SIGTERM while a session runs a command (one that ignores TERM, too) and more wait
     behind it, their clients still connected: sbxd is gone within a few seconds."""
     s = server
@@ -257,7 +269,7 @@ def test_stop_with_running_and_queued_commands_is_prompt(server):
         c.close()
 
 
-def test_second_signal_stops_at_once(build_dir):
+def test_second_signal_stops_at_once(ext_only, build_dir):
     """A stop that takes its time (a command and a background process that ignore TERM get
     KILL 2 and 5 s later): a second SIGTERM ends sbxd and the sandbox at once."""
     s = Sandbox(build_dir, 'ext')
@@ -303,11 +315,11 @@ def peak_rss_kib(pid):
         return int(next(l for l in f if l.startswith('VmHWM')).split()[1])
 
 
-def test_endless_interpreter_messages_are_bounded(api_server):
+def test_endless_interpreter_messages_are_bounded(api):
     """Code in three Python contexts writes a message of 1 GiB without its end to the
     interpreter's channel to sbxd: each interpreter is killed once its message passes the
     limit, its stream says why, and sbxd's memory grows by little."""
-    s = api_server
+    s = api
     base = peak_rss_kib(s.sbxd.pid)
     ctxs = []
     for _ in range(3):
