@@ -404,13 +404,15 @@ static struct conn *conn_of(struct MHD_Connection *conn)
 static void trust(struct MHD_Connection *conn)
 {
 	struct conn *c = conn_of(conn);
-	if (!c || c->trusted)
+	if (c && c->trusted)
 		return;
-	pthread_mutex_lock(&conn_lock);
-	if (c->listed)
-		unlist(c);
-	pthread_mutex_unlock(&conn_lock);
-	c->trusted = true;
+	if (c) {
+		pthread_mutex_lock(&conn_lock);
+		if (c->listed)
+			unlist(c);
+		pthread_mutex_unlock(&conn_lock);
+		c->trusted = true;
+	}
 	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
 }
 
