@@ -47,9 +47,12 @@ def half_sent(port, n):
 
 
 def raise_nofile(n):
+    """Lets this process open n more descriptors if it may; how many it can."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < n:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    if soft < n + 200:
+        soft = min(n + 200, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return min(n, soft - 200)
 
 
 def timed(fn, *args, **kw):
@@ -93,8 +96,7 @@ def test_idle_connections_do_not_lock_out_the_token_holder(sbx):
         assert wait_for(lambda: os.path.exists(opened) and open(opened).read(), 60 * SLOW), \
             'the flood from the sandbox did not get its connections'
         assert open(opened).read() == '2000'
-        raise_nofile(2200)
-        socks = half_sent(sbx.port, 2000)
+        socks = half_sent(sbx.port, raise_nofile(2000))
         try:
             (status, r), took = timed(sbx.api, '/api/execute', {'command': 'echo ok'},
                                       timeout=10)
@@ -117,6 +119,7 @@ def test_idle_connections_time_out_but_the_token_holders_do_not(api):
     s = api
     quiet = UNTRUSTED_IDLE_S + 3
     idle = half_sent(s.port, 1)[0]
+    t0 = time.monotonic()
     idle.settimeout((UNTRUSTED_IDLE_S + 20) * SLOW)
     auth = {'Authorization': 'Bearer ' + s.token, 'Content-Type': 'application/json'}
     keep = http.client.HTTPConnection('127.0.0.1', s.port, timeout=60 * SLOW)
@@ -139,10 +142,9 @@ def test_idle_connections_time_out_but_the_token_holders_do_not(api):
     threads = [threading.Thread(target=f) for f in (long_execute, quiet_stream)]
     for t in threads:
         t.start()
-    t0 = time.monotonic()
     assert idle.recv(1) == b''     # closed by sbxd
     took = time.monotonic() - t0
-    assert UNTRUSTED_IDLE_S - 1 <= took <= (UNTRUSTED_IDLE_S + 5) * SLOW, took
+    assert UNTRUSTED_IDLE_S - 0.5 <= took <= (UNTRUSTED_IDLE_S + 5) * SLOW, took
     # idle for as long as the other one: still open, and answers
     keep.request('POST', '/api/execute', json.dumps({'command': 'echo two'}), auth)
     assert json.loads(keep.getresponse().read())['stdout'] == 'two\n'
