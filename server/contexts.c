@@ -21,6 +21,13 @@
  * reads slower than the interpreter writes makes the supervisor stop reading once QUEUE_MAX
  * bytes wait, so the interpreter blocks instead of sbxd's memory growing.
  *
+ * The messages come from the user's code's own process, which may write anything to the
+ * channel (server/imsg.c takes them apart without trusting them). What sbxd holds of them is
+ * bounded: a message longer than MESSAGE_MAX, or one that would make the unfinished messages of
+ * all interpreters together exceed MESSAGES_PENDING_MAX, gets its interpreter killed (the
+ * context dies and says why), so a hostile interpreter costs sbxd, which no cgroup limits, at
+ * most that much.
+ *
  * Writes to an interpreter's stdin happen outside the lock (a large code can take a moment)
  * under the context's write_lock, with a bound: the kernels read their requests on a thread of
  * their own, so a write that cannot finish means a broken interpreter, which is then killed.
@@ -35,6 +42,7 @@
  * directory and environment (the "init" request, which the kernels apply to themselves). */
 #include "server/contexts.h"
 #include "server/envstore.h"
+#include "server/imsg.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "common/jsonutil.h"
@@ -48,6 +56,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,7 +72,13 @@
 #define WRITE_TIMEOUT_MS 30000
 #define KILL_AFTER_TIMEOUT_MS 2000  /* a timed-out execution that ignores its interrupt */
 #define QUEUE_MAX ((size_t)8 << 20) /* events waiting for a slow client */
-#define MESSAGE_MAX ((size_t)256 << 20)
+#define MESSAGE_MAX_MIB 32
+#define MESSAGES_PENDING_MAX_MIB 256 /* unfinished ones, of all interpreters together */
+#define MESSAGE_MAX ((size_t)MESSAGE_MAX_MIB << 20)
+#define MESSAGES_PENDING_MAX ((size_t)MESSAGES_PENDING_MAX_MIB << 20)
+#define STR_(x) #x
+#define STR(x) STR_(x)
+#define READ_CHUNK 65536
 #define DIAG_MAX 4096
 #define CWD_MAX 4096
 
@@ -126,6 +141,7 @@ struct ctx {
 	char *init_error;
 	int init_errno;
 	char *death;            /* why it died */
+	const char *killed_for; /* why the supervisor killed it, or NULL */
 	struct strbuf diag;     /* the end of the kernel's stderr */
 	uint64_t seq;
 	struct exec *cur;       /* sent or about to be */
@@ -142,6 +158,7 @@ static struct ctx *warm[N_KERNELS];
 static bool wanted[N_KERNELS];
 static bool stopping;
 static int supervisors;
+static atomic_size_t messages_pending; /* bytes of unfinished messages, all interpreters */
 static bool pool_started;
 static pthread_t pool_thread;
 
@@ -322,10 +339,28 @@ static void start_exec(struct ctx *c, struct exec *e)
 
 /* ---- executions (lock held) ---- */
 
+/* An event that is JSON text already (from the interpreter's message). */
+static void exec_event_text(struct exec *e, const char *json, size_t n)
+{
+	if (e->abandoned)
+		return;
+	strbuf_appends(&e->out, "data: ");
+	strbuf_append(&e->out, json, n);
+	strbuf_appends(&e->out, "\n\n");
+}
+
 static void exec_event(struct exec *e, const cJSON *event)
 {
 	if (!e->abandoned)
 		sse_append(&e->out, event);
+}
+
+/* Marks e finished (its terminal event is out) and drops the context's reference. */
+static void exec_finished(struct exec *e)
+{
+	e->finished = true;
+	pthread_cond_broadcast(&e->ctx->cond);
+	exec_unref(e);
 }
 
 /* Appends the terminal event, marks e finished and drops the context's reference. */
@@ -333,9 +368,7 @@ static void exec_finish(struct exec *e, cJSON *terminal)
 {
 	exec_event(e, terminal);
 	cJSON_Delete(terminal);
-	e->finished = true;
-	pthread_cond_broadcast(&e->ctx->cond);
-	exec_unref(e);
+	exec_finished(e);
 }
 
 static cJSON *error_event(const char *ename, const char *evalue, cJSON *traceback)
@@ -371,73 +404,80 @@ static struct exec *advance_queue(struct ctx *c)
 
 /* ---- messages from the interpreter (lock held) ---- */
 
-static void handle_done(struct ctx *c, const cJSON *m)
+static void handle_done(struct ctx *c, const struct imsg *m)
 {
 	struct exec *e = c->cur;
-	if (!e || json_int(m, "seq", -1) != (int64_t)e->seq) {
+	if (!e || m->seq != (int64_t)e->seq) {
 		log_debug("contexts: %s: stray done message", c->id);
 		return;
 	}
 	c->cur = NULL;
-	const cJSON *err = cJSON_GetObjectItemCaseSensitive(m, "error");
-	cJSON *terminal;
 	if (e->timed_out) {
-		terminal = timeout_event(e, false);
-	} else if (cJSON_IsObject(err)) {
-		const char *ename = json_str(err, "ename"), *evalue = json_str(err, "evalue");
-		const cJSON *tb = cJSON_GetObjectItemCaseSensitive(err, "traceback");
-		terminal = error_event(ename ? ename : "Error", evalue ? evalue : "",
-				       cJSON_IsArray(tb) ? cJSON_Duplicate(tb, true) : NULL);
-	} else {
-		terminal = cJSON_CreateObject();
-		cJSON_AddStringToObject(terminal, "type", "execution_complete");
-		cJSON_AddNumberToObject(terminal, "execution_count",
-					(double)json_int(m, "execution_count", 1));
+		exec_finish(e, timeout_event(e, false));
+		return;
 	}
-	exec_finish(e, terminal);
+	struct strbuf ev = STRBUF_INIT;
+	imsg_done_event(m, &ev);
+	exec_event_text(e, ev.data, ev.len);
+	strbuf_free(&ev);
+	exec_finished(e);
+}
+
+static void handle_init_done(struct ctx *c, const struct imsg *m)
+{
+	char error[1024], name[32];
+	if (imsg_is_string(m->error)) {
+		imsg_string(m->error, error, sizeof error);
+		imsg_string(m->errname, name, sizeof name);
+		c->init_state = -1;
+		c->init_error = strdup(error);
+		c->init_errno = errno_from_name(name);
+	} else {
+		c->init_state = 1;
+	}
+	pthread_cond_broadcast(&c->cond);
 }
 
 /* Returns an execution to start, if this message made one current. */
 static struct exec *handle_message(struct ctx *c, const char *line, size_t len)
 {
-	cJSON *m = cJSON_ParseWithLength(line, len);
-	const char *type = m ? json_str(m, "type") : NULL;
+	struct imsg m;
 	struct exec *start = NULL;
-	if (!type) {
+	if (!imsg_parse(line, len, &m)) {
 		log_debug("contexts: %s: unreadable message from the interpreter", c->id);
-	} else if (!strcmp(type, "stdout") || !strcmp(type, "stderr") || !strcmp(type, "result")) {
+		return NULL;
+	}
+	switch (m.type) {
+	case IMSG_STDOUT:
+	case IMSG_STDERR:
+	case IMSG_RESULT:
 		/* output between executions (a background thread's) has nobody to go to */
-		if (c->cur) {
-			if (strcmp(type, "result") != 0) {
-				cJSON *ev = cJSON_CreateObject();
-				const char *text = json_str(m, "text");
-				cJSON_AddStringToObject(ev, "type", type);
-				cJSON_AddStringToObject(ev, "text", text ? text : "");
-				exec_event(c->cur, ev);
-				cJSON_Delete(ev);
-			} else {
-				exec_event(c->cur, m);
-			}
-			pthread_cond_broadcast(&c->cond);
+		if (!c->cur)
+			break;
+		if (m.type == IMSG_RESULT) {
+			exec_event_text(c->cur, line, len);
+		} else {
+			struct strbuf ev = STRBUF_INIT;
+			imsg_output_event(&m, &ev);
+			exec_event_text(c->cur, ev.data, ev.len);
+			strbuf_free(&ev);
 		}
-	} else if (!strcmp(type, "done")) {
-		handle_done(c, m);
+		pthread_cond_broadcast(&c->cond);
+		break;
+	case IMSG_DONE:
+		handle_done(c, &m);
 		start = advance_queue(c);
-	} else if (!strcmp(type, "ready")) {
+		break;
+	case IMSG_READY:
 		c->ready = true;
 		pthread_cond_broadcast(&c->cond);
-	} else if (!strcmp(type, "init_done")) {
-		const char *err = json_str(m, "error");
-		if (err) {
-			c->init_state = -1;
-			c->init_error = strdup(err);
-			c->init_errno = errno_from_name(json_str(m, "errno"));
-		} else {
-			c->init_state = 1;
-		}
-		pthread_cond_broadcast(&c->cond);
+		break;
+	case IMSG_INIT_DONE:
+		handle_init_done(c, &m);
+		break;
+	case IMSG_OTHER:
+		break;
 	}
-	cJSON_Delete(m);
 	return start;
 }
 
@@ -488,6 +528,8 @@ static void died(struct ctx *c, int status, bool reaped)
 	int code = runner_exit_code(status);
 	if (c->deleted)
 		snprintf(why, sizeof why, "the context was deleted");
+	else if (c->killed_for)
+		snprintf(why, sizeof why, "%s", c->killed_for);
 	else if (!reaped)
 		snprintf(why, sizeof why, "the interpreter stopped answering");
 	else if (code > 128)
@@ -518,45 +560,51 @@ static void died(struct ctx *c, int status, bool reaped)
 		log_info("contexts: %s: %s", c->id, why);
 }
 
-/* Complete lines of buf go to handle_message; the rest stays. false: a message too long. */
-static bool take_lines(struct ctx *c, struct strbuf *buf)
+/* Reads stdout and hands the complete messages to handle_message: 1 more may come, 0 at its
+ * end, -1 on an error or when the interpreter overstepped the bounds (see the top; it is then
+ * killed by the caller, and killed_for says why). *pending is what this interpreter counts
+ * in messages_pending. */
+static int read_messages(struct ctx *c, struct imsg_reader *r, size_t *pending)
 {
-	size_t off = 0;
-	for (;;) {
-		char *nl = memchr(buf->data + off, '\n', buf->len - off);
-		if (!nl)
-			break;
-		pthread_mutex_lock(&lock);
-		struct exec *start = handle_message(c, buf->data + off,
-						    (size_t)(nl - buf->data) - off);
-		pthread_mutex_unlock(&lock);
-		off = (size_t)(nl - buf->data) + 1;
-		if (start)
-			start_exec(c, start);
-	}
-	strbuf_consume(buf, off);
-	return buf->len <= MESSAGE_MAX;
-}
-
-/* Reads stdout; 1 more may come, 0 at its end, -1 error. */
-static int read_messages(struct ctx *c, struct strbuf *buf)
-{
-	strbuf_reserve(buf, 65536);
-	ssize_t n = read(c->proc.stdout_fd, buf->data + buf->len, 65536);
+	char chunk[READ_CHUNK];
+	ssize_t n = read(c->proc.stdout_fd, chunk, sizeof chunk);
 	if (n < 0)
 		return errno == EAGAIN || errno == EINTR ? 1 : -1;
 	if (n == 0)
 		return 0;
-	buf->len += (size_t)n;
-	buf->data[buf->len] = 0;
-	return take_lines(c, buf) ? 1 : -1;
+	imsg_reader_add(r, chunk, (size_t)n);
+	const char *line;
+	size_t len;
+	int got;
+	while ((got = imsg_reader_next(r, &line, &len)) > 0) {
+		pthread_mutex_lock(&lock);
+		struct exec *start = handle_message(c, line, len);
+		pthread_mutex_unlock(&lock);
+		if (start)
+			start_exec(c, start);
+	}
+	size_t now = imsg_reader_pending(r), total = 0;
+	if (now >= *pending)
+		total = atomic_fetch_add(&messages_pending, now - *pending) + (now - *pending);
+	else
+		atomic_fetch_sub(&messages_pending, *pending - now);
+	*pending = now;
+	if (got < 0)
+		c->killed_for = "the interpreter sent a message longer than "
+				STR(MESSAGE_MAX_MIB) " MiB";
+	else if (total > MESSAGES_PENDING_MAX)
+		c->killed_for = "the interpreters' unfinished messages exceed "
+				STR(MESSAGES_PENDING_MAX_MIB) " MiB together";
+	return c->killed_for ? -1 : 1;
 }
 
 static void *supervise(void *arg)
 {
 	struct ctx *c = arg;
-	struct strbuf buf = STRBUF_INIT;
+	struct imsg_reader msgs;
+	size_t pending = 0;
 	bool err_open = true;
+	imsg_reader_init(&msgs, MESSAGE_MAX);
 	for (;;) {
 		pthread_mutex_lock(&lock);
 		int64_t now = now_ms(), next = -1;
@@ -597,14 +645,17 @@ static void *supervise(void *arg)
 		}
 		if (p[1].revents)
 			err_open = read_diag(c);
-		if (p[0].revents && read_messages(c, &buf) <= 0)
+		if (p[0].revents && read_messages(c, &msgs, &pending) <= 0)
 			break;
 		if (p[3].revents)
 			break;
 	}
 	/* what it wrote before it went, then the end */
-	for (int i = 0; i < 64 && read_messages(c, &buf) > 0; i++)
+	for (int i = 0; i < 64 && !c->killed_for && read_messages(c, &msgs, &pending) > 0; i++)
 		;
+	if (c->killed_for)
+		log_warn("contexts: %s: %s: killing it", c->id[0] ? c->id : "(spare)",
+			 c->killed_for);
 	pthread_mutex_lock(&lock);
 	ctx_signal(c, SIGKILL);
 	c->reaping = true;
@@ -616,7 +667,8 @@ static void *supervise(void *arg)
 	for (int i = 0; err_open && i < 64 && read_diag(c); i++)
 		;
 	died(c, status, err == 0);
-	strbuf_free(&buf);
+	atomic_fetch_sub(&messages_pending, pending);
+	imsg_reader_free(&msgs);
 	pthread_mutex_lock(&lock);
 	supervisors--;
 	pthread_cond_broadcast(&gone_cond);

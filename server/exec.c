@@ -10,7 +10,11 @@
  * stream is an sse_source: each next() polls for at most the time httpd gives it and turns
  * what arrived into events; text events carry incomplete UTF-8 sequences over to the next
  * chunk so a character is never split. If the client goes away first, release() kills the
- * command's process group. Either way every child is reaped.
+ * command's process group; /api/execute watches its client's socket in the same poll() and
+ * does the same (TERM, KILL after KILL_GRACE_MS), and so does a request still waiting for its
+ * session's running command (sessions.c), which then never starts. Either way every child is
+ * reaped. Stopping sbxd shuts every connection down, so this also bounds how long a stop
+ * waits for commands.
  *
  * Output text is UTF-8 with invalid sequences and NUL bytes replaced by U+FFFD (cJSON strings
  * cannot hold NUL); "encoding":"base64" gives the bytes exactly. */
@@ -60,6 +64,8 @@ struct proc_io {
 	int64_t deadline;       /* timeout, -1 none */
 	int64_t kill_at;        /* SIGKILL after the SIGTERM of a timeout, -1 none */
 	int64_t drain_until;    /* after the exit: reading what is left, until then */
+	int client_fd;          /* the request's socket, watched for a hang-up; -1: not */
+	bool client_gone;
 	bool timed_out;
 	bool killed;            /* by us, for any reason: its state is not to be kept */
 };
@@ -135,14 +141,20 @@ static void io_check_exit(struct proc_io *io)
 	io->drain_until = now_ms() + DRAIN_MAX_MS;
 }
 
+/* SIGTERM now (a timeout, a departed client), SIGKILL KILL_GRACE_MS later. */
+static void io_stop(struct proc_io *io, int64_t now)
+{
+	io->deadline = -1;
+	io_kill(io, SIGTERM);
+	io->kill_at = now + KILL_GRACE_MS;
+}
+
 /* Timeouts: SIGTERM at the deadline, SIGKILL KILL_GRACE_MS later. */
 static void io_timers(struct proc_io *io, int64_t now)
 {
 	if (io->deadline >= 0 && now >= io->deadline) {
-		io->deadline = -1;
 		io->timed_out = true;
-		io_kill(io, SIGTERM);
-		io->kill_at = now + KILL_GRACE_MS;
+		io_stop(io, now);
 	}
 	if (io->kill_at >= 0 && now >= io->kill_at) {
 		io->kill_at = -1;
@@ -158,14 +170,17 @@ static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, si
 	int64_t now = now_ms();
 	io_timers(io, now);
 	if (!io->exited) {
-		struct pollfd pfd[4];
-		int n = 0, i_out = -1, i_err = -1, i_in = -1;
+		struct pollfd pfd[5];
+		int n = 0, i_out = -1, i_err = -1, i_in = -1, i_client = -1;
 		if (!io->eof[OUT])
 			pfd[i_out = n++] = (struct pollfd){ .fd = io->p.stdout_fd, .events = POLLIN };
 		if (!io->eof[ERR])
 			pfd[i_err = n++] = (struct pollfd){ .fd = io->p.stderr_fd, .events = POLLIN };
 		if (io->p.stdin_fd >= 0)
 			pfd[i_in = n++] = (struct pollfd){ .fd = io->p.stdin_fd, .events = POLLOUT };
+		if (io->client_fd >= 0 && !io->client_gone)
+			pfd[i_client = n++] = (struct pollfd){ .fd = io->client_fd,
+							       .events = POLLRDHUP };
 		if (io->p.pidfd >= 0)
 			pfd[n++] = (struct pollfd){ .fd = io->p.pidfd, .events = POLLIN };
 		else if (wait_ms < 0 || wait_ms > 10)
@@ -182,6 +197,13 @@ static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, si
 				io_read(io, OUT, sink, ctx, &budget);
 			if (i_err >= 0 && pfd[i_err].revents)
 				io_read(io, ERR, sink, ctx, &budget);
+			if (i_client >= 0 &&
+			    pfd[i_client].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+				log_debug("exec: the client went away: stopping its command");
+				io->client_gone = true;
+				if (io->kill_at < 0)
+					io_stop(io, now_ms());
+			}
 		}
 		io_check_exit(io);
 		if (!io->exited)
@@ -195,16 +217,18 @@ static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, si
 	return budget > 0 || now_ms() >= io->drain_until;
 }
 
-/* Starts the command; 0 or a negative errno. */
+/* Starts the command; 0 or a negative errno. A client_fd >= 0 is watched: when that client
+ * hangs up, the command is stopped. */
 static int io_start(struct proc_io *io, const struct session_launch *l, const char *command,
-		    int timeout_ms)
+		    int timeout_ms, int client_fd)
 {
 	struct run_spec spec = {
 		.argv = (const char *const *)l->argv,
 		.env = (const char *const *)l->env,
 		.stdin_null = !l->command_on_stdin,
 	};
-	*io = (struct proc_io){ .deadline = -1, .kill_at = -1, .timeout_ms = timeout_ms };
+	*io = (struct proc_io){ .deadline = -1, .kill_at = -1, .timeout_ms = timeout_ms,
+				.client_fd = client_fd };
 	int err = runner_spawn(&spec, &io->p);
 	if (err)
 		return err;
@@ -323,11 +347,12 @@ static void reply_session_error(struct req *r, const struct exec_req *x, int err
 			    x->session_id, strerror(-err));
 }
 
-/* Takes the session for this command (none when sessionless); 0, -ETIMEDOUT or an error.
- * The session's commandTimeoutMs is for foreground commands only (a stream is a background
- * command in the container) and, like a request's timeoutMs, counts from now: a command
- * whose time runs out while it waits for the session's running one never starts. */
-static int take_session(struct exec_req *x, bool foreground, struct session **s)
+/* Takes the session for this command (none when sessionless); 0, -ETIMEDOUT, -ECONNABORTED
+ * (the client hung up meanwhile) or an error. The session's commandTimeoutMs is for
+ * foreground commands only (a stream is a background command in the container) and, like a
+ * request's timeoutMs, counts from now: a command whose time runs out while it waits for the
+ * session's running one never starts, nor does one whose client is gone. */
+static int take_session(struct req *r, struct exec_req *x, bool foreground, struct session **s)
 {
 	*s = NULL;
 	if (strcmp(x->session_id, SESSION_NONE) == 0)
@@ -335,7 +360,10 @@ static int take_session(struct exec_req *x, bool foreground, struct session **s)
 	if (!x->timeout_ms && foreground)
 		x->timeout_ms = session_command_timeout_of(x->session_id);
 	int err = session_acquire(x->session_id, x->cwd, x->timeout_ms > 0 ? x->timeout_ms : -1,
-				  s);
+				  req_client_fd(r), s);
+	if (err == -ECONNABORTED)
+		log_debug("exec: the client went away while its command waited for session '%s'",
+			  x->session_id);
 	if (!err && !x->timeout_ms && foreground) /* created meanwhile */
 		x->timeout_ms = session_command_timeout(*s);
 	return err;
@@ -393,7 +421,7 @@ void route_execute(struct req *r)
 		return route_process_start(r); /* as the container: a process record */
 	if (!parse_exec_req(r, &x, false))
 		return;
-	int err = take_session(&x, true, &s);
+	int err = take_session(r, &x, true, &s);
 	if (err == -ETIMEDOUT) {
 		/* the session's previous command outlasted our whole timeout */
 		timed_out = true;
@@ -403,7 +431,8 @@ void route_execute(struct req *r)
 	} else {
 		session_launch(s, x.command, x.cwd, x.env, s != NULL, &l);
 		int left = x.timeout_ms > 0 ? x.timeout_ms - (int)(now_ms() - t0) : 0;
-		err = io_start(&io, &l, x.command, x.timeout_ms > 0 ? (left > 1 ? left : 1) : 0);
+		err = io_start(&io, &l, x.command, x.timeout_ms > 0 ? (left > 1 ? left : 1) : 0,
+			       req_client_fd(r));
 		if (err) {
 			reply_spawn_error(r, err);
 			goto out;
@@ -592,7 +621,7 @@ void route_execute_stream(struct req *r)
 	if (!parse_exec_req(r, &x, true))
 		return;
 	/* the session lock is held only while the command starts, as in the container */
-	int err = take_session(&x, false, &s);
+	int err = take_session(r, &x, false, &s);
 	if (err) {
 		if (err == -ETIMEDOUT)
 			reply_error(r, 500, "COMMAND_EXECUTION_ERROR", ETIMEDOUT, NULL,
@@ -608,7 +637,7 @@ void route_execute_stream(struct req *r)
 		abort();
 	st->base64 = x.base64;
 	session_launch(s, x.command, x.cwd, x.env, false, &l);
-	err = io_start(&st->io, &l, st->command, x.timeout_ms);
+	err = io_start(&st->io, &l, st->command, x.timeout_ms, -1); /* httpd watches a stream */
 	if (s)
 		session_release(s);
 	session_launch_free(&l);

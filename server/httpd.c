@@ -17,19 +17,37 @@
  * connection's socket: hang-up, error or end of file means gone (pending bytes are not, they may
  * be a pipelined request). The reader then ends the response with an error so that MHD closes
  * the connection and frees the source; MHD reports that as an application error, which for a
- * departed client (or a stopping server) is expected and logged at debug level only. */
+ * departed client (or a stopping server) is expected and logged at debug level only.
+ *
+ * Connections. Anyone on loopback may connect without the token, and that includes code in the
+ * sandbox, which shares the host's network: it connects from 127.0.0.1 like sbxfs, so a limit
+ * per client address would let it use up sbxfs's share too, and idle connections by the
+ * thousand (from many processes, each within its own open-file limit) would fill any total.
+ * So a connection is trusted once it has carried a request with the bearer token (only the
+ * token holder can write into it), and until then it is one of at most untrusted_max
+ * untrusted ones: a new connection beyond that evicts the oldest untrusted one (its socket is
+ * shut down). An authorised client's new connection thus always gets in, and becomes trusted
+ * with its first request head, long before a flood could make it the oldest. MHD's own total
+ * limit is set above that, for trusted connections. Untrusted connections also time out after
+ * UNTRUSTED_IDLE_S without a byte (a half-sent request head does not hold its thread for
+ * long); trusted ones never do, since MHD measures its timeout from the last byte moved and a
+ * handler that runs for minutes (a command, a clone) or a quiet stream would be cut right
+ * after it. Preview requests, whose credential is in the Host, run without the timeout too,
+ * but their connections stay untrusted. */
 #include "server/httpd.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <microhttpd.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include "common/errnames.h"
@@ -43,6 +61,8 @@
 #define BODY_MAX (128u << 20)
 #define SSE_SLICE_MS 1000
 #define SSE_KEEPALIVE_MS 15000
+#define CONNECTIONS_MAX 4096      /* in all; and at most a quarter of the open-file limit */
+#define UNTRUSTED_IDLE_S 10
 
 struct req {
 	struct MHD_Connection *conn;
@@ -328,6 +348,90 @@ void reply_sse(struct req *r, struct sse_source src)
 	queue(r, 200, resp, "text/event-stream");
 }
 
+/* ---- connection accounting (see the top) ---- */
+
+struct conn {
+	int fd;
+	bool trusted;            /* only ever set, and read, by the connection's own thread */
+	bool listed;             /* among the untrusted (conn_lock) */
+	struct conn *prev, *next;
+};
+
+static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct conn *untrusted_head, *untrusted_tail; /* oldest first */
+static unsigned n_untrusted, untrusted_max;
+
+static void unlist(struct conn *c)
+{
+	*(c->prev ? &c->prev->next : &untrusted_head) = c->next;
+	*(c->next ? &c->next->prev : &untrusted_tail) = c->prev;
+	c->prev = c->next = NULL;
+	c->listed = false;
+	n_untrusted--;
+}
+
+/* MHD_OPTION_NOTIFY_CONNECTION, on the daemon's thread. MHD closes a socket only after the
+ * CLOSED notice, so under conn_lock a listed connection's descriptor is still its own. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	struct conn *c = *socket_context;
+	(void)cls;
+	if (code == MHD_CONNECTION_NOTIFY_CLOSED) {
+		if (!c)
+			return;
+		pthread_mutex_lock(&conn_lock);
+		if (c->listed)
+			unlist(c);
+		pthread_mutex_unlock(&conn_lock);
+		free(c);
+		*socket_context = NULL;
+		return;
+	}
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+	if (!ci || !(c = calloc(1, sizeof *c)))
+		return; /* untracked: it stays with the idle timeout alone */
+	c->fd = ci->connect_fd;
+	*socket_context = c;
+	pthread_mutex_lock(&conn_lock);
+	c->prev = untrusted_tail;
+	*(untrusted_tail ? &untrusted_tail->next : &untrusted_head) = c;
+	untrusted_tail = c;
+	c->listed = true;
+	if (++n_untrusted > untrusted_max) {
+		struct conn *oldest = untrusted_head;
+		unlist(oldest);
+		shutdown(oldest->fd, SHUT_RDWR); /* its thread sees the end and closes it */
+		log_debug("httpd: %u connections without a token: closing the oldest",
+			  untrusted_max);
+	}
+	pthread_mutex_unlock(&conn_lock);
+}
+
+static struct conn *conn_of(struct MHD_Connection *conn)
+{
+	const union MHD_ConnectionInfo *ci =
+		MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+	return ci ? ci->socket_context : NULL;
+}
+
+/* The connection carried the bearer token: never evicted nor timed out from now on. */
+static void trust(struct MHD_Connection *conn)
+{
+	struct conn *c = conn_of(conn);
+	if (c && c->trusted)
+		return;
+	if (c) {
+		pthread_mutex_lock(&conn_lock);
+		if (c->listed)
+			unlist(c);
+		pthread_mutex_unlock(&conn_lock);
+		c->trusted = true;
+	}
+	MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
+}
+
 /* ---- routing and authentication ---- */
 
 /* Does path match the route's path? "{id}" stands for any one non-empty segment (of fewer
@@ -532,9 +636,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 	struct req *r = *con_cls;
 	(void)cls;
 	(void)version;
-	/* Preview URLs (Host <port>-<id>-<token>.*) are proxied, ahead of routes and token. */
-	if (preview_claims(conn, con_cls))
+	/* Preview URLs (Host <port>-<id>-<token>.*) are proxied, ahead of routes and token; an
+	 * upstream may take its time (on_completed puts the timeout back). */
+	if (preview_claims(conn, con_cls)) {
+		if (!r)
+			MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
 		return preview_access(conn, url, method, upload_data, upload_data_size, con_cls);
+	}
 	if (!r) {
 		r = calloc(1, sizeof *r);
 		if (!r)
@@ -553,6 +661,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				    "missing or invalid bearer token");
 			return MHD_YES;
 		}
+		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)))
+			trust(conn);
 		const char *client = req_header(r, "Sbx-Client");
 		if (authed && client && !(sbxd_cfg && sbxd_cfg->no_extensions) &&
 		    leases_renew(client))
@@ -588,8 +698,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
 	struct req *r = *con_cls;
+	struct conn *c = conn_of(conn);
 	(void)cls;
-	(void)conn;
+	if (!(c && c->trusted))
+		MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
+					  (unsigned)UNTRUSTED_IDLE_S);
 	if (!r || preview_completed(con_cls))
 		return;
 	log_debug("%s %s %d %ldms%s", r->method, r->path, r->status, elapsed_ms(&r->start),
@@ -599,6 +712,19 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 	free(r);
 	*con_cls = NULL;
 }
+
+/* MHD's messages about one connection that its client broke (hung up, sent garbage). */
+static const char *const peer_trouble[] = {
+	"Connection was closed by remote side",
+	"Connection socket is closed when reading",
+	"Socket has been disconnected when reading",
+	"Failed to send data",
+	"Failed to send the",
+	"Error processing request (HTTP response code is 4",
+	"Received HTTP/1.1 request without `Host' header",
+	"Failed to parse `Content-Length' header",
+	"Too large value of 'Content-Length' header",
+};
 
 static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
@@ -613,6 +739,12 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 		log_debug("httpd: %s", line);
 		return;
 	}
+	/* what a client did to its own connection: anyone on loopback could flood the log */
+	for (size_t i = 0; i < sizeof peer_trouble / sizeof peer_trouble[0]; i++)
+		if (strncmp(line, peer_trouble[i], strlen(peer_trouble[i])) == 0) {
+			log_debug("httpd: %s", line);
+			return;
+		}
 	log_warn("httpd: %s", line);
 }
 
@@ -686,10 +818,19 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 		return NULL;
 	}
 	atomic_store(&stopping, false);
+	/* sbxd raised its open-file limit to the hard one before (server.c) */
+	unsigned connections = CONNECTIONS_MAX;
+	struct rlimit nofile;
+	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur / 4 < connections)
+		connections = nofile.rlim_cur / 4 > 64 ? (unsigned)(nofile.rlim_cur / 4) : 64;
+	untrusted_max = connections / 4;
 	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, NULL,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
+				  MHD_OPTION_CONNECTION_LIMIT, connections,
+				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)UNTRUSTED_IDLE_S,
 				  MHD_OPTION_URI_LOG_CALLBACK, preview_note_uri, NULL,
 				  MHD_OPTION_END);
 	freeaddrinfo(ai);

@@ -34,6 +34,15 @@
  * thread lives as long as sbxd, so commands die with sbxd and with nothing else, even when sbxd
  * is killed with SIGKILL. On an orderly exit runner_shutdown() also empties the cgroup.
  *
+ * Capabilities. bubblewrap run by root (not setuid, no user namespace) keeps its own
+ * capabilities to build the sandbox and with --cap-drop ALL clears the command's effective,
+ * permitted and inheritable sets, but it never touches the bounding set: the command would see
+ * every capability there (only no_new_privs keeps an exec from regaining them). So the spawner
+ * thread empties its own bounding set before it starts anything (credentials are per thread: the
+ * rest of sbxd keeps its own) and hands its capabilities to bubblewrap as ambient ones instead,
+ * which an exec keeps whatever the bounding set; bubblewrap's capset() then clears them for the
+ * command along with the rest, and the empty bounding set is inherited by everything below.
+ *
  * Children are reaped only by runner_wait(), through a pidfd, so nothing else in sbxd may set
  * SIGCHLD to SIG_IGN or call waitpid(-1). Commands get only the environment the caller passes
  * (or the default below), never sbxd's own, which may hold the bearer token. */
@@ -54,9 +63,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/capability.h>
 #include <sys/pidfd.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -103,6 +115,7 @@ static struct runner_limits limits = {
 	.pids = RUNNER_DEFAULT_PIDS,
 	.file_size = RUNNER_DEFAULT_FILE_SIZE,
 	.cpu_seconds = RUNNER_DEFAULT_CPU_SECONDS,
+	.open_files = RUNNER_DEFAULT_OPEN_FILES,
 };
 static unsigned cgroup_limits;  /* CGROUP_* in force */
 static char *token_file;        /* resolved; hidden in the sandbox */
@@ -170,8 +183,42 @@ static int do_spawn(struct spawn_job *j)
 	return -err;
 }
 
+/* Empties the calling thread's capability bounding set, keeping its capabilities for what it
+ * starts as ambient ones (see the top). Without CAP_SETPCAP (sbxd not run by root) there is
+ * nothing to drop: bubblewrap then uses a user namespace and empties the set itself. */
+static void empty_bounding_set(void)
+{
+	struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct caps[2];
+	if (syscall(SYS_capget, &hdr, caps) < 0) {
+		log_warn("runner: capget: %s", strerror(errno));
+		return;
+	}
+	if (!caps[0].permitted && !caps[1].permitted)
+		return;
+	/* an ambient capability must be permitted and inheritable */
+	caps[0].inheritable = caps[0].permitted;
+	caps[1].inheritable = caps[1].permitted;
+	if (syscall(SYS_capset, &hdr, caps) < 0) {
+		log_warn("runner: capset: %s (the sandbox keeps the bounding set)", strerror(errno));
+		return;
+	}
+	for (unsigned cap = 0; cap < 64; cap++)
+		if (caps[cap / 32].permitted & (1u << (cap % 32)) &&
+		    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0) {
+			log_warn("runner: raising ambient capability %u: %s (the sandbox keeps the "
+				 "bounding set)", cap, strerror(errno));
+			return;
+		}
+	/* EINVAL past the last capability this kernel knows */
+	for (unsigned cap = 0; cap < 64; cap++)
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno == EINVAL)
+			break;
+}
+
 static void *spawner(void *arg)
 {
+	empty_bounding_set();
 	pthread_mutex_lock(&spawn_lock);
 	for (;;) {
 		while (!spawn_queue)
@@ -477,6 +524,10 @@ static void limit_process(pid_t pid)
 			   (rlim_t)limits.cpu_seconds + CPU_GRACE_SECONDS);
 	if (limits.memory && !(cgroup_limits & CGROUP_MEMORY))
 		set_rlimit(pid, RLIMIT_AS, limits.memory, limits.memory);
+	/* not sbxd's own (raised for its connections and handles): a sandbox that opens
+	 * sockets by the thousand does it in many processes, each of them counted by pids.max */
+	if (limits.open_files)
+		set_rlimit(pid, RLIMIT_NOFILE, (rlim_t)limits.open_files, (rlim_t)limits.open_files);
 	/* no core files in the workspace, and no core_pattern helper run on the host */
 	set_rlimit(pid, RLIMIT_CORE, 0, 0);
 }
@@ -864,9 +915,10 @@ static void describe_limits(const char *cgroup_how)
 			 "space per process)", n ? ", " : "",
 			 (unsigned long long)(limits.memory >> 20));
 	log_info("sandbox: %s; limits: memory %llu MiB, %ld processes, files %llu MiB, "
-		 "CPU %ld s per process (0 = none)", cgroup_how,
+		 "CPU %ld s and %ld open files per process (0 = none)", cgroup_how,
 		 (unsigned long long)(limits.memory >> 20), limits.pids,
-		 (unsigned long long)(limits.file_size >> 20), limits.cpu_seconds);
+		 (unsigned long long)(limits.file_size >> 20), limits.cpu_seconds,
+		 limits.open_files);
 	if (what[0])
 		log_warn("sandbox: NOT enforced without a writable cgroup: %s", what);
 }

@@ -1,9 +1,9 @@
 /* The one place where sbxd starts anything inside the sandbox. Every command, background
  * process and interpreter is started by runner_spawn(), so isolation is applied here and only
- * here: bubblewrap with its own mount, pid, ipc and uts namespaces, no capabilities, the host's
- * system directories read-only, the workspace directory at /workspace, nothing of sbxd's state
- * or token, and the sandbox-wide limits of server/cgroup.h plus per-process rlimits (see
- * docs/security.md for the whole policy). */
+ * here: bubblewrap with its own mount, pid, ipc and uts namespaces, no capabilities (an empty
+ * bounding set included), the host's system directories read-only, the workspace directory at
+ * /workspace, nothing of sbxd's state or token, and the sandbox-wide limits of
+ * server/cgroup.h plus per-process rlimits (see docs/security.md for the whole policy). */
 #ifndef SBXD_RUNNER_H
 #define SBXD_RUNNER_H
 #include <stdbool.h>
@@ -36,11 +36,13 @@ struct runner_limits {
 	long pids;                /* processes and threads, all together (cgroup) */
 	uint64_t file_size;       /* largest file a process may write, bytes (RLIMIT_FSIZE) */
 	long cpu_seconds;         /* CPU time of each process (RLIMIT_CPU) */
+	long open_files;          /* descriptors of each process (RLIMIT_NOFILE); 0: sbxd's */
 };
 #define RUNNER_DEFAULT_MEMORY (4ull << 30)
 #define RUNNER_DEFAULT_PIDS 2048
 #define RUNNER_DEFAULT_FILE_SIZE (16ull << 30)
 #define RUNNER_DEFAULT_CPU_SECONDS 3600
+#define RUNNER_DEFAULT_OPEN_FILES 4096
 
 /* Before runner_init (else the defaults above): the limits, and sbxd's token file, which is
  * hidden from commands wherever it is (NULL if the token came from the environment). */

@@ -26,10 +26,23 @@
  * trailing call that saves the state sits on the command's line, which bash parses before
  * the command has a chance to define an alias.
  *
+ * The state files are the sandbox's: the sessions directory is bound into it (SESSIONS_INSIDE
+ * in runner.c), so code there can rename a session's directory, put a symlink to any host
+ * directory in its place, or plant links and FIFOs under the names sbxd uses. So sbxd never
+ * looks a path up in there: it holds a descriptor of the sessions directory and one of each
+ * session's directory (opened with O_NOFOLLOW when it made them), and works only with *at()
+ * calls on single names relative to those, which never follow a final symlink (O_NOFOLLOW,
+ * O_EXCL, rename and unlink act on the link itself). Whatever the sandbox swaps in, every
+ * change sbxd makes lands inside the sessions directory, where the sandbox could have made it
+ * itself. The host paths of the files still go to the wrapper, which sees them inside.
+ *
  * Locking: a table lock guards the list of sessions (held briefly); each session has a run
  * lock that serialises its foreground commands and is held for the whole command. Sessions
  * are reference-counted so a deleted session stays valid for a request that still holds it;
- * such a request notices the deletion after taking the run lock and starts over. */
+ * such a request notices the deletion after taking the run lock and starts over. A request
+ * waiting for the run lock looks at its client every WAIT_SLICE_MS and gives up when it has
+ * hung up (or sbxd is stopping, which shuts every connection down): a queued command whose
+ * client is gone never runs. */
 #include "server/sessions.h"
 #include "server/routes.h"
 #include "server/runner.h"
@@ -38,10 +51,11 @@
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -57,6 +71,11 @@
 /* an environment string may not exceed 128 KiB (MAX_ARG_STRLEN); longer commands go to stdin */
 #define MAX_COMMAND_IN_ENV (96 * 1024)
 #define STATE_END "#sbx-end\n"
+#define STATE "state"
+#define STATE_NEW "state.new"
+#define REMOVE_DEPTH_MAX 64   /* deeper trees the sandbox built in a session's directory stay */
+#define CREATE_TRIES 100      /* names the sandbox took in advance are skipped */
+#define WAIT_SLICE_MS 100
 
 static const char wrapper[] =
 	"__sbx_cmd=$__SBX_CMD __sbx_in=$__SBX_STATE __sbx_out=$__SBX_SAVE __sbx_cwd=$__SBX_CWD"
@@ -96,9 +115,10 @@ static const char wrapper[] =
 
 struct session {
 	char *id;
-	char *dir;          /* private directory under the state dir */
-	char *state;        /* what the next command loads */
-	char *state_new;    /* what a command saves */
+	char *name;         /* of its directory in the sessions directory */
+	int dirfd;          /* that directory, wherever the sandbox moved it */
+	char *state;        /* host paths of what the next command loads, */
+	char *state_new;    /* and of what a command saves (for the wrapper only) */
 	char **env;         /* from session/create, "K=V" */
 	int timeout_ms;
 	bool saved;         /* the state file holds a command's saved environment */
@@ -113,6 +133,7 @@ static struct session *sessions, **sessions_tail = &sessions;
 static size_t n_sessions;
 static unsigned long serial;
 static char *root;          /* <state dir>/sessions */
+static int root_fd = -1;    /* the same, opened */
 
 /* ---- small helpers ---- */
 
@@ -184,22 +205,44 @@ static bool valid_utf8(const char *s)
 	return utf8_valid(s, strlen(s));
 }
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+/* Removes what the directory dfd holds, keeping the directory: each name is unlinked
+ * relative to a descriptor of its directory, and a subdirectory is entered only through
+ * openat(O_NOFOLLOW), so a link planted (or swapped in) meanwhile goes itself, never what it
+ * points to. */
+static void empty_dir(int dfd, int depth)
 {
-	if (ftw->level > 0)
-		remove(path);
-	return 0;
-}
-
-/* Empties a directory tree, keeping its top. */
-static void empty_dir(const char *dir)
-{
-	nftw(dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+	int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d = fd < 0 ? NULL : fdopendir(fd);
+	if (!d) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		const char *n = e->d_name;
+		if (strcmp(n, ".") == 0 || strcmp(n, "..") == 0)
+			continue;
+		if (unlinkat(fd, n, 0) == 0 || errno != EISDIR)
+			continue;
+		if (depth >= REMOVE_DEPTH_MAX) {
+			log_warn("sessions: a directory tree deeper than %d levels stays in the state "
+				 "directory", REMOVE_DEPTH_MAX);
+			continue;
+		}
+		int sub = openat(fd, n, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		if (sub < 0)
+			continue;
+		empty_dir(sub, depth + 1);
+		close(sub);
+		unlinkat(fd, n, AT_REMOVEDIR);
+	}
+	closedir(d);
 }
 
 static bool setup_root(void)
 {
-	if (root)
+	if (root_fd >= 0)
 		return true;
 	const char *base = sbxd_cfg ? sbxd_cfg->state_dir : NULL;
 	char *dir = NULL;
@@ -215,8 +258,6 @@ static bool setup_root(void)
 			free(dir);
 			return false;
 		}
-		/* sessions live in memory: whatever an earlier sbxd left is stale */
-		empty_dir(dir);
 	} else {
 		char tmpl[] = "/tmp/sbxd-sessions-XXXXXX";
 		if (!mkdtemp(tmpl)) {
@@ -225,8 +266,18 @@ static bool setup_root(void)
 		}
 		dir = strdup(tmpl);
 	}
+	if (!dir)
+		return false;
+	root_fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (root_fd < 0) {
+		log_error("sessions: %s: %s", dir, strerror(errno));
+		free(dir);
+		return false;
+	}
+	/* sessions live in memory: whatever an earlier sbxd left is stale */
+	empty_dir(root_fd, 0);
 	root = dir;
-	return root != NULL;
+	return true;
 }
 
 /* 'text' with every ' written as '\'' */
@@ -245,9 +296,15 @@ static void put_quoted(FILE *f, const char *s)
  * the container). Its environment comes from the process environment until a command saves. */
 static int write_initial_state(const struct session *s, const char *cwd)
 {
-	FILE *f = fopen(s->state, "wex");
-	if (!f)
-		return -errno;
+	int fd = openat(s->dirfd, STATE, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+			0600);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "w");
+	if (!f) {
+		int err = -errno;
+		if (fd >= 0)
+			close(fd);
+		return err;
+	}
 	fputs("builtin cd -- ", f);
 	put_quoted(f, cwd ? cwd : "/workspace");
 	fputs(" 2>/dev/null || builtin cd\n" STATE_END, f);
@@ -257,8 +314,10 @@ static int write_initial_state(const struct session *s, const char *cwd)
 static void session_free(struct session *s)
 {
 	pthread_mutex_destroy(&s->run);
+	if (s->dirfd >= 0)
+		close(s->dirfd);
 	free(s->id);
-	free(s->dir);
+	free(s->name);
 	free(s->state);
 	free(s->state_new);
 	session_free_env(s->env);
@@ -282,6 +341,18 @@ static struct session *find_locked(const char *id)
 	return NULL;
 }
 
+/* Removes the session's directory: its content wherever it is now, and its name when that
+ * still is this directory (one the sandbox moved stays, empty, until the next start). */
+static void remove_files(struct session *s)
+{
+	struct stat mine, there;
+	empty_dir(s->dirfd, 0);
+	if (fstat(s->dirfd, &mine) == 0 &&
+	    fstatat(root_fd, s->name, &there, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    mine.st_dev == there.st_dev && mine.st_ino == there.st_ino)
+		unlinkat(root_fd, s->name, AT_REMOVEDIR);
+}
+
 /* A new session in the table (table lock held); takes ownership of env. */
 static int create_locked(const char *id, const char *cwd, char **env, int timeout_ms,
 			 struct session **out)
@@ -300,23 +371,36 @@ static int create_locked(const char *id, const char *cwd, char **env, int timeou
 		hint[h++] = isalnum((unsigned char)*p) || *p == '-' || *p == '_' ? *p : '_';
 	hint[h] = 0;
 	s->id = strdup(id);
-	if (!s->id || asprintf(&s->dir, "%s/%lu-%s", root, ++serial, hint) < 0 ||
-	    asprintf(&s->state, "%s/state", s->dir) < 0 ||
-	    asprintf(&s->state_new, "%s/state.new", s->dir) < 0)
+	if (!s->id)
 		abort();
-	s->env = env;
+	s->dirfd = -1;
 	s->timeout_ms = timeout_ms;
 	s->refs = 1; /* the table's */
 	pthread_mutex_init(&s->run, NULL);
-	int err = mkdir(s->dir, 0700) < 0 ? -errno : write_initial_state(s, cwd);
+	/* a name the sandbox made first is not ours: the next serial */
+	int err = -EEXIST;
+	for (int i = 0; i < CREATE_TRIES && err == -EEXIST; i++) {
+		free(s->name);
+		if (asprintf(&s->name, "%lu-%s", ++serial, hint) < 0)
+			abort();
+		err = mkdirat(root_fd, s->name, 0700) < 0 ? -errno : 0;
+	}
+	if (!err) {
+		s->dirfd = openat(root_fd, s->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		err = s->dirfd < 0 ? -errno : write_initial_state(s, cwd);
+	}
 	if (err) {
-		log_error("sessions: cannot create state for session '%s' in %s: %s", id, s->dir,
-			  strerror(-err));
-		rmdir(s->dir);
-		s->env = NULL;
+		log_error("sessions: cannot create state for session '%s' in %s/%s: %s", id, root,
+			  s->name, strerror(-err));
+		if (s->dirfd >= 0)
+			remove_files(s);
 		session_free(s);
 		return err;
 	}
+	if (asprintf(&s->state, "%s/%s/" STATE, root, s->name) < 0 ||
+	    asprintf(&s->state_new, "%s/%s/" STATE_NEW, root, s->name) < 0)
+		abort();
+	s->env = env;
 	*sessions_tail = s;
 	sessions_tail = &s->next;
 	n_sessions++;
@@ -337,11 +421,6 @@ static void unlink_locked(struct session *s)
 	s->deleted = true;
 }
 
-static void remove_files(struct session *s)
-{
-	empty_dir(s->dir);
-	rmdir(s->dir);
-}
 
 /* ---- for exec.c ---- */
 
@@ -383,24 +462,47 @@ const char *session_id_of_request(struct req *r, bool *given)
 	return id;
 }
 
-static int lock_run(struct session *s, int64_t deadline_ns)
+static int64_t now_ns(void)
 {
-	if (deadline_ns < 0)
-		return -pthread_mutex_lock(&s->run);
-	struct timespec ts = { deadline_ns / 1000000000, deadline_ns % 1000000000 };
-	return -pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
+	struct timespec now;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
-int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
+/* Has the peer of this socket hung up (or has sbxd shut the connection down)? */
+static bool hung_up(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
+	return fd >= 0 && poll(&p, 1, 0) > 0 &&
+	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
+}
+
+/* Takes the run lock by the deadline (< 0: none) unless the client hangs up first. */
+static int lock_run(struct session *s, int64_t deadline_ns, int client_fd)
+{
+	for (;;) {
+		int64_t until = now_ns() + (int64_t)WAIT_SLICE_MS * 1000000;
+		bool last = deadline_ns >= 0 && deadline_ns <= until;
+		if (last)
+			until = deadline_ns;
+		struct timespec ts = { until / 1000000000, until % 1000000000 };
+		int err = pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
+		if (!err && hung_up(client_fd)) {
+			/* the lock came free before the next look at the client */
+			pthread_mutex_unlock(&s->run);
+			return -ECONNABORTED;
+		}
+		if (err != ETIMEDOUT || last)
+			return -err;
+		if (hung_up(client_fd))
+			return -ECONNABORTED;
+	}
+}
+
+int session_acquire(const char *id, const char *start_cwd, int timeout_ms, int client_fd,
 		    struct session **out)
 {
-	int64_t deadline = -1;
-	if (timeout_ms >= 0) {
-		struct timespec now;
-		clock_gettime(CLOCK_MONOTONIC, &now);
-		deadline = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec +
-			   (int64_t)timeout_ms * 1000000;
-	}
+	int64_t deadline = timeout_ms >= 0 ? now_ns() + (int64_t)timeout_ms * 1000000 : -1;
 	for (;;) {
 		struct session *s;
 		pthread_mutex_lock(&table_lock);
@@ -415,7 +517,7 @@ int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
 		}
 		s->refs++;
 		pthread_mutex_unlock(&table_lock);
-		int err = lock_run(s, deadline);
+		int err = lock_run(s, deadline, client_fd);
 		if (err) {
 			session_put(s);
 			return err;
@@ -470,7 +572,7 @@ int session_launch(struct session *s, const char *command, const char *cwd,
 	if (s) {
 		strv_pushf(&env, "__SBX_STATE=%s", s->state);
 		if (save) {
-			unlink(s->state_new);
+			unlinkat(s->dirfd, STATE_NEW, 0);
 			strv_pushf(&env, "__SBX_SAVE=%s", s->state_new);
 		}
 	}
@@ -514,11 +616,12 @@ void session_launch_free(struct session_launch *l)
 	*l = (struct session_launch){ 0 };
 }
 
-/* Does the file end with the marker the wrapper writes last? */
-static bool state_complete(const char *path)
+/* Is what the command saved a regular file that ends with the marker the wrapper writes
+ * last? (O_NONBLOCK: a FIFO planted there must not hold us.) */
+static bool state_complete(const struct session *s)
 {
 	char tail[sizeof STATE_END - 1];
-	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int fd = openat(s->dirfd, STATE_NEW, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
 	if (fd < 0)
 		return false;
 	struct stat st;
@@ -533,14 +636,15 @@ static bool state_complete(const char *path)
 
 void session_commit(struct session *s)
 {
-	if (!state_complete(s->state_new)) {
+	if (!state_complete(s)) {
 		/* the command replaced our EXIT trap, exec'd, or was killed: keep the old state */
-		unlink(s->state_new);
+		unlinkat(s->dirfd, STATE_NEW, 0);
 		return;
 	}
-	if (rename(s->state_new, s->state) < 0) {
+	/* (a state.new swapped in after the check is the sandbox's own state to load) */
+	if (renameat(s->dirfd, STATE_NEW, s->dirfd, STATE) < 0) {
 		log_error("sessions: saving the state of '%s': %s", s->id, strerror(errno));
-		unlink(s->state_new);
+		unlinkat(s->dirfd, STATE_NEW, 0);
 		return;
 	}
 	s->saved = true;

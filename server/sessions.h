@@ -23,8 +23,10 @@ const char *session_id_of_request(struct req *r, bool *given);
 /* The session with this id, created on the spot (starting in start_cwd, NULL = /workspace)
  * when unknown, locked for one command: foreground commands of a session run one at a time.
  * Waits at most timeout_ms (< 0: as long as the running command takes) for the command
- * before it. 0, -ETIMEDOUT, -ENOSPC (too many sessions) or another negative errno. */
-int session_acquire(const char *id, const char *start_cwd, int timeout_ms,
+ * before it, and not beyond the hang-up of the request's client (client_fd, the socket from
+ * req_client_fd(); -1: none). 0, -ETIMEDOUT, -ECONNABORTED (the client is gone), -ENOSPC
+ * (too many sessions) or another negative errno. */
+int session_acquire(const char *id, const char *start_cwd, int timeout_ms, int client_fd,
 		    struct session **out);
 /* Unlocks and drops the reference session_acquire() took. */
 void session_release(struct session *s);

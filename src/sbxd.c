@@ -43,6 +43,7 @@ static void usage(FILE *out)
 		"  --pids-limit N        processes and threads together (default 2048)\n"
 		"  --file-size-limit SIZE  largest file a process may write (default 16G)\n"
 		"  --cpu-limit SECONDS   CPU time of each process (default 3600)\n"
+		"  --open-files-limit N  open files of each process (default 4096)\n"
 		"\n"
 		"  -v, --verbose         log every request\n"
 		"  -h, --help            show this help\n"
@@ -86,6 +87,19 @@ static bool parse_count(const char *s, long *out)
 		return false;
 	*out = (long)v;
 	return true;
+}
+
+/* The most descriptors a process may have (fs.nr_open). */
+static long max_open_files(void)
+{
+	long n = 1 << 20; /* the kernel's default */
+	FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+	if (f) {
+		if (fscanf(f, "%ld", &n) != 1)
+			n = 1 << 20;
+		fclose(f);
+	}
+	return n;
 }
 
 /* "HOST:PORT" or "[V6]:PORT" with a numeric port; returns the port text or NULL. */
@@ -181,7 +195,7 @@ static char *load_token(const char *file)
 int main(int argc, char **argv)
 {
 	enum { OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID,
-	       OPT_NO_EXT, OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU };
+	       OPT_NO_EXT, OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU, OPT_NOFILE };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, OPT_LISTEN },
 		{ "workspace", required_argument, NULL, OPT_WORKSPACE },
@@ -194,6 +208,7 @@ int main(int argc, char **argv)
 		{ "pids-limit", required_argument, NULL, OPT_PIDS },
 		{ "file-size-limit", required_argument, NULL, OPT_FSIZE },
 		{ "cpu-limit", required_argument, NULL, OPT_CPU },
+		{ "open-files-limit", required_argument, NULL, OPT_NOFILE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -210,6 +225,7 @@ int main(int argc, char **argv)
 		.pids = RUNNER_DEFAULT_PIDS,
 		.file_size = RUNNER_DEFAULT_FILE_SIZE,
 		.cpu_seconds = RUNNER_DEFAULT_CPU_SECONDS,
+		.open_files = RUNNER_DEFAULT_OPEN_FILES,
 	};
 	const char *token_file = NULL;
 	int c;
@@ -245,6 +261,13 @@ int main(int argc, char **argv)
 			if (!parse_count(optarg, &limits.cpu_seconds))
 				return die_usage("--cpu-limit wants a number of seconds, not '%s'",
 						 optarg);
+			break;
+		case OPT_NOFILE:
+			if (!parse_count(optarg, &limits.open_files))
+				return die_usage("--open-files-limit wants a number, not '%s'", optarg);
+			if (limits.open_files > max_open_files())
+				return die_usage("--open-files-limit: '%s' is more than the kernel allows "
+						 "(fs.nr_open)", optarg);
 			break;
 		case 'v': cfg.verbose = true; break;
 		case 'h': usage(stdout); return 0;
