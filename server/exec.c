@@ -337,9 +337,20 @@ static void reply_spawn_error(struct req *r, int err)
 			    "cannot start the command: %s", strerror(-err));
 }
 
+/* 499, nginx's "client closed request": an answer no one reads, which must not stand for the
+ * request either (an Idempotency-Key's repeat runs it again: the client may only have lost
+ * its connection). */
+static void reply_client_left(struct req *r)
+{
+	reply_error(r, 499, "CLIENT_CLOSED_REQUEST", ECANCELED, NULL,
+		    "the client hung up; its command was stopped or never started");
+}
+
 static void reply_session_error(struct req *r, const struct exec_req *x, int err)
 {
-	if (err == -ENOSPC)
+	if (err == -ECONNABORTED)
+		reply_client_left(r);
+	else if (err == -ENOSPC)
 		reply_error(r, 500, "INTERNAL_ERROR", ENOSPC, NULL,
 			    "cannot create session '%s': too many sessions", x->session_id);
 	else
@@ -448,6 +459,10 @@ void route_execute(struct req *r)
 	if (s) {
 		session_release(s);
 		s = NULL;
+	}
+	if (io.client_gone) {
+		reply_client_left(r);
+		goto out;
 	}
 	for (int w = OUT; w <= ERR; w++)
 		if (c.overflow[w]) {

@@ -13,8 +13,9 @@
  * forgotten early, with a warning, since a very late repeat of one of them would run again.
  * An entry's memory is shared by the table and its waiters (refs) and freed by the last.
  *
- * Answers that mean "not carried out" (429, 502-504) are not kept, so a retry runs again; the
- * entry is unlinked and its waiters start over as if they were first. */
+ * Answers that mean "not carried out" (429, 502-504, and 499: stopped because the client hung
+ * up, which a client that lost its connection did not mean) are not kept, so a retry runs
+ * again; the entry is unlinked and its waiters start over as if they were first. */
 #include "server/idempotency.h"
 #include <errno.h>
 #include <pthread.h>
@@ -226,7 +227,7 @@ void idem_complete(struct idem_entry *e, int status, const char *content_type,
 		   const char *body, size_t len)
 {
 	pthread_mutex_lock(&lock);
-	if (status == 429 || (status >= 502 && status <= 504)) {
+	if (status == 429 || status == 499 || (status >= 502 && status <= 504)) {
 		e->refs++;
 		unlink_locked(e);
 		e->state = FORGOTTEN;

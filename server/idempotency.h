@@ -34,7 +34,8 @@ enum idem_verdict idem_begin(const char *key, uint64_t fingerprint,
 			     int (*client_gone)(void *arg), void *arg, struct idem_entry **e,
 			     struct idem_answer *out);
 /* The outcome of a request that got IDEM_RUN. Answers that say the request was not carried
- * out at all (429, 502, 503, 504) are not kept: a repeat runs again. */
+ * out (429, 502, 503, 504; 499: stopped because its client hung up) are not kept: a repeat
+ * runs again. */
 void idem_complete(struct idem_entry *e, int status, const char *content_type,
 		   const char *body, size_t len);
 /* The answer is a stream: repeats get IDEM_STREAMED. */
