@@ -300,6 +300,10 @@ int main(int argc, char **argv)
 	}
 	unsetenv("SBXD_TOKEN"); /* never handed down */
 	cfg.token = token;
+	if (strlen(token) < 16)
+		log_warn("the token is only %zu characters: it can be guessed, and the preview proxy "
+			 "drops every header that contains it (a generated token has 64)",
+			 strlen(token));
 
 	int err = mkdir_p(cfg.workspace, 0755);
 	if (err) {
