@@ -20,10 +20,14 @@
  * Repeats. A request is repeatable when it is idempotent or carries an idempotency key; only
  * those are retried after an attempt that may have reached the server. A 502 or 504 is
  * retried only when the sandbox API did not send it itself (api_error). libcurl itself resends
- * a request, unasked, when a reused connection turns out dead before any answer byte: harmless
- * for repeatable requests, so the others go out on a fresh connection (CURLOPT_FRESH_CONNECT),
- * where that cannot happen. Any request is retried after a failure that shows it was never
- * sent (no connection, nothing written) and after 429, which says it was not processed.
+ * a request, unasked, when a reused connection turns out dead before any answer byte. To see
+ * that, bodies go through a read callback: libcurl must rewind it (body_seek), which counts
+ * the earlier copy as lost for a repeatable request (the fallback's "already done" checks
+ * need that count) and is refused for any other, so the transfer fails rather than run twice.
+ * A request without a body cannot be watched that way: a non-repeatable one other than GET
+ * goes out on a fresh connection (CURLOPT_FRESH_CONNECT), where libcurl never resends.
+ * Any request is retried after a failure that shows it was never sent (no connection,
+ * nothing written) and after 429, which says it was not processed.
  *
  * Holding. Before each attempt (first or retry) the loop asks the liveness prober whether the
  * server is known to be down. If it is, the transfer waits on the timer list, marked held,
@@ -95,6 +99,7 @@ struct xfer {
 	char *url;
 	char *body;
 	size_t body_len;
+	size_t body_pos;           /* how much of it libcurl took in this attempt */
 	struct curl_slist *headers;
 	bool repeatable;           /* idempotent, or carries an idempotency key */
 	long timeout_ms;
@@ -339,6 +344,34 @@ static void xfer_release(struct xfer *x)
 
 static size_t stream_header(char *ptr, size_t size, size_t n, void *ud);
 
+/* The request body, handed to libcurl piece by piece. */
+static size_t body_read(char *buf, size_t size, size_t n, void *ud)
+{
+	struct xfer *x = ud;
+	size_t left = x->body_len - x->body_pos, k = size * n < left ? size * n : left;
+	if (k)
+		memcpy(buf, x->body + x->body_pos, k);
+	x->body_pos += k;
+	return k;
+}
+
+/* libcurl rewinds the body to send the request again by itself (a reused connection died
+ * before any answer): the copy it had sent may have reached the server. A repeatable request
+ * counts it as lost; any other refuses, so the transfer fails instead of running twice. */
+static int body_seek(void *ud, curl_off_t offset, int origin)
+{
+	struct xfer *x = ud;
+	if (origin != SEEK_SET || offset < 0 || (size_t)offset > x->body_len)
+		return CURL_SEEKFUNC_FAIL;
+	if (x->body_pos > 0) {
+		if (!x->repeatable)
+			return CURL_SEEKFUNC_CANTSEEK;
+		x->lost++;
+	}
+	x->body_pos = (size_t)offset;
+	return CURL_SEEKFUNC_OK;
+}
+
 /* Network thread: an easy handle configured for x (pooled ones are reset first). */
 static CURL *easy_setup(struct http_client *c, struct xfer *x, curl_write_callback write_cb)
 {
@@ -362,7 +395,7 @@ static CURL *easy_setup(struct http_client *c, struct xfer *x, curl_write_callba
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
 	curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
 	/* see "Repeats" at the top */
-	if (!x->repeatable)
+	if (!x->repeatable && !x->body_len && strcmp(x->method, "GET") != 0)
 		curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
 	if (c->insecure) {
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
@@ -373,8 +406,13 @@ static CURL *easy_setup(struct http_client *c, struct xfer *x, curl_write_callba
 
 	bool post = strcmp(x->method, "POST") == 0;
 	if (x->body || post) {
+		/* through callbacks, not CURLOPT_POSTFIELDS: see "Repeats" at the top */
+		curl_easy_setopt(e, CURLOPT_POST, 1L);
 		curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)x->body_len);
-		curl_easy_setopt(e, CURLOPT_POSTFIELDS, x->body ? x->body : "");
+		curl_easy_setopt(e, CURLOPT_READFUNCTION, body_read);
+		curl_easy_setopt(e, CURLOPT_READDATA, x);
+		curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, body_seek);
+		curl_easy_setopt(e, CURLOPT_SEEKDATA, x);
 		if (!post)
 			curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, x->method);
 	} else if (strcmp(x->method, "GET") == 0) {
@@ -483,6 +521,7 @@ static int attempt_start(struct http_client *c, struct xfer *x)
 	strbuf_reset(&x->resp);
 	x->errbuf[0] = '\0';
 	x->status = 0;
+	x->body_pos = 0;
 	x->attempts++;
 	if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK)
 		return -EIO;
