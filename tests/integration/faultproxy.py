@@ -36,6 +36,8 @@ drop_reply reads to throw away.
 Counters: per event kind and per request ("POST /api/x/mkdir": the path without its query,
 segments holding digits shown as {id}), so a test can say how many faults it injected.
 
+In front of a mount use ProxyProcess, the same proxy in a child process (see why there).
+
 As a script, for measuring by hand:
   faultproxy.py --upstream http://127.0.0.1:7070 --listen 7071 --p503 10 --reset 10 ...
 prints its counters on SIGHUP and on exit (SIGINT, SIGTERM); SIGUSR1 toggles stall/resume,
@@ -43,6 +45,8 @@ SIGUSR2 toggles outage/restore.
 """
 import argparse
 import collections
+import json
+import os
 import random
 import re
 import select
@@ -256,7 +260,7 @@ class FaultProxy:
     """The proxy. FaultProxy(upstream_url).start() listens on 127.0.0.1 (a free port unless
     port= is given); .url is what to give the client."""
 
-    def __init__(self, upstream, port=0, host='127.0.0.1', seed=1, **faults):
+    def __init__(self, upstream, port=0, host='127.0.0.1', seed=1, log=None, **faults):
         u = urlsplit(upstream)
         if u.scheme != 'http' or not u.hostname:
             raise ValueError('upstream must be http://HOST:PORT, not %r' % upstream)
@@ -276,6 +280,7 @@ class FaultProxy:
         self._listener = None
         self._acceptor = None
         self._conns = {}            # thread -> [client socket, upstream socket or None]
+        self.log = log              # log(line) for every request's fate, when set
         self.set(**faults)
 
     # -- control, from any thread --
@@ -389,6 +394,9 @@ class FaultProxy:
     # -- internals --
 
     def _count(self, key, *events):
+        if self.log is not None:
+            self.log('%.3f %s %s: %s' % (time.monotonic(), threading.current_thread().name,
+                                         key, ' '.join(events)))
         with self._lock:
             for e in events:
                 self._counts[e] += 1
@@ -418,8 +426,9 @@ class FaultProxy:
                 if self._down:
                     _reset(sock)
                     continue
+                self._counts['connections'] += 1
                 t = threading.Thread(target=self._serve, args=(sock,), daemon=True,
-                                     name='faultproxy-conn')
+                                     name='faultproxy-conn%d' % self._counts['connections'])
                 self._conns[t] = [sock, None]
             t.start()
 
@@ -611,6 +620,89 @@ class FaultProxy:
                     del open_[s]
 
 
+class ProxyProcess:
+    """A FaultProxy in a child process, driven over a pipe, with the same methods (set,
+    stall, resume, held, outage, restore, counts, by_request, reset_counts, summary, stop).
+
+    Use this one in front of a mount. A process that forks (subprocess) hands every child
+    its descriptors, the proxy's sockets among them, until the child execs (they are
+    close-on-exec); a child that meanwhile touches the mount (subprocess's cwd= is a chdir
+    between fork and exec) waits for an answer on a connection whose client side it holds
+    open itself, so a connection the proxy closes stays open and the client waits for its
+    full timeout. In a process of its own the proxy's sockets are nobody else's."""
+
+    _CALLS = ('set', 'settings', 'stall', 'resume', 'held', 'outage', 'restore', 'counts',
+              'by_request', 'reset_counts', 'summary')
+
+    def __init__(self, upstream, seed=1, verbose=False, **faults):
+        import subprocess
+        args = [sys.executable, os.path.abspath(__file__), '--upstream', upstream,
+                '--seed', str(seed), '--control']
+        self.proc = subprocess.Popen(args + (['--verbose'] if verbose else []),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self._lock = threading.Lock()
+        hello = self.proc.stdout.readline()
+        if not hello:
+            self.proc.wait()
+            raise RuntimeError('faultproxy did not start (exit %s)' % self.proc.returncode)
+        self.host, self.port = '127.0.0.1', json.loads(hello)['port']
+        if faults:
+            self.set(**faults)
+
+    @property
+    def url(self):
+        return 'http://%s:%d' % (self.host, self.port)
+
+    def _call(self, name, **kwargs):
+        with self._lock:
+            try:
+                self.proc.stdin.write(json.dumps({'call': name, 'kwargs': kwargs}) + '\n')
+                self.proc.stdin.flush()
+                line = self.proc.stdout.readline()
+            except OSError:
+                line = ''
+        if not line:
+            raise RuntimeError('the faultproxy process is gone (exit %s)' % self.proc.poll())
+        r = json.loads(line)
+        if 'error' in r:
+            raise ValueError(r['error'])
+        return r['ok']
+
+    def __getattr__(self, name):
+        if name in self._CALLS:
+            return lambda **kw: self._call(name, **kw)
+        raise AttributeError(name)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.close()     # EOF: it stops and exits
+                self.proc.wait(20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _control(p):
+    """Serves ProxyProcess calls from stdin, one JSON line each, until EOF."""
+    print(json.dumps({'port': p.port}), flush=True)
+    while True:
+        line = sys.stdin.readline()
+        if not line:
+            break
+        req = json.loads(line)
+        if req['call'] not in ProxyProcess._CALLS:
+            out = {'error': 'unknown call %r' % req['call']}
+        else:
+            try:
+                out = {'ok': getattr(p, req['call'])(**req['kwargs'])}
+            except (ValueError, TypeError) as e:
+                out = {'error': str(e)}
+        print(json.dumps(out), flush=True)
+    p.stop()
+
+
 def main():
     ap = argparse.ArgumentParser(description='A fault-injecting HTTP/1.1 proxy for sbxd.')
     ap.add_argument('--upstream', required=True, help='http://HOST:PORT of sbxd')
@@ -621,9 +713,17 @@ def main():
     ap.add_argument('--drop-reply', type=float, default=0,
                     help='%% forwarded whose answer is lost')
     ap.add_argument('--latency-ms', type=float, default=0)
+    ap.add_argument('--verbose', action='store_true',
+                    help='print every request\'s fate to stderr')
+    ap.add_argument('--control', action='store_true',
+                    help='driven by ProxyProcess: JSON calls on stdin, answers on stdout')
     a = ap.parse_args()
-    p = FaultProxy(a.upstream, port=a.listen, seed=a.seed, p503=a.p503, reset=a.reset,
-                   drop_reply=a.drop_reply, latency_ms=a.latency_ms).start()
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if a.verbose else None
+    p = FaultProxy(a.upstream, port=a.listen, seed=a.seed, log=log, p503=a.p503,
+                   reset=a.reset, drop_reply=a.drop_reply, latency_ms=a.latency_ms).start()
+    if a.control:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)    # the test's Ctrl-C is for pytest
+        return _control(p)
     print('faultproxy: %s -> http://%s:%d (%r)' % (p.url, p.upstream[0], p.upstream[1],
                                                   p.settings()), flush=True)
     done = threading.Event()

@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, ProxyProcess
 from util import wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -394,3 +394,26 @@ def test_script_mode(upstream):
     assert 'p503 1' in out and 'GET /api/other: ' in out, out
     assert upstream.seen == []
 
+
+
+def test_proxy_process_is_driven_over_its_pipe(upstream):
+    p = ProxyProcess(upstream.url, seed=3, p503=100)
+    try:
+        c = http.client.HTTPConnection('127.0.0.1', p.port, timeout=10)
+        c.request('GET', '/api/other')
+        r = c.getresponse()
+        assert r.status == 503 and r.read()
+        p.set(p503=0)
+        c.request('GET', '/api/other')
+        assert c.getresponse().read() == b'ok'
+        c.close()
+        assert p.counts()['p503'] == 1 and p.counts()['answered'] == 1
+        assert p.by_request()['GET /api/other']['requests'] == 2
+        with pytest.raises(ValueError):
+            p.set(nonsense=1)
+        p.stall()
+        assert p.held() == 0
+        p.resume()
+    finally:
+        p.stop()
+    assert p.proc.returncode == 0
