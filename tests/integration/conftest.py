@@ -123,8 +123,9 @@ def fresh_sbx(build_dir, mode):
 @pytest.fixture
 def faulty_sbx(build_dir, mode):
     """sbxd, a fault proxy in front of it (sbx.proxy, a faultproxy.ProxyProcess, no faults
-    yet) and sbxfs mounted on the proxy's URL, for one test. Call faulty_sbx(*mount_options, server_args=(), seed=1) to
-    start it. At teardown the faults are turned off (and sbxd continued) before unmounting."""
+    yet) and sbxfs mounted on the proxy's URL, for one test. Call
+    faulty_sbx(*mount_options, server_args=(), seed=1) to start it. At teardown the faults
+    are turned off (and sbxd continued) before unmounting."""
     made = []
 
     def start(*mount_opts, server_args=(), seed=1):
