@@ -15,9 +15,10 @@ unknown (FALLBACK_OUTCOME_UNKNOWN). There the tests collect the failures, allow 
 documented error, and still demand no duplicates and no wrong final state. The assertions
 that hold in ext mode only are marked EXT ONLY.
 
-Every test prints one line "NETFAULTS test mode | faults ... | failed N | duplicates N" (see
-with -s; $SBXFS_NETFAULTS_REPORT names a file that collects them as JSON lines): the
-measurements of issue #11.
+$SBXFS_NETFAULTS_PCT sets the percentage of each fault (default 10; 0 checks that a test
+passes without faults). Every test prints one line "NETFAULTS test mode | faults ... |
+failed N | duplicates N" (see with -s; $SBXFS_NETFAULTS_REPORT names a file that collects
+them as JSON lines): the measurements of issue #11.
 """
 import collections
 import errno
@@ -36,7 +37,9 @@ import pytest
 from util import BACKEND_DOWN_ERRNOS, SLOW, sh, wait_for
 
 # The faults of every test unless it says otherwise: percentages of the API requests.
-FAULTS = dict(p503=10, reset=10, drop_reply=10)
+# $SBXFS_NETFAULTS_PCT changes them all (0: the same work without faults, to check a test).
+_PCT = float(os.environ.get('SBXFS_NETFAULTS_PCT', 10))
+FAULTS = dict(p503=_PCT, reset=_PCT, drop_reply=_PCT)
 SEED = 11
 # -o timeout= of these mounts: the deadline of one request to the sandbox, retries included.
 TIMEOUT_S = 10
@@ -62,8 +65,8 @@ FALLBACK_OUTCOME_UNKNOWN = (os.strerror(errno.EIO),)
 # enough for the file to run in about 4 minutes per mode on a 2-core machine (fallback mode
 # costs a command in the sandbox per operation, so it gets smaller ones).
 SIZES = {
-    'ext': dict(tree_files=1000, git_files=150, appends=1000, procs=200, rounds=200),
-    'fallback': dict(tree_files=400, git_files=100, appends=500, procs=200, rounds=100),
+    'ext': dict(tree_files=800, git_files=120, appends=1000, procs=200, rounds=150),
+    'fallback': dict(tree_files=250, git_files=60, appends=400, procs=200, rounds=80),
 }
 HELD_OPEN = 50              # files a process holds open when sbxfs is killed
 FAILED_CLOSES = 20
