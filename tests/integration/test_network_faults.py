@@ -196,22 +196,29 @@ def test_untar_and_diff(faulty_sbx, tmp_path):
     t0 = time.monotonic()
     p = sh('tar xzf %s' % tgz, cwd=m, timeout=900, check=False)
     took = time.monotonic() - t0
-    errors = [ln for ln in p.stderr.decode(errors='replace').splitlines() if ln]
+    errors = [ln for ln in p.stderr.decode(errors='replace').splitlines()
+              if ln and not ln.startswith('tar: Exiting with failure status')]
     calm(s)
     # what the user sees through the mount, and what landed in the sandbox
     seen = sh('diff -r --no-dereference %s/tree tree' % src, cwd=m, timeout=300,
               check=False).stdout.decode(errors='replace').splitlines()
     landed = sh('diff -r --no-dereference %s/tree %s/tree' % (src, h), timeout=300,
                 check=False).stdout.decode(errors='replace').splitlines()
-    failed_paths = {mm.group(1) for mm in (re.match(r'tar: (.*?): ', e) for e in errors) if mm}
+    bad = undocumented(s, errors)
     if s.mode == 'fallback':
-        # a path tar reported may differ; every other path must be right
-        def unexplained(lines):
-            return [ln for ln in lines if not any(fp in ln for fp in failed_paths)]
-        seen, landed = unexplained(seen), unexplained(landed)
+        # A path tar reported with the documented error may differ, and so may what lies
+        # beneath it (tar then fails on those too: a cascade, not a failure of its own);
+        # every other path must be right.
+        reported = [re.match(r'tar: (.*?): ', e).group(1) for e in errors
+                    if e not in bad and re.match(r'tar: (.*?): ', e)]
+
+        def explained(ln):      # a diff line about a reported path or what lies beneath
+            return any(fp in ln or '%s: %s' % os.path.split(fp) in ln for fp in reported)
+        bad = [e for e in bad if not any(e.startswith('tar: %s/' % fp) for fp in reported)]
+        seen = [ln for ln in seen if not explained(ln)]
+        landed = [ln for ln in landed if not explained(ln)]
     record(s, 'untar', failed=len(errors), duplicates=0, files=nfiles,
            tar_exit=p.returncode, differences=len(landed), seconds=round(took, 1))
-    bad = undocumented(s, errors)
     assert not bad and (p.returncode == 0 or s.mode == 'fallback'), (
         'tar xzf of %d files exited %d with %d errors: %s\nproxy: %s' % (
             nfiles, p.returncode, len(bad), examples(bad), s.proxy.summary()))
@@ -492,7 +499,8 @@ def test_sbxd_stopped_fails_in_time_then_recovers(faulty_sbx):
              ('create', ws + '/created'), ('write', seen)]
     bound = (TIMEOUT_S + TIMEOUT_SLACK_S) * SLOW
     fast = FAST_FAIL_S * SLOW
-    limit = 4 * TIMEOUT_S * SLOW + 30
+    # long enough to see how late the last of them comes when they queue behind each other
+    limit = (len(wave1) + 2) * TIMEOUT_S * SLOW + 10
     report = []
     problems = []
     s.sbxd.send_signal(signal.SIGSTOP)
@@ -527,8 +535,7 @@ def test_sbxd_stopped_fails_in_time_then_recovers(faulty_sbx):
             time.sleep(min(5, max(0, STOP_S * SLOW - (time.monotonic() - stopped_at))))
     finally:
         s.sbxd.send_signal(signal.SIGCONT)
-    record(s, 'sigstop', failed=sum(1 for ln in report if ' OK ' not in ln), duplicates=0,
-           timings=report)
+    record(s, 'sigstop', failed=len(problems), duplicates=0, timings=report)
     # the same mount works again, without a remount
     ok = wait_for(lambda: timed_op('stat', ws + '/u11/file', limit)[0] == 'OK',
                   30 * SLOW, interval=0.5)
@@ -546,9 +553,11 @@ def test_sbxd_stopped_fails_in_time_then_recovers(faulty_sbx):
             if f.read(4096) != b'y' * 4096:
                 after.append('the write after SIGCONT did not reach the sandbox')
     print('\n'.join(report))
-    assert not problems, 'with sbxd stopped: %d problems:\n  %s\ntimings:\n  %s' % (
-        len(problems), '\n  '.join(problems), '\n  '.join(report))
-    assert not after, 'after SIGCONT: %s' % '; '.join(after)
+    assert not problems and not after, (
+        'with sbxd stopped, %d operations failed late or not at all:\n  %s\nafter SIGCONT, '
+        '%d problems:\n  %s\ntimings (from each operation\'s start):\n  %s' % (
+            len(problems), '\n  '.join(problems), len(after), '\n  '.join(after),
+            '\n  '.join(report)))
 
 
 # -- handles --
