@@ -8,7 +8,7 @@ seeded RNG:
   p503        answer "503 Service Unavailable" itself, as a CDN would; sbxd never sees it
   reset       read the request, then reset the client connection (RST); sbxd never sees it
   drop_reply  forward the request, read sbxd's whole answer, then close the client
-              connection without sending a byte of it: the request ran, the reply is lost
+              connection (FIN) without a byte of it: the request ran, the reply is lost
               (streams, text/event-stream, pass: their answer is not a single reply)
   latency_ms  wait that long before forwarding
 
@@ -25,7 +25,7 @@ upgraded connection becomes a raw pipe both ways.
 Threads. One thread accepts; each client connection gets a thread that owns the client
 socket, its upstream socket and the buffers of both. The other threads (the test's, the
 accept thread) only ever set flags under self._lock and wake a connection thread by
-shutting down the read side of its sockets, which makes its blocking recv or select
+shutting down the read side of its sockets, which makes its blocking recv or poll
 return; the connection thread itself closes its sockets (with SO_LINGER 0 where the
 connection must end in a reset), so no socket is closed under a thread still using it.
 
