@@ -328,11 +328,15 @@ class FaultProxy:
 
     def outage(self):
         """Resets every connection and refuses new ones until restore()."""
+        self._go_down(count=True)
+
+    def _go_down(self, count):
         with self._lock:
             if self._down:
                 return
             self._down = True
-            self._counts['outages'] += 1
+            if count:
+                self._counts['outages'] += 1
             self._cond.notify_all()
             for client, upstream in self._conns.values():
                 _wake(client, rst=True)
@@ -356,7 +360,7 @@ class FaultProxy:
         """Closes everything and waits for the connection threads."""
         with self._lock:
             self._stopping = True
-        self.outage()
+        self._go_down(count=False)
         with self._lock:
             threads = list(self._conns)
         for t in threads:
