@@ -274,7 +274,7 @@ class FaultProxy:
         self._counts = collections.Counter()
         self._by_request = collections.defaultdict(collections.Counter)
         self._stalled = False
-        self._held = 0
+        self._held = collections.Counter()     # request key -> how many are held now
         self._down = False
         self._stopping = False
         self._listener = None
@@ -324,7 +324,12 @@ class FaultProxy:
     def held(self):
         """How many requests are held by a stall right now (their clients still waiting)."""
         with self._lock:
-            return self._held
+            return sum(self._held.values())
+
+    def held_requests(self):
+        """The requests held right now: {'POST /api/x/close': 3, ...}."""
+        with self._lock:
+            return {k: n for k, n in self._held.items() if n}
 
     def outage(self):
         """Resets every connection and refuses new ones until restore()."""
@@ -586,7 +591,7 @@ class FaultProxy:
         """Waits while stalled; False when the client left meanwhile (or the proxy stops)."""
         self._count(key, 'stalled')
         with self._lock:
-            self._held += 1
+            self._held[key] += 1
             try:
                 while self._stalled and not self._down:
                     self._cond.wait(0.1)
@@ -596,7 +601,7 @@ class FaultProxy:
                         return False
                 return not self._down
             finally:
-                self._held -= 1
+                self._held[key] -= 1
 
     def _pipe(self, a, b):
         """Joins two upgraded connections until both have closed."""
@@ -626,7 +631,8 @@ class FaultProxy:
 
 class ProxyProcess:
     """A FaultProxy in a child process, driven over a pipe, with the same methods (set,
-    stall, resume, held, outage, restore, counts, by_request, reset_counts, summary, stop).
+    stall, resume, held, held_requests, outage, restore, counts, by_request, reset_counts,
+    summary, stop).
 
     Use this one in front of a mount. A process that forks (subprocess) hands every child
     its descriptors, the proxy's sockets among them, until the child execs (they are
@@ -635,8 +641,8 @@ class ProxyProcess:
     open itself, so a connection the proxy closes stays open and the client waits for its
     full timeout. In a process of its own the proxy's sockets are nobody else's."""
 
-    _CALLS = ('set', 'settings', 'stall', 'resume', 'held', 'outage', 'restore', 'counts',
-              'by_request', 'reset_counts', 'summary')
+    _CALLS = ('set', 'settings', 'stall', 'resume', 'held', 'held_requests', 'outage',
+              'restore', 'counts', 'by_request', 'reset_counts', 'summary')
 
     def __init__(self, upstream, seed=1, verbose=False, **faults):
         import subprocess

@@ -217,10 +217,10 @@ def test_drop_reply_forwards_then_closes_without_answer(proxy, upstream):
     assert proxy.counts()['drop_reply'] == 1
 
 
-def test_drop_reply_on_a_reused_connection_is_resent_by_a_client_like_libcurl(proxy,
-                                                                              upstream):
-    """What makes duplicates: the second request on a kept-alive connection gets no
-    answer; a client that then resends it on a fresh connection runs it twice."""
+def test_drop_reply_on_a_reused_connection(proxy, upstream):
+    """What makes duplicates: the second request on a kept-alive connection ran, yet its
+    client sees the connection die before any answer (libcurl then resends it on a fresh
+    connection, so it runs twice)."""
     c = conn(proxy)
     c.request('POST', '/api/echo', body=b'first')
     assert c.getresponse().read() == b'first'
@@ -307,6 +307,7 @@ def test_stall_holds_requests_until_resume(proxy, upstream):
     t = threading.Thread(target=call)
     t.start()
     assert wait_for(lambda: proxy.held() == 1, 10)
+    assert proxy.held_requests() == {'POST /api/echo': 1}
     assert upstream.seen == [] and 'body' not in result
     proxy.resume()
     t.join(10)
