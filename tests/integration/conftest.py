@@ -66,14 +66,18 @@ def _stop_proxy(sbx):
 
 
 def _finish(sbx):
+    proxy_problems = []
     if sbx.proxy is not None:       # no faults while unmounting
-        sbx.proxy.set(p503=0, reset=0, drop_reply=0, latency_ms=0)
-        sbx.proxy.resume()
-        sbx.proxy.restore()
+        try:
+            sbx.proxy.set(p503=0, reset=0, drop_reply=0, latency_ms=0)
+            sbx.proxy.resume()
+            sbx.proxy.restore()
+        except (RuntimeError, ValueError, OSError) as e:
+            proxy_problems.append('the fault proxy: %s' % e)
     if sbx.sbxd is not None and sbx.sbxd.poll() is None:
         sbx.sbxd.send_signal(signal.SIGCONT)    # a test that stopped it and failed
     try:
-        problems = sbx.close()
+        problems = proxy_problems + sbx.close()
     finally:
         _stop_proxy(sbx)
     if problems:

@@ -53,6 +53,7 @@ import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -645,7 +646,6 @@ class ProxyProcess:
               'restore', 'counts', 'by_request', 'reset_counts', 'summary')
 
     def __init__(self, upstream, seed=1, verbose=False, **faults):
-        import subprocess
         args = [sys.executable, os.path.abspath(__file__), '--upstream', upstream,
                 '--seed', str(seed), '--control']
         self.proc = subprocess.Popen(args + (['--verbose'] if verbose else []),
@@ -688,7 +688,7 @@ class ProxyProcess:
             try:
                 self.proc.stdin.close()     # EOF: it stops and exits
                 self.proc.wait(20)
-            except Exception:
+            except (OSError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
         self.proc.stdout.close()

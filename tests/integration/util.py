@@ -153,7 +153,7 @@ class Sandbox:
         self.url = 'http://127.0.0.1:%d' % self.port
         self.sbxd = None
         self.sbxfs = None
-        self.proxy = None       # a FaultProxy between sbxfs and sbxd (conftest's faulty_sbx)
+        self.proxy = None       # a fault proxy before sbxd (conftest's faulty_sbx)
         self.server_args = []   # more sbxd options (a test's --handle-lease, say)
         self.sbxd_log = os.path.join(self.tmp, 'sbxd.log')
         self.sbxfs_log = os.path.join(self.tmp, 'sbxfs.log')
