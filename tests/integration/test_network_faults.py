@@ -69,10 +69,10 @@ SIZES = {
     'fallback': dict(tree_files=250, git_files=60, appends=400, procs=200, rounds=80),
 }
 HELD_OPEN = 50              # files a process holds open when sbxfs is killed
+FAILED_CLOSES = 20          # files whose close fails
 # Requests that only ask whether sbxd is up (a circuit breaker's probes): the failed-closes
 # test does not wait for these to stop while the network is stalled.
 PROBE_REQUESTS = {'GET /api/ping', 'GET /api/x/capabilities'}
-FAILED_CLOSES = 20
 
 DOWN = {errno.errorcode[e] for e in BACKEND_DOWN_ERRNOS}
 
