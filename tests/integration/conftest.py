@@ -8,9 +8,11 @@ the module's last test fails when either exits uncleanly at teardown.
 """
 import os
 import re
+import signal
 
 import pytest
 
+from faultproxy import ProxyProcess
 from util import Sandbox, sh
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -41,20 +43,43 @@ def build_dir(request):
     return os.path.abspath(request.config.getoption('--build-dir'))
 
 
-def _start(build_dir, mode, *mount_opts, mount=True):
+def _start(build_dir, mode, *mount_opts, mount=True, server_args=(), proxy_seed=None):
     sbx = Sandbox(build_dir, mode)
+    sbx.server_args = list(server_args)
     try:
         sbx.start_server()
+        if proxy_seed is not None:
+            sbx.proxy = ProxyProcess(sbx.url, seed=proxy_seed)
         if mount:
-            sbx.mount(*mount_opts)
+            sbx.mount(*mount_opts, url=sbx.proxy.url if sbx.proxy else None)
     except BaseException:
+        _stop_proxy(sbx)
         sbx.close()
         raise
     return sbx
 
 
+def _stop_proxy(sbx):
+    if sbx.proxy is not None:
+        sbx.proxy.stop()
+        sbx.proxy = None
+
+
 def _finish(sbx):
-    problems = sbx.close()
+    proxy_problems = []
+    if sbx.proxy is not None:       # no faults while unmounting
+        try:
+            sbx.proxy.set(p503=0, reset=0, drop_reply=0, latency_ms=0)
+            sbx.proxy.resume()
+            sbx.proxy.restore()
+        except (RuntimeError, ValueError, OSError) as e:
+            proxy_problems.append('the fault proxy: %s' % e)
+    if sbx.sbxd is not None and sbx.sbxd.poll() is None:
+        sbx.sbxd.send_signal(signal.SIGCONT)    # a test that stopped it and failed
+    try:
+        problems = proxy_problems + sbx.close()
+    finally:
+        _stop_proxy(sbx)
     if problems:
         pytest.fail('\n\n'.join(problems), pytrace=False)
     sbx.remove()
@@ -92,6 +117,23 @@ def fresh_sbx(build_dir, mode):
 
     def start(*mount_opts):
         s = _start(build_dir, mode, *mount_opts)
+        made.append(s)
+        return s
+    yield start
+    for s in made:
+        _finish(s)
+
+
+@pytest.fixture
+def faulty_sbx(build_dir, mode):
+    """sbxd, a fault proxy in front of it (sbx.proxy, a faultproxy.ProxyProcess, no faults
+    yet) and sbxfs mounted on the proxy's URL, for one test. Call
+    faulty_sbx(*mount_options, server_args=(), seed=1) to start it. At teardown the faults
+    are turned off (and sbxd continued) before unmounting."""
+    made = []
+
+    def start(*mount_opts, server_args=(), seed=1):
+        s = _start(build_dir, mode, *mount_opts, server_args=server_args, proxy_seed=seed)
         made.append(s)
         return s
     yield start

@@ -159,6 +159,8 @@ class Sandbox:
         self.url = 'http://127.0.0.1:%d' % self.port
         self.sbxd = None
         self.sbxfs = None
+        self.proxy = None       # a fault proxy before sbxd (conftest's faulty_sbx)
+        self.server_args = []   # more sbxd options (a test's --handle-lease, say)
         self.sbxd_log = os.path.join(self.tmp, 'sbxd.log')
         self.sbxfs_log = os.path.join(self.tmp, 'sbxfs.log')
         self.problems = []      # unexpected exits, found by stop/unmount
@@ -171,6 +173,7 @@ class Sandbox:
                 '--state-dir', self.state]
         if self.mode == 'fallback':
             args.append('--no-extensions')
+        args += self.server_args
         log = open(self.sbxd_log, 'ab')
         self.sbxd = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         log.close()
@@ -240,8 +243,9 @@ class Sandbox:
 
     # -- sbxfs --
 
-    def mount(self, *opts, env=None, token_file=True):
-        args = [self.sbxfs_bin, self.url, self.mnt, '-f']
+    def mount(self, *opts, env=None, token_file=True, url=None):
+        """Mounts sbxd at self.mnt; url: another way to reach it (a proxy in front)."""
+        args = [self.sbxfs_bin, url or self.url, self.mnt, '-f']
         if token_file:
             args += ['-o', 'token_file=' + self.token_file]
         for o in opts:
@@ -284,6 +288,21 @@ class Sandbox:
                 return
         if self.sbxfs and self.sbxfs.returncode != 0:
             self.problems.append('sbxfs exited with status %d' % self.sbxfs.returncode)
+
+    def open_files(self):
+        """What sbxd has open under the workspace (from /proc, so with sbxd stopped too):
+        the targets of its file descriptors that lie in the workspace directory."""
+        ws = os.path.realpath(self.workspace)
+        fd_dir = '/proc/%d/fd' % self.sbxd.pid
+        out = []
+        for fd in os.listdir(fd_dir):
+            try:
+                target = os.readlink(os.path.join(fd_dir, fd))
+            except OSError:
+                continue                # closed meanwhile
+            if target == ws or target.startswith(ws + '/'):
+                out.append(target)
+        return out
 
     # -- logs and teardown --
 
