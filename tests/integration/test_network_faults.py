@@ -49,17 +49,17 @@ TIMEOUT_SLACK_S = 2
 FAST_FAIL_S = 1.5
 # How long sbxd stays stopped in the SIGSTOP test.
 STOP_S = 60
-# Handles: sbxd frees the handles of a client that died or lost its close within the lease.
-# HANDLE_LEASE_S is the longest lease allowed; the tests wait HANDLE_WAIT_S for the
-# descriptors to go. SBXD_LEASE_ARGS is the sbxd option that shortens the lease, to keep
-# the tests short once it exists (e.g. ['--handle-lease', '15']; then HANDLE_WAIT_S can be
-# that lease plus a margin).
-HANDLE_LEASE_S = 60
-HANDLE_WAIT_S = 90
-SBXD_LEASE_ARGS = []
-# Fallback mode: the one error (as strerror prints it) that docs/protocol.md ("Fallback")
-# allows a mutation there, for "outcome unknown". Any other failure fails the test.
-FALLBACK_OUTCOME_UNKNOWN = (os.strerror(errno.EIO),)
+# Handles: sbxd frees the handles of a client that died or lost its close within the lease
+# (docs/protocol.md, "Leases"). The mounts here run with a lease of HANDLE_LEASE_S (sbxd's
+# --lease-seconds, 30 by default), and the tests wait HANDLE_WAIT_S for the descriptors to go.
+HANDLE_LEASE_S = 10
+HANDLE_WAIT_S = 3 * HANDLE_LEASE_S
+SBXD_LEASE_ARGS = ['--lease-seconds', str(HANDLE_LEASE_S)]
+# Fallback mode: the errors (as strerror prints them) that docs/protocol.md ("Lost answers"
+# in "Fallback") allows there, for a request sent once whose answer was lost. Any other
+# failure fails the test.
+FALLBACK_OUTCOME_UNKNOWN = tuple(os.strerror(e) for e in (errno.ENOTCONN, errno.ETIMEDOUT,
+                                                         errno.EIO))
 
 # Sizes, per mode: big enough that each test meets every fault kind many times over, small
 # enough for the file to run in about 4 minutes per mode on a 2-core machine (fallback mode
@@ -72,7 +72,8 @@ HELD_OPEN = 50              # files a process holds open when sbxfs is killed
 FAILED_CLOSES = 20          # files whose close fails
 # Requests that only ask whether sbxd is up (a circuit breaker's probes): the failed-closes
 # test does not wait for these to stop while the network is stalled.
-PROBE_REQUESTS = {'GET /api/ping', 'GET /api/x/capabilities'}
+# The lease's heartbeat goes on too.
+PROBE_REQUESTS = {'GET /api/ping', 'GET /api/x/capabilities', 'POST /api/x/lease'}
 
 DOWN = {errno.errorcode[e] for e in BACKEND_DOWN_ERRNOS}
 
