@@ -8,13 +8,15 @@
  * thread like proc/ID/follow: a reader parked on it holds no thread of sbxfs, Ctrl-C answers
  * it at once, poll works, and the mount's cache watcher is not involved. A read-only open
  * starts watching at open, so whatever changes after open() returns is seen; an open for
- * reading and writing takes options first and starts watching at its first read (a
- * CTL_REQUEST file whose commit attaches the feed). The stream's end (the backend went away)
- * ends the file with the error. */
+ * reading and writing takes a line of options and starts watching when that line is written
+ * (CTL_LINE: the write returns once the watch is established, and fails on a bad option where
+ * bash's echo sees it), or at its first read (CTL_REQUEST) when nothing was written. The
+ * stream's end (the backend went away) ends the file with the error. */
 #include <cjson/cJSON.h>
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,10 +29,41 @@
 
 #define GLOBS_MAX 64
 
+/* An open watch file: its feed (the handle's reads) and its stream, whose callbacks push to
+ * the feed through a reference of their own (arg), dropped when the stream is closed. */
 struct watcher {
 	struct ctl_feed *feed;
-	struct sbx_events *events;
+	struct sbx_events *events; /* NULL once closed (release, or unmount) */
+	struct watcher *next;
 };
+
+/* Every watcher with an open stream, so that unmount can close them: a reader blocked in
+ * read() keeps its file open, and its release may never come. Whoever takes a stream out of
+ * its watcher (under the lock) closes it. */
+static pthread_mutex_t watchers_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct watcher *watchers;
+
+/* Caller holds watchers_lock: w leaves the list; its stream, if still there, is returned. */
+static struct sbx_events *detach_locked(struct watcher *w)
+{
+	struct sbx_events *ev = w->events;
+	w->events = NULL;
+	for (struct watcher **pp = &watchers; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	return ev;
+}
+
+/* No callback runs once this returns; then the stream's reference to the feed goes. */
+static void close_stream(struct sbx_events *ev, struct ctl_feed *f)
+{
+	if (!ev)
+		return;
+	sbx_events_close(ev);
+	ctl_feed_unref(f);
+}
 
 static void push_json(struct ctl_feed *f, cJSON *j)
 {
@@ -46,7 +79,7 @@ static void push_json(struct ctl_feed *f, cJSON *j)
 
 static void on_change(void *arg, const struct sbx_change *c)
 {
-	struct watcher *w = arg;
+	struct ctl_feed *feed = arg;
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "kind", sbx_change_kind_name(c->kind));
 	cJSON_AddStringToObject(j, "path", c->path);
@@ -54,24 +87,23 @@ static void on_change(void *arg, const struct sbx_change *c)
 		cJSON_AddStringToObject(j, "oldPath", c->old_path);
 	cJSON_AddBoolToObject(j, "isDirectory", c->is_dir);
 	cJSON_AddStringToObject(j, "timestamp", c->timestamp);
-	push_json(w->feed, j);
+	push_json(feed, j);
 }
 
 static void on_lost(void *arg, const char *why)
 {
-	struct watcher *w = arg;
+	struct ctl_feed *feed = arg;
 	char ts[32];
 	cJSON *j = cJSON_CreateObject();
 	cJSON_AddStringToObject(j, "kind", "overflow");
 	cJSON_AddStringToObject(j, "reason", why);
 	cJSON_AddStringToObject(j, "timestamp", json_timestamp(ts));
-	push_json(w->feed, j);
+	push_json(feed, j);
 }
 
 static void on_end(void *arg, int err)
 {
-	struct watcher *w = arg;
-	ctl_feed_end(w->feed, err ? err : -EIO);
+	ctl_feed_end(arg, err ? err : -EIO);
 }
 
 static const struct sbx_events_ops events_ops = {
@@ -83,9 +115,31 @@ static const struct sbx_events_ops events_ops = {
 static void watcher_free(void *priv)
 {
 	struct watcher *w = priv;
-	sbx_events_close(w->events);
+	pthread_mutex_lock(&watchers_lock);
+	struct sbx_events *ev = detach_locked(w);
+	pthread_mutex_unlock(&watchers_lock);
+	close_stream(ev, w->feed);
 	ctl_feed_unref(w->feed);
 	free(w);
+}
+
+/* Unmount: every stream stops; its reader, if any, sees the end. */
+static void watch_stop(struct sbxfs *fs)
+{
+	for (;;) {
+		pthread_mutex_lock(&watchers_lock);
+		struct watcher *w = watchers;
+		struct sbx_events *ev = w ? detach_locked(w) : NULL;
+		struct ctl_feed *f = w ? w->feed : NULL;
+		if (f)
+			ctl_feed_ref(f); /* w may be freed by its release meanwhile */
+		pthread_mutex_unlock(&watchers_lock);
+		if (!w)
+			break;
+		close_stream(ev, f);
+		ctl_feed_end(f, -ENOTCONN);
+		ctl_feed_unref(f);
+	}
 }
 
 /* Starts watching with these options and makes h read the changes. */
@@ -95,13 +149,19 @@ static int start(struct ctl_handle *h, const struct sbx_events_opts *opts)
 	if (!w)
 		abort();
 	w->feed = ctl_feed_new(false, "watch");
-	w->events = sbx_events_open(h->sbx, opts, &events_ops, w);
+	ctl_feed_ref(w->feed); /* the stream's */
+	w->events = sbx_events_open(h->sbx, opts, &events_ops, w->feed);
 	if (!w->events) {
 		int err = -errno;
+		ctl_feed_unref(w->feed);
 		ctl_feed_unref(w->feed);
 		free(w);
 		return err;
 	}
+	pthread_mutex_lock(&watchers_lock);
+	w->next = watchers;
+	watchers = w;
+	pthread_mutex_unlock(&watchers_lock);
 	ctl_handle_attach(h, w->feed);
 	h->priv = w;
 	h->priv_free = watcher_free;
@@ -214,6 +274,6 @@ static int watch_commit(struct ctl_handle *h)
 }
 
 const struct ctl_entry ctl_watch_file = {
-	.name = "watch", .mode = S_IFREG | 0666, .flags = CTL_REQUEST | CTL_STREAM,
-	.open = watch_open, .commit = watch_commit,
+	.name = "watch", .mode = S_IFREG | 0666, .flags = CTL_REQUEST | CTL_STREAM | CTL_LINE,
+	.open = watch_open, .commit = watch_commit, .stop = watch_stop,
 };
