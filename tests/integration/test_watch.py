@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from util import SLOW, default_sigint, sh
+from util import SLOW, default_sigint, sh, wait_for
 
 
 class Reader:
@@ -148,7 +148,9 @@ def test_poll_and_ctrl_c(sbx, d):
     cat = subprocess.Popen(['cat', os.path.join(sbx.mnt, 'watch')], stdout=subprocess.PIPE,
                            preexec_fn=default_sigint)
     try:
-        time.sleep(0.3)   # let it block in read
+        # blocked in its read (sleeping), not still opening
+        assert wait_for(lambda: open('/proc/%d/stat' % cat.pid).read().rsplit(')', 1)[1]
+                        .split()[0] == 'S', 5 * SLOW)
         assert cat.poll() is None
         t0 = time.monotonic()
         cat.send_signal(signal.SIGINT)
