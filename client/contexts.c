@@ -32,6 +32,7 @@ void sbx_context_clear(struct sbx_context *c)
 	free(c->language);
 	free(c->cwd);
 	free(c->state);
+	free(c->session);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -69,6 +70,16 @@ static char *context_path(const char *id)
 int sbx_context_create(struct sbx *s, const char *language, const char *cwd,
 		       const char *const *env, char **id)
 {
+	return sbx_context_create_in(s, NULL, language, cwd, env, id);
+}
+
+int sbx_context_create_in(struct sbx *s, const char *session, const char *language,
+			  const char *cwd, const char *const *env, char **id)
+{
+	if (session && !s->info.extensions)
+		return sbx_fail(-EOPNOTSUPP, "create context in session %s: a plain container's "
+				"code contexts belong to no session (they run in /workspace with the "
+				"server's environment); this needs sbxd", session);
 	const char *lang = sbx_language_canonical(language ? language : "python");
 	if (!lang)
 		return sbx_fail(-EINVAL, "create context: unknown language '%s' (python, "
@@ -77,6 +88,8 @@ int sbx_context_create(struct sbx *s, const char *language, const char *cwd,
 	cJSON_AddStringToObject(body, "language", lang);
 	if (cwd)
 		cJSON_AddStringToObject(body, "cwd", cwd);
+	if (session)
+		cJSON_AddStringToObject(body, "sessionId", session);
 	if (env && *env) {
 		cJSON *e = cJSON_AddObjectToObject(body, "env_vars");
 		for (; *env; env++) {
@@ -120,6 +133,7 @@ int sbx_context_list(struct sbx *s, struct sbx_context **v, size_t *n)
 		out[i].language = sbx_strdup(lang ? lang : "python");
 		out[i].cwd = sbx_strdup(json_str(r, "cwd") ? json_str(r, "cwd") : "");
 		out[i].state = sbx_strdup(json_str(r, "state"));
+		out[i].session = sbx_strdup(json_str(r, "sessionId"));
 		i++;
 	}
 	cJSON_Delete(j);

@@ -18,6 +18,7 @@ struct sbx_context {
 	char *language; /* "python", "javascript", "typescript" */
 	char *cwd;      /* "" when the server gave none */
 	char *state;    /* "ready", "busy", "dead" (sbxd); NULL when the server does not say */
+	char *session;  /* the session it was created in (sbxd), or NULL */
 };
 void sbx_context_clear(struct sbx_context *c);
 void sbx_contexts_free(struct sbx_context *v, size_t n);
@@ -31,6 +32,11 @@ const char *sbx_language_canonical(const char *name);
  * deadline, whichever is longer. */
 int sbx_context_create(struct sbx *s, const char *language, const char *cwd,
 		       const char *const *env, char **id);
+/* The same in a session (NULL: none): the context starts from the session's working
+ * directory and exported environment (cwd and env go over them) and is deleted with the
+ * session. sbxd only: -EOPNOTSUPP on a plain container, whose contexts know no sessions. */
+int sbx_context_create_in(struct sbx *s, const char *session, const char *language,
+			  const char *cwd, const char *const *env, char **id);
 int sbx_context_list(struct sbx *s, struct sbx_context **v, size_t *n);
 /* -ENOENT (with a reason) when no context has this id. */
 int sbx_context_get(struct sbx *s, const char *id, struct sbx_context *c);

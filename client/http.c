@@ -735,6 +735,8 @@ static size_t stream_write(char *ptr, size_t size, size_t n, void *ud)
 		log_warn("http: stream %s: SSE line too long", s->x.url);
 		s->end_err = -EPROTO;
 	}
+	if (!r && !atomic_load(&s->cancel) && s->ops->on_pause)
+		s->ops->on_pause(s->arg);
 	return r || atomic_load(&s->cancel) ? 0 : len;
 }
 

@@ -134,6 +134,9 @@ struct http_stream_ops {
 	 * before any on_event, so a caller can tell "the server took it" from "still connecting"
 	 * while the body stays silent. */
 	void (*on_open)(void *arg, long status);
+	/* Optional: the events of the bytes received so far have all been delivered, and no
+	 * more bytes are there yet (a consumer pairing adjacent events stops waiting here). */
+	void (*on_pause)(void *arg);
 };
 /* Starts a stream; NULL on failure (errno set). idle_timeout_ms 0 = no idle timeout. */
 struct http_stream *http_stream_open(struct http_client *c, const struct http_request *req,

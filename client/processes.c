@@ -44,6 +44,7 @@ void sbx_process_clear(struct sbx_process *p)
 	free(p->status);
 	free(p->start_time);
 	free(p->end_time);
+	free(p->session);
 	free(p->json);
 	memset(p, 0, sizeof(*p));
 }
@@ -72,6 +73,7 @@ static int parse_record(const cJSON *r, struct sbx_process *p)
 	p->pid = (long)json_int(r, "pid", 0);
 	p->start_time = sbx_strdup(json_str(r, "startTime"));
 	p->end_time = sbx_strdup(json_str(r, "endTime"));
+	p->session = sbx_strdup(json_str(r, "sessionId"));
 	p->json = cJSON_Print(r);
 	if (!p->json)
 		abort();
@@ -125,6 +127,12 @@ static int start_once(struct sbx *s, cJSON *body, char **id)
 int sbx_process_start(struct sbx *s, const char *command, const char *cwd,
 		      const char *const *env, char **id)
 {
+	return sbx_process_start_in(s, NULL, command, cwd, env, id);
+}
+
+int sbx_process_start_in(struct sbx *s, const char *session, const char *command,
+			 const char *cwd, const char *const *env, char **id)
+{
 	const char *c = command;
 	while (isspace((unsigned char)*c))
 		c++;
@@ -134,6 +142,8 @@ int sbx_process_start(struct sbx *s, const char *command, const char *cwd,
 	cJSON_AddStringToObject(body, "command", command);
 	if (cwd)
 		cJSON_AddStringToObject(body, "cwd", cwd);
+	if (session)
+		cJSON_AddStringToObject(body, "sessionId", session);
 	if (env && *env) {
 		cJSON *e = cJSON_AddObjectToObject(body, "env");
 		for (; *env; env++) {

@@ -21,6 +21,7 @@ struct sbx_process {
 	long pid;         /* 0 when the server gave none */
 	char *start_time; /* ISO-8601, or NULL */
 	char *end_time;
+	char *session;    /* the session it was started in, when the server says (sbxd), or NULL */
 	char *json;       /* the record as the server sent it, pretty-printed */
 };
 void sbx_process_clear(struct sbx_process *p);
@@ -31,6 +32,11 @@ void sbx_processes_free(struct sbx_process *v, size_t n);
  * frees). An empty or blank command is -EINVAL without asking the server. */
 int sbx_process_start(struct sbx *s, const char *command, const char *cwd,
 		      const char *const *env, char **id);
+/* The same in a session (NULL: none): the process starts from the session's working
+ * directory and exported environment (cwd and env go over them), and stops when the session
+ * is deleted. */
+int sbx_process_start_in(struct sbx *s, const char *session, const char *command,
+			 const char *cwd, const char *const *env, char **id);
 int sbx_process_list(struct sbx *s, struct sbx_process **v, size_t *n);
 /* -ENOENT for an unknown id. */
 int sbx_process_get(struct sbx *s, const char *id, struct sbx_process *p);

@@ -521,21 +521,26 @@ static int exec_bounded(struct sbx *s, const char *command, const char *cwd, lon
 	int err = sbx_call(s, "execute", "POST", "/api/execute", body, repeatable, http_ms, &j);
 	if (err)
 		return err;
+	err = sbx_exec_answer("execute", j, r);
+	cJSON_Delete(j);
+	return err;
+}
+
+int sbx_exec_answer(const char *what, const cJSON *j, struct sbx_exec_result *r)
+{
+	*r = (struct sbx_exec_result){ .exit_code = -1 };
 	const char *enc = json_str(j, "encoding");
 	bool b64 = enc && strcmp(enc, "base64") == 0;
-	if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "exitCode"))) {
-		cJSON_Delete(j);
-		return sbx_fail(-EPROTO, "execute: the answer has no exit code");
-	}
+	if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(j, "exitCode")))
+		return sbx_fail(-EPROTO, "%s: the answer has no exit code", what);
 	r->exit_code = (int)json_int(j, "exitCode", -1);
-	err = exec_output(j, "stdout", b64, &r->out, &r->out_len);
+	int err = exec_output(j, "stdout", b64, &r->out, &r->out_len);
 	if (!err)
 		err = exec_output(j, "stderr", b64, &r->err, &r->err_len);
-	cJSON_Delete(j);
 	if (err) {
 		sbx_exec_result_free(r);
 		r->exit_code = -1;
-		return sbx_fail(err, "execute: undecodable output");
+		return sbx_fail(err, "%s: undecodable output", what);
 	}
 	return 0;
 }

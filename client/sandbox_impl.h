@@ -118,6 +118,8 @@ int sbx_parse_stat_at(const char *path, const struct cJSON *obj, struct stat *st
 /* The HTTP deadline of one operation moving about `bytes` bytes: the client's deadline, plus
  * time for the transfer itself when it is large. */
 long sbx_deadline(const struct sbx *s, size_t bytes);
+/* An /api/execute answer into r (its output decoded when the server sent base64). */
+int sbx_exec_answer(const char *what, const struct cJSON *j, struct sbx_exec_result *r);
 /* sbx_exec with an explicit HTTP deadline; the command's own timeout is set a little shorter,
  * so the server kills it and answers before the client gives up. For the fallback's helper
  * commands only: they are sent again after a lost answer (see sandbox_fallback.c, "Lost

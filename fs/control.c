@@ -98,14 +98,19 @@ struct resolved {
 	char *words; /* a copy of path cut at its slashes: owns the strings a points into */
 };
 
+static const struct ctl_entry *children_of(const struct ctl_entry *dir)
+{
+	return dir->same_as ? dir->same_as->children : dir->children;
+}
+
 static const struct ctl_entry *child_of(const struct ctl_entry *dir, const char *name,
 					bool *dynamic)
 {
 	const struct ctl_entry *dyn = NULL;
 	*dynamic = false;
-	if (!dir->children)
+	if (!children_of(dir))
 		return NULL;
-	for (const struct ctl_entry *c = dir->children; c->mode; c++) {
+	for (const struct ctl_entry *c = children_of(dir); c->mode; c++) {
 		if (!c->name)
 			dyn = c;
 		else if (strcmp(c->name, name) == 0)
@@ -145,7 +150,9 @@ static int resolve(struct sbxfs *fs, struct node *n, const char *name, struct re
 		e = child_of(e, seg, &dynamic);
 		if (!e)
 			return -ENOENT;
-		if (dynamic) {
+		if (dynamic && (e->flags & CTL_SESSION)) {
+			r->a.session = seg;
+		} else if (dynamic) {
 			if (r->a.n == CTL_MAX_ARGS)
 				return -ENOENT;
 			r->a.v[r->a.n++] = seg;
@@ -256,7 +263,7 @@ static int ctl_list(struct sbxfs *fs, struct node *n, struct dirsnap *snap)
 	int err = resolve(fs, n, NULL, &r);
 	if (!err && !S_ISDIR(r.e->mode))
 		err = -ENOTDIR;
-	for (const struct ctl_entry *c = r.e && !err ? r.e->children : NULL; c && c->mode;
+	for (const struct ctl_entry *c = r.e && !err ? children_of(r.e) : NULL; c && c->mode;
 	     c++) {
 		struct ctl_names names = { 0 };
 		if (c->name)
@@ -266,7 +273,9 @@ static int ctl_list(struct sbxfs *fs, struct node *n, struct dirsnap *snap)
 		for (size_t i = 0; !err && i < names.n; i++) {
 			struct ctl_args a = r.a;
 			char *p;
-			if (!c->name && a.n < CTL_MAX_ARGS)
+			if (!c->name && (c->flags & CTL_SESSION))
+				a.session = names.v[i];
+			else if (!c->name && a.n < CTL_MAX_ARGS)
 				a.v[a.n++] = names.v[i];
 			if (asprintf(&p, "%s/%s", r.path, names.v[i]) < 0)
 				abort();
@@ -312,6 +321,8 @@ static int handle_open(struct sbxfs *fs, const struct resolved *r, int flags,
 	for (int i = 0; i < r->a.n; i++)
 		if (!(h->args.v[i] = strdup(r->a.v[i])))
 			abort();
+	if (r->a.session && !(h->args.session = strdup(r->a.session)))
+		abort();
 	int err = e->open ? e->open(h) : 0;
 	if (err < 0) {
 		log_warn("open %s: %s", r->path, sbx_last_error());
@@ -688,6 +699,7 @@ static void handle_free(struct ctl_handle *h)
 		h->priv_free(h->priv);
 	for (int i = 0; i < h->args.n; i++)
 		free((char *)h->args.v[i]);
+	free((char *)h->args.session);
 	strbuf_free(&h->in);
 	strbuf_free(&h->out);
 	pthread_mutex_destroy(&BOX(h)->lock);

@@ -1,4 +1,4 @@
-/* Control trees: ctx/, proc/, ports/, git/ and env, files whose contents are computed by the
+/* Control trees: ctx/, proc/, ports/, git/, sessions/, env and watch, files whose contents are computed by the
  * sandbox's API instead of stored.
  *
  * A tree is data (plan9 acme's fsys.c): a static table of entries, each a name, a mode and the
@@ -53,10 +53,13 @@ struct ctl_feed;
 
 #define CTL_MAX_ARGS 4
 
-/* The dynamic names along a path, outermost first. */
+/* The dynamic names along a path, outermost first, except the name of a session
+ * (CTL_SESSION): sessions/<sid>/proc/<id>/status gets v {"<id>"} and session "<sid>", so the
+ * proc/ and ctx/ tables serve both places unchanged. */
 struct ctl_args {
 	const char *v[CTL_MAX_ARGS];
 	int n;
+	const char *session; /* NULL outside sessions/ */
 };
 
 /* Names a dynamic entry's `list` callback returns (ctl_names_add copies). */
@@ -72,6 +75,8 @@ enum ctl_flags {
 				 an attached feed. CTL_REQUEST files are sequential too but
 				 seekable, because `head -1` seeks back to the end of its line */
 	CTL_LINE = 1 << 2,    /* a write ending in '\n' commits at once (when `ready` agrees) */
+	CTL_SESSION = 1 << 3, /* a dynamic directory whose name is a session: it goes to
+				 args.session, not to args.v */
 };
 
 struct ctl_entry {
@@ -79,6 +84,7 @@ struct ctl_entry {
 	mode_t mode;      /* S_IFDIR or S_IFREG, with permission bits (0 ends a children array) */
 	unsigned flags;   /* CTL_* */
 	const struct ctl_entry *children; /* directories */
+	const struct ctl_entry *same_as;  /* directories: the children are this tree's */
 
 	/* Dynamic entries. `a` ends with the name in question (for list: the names so far). */
 	int (*list)(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names *out);
@@ -165,5 +171,5 @@ void ctl_stop(struct sbxfs *fs);
 
 /* The trees, defined by fs/ctx.c, fs/proc.c, ... and listed in fs.c's root table. */
 extern const struct ctl_entry ctl_ctx_tree, ctl_proc_tree, ctl_ports_tree, ctl_git_tree,
-	ctl_env_file;
+	ctl_env_file, ctl_sessions_tree, ctl_watch_file;
 #endif

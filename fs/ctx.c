@@ -518,7 +518,8 @@ static int new_commit(struct ctl_handle *h)
 		err = sbx_fail(-EINVAL, "ctx/new: unknown language '%s' (python, javascript or "
 			       "typescript; also python3, js, node, ts)", language);
 	if (!err)
-		err = sbx_context_create(h->sbx, language, cwd, (const char *const *)env, &id);
+		err = sbx_context_create_in(h->sbx, h->args.session, language, cwd,
+					    (const char *const *)env, &id);
 	if (!err) {
 		strbuf_appendf(&h->out, "%s\n", id);
 		log_debug("ctx/new: created %s (%s)", id, language ? language : "python");
@@ -535,6 +536,12 @@ static int new_commit(struct ctl_handle *h)
 
 /* ---- ctx/ and ctx/<id> ---- */
 
+/* sessions/<sid>/ctx shows the contexts created in that session (fs/sessions.c). */
+static bool in_session(const struct ctl_args *a, const struct sbx_context *c)
+{
+	return !a->session || (c->session && strcmp(c->session, a->session) == 0);
+}
+
 static int ctx_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names *out)
 {
 	struct sbx_context *v;
@@ -544,7 +551,7 @@ static int ctx_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names
 		return err;
 	for (size_t i = 0; i < n; i++)
 		if (!strchr(v[i].id, '/') && strcmp(v[i].id, "new") && strcmp(v[i].id, ".") &&
-		    strcmp(v[i].id, ".."))
+		    strcmp(v[i].id, "..") && in_session(a, &v[i]))
 			ctl_names_add(out, v[i].id);
 	sbx_contexts_free(v, n);
 	return 0;
@@ -554,10 +561,13 @@ static int ctx_exists(struct sbxfs *fs, const struct ctl_args *a)
 {
 	struct sbx_context c;
 	int err = sbx_context_get(fs->sbx, ctx_id(a), &c);
-	if (!err)
+	if (!err) {
+		if (!in_session(a, &c))
+			err = -ENOENT;
 		sbx_context_clear(&c);
-	else if (err != -ENOENT)
+	} else if (err != -ENOENT) {
 		log_warn("ctx/%s: %s", ctx_id(a), sbx_last_error());
+	}
 	return err;
 }
 

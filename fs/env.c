@@ -33,12 +33,6 @@ static bool is_name(const char *s, size_t n)
 	return true;
 }
 
-/* The changes a write asks for: each name once, in the state its last line left it. */
-struct env_change {
-	char **set, **unset; /* "NAME=VALUE", "NAME" */
-	size_t nset, nunset;
-};
-
 static void drop_name(char **v, size_t *n, const char *name, size_t len)
 {
 	for (size_t i = 0; i < *n; i++)
@@ -49,7 +43,7 @@ static void drop_name(char **v, size_t *n, const char *name, size_t len)
 		}
 }
 
-static void change_free(struct env_change *c)
+void env_change_free(struct env_change *c)
 {
 	for (size_t i = 0; i < c->nset; i++)
 		free(c->set[i]);
@@ -59,7 +53,7 @@ static void change_free(struct env_change *c)
 	free(c->unset);
 }
 
-static int parse(const char *text, size_t len, struct env_change *c)
+int env_parse(const char *text, size_t len, struct env_change *c)
 {
 	memset(c, 0, sizeof(*c));
 	/* at most one entry per line */
@@ -129,11 +123,11 @@ static int env_commit(struct ctl_handle *h)
 	struct env_change c;
 	size_t len;
 	const char *in = ctl_input_take(h, &len);
-	int err = parse(in, len, &c);
+	int err = env_parse(in, len, &c);
 	if (!err && (c.nset || c.nunset))
 		err = sbx_env_update(h->sbx, (const char *const *)c.set, c.nset,
 				     (const char *const *)c.unset, c.nunset);
-	change_free(&c);
+	env_change_free(&c);
 	return err;
 }
 

@@ -35,6 +35,8 @@ static const struct root_row root_rows[] = {
 	{ "ports", NODE_CONTROL, NULL, &ctl_ports_tree },
 	{ "git", NODE_CONTROL, NULL, &ctl_git_tree },
 	{ "env", NODE_CONTROL, NULL, &ctl_env_file },
+	{ "sessions", NODE_CONTROL, NULL, &ctl_sessions_tree },
+	{ "watch", NODE_CONTROL, NULL, &ctl_watch_file },
 };
 #define N_ROWS (sizeof(root_rows) / sizeof(root_rows[0]))
 

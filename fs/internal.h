@@ -146,4 +146,14 @@ void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 
 /* Closes every file left open (unmount). */
 void workspace_close_all(struct sbxfs *fs);
+
+/* The lines of an env file (fs/env.c: "NAME=VALUE" sets, "-NAME" unsets, '#' comments) as
+ * the changes they ask for, each name once, in the state its last line left it; -EINVAL with
+ * a reason for a malformed line. Also sessions/<id>/env's format (fs/sessions.c). */
+struct env_change {
+	char **set, **unset; /* "NAME=VALUE", "NAME" */
+	size_t nset, nunset;
+};
+int env_parse(const char *text, size_t len, struct env_change *c);
+void env_change_free(struct env_change *c);
 #endif

@@ -11,6 +11,7 @@
  * Every file asks the sandbox when it is opened; nothing is cached here, so processes started
  * by anyone (another mount, the API) appear, and a status is never stale. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,58 @@ static bool listable(const char *id)
 	       strcmp(id, "new") && strcmp(id, "kill-all");
 }
 
+/* ---- sessions/<sid>/proc: the processes of one session ----
+ *
+ * sbxd's records say their session. A plain container's do not, so what this mount started
+ * in a session there is remembered here (for the mount's life) to list it under that
+ * session. */
+
+struct started {
+	char *session, *id;
+	struct started *next;
+};
+static pthread_mutex_t started_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct started *started;
+
+static void remember(const char *session, const char *id)
+{
+	struct started *st = calloc(1, sizeof(*st));
+	if (!st || !(st->session = strdup(session)) || !(st->id = strdup(id)))
+		abort();
+	pthread_mutex_lock(&started_lock);
+	st->next = started;
+	started = st;
+	pthread_mutex_unlock(&started_lock);
+}
+
+/* Is the record p in this view: proc/ shows every process, sessions/<sid>/proc those of sid. */
+static bool in_view(const struct ctl_args *a, const struct sbx_process *p)
+{
+	if (!a->session)
+		return true;
+	if (p->session)
+		return strcmp(p->session, a->session) == 0;
+	bool found = false;
+	pthread_mutex_lock(&started_lock);
+	for (struct started *st = started; st && !found; st = st->next)
+		found = strcmp(st->id, p->id) == 0 && strcmp(st->session, a->session) == 0;
+	pthread_mutex_unlock(&started_lock);
+	return found;
+}
+
+static void proc_stop(struct sbxfs *fs)
+{
+	pthread_mutex_lock(&started_lock);
+	while (started) {
+		struct started *st = started;
+		started = st->next;
+		free(st->session);
+		free(st->id);
+		free(st);
+	}
+	pthread_mutex_unlock(&started_lock);
+}
+
 static int proc_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names *out)
 {
 	struct sbx_process *v;
@@ -40,7 +93,7 @@ static int proc_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_name
 	if (err)
 		return err;
 	for (size_t i = 0; i < n; i++)
-		if (listable(v[i].id))
+		if (listable(v[i].id) && in_view(a, &v[i]))
 			ctl_names_add(out, v[i].id);
 	sbx_processes_free(v, n);
 	return 0;
@@ -50,10 +103,13 @@ static int proc_exists(struct sbxfs *fs, const struct ctl_args *a)
 {
 	struct sbx_process p;
 	int err = sbx_process_get(fs->sbx, proc_id(a), &p);
-	if (!err)
+	if (!err) {
+		if (!in_view(a, &p))
+			err = -ENOENT;
 		sbx_process_clear(&p);
-	else if (err != -ENOENT)
+	} else if (err != -ENOENT) {
 		log_warn("proc/%s: %s", proc_id(a), sbx_last_error());
+	}
 	return err;
 }
 
@@ -143,10 +199,15 @@ static int new_commit(struct ctl_handle *h)
 	if (!command)
 		abort();
 	char *id = NULL;
-	int err = sbx_process_start(h->sbx, command, cwd, (const char *const *)env, &id);
+	const char *session = h->args.session;
+	int err = sbx_process_start_in(h->sbx, session, command, cwd, (const char *const *)env,
+				       &id);
 	if (!err) {
 		strbuf_appendf(&h->out, "%s\n", id);
-		log_debug("proc/new: started %s: %s", id, command);
+		if (session && !sbx_info(h->sbx)->extensions)
+			remember(session, id);
+		log_debug("proc/new: started %s%s%s: %s", id, session ? " in session " : "",
+			  session ? session : "", command);
 	}
 	free(id);
 	free(command);
@@ -174,8 +235,28 @@ static int kill_all_commit(struct ctl_handle *h)
 	int sig = sbx_signal_parse(ctl_input_take(h, &len));
 	if (sig < 0)
 		return sig;
-	int count = 0;
-	int err = sbx_process_kill_all(h->sbx, sig, &count);
+	int count = 0, err = 0;
+	if (h->args.session) {
+		/* a session's kill-all: each of its running processes (the route has no filter) */
+		struct sbx_process *v;
+		size_t n;
+		err = sbx_process_list(h->sbx, &v, &n);
+		if (!err) {
+			for (size_t i = 0; !err && i < n; i++) {
+				if (strcmp(v[i].status, "running") != 0 ||
+				    !in_view(&h->args, &v[i]))
+					continue;
+				int e = sbx_process_kill(h->sbx, v[i].id, sig);
+				if (!e)
+					count++;
+				else if (e != -ESRCH && e != -ENOENT) /* ended meanwhile: fine */
+					err = e;
+			}
+			sbx_processes_free(v, n);
+		}
+	} else {
+		err = sbx_process_kill_all(h->sbx, sig, &count);
+	}
 	if (!err)
 		log_info("proc/kill-all: signalled %d process%s", count, count == 1 ? "" : "es");
 	return err;
@@ -332,4 +413,5 @@ const struct ctl_entry ctl_proc_tree = {
 	.name = "proc",
 	.mode = S_IFDIR | 0755,
 	.children = proc_children,
+	.stop = proc_stop,
 };

@@ -42,9 +42,11 @@
  * directory and environment (the "init" request, which the kernels apply to themselves). */
 #include "server/contexts.h"
 #include "server/envstore.h"
+#include "server/exec.h"
 #include "server/imsg.h"
 #include "server/routes.h"
 #include "server/runner.h"
+#include "server/sessions.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "common/errnames.h"
@@ -132,6 +134,8 @@ struct ctx {
 	const struct language *lang;
 	enum kernel kernel;
 	char *cwd;
+	char *session_id;       /* the session it was created in (extension), or NULL */
+	unsigned long session_serial;
 	struct run_proc proc;
 	pthread_mutex_t write_lock;
 	pthread_cond_t cond;
@@ -220,6 +224,7 @@ static void ctx_unref(struct ctx *c)
 	pthread_cond_destroy(&c->cond);
 	strbuf_free(&c->diag);
 	free(c->cwd);
+	free(c->session_id);
 	free(c->init_error);
 	free(c->death);
 	free(c);
@@ -862,9 +867,10 @@ static void unlink_ctx(struct ctx *c)
 		}
 }
 
-/* The environment of a new context as a JSON object: sbxd's default and the env store, then
- * the request's env_vars. NULL and a message in why when env_vars is malformed. */
-static cJSON *context_env(const cJSON *vars, char *why, size_t size)
+/* The environment of a new context as a JSON object: sbxd's default and the env store (or,
+ * in a session, base: what a command of the session would get), then the request's env_vars.
+ * NULL and a message in why when env_vars is malformed. */
+static cJSON *context_env(char **base, const cJSON *vars, char *why, size_t size)
 {
 	size_t n = cJSON_GetArraySize(vars);
 	char **extra = calloc(n + 1, sizeof *extra);
@@ -888,12 +894,21 @@ static cJSON *context_env(const cJSON *vars, char *why, size_t size)
 		}
 		i++;
 	}
-	char **env = envstore_build((const char *const *)extra);
+	char **env = base ? NULL : envstore_build((const char *const *)extra);
 	out = cJSON_CreateObject();
-	for (char **e = env; e && *e; e++) {
+	for (char **e = base ? base : env; e && *e; e++) {
 		const char *eq = strchr(*e, '=');
 		if (!eq)
 			continue;
+		char *name = strndup(*e, (size_t)(eq - *e));
+		if (name) {
+			cJSON_DeleteItemFromObjectCaseSensitive(out, name);
+			cJSON_AddStringToObject(out, name, eq + 1);
+			free(name);
+		}
+	}
+	for (char **e = base ? extra : NULL; e && *e; e++) {
+		const char *eq = strchr(*e, '=');
 		char *name = strndup(*e, (size_t)(eq - *e));
 		if (name) {
 			cJSON_DeleteItemFromObjectCaseSensitive(out, name);
@@ -973,9 +988,37 @@ void route_context_create(struct req *r)
 			    "env_vars must be an object of strings");
 		return;
 	}
+	/* Extension: a context of a session starts from what a command of the session would
+	 * have, its directory and its environment (the container's contexts know no sessions) */
+	bool given;
+	const char *session_id = session_id_of_body(r, &given);
+	if (!session_id)
+		return;
+	bool in_session = strcmp(session_id, SESSION_NONE) != 0;
+	char **session_env = NULL, *session_cwd = NULL;
+	unsigned long serial = 0;
+	if (in_session) {
+		int err = exec_session_snapshot(session_id, req_client_fd(r), &session_env,
+						&session_cwd, &serial);
+		if (err == -ECONNABORTED) {
+			reply_error(r, 499, "CLIENT_CLOSED_REQUEST", ECANCELED, NULL,
+				    "the client hung up; no context was created");
+			return;
+		}
+		if (err) {
+			reply_error(r, 500, "INTERNAL_ERROR", -err, NULL,
+				    "cannot read the state of session '%s': %s", session_id,
+				    strerror(-err));
+			return;
+		}
+		if (!jc || cJSON_IsNull(jc))
+			cwd = session_cwd;
+	}
 	char why[256];
-	cJSON *env = context_env(jenv, why, sizeof why);
+	cJSON *env = context_env(session_env, jenv, why, sizeof why);
+	session_free_env(session_env);
 	if (!env) {
+		free(session_cwd);
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "%s", why);
 		return;
 	}
@@ -1035,6 +1078,10 @@ void route_context_create(struct req *r)
 		memcpy(id, c->id, sizeof id);
 		c->lang = lang;
 		c->cwd = strdup(cwd);
+		if (in_session) {
+			c->session_id = strdup(session_id);
+			c->session_serial = serial;
+		}
 		struct ctx **p = &table;
 		while (*p)
 			p = &(*p)->next;
@@ -1046,6 +1093,8 @@ void route_context_create(struct req *r)
 		cJSON_AddStringToObject(body, "contextId", id);    /* c may be deleted by now */
 		cJSON_AddStringToObject(body, "language", lang->name);
 		cJSON_AddStringToObject(body, "cwd", cwd);
+		if (in_session)
+			cJSON_AddStringToObject(body, "sessionId", session_id);
 		reply_ok(r, body);
 	} else {
 		discard(c);
@@ -1057,6 +1106,7 @@ void route_context_create(struct req *r)
 				    state == -2 ? "died while starting" : "did not answer");
 	}
 	free(init_error);
+	free(session_cwd);
 }
 
 void route_context_list(struct req *r)
@@ -1068,6 +1118,8 @@ void route_context_list(struct req *r)
 		cJSON_AddStringToObject(o, "id", c->id);
 		cJSON_AddStringToObject(o, "language", c->lang->name);
 		cJSON_AddStringToObject(o, "cwd", c->cwd ? c->cwd : "");
+		if (c->session_id)
+			cJSON_AddStringToObject(o, "sessionId", c->session_id);
 		cJSON_AddStringToObject(o, "state", c->dead ? "dead" : c->cur ? "busy" : "ready");
 		cJSON_AddItemToArray(list, o);
 	}
@@ -1270,6 +1322,24 @@ void route_context_interrupt(struct req *r)
 	reply_ok(r, body);
 	pthread_mutex_lock(&lock);
 	ctx_unref(c);
+	pthread_mutex_unlock(&lock);
+}
+
+void contexts_stop_session(unsigned long serial)
+{
+	pthread_mutex_lock(&lock);
+	for (struct ctx **p = &table; *p;) {
+		struct ctx *c = *p;
+		if (!c->session_id || c->session_serial != serial) {
+			p = &c->next;
+			continue;
+		}
+		*p = c->next;
+		c->next = NULL;
+		c->deleted = true;
+		ctx_signal(c, SIGKILL);
+		ctx_unref(c); /* the table's */
+	}
 	pthread_mutex_unlock(&lock);
 }
 

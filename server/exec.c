@@ -18,6 +18,7 @@
  *
  * Output text is UTF-8 with invalid sequences and NUL bytes replaced by U+FFFD (cJSON strings
  * cannot hold NUL); "encoding":"base64" gives the bytes exactly. */
+#include "server/exec.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
@@ -34,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define OUTPUT_MAX ((size_t)64 << 20)
@@ -664,4 +666,75 @@ void route_execute_stream(struct req *r)
 	}
 	reply_sse(r, (struct sse_source){ .next = stream_next, .release = stream_release,
 					  .ctx = st });
+}
+
+/* ---- a session's environment, for code contexts ---- */
+
+#define SNAPSHOT_TIMEOUT_MS 10000
+#define SNAPSHOT_MAX ((size_t)4 << 20)
+
+static void snapshot_collect(void *ctx, int which, const char *buf, size_t n)
+{
+	struct strbuf *out = ctx;
+	if (which == OUT && out->len + n <= SNAPSHOT_MAX)
+		strbuf_append(out, buf, n);
+}
+
+/* Names a shell sets for itself, which are no part of what the session holds. */
+static bool shell_own(const char *kv)
+{
+	return strncmp(kv, "_=", 2) == 0 || strncmp(kv, "SHLVL=", 6) == 0 ||
+	       strncmp(kv, "OLDPWD=", 7) == 0;
+}
+
+int exec_session_snapshot(const char *id, int client_fd, char ***env, char **cwd,
+			  unsigned long *serial)
+{
+	/* `command env`: not a function or alias of the session called env */
+	static const char probe[] = "builtin printf '%s\\0' \"$PWD\"; command env -0";
+	struct session *s;
+	struct session_launch l = { 0 };
+	struct proc_io io = { .p = { .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
+				     .pidfd = -1 } };
+	struct strbuf out = STRBUF_INIT;
+	*env = NULL;
+	*cwd = NULL;
+	int err = session_acquire(id, NULL, -1, client_fd, &s);
+	if (err)
+		return err;
+	*serial = session_serial(s);
+	char **overlay = envstore_overlay(NULL);
+	session_launch(s, probe, NULL, overlay, false, &l);
+	envstore_free(overlay);
+	err = io_start(&io, &l, probe, SNAPSHOT_TIMEOUT_MS, client_fd);
+	if (!err) {
+		while (!io_step(&io, -1, snapshot_collect, &out, STEP_BYTES))
+			;
+		io_finish(&io);
+		if (io.client_gone)
+			err = -ECONNABORTED;
+		else if (io.timed_out || !WIFEXITED(io.status) || WEXITSTATUS(io.status) != 0)
+			err = -EIO;
+	}
+	session_release(s);
+	session_launch_free(&l);
+	/* "<cwd>\0K=V\0K=V\0..." */
+	size_t n = 0;
+	for (size_t i = 0; !err && i < out.len; i++)
+		n += out.data[i] == '\0';
+	if (!err && (!n || out.data[out.len - 1] != '\0'))
+		err = -EPROTO;
+	if (!err) {
+		char **v = calloc(n + 1, sizeof *v);
+		if (!v || !(*cwd = strdup(out.data)))
+			abort();
+		size_t k = 0;
+		for (const char *p = out.data + strlen(out.data) + 1; p < out.data + out.len;
+		     p += strlen(p) + 1)
+			if (strchr(p, '=') && !shell_own(p) && !(v[k++] = strdup(p)))
+				abort();
+		*env = v;
+	}
+	strbuf_free(&out);
+	return err;
 }

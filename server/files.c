@@ -701,6 +701,25 @@ void route_move(struct req *r) { rename_mv(r, "sourcePath", "destinationPath", "
 
 /* ---- /api/mkdir ---- */
 
+/* The container runs `mkdir [-p]` and reports every failure of it alike, as a shell tool's:
+ * 500 FILESYSTEM_ERROR with mkdir's message in context.stderr. Clients tell the cases apart
+ * by that text (the SDK raises FileSystemError for all of them), so sbxd answers the same,
+ * with the exact errno beside it. */
+static void reply_mkdir_failed(struct req *r, int err, const char *abs, bool recursive)
+{
+	char tool[WS_PATH_MAX + 128];
+	snprintf(tool, sizeof tool, "mkdir: cannot create directory \u2018%s\u2019: %s", abs,
+		 strerror(-err));
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "path", abs);
+	cJSON *opts = cJSON_AddObjectToObject(ctx, "options");
+	if (recursive)
+		cJSON_AddBoolToObject(opts, "recursive", true);
+	cJSON_AddNumberToObject(ctx, "exitCode", 1);
+	cJSON_AddStringToObject(ctx, "stderr", tool);
+	reply_error(r, 500, "FILESYSTEM_ERROR", -err, ctx, "mkdir operation failed with exit code 1");
+}
+
 void route_mkdir(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
@@ -721,7 +740,7 @@ void route_mkdir(struct req *r)
 		}
 	}
 	if (err) {
-		reply_ws_errno(r, err, abs);
+		reply_mkdir_failed(r, err, abs, recursive);
 		return;
 	}
 	cJSON *o = cJSON_CreateObject();

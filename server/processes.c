@@ -60,6 +60,7 @@
 #define STREAM_ROUND_BYTES (1024 * 1024)
 #define PROBE_TIMEOUT_MS 10000
 #define SIGNAL_RETRY_MS 2000
+#define FEED_TIMEOUT_MS 10000       /* a long command going to its session shell's stdin */
 
 enum { OUT, ERR };
 enum pstatus { P_RUNNING, P_COMPLETED, P_FAILED, P_KILLED, P_ERROR };
@@ -75,6 +76,8 @@ struct proc {
 	int refs;
 	bool in_table;
 	char *id, *command;
+	char *session_id;            /* the session it was started in, or NULL */
+	unsigned long session_serial;
 	enum pstatus status;
 	int exit_code;
 	struct timespec start, end;  /* CLOCK_REALTIME */
@@ -222,6 +225,7 @@ static void put_locked(struct proc *p)
 	free(p->segs);
 	free(p->id);
 	free(p->command);
+	free(p->session_id);
 	pthread_mutex_destroy(&p->sig_lock);
 	free(p);
 }
@@ -486,9 +490,46 @@ static int check_cwd(const char *cwd, char *out, size_t outlen)
 	return err;
 }
 
-/* Spawns the record's command and hands it to a collector; or ends the record as "error"
- * with the reason in its stderr. */
-static void launch(struct proc *p, const char *cwd, char *const *req_env)
+/* A command too long for the environment goes to the session wrapper's stdin, which reads
+ * it whole before anything else; bounded, in case the shell never does. */
+static int feed_command(struct run_proc *rp, const char *command)
+{
+	size_t len = strlen(command), off = 0;
+	int64_t deadline = mono_ms() + FEED_TIMEOUT_MS;
+	int err = 0;
+	while (off < len && !err) {
+		struct pollfd pfd = { rp->stdin_fd, POLLOUT, 0 };
+		int left = (int)(deadline - mono_ms());
+		if (left <= 0 || poll(&pfd, 1, left) == 0) {
+			err = -ETIMEDOUT;
+			break;
+		}
+		/* without dying of SIGPIPE when the shell has gone (see exec.c's io_feed) */
+		sigset_t pipe_set, old;
+		sigemptyset(&pipe_set);
+		sigaddset(&pipe_set, SIGPIPE);
+		pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
+		ssize_t n = write(rp->stdin_fd, command + off, len - off);
+		int e = errno;
+		if (n < 0 && e == EPIPE) {
+			struct timespec zero = { 0, 0 };
+			sigtimedwait(&pipe_set, NULL, &zero);
+		}
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		if (n > 0)
+			off += (size_t)n;
+		else if (n < 0 && e != EINTR && e != EAGAIN)
+			err = -e;
+	}
+	close(rp->stdin_fd);
+	rp->stdin_fd = -1;
+	return err;
+}
+
+/* Spawns the record's command (in session s, when not NULL: loading its cwd and exported
+ * environment, as a command of the session would, without saving anything back) and hands
+ * it to a collector; or ends the record as "error" with the reason in its stderr. */
+static void launch(struct proc *p, const char *cwd, char *const *req_env, struct session *s)
 {
 	char dir[WS_PATH_MAX + 64];
 	char why[WS_PATH_MAX + 256];
@@ -506,12 +547,27 @@ static void launch(struct proc *p, const char *cwd, char *const *req_env)
 	}
 	if (!err) {
 		const char *argv[] = { "bash", "-c", p->command, NULL };
-		char **env = envstore_build((const char *const *)req_env);
-		struct run_spec spec = { .argv = argv, .cwd = cwd ? dir : NULL,
-					 .env = (const char *const *)env, .stdin_null = true };
+		struct session_launch l = { 0 };
+		char **env = NULL;
+		struct run_spec spec = { .argv = argv, .cwd = cwd ? dir : NULL, .stdin_null = true };
+		if (s) {
+			/* the store's variables and the request's go over the session's state */
+			char **overlay = envstore_overlay((const char *const *)req_env);
+			session_launch(s, p->command, cwd ? dir : NULL, overlay, false, &l);
+			envstore_free(overlay);
+			spec = (struct run_spec){ .argv = (const char *const *)l.argv,
+						  .env = (const char *const *)l.env,
+						  .stdin_null = !l.command_on_stdin };
+		} else {
+			env = envstore_build((const char *const *)req_env);
+			spec.env = (const char *const *)env;
+		}
 		pthread_mutex_lock(&p->sig_lock);
 		err = runner_spawn(&spec, &p->rp);
 		pthread_mutex_unlock(&p->sig_lock);
+		if (!err && l.command_on_stdin && feed_command(&p->rp, p->command) < 0)
+			log_warn("process %s: its shell did not take the command", p->id);
+		session_launch_free(&l);
 		envstore_free(env);
 		if (err == -ENOTSUP && runner_unavailable())
 			snprintf(why, sizeof why, "cannot run commands: %s\n", runner_unavailable());
@@ -579,9 +635,30 @@ void route_process_start(struct req *r)
 		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 				   "processId must be 1 to %d letters, digits or _-.:@+ (not "
 				   "starting with '.', not 'list' or 'kill-all')", ID_MAX);
+	bool session_given;
+	const char *session_id = session_id_of_body(r, &session_given);
+	if (!session_id)
+		return;
 	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
 	if (!req_env)
 		return;
+	/* In a session (named in the body, as the container has it), the process starts from
+	 * the session's state; like the container's background commands it takes the session
+	 * only to start, after the session's running command, for as long as its client waits. */
+	struct session *s = NULL;
+	if (strcmp(session_id, SESSION_NONE) != 0) {
+		int err = session_acquire(session_id, NULL, -1, req_client_fd(r), &s);
+		if (err) {
+			session_free_env(req_env);
+			if (err == -ECONNABORTED)
+				return reply_error(r, 499, "CLIENT_CLOSED_REQUEST", ECANCELED, NULL,
+						   "the client hung up; the process was not "
+						   "started");
+			return reply_error(r, 500, "INTERNAL_ERROR", -err, NULL, "session '%s': %s",
+					   session_id, err == -ENOSPC ? "too many sessions"
+								 : strerror(-err));
+		}
+	}
 
 	struct proc *p = calloc(1, sizeof *p);
 	if (!p)
@@ -590,6 +667,12 @@ void route_process_start(struct req *r)
 	p->command = strdup(cmd->valuestring);
 	if (!p->id || !p->command)
 		abort();
+	if (s) {
+		p->session_id = strdup(session_id);
+		if (!p->session_id)
+			abort();
+		p->session_serial = session_serial(s);
+	}
 	p->refs = 1; /* ours, until the answer */
 	p->timeout_ms = timeout_ms;
 	p->pid = -1;
@@ -630,10 +713,14 @@ void route_process_start(struct req *r)
 		else
 			reply_error(r, 503, "PROCESS_ERROR", ESHUTDOWN, ctx, "sbxd is stopping");
 		session_free_env(req_env);
+		if (s)
+			session_release(s);
 		proc_put(p);
 		return;
 	}
-	launch(p, cJSON_IsString(cwd) && *cwd->valuestring ? cwd->valuestring : NULL, req_env);
+	launch(p, cJSON_IsString(cwd) && *cwd->valuestring ? cwd->valuestring : NULL, req_env, s);
+	if (s)
+		session_release(s);
 	session_free_env(req_env);
 
 	cJSON *out = cJSON_CreateObject();
@@ -659,6 +746,8 @@ static cJSON *record_json(const struct proc *p)
 		cJSON_AddNumberToObject(o, "pid", p->pid);
 	cJSON_AddStringToObject(o, "command", p->command);
 	cJSON_AddStringToObject(o, "status", status_names[p->status]);
+	if (p->session_id)
+		cJSON_AddStringToObject(o, "sessionId", p->session_id);
 	cJSON_AddStringToObject(o, "startTime", iso_time(&p->start, ts));
 	if (p->status != P_RUNNING) {
 		cJSON_AddStringToObject(o, "endTime", iso_time(&p->end, ts));
@@ -1027,6 +1116,48 @@ void route_x_process_remove(struct req *r)
 	cJSON *out = cJSON_CreateObject();
 	cJSON_AddStringToObject(out, "processId", id);
 	reply_ok(r, out);
+}
+
+/* ---- for other routes ---- */
+
+int processes_state(const char *id, bool *running, int *exit_code)
+{
+	pthread_mutex_lock(&table_lock);
+	struct proc *p = find_locked(id);
+	if (p) {
+		*running = p->status == P_RUNNING;
+		*exit_code = p->exit_code;
+	}
+	pthread_mutex_unlock(&table_lock);
+	return p ? 0 : -ENOENT;
+}
+
+void processes_stop_session(unsigned long serial)
+{
+	pthread_mutex_lock(&table_lock);
+	struct proc **v = calloc(n_records + 1, sizeof *v);
+	if (!v)
+		abort();
+	size_t n = 0;
+	for (struct proc *p = table; p; p = p->next)
+		if (p->status == P_RUNNING && p->session_id && p->session_serial == serial) {
+			p->refs++;
+			v[n++] = p;
+		}
+	pthread_mutex_unlock(&table_lock);
+	if (n)
+		log_info("stopping %zu process%s of a deleted session", n, n == 1 ? "" : "es");
+	kill_records(v, n, SIGKILL);
+	/* KILL cannot be ignored: the collectors see the exits at once */
+	int64_t deadline = mono_ms() + KILL_GRACE_MS;
+	pthread_mutex_lock(&table_lock);
+	for (size_t i = 0; i < n; i++) {
+		while (v[i]->status == P_RUNNING && mono_ms() < deadline)
+			wait_change_until(deadline);
+		put_locked(v[i]);
+	}
+	pthread_mutex_unlock(&table_lock);
+	free(v);
 }
 
 /* ---- shutdown ---- */

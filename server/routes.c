@@ -24,6 +24,7 @@ const struct route routes[] = {
 	{ "DELETE", "/api/process/{id}", route_process_kill, 0 },
 	{ "POST", "/api/x/process/remove", route_x_process_remove, ROUTE_JSON | ROUTE_EXTENSION },
 
+	{ "POST", "/api/port-watch", route_port_watch, ROUTE_JSON },
 	{ "POST", "/api/git/checkout", route_git_checkout, ROUTE_JSON },
 
 	{ "POST", "/api/read", route_read, ROUTE_JSON },
@@ -36,6 +37,7 @@ const struct route routes[] = {
 	{ "POST", "/api/list-files", route_list_files, ROUTE_JSON },
 	{ "POST", "/api/exists", route_exists, ROUTE_JSON },
 	{ "POST", "/api/watch", route_watch, ROUTE_JSON },
+	{ "POST", "/api/watch/check", route_watch_check, ROUTE_JSON },
 
 	{ "POST", "/api/contexts", route_context_create, ROUTE_JSON },
 	{ "GET", "/api/contexts", route_context_list, 0 },

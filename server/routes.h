@@ -41,6 +41,7 @@ void route_x_close(struct req *r);
 
 /* watch.c */
 void route_watch(struct req *r);
+void route_watch_check(struct req *r);
 
 /* exec.c + sessions.c */
 void route_session_create(struct req *r);
@@ -58,6 +59,9 @@ void route_process_stream(struct req *r);
 void route_process_kill(struct req *r);
 void route_process_kill_all(struct req *r);
 void route_x_process_remove(struct req *r);
+
+/* portwatch.c */
+void route_port_watch(struct req *r);
 
 /* git.c */
 void route_git_checkout(struct req *r);

@@ -44,6 +44,8 @@
  * hung up (or sbxd is stopping, which shuts every connection down): a queued command whose
  * client is gone never runs. */
 #include "server/sessions.h"
+#include "server/contexts.h"
+#include "server/processes.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/server.h"
@@ -121,6 +123,7 @@ struct session {
 	char *state_new;    /* and of what a command saves (for the wrapper only) */
 	char **env;         /* from session/create, "K=V" */
 	int timeout_ms;
+	unsigned long serial; /* tells this session from a later one of the same id */
 	bool saved;         /* the state file holds a command's saved environment */
 	bool deleted;
 	int refs;
@@ -385,6 +388,7 @@ static int create_locked(const char *id, const char *cwd, char **env, int timeou
 			abort();
 		err = mkdirat(root_fd, s->name, 0700) < 0 ? -errno : 0;
 	}
+	s->serial = serial;
 	if (!err) {
 		s->dirfd = openat(root_fd, s->name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		err = s->dirfd < 0 ? -errno : write_initial_state(s, cwd);
@@ -424,26 +428,9 @@ static void unlink_locked(struct session *s)
 
 /* ---- for exec.c ---- */
 
-const char *session_id_of_request(struct req *r, bool *given)
+/* A session id a request named: not blank, not too long, valid UTF-8; NULL after answering. */
+static const char *checked_id(struct req *r, const char *id)
 {
-	const char *id = NULL;
-	cJSON *body = req_json(r);
-	const cJSON *field = body ? cJSON_GetObjectItemCaseSensitive(body, "sessionId") : NULL;
-	if (field && !cJSON_IsNull(field) && !cJSON_IsString(field)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "sessionId must be a string");
-		return NULL;
-	}
-	if (field && cJSON_IsString(field) && field->valuestring[0])
-		id = field->valuestring;
-	if (!id || !*id)
-		id = req_header(r, "X-Session-Id");
-	if (!id || !*id)
-		id = req_query(r, "session");
-	if (!id || !*id)
-		id = req_query(r, "sessionId");
-	*given = id && *id;
-	if (!*given)
-		return SESSION_DEFAULT;
 	if (blank(id)) {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 			    "sessionId must not be empty or whitespace");
@@ -460,6 +447,49 @@ const char *session_id_of_request(struct req *r, bool *given)
 		return NULL;
 	}
 	return id;
+}
+
+/* The body's "sessionId" (an empty string counts as absent) in *id; false after answering. */
+static bool body_id(struct req *r, const char **id)
+{
+	cJSON *body = req_json(r);
+	const cJSON *field = body ? cJSON_GetObjectItemCaseSensitive(body, "sessionId") : NULL;
+	*id = NULL;
+	if (field && !cJSON_IsNull(field) && !cJSON_IsString(field)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "sessionId must be a string");
+		return false;
+	}
+	if (field && cJSON_IsString(field) && field->valuestring[0])
+		*id = field->valuestring;
+	return true;
+}
+
+const char *session_id_of_request(struct req *r, bool *given)
+{
+	const char *id;
+	if (!body_id(r, &id))
+		return NULL;
+	if (!id || !*id)
+		id = req_header(r, "X-Session-Id");
+	if (!id || !*id)
+		id = req_query(r, "session");
+	if (!id || !*id)
+		id = req_query(r, "sessionId");
+	*given = id && *id;
+	if (!*given)
+		return SESSION_DEFAULT;
+	return checked_id(r, id);
+}
+
+const char *session_id_of_body(struct req *r, bool *given)
+{
+	const char *id;
+	if (!body_id(r, &id))
+		return NULL;
+	*given = id != NULL;
+	if (!id || strcmp(id, SESSION_NONE) == 0)
+		return SESSION_NONE;
+	return checked_id(r, id);
 }
 
 static int64_t now_ns(void)
@@ -535,6 +565,11 @@ void session_release(struct session *s)
 {
 	pthread_mutex_unlock(&s->run);
 	session_put(s);
+}
+
+unsigned long session_serial(const struct session *s)
+{
+	return s->serial;
 }
 
 int session_command_timeout(const struct session *s)
@@ -806,10 +841,14 @@ void route_session_delete(struct req *r)
 		return reply_error(r, 500, "INTERNAL_ERROR", ENOENT, ctx,
 				   "Session '%s' not found", id);
 	}
-	/* as the container: wait for the running foreground command first */
+	/* as the container: wait for the running foreground command first, then stop what
+	 * was started in the session (a process or context started meanwhile took the run
+	 * lock to start, so it is started by now and stopped too) */
 	pthread_mutex_lock(&s->run);
 	remove_files(s);
 	pthread_mutex_unlock(&s->run);
+	processes_stop_session(s->serial);
+	contexts_stop_session(s->serial);
 	cJSON *res = cJSON_CreateObject();
 	cJSON_AddStringToObject(res, "sessionId", id);
 	session_put(s);

@@ -20,6 +20,10 @@ struct session;
  * UTF-8). */
 const char *session_id_of_request(struct req *r, bool *given);
 
+/* The same from the body's "sessionId" only (the container's rule for /api/process/start and
+ * the file routes): SESSION_NONE when it names none (or names SESSION_NONE). */
+const char *session_id_of_body(struct req *r, bool *given);
+
 /* The session with this id, created on the spot (starting in start_cwd, NULL = /workspace)
  * when unknown, locked for one command: foreground commands of a session run one at a time.
  * Waits at most timeout_ms (< 0: as long as the running command takes) for the command
@@ -30,6 +34,9 @@ int session_acquire(const char *id, const char *start_cwd, int timeout_ms, int c
 		    struct session **out);
 /* Unlocks and drops the reference session_acquire() took. */
 void session_release(struct session *s);
+/* A number no other session ever has (ids are reused after a delete): what processes and
+ * contexts started in the session remember, so that deleting it stops them. */
+unsigned long session_serial(const struct session *s);
 /* The default timeout of the session's commands (commandTimeoutMs), 0 for none. */
 int session_command_timeout(const struct session *s);
 /* The same for the session with this id, before taking it; 0 when there is none. */

@@ -34,6 +34,7 @@
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "server/routes.h"
+#include "server/server.h"
 #include "server/workspace.h"
 
 #define QUEUE_MAX 10000
@@ -159,11 +160,26 @@ struct sub {
 	size_t len;
 	bool owe_overflow;
 	pthread_cond_t cond;
+	/* a retained watch of /api/watch/check: counts what it wants instead of queueing it */
+	struct retained *retained;
+};
+
+/* The change state behind /api/watch/check: a filter that counts events, kept until
+ * RETAIN_MS after its last check, found again by its parameters (key). */
+struct retained {
+	struct retained *next;
+	char *key;
+	char id[64];
+	uint64_t cursor;
+	int64_t expires;
+	struct sub *sub;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t ready_cond = PTHREAD_COND_INITIALIZER;
 static struct sub *subs;
+static struct retained *retained_list;
+static size_t n_retained;
 static bool ready, stopping, started;
 static unsigned watch_seq;
 
@@ -277,15 +293,24 @@ static bool wants(const struct sub *s, enum ev_type type, const char *rel, const
 	return true;
 }
 
-static void publish(enum ev_type type, const char *rel, bool is_dir)
+/* Queues the event for every subscriber that wants it (lock held). other is the other name
+ * of a move whose two halves were paired (the destination of a move_from, the source of a
+ * move_to; NULL when unknown): sent as newPath/oldPath, an extension. */
+static void publish_locked(enum ev_type type, const char *rel, bool is_dir, const char *other)
 {
-	char abs[WS_PATH_MAX + 16], ts[32];
+	char abs[WS_PATH_MAX + 16], other_abs[WS_PATH_MAX + 16], ts[32];
 	ws_api_path(rel, abs, sizeof abs);
+	bool extensions = !(sbxd_cfg && sbxd_cfg->no_extensions);
+	if (other)
+		ws_api_path(other, other_abs, sizeof other_abs);
 	char *line = NULL;
-	pthread_mutex_lock(&lock);
 	for (struct sub *s = subs; s; s = s->next) {
 		if (!wants(s, type, rel, abs))
 			continue;
+		if (s->retained) {
+			s->retained->cursor++;
+			continue;
+		}
 		if (!line) {
 			size_t i = 0;
 			while ((1u << i) != (unsigned)type)
@@ -295,6 +320,9 @@ static void publish(enum ev_type type, const char *rel, bool is_dir)
 			cJSON_AddStringToObject(e, "eventType", ev_names[i]);
 			cJSON_AddStringToObject(e, "path", abs);
 			cJSON_AddBoolToObject(e, "isDirectory", is_dir);
+			if (other && extensions)
+				cJSON_AddStringToObject(e, type == EV_MOVE_FROM ? "newPath" : "oldPath",
+							other_abs);
 			cJSON_AddStringToObject(e, "timestamp", json_timestamp(ts));
 			line = event_line(e);
 		}
@@ -307,14 +335,33 @@ static void publish(enum ev_type type, const char *rel, bool is_dir)
 			s->owe_overflow = true;
 		}
 	}
-	pthread_mutex_unlock(&lock);
 	free(line);
+}
+
+static void publish(enum ev_type type, const char *rel, bool is_dir)
+{
+	pthread_mutex_lock(&lock);
+	publish_locked(type, rel, is_dir, NULL);
+	pthread_mutex_unlock(&lock);
+}
+
+/* Both halves of a move, adjacent in every queue: a reader can pair them without waiting. */
+static void publish_move(const char *from, const char *to, bool is_dir)
+{
+	pthread_mutex_lock(&lock);
+	publish_locked(EV_MOVE_FROM, from, is_dir, to);
+	publish_locked(EV_MOVE_TO, to, is_dir, from);
+	pthread_mutex_unlock(&lock);
 }
 
 static void publish_overflow(void)
 {
 	pthread_mutex_lock(&lock);
 	for (struct sub *s = subs; s; s = s->next) {
+		if (s->retained) {
+			s->retained->cursor++; /* something changed, what is unknown */
+			continue;
+		}
 		s->owe_overflow = true;
 		pthread_cond_signal(&s->cond);
 	}
@@ -414,15 +461,22 @@ static void drop_tree(const char *rel)
 		}
 }
 
+/* A MOVED_FROM waits (MOVE_PAIR_MS at most) for its MOVED_TO: inotify queues the two
+ * halves of a rename next to each other, and a move_from published only once the pair is
+ * known can carry the new name and sit next to its move_to in every queue. */
 struct pending_move {
 	uint32_t cookie;
 	char *rel; /* NULL when none */
+	bool is_dir;
 };
 
+/* No MOVED_TO came: the entry left the workspace (a directory's watches are forgotten). */
 static void settle_move(struct pending_move *pm)
 {
 	if (pm->rel) {
-		drop_tree(pm->rel);
+		publish(EV_MOVE_FROM, pm->rel, pm->is_dir);
+		if (pm->is_dir)
+			drop_tree(pm->rel);
 		free(pm->rel);
 		pm->rel = NULL;
 	}
@@ -445,8 +499,8 @@ static void handle_event(const struct inotify_event *ev, struct pending_move *pm
 		map_del(ev->wd);
 		return;
 	}
-	/* Moves are reported as adjacent MOVED_FROM/MOVED_TO pairs: anything else after a
-	 * directory's MOVED_FROM means it left the workspace (forget it before looking up wd). */
+	/* Anything but the matching MOVED_TO after a MOVED_FROM means the entry left the
+	 * workspace (forget a directory before looking up wd). */
 	if (pm->rel && !((ev->mask & IN_MOVED_TO) && ev->cookie == pm->cookie))
 		settle_move(pm);
 	const char *dir = map_get(ev->wd);
@@ -484,21 +538,22 @@ static void handle_event(const struct inotify_event *ev, struct pending_move *pm
 	if (ev->mask & IN_DELETE)
 		publish(EV_DELETE, rel, is_dir);
 	if (ev->mask & IN_MOVED_FROM) {
-		publish(EV_MOVE_FROM, rel, is_dir);
-		if (is_dir) {
-			pm->cookie = ev->cookie;
-			pm->rel = rel;
-			rel = NULL;
-		}
+		pm->cookie = ev->cookie;
+		pm->rel = rel;
+		pm->is_dir = is_dir;
+		rel = NULL;
 	}
-	if (ev->mask & IN_MOVED_TO) {
-		publish(EV_MOVE_TO, rel, is_dir);
-		if (is_dir && pm->rel && ev->cookie == pm->cookie) {
-			map_rename_prefix(pm->rel, rel);
+	if (rel && (ev->mask & IN_MOVED_TO)) {
+		if (pm->rel && ev->cookie == pm->cookie) {
+			publish_move(pm->rel, rel, is_dir);
+			if (is_dir)
+				map_rename_prefix(pm->rel, rel);
 			free(pm->rel);
 			pm->rel = NULL;
-		} else if (is_dir) {
-			add_tree(rel, false);
+		} else {
+			publish(EV_MOVE_TO, rel, is_dir);
+			if (is_dir)
+				add_tree(rel, false);
 		}
 	}
 	free(rel);
@@ -514,7 +569,7 @@ static void *watch_thread(void *arg)
 	pthread_mutex_unlock(&lock);
 
 	static char buf[64 * 1024] __attribute__((aligned(__alignof__(struct inotify_event))));
-	struct pending_move pm = { 0, NULL };
+	struct pending_move pm = { 0, NULL, false };
 	for (;;) {
 		struct pollfd p[2] = { { ifd, POLLIN, 0 }, { stopfd, POLLIN, 0 } };
 		int k = poll(p, 2, pm.rel ? MOVE_PAIR_MS : -1);
@@ -562,10 +617,14 @@ fail:
 	ifd = stopfd = -1;
 }
 
+static void retained_drop_locked(struct retained *w);
+
 void watch_shutdown(void)
 {
 	pthread_mutex_lock(&lock);
 	stopping = true;
+	while (retained_list)
+		retained_drop_locked(retained_list);
 	for (struct sub *s = subs; s; s = s->next)
 		pthread_cond_signal(&s->cond);
 	pthread_mutex_unlock(&lock);
@@ -648,16 +707,13 @@ static int sub_next(void *ctx, struct strbuf *out, int timeout_ms)
 	return 1;
 }
 
+static void sub_remove_locked(struct sub *s);
+
 static void sub_release(void *ctx)
 {
 	struct sub *s = ctx;
 	pthread_mutex_lock(&lock);
-	if (s->prev)
-		s->prev->next = s->next;
-	else if (subs == s)
-		subs = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
+	sub_remove_locked(s);
 	pthread_mutex_unlock(&lock);
 	sub_free(s);
 }
@@ -689,15 +745,17 @@ static bool parse_globs(struct req *r, struct sub *s, const cJSON *arr, bool inc
 	return true;
 }
 
-void route_watch(struct req *r)
+/* A subscriber from the request's path, recursive, events and include/exclude, not yet in
+ * the list; NULL after answering. abs receives the watched path. */
+static struct sub *sub_from_request(struct req *r, char *abs, size_t abs_size)
 {
 	const cJSON *body = req_json(r);
 	const char *path = json_str(body, "path");
 	if (!path || !*path) {
 		reply_invalid(r, "'path' is required");
-		return;
+		return NULL;
 	}
-	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
+	char rel[WS_PATH_MAX + 1];
 	int err = ws_normalize(path, rel, sizeof rel);
 	if (err == -EACCES) {
 		cJSON *ctx = cJSON_CreateObject();
@@ -706,31 +764,31 @@ void route_watch(struct req *r)
 		cJSON_AddStringToObject(ctx, "workspaceRoot", "/workspace");
 		reply_error(r, 403, "PERMISSION_DENIED", EACCES, ctx,
 			    "path must be inside /workspace");
-		return;
+		return NULL;
 	}
 	if (err) {
 		reply_ws_errno(r, err, path);
-		return;
+		return NULL;
 	}
-	ws_api_path(rel, abs, sizeof abs);
+	ws_api_path(rel, abs, abs_size);
 	struct stat st;
 	err = ws_stat(abs, &st, false);
 	if (err == -ENOENT) {
 		cJSON *ctx = cJSON_CreateObject();
 		cJSON_AddStringToObject(ctx, "path", abs);
 		reply_error(r, 404, "FILE_NOT_FOUND", ENOENT, ctx, "Path does not exist: %s", abs);
-		return;
+		return NULL;
 	}
 	if (err) {
 		reply_ws_errno(r, err, abs);
-		return;
+		return NULL;
 	}
 
 	struct sub *s = calloc(1, sizeof *s);
 	if (!s || !(s->root = strdup(rel))) {
 		free(s);
 		reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
-		return;
+		return NULL;
 	}
 	pthread_condattr_t ca;
 	pthread_condattr_init(&ca);
@@ -744,7 +802,7 @@ void route_watch(struct req *r)
 		if (!cJSON_IsArray(events)) {
 			sub_free(s);
 			reply_invalid(r, "'events' must be an array");
-			return;
+			return NULL;
 		}
 		unsigned mask = 0;
 		const cJSON *e;
@@ -756,7 +814,7 @@ void route_watch(struct req *r)
 				sub_free(s);
 				reply_invalid(r, "events must be among create, modify, delete, "
 						 "move_from, move_to, attrib");
-				return;
+				return NULL;
 			}
 			mask |= 1u << i;
 		}
@@ -768,7 +826,7 @@ void route_watch(struct req *r)
 	if (inc && exc) {
 		sub_free(s);
 		reply_invalid(r, "include and exclude cannot be used together");
-		return;
+		return NULL;
 	}
 	bool ok = true;
 	if (inc)
@@ -784,11 +842,14 @@ void route_watch(struct req *r)
 	}
 	if (!ok) {
 		sub_free(s);
-		return;
+		return NULL;
 	}
+	return s;
+}
 
-	/* The watcher must be established before "watching" is promised. */
-	pthread_mutex_lock(&lock);
+/* Waits (lock held) until the watcher is established; false after answering. */
+static bool ready_locked(struct req *r)
+{
 	struct timespec dl;
 	clock_gettime(CLOCK_REALTIME, &dl);
 	dl.tv_sec += READY_WAIT_S;
@@ -796,27 +857,238 @@ void route_watch(struct req *r)
 	       pthread_cond_timedwait(&ready_cond, &lock, &dl) == 0)
 		;
 	if (!started || !ready || stopping) {
-		pthread_mutex_unlock(&lock);
-		sub_free(s);
 		reply_error(r, 500, "WATCH_START_ERROR", EAGAIN, NULL,
 			    "the file watcher is not running");
+		return false;
+	}
+	return true;
+}
+
+/* "watch-<n>-<epoch ms>", the container's ids (lock held). */
+static void new_watch_id(char id[64])
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	snprintf(id, 64, "watch-%u-%lld", ++watch_seq,
+		 (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+}
+
+static void sub_insert_locked(struct sub *s)
+{
+	s->next = subs;
+	if (subs)
+		subs->prev = s;
+	subs = s;
+}
+
+static void sub_remove_locked(struct sub *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else if (subs == s)
+		subs = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	s->next = s->prev = NULL;
+}
+
+void route_watch(struct req *r)
+{
+	char abs[WS_PATH_MAX + 16];
+	struct sub *s = sub_from_request(r, abs, sizeof abs);
+	if (!s)
+		return;
+	/* The watcher must be established before "watching" is promised. */
+	pthread_mutex_lock(&lock);
+	if (!ready_locked(r)) {
+		pthread_mutex_unlock(&lock);
+		sub_free(s);
 		return;
 	}
 	char id[64];
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
-	snprintf(id, sizeof id, "watch-%u-%lld", ++watch_seq,
-		 (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+	new_watch_id(id);
 	cJSON *w = cJSON_CreateObject();
 	cJSON_AddStringToObject(w, "type", "watching");
 	cJSON_AddStringToObject(w, "path", abs);
 	cJSON_AddStringToObject(w, "watchId", id);
 	enqueue_locked(s, (enum ev_type)0, NULL, event_line(w));
-	s->next = subs;
-	if (subs)
-		subs->prev = s;
-	subs = s;
+	sub_insert_locked(s);
 	pthread_mutex_unlock(&lock);
 	log_debug("watch %s on %s (recursive %d)", id, abs, s->recursive);
 	reply_sse(r, (struct sse_source){ sub_next, sub_release, s });
+}
+
+/* ---- POST /api/watch/check ---- */
+
+#define RETAIN_MS (10 * 60 * 1000)
+#define RETAINED_MAX 1024
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The parameters that make two checks the same watch (the container's key: path,
+ * recursive, events, the globs sorted and without repeats). */
+static char *retain_key(struct sub *s)
+{
+	qsort(s->globs, s->nglobs, sizeof *s->globs, cmp_str);
+	struct strbuf k = STRBUF_INIT;
+	strbuf_appendf(&k, "%s%c%d%c%u%c%c", s->root, 0, s->recursive, 0, s->events, 0,
+		       s->include ? 'i' : 'e');
+	for (size_t i = 0; i < s->nglobs; i++)
+		if (i == 0 || strcmp(s->globs[i], s->globs[i - 1]) != 0)
+			strbuf_appendf(&k, "%c%s", 0, s->globs[i]);
+	/* the NULs above keep fields apart; the key is compared with its length */
+	char *key = malloc(k.len + sizeof(size_t));
+	if (!key)
+		abort();
+	memcpy(key, &k.len, sizeof(size_t));
+	memcpy(key + sizeof(size_t), k.data, k.len);
+	strbuf_free(&k);
+	return key;
+}
+
+static bool same_key(const char *a, const char *b)
+{
+	size_t la, lb;
+	memcpy(&la, a, sizeof la);
+	memcpy(&lb, b, sizeof lb);
+	return la == lb && memcmp(a + sizeof la, b + sizeof lb, la) == 0;
+}
+
+static void retained_drop_locked(struct retained *w)
+{
+	for (struct retained **pp = &retained_list; *pp; pp = &(*pp)->next)
+		if (*pp == w) {
+			*pp = w->next;
+			break;
+		}
+	n_retained--;
+	sub_remove_locked(w->sub);
+	sub_free(w->sub);
+	free(w->key);
+	free(w);
+}
+
+/* Expired watches go; past RETAINED_MAX the one checked least recently goes too (its client
+ * gets "resync" "expired", the answer the protocol has for that). */
+static void retained_prune_locked(int64_t now)
+{
+	for (struct retained *w = retained_list, *next; w; w = next) {
+		next = w->next;
+		if (w->expires <= now)
+			retained_drop_locked(w);
+	}
+	while (n_retained >= RETAINED_MAX) {
+		struct retained *oldest = retained_list;
+		for (struct retained *w = retained_list; w; w = w->next)
+			if (w->expires < oldest->expires)
+				oldest = w;
+		retained_drop_locked(oldest);
+	}
+}
+
+/* "<watch id>:<digits>": false for anything else. */
+static bool parse_version(const char *v, char *id, size_t id_size, uint64_t *cursor)
+{
+	const char *colon = strrchr(v, ':');
+	if (!colon || colon == v || !colon[1] || (size_t)(colon - v) >= id_size)
+		return false;
+	for (const char *p = colon + 1; *p; p++)
+		if (*p < '0' || *p > '9')
+			return false;
+	errno = 0;
+	char *end;
+	unsigned long long c = strtoull(colon + 1, &end, 10);
+	if (errno || c > (1ull << 53)) /* what the container's JavaScript numbers hold */
+		return false;
+	memcpy(id, v, (size_t)(colon - v));
+	id[colon - v] = '\0';
+	*cursor = c;
+	return true;
+}
+
+void route_watch_check(struct req *r)
+{
+	const cJSON *sincev = cJSON_GetObjectItemCaseSensitive(req_json(r), "since");
+	if (sincev && !cJSON_IsNull(sincev) && !cJSON_IsString(sincev))
+		return reply_invalid(r, "since must be a version returned by checkChanges()");
+	const char *since = cJSON_IsString(sincev) ? sincev->valuestring : NULL;
+	char abs[WS_PATH_MAX + 16];
+	struct sub *s = sub_from_request(r, abs, sizeof abs);
+	if (!s)
+		return;
+	char *key = retain_key(s);
+	pthread_mutex_lock(&lock);
+	if (!ready_locked(r)) {
+		pthread_mutex_unlock(&lock);
+		free(key);
+		sub_free(s);
+		return;
+	}
+	int64_t now = mono_ms();
+	retained_prune_locked(now);
+	struct retained *w = retained_list;
+	while (w && !same_key(w->key, key))
+		w = w->next;
+	bool created = !w;
+	if (created) {
+		w = calloc(1, sizeof *w);
+		if (!w)
+			abort();
+		w->key = key;
+		key = NULL;
+		w->sub = s;
+		s->retained = w;
+		s = NULL;
+		new_watch_id(w->id);
+		sub_insert_locked(w->sub);
+		w->next = retained_list;
+		retained_list = w;
+		n_retained++;
+		log_debug("watch/check: %s on %s", w->id, abs);
+	}
+	w->expires = now + RETAIN_MS;
+	char version[96], id[64];
+	snprintf(version, sizeof version, "%s:%llu", w->id, (unsigned long long)w->cursor);
+	uint64_t at = 0, cursor = w->cursor;
+	bool same = since && parse_version(since, id, sizeof id, &at) && strcmp(id, w->id) == 0;
+	bool valid = !since || parse_version(since, id, sizeof id, &at);
+	pthread_mutex_unlock(&lock);
+	free(key);
+	if (s)
+		sub_free(s);
+
+	if (!valid) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "since", since);
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
+				   "since must be a version returned by checkChanges()");
+	}
+	if (same && at > cursor) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "since", since);
+		cJSON_AddStringToObject(ctx, "currentVersion", version);
+		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
+				   "since refers to a newer version than the current watch state");
+	}
+	cJSON *o = cJSON_CreateObject();
+	if (!since) {
+		cJSON_AddStringToObject(o, "status", "unchanged");
+	} else if (!same) {
+		cJSON_AddStringToObject(o, "status", "resync");
+		cJSON_AddStringToObject(o, "reason", created ? "expired" : "restarted");
+	} else {
+		cJSON_AddStringToObject(o, "status", at == cursor ? "unchanged" : "changed");
+	}
+	cJSON_AddStringToObject(o, "version", version);
+	reply_ok(r, o);
 }

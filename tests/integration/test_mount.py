@@ -78,7 +78,8 @@ def test_token_from_environment(server):
         f.write('ok')
     with open(os.path.join(server.workspace, 'via-env')) as f:
         assert f.read() == 'ok'
-    assert sorted(os.listdir(server.mnt)) == ['ctx', 'env', 'git', 'ports', 'proc', 'workspace']
+    assert sorted(os.listdir(server.mnt)) == ['ctx', 'env', 'git', 'ports', 'proc', 'sessions',
+                                              'watch', 'workspace']
 
 
 def test_mount_fuse_helper(server, build_dir):
