@@ -48,11 +48,12 @@
  * the same way. Commands then run directly, as sbxd's user with its privileges, in this mount
  * and pid namespace, with the workspace at its real place (which must therefore be /workspace).
  * Only the limits and the token on the API remain, and sbxd says so loudly at start. The limits
- * are put in place the same race-free way: the spawner forks a child that waits on its block
- * descriptor, as bubblewrap's init does, until sbxd has added it to the cgroup and set its
- * rlimits; only then does it exec the command. It dies with the spawner thread like bubblewrap
- * (PR_SET_PDEATHSIG), and leads its own process group, which is what runner_kill() signals.
- * Never a fallback: with the default isolation and no working bubblewrap, commands are refused.
+ * are put in place the same race-free way: the spawner forks a child that makes itself a
+ * session and process group leader (what runner_kill() signals), reports that on its info
+ * descriptor, and waits on its block descriptor, as bubblewrap's init does, until sbxd has
+ * added it to the cgroup and set its rlimits; only then does it exec the command. It dies with
+ * the spawner thread like bubblewrap (PR_SET_PDEATHSIG). Never a fallback: with the default
+ * isolation and no working bubblewrap, commands are refused.
  *
  * Children are reaped only by runner_wait(), through a pidfd, so nothing else in sbxd may set
  * SIGCHLD to SIG_IGN or call waitpid(-1). Commands get only the environment the caller passes
@@ -157,7 +158,8 @@ struct spawn_job {
 	const char *chdir_to;   /* NULL: stay */
 	int fd_in, fd_out, fd_err; /* child ends; fd_in -1 = /dev/null */
 	int fd_info, fd_block;  /* -1 or child ends (>= HIGH_FD) for bubblewrap's 3 and 4 */
-	bool held;              /* no bubblewrap: fork a child that waits on fd_block itself */
+	bool held;              /* no bubblewrap: fork a child that reports on fd_info and waits
+				 * on fd_block itself */
 	pid_t pid;
 	int err;
 	bool done;
@@ -224,7 +226,10 @@ static _Noreturn void held_child(const struct spawn_job *j, pid_t parent)
 	/* dies with the spawner thread, as bubblewrap's --die-with-parent */
 	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
 		_exit(127);
-	setsid();
+	/* its own session and process group, which runner_kill() signals: once sbxd has read
+	 * this byte, a signal sent right after the start is not lost */
+	if (setsid() < 0 || write(j->fd_info, "", 1) != 1)
+		_exit(127);
 	int in = j->fd_in >= 0 ? j->fd_in : open("/dev/null", O_RDONLY);
 	if (in < 0 || dup2(in, 0) < 0 || dup2(j->fd_out, 1) < 0 || dup2(j->fd_err, 2) < 0 ||
 	    dup2(j->fd_block, 3) < 0)
@@ -617,6 +622,24 @@ static void limit_process(pid_t pid)
 	set_rlimit(pid, RLIMIT_CORE, 0, 0);
 }
 
+/* Waits until fd has a byte or its end to read (or timeout_ms passed), and reads a byte. */
+static void wait_readable(int fd, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	int64_t deadline = now_ms() + timeout_ms;
+	char c;
+	for (int64_t left = timeout_ms; left > 0; left = deadline - now_ms()) {
+		int r = poll(&pfd, 1, (int)left);
+		if (r > 0) {
+			while (read(fd, &c, 1) < 0 && errno == EINTR)
+				;
+			return;
+		}
+		if (r < 0 && errno != EINTR)
+			return;
+	}
+}
+
 /* Reads bubblewrap's --info-fd report ({"child-pid": N, ...}) up to its end; the init's pid,
  * or -1 when bubblewrap ended (or hung) without creating it. */
 static pid_t read_child_pid(int fd)
@@ -864,9 +887,7 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 	if ((!stdin_null && pipe2(in, O_CLOEXEC) < 0) || pipe2(o, O_CLOEXEC) < 0 ||
 	    pipe2(e, O_CLOEXEC) < 0)
 		err = -errno;
-	if (!err && bwrap_path)
-		err = high_pipe(info);
-	if (!err)
+	if (!err && (err = high_pipe(info)) == 0)
 		err = high_pipe(block);
 	if (!err) {
 		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
@@ -906,8 +927,10 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 				cg = cgroup_add(out->inner_pid);
 			limit_process(out->inner_pid);
 		}
-		close_fd(&info[0]);
+	} else {
+		wait_readable(info[0], BWRAP_INFO_TIMEOUT_MS); /* the held child's setsid() */
 	}
+	close_fd(&info[0]);
 	if (cg)
 		log_warn("runner: cannot add a command to the sandbox cgroup: %s", strerror(-cg));
 	/* EPIPE when bubblewrap (or the held child) has already failed: its exit status tells */

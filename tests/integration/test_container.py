@@ -202,6 +202,35 @@ def test_commands_run_in_the_container_itself(cont):
     assert (code, out) == (0, '')
 
 
+def test_sessions_contexts_and_signals(cont):
+    """What runs in the sandbox through the other routes works the same without bubblewrap."""
+    status, r = cont.api('/api/session/create', {'id': 'c1', 'env': {'GREETING': 'hello'}})
+    assert status == 200, r
+    for command in ('cd /tmp && export LATER=1', 'echo "$PWD $GREETING $LATER"'):
+        status, r = cont.api('/api/execute', {'command': command, 'sessionId': 'c1'})
+        assert status == 200 and r['exitCode'] == 0, r
+    assert r['stdout'] == '/tmp hello 1\n'
+    status, r = cont.api('/api/contexts', {'language': 'python'}, timeout=90)
+    assert status == 200, r
+    ctx = r['contextId']
+    req = urllib.request.Request(cont.url + '/api/execute/code', method='POST', data=json.dumps(
+        {'context_id': ctx, 'code': 'import os; print(os.getcwd()); 6 * 7'}).encode(),
+        headers={'Authorization': 'Bearer ' + cont.token})
+    with urllib.request.urlopen(req, timeout=90 * SLOW) as resp:
+        events = [json.loads(line[6:]) for line in resp if line.startswith(b'data: ')]
+    assert ''.join(e['text'] for e in events if e['type'] == 'stdout') == '/workspace\n', events
+    assert any(e['type'] == 'result' and '42' in json.dumps(e) for e in events), events
+    cont.api('/api/contexts/' + ctx, method='DELETE')
+    # a signal sent as soon as the process is started reaches it
+    for _ in range(5):
+        status, r = cont.api('/api/process/start', {'command': 'sleep 60'})
+        assert status == 200, r
+        pid = r['processId']
+        assert cont.api('/api/process/%s?signal=TERM' % pid, method='DELETE')[0] == 200
+        assert wait_for(lambda: cont.api('/api/process/' + pid)[1]['process']['status'] !=
+                        'running', 10 * SLOW), 'TERM right after the start was lost'
+
+
 def test_says_loudly_what_it_does_not_protect(cont):
     log = cont.read_log(cont.sbxd_log)
     assert re.search(r'sbxd: warning: sandbox: --isolation=none: commands run WITHOUT '

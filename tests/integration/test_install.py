@@ -92,6 +92,10 @@ grep " $MNT " /proc/self/mounts
 echo written-through-fstab > "$MNT/workspace/fstab.txt"
 cat "$MNT/workspace/fstab.txt"
 umount "$MNT"
+# the README's other way, at once
+mount -t fuse.sbxfs -o "token_file=$TOKEN_FILE" "$URL" "$MNT"
+grep -c " $MNT fuse.sbxfs " /proc/self/mounts
+umount "$MNT"
 # and again: each mount starts sbxfs in the background (the way a helper must), which the
 # other tests, always in the foreground, do not
 for i in 2 3 4 5 6 7 8 9 10; do
@@ -118,7 +122,8 @@ def test_fstab_line_mounts_through_the_installed_helper(build_dir, installed, ro
         with open(fstab, 'w') as f:
             f.write('%s  %s  fuse.sbxfs  %s  0 0\n' % (s.url, s.mnt, options))
         env = dict(os.environ, DEST=dest, PREFIX=opts['prefix'], SBINDIR=path(opts, 'sbindir'),
-                   ROUTE=route, FSTAB=fstab, MNT=s.mnt, TMP=s.tmp,
+                   ROUTE=route, FSTAB=fstab, MNT=s.mnt, TMP=s.tmp, URL=s.url,
+                   TOKEN_FILE=s.token_file,
                    PATH=path(opts, 'bindir') + ':/usr/sbin:/usr/bin:/sbin:/bin')
         p = run(['unshare', '--mount', '--propagation', 'private', 'sh', '-c', AS_INSTALLED],
                 env=env)
@@ -127,7 +132,7 @@ def test_fstab_line_mounts_through_the_installed_helper(build_dir, installed, ro
         lines = p.stdout.splitlines()
         assert lines[0] == 'executing helper ' + helper, p.stdout
         assert lines[1].split()[:3] == [s.url, s.mnt, 'fuse.sbxfs'], p.stdout
-        assert lines[2] == 'written-through-fstab', p.stdout
+        assert lines[2:] == ['written-through-fstab', '1'], p.stdout
         with open(os.path.join(s.workspace, 'fstab.txt')) as f:
             assert f.read() == 'written-through-fstab\n'
     finally:
