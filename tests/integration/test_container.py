@@ -28,6 +28,13 @@ START_SBXD = os.path.join(REPO, 'container', 'start-sbxd')
 PREVIEW_BASE = 'https://sbx.example.com'
 
 
+@pytest.fixture(autouse=True)
+def ext_only(mode):
+    """Nothing here depends on the mode the suite runs in: one run (ext) is enough."""
+    if mode != 'ext':
+        pytest.skip('runs in ext mode only')
+
+
 def children(pid):
     out = []
     for task in os.listdir('/proc/%d/task' % pid):

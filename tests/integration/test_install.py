@@ -26,6 +26,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 USER = 61000 + os.getpid() % 1000       # a scratch user: no passwd entry needed
 
 
+@pytest.fixture(autouse=True)
+def ext_only(mode):
+    """Nothing here depends on the mode the suite runs in: one run (ext) is enough."""
+    if mode != 'ext':
+        pytest.skip('runs in ext mode only')
+
+
 def needs_root():
     if os.geteuid() != 0:
         pytest.skip('needs root (mount namespaces, other users)')
