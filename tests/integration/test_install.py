@@ -47,12 +47,14 @@ def run(argv, **kw):
 def installed(build_dir):
     """(destdir, options): the build installed into a scratch directory."""
     dest = tempfile.mkdtemp(prefix='sbxfs-install-')
-    p = run(['meson', 'install', '-C', build_dir, '--destdir', dest, '--no-rebuild'])
-    assert p.returncode == 0, 'meson install failed:\n' + p.stdout + p.stderr
-    p = run(['meson', 'introspect', build_dir, '--buildoptions'])
-    opts = {o['name']: o['value'] for o in json.loads(p.stdout)}
-    yield dest, opts
-    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        p = run(['meson', 'install', '-C', build_dir, '--destdir', dest, '--no-rebuild'])
+        assert p.returncode == 0, 'meson install failed:\n' + p.stdout + p.stderr
+        p = run(['meson', 'introspect', build_dir, '--buildoptions'])
+        opts = {o['name']: o['value'] for o in json.loads(p.stdout)}
+        yield dest, opts
+    finally:
+        shutil.rmtree(dest, ignore_errors=True)
 
 
 def path(opts, name):
