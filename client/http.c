@@ -1174,12 +1174,14 @@ void http_client_free(struct http_client *c)
 {
 	if (!c)
 		return;
-	liveness_stop(c->live); /* first: its on_change wakes the loop */
 	pthread_mutex_lock(&c->lock);
 	c->stopping = true;
 	pthread_mutex_unlock(&c->lock);
 	curl_multi_wakeup(c->multi);
 	pthread_join(c->thread, NULL);
+	/* only now: the loop asks the liveness until its end (its on_change still finds the
+	 * multi handle, which client_destroy frees) */
+	liveness_stop(c->live);
 	client_destroy(c);
 }
 

@@ -6,6 +6,7 @@
 #include "server/handles.h"
 #include "server/leases.h"
 #include "server/routes.h"
+#include "server/runner.h"
 #include "server/server.h"
 
 void route_ping(struct req *r)
@@ -35,6 +36,7 @@ void route_capabilities(struct req *r)
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		cJSON_AddItemToArray(ext, cJSON_CreateString(names[i]));
 	json_add_int(o, "leaseMs", leases_duration_ms());
+	cJSON_AddStringToObject(o, "isolation", runner_isolation_name());
 	reply_ok(r, o);
 }
 

@@ -1,16 +1,20 @@
 /* Exposed ports and their preview URLs (an sbxd extension: the container has no such routes,
  * the Cloudflare SDK keeps this table in its Durable Object).
  *
- * A preview URL is http://<port>-<sandbox id>-<token>.<host>/, built like the SDK's: the token is
+ * A preview URL is <scheme>://<port>-<sandbox id>-<token>.<host>/, built like the SDK's: the token is
  * 12 random bytes in base64 with '+' and '/' turned into '_', lower-cased (16 characters of
  * [a-z0-9_], so it never contains the '-' that separates the label's parts). The token is the
  * only credential of a preview URL, so it is compared in constant time.
  *
- * <host> is "localhost:<sbxd port>" (every *.localhost name resolves to loopback) when sbxd
- * listens on a loopback address. On any other address the URL is meant for other machines, so
- * it uses the host and port the caller reached sbxd by (its Host header); serving it then needs
- * a wildcard DNS entry for that name. A Host that is an IP address cannot carry a name in front
- * of it, so such callers get the localhost form too and must send the Host header themselves.
+ * With --preview-base, <scheme>://<host> is that public base: sbxd behind something that owns
+ * a wildcard name and forwards it (a Worker in front of a container, a reverse proxy), which
+ * sbxd cannot know from its own address nor from the Host of requests the forwarder makes.
+ * Otherwise the scheme is http and <host> is "localhost:<sbxd port>" (every *.localhost name
+ * resolves to loopback) when sbxd listens on a loopback address. On any other address the URL
+ * is meant for other machines, so it uses the host and port the caller reached sbxd by (its
+ * Host header); serving it then needs a wildcard DNS entry for that name. A Host that is an IP
+ * address cannot carry a name in front of it, so such callers get the localhost form too and
+ * must send the Host header themselves.
  *
  * The table is small (at most PORTS_MAX entries) and guarded by one mutex. */
 #include "server/ports.h"
@@ -138,12 +142,24 @@ static void url_host(struct req *r, char *out, size_t outlen)
 static char *preview_url(struct req *r, const struct exposed *e)
 {
 	char host[300], *url;
-	url_host(r, host, sizeof host);
+	const char *scheme = "http", *base = sbxd_cfg ? sbxd_cfg->preview_base : NULL;
+	int scheme_len = 4;
+	if (base) {
+		/* checked by sbxd's option parsing: "http[s]://name[:port]" */
+		const char *sep = strstr(base, "://");
+		scheme = base;
+		scheme_len = (int)(sep - base);
+		snprintf(host, sizeof host, "%s", sep + 3);
+	} else {
+		url_host(r, host, sizeof host);
+	}
 	const char *id = sbxd_cfg && sbxd_cfg->sandbox_id ? sbxd_cfg->sandbox_id : "local";
-	if (asprintf(&url, "http://%d-%s-%s.%s/", e->port, id, e->token, host) < 0)
+	int start;
+	if (asprintf(&url, "%.*s://%n%d-%s-%s.%s/", scheme_len, scheme, &start, e->port, id,
+		     e->token, host) < 0)
 		return NULL;
 	/* The id goes in lower-cased: host names are compared that way. */
-	for (char *p = url + 7; *p && *p != '/'; p++)
+	for (char *p = url + start; *p && *p != '/'; p++)
 		*p = (char)tolower((unsigned char)*p);
 	return url;
 }

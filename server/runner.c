@@ -43,6 +43,18 @@
  * which an exec keeps whatever the bounding set; bubblewrap's capset() then clears them for the
  * command along with the rest, and the empty bounding set is inherited by everything below.
  *
+ * Without bubblewrap (RUNNER_ISOLATION_NONE, sbxd --isolation=none): for a system that is the
+ * sandbox itself, a container made for it, where the container's own API server runs commands
+ * the same way. Commands then run directly, as sbxd's user with its privileges, in this mount
+ * and pid namespace, with the workspace at its real place (which must therefore be /workspace).
+ * Only the limits and the token on the API remain, and sbxd says so loudly at start. The limits
+ * are put in place the same race-free way: the spawner forks a child that makes itself a
+ * session and process group leader (what runner_kill() signals), reports that on its info
+ * descriptor, and waits on its block descriptor, as bubblewrap's init does, until sbxd has
+ * added it to the cgroup and set its rlimits; only then does it exec the command. It dies with
+ * the spawner thread like bubblewrap (PR_SET_PDEATHSIG). Never a fallback: with the default
+ * isolation and no working bubblewrap, commands are refused.
+ *
  * Children are reaped only by runner_wait(), through a pidfd, so nothing else in sbxd may set
  * SIGCHLD to SIG_IGN or call waitpid(-1). Commands get only the environment the caller passes
  * (or the default below), never sbxd's own, which may hold the bearer token. */
@@ -64,7 +76,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/capability.h>
-#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -81,6 +92,19 @@
 #define SESSIONS_INSIDE "/run/sbxd/sessions"
 #define HIGH_FD 10       /* where those two live in sbxd, clear of what do_spawn dup2s to */
 #define CPU_GRACE_SECONDS 5 /* SIGXCPU at the limit, SIGKILL this much later */
+#if __has_include(<sys/pidfd.h>)
+#include <sys/pidfd.h>
+#else /* glibc before 2.36 (Ubuntu 22.04, under Cloudflare's sandbox image): the system calls */
+static int pidfd_open(pid_t pid, unsigned int flags)
+{
+	return (int)syscall(SYS_pidfd_open, pid, flags);
+}
+
+static int pidfd_send_signal(int pidfd, int sig, siginfo_t *info, unsigned int flags)
+{
+	return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, info, flags);
+}
+#endif
 #ifndef PIDFD_SIGNAL_PROCESS_GROUP
 #define PIDFD_SIGNAL_PROCESS_GROUP (1UL << 2) /* Linux 6.9 */
 #endif
@@ -108,7 +132,8 @@ static const char *const proc_read_only[] = {
 static pthread_mutex_t init_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool initialised;
 static char *workspace_dir;     /* host path, resolved */
-static char *bwrap_path;        /* NULL: run without bubblewrap */
+static enum runner_isolation isolation = RUNNER_ISOLATION_BWRAP;
+static char *bwrap_path;        /* NULL: without bubblewrap (isolation none, or unusable) */
 static char unavailable[256];   /* non-empty: commands cannot be started */
 static struct runner_limits limits = {
 	.memory = RUNNER_DEFAULT_MEMORY,
@@ -133,6 +158,8 @@ struct spawn_job {
 	const char *chdir_to;   /* NULL: stay */
 	int fd_in, fd_out, fd_err; /* child ends; fd_in -1 = /dev/null */
 	int fd_info, fd_block;  /* -1 or child ends (>= HIGH_FD) for bubblewrap's 3 and 4 */
+	bool held;              /* no bubblewrap: fork a child that reports on fd_info and waits
+				 * on fd_block itself */
 	pid_t pid;
 	int err;
 	bool done;
@@ -183,6 +210,67 @@ static int do_spawn(struct spawn_job *j)
 	return -err;
 }
 
+/* Writes the strings to stderr: all a held child can say (async-signal-safe). */
+static void child_complain(const char *a, const char *b)
+{
+	const char *parts[] = { "sbxd: ", a, b, "\n" };
+	for (size_t i = 0; i < 4; i++)
+		if (write(2, parts[i], strlen(parts[i])) < 0)
+			return;
+}
+
+/* The held child of a command without bubblewrap, between fork() and exec (see the top): only
+ * async-signal-safe calls, since the locks of sbxd's other threads stay taken in this copy. */
+static _Noreturn void held_child(const struct spawn_job *j, pid_t parent)
+{
+	/* dies with the spawner thread, as bubblewrap's --die-with-parent */
+	if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0 || getppid() != parent)
+		_exit(127);
+	/* its own session and process group, which runner_kill() signals: once sbxd has read
+	 * this byte, a signal sent right after the start is not lost */
+	if (setsid() < 0 || write(j->fd_info, "", 1) != 1)
+		_exit(127);
+	int in = j->fd_in >= 0 ? j->fd_in : open("/dev/null", O_RDONLY);
+	if (in < 0 || dup2(in, 0) < 0 || dup2(j->fd_out, 1) < 0 || dup2(j->fd_err, 2) < 0 ||
+	    dup2(j->fd_block, 3) < 0)
+		_exit(127);
+	/* also the block pipes of other spawns, so that their EOF still means "do not run" */
+	close_range(4, ~0U, 0);
+	char go;
+	ssize_t n;
+	do
+		n = read(3, &go, 1);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		_exit(127); /* sbxd could not limit it, or is gone */
+	close(3);
+	struct sigaction dfl = { .sa_handler = SIG_DFL };
+	for (int sig = 1; sig < NSIG; sig++)
+		sigaction(sig, &dfl, NULL); /* sbxd ignores SIGPIPE; EINVAL for KILL and STOP */
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	if (j->chdir_to && chdir(j->chdir_to) < 0) {
+		child_complain("cannot change to directory ", j->chdir_to);
+		_exit(127);
+	}
+	execve(j->path, j->argv, j->envp);
+	child_complain("cannot execute ", j->path);
+	_exit(127);
+}
+
+static int do_spawn_held(struct spawn_job *j)
+{
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		return -errno;
+	if (pid == 0)
+		held_child(j, parent);
+	j->pid = pid;
+	return 0;
+}
+
 /* Empties the calling thread's capability bounding set, keeping its capabilities for what it
  * starts as ambient ones (see the top). Without CAP_SETPCAP (sbxd not run by root) there is
  * nothing to drop: bubblewrap then uses a user namespace and empties the set itself. */
@@ -218,7 +306,9 @@ static void empty_bounding_set(void)
 
 static void *spawner(void *arg)
 {
-	empty_bounding_set();
+	/* without bubblewrap commands keep sbxd's privileges, as the container's own server's */
+	if (isolation == RUNNER_ISOLATION_BWRAP)
+		empty_bounding_set();
 	pthread_mutex_lock(&spawn_lock);
 	for (;;) {
 		while (!spawn_queue)
@@ -226,7 +316,7 @@ static void *spawner(void *arg)
 		struct spawn_job *j = spawn_queue;
 		spawn_queue = j->next;
 		pthread_mutex_unlock(&spawn_lock);
-		j->err = do_spawn(j);
+		j->err = j->held ? do_spawn_held(j) : do_spawn(j);
 		pthread_mutex_lock(&spawn_lock);
 		j->done = true;
 		pthread_cond_broadcast(&spawn_cond);
@@ -532,6 +622,24 @@ static void limit_process(pid_t pid)
 	set_rlimit(pid, RLIMIT_CORE, 0, 0);
 }
 
+/* Waits until fd has a byte or its end to read (or timeout_ms passed), and reads a byte. */
+static void wait_readable(int fd, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+	int64_t deadline = now_ms() + timeout_ms;
+	char c;
+	for (int64_t left = timeout_ms; left > 0; left = deadline - now_ms()) {
+		int r = poll(&pfd, 1, (int)left);
+		if (r > 0) {
+			while (read(fd, &c, 1) < 0 && errno == EINTR)
+				;
+			return;
+		}
+		if (r < 0 && errno != EINTR)
+			return;
+	}
+}
+
 /* Reads bubblewrap's --info-fd report ({"child-pid": N, ...}) up to its end; the init's pid,
  * or -1 when bubblewrap ended (or hung) without creating it. */
 static pid_t read_child_pid(int fd)
@@ -640,16 +748,23 @@ int runner_kill(const struct run_proc *p, int sig)
 	return kill(-p->pid, sig) < 0 ? -errno : 0;
 }
 
+const char *runner_isolation_name(void)
+{
+	return isolation == RUNNER_ISOLATION_NONE ? "none" : "bubblewrap";
+}
+
 const char *runner_unavailable(void)
 {
 	return unavailable[0] ? unavailable : NULL;
 }
 
-void runner_configure(const struct runner_limits *lim, const char *token)
+void runner_configure(const struct runner_limits *lim, const char *token,
+		      enum runner_isolation how)
 {
 	pthread_mutex_lock(&init_lock);
 	if (lim)
 		limits = *lim;
+	isolation = how;
 	free(token_file);
 	token_file = token ? realpath(token, NULL) : NULL;
 	pthread_mutex_unlock(&init_lock);
@@ -737,7 +852,8 @@ static void wait_for_command(const struct run_proc *p)
 	log_warn("runner: the sandbox's command did not start within 2 s");
 }
 
-/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap. */
+/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap
+ * (isolation none). */
 static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
 			   bool stdin_null, struct run_proc *out)
 {
@@ -771,13 +887,14 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 	if ((!stdin_null && pipe2(in, O_CLOEXEC) < 0) || pipe2(o, O_CLOEXEC) < 0 ||
 	    pipe2(e, O_CLOEXEC) < 0)
 		err = -errno;
-	if (!err && bwrap_path && (err = high_pipe(info)) == 0)
+	if (!err && (err = high_pipe(info)) == 0)
 		err = high_pipe(block);
 	if (!err) {
 		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
 				       .argv = a.v, .envp = (char *const *)env,
 				       .chdir_to = chdir_to, .fd_in = in[0], .fd_out = o[1],
-				       .fd_err = e[1], .fd_info = info[1], .fd_block = block[0] };
+				       .fd_err = e[1], .fd_info = info[1], .fd_block = block[0],
+				       .held = !bwrap_path };
 		err = spawn_on_thread(&j);
 		if (!err)
 			out->pid = j.pid;
@@ -810,16 +927,18 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 				cg = cgroup_add(out->inner_pid);
 			limit_process(out->inner_pid);
 		}
-		close_fd(&info[0]);
-		if (cg)
-			log_warn("runner: cannot add a command to the sandbox cgroup: %s",
-				 strerror(-cg));
-		/* EPIPE when bubblewrap has already failed: its exit status tells */
-		if (write(block[1], "", 1) < 0)
-			log_debug("runner: releasing bubblewrap: %s", strerror(errno));
-		close_fd(&block[1]);
-		wait_for_command(out);
+	} else {
+		wait_readable(info[0], BWRAP_INFO_TIMEOUT_MS); /* the held child's setsid() */
 	}
+	close_fd(&info[0]);
+	if (cg)
+		log_warn("runner: cannot add a command to the sandbox cgroup: %s", strerror(-cg));
+	/* EPIPE when bubblewrap (or the held child) has already failed: its exit status tells */
+	if (write(block[1], "", 1) < 0)
+		log_debug("runner: releasing the command: %s", strerror(errno));
+	close_fd(&block[1]);
+	if (bwrap_path)
+		wait_for_command(out);
 
 	out->stdin_fd = in[1];
 	out->stdout_fd = o[0];
@@ -923,6 +1042,34 @@ static void describe_limits(const char *cgroup_how)
 		log_warn("sandbox: NOT enforced without a writable cgroup: %s", what);
 }
 
+/* Whether dir (resolved) is what /workspace resolves to. */
+static bool is_sandbox_workspace(const char *dir)
+{
+	char *real = realpath(SANDBOX_WORKSPACE, NULL);
+	bool same = real && strcmp(real, dir) == 0;
+	free(real);
+	return same;
+}
+
+/* What --isolation=none gives up, said at every start (see the top and docs/security.md). */
+static void warn_no_isolation(void)
+{
+	char who[32];
+	if (geteuid() == 0)
+		snprintf(who, sizeof who, "root");
+	else
+		snprintf(who, sizeof who, "uid %d", (int)geteuid());
+	log_warn("sandbox: --isolation=none: commands run WITHOUT ISOLATION, directly on this "
+		 "system as %s with all of sbxd's privileges: this system must itself be the "
+		 "sandbox (a container made for it)", who);
+	log_warn("sandbox: NOT protected from commands: every file of this system (sbxd's token "
+		 "file and state directory included), sbxd itself (they can signal it and read its "
+		 "memory), every other process; /tmp is this system's, and what a command leaves "
+		 "running outlives it");
+	log_warn("sandbox: still enforced: the token on every route but /api/ping, file routes "
+		 "confined to %s, and the limits below", SANDBOX_WORKSPACE);
+}
+
 void runner_init(const char *ws, const char *state)
 {
 	pthread_mutex_lock(&init_lock);
@@ -936,12 +1083,14 @@ void runner_init(const char *ws, const char *state)
 	if (!workspace_dir) {
 		snprintf(unavailable, sizeof unavailable, "workspace directory %s: %s",
 			 ws ? ws : SANDBOX_WORKSPACE, strerror(errno));
-		log_error("runner: %s", unavailable);
+	} else if (isolation == RUNNER_ISOLATION_NONE) {
+		/* without a mount namespace, commands see the workspace where it really is */
+		if (!is_sandbox_workspace(workspace_dir))
+			snprintf(unavailable, sizeof unavailable, "with --isolation=none the "
+				 "workspace must be " SANDBOX_WORKSPACE ", not %s", workspace_dir);
+		else
+			warn_no_isolation();
 	} else {
-		const char *how;
-		cgroup_limits = cgroup_setup(limits.memory, limits.pids, &how);
-		describe_limits(how);
-		atexit(runner_shutdown);
 		make_sandbox_dirs();
 		bwrap_path = find_program("bwrap", getenv("PATH"));
 		if (!bwrap_path)
@@ -950,14 +1099,18 @@ void runner_init(const char *ws, const char *state)
 			free(bwrap_path);
 			bwrap_path = NULL;
 		}
-		if (!bwrap_path && strcmp(workspace_dir, SANDBOX_WORKSPACE) != 0)
-			snprintf(unavailable, sizeof unavailable,
-				 "bubblewrap is unusable, so commands cannot see %s as "
-				 SANDBOX_WORKSPACE, workspace_dir);
-		else if (!bwrap_path)
-			log_warn("runner: running commands WITHOUT isolation (no bubblewrap)");
-		if (unavailable[0])
-			log_error("runner: %s", unavailable);
+		if (!bwrap_path)
+			snprintf(unavailable, sizeof unavailable, "bubblewrap is unusable, so commands "
+				 "are refused (where this system is itself the sandbox, a container "
+				 "made for it, start sbxd with --isolation=none)");
+	}
+	if (!unavailable[0]) {
+		const char *how;
+		cgroup_limits = cgroup_setup(limits.memory, limits.pids, &how);
+		describe_limits(how);
+		atexit(runner_shutdown);
+	} else {
+		log_error("runner: %s", unavailable);
 	}
 	initialised = true;
 	pthread_mutex_unlock(&init_lock);

@@ -3,7 +3,9 @@
  * here: bubblewrap with its own mount, pid, ipc and uts namespaces, no capabilities (an empty
  * bounding set included), the host's system directories read-only, the workspace directory at
  * /workspace, nothing of sbxd's state or token, and the sandbox-wide limits of
- * server/cgroup.h plus per-process rlimits (see docs/security.md for the whole policy). */
+ * server/cgroup.h plus per-process rlimits (see docs/security.md for the whole policy).
+ * Where the whole system is the sandbox (a container made for it), RUNNER_ISOLATION_NONE runs
+ * commands directly, with the limits only. */
 #ifndef SBXD_RUNNER_H
 #define SBXD_RUNNER_H
 #include <stdbool.h>
@@ -18,14 +20,16 @@ struct run_spec {
 };
 
 struct run_proc {
-	pid_t pid;                /* what runner_wait() reaps: bubblewrap outside the sandbox */
+	pid_t pid;                /* what runner_wait() reaps: bubblewrap outside the sandbox, or
+				   * the command itself without bubblewrap */
 	int stdin_fd;             /* -1 when stdin_null */
 	int stdout_fd;            /* non-blocking, close-on-exec */
 	int stderr_fd;
 	int pidfd;                /* readable once the process has exited (pidfd_open) */
 	/* The sandbox's pid 1 as the host sees it (bubblewrap's init); the command and what it
 	 * starts are in its process group, and when it dies everything in the sandbox dies. -1
-	 * without bubblewrap or when bubblewrap failed before creating it. */
+	 * without bubblewrap (the command is pid, and leads its own process group) or when
+	 * bubblewrap failed before creating it. */
 	pid_t inner_pid;
 	int inner_pidfd;          /* of inner_pid, -1 if none */
 };
@@ -44,9 +48,19 @@ struct runner_limits {
 #define RUNNER_DEFAULT_CPU_SECONDS 3600
 #define RUNNER_DEFAULT_OPEN_FILES 4096
 
-/* Before runner_init (else the defaults above): the limits, and sbxd's token file, which is
- * hidden from commands wherever it is (NULL if the token came from the environment). */
-void runner_configure(const struct runner_limits *limits, const char *token_file);
+enum runner_isolation {
+	RUNNER_ISOLATION_BWRAP,   /* the default: every command in a bubblewrap sandbox */
+	RUNNER_ISOLATION_NONE,    /* sbxd --isolation=none: commands run on this system as they
+				   * are, as sbxd's user; the workspace must be /workspace */
+};
+
+/* Before runner_init (else the defaults above): the limits, sbxd's token file, which is
+ * hidden from commands wherever it is (NULL if the token came from the environment), and how
+ * commands are isolated. */
+void runner_configure(const struct runner_limits *limits, const char *token_file,
+		      enum runner_isolation isolation);
+/* "bubblewrap" or "none", as configured. */
+const char *runner_isolation_name(void);
 /* Host workspace directory and sbxd state directory, set once at startup. */
 void runner_init(const char *workspace_dir, const char *state_dir);
 /* Kills everything running in the sandbox and removes its cgroup. Idempotent; runner_init
@@ -61,8 +75,9 @@ int runner_kill(const struct run_proc *p, int sig);
 /* The default environment for commands (PATH, HOME=/root, LANG=C.UTF-8, PWD...). */
 const char *const *runner_default_env(void);
 
-/* NULL while commands can be started, else why not (bubblewrap unusable and the workspace is
- * not /workspace); runner_spawn then fails with -ENOTSUP. */
+/* NULL while commands can be started, else why not (bubblewrap unusable; with
+ * RUNNER_ISOLATION_NONE, a workspace other than /workspace); runner_spawn then fails with
+ * -ENOTSUP. */
 const char *runner_unavailable(void);
 /* Reaps the process: 0 with its wait status in *status, -ETIMEDOUT when it is still running
  * after timeout_ms (< 0: wait as long as it takes), or a negative errno. */

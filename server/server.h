@@ -9,6 +9,8 @@ struct sbxd_config {
 	const char *token;      /* bearer token every route but /api/ping requires */
 	const char *state_dir;  /* sbxd's private state (sessions); never visible to commands */
 	const char *sandbox_id; /* used in preview URLs and capabilities */
+	const char *preview_base; /* "https://name[:port]": public base of preview URLs; NULL:
+				   * from the listen address and the Host (server/ports.c) */
 	bool no_extensions;     /* serve only the container's standard routes */
 	long lease_seconds;     /* how long a silent client keeps its handles (leases.h) */
 	bool verbose;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -28,13 +29,19 @@ static void usage(FILE *out)
 		"  --listen HOST:PORT    address to listen on (default 127.0.0.1:7070; [::1]:PORT\n"
 		"                        for IPv6; port 0 picks a free port)\n"
 		"  --workspace DIR       host directory shown as /workspace (default ./workspace,\n"
-		"                        created if missing)\n"
+		"                        or /workspace with --isolation=none; created if missing)\n"
 		"  --token-file FILE     bearer token; created (0600) with a fresh random token if\n"
 		"                        missing. Required unless SBXD_TOKEN is set\n"
-		"  --state-dir DIR       private state (default $XDG_RUNTIME_DIR/sbxd-PORT, or\n"
-		"                        /run/sbxd-PORT)\n"
+		"  --state-dir DIR       private state (default $XDG_RUNTIME_DIR/sbxd-PORT; without\n"
+		"                        it /run/sbxd-PORT for root, ${TMPDIR:-/tmp}/sbxd-UID/PORT\n"
+		"                        for other users)\n"
 		"  --sandbox-id NAME     sandbox id reported to clients (default \"local\")\n"
 		"  --no-extensions       serve only the container's standard routes\n"
+		"  --isolation MODE      how commands are isolated: bubblewrap (default) or none:\n"
+		"                        directly on this system, which must itself be the sandbox\n"
+		"                        (a container); the workspace must then be /workspace\n"
+		"  --preview-base URL    public base of preview URLs, e.g. https://sbx.example.com:\n"
+		"                        exposed ports get https://PORT-ID-TOKEN.sbx.example.com/\n"
 		"  --lease-seconds N     how long a silent client keeps its open files (default\n"
 		"                        30; sbxfs renews every third of it)\n"
 		"\n"
@@ -138,6 +145,108 @@ static int mkdir_p(const char *dir, mode_t mode)
 	return err;
 }
 
+/* "http[s]://NAME[:PORT][/]" for --preview-base, lower-cased without the slash (in a static
+ * buffer); NULL after a message. NAME must be a DNS name: a preview URL puts a label in front
+ * of it. */
+static const char *parse_preview_base(const char *arg)
+{
+	static char out[256];
+	const char *host = NULL;
+	if (strncasecmp(arg, "https://", 8) == 0)
+		host = arg + 8;
+	else if (strncasecmp(arg, "http://", 7) == 0)
+		host = arg + 7;
+	size_t n = host ? strlen(host) : 0;
+	if (n && host[n - 1] == '/')
+		n--;
+	size_t name = host ? strspn(host, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+				      "0123456789.-") : 0;
+	if (name > n)
+		name = n;
+	bool ok = host && name > 0 && name <= 200 && host[0] != '.' && host[0] != '-' &&
+		  host[name - 1] != '.' && !memmem(host, name, "..", 2) &&
+		  strspn(host, "0123456789.") < name; /* not an IPv4 address */
+	if (ok && name < n) { /* ":PORT" */
+		size_t digits = n - name - 1;
+		ok = host[name] == ':' && digits >= 1 && digits <= 5 &&
+		     strspn(host + name + 1, "0123456789") >= digits &&
+		     atoi(host + name + 1) >= 1 && atoi(host + name + 1) <= 65535;
+	}
+	if (!ok) {
+		fprintf(stderr, "sbxd: --preview-base wants http[s]://NAME[:PORT] with a DNS name "
+			"and no path (preview URLs are http[s]://PORT-ID-TOKEN.NAME/), not '%s'\n"
+			"Try 'sbxd --help'.\n", arg);
+		return NULL;
+	}
+	snprintf(out, sizeof out, "%.*s", (int)(host - arg + n), arg);
+	for (char *p = out; *p; p++)
+		*p = (char)tolower((unsigned char)*p);
+	return out;
+}
+
+/* Creates dir (mode 0700) unless it exists, and checks that it is a directory of this user's
+ * that nobody else can enter: the parent of the default state directory in a shared /tmp.
+ * false after a message. */
+static bool private_dir(const char *dir)
+{
+	struct stat st;
+	if (mkdir(dir, 0700) && errno != EEXIST) {
+		fprintf(stderr, "sbxd: state directory %s: %s\n", dir, strerror(errno));
+		return false;
+	}
+	if (lstat(dir, &st)) {
+		fprintf(stderr, "sbxd: state directory %s: %s\n", dir, strerror(errno));
+		return false;
+	}
+	if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 077)) {
+		fprintf(stderr, "sbxd: %s is not a private directory of this user's (%s, owner %d, "
+			"mode %03o): remove it, or choose a state directory with --state-dir\n", dir,
+			S_ISDIR(st.st_mode) ? "a directory" : S_ISLNK(st.st_mode) ? "a symlink"
+							 : "not a directory",
+			(int)st.st_uid, (unsigned)(st.st_mode & 0777));
+		return false;
+	}
+	return true;
+}
+
+/* The default state directory, named after name ("7070", or "pid123" for port 0): in
+ * $XDG_RUNTIME_DIR when that is this user's (su keeps the one of the user before), in /run for
+ * root, else in a private directory of this user's in $TMPDIR or /tmp (a login without a
+ * runtime directory: su, ssh, cron). NULL after a message. */
+static char *default_state_dir(const char *name)
+{
+	const char *run = getenv("XDG_RUNTIME_DIR");
+	struct stat st;
+	char *dir = NULL;
+	int n;
+	if (run && *run == '/' && stat(run, &st) == 0 && S_ISDIR(st.st_mode) &&
+	    st.st_uid == geteuid()) {
+		n = asprintf(&dir, "%s/sbxd-%s", run, name);
+	} else if (geteuid() == 0) {
+		n = asprintf(&dir, "/run/sbxd-%s", name);
+	} else {
+		const char *tmp = getenv("TMPDIR");
+		char *base;
+		if (!tmp || *tmp != '/')
+			tmp = "/tmp";
+		if (asprintf(&base, "%s/sbxd-%d", tmp, (int)geteuid()) < 0)
+			return NULL;
+		n = private_dir(base) ? asprintf(&dir, "%s/%s", base, name) : -1;
+		free(base);
+	}
+	return n < 0 ? NULL : dir;
+}
+
+/* Whether dir is /workspace itself (or what that resolves to). */
+static bool is_root_workspace(const char *dir)
+{
+	char *a = realpath(dir, NULL), *b = realpath("/workspace", NULL);
+	bool same = a && b && strcmp(a, b) == 0;
+	free(a);
+	free(b);
+	return same;
+}
+
 static int create_token_file(const char *file)
 {
 	unsigned char raw[32];
@@ -195,7 +304,8 @@ static char *load_token(const char *file)
 int main(int argc, char **argv)
 {
 	enum { OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID,
-	       OPT_NO_EXT, OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU, OPT_NOFILE };
+	       OPT_NO_EXT, OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU, OPT_NOFILE,
+	       OPT_ISOLATION, OPT_PREVIEW_BASE };
 	static const struct option opts[] = {
 		{ "listen", required_argument, NULL, OPT_LISTEN },
 		{ "workspace", required_argument, NULL, OPT_WORKSPACE },
@@ -209,6 +319,8 @@ int main(int argc, char **argv)
 		{ "file-size-limit", required_argument, NULL, OPT_FSIZE },
 		{ "cpu-limit", required_argument, NULL, OPT_CPU },
 		{ "open-files-limit", required_argument, NULL, OPT_NOFILE },
+		{ "isolation", required_argument, NULL, OPT_ISOLATION },
+		{ "preview-base", required_argument, NULL, OPT_PREVIEW_BASE },
 		{ "verbose", no_argument, NULL, 'v' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -216,7 +328,6 @@ int main(int argc, char **argv)
 	};
 	struct sbxd_config cfg = {
 		.listen = "127.0.0.1:7070",
-		.workspace = "./workspace",
 		.sandbox_id = "local",
 		.lease_seconds = 30,
 	};
@@ -228,6 +339,7 @@ int main(int argc, char **argv)
 		.open_files = RUNNER_DEFAULT_OPEN_FILES,
 	};
 	const char *token_file = NULL;
+	enum runner_isolation isolation = RUNNER_ISOLATION_BWRAP;
 	int c;
 	while ((c = getopt_long(argc, argv, "vhV", opts, NULL)) != -1) {
 		switch (c) {
@@ -269,6 +381,19 @@ int main(int argc, char **argv)
 				return die_usage("--open-files-limit: '%s' is more than the kernel allows "
 						 "(fs.nr_open)", optarg);
 			break;
+		case OPT_ISOLATION:
+			if (strcmp(optarg, "bubblewrap") == 0 || strcmp(optarg, "bwrap") == 0)
+				isolation = RUNNER_ISOLATION_BWRAP;
+			else if (strcmp(optarg, "none") == 0)
+				isolation = RUNNER_ISOLATION_NONE;
+			else
+				return die_usage("--isolation wants bubblewrap or none, not '%s'",
+						 optarg);
+			break;
+		case OPT_PREVIEW_BASE:
+			if (!(cfg.preview_base = parse_preview_base(optarg)))
+				return 2;
+			break;
 		case 'v': cfg.verbose = true; break;
 		case 'h': usage(stdout); return 0;
 		case 'V': printf("sbxd %s\n", SBXFS_VERSION); return 0;
@@ -277,6 +402,8 @@ int main(int argc, char **argv)
 	}
 	if (optind < argc)
 		return die_usage("unexpected argument '%s'", argv[optind]);
+	if (!cfg.workspace)
+		cfg.workspace = isolation == RUNNER_ISOLATION_NONE ? "/workspace" : "./workspace";
 	const char *port = listen_port(cfg.listen);
 	if (!port)
 		return die_usage("--listen wants HOST:PORT or [IPV6]:PORT, not '%s'", cfg.listen);
@@ -311,15 +438,22 @@ int main(int argc, char **argv)
 		free(token);
 		return 1;
 	}
+	if (isolation == RUNNER_ISOLATION_NONE && !is_root_workspace(cfg.workspace)) {
+		fprintf(stderr, "sbxd: with --isolation=none commands see this system's files as they "
+			"are, so the workspace must be /workspace, not %s\n", cfg.workspace);
+		free(token);
+		return 2;
+	}
 	char *state_dir = NULL;
 	if (!cfg.state_dir) {
-		const char *run = getenv("XDG_RUNTIME_DIR");
 		/* Port 0 (any free port) must not share one directory between servers. */
-		int n = strcmp(port, "0") == 0
-				? asprintf(&state_dir, "%s/sbxd-pid%d", run && *run ? run : "/run",
-					   (int)getpid())
-				: asprintf(&state_dir, "%s/sbxd-%s", run && *run ? run : "/run", port);
-		if (n < 0) {
+		char name[32];
+		if (strcmp(port, "0") == 0)
+			snprintf(name, sizeof name, "pid%d", (int)getpid());
+		else
+			snprintf(name, sizeof name, "%s", port);
+		state_dir = default_state_dir(name);
+		if (!state_dir) {
 			free(token);
 			return 1;
 		}
@@ -333,7 +467,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	runner_configure(&limits, token_file);
+	runner_configure(&limits, token_file, isolation);
 	int status = sbxd_serve(&cfg);
 	free(state_dir);
 	free(token);
