@@ -12,7 +12,7 @@ SBX_PKGS_INTERP="python3 python3-ipython python3-numpy python3-pandas python3-ma
 	esbuild"
 # tests: pytest with per-test timeouts, and the tools the tests drive as a user would
 SBX_PKGS_TEST="python3 python3-pytest python3-pytest-timeout vim git tar gzip diffutils
-	findutils coreutils procps openssl"
+	findutils coreutils procps openssl jq file"
 # fuzzing (tests/fuzz/run): clang with libFuzzer and the sanitizer runtimes
 SBX_PKGS_FUZZ="clang-14 clang libclang-rt-14-dev"
 
