@@ -288,7 +288,7 @@ def axes_chart(ax, budget):
     if kind == 'box_and_whisker':
         budget.take(sum(1 + len(stats.get('fliers', ())) for stats, _ in boxes))
         return box_chart(ax, boxes)
-    return base(ax, 'unknown')
+    return dict(base(ax, 'unknown'), elements=[])
 
 
 def point_chart(ax, kind, lines, scatters):

@@ -321,11 +321,15 @@ def test_chart_of_a_box_plot(sbx, py):
 
 
 def test_chart_of_subplots_is_a_superchart(sbx, py):
-    c = chart_of(sbx, py, 'fig, (left, right) = plt.subplots(1, 2)\nfig.suptitle("Both")\n'
+    c = chart_of(sbx, py, 'fig, (left, right, image) = plt.subplots(1, 3)\n'
+                          'fig.suptitle("All")\n'
                           'left.plot([1, 2], [3, 4], label="rise")\nleft.set_title("L")\n'
-                          'right.bar(["p", "q"], [5, 6])\nright.set_title("R")')
-    assert (c['type'], c['title']) == ('superchart', 'Both')
-    assert [(e['type'], e['title']) for e in c['elements']] == [('line', 'L'), ('bar', 'R')]
+                          'right.bar(["p", "q"], [5, 6])\nright.set_title("R")\n'
+                          'image.imshow([[1, 2], [3, 4]])\nimage.set_title("I")')
+    assert (c['type'], c['title']) == ('superchart', 'All')
+    assert [(e['type'], e['title']) for e in c['elements']] == [('line', 'L'), ('bar', 'R'),
+                                                                ('unknown', 'I')]
+    assert c['elements'][2]['elements'] == []
     assert c['elements'][0]['elements'] == [{'label': 'rise', 'points': [[1, 3], [2, 4]]}]
     assert [(e['label'], e['value']) for e in c['elements'][1]['elements']] == [('p', 5),
                                                                               ('q', 6)]
