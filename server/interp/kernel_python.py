@@ -168,6 +168,7 @@ def show_open_figures(interrupted):
 from traitlets.config import Config
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 
 CHART_MIME = 'application/vnd.sbx.chart+json'   # ours: a figure's chart (charts.py)
@@ -281,6 +282,20 @@ def format_display(obj, include=None, exclude=None):
 
 real_format_display = shell.display_formatter.format
 shell.display_formatter.format = format_display
+
+
+def enable_matplotlib(gui=None):
+    """%matplotlib [inline] (and %pylab): our backend, which shows figures inline already (and
+    each once, which IPython's inline backend would not promise); a GUI has no display here."""
+    if gui not in (None, 'auto', 'inline'):
+        raise UsageError('%%matplotlib %s: there is no display for a GUI here; figures are '
+                         'shown inline' % gui)
+    import matplotlib
+    matplotlib.use('module://' + BACKEND)
+    return 'inline', matplotlib.get_backend()
+
+
+shell.enable_matplotlib = enable_matplotlib
 
 last_error = None
 

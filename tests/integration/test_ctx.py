@@ -223,6 +223,9 @@ FIGURES = {
                'display(fig)\nprint("end")',
     'last': 'import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\n'
             'print("end")\nfig',
+    # a notebook's habit
+    'inline': '%matplotlib inline\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n'
+              'ax.plot([1, 2])\ndisplay(fig)\nprint("end")',
 }
 
 
