@@ -1,5 +1,6 @@
-# The Python kernel of a code context (follows mux.py): one IPython InteractiveShell, so state
-# persists between executions and rich values go through IPython's display formatter.
+# The Python kernel of a code context (follows mux.py and charts.py): one IPython
+# InteractiveShell, so state persists between executions and rich values go through IPython's
+# display formatter; each display is one result event with all its formats.
 #
 # Threads: the main thread runs the user's code; a reader thread takes sbxd's requests off the
 # private request pipe and queues them, so an interrupt is seen while code runs. An interrupt
@@ -147,19 +148,18 @@ def show_open_figures(interrupted):
     """At the end of an execution: displays the figures left open (unless the execution was
     interrupted: drawing them could be what took too long), and closes them."""
     pyplot = sys.modules.get('matplotlib.pyplot')
-    if pyplot is None:
-        return
-    from IPython.display import display
-    from matplotlib._pylab_helpers import Gcf
     try:
-        if not interrupted:
+        if pyplot is not None and not interrupted:
+            from IPython.display import display
+            from matplotlib._pylab_helpers import Gcf
             for manager in Gcf.get_all_fig_managers():
                 if manager.canvas.figure not in Figures.displayed:
                     display(manager.canvas.figure)
     except Exception:
         traceback.print_exc()   # the user's stderr: it is about their figures
     finally:
-        pyplot.close('all')
+        if pyplot is not None:
+            pyplot.close('all')
         Figures.displayed.clear()
 
 
