@@ -6,7 +6,8 @@
  *                            execution, started at close; close fails if it could not start
  *   ctx/<id>/out             stream: the latest execution's events as JSON lines; EOF after
  *                            its execution_complete or error
- *   ctx/<id>/results/<n>.<ext>  the latest execution's rich results as files (1.png, 2.html)
+ *   ctx/<id>/results/<n>.<ext>  the latest execution's rich results as files, one per result
+ *                            and format (1.txt, 1.png, 1.chart.json, 2.html)
  *   ctx/<id>/language, cwd   snapshots
  *   ctx/<id>/interrupt       command: interrupts the running execution (sbxd only)
  *   rmdir ctx/<id>           deletes the context
@@ -42,8 +43,9 @@
 #include "fs/control.h"
 #include "fs/internal.h"
 
+/* One format of one result: results/<n>.<ext>, n counting the execution's result events. */
 struct result {
-	char name[32]; /* "3.png" */
+	char name[32]; /* "3.png", "3.chart.json" */
 	char *data;
 	size_t len;
 };
@@ -58,6 +60,7 @@ struct execution {
 	struct timespec started;
 	struct result *results;
 	size_t nresults, cap;
+	size_t nevents; /* result events so far */
 };
 
 struct ctx_state {
@@ -129,7 +132,7 @@ static const struct {
 	{ "png", "png", true },   { "jpeg", "jpg", true },  { "svg", "svg", false },
 	{ "html", "html", false }, { "json", "json", false }, { "latex", "tex", false },
 	{ "markdown", "md", false }, { "text", "txt", false }, { "javascript", "js", false },
-	{ "chart", "json", false },
+	{ "chart", "chart.json", false },
 };
 
 /* The bytes a result field stands for (caller frees), NULL when it holds nothing usable. */
@@ -175,9 +178,13 @@ static char *result_bytes(const cJSON *v, bool is_base64, size_t *len)
 	return out;
 }
 
-/* Network thread: a result event's representations become files. */
+/* Network thread: a result event's formats become files named by its number, so one display
+ * (a figure: 2.txt, 2.png, 2.chart.json) shares one. */
 static void add_results(struct execution *e, const cJSON *ev)
 {
+	pthread_mutex_lock(&ctx_lock);
+	size_t n = ++e->nevents;
+	pthread_mutex_unlock(&ctx_lock);
 	const cJSON *field;
 	cJSON_ArrayForEach(field, ev) {
 		for (size_t k = 0; k < sizeof(result_kinds) / sizeof(result_kinds[0]); k++) {
@@ -198,8 +205,7 @@ static void add_results(struct execution *e, const cJSON *ev)
 					abort();
 			}
 			struct result *r = &e->results[e->nresults++];
-			snprintf(r->name, sizeof r->name, "%zu.%s", e->nresults,
-				 result_kinds[k].ext);
+			snprintf(r->name, sizeof r->name, "%zu.%s", n, result_kinds[k].ext);
 			r->data = data;
 			r->len = len;
 			pthread_mutex_unlock(&ctx_lock);

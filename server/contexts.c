@@ -2,7 +2,7 @@
  * the extension POST /api/x/interrupt.
  *
  * A context is one interpreter process started by runner_spawn(): for Python the IPython
- * kernel of server/interp/kernel_python.py, for JavaScript and TypeScript a small Python host
+ * kernel of server/interp/kernel_python.py (with charts.py), for JavaScript and TypeScript a small Python host
  * (host_node.py) that runs node with kernel_node.js. Their code is embedded in sbxd and sent
  * through stdin to a tiny `python3 -c` bootstrap, so nothing needs installing and nothing shows
  * in ps but the bootstrap. sbxd speaks JSON lines with the interpreter: requests (init,
@@ -699,10 +699,20 @@ static struct ctx *ctx_spawn(enum kernel kernel, int *errp)
 	monotonic_cond(&c->cond);
 	pthread_once(&gone_once, init_gone_cond);
 
-	const char *program = kernel == KERNEL_PYTHON ? sbx_interp_kernel_python_py
-						       : sbx_interp_host_node_py;
-	size_t program_len = sbx_interp_mux_py_len + (kernel == KERNEL_PYTHON ?
-		sbx_interp_kernel_python_py_len : sbx_interp_host_node_py_len);
+	/* The program sbxd sends, in parts: one Python program, mux.py's names are the others'. */
+	struct part { const char *text; size_t len; } parts[3];
+	size_t nparts = 0, program_len = 0;
+	parts[nparts++] = (struct part){ sbx_interp_mux_py, sbx_interp_mux_py_len };
+	if (kernel == KERNEL_PYTHON) {
+		parts[nparts++] = (struct part){ sbx_interp_charts_py, sbx_interp_charts_py_len };
+		parts[nparts++] = (struct part){ sbx_interp_kernel_python_py,
+						 sbx_interp_kernel_python_py_len };
+	} else {
+		parts[nparts++] = (struct part){ sbx_interp_host_node_py,
+						 sbx_interp_host_node_py_len };
+	}
+	for (size_t i = 0; i < nparts; i++)
+		program_len += parts[i].len;
 	char n1[24], n2[24];
 	snprintf(n1, sizeof n1, "%zu", program_len);
 	snprintf(n2, sizeof n2, "%zu", sbx_interp_kernel_node_js_len);
@@ -746,8 +756,10 @@ static struct ctx *ctx_spawn(enum kernel kernel, int *errp)
 		*errp = -err;
 		return NULL;
 	}
-	if (!ctx_write(c, sbx_interp_mux_py, sbx_interp_mux_py_len) &&
-	    !ctx_write(c, program, program_len - sbx_interp_mux_py_len) && kernel == KERNEL_NODE)
+	int werr = 0;
+	for (size_t i = 0; i < nparts && !werr; i++)
+		werr = ctx_write(c, parts[i].text, parts[i].len);
+	if (!werr && kernel == KERNEL_NODE)
 		ctx_write(c, sbx_interp_kernel_node_js, sbx_interp_kernel_node_js_len);
 	return c;
 }

@@ -13,7 +13,7 @@ SBX_PKGS_INTERP="python3 python3-ipython python3-numpy python3-pandas python3-ma
 # tests: pytest with per-test timeouts, and the tools the tests drive as a user would
 # (systemd-analyze checks the installed units)
 SBX_PKGS_TEST="python3 python3-pytest python3-pytest-timeout vim git tar gzip diffutils
-	findutils coreutils procps openssl systemd"
+	findutils coreutils procps openssl systemd jq file"
 # fuzzing (tests/fuzz/run): clang with libFuzzer and the sanitizer runtimes
 SBX_PKGS_FUZZ="clang-14 clang libclang-rt-14-dev"
 

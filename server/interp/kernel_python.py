@@ -1,5 +1,6 @@
-# The Python kernel of a code context (follows mux.py): one IPython InteractiveShell, so state
-# persists between executions and rich values go through IPython's display formatter.
+# The Python kernel of a code context (follows mux.py and charts.py): one IPython
+# InteractiveShell, so state persists between executions and rich values go through IPython's
+# display formatter; each display is one result event with all its formats.
 #
 # Threads: the main thread runs the user's code; a reader thread takes sbxd's requests off the
 # private request pipe and queues them, so an interrupt is seen while code runs. An interrupt
@@ -69,7 +70,13 @@ def read_requests():
     os._exit(0)     # sbxd went away
 
 
-# ---- matplotlib: figures shown with plt.show() become display data ----
+# ---- matplotlib: every figure becomes one display, with its chart ----
+#
+# plt.show() displays the open figures at once (our backend's show), and whatever is left open
+# at the end of an execution is displayed then, whichever backend the code chose
+# (matplotlib.use("Agg") included), and closed, as Cloudflare's interpreter does. A figure
+# already displayed in that execution (display(fig), a figure as the last expression) is only
+# closed, so each gives one result.
 
 BACKEND = '_sbx_mpl_backend'
 BACKEND_SOURCE = '''
@@ -85,26 +92,35 @@ def show(*args, **kwargs):
 
 
 class MatplotlibHook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Selects our backend when matplotlib is first imported (importing it up front would slow
-    every start) and serves the backend module itself."""
+    """Sets matplotlib up as its modules are first imported (importing it up front would slow
+    every start), and serves our backend module."""
+
+    after_import = {
+        'matplotlib': lambda module: module.use('module://' + BACKEND),
+        'matplotlib.axes': lambda module: record_boxplots(module.Axes),
+    }
 
     def find_spec(self, name, path, target=None):
         if name == BACKEND:
             return importlib.util.spec_from_loader(name, self)
-        if name != 'matplotlib' or 'matplotlib' in sys.modules:
+        setup = self.after_import.get(name)
+        if setup is None or name in sys.modules:
             return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            sys.meta_path.insert(0, self)
-        if spec is None or spec.loader is None:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is None:
             return spec
         real_exec = spec.loader.exec_module
 
         def exec_module(module):
             real_exec(module)
-            module.use('module://' + BACKEND)
+            setup(module)
         spec.loader.exec_module = exec_module
         return spec
 
@@ -118,10 +134,33 @@ class MatplotlibHook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 sys.meta_path.insert(0, MatplotlibHook())
 
 
+class Figures:
+    displayed = set()   # figures displayed in the running execution
+
+
 def figure_png(fig):
     buf = io.BytesIO()
     fig.canvas.print_figure(buf, format='png')
     return buf.getvalue()
+
+
+def show_open_figures(interrupted):
+    """At the end of an execution: displays the figures left open (unless the execution was
+    interrupted: drawing them could be what took too long), and closes them."""
+    pyplot = sys.modules.get('matplotlib.pyplot')
+    try:
+        if pyplot is not None and not interrupted:
+            from IPython.display import display
+            from matplotlib._pylab_helpers import Gcf
+            for manager in Gcf.get_all_fig_managers():
+                if manager.canvas.figure not in Figures.displayed:
+                    display(manager.canvas.figure)
+    except Exception:
+        traceback.print_exc()   # the user's stderr: it is about their figures
+    finally:
+        if pyplot is not None:
+            pyplot.close('all')
+        Figures.displayed.clear()
 
 
 # ---- IPython ----
@@ -129,44 +168,57 @@ def figure_png(fig):
 from traitlets.config import Config
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
+from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
+
+CHART_MIME = 'application/vnd.sbx.chart+json'   # ours: a figure's chart (charts.py)
 
 MIME_FIELDS = {
     'text/plain': 'text', 'text/html': 'html', 'image/png': 'png', 'image/jpeg': 'jpeg',
     'image/svg+xml': 'svg', 'text/latex': 'latex', 'text/markdown': 'markdown',
-    'application/json': 'json', 'application/javascript': 'javascript',
+    'application/json': 'json', 'application/javascript': 'javascript', CHART_MIME: 'chart',
 }
 
 
-def send_results(data, metadata, last_value):
+def jsonable(value):
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def send_result(data, metadata, last_value):
+    """One display, with every format it has, is one result event (as the SDK's Result)."""
     # output printed before the result, even without a newline, comes before it
     sys.stdout.flush()
     sys.stderr.flush()
-    metadata = metadata or {}
     # a dict or list is JSON data; its text form would only repeat it
     if last_value and 'application/json' in data and set(data) <= {'application/json',
                                                                     'text/plain'}:
         data = {'application/json': data['application/json']}
+    event = {'type': 'result'}
     for mime, value in data.items():
         field = MIME_FIELDS.get(mime)
-        if field is None:
-            continue
         if field in ('png', 'jpeg') and isinstance(value, bytes):
             value = base64.b64encode(value).decode('ascii')
-        elif field != 'json' and not isinstance(value, str):
-            continue
-        md = metadata.get(mime, {}) if isinstance(metadata, dict) else {}
-        mux.send({'type': 'result', field: value, 'metadata': md if isinstance(md, dict) else {}})
+        if field and (isinstance(value, str) or field in ('json', 'chart') and jsonable(value)):
+            event[field] = value
+    if len(event) == 1:
+        return      # no format we can carry
+    # by MIME type, as IPython gives it: {"image/png": {"width": 100}}
+    event['metadata'] = metadata if isinstance(metadata, dict) and jsonable(metadata) else {}
+    mux.send(event)
 
 
 class ResultHook(DisplayHook):
-    """The value of the last expression: results, no "Out[n]:" in stdout."""
+    """The value of the last expression: a result, no "Out[n]:" in stdout."""
 
     def write_output_prompt(self):
         pass
 
     def write_format_data(self, format_dict, md_dict=None):
-        send_results(format_dict, md_dict, True)
+        send_result(format_dict, md_dict, True)
 
     def finish_displayhook(self):
         sys.stdout.flush()
@@ -177,18 +229,14 @@ class ResultPublisher(DisplayPublisher):
 
     def publish(self, data, metadata=None, source=None, *, transient=None, update=False,
                 **kwargs):
-        send_results(data, metadata, False)
+        send_result(data, metadata, False)
 
     def clear_output(self, wait=False):
         pass
 
 
 def json_data(obj):
-    try:
-        json.dumps(obj, allow_nan=False)
-    except (TypeError, ValueError):
-        return None
-    return obj
+    return obj if jsonable(obj) else None
 
 
 config = Config()
@@ -202,11 +250,61 @@ formatters['application/json'].for_type(dict, json_data)
 formatters['application/json'].for_type(list, json_data)
 formatters['image/png'].for_type_by_name('matplotlib.figure', 'Figure', figure_png)
 
+
+class Formatting:
+    """Whether a display is being formatted (a failing format is then reported on stderr, and
+    the display goes out with the formats that worked)."""
+    depth = 0
+
+
+def format_display(obj, include=None, exclude=None):
+    """IPython's formats of obj, and a figure's chart. Every display of a figure passes here
+    (whatever formatters IPython's select_figure_formats left it), so this is where it is
+    noted as displayed."""
+    Formatting.depth += 1
+    try:
+        data, metadata = real_format_display(obj, include=include, exclude=exclude)
+    finally:
+        Formatting.depth -= 1
+    figure = sys.modules.get('matplotlib.figure')
+    if figure and isinstance(obj, figure.Figure) and data:
+        Figures.displayed.add(obj)
+        if (not include or CHART_MIME in include) and CHART_MIME not in (exclude or ()):
+            try:
+                chart = figure_chart(obj)
+            except Exception:
+                traceback.print_exc()   # a bug of ours: the images still go out
+                chart = None
+            if chart:
+                data[CHART_MIME] = chart
+    return data, metadata
+
+
+real_format_display = shell.display_formatter.format
+shell.display_formatter.format = format_display
+
+
+def enable_matplotlib(gui=None):
+    """%matplotlib [inline] (and %pylab): our backend, which shows figures inline already (and
+    each once, which IPython's inline backend would not promise); a GUI has no display here."""
+    if gui not in (None, 'auto', 'inline'):
+        raise UsageError('%%matplotlib %s: there is no display for a GUI here; figures are '
+                         'shown inline' % gui)
+    import matplotlib
+    matplotlib.use('module://' + BACKEND)
+    return 'inline', matplotlib.get_backend()
+
+
+shell.enable_matplotlib = enable_matplotlib
+
 last_error = None
 
 
 def capture_traceback(etype, evalue, stb):
     global last_error
+    if Formatting.depth:
+        sys.stderr.write('\n'.join(str(entry) for entry in stb) + '\n')
+        return
     last_error = {'ename': getattr(etype, '__name__', str(etype)), 'evalue': str(evalue),
                   'traceback': [line for entry in stb for line in str(entry).split('\n')]}
 
@@ -224,9 +322,11 @@ def execute(seq, code):
         else:
             State.running = seq
     if error is None:
+        Figures.displayed.clear()
         try:
             try:
                 result = shell.run_cell(code, store_history=True)
+                show_open_figures(isinstance(result.error_in_exec, KeyboardInterrupt))
             finally:
                 with State.lock:
                     State.running = None

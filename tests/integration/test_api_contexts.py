@@ -160,12 +160,19 @@ def test_python_cwd_and_env(server):
     assert server.api('/api/contexts/' + ctx, method='DELETE')[0] == 200
 
 
+def formats(events):
+    """The result events, each as the set of formats it carries."""
+    return [set(r) - {'type', 'metadata'} for r in results(events)]
+
+
 def test_python_dataframe_html(server, py):
     e = evs(server, py, 'import pandas as pd\npd.DataFrame({"a": [1, 2], "b": ["x", "y"]})')
     assert e[-1]['type'] == 'execution_complete', e[-1]
-    html = [r['html'] for r in results(e) if 'html' in r]
-    assert len(html) == 1 and '<table' in html[0] and '<td>x</td>' in html[0]
-    assert any('text' in r for r in results(e))
+    # one display, one result with every format it has
+    assert formats(e) == [{'text', 'html'}], e
+    html = results(e)[0]['html']
+    assert '<table' in html and '<td>x</td>' in html
+    assert results(e)[0]['text'].split() == ['a', 'b', '0', '1', 'x', '1', '2', 'y']
 
 
 def png_size(b64):
@@ -179,23 +186,55 @@ def test_python_matplotlib_png(server, py):
                         'fig = plt.figure(figsize=(4, 3), dpi=100)\n'
                         'plt.plot([1, 3, 2])\nplt.show()')
     assert e[-1]['type'] == 'execution_complete', e[-1]
-    pngs = [r['png'] for r in results(e) if 'png' in r]
-    assert len(pngs) == 1 and png_size(pngs[0]) == (400, 300)
-    # a figure as the last expression
+    assert formats(e) == [{'text', 'png', 'chart'}], e
+    assert results(e)[0]['text'] == '<Figure size 400x300 with 1 Axes>'
+    assert png_size(results(e)[0]['png']) == (400, 300)
+    # a figure as the last expression: displayed once, not again when the execution ends
     e = evs(server, py, 'fig2, ax = plt.subplots(figsize=(2, 5), dpi=50)\nax.bar([1, 2], [3, 4])'
                         '\nfig2')
-    pngs = [r['png'] for r in results(e) if 'png' in r]
-    assert len(pngs) == 1 and png_size(pngs[0]) == (100, 250)
+    assert formats(e) == [{'text', 'png', 'chart'}], e
+    assert png_size(results(e)[0]['png']) == (100, 250)
 
 
 def test_python_other_mime_types(server, py):
-    e = evs(server, py, 'from IPython.display import display, SVG, HTML, Markdown, Latex\n'
+    e = evs(server, py, 'from IPython.display import display, SVG, HTML, Markdown, Latex, JSON\n'
                         'display(SVG(\'<svg xmlns="http://www.w3.org/2000/svg" width="1" '
                         'height="1"/>\'))\ndisplay(Markdown("# T"))\ndisplay(HTML("<b>hi</b>"))\n'
-                        'Latex("$x^2$")')
-    kinds = {k for r in results(e) for k in r if k not in ('type', 'metadata')}
-    assert {'svg', 'markdown', 'html', 'latex', 'text'} <= kinds
-    assert [r['svg'] for r in results(e) if 'svg' in r][0].startswith('<svg')
+                        'display(JSON({"k": 1}))\nLatex("$x^2$")')
+    assert formats(e) == [{'svg', 'text'}, {'markdown', 'text'}, {'html', 'text'},
+                          {'json', 'text'}, {'latex', 'text'}], e
+    assert results(e)[0]['svg'].startswith('<svg')
+    assert results(e)[4]['latex'] == '$x^2$'
+    # metadata by MIME type, as IPython gives it
+    assert results(e)[3]['json'] == {'k': 1}
+    assert results(e)[3]['metadata'] == {'application/json': {'expanded': False,
+                                                              'root': 'root'}}
+
+
+def test_python_figure_that_cannot_be_drawn(server, py):
+    e = evs(server, py, 'import matplotlib.pyplot as plt\nplt.plot([1, 2])\n'
+                        'plt.title("$x^$")\nprint("drawn at the end")')
+    assert e[-1]['type'] == 'execution_complete', e[-1]
+    assert stdout(e) == 'drawn at the end\n'
+    # the formats that could be made go out; why the image could not is on stderr
+    assert formats(e) == [{'text', 'chart'}], e
+    assert results(e)[0]['chart']['title'] == '$x^$'
+    assert 'ValueError' in stderr(e) and 'x^' in stderr(e)
+
+
+def test_python_figure_with_too_much_data_for_a_chart(server, py):
+    e = evs(server, py, 'import matplotlib.pyplot as plt\nplt.plot(range(200001))\nplt.show()')
+    assert formats(e) == [{'text', 'png'}], e
+    assert stderr(e) == 'sbx: a figure plots more than 200000 values, too many for a chart: ' \
+                        'its result has only its images\n'
+
+
+def test_python_interrupted_figures_are_closed_unshown(server, py):
+    e = evs(server, py, 'import matplotlib.pyplot as plt, time\nplt.plot([1, 2])\n'
+                        'time.sleep(60)', timeout_ms=1000)
+    assert e[-1]['ename'] == 'TimeoutError' and results(e) == [], e
+    assert results(evs(server, py, 'plt.get_fignums()')) == [
+        {'type': 'result', 'json': [], 'metadata': {}}]
 
 
 def test_big_stdout_arrives_whole(server, py):

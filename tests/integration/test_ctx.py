@@ -182,27 +182,184 @@ def test_poll_on_out(sbx, py):
         os.close(fd)
 
 
-def test_matplotlib_png_and_pandas_html(sbx, py):
+# ---- rich results: one result per display, every format in it; charts ----
+
+def shown(events):
+    """The result events, each as the set of formats it carries."""
+    return [set(e) - {'type', 'metadata'} for e in events if e['type'] == 'result']
+
+
+def test_a_display_is_one_result_with_all_its_formats(sbx, py):
     ev = run(sbx, py, 'import matplotlib.pyplot as plt\nimport pandas as pd\n'
                       'fig, ax = plt.subplots(figsize=(4, 3), dpi=100)\n'
                       'ax.plot([1, 3, 2])\nplt.show()\n'
                       'pd.DataFrame({"a": [1, 2], "b": [3, 4]})\n')
     assert ev[-1]['type'] == 'execution_complete', ev
-    names = sorted(os.listdir(ctx(sbx, py, 'results')))
-    pngs = [n for n in names if n.endswith('.png')]
-    htmls = [n for n in names if n.endswith('.html')]
-    assert len(pngs) == 1 and len(htmls) == 1, names
-    path = ctx(sbx, py, 'results', pngs[0])
+    assert shown(ev) == [{'text', 'png', 'chart'}, {'text', 'html'}], ev
+    assert results(ev, 'text')[0] == '<Figure size 400x300 with 1 Axes>'
+    assert sorted(os.listdir(ctx(sbx, py, 'results'))) == [
+        '1.chart.json', '1.png', '1.txt', '2.html', '2.txt']
+    path = ctx(sbx, py, 'results', '1.png')
     with open(path, 'rb') as f:
         data = f.read()
     assert os.stat(path).st_size == len(data)
     assert png_size(data) == (400, 300)
-    with open(ctx(sbx, py, 'results', htmls[0])) as f:
+    with open(ctx(sbx, py, 'results', '2.html')) as f:
         html = f.read()
     assert '<table' in html and '</table>' in html
+    with open(ctx(sbx, py, 'results', '2.txt')) as f:
+        assert f.read().split() == ['a', 'b', '0', '1', '3', '1', '2', '4']
     # an ordinary program opens it by name (an image viewer would)
     r = sh('file -b %s' % shlex.quote(path))
     assert r.stdout.startswith(b'PNG image data, 400 x 300')
+
+
+FIGURES = {
+    # a script written for servers: no show(), a backend of its own
+    'agg': 'import matplotlib\nmatplotlib.use("Agg")\nimport matplotlib.pyplot as plt\n'
+           'plt.plot([1, 2])\nprint("end")',
+    'show': 'import matplotlib.pyplot as plt\nplt.plot([1, 2])\nplt.show()\nprint("end")',
+    'display': 'import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\n'
+               'display(fig)\nprint("end")',
+    'last': 'import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 2])\n'
+            'print("end")\nfig',
+    # a notebook's habit
+    'inline': '%matplotlib inline\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\n'
+              'ax.plot([1, 2])\ndisplay(fig)\nprint("end")',
+}
+
+
+@pytest.mark.parametrize('how', sorted(FIGURES))
+def test_each_figure_is_one_result_however_it_is_made(sbx, how):
+    cid = new(sbx)
+    ev = run(sbx, cid, FIGURES[how])
+    assert ev[-1]['type'] == 'execution_complete', ev
+    assert texts(ev, 'stdout') == 'end\n'
+    assert shown(ev) == [{'text', 'png', 'chart'}], ev
+    with open(ctx(sbx, cid, 'results', '1.png'), 'rb') as f:
+        assert png_size(f.read()) == (640, 480)
+    # shown and closed: the next execution starts without figures
+    assert results(run(sbx, cid, 'plt.get_fignums()'), 'json') == [[]]
+
+
+def chart_of(sbx, cid, code):
+    """Runs code that makes one figure; returns its chart, checked against
+    results/N.chart.json (N: its result's place among the results)."""
+    ev = run(sbx, cid, 'import matplotlib.pyplot as plt\n' + code)
+    assert ev[-1]['type'] == 'execution_complete', ev
+    charts = [(n, e['chart']) for n, e in enumerate(
+        [e for e in ev if e['type'] == 'result'], 1) if 'chart' in e]
+    assert len(charts) == 1, ev
+    n, chart = charts[0]
+    with open(ctx(sbx, cid, 'results', '%d.chart.json' % n)) as f:
+        assert json.load(f) == chart
+    return chart
+
+
+def test_chart_of_a_line_plot(sbx, py):
+    c = chart_of(sbx, py, 'fig, ax = plt.subplots()\n'
+                          'ax.plot([0, 1, 2], [0, 1, 4], label="squares")\n'
+                          'ax.plot([0, 1, 2], [0, 1, 8], label="cubes")\n'
+                          'ax.set_title("Powers")\nax.set_xlabel("Time (s)")\n'
+                          'ax.set_ylabel("Size [m]")\n'
+                          'ax.set_xticks([0, 1, 2], ["zero", "one", "two"])\nplt.show()')
+    assert {k: v for k, v in c.items() if not k.startswith('y_tick')} == {
+        'type': 'line', 'title': 'Powers', 'x_label': 'Time (s)', 'y_label': 'Size [m]',
+        'x_unit': 's', 'y_unit': 'm', 'x_ticks': [0, 1, 2],
+        'x_tick_labels': ['zero', 'one', 'two'], 'x_scale': 'linear', 'y_scale': 'linear',
+        'elements': [{'label': 'squares', 'points': [[0, 0], [1, 1], [2, 4]]},
+                     {'label': 'cubes', 'points': [[0, 0], [1, 1], [2, 8]]}]}
+    assert len(c['y_ticks']) == len(c['y_tick_labels']) > 2
+    assert c['y_ticks'][0] <= 0 and c['y_ticks'][-1] >= 8
+    assert [float(t.replace('\u2212', '-')) for t in c['y_tick_labels']] == c['y_ticks']
+
+
+def test_chart_of_bars(sbx, py):
+    c = chart_of(sbx, py, 'plt.bar(["A", "B", "C"], [3, 1, 2.5], label="sales")\n'
+                          'plt.title("Sales")\nplt.xlabel("Shop")\nplt.ylabel("Units")')
+    assert c == {'type': 'bar', 'title': 'Sales', 'x_label': 'Shop', 'y_label': 'Units',
+                 'x_unit': None, 'y_unit': None,
+                 'elements': [{'label': 'A', 'group': 'sales', 'value': 3},
+                              {'label': 'B', 'group': 'sales', 'value': 1},
+                              {'label': 'C', 'group': 'sales', 'value': 2.5}]}
+    # grouped bars beside their ticks; sideways bars name the category axis x
+    c = chart_of(sbx, py, 'import numpy as np\nfig, ax = plt.subplots()\nx = np.arange(2)\n'
+                          'ax.bar(x - 0.2, [1, 2], 0.4, label="men")\n'
+                          'ax.bar(x + 0.2, [3, 4], 0.4, label="women")\n'
+                          'ax.set_xticks(x, ["2023", "2024"])')
+    assert [(e['label'], e['group'], e['value']) for e in c['elements']] == [
+        ('2023', 'men', 1), ('2024', 'men', 2), ('2023', 'women', 3), ('2024', 'women', 4)]
+    c = chart_of(sbx, py, 'plt.barh(["x", "y"], [5, 6])\nplt.xlabel("Count")\n'
+                          'plt.ylabel("Kind")')
+    assert (c['x_label'], c['y_label']) == ('Kind', 'Count')
+    assert c['elements'] == [{'label': 'x', 'group': 'Group 0', 'value': 5},
+                             {'label': 'y', 'group': 'Group 0', 'value': 6}]
+
+
+def test_chart_of_a_scatter(sbx, py):
+    c = chart_of(sbx, py, 'plt.scatter([1, 2, 3], [4, 5, 6.5], label="samples")\n'
+                          'plt.xlabel("x [cm]")')
+    assert (c['type'], c['title'], c['x_label'], c['x_unit']) == ('scatter', None, 'x [cm]',
+                                                                  'cm')
+    assert c['elements'] == [{'label': 'samples', 'points': [[1, 4], [2, 5], [3, 6.5]]}]
+    assert c['x_scale'] == 'linear' and len(c['x_ticks']) == len(c['x_tick_labels'])
+
+
+def test_chart_of_a_pie(sbx, py):
+    c = chart_of(sbx, py, 'plt.pie([1, 3], labels=["tea", "coffee"])\nplt.title("Cups")')
+    assert c == {'type': 'pie', 'title': 'Cups',
+                 'elements': [{'label': 'tea', 'angle': 90, 'radius': 1},
+                              {'label': 'coffee', 'angle': 270, 'radius': 1}]}
+
+
+def test_chart_of_a_box_plot(sbx, py):
+    c = chart_of(sbx, py, 'plt.boxplot([[85, 90, 78, 92, 88], [95, 89, 76, 91, 84, 87]],\n'
+                          '            labels=["A", "B"])\nplt.ylabel("Score")')
+    assert (c['type'], c['x_label'], c['y_label']) == ('box_and_whisker', None, 'Score')
+    assert c['elements'] == [
+        {'label': 'A', 'min': 78, 'first_quartile': 85, 'median': 88, 'third_quartile': 90,
+         'max': 92, 'outliers': []},
+        {'label': 'B', 'min': 84, 'first_quartile': 84.75, 'median': 88,
+         'third_quartile': 90.5, 'max': 95, 'outliers': [76]}]
+
+
+def test_chart_of_subplots_is_a_superchart(sbx, py):
+    c = chart_of(sbx, py, 'fig, (left, right, image) = plt.subplots(1, 3)\n'
+                          'fig.suptitle("All")\n'
+                          'left.plot([1, 2], [3, 4], label="rise")\nleft.set_title("L")\n'
+                          'right.bar(["p", "q"], [5, 6])\nright.set_title("R")\n'
+                          'image.imshow([[1, 2], [3, 4]])\nimage.set_title("I")')
+    assert (c['type'], c['title']) == ('superchart', 'All')
+    assert [(e['type'], e['title']) for e in c['elements']] == [('line', 'L'), ('bar', 'R'),
+                                                                ('unknown', 'I')]
+    assert c['elements'][2]['elements'] == []
+    assert c['elements'][0]['elements'] == [{'label': 'rise', 'points': [[1, 3], [2, 4]]}]
+    assert [(e['label'], e['value']) for e in c['elements'][1]['elements']] == [('p', 5),
+                                                                              ('q', 6)]
+
+
+def test_a_figure_of_no_chart_type_has_only_images(sbx, py):
+    ev = run(sbx, py, 'import matplotlib.pyplot as plt\nplt.imshow([[1, 2], [3, 4]])\n'
+                      'plt.show()')
+    assert shown(ev) == [{'text', 'png'}], ev
+    assert sorted(os.listdir(ctx(sbx, py, 'results'))) == ['1.png', '1.txt']
+
+
+def test_results_one_liners_of_the_guide(sbx, py):
+    """docs/ctx.md's jq and shell lines, as written there."""
+    run(sbx, py, 'import matplotlib.pyplot as plt\n'
+                 'plt.plot([0, 1, 2], [1, 3, 2], label="a")\nplt.show()\n6 * 7')
+    d = 'cd %s && id=%s && ' % (shlex.quote(sbx.mnt), shlex.quote(py))
+    r = sh(d + 'jq -c \'select(.type=="result") | keys\' ctx/$id/out')
+    assert r.stdout.decode().splitlines() == ['["chart","metadata","png","text","type"]',
+                                              '["metadata","text","type"]']
+    r = sh(d + 'jq -r \'select(.chart) | .chart.type\' ctx/$id/out')
+    assert r.stdout == b'line\n'
+    r = sh(d + 'jq -c \'.elements[] | [.label, .points]\' ctx/$id/results/1.chart.json')
+    assert r.stdout == b'["a",[[0,1],[1,3],[2,2]]]\n'
+    r = sh(d + 'jq -r \'select(.png) | .png\' ctx/$id/out | base64 -d | cmp - '
+               'ctx/$id/results/1.png && cat ctx/$id/results/2.txt')
+    assert r.stdout == b'42'
 
 
 def test_ten_megabytes_of_stdout(sbx, py):
