@@ -734,8 +734,6 @@ def main():
     if a.control:
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # the test's Ctrl-C is for pytest
         return _control(p)
-    print('faultproxy: %s -> http://%s:%d (%r)' % (p.url, p.upstream[0], p.upstream[1],
-                                                  p.settings()), flush=True)
     done = threading.Event()
 
     def report(*_):
@@ -758,6 +756,9 @@ def main():
     signal.signal(signal.SIGUSR2, toggle_outage)
     signal.signal(signal.SIGINT, lambda *_: done.set())
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    # last: whoever reads this line may signal us at once
+    print('faultproxy: %s -> http://%s:%d (%r)' % (p.url, p.upstream[0], p.upstream[1],
+                                                  p.settings()), flush=True)
     while not done.wait(1):
         pass
     p.stop()
