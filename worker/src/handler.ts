@@ -23,6 +23,10 @@
  * containerFetch cannot carry a WebSocket across that call, so a WebSocket upgrade to a
  * preview URL goes through the SDK's wsConnect instead.
  *
+ * Hang-ups: the runtime notices a client that went away only when it next writes to it, and
+ * then cancels the stream back to the container. sbxd's keepalives (every 15 s) bound how long
+ * an idle stream outlives its client; a plain request whose client left runs to its end.
+ *
  * Preview requests carry no bearer token: the token in the URL is the credential, checked by
  * whoever exposed the port (sbxd, or without sbxd the SDK through proxyToSandbox). Headers
  * that carry the clients' token are dropped there too.
