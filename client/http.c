@@ -1161,7 +1161,6 @@ struct http_client *http_client_new(const struct http_client_opts *opts)
 	int rc = pthread_create(&c->thread, NULL, net_thread, c);
 	if (rc) {
 		liveness_stop(c->live);
-		liveness_free(c->live);
 		client_destroy(c);
 		errno = rc;
 		return NULL;
@@ -1179,7 +1178,6 @@ void http_client_free(struct http_client *c)
 	pthread_mutex_unlock(&c->lock);
 	curl_multi_wakeup(c->multi);
 	pthread_join(c->thread, NULL);
-	liveness_free(c->live); /* last: the loop asks it until it ends */
 	client_destroy(c);
 }
 

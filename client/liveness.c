@@ -232,12 +232,7 @@ void liveness_stop(struct liveness *l)
 	pthread_mutex_unlock(&l->lock);
 	/* A probe in flight notices within about a second (progress callback). */
 	pthread_join(l->thread, NULL);
-}
-
-void liveness_free(struct liveness *l)
-{
-	if (l)
-		destroy(l);
+	destroy(l);
 }
 
 void liveness_suspect(struct liveness *l)

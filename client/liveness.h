@@ -28,10 +28,7 @@ struct liveness_opts {
 };
 
 struct liveness *liveness_start(const struct liveness_opts *o);
-/* Ends the prober thread; the other calls keep working (no more probes) until liveness_free,
- * so that threads still running can ask. */
 void liveness_stop(struct liveness *l);
-void liveness_free(struct liveness *l);
 /* Asks for a probe soon (from any thread; cheap, rate-limited). */
 void liveness_suspect(struct liveness *l);
 /* 0 while the sandbox is thought to answer; else the negative errno of the last failed
