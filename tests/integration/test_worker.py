@@ -141,6 +141,15 @@ def test_unknown_sandbox_id_is_created(sbx):
                        sandbox=new)
     assert status == 200 and r['stdout'] == 'hello from a new sandbox\n', r
     assert started(sbx, new) == 1
+    # what the deployed class would start its container with: start-sbxd's settings with sbxd
+    # (docs/container.md), nothing for the SDK's plain image
+    line = re.search(r'container of sandbox %s started.*' % new, sbx.worker.read_log()).group(0)
+    if sbx.mode == 'ext':
+        want = (' with SBXD_PORT=7070 SBXD_TOKEN=(set) SBXD_SANDBOX_ID=%s '
+                'SBXD_PREVIEW_BASE=https://localhost:%d' % (new, sbx.worker.port))
+        assert line.endswith(want), line
+    else:
+        assert line.endswith(' started'), line
     # ids are case-insensitive (they name preview hosts too): the same sandbox, not a new one
     status, _, r = api(sbx, '/api/ping', sandbox=new.upper())
     assert status == 200 and started(sbx, new) == 1, r
@@ -304,6 +313,8 @@ def test_misconfigured_worker_says_what_to_set(sbx, build_dir):
     for env, words in (({'SBXFS_TOKEN': None}, 'wrangler secret put SBXFS_TOKEN'),
                        ({'SBXD_PORT': 'abc'}, 'SBXD_PORT is "abc"'),
                        ({'SBXD_PORT': '3000'}, 'SBXD_PORT is "3000"'),
+                       ({'SBXD_PORT': '7070', 'SBXD_TOKEN': None},
+                        'wrangler secret put SBXD_TOKEN'),
                        ({'PREVIEW_HOST': 'http://x/'}, 'PREVIEW_HOST is')):
         tmp = os.path.join(sbx.tmp, 'misconfigured')
         os.makedirs(tmp, exist_ok=True)

@@ -131,7 +131,6 @@ class WorkerProcess:
         else:
             vars_['CONTAINER_TOKEN'] = sbxd_token
         vars_.update(env or {})
-        self.vars = vars_
         bindings = ['(name = %s, text = %s)' % (_capnp_text(k), _capnp_text(v))
                     for k, v in vars_.items() if v is not None]
         bindings.append('(name = "Sandbox", durableObjectNamespace = "Sandbox")')
@@ -153,8 +152,9 @@ const worker :Workerd.Worker = (
   durableObjectNamespaces = [(className = "Sandbox", uniqueKey = "sbxfs-sandbox")],
   durableObjectStorage = (inMemory = void),
 );
-''' % (_capnp_text(sbxd_addr), _capnp_text('127.0.0.1:%d' % self.port), _capnp_text(os.path.relpath(module, tmp)),
-                _capnp_text(COMPATIBILITY_DATE), ',\n    '.join(bindings)))
+''' % (_capnp_text(sbxd_addr), _capnp_text('127.0.0.1:%d' % self.port),
+                _capnp_text(os.path.relpath(module, tmp)), _capnp_text(COMPATIBILITY_DATE),
+                ',\n    '.join(bindings)))
         log = open(self.log, 'ab')
         self.proc = subprocess.Popen([WORKERD, 'serve', self.config], stdin=subprocess.DEVNULL,
                                      stdout=log, stderr=log)

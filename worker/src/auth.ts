@@ -20,7 +20,8 @@ async function sameSecret(given: string, expected: string): Promise<boolean> {
 }
 
 /** null when the request carries `Authorization: Bearer <token>`, else the 401 to answer. */
-export async function refuseUnauthorized(request: Request, token: string): Promise<Response | null> {
+export async function refuseUnauthorized(request: Request, token: string)
+	: Promise<Response | null> {
 	const header = request.headers.get("Authorization");
 	const m = header === null ? null : /^Bearer +(\S+) *$/i.exec(header);
 	if (m && await sameSecret(m[1]!, token))

@@ -54,6 +54,9 @@ export function readConfig(env: Env): Config {
 			throw new ConfigError(`SBXD_PORT is "${port}": it must be sbxd's port in the ` +
 				`image, a number from 1 to 65535 other than ${CONTROL_PORT}, or empty`);
 	}
+	if (sbxdPort !== null && !present(env.SBXD_TOKEN))
+		throw new ConfigError("SBXD_PORT is set but the SBXD_TOKEN secret is not: set sbxd's " +
+			"token with `npx wrangler secret put SBXD_TOKEN`");
 	const previewHost = present(env.PREVIEW_HOST);
 	if (previewHost !== null && !/^[a-z0-9.-]+(:\d{1,5})?$/i.test(previewHost))
 		throw new ConfigError(`PREVIEW_HOST is "${previewHost}": it must be a host name, ` +
@@ -66,4 +69,23 @@ export function readConfig(env: Env): Config {
 		previewHost: previewHost?.toLowerCase() ?? null,
 		sleepAfter: present(env.SLEEP_AFTER),
 	};
+}
+
+/** The environment a sandbox's container starts with: with sbxd, the settings the image's
+ * start-sbxd reads (docs/container.md), so that sbxd listens where the Worker sends, takes the
+ * Worker's token for it, and makes preview URLs in the Worker's form; without sbxd, nothing. */
+export function containerEnv(env: Env, sandboxId: string | undefined): Record<string, string> {
+	const port = present(env.SBXD_PORT);
+	if (port === null)
+		return {};
+	const out: Record<string, string> = { SBXD_PORT: port };
+	const token = present(env.SBXD_TOKEN);
+	if (token !== null)
+		out.SBXD_TOKEN = token;
+	if (sandboxId)
+		out.SBXD_SANDBOX_ID = sandboxId;
+	const previewHost = present(env.PREVIEW_HOST);
+	if (previewHost !== null)
+		out.SBXD_PREVIEW_BASE = `https://${previewHost.toLowerCase()}`;
+	return out;
 }

@@ -3,8 +3,9 @@
  * class (test/entry.ts) and leave the Worker's own code as it is deployed.
  *
  * It answers the calls the Worker and the SDK's getSandbox make on a sandbox's stub:
- * configure() (the sandbox's name), containerFetch(request, port), and fetch() (wsConnect's
- * WebSockets, proxyToSandbox's preview requests). A container port is a service binding
+ * configure() (the sandbox's name and options, which the double does without),
+ * containerFetch(request, port), and fetch() (wsConnect's WebSockets, proxyToSandbox's preview
+ * requests). A container port is a service binding
  * CONTAINER_PORT_<port> that the test points at a local sbxd; a port without one is a port
  * nothing listens on. Port 3000 stands for the SDK's control server of a plain image, which
  * needs no token: the tests put sbxd --no-extensions there, and the double adds that sbxd's
@@ -13,12 +14,14 @@
  * Since the container is the sandbox, the double also checks what the Worker promises never
  * to let into it: a request that carries the clients' token (SBXFS_TOKEN, in any header, in
  * any letter case) is refused with a 400 that fails the test that sent it. And it logs the
- * start of each sandbox's "container", as the platform starts one on first use, for the
- * tests to see which sandboxes were created. */
+ * start of each sandbox's "container", as the platform starts one on first use, with the
+ * environment the deployed class (src/sandbox.ts) would give it, for the tests to see which
+ * sandboxes were created and how. */
 import { DurableObject } from "cloudflare:workers";
+import { containerEnv, type Env } from "../src/config";
 
-interface DoubleEnv {
-	SBXFS_TOKEN?: string;
+/* The Worker's bindings, and the test's: CONTAINER_TOKEN and the CONTAINER_PORT_<port>s. */
+interface DoubleEnv extends Env {
 	CONTAINER_TOKEN?: string;
 	[binding: string]: unknown;
 }
@@ -30,13 +33,10 @@ function refusal(status: number, code: string, message: string): Response {
 }
 
 export class SandboxDouble extends DurableObject<DoubleEnv> {
-	private name: string | null = null;
 	private started = false;
 
-	async configure(configuration: { sandboxName?: { name: string } }): Promise<void> {
-		if (configuration.sandboxName)
-			this.name = configuration.sandboxName.name;
-	}
+	/* getSandbox() hands the SDK's class its name and options this way; the double needs none */
+	async configure(_configuration: unknown): Promise<void> {}
 
 	async containerFetch(request: Request, port: number): Promise<Response> {
 		const upstream = this.env[`CONTAINER_PORT_${port}`] as Fetcher | undefined;
@@ -49,7 +49,10 @@ export class SandboxDouble extends DurableObject<DoubleEnv> {
 					`the Worker let the clients' token into the sandbox (header ${name})`);
 		if (!this.started) {
 			this.started = true;
-			console.log(`sandbox double: container of sandbox ${this.name} started`);
+			const settings = Object.entries(containerEnv(this.env, this.ctx.id.name))
+				.map(([k, v]) => `${k}=${k === "SBXD_TOKEN" ? "(set)" : v}`);
+			console.log(`sandbox double: container of sandbox ${this.ctx.id.name} started` +
+				(settings.length ? ` with ${settings.join(" ")}` : ""));
 		}
 		if (port === CONTROL_PORT) {
 			if (request.headers.has("Authorization"))
