@@ -16,6 +16,9 @@ SBX_PKGS_TEST="python3 python3-pytest python3-pytest-timeout vim git tar gzip di
 	findutils coreutils procps openssl systemd jq file"
 # fuzzing (tests/fuzz/run): clang with libFuzzer and the sanitizer runtimes
 SBX_PKGS_FUZZ="clang-14 clang libclang-rt-14-dev"
+# the Cloudflare Worker (worker/): npm for its dependencies (sbx_worker_deps), curl for the
+# preview URLs its tests fetch
+SBX_PKGS_WORKER="npm curl"
 
 sbx_say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 sbx_die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -33,12 +36,14 @@ sbx_as_root()
 }
 
 # A package counts as present when dpkg says "install ok installed". vim is satisfied by any
-# Debian variant that provides the vim command (vim-nox, vim-gtk3...; vim-tiny does not).
+# Debian variant that provides the vim command (vim-nox, vim-gtk3...; vim-tiny does not), npm
+# by any npm command (NodeSource's nodejs brings its own and conflicts with Debian's npm).
 sbx_missing_packages()
 {
 	local p missing=()
 	for p in $*; do
 		[ "$p" = vim ] && command -v vim >/dev/null && continue
+		[ "$p" = npm ] && command -v npm >/dev/null && continue
 		dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' ||
 			missing+=("$p")
 	done
@@ -60,6 +65,25 @@ sbx_install_packages()
 		cat "$log" >&2
 		rm -f "$log"
 		sbx_die "apt-get failed (output above)"
+	fi
+	rm -f "$log"
+}
+
+# Installs the Worker's npm dependencies into worker/node_modules with `npm ci` (the versions
+# of worker/package-lock.json, from the npm registry) unless they are there already, installed
+# after the lock file last changed. Fails with npm's output. Run from the top of the tree.
+sbx_worker_deps()
+{
+	local installed=worker/node_modules/.package-lock.json log
+	[ -f "$installed" ] && [ "$installed" -nt worker/package-lock.json ] && return 0
+	command -v npm >/dev/null || { echo "error: npm is missing (Debian: npm)" >&2; return 1; }
+	sbx_say "installing the Worker's npm dependencies (npm ci in worker/)"
+	log=$(mktemp)
+	if ! (cd worker && npm ci --no-audit --no-fund --loglevel=error) >"$log" 2>&1; then
+		cat "$log" >&2
+		rm -f "$log"
+		echo "error: npm ci in worker/ failed (output above)" >&2
+		return 1
 	fi
 	rm -f "$log"
 }

@@ -5,6 +5,10 @@ Every test that uses them is run in both modes unless --mode says otherwise:
   fallback  sbxd --no-extensions, as a plain Cloudflare container; sbxfs finds out by itself
 A test fails when sbxd or sbxfs print an error line or a sanitizer report while it runs, and
 the module's last test fails when either exits uncleanly at teardown.
+
+With --via-worker every mount goes through the Cloudflare Worker of worker/ under workerd
+(worker.py: sbxfs -> workerd -> sbxd), as a user mounts a Cloudflare sandbox; the tests' own
+API calls still go to sbxd directly.
 """
 import os
 import re
@@ -14,9 +18,12 @@ import pytest
 
 from faultproxy import ProxyProcess
 from util import Sandbox, sh
+from worker import WorkerProcess
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = ('ext', 'fallback')
+WORKER_SANDBOX_ID = 'test-box'
+_via_worker = False
 
 
 def pytest_addoption(parser):
@@ -25,9 +32,13 @@ def pytest_addoption(parser):
                      help='meson build directory holding src/sbxd and src/sbxfs')
     parser.addoption('--mode', default='all', choices=MODES + ('all',),
                      help='backend mode to test (default: both)')
+    parser.addoption('--via-worker', action='store_true',
+                     help='mount through the Cloudflare Worker (worker/) under workerd')
 
 
 def pytest_configure(config):
+    global _via_worker
+    _via_worker = config.getoption('--via-worker')
     config.addinivalue_line('markers',
                             'expect_errors: the test provokes error lines in the logs')
 
@@ -50,11 +61,16 @@ def _start(build_dir, mode, *mount_opts, mount=True, server_args=(), proxy_seed=
         sbx.start_server()
         if proxy_seed is not None:
             sbx.proxy = ProxyProcess(sbx.url, seed=proxy_seed)
-        if mount:
-            sbx.mount(*mount_opts, url=sbx.proxy.url if sbx.proxy else None)
+        backend = sbx.proxy.url if sbx.proxy else sbx.url
+        if mount and _via_worker:
+            sbx.worker = WorkerProcess(build_dir, sbx.tmp, mode, backend, sbx.token)
+            sbx.mount(*mount_opts, url=sbx.worker.sandbox_url(WORKER_SANDBOX_ID),
+                      env=dict(os.environ, SBXFS_TOKEN=sbx.worker.token), token_file=False)
+        elif mount:
+            sbx.mount(*mount_opts, url=backend)
     except BaseException:
         _stop_proxy(sbx)
-        sbx.close()
+        sbx.close()     # stops the Worker too
         raise
     return sbx
 

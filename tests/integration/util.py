@@ -25,6 +25,8 @@ SANITIZER_RE = re.compile(r'AddressSanitizer|LeakSanitizer|UndefinedBehaviorSani
 # Error lines of common/log.c ("12:00:00.000 sbxfs: error: ..."): fail a test unless the
 # test provokes them on purpose (marker expect_errors).
 ERROR_LINE_RE = re.compile(r'^.*\b(sbxd|sbxfs): error: .*$', re.M)
+# What workerd prints for an exception the Worker did not handle, or an error of its own.
+WORKERD_ERROR_RE = re.compile(r'^.*(\bUncaught\b|\bworkerd/\S+: error: ).*$', re.M)
 
 # errnos a filesystem operation may fail with when the backend is down or hangs
 BACKEND_DOWN_ERRNOS = {errno.EIO, errno.ENOTCONN, errno.ETIMEDOUT, errno.ECONNREFUSED,
@@ -160,6 +162,7 @@ class Sandbox:
         self.sbxd = None
         self.sbxfs = None
         self.proxy = None       # a fault proxy before sbxd (conftest's faulty_sbx)
+        self.worker = None      # the Cloudflare Worker before sbxd (worker.WorkerProcess)
         self.server_args = []   # more sbxd options (a test's --handle-lease, say)
         self.sbxd_log = os.path.join(self.tmp, 'sbxd.log')
         self.sbxfs_log = os.path.join(self.tmp, 'sbxfs.log')
@@ -315,26 +318,32 @@ class Sandbox:
         except FileNotFoundError:
             return ''
 
+    def logs(self):
+        return [self.sbxd_log, self.sbxfs_log] + ([self.worker.log] if self.worker else [])
+
     def log_sizes(self):
-        return {p: (os.path.getsize(p) if os.path.exists(p) else 0)
-                for p in (self.sbxd_log, self.sbxfs_log)}
+        return {p: (os.path.getsize(p) if os.path.exists(p) else 0) for p in self.logs()}
 
     def log_complaints(self, since=None, errors_expected=False):
         """What sbxd and sbxfs printed (since the given log sizes) that fails a test."""
         out = []
-        for path in (self.sbxd_log, self.sbxfs_log):
+        for path in self.logs():
             text = self.read_log(path, (since or {}).get(path, 0))
             name = os.path.basename(path)
+            errors = WORKERD_ERROR_RE if name == 'workerd.log' else ERROR_LINE_RE
             if SANITIZER_RE.search(text):
                 out.append('%s has a sanitizer report or ERROR:\n%s' % (name, text[-20000:]))
-            elif not errors_expected and ERROR_LINE_RE.search(text):
+            elif not errors_expected and errors.search(text):
                 out.append('%s has error lines:\n%s' % (
-                    name, '\n'.join(m.group(0) for m in ERROR_LINE_RE.finditer(text))[-8000:]))
+                    name, '\n'.join(m.group(0) for m in errors.finditer(text))[-8000:]))
         return out
 
     def close(self):
-        """Unmounts, stops sbxd; returns the list of problems seen."""
+        """Unmounts, stops the Worker (if any) and sbxd; returns the list of problems seen."""
         self.unmount()
+        if self.worker:
+            # before sbxd: a stream sbxfs left is cut by workerd, not by a vanishing sbxd
+            self.problems += self.worker.stop()
         self.stop_server()
         return self.problems + self.log_complaints(errors_expected=True)
 
