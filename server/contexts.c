@@ -47,9 +47,11 @@
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
+#include "common/clock.h"
+#include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
-#include "common/errnames.h"
 #include "interp_sources.h"
 #include <errno.h>
 #include <inttypes.h>
@@ -155,7 +157,7 @@ struct ctx {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_cond = PTHREAD_COND_INITIALIZER;
-static pthread_cond_t gone_cond;     /* on CLOCK_MONOTONIC, see monotonic_cond() */
+static pthread_cond_t gone_cond;     /* on CLOCK_MONOTONIC (mono_cond_init) */
 static pthread_once_t gone_once = PTHREAD_ONCE_INIT;
 static struct ctx *table;
 static struct ctx *warm[N_KERNELS];
@@ -166,43 +168,9 @@ static atomic_size_t messages_pending; /* bytes of unfinished messages, all inte
 static bool pool_started;
 static pthread_t pool_thread;
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Waits on cond (with lock held) until the monotonic time deadline; false once it passed. */
-static bool wait_until(pthread_cond_t *cond, int64_t deadline)
-{
-	int64_t left = deadline - now_ms();
-	if (left <= 0)
-		return false;
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	ts.tv_sec += left / 1000;
-	ts.tv_nsec += (left % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(cond, &lock, &ts);
-	return true;
-}
-
-static void monotonic_cond(pthread_cond_t *cond)
-{
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(cond, &ca);
-	pthread_condattr_destroy(&ca);
-}
-
 static void init_gone_cond(void)
 {
-	monotonic_cond(&gone_cond);
+	mono_cond_init(&gone_cond);
 }
 
 static void wake(struct ctx *c)
@@ -249,33 +217,12 @@ static void ctx_signal(struct ctx *c, int sig)
 
 /* ---- writing to an interpreter ---- */
 
-static int write_all(int fd, const char *data, size_t len, int64_t deadline)
-{
-	while (len) {
-		ssize_t n = write(fd, data, len);
-		if (n > 0) {
-			data += n;
-			len -= (size_t)n;
-			continue;
-		}
-		if (n < 0 && errno != EAGAIN && errno != EINTR)
-			return -errno;
-		int64_t left = deadline - now_ms();
-		if (left <= 0)
-			return -ETIMEDOUT;
-		struct pollfd p = { .fd = fd, .events = POLLOUT };
-		if (poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left) < 0 && errno != EINTR)
-			return -errno;
-	}
-	return 0;
-}
-
 /* Sends bytes to the interpreter (lock not held; the caller holds a reference). A write that
  * fails means the interpreter is broken: it is killed, and its supervisor cleans up. */
 static int ctx_write(struct ctx *c, const char *data, size_t len)
 {
 	pthread_mutex_lock(&c->write_lock);
-	int err = write_all(c->proc.stdin_fd, data, len, now_ms() + WRITE_TIMEOUT_MS);
+	int err = fd_write_until(c->proc.stdin_fd, data, len, mono_ms() + WRITE_TIMEOUT_MS);
 	pthread_mutex_unlock(&c->write_lock);
 	if (err) {
 		log_warn("contexts: cannot write to interpreter %s: %s", c->id[0] ? c->id : "(spare)",
@@ -331,7 +278,7 @@ static void start_exec(struct ctx *c, struct exec *e)
 	if (!err) {
 		e->sent = true;
 		if (e->timeout_ms > 0)
-			e->deadline = now_ms() + e->timeout_ms;
+			e->deadline = mono_ms() + e->timeout_ms;
 		interrupt = e->interrupt_pending && !e->finished;
 	}
 	uint64_t seq = e->seq;
@@ -612,7 +559,7 @@ static void *supervise(void *arg)
 	imsg_reader_init(&msgs, MESSAGE_MAX);
 	for (;;) {
 		pthread_mutex_lock(&lock);
-		int64_t now = now_ms(), next = -1;
+		int64_t now = mono_ms(), next = -1;
 		struct exec *e = c->cur;
 		uint64_t interrupt_seq = 0;
 		if (e && e->sent && !e->finished && e->deadline) {
@@ -638,7 +585,7 @@ static void *supervise(void *arg)
 			{ .fd = c->wake_fd, .events = POLLIN },
 			{ .fd = c->proc.pidfd, .events = POLLIN },
 		};
-		int64_t wait = next < 0 ? -1 : next - now_ms();
+		int64_t wait = next < 0 ? -1 : next - mono_ms();
 		if (next >= 0 && wait < 0)
 			wait = 0;
 		if (poll(p, 4, wait > INT_MAX ? INT_MAX : (int)wait) < 0 && errno != EINTR)
@@ -696,7 +643,7 @@ static struct ctx *ctx_spawn(enum kernel kernel, int *errp)
 	c->refs = 2;    /* the caller's and the supervisor's */
 	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	pthread_mutex_init(&c->write_lock, NULL);
-	monotonic_cond(&c->cond);
+	mono_cond_init(&c->cond);
 	pthread_once(&gone_once, init_gone_cond);
 
 	/* The program sbxd sends, in parts: one Python program, mux.py's names are the others'. */
@@ -847,7 +794,7 @@ static void make_uuid(char out[37])
 	if (getrandom(b, sizeof b, 0) != (ssize_t)sizeof b) {
 		/* getrandom does not fail for 16 bytes after boot; stay unique regardless */
 		static uint64_t counter;
-		uint64_t t = (uint64_t)now_ms() ^ ((uint64_t)getpid() << 32) ^ ++counter;
+		uint64_t t = (uint64_t)mono_ms() ^ ((uint64_t)getpid() << 32) ^ ++counter;
 		memcpy(b, &t, 8);
 		memcpy(b + 8, &counter, 8);
 	}
@@ -1049,8 +996,8 @@ void route_context_create(struct req *r)
 		return;
 	}
 	pthread_mutex_lock(&lock);
-	int64_t deadline = now_ms() + READY_TIMEOUT_MS;
-	while (!c->ready && !c->dead && wait_until(&c->cond, deadline))
+	int64_t deadline = mono_ms() + READY_TIMEOUT_MS;
+	while (!c->ready && !c->dead && mono_cond_wait_until(&c->cond, &lock, deadline))
 		;
 	bool ready = c->ready && !c->dead;
 	char last[300];
@@ -1078,8 +1025,8 @@ void route_context_create(struct req *r)
 	cJSON_AddBoolToObject(init, "typescript", lang->typescript);
 	ctx_send(c, init);
 	pthread_mutex_lock(&lock);
-	deadline = now_ms() + INIT_TIMEOUT_MS;
-	while (!c->init_state && !c->dead && wait_until(&c->cond, deadline))
+	deadline = mono_ms() + INIT_TIMEOUT_MS;
+	while (!c->init_state && !c->dead && mono_cond_wait_until(&c->cond, &lock, deadline))
 		;
 	int state = c->dead ? -2 : c->init_state;
 	char *init_error = c->init_error ? strdup(c->init_error) : NULL;
@@ -1169,8 +1116,8 @@ static int exec_next(void *arg, struct strbuf *out, int timeout_ms)
 {
 	struct exec *e = arg;
 	pthread_mutex_lock(&lock);
-	int64_t deadline = now_ms() + timeout_ms;
-	while (!e->out.len && !e->finished && wait_until(&e->ctx->cond, deadline))
+	int64_t deadline = mono_ms() + timeout_ms;
+	while (!e->out.len && !e->finished && mono_cond_wait_until(&e->ctx->cond, &lock, deadline))
 		;
 	bool was_full = e->out.len > QUEUE_MAX;
 	if (e->out.len) {
@@ -1382,8 +1329,8 @@ void contexts_shutdown(void)
 		ctx_signal(c, SIGKILL);
 		ctx_unref(c);
 	}
-	int64_t deadline = now_ms() + 10000;
-	while (supervisors > 0 && wait_until(&gone_cond, deadline))
+	int64_t deadline = mono_ms() + 10000;
+	while (supervisors > 0 && mono_cond_wait_until(&gone_cond, &lock, deadline))
 		;
 	if (supervisors > 0)
 		log_error("contexts: %d interpreters still running at shutdown", supervisors);

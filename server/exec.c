@@ -25,6 +25,8 @@
 #include "server/envstore.h"
 #include "server/utf8.h"
 #include "common/base64.h"
+#include "common/clock.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <errno.h>
@@ -43,13 +45,6 @@
 #define DRAIN_MAX_MS 200            /* after the exit: reading what is left, at most */
 #define READ_CHUNK 65536
 #define STEP_BYTES (1024 * 1024) /* per round, so timeouts and exits are seen */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- running a command and reading its output ---- */
 
@@ -80,26 +75,14 @@ static void io_kill(struct proc_io *io, int sig)
 	io->killed = true;
 }
 
-/* Writes to the command's stdin without dying of SIGPIPE when it has closed it (sbxd's
- * signal disposition is not ours to rely on): SIGPIPE is blocked in this thread for the
- * write and a pending one is consumed. */
+/* Writes to the command's stdin, without dying of SIGPIPE when it has closed it. */
 static void io_feed(struct proc_io *io)
 {
-	sigset_t pipe_set, old;
-	sigemptyset(&pipe_set);
-	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-	ssize_t w = write(io->p.stdin_fd, io->input + io->input_off,
-			  io->input_len - io->input_off);
-	int err = errno;
-	if (w < 0 && err == EPIPE) {
-		struct timespec zero = { 0, 0 };
-		sigtimedwait(&pipe_set, NULL, &zero);
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	ssize_t w = fd_write_nosigpipe(io->p.stdin_fd, io->input + io->input_off,
+				       io->input_len - io->input_off);
 	if (w > 0)
 		io->input_off += (size_t)w;
-	if ((w < 0 && err != EAGAIN && err != EINTR) || io->input_off == io->input_len) {
+	if ((w < 0 && w != -EAGAIN && w != -EINTR) || io->input_off == io->input_len) {
 		close(io->p.stdin_fd);
 		io->p.stdin_fd = -1;
 	}
@@ -140,7 +123,7 @@ static void io_check_exit(struct proc_io *io)
 	}
 	/* a failed wait (nothing to reap) ends it just the same */
 	io->exited = io->reaped = true;
-	io->drain_until = now_ms() + DRAIN_MAX_MS;
+	io->drain_until = mono_ms() + DRAIN_MAX_MS;
 }
 
 /* SIGTERM now (a timeout, a departed client), SIGKILL KILL_GRACE_MS later. */
@@ -169,7 +152,7 @@ static void io_timers(struct proc_io *io, int64_t now)
  * is read. */
 static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, size_t budget)
 {
-	int64_t now = now_ms();
+	int64_t now = mono_ms();
 	io_timers(io, now);
 	if (!io->exited) {
 		struct pollfd pfd[5];
@@ -204,7 +187,7 @@ static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, si
 				log_debug("exec: the client went away: stopping its command");
 				io->client_gone = true;
 				if (io->kill_at < 0)
-					io_stop(io, now_ms());
+					io_stop(io, mono_ms());
 			}
 		}
 		io_check_exit(io);
@@ -216,7 +199,7 @@ static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, si
 	for (int w = OUT; w <= ERR; w++)
 		if (!io->eof[w])
 			io_read(io, w, sink, ctx, &budget);
-	return budget > 0 || now_ms() >= io->drain_until;
+	return budget > 0 || mono_ms() >= io->drain_until;
 }
 
 /* Starts the command; 0 or a negative errno. A client_fd >= 0 is watched: when that client
@@ -239,7 +222,7 @@ static int io_start(struct proc_io *io, const struct session_launch *l, const ch
 		io->input_len = strlen(command);
 	}
 	if (timeout_ms > 0)
-		io->deadline = now_ms() + timeout_ms;
+		io->deadline = mono_ms() + timeout_ms;
 	return 0;
 }
 
@@ -427,7 +410,7 @@ void route_execute(struct req *r)
 	struct proc_io io = { .p = { .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
 				     .pidfd = -1 } };
 	struct collected c = { .buf = { STRBUF_INIT, STRBUF_INIT }, .io = &io };
-	int64_t t0 = now_ms();
+	int64_t t0 = mono_ms();
 	bool timed_out = false;
 
 	if (json_bool(req_json(r), "background", false))
@@ -443,14 +426,14 @@ void route_execute(struct req *r)
 		goto out;
 	} else {
 		session_launch(s, x.command, x.cwd, x.env, s != NULL, &l);
-		int left = x.timeout_ms > 0 ? x.timeout_ms - (int)(now_ms() - t0) : 0;
+		int left = x.timeout_ms > 0 ? x.timeout_ms - (int)(mono_ms() - t0) : 0;
 		err = io_start(&io, &l, x.command, x.timeout_ms > 0 ? (left > 1 ? left : 1) : 0,
 			       req_client_fd(r));
 		if (err) {
 			reply_spawn_error(r, err);
 			goto out;
 		}
-		t0 = now_ms();
+		t0 = mono_ms();
 		while (!io_step(&io, -1, collect, &c, STEP_BYTES))
 			;
 		io_finish(&io);
@@ -491,7 +474,7 @@ void route_execute(struct req *r)
 	if (x.base64)
 		cJSON_AddStringToObject(res, "encoding", "base64");
 	cJSON_AddStringToObject(res, "command", x.command);
-	json_add_int(res, "duration", now_ms() - t0);
+	json_add_int(res, "duration", mono_ms() - t0);
 	cJSON_AddStringToObject(res, "timestamp", json_timestamp(ts));
 	if (x.session_given)
 		cJSON_AddStringToObject(res, "sessionId", x.session_id);
@@ -579,11 +562,11 @@ static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 	if (st->finished)
 		return 0;
 	/* return with the first output rather than wait out the whole timeout */
-	int64_t end = now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+	int64_t end = mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
 	size_t before = out->len;
 	bool done;
 	for (;;) {
-		int64_t left = end - now_ms();
+		int64_t left = end - mono_ms();
 		done = io_step(&st->io, left > 0 ? (int)left : 0, stream_sink, st, STEP_BYTES);
 		if (done || out->len != before || left <= 0)
 			break;

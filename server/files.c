@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include "common/base64.h"
 #include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "server/routes.h"
 #include "server/workspace.h"
@@ -212,37 +213,6 @@ static const char *content_type(const char *path, int fd, bool *text)
 	return *text ? "text/plain" : "application/octet-stream";
 }
 
-static int read_full(int fd, char *buf, size_t len, size_t *got)
-{
-	size_t n = 0;
-	while (n < len) {
-		ssize_t k = read(fd, buf + n, len - n);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			break;
-		n += (size_t)k;
-	}
-	*got = n;
-	return 0;
-}
-
-static int write_full(int fd, const char *buf, size_t len)
-{
-	while (len) {
-		ssize_t k = write(fd, buf, len);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		buf += k;
-		len -= (size_t)k;
-	}
-	return 0;
-}
-
 /* Normalises path into rel and its canonical API form; answers the error itself. */
 static bool normalize(struct req *r, const char *path, char *rel, char *abs)
 {
@@ -334,7 +304,7 @@ void route_read(struct req *r)
 	/* One byte more than allowed tells a file that grew past the limit since fstat. */
 	size_t cap = (size_t)st.st_size + 1, len;
 	char *data = malloc(cap > READ_MAX + 1 ? READ_MAX + 1 : cap);
-	int err = data ? read_full(fd, data, cap > READ_MAX + 1 ? READ_MAX + 1 : cap, &len)
+	int err = data ? fd_read_full(fd, data, cap > READ_MAX + 1 ? READ_MAX + 1 : cap, &len)
 		       : -ENOMEM;
 	if (!err && len > READ_MAX)
 		err = -EFBIG;
@@ -416,7 +386,7 @@ static int read_stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 	/* A few chunks per call keep the per-call overhead low without buffering much. */
 	for (int i = 0; i < 8; i++) {
 		size_t got;
-		int err = read_full(s->fd, (char *)s->buf, STREAM_CHUNK, &got);
+		int err = fd_read_full(s->fd, (char *)s->buf, STREAM_CHUNK, &got);
 		if (err) {
 			stream_event_error(out, strerror(-err));
 			return 0;
@@ -577,7 +547,7 @@ void route_write(struct req *r)
 		err = -errno;
 	if (!err) {
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-		err = write_full(fd, data, len);
+		err = fd_write_full(fd, data, len);
 	}
 	if (fd >= 0 && close(fd) && !err)
 		err = -errno;

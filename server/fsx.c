@@ -11,6 +11,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "server/handles.h"
 #include "server/routes.h"
@@ -536,22 +537,6 @@ static void reply_handle_error(struct req *r, int err, const char *hid)
 	reply_errno(r, err, NULL, "handle %s: %s", hid ? hid : "", strerror(-err));
 }
 
-static ssize_t pread_full(int fd, char *buf, size_t len, off_t off)
-{
-	size_t n = 0;
-	while (n < len) {
-		ssize_t k = pread(fd, buf + n, len - n, off + (off_t)n);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			break;
-		n += (size_t)k;
-	}
-	return (ssize_t)n;
-}
-
 void route_x_pread(struct req *r)
 {
 	const cJSON *body = req_json(r);
@@ -589,7 +574,7 @@ void route_x_pread(struct req *r)
 		}
 	}
 	char *buf = malloc(len ? (size_t)len : 1);
-	ssize_t n = buf ? pread_full(fd, buf, (size_t)len, (off_t)off) : -ENOMEM;
+	ssize_t n = buf ? fd_pread_full(fd, buf, (size_t)len, (off_t)off) : -ENOMEM;
 	if (h)
 		handles_put(h);
 	else

@@ -11,6 +11,7 @@
 #include "server/envstore.h"
 #include "server/runner.h"
 #include "server/workspace.h"
+#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <errno.h>
@@ -29,13 +30,6 @@
 #define KILL_GRACE_MS 5000
 #define OUTPUT_MAX (1024 * 1024)
 #define BRANCH_TIMEOUT_MS 30000
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 struct git_run {
 	struct strbuf out, err;
@@ -76,11 +70,11 @@ static int run_git(const char *const *argv, const char *cwd, int timeout_ms, int
 	envstore_free(env);
 	if (err)
 		return err;
-	int64_t deadline = now_ms() + timeout_ms, kill_at = -1, give_up = -1;
+	int64_t deadline = mono_ms() + timeout_ms, kill_at = -1, give_up = -1;
 	bool open_out = true, open_err = true;
 	int status = 0;
 	while (open_out || open_err) {
-		int64_t now = now_ms();
+		int64_t now = mono_ms();
 		if (deadline >= 0 && now >= deadline) {
 			g->timed_out = !g->client_gone;
 			runner_kill(&p, SIGTERM);

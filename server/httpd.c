@@ -50,7 +50,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include "common/clock.h"
 #include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "server/idempotency.h"
@@ -75,7 +77,7 @@ struct req {
 	cJSON *json;
 	bool replied;
 	int status;
-	struct timespec start;
+	int64_t start;            /* mono_ms() */
 	const char *client;       /* the Sbx-Client whose lease this request renewed, or NULL */
 	struct idem_entry *idem;  /* the outcome to record under the request's key */
 	bool replayed;            /* the answer is a recorded one */
@@ -244,31 +246,10 @@ struct sse_stream {
  * purpose, read by mhd_log when MHD reports that ending (on the same thread). */
 static _Thread_local bool expected_abort;
 
-static bool peer_gone(int fd)
-{
-	struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
-	char c;
-	if (fd < 0 || poll(&p, 1, 0) <= 0)
-		return false;
-	if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
-		return true;
-	if (!(p.revents & POLLIN))
-		return false;
-	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
 static ssize_t end_on_purpose(void)
 {
 	expected_abort = true;
 	return MHD_CONTENT_READER_END_WITH_ERROR;
-}
-
-static long elapsed_ms(const struct timespec *since)
-{
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 }
 
 static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
@@ -280,16 +261,15 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
 		s->off = 0;
 		if (s->done)
 			return MHD_CONTENT_READER_END_OF_STREAM;
-		struct timespec start;
-		clock_gettime(CLOCK_MONOTONIC, &start);
+		int64_t start = mono_ms();
 		while (s->buf.len == 0) {
 			if (atomic_load(&stopping))
 				return end_on_purpose();
-			if (peer_gone(s->fd)) {
+			if (fd_peer_gone(s->fd)) {
 				log_debug("stream: the client went away");
 				return end_on_purpose();
 			}
-			long left = SSE_KEEPALIVE_MS - elapsed_ms(&start);
+			int64_t left = SSE_KEEPALIVE_MS - (mono_ms() - start);
 			if (left <= 0) {
 				strbuf_appends(&s->buf, ": keepalive\n\n");
 				break;
@@ -549,7 +529,7 @@ static uint64_t fingerprint(const struct req *r)
 
 static int client_gone(void *arg)
 {
-	return peer_gone(req_client_fd(arg));
+	return fd_peer_gone(req_client_fd(arg));
 }
 
 /* Before the handler of a request that may carry an Idempotency-Key: true when the request
@@ -647,7 +627,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		r = calloc(1, sizeof *r);
 		if (!r)
 			return MHD_NO;
-		clock_gettime(CLOCK_MONOTONIC, &r->start);
+		r->start = mono_ms();
 		r->conn = conn;
 		r->method = method;
 		r->path = url;
@@ -705,7 +685,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 					  (unsigned)UNTRUSTED_IDLE_S);
 	if (!r || preview_completed(con_cls))
 		return;
-	log_debug("%s %s %d %ldms%s", r->method, r->path, r->status, elapsed_ms(&r->start),
+	log_debug("%s %s %d %lldms%s", r->method, r->path, r->status,
+		  (long long)(mono_ms() - r->start),
 		  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut)");
 	strbuf_free(&r->body);
 	cJSON_Delete(r->json);

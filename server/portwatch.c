@@ -14,6 +14,7 @@
  * slow probe holds nothing else. */
 #include "server/processes.h"
 #include "server/routes.h"
+#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <arpa/inet.h>
@@ -47,13 +48,6 @@ struct portwatch {
 	int64_t next_probe;
 };
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static void sleep_ms(int64_t ms)
 {
 	struct timespec ts = { (time_t)(ms / 1000), (long)(ms % 1000) * 1000000 };
@@ -65,7 +59,7 @@ static void sleep_ms(int64_t ms)
 static bool wait_fd(int fd, short events, int64_t deadline)
 {
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mono_ms();
 		if (left <= 0)
 			return false;
 		struct pollfd p = { fd, events, 0 };
@@ -142,7 +136,7 @@ static int http_status(int fd, const struct portwatch *w, int64_t deadline)
 /* Whether the port is ready; *status gets the HTTP status (http mode). */
 static bool probe(const struct portwatch *w, int *status)
 {
-	int64_t deadline = now_ms() + PROBE_MS;
+	int64_t deadline = mono_ms() + PROBE_MS;
 	int fd = connect_local(w->port, deadline);
 	if (fd < 0)
 		return false;
@@ -175,11 +169,11 @@ static int pw_next(void *ctx, struct strbuf *out, int timeout_ms)
 	struct portwatch *w = ctx;
 	if (!w->announced) {
 		w->announced = true;
-		w->next_probe = now_ms();
+		w->next_probe = mono_ms();
 		send_event(out, event(w, "watching"));
 		return 1;
 	}
-	int64_t wait = w->next_probe - now_ms();
+	int64_t wait = w->next_probe - mono_ms();
 	if (wait > timeout_ms) {
 		sleep_ms(timeout_ms);
 		return 1;
@@ -209,7 +203,7 @@ static int pw_next(void *ctx, struct strbuf *out, int timeout_ms)
 		send_event(out, e);
 		return 0;
 	}
-	w->next_probe = now_ms() + w->interval_ms;
+	w->next_probe = mono_ms() + w->interval_ms;
 	return 1;
 }
 

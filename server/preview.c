@@ -66,6 +66,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "common/base64.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "server/http_response.h"
@@ -242,13 +243,6 @@ static void reply_text(struct preview *p, unsigned status, const char *fmt, ...)
 
 /* ---- the upstream connection ---- */
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Connects to the port on 127.0.0.1, or on ::1 for services bound to an IPv6 "localhost". */
 static int connect_upstream(int port)
 {
@@ -299,7 +293,7 @@ static int send_all(int fd, const void *data, size_t len)
 
 /* Reads more upstream bytes into buf: 1, or 0 at the end of the connection, or -errno:
  * -ECONNABORTED when the client left or the server stops, -ETIMEDOUT after IDLE_MS without a
- * byte or at deadline (a now_ms() time; 0: none). The client's socket is polled along with
+ * byte or at deadline (a mono_ms() time; 0: none). The client's socket is polled along with
  * upstream for its hang-up only (pipelined bytes must not wake us), and before upstream's
  * data, so that an upstream that never stops sending cannot hide a departed client. */
 static int fill(struct preview *p, int64_t deadline)
@@ -313,10 +307,10 @@ static int fill(struct preview *p, int64_t deadline)
 	}
 	if (p->end == sizeof p->buf)
 		return -E2BIG;
-	int64_t idle_end = now_ms() + IDLE_MS;
+	int64_t idle_end = mono_ms() + IDLE_MS;
 	int64_t end = deadline && deadline < idle_end ? deadline : idle_end;
 	for (;;) {
-		int64_t now = now_ms();
+		int64_t now = mono_ms();
 		if (now >= end)
 			return -ETIMEDOUT;
 		struct pollfd pf[3] = { { .fd = p->up, .events = POLLIN },
@@ -590,7 +584,7 @@ static int read_head(struct preview *p)
 		if (p->start < p->end) {
 			size_t used;
 			if (!p->head.in_head)
-				deadline = now_ms() + HEAD_MS;
+				deadline = mono_ms() + HEAD_MS;
 			rc = resp_head_feed(&p->head, p->buf + p->start, p->end - p->start, &used);
 			p->start += used;
 		}
@@ -599,7 +593,7 @@ static int read_head(struct preview *p)
 		if (rc == RESP_INTERIM)
 			continue;
 		rc = fill(p, p->head.in_head ? deadline : 0);
-		if (rc == -ETIMEDOUT && p->head.in_head && now_ms() >= deadline)
+		if (rc == -ETIMEDOUT && p->head.in_head && mono_ms() >= deadline)
 			return -ETIME;
 		if (rc <= 0)
 			return rc == 0 ? -ECONNRESET : rc;

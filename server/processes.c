@@ -30,6 +30,8 @@
 #include "server/sessions.h"
 #include "server/utf8.h"
 #include "server/workspace.h"
+#include "common/clock.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <ctype.h>
@@ -102,13 +104,6 @@ static int n_collectors;
 static bool shutting_down;
 
 /* ---- helpers ---- */
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static const char *iso_time(const struct timespec *t, char buf[32])
 {
@@ -504,22 +499,11 @@ static int feed_command(struct run_proc *rp, const char *command)
 			err = -ETIMEDOUT;
 			break;
 		}
-		/* without dying of SIGPIPE when the shell has gone (see exec.c's io_feed) */
-		sigset_t pipe_set, old;
-		sigemptyset(&pipe_set);
-		sigaddset(&pipe_set, SIGPIPE);
-		pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-		ssize_t n = write(rp->stdin_fd, command + off, len - off);
-		int e = errno;
-		if (n < 0 && e == EPIPE) {
-			struct timespec zero = { 0, 0 };
-			sigtimedwait(&pipe_set, NULL, &zero);
-		}
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		ssize_t n = fd_write_nosigpipe(rp->stdin_fd, command + off, len - off);
 		if (n > 0)
 			off += (size_t)n;
-		else if (n < 0 && e != EINTR && e != EAGAIN)
-			err = -e;
+		else if (n < 0 && n != -EINTR && n != -EAGAIN)
+			err = (int)n;
 	}
 	close(rp->stdin_fd);
 	rp->stdin_fd = -1;

@@ -62,6 +62,7 @@
 #include "server/cgroup.h"
 #include "server/envstore.h"
 #include "server/server.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -362,13 +363,6 @@ static int spawn_on_thread(struct spawn_job *j)
 
 /* ---- helpers ---- */
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static const char *env_get(const char *const *env, const char *name)
 {
 	size_t n = strlen(name);
@@ -626,9 +620,9 @@ static void limit_process(pid_t pid)
 static void wait_readable(int fd, int timeout_ms)
 {
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = mono_ms() + timeout_ms;
 	char c;
-	for (int64_t left = timeout_ms; left > 0; left = deadline - now_ms()) {
+	for (int64_t left = timeout_ms; left > 0; left = deadline - mono_ms()) {
 		int r = poll(&pfd, 1, (int)left);
 		if (r > 0) {
 			while (read(fd, &c, 1) < 0 && errno == EINTR)
@@ -646,9 +640,9 @@ static pid_t read_child_pid(int fd)
 {
 	char buf[1024];
 	size_t len = 0;
-	int64_t deadline = now_ms() + BWRAP_INFO_TIMEOUT_MS;
+	int64_t deadline = mono_ms() + BWRAP_INFO_TIMEOUT_MS;
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mono_ms();
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		if (left <= 0 || len == sizeof buf - 1)
 			break;
@@ -699,7 +693,7 @@ int runner_exit_code(int status)
 
 int runner_wait(struct run_proc *p, int *status, int timeout_ms)
 {
-	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	int64_t deadline = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
 	for (;;) {
 		pid_t r = waitpid(p->pid, status, WNOHANG);
 		if (r == p->pid)
@@ -708,7 +702,7 @@ int runner_wait(struct run_proc *p, int *status, int timeout_ms)
 			return -errno;
 		int wait_ms = -1;
 		if (deadline >= 0) {
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - mono_ms();
 			if (left <= 0)
 				return -ETIMEDOUT;
 			wait_ms = left > INT_MAX ? INT_MAX : (int)left;

@@ -50,6 +50,7 @@
 #include "server/runner.h"
 #include "server/server.h"
 #include "server/utf8.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <ctype.h>
@@ -499,14 +500,6 @@ static int64_t now_ns(void)
 	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
 }
 
-/* Has the peer of this socket hung up (or has sbxd shut the connection down)? */
-static bool hung_up(int fd)
-{
-	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
-	return fd >= 0 && poll(&p, 1, 0) > 0 &&
-	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
-}
-
 /* Takes the run lock by the deadline (< 0: none) unless the client hangs up first. */
 static int lock_run(struct session *s, int64_t deadline_ns, int client_fd)
 {
@@ -517,14 +510,14 @@ static int lock_run(struct session *s, int64_t deadline_ns, int client_fd)
 			until = deadline_ns;
 		struct timespec ts = { until / 1000000000, until % 1000000000 };
 		int err = pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
-		if (!err && hung_up(client_fd)) {
+		if (!err && fd_peer_gone(client_fd)) {
 			/* the lock came free before the next look at the client */
 			pthread_mutex_unlock(&s->run);
 			return -ECONNABORTED;
 		}
 		if (err != ETIMEDOUT || last)
 			return -err;
-		if (hung_up(client_fd))
+		if (fd_peer_gone(client_fd))
 			return -ECONNABORTED;
 	}
 }

@@ -31,6 +31,7 @@
 #include <sys/inotify.h>
 #include <time.h>
 #include <unistd.h>
+#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "server/routes.h"
@@ -790,11 +791,7 @@ static struct sub *sub_from_request(struct req *r, char *abs, size_t abs_size)
 		reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
 		return NULL;
 	}
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&s->cond);
 	s->recursive = json_bool(body, "recursive", true);
 	s->events = EV_ALL & ~EV_ATTRIB;
 	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
@@ -922,13 +919,6 @@ void route_watch(struct req *r)
 
 #define RETAIN_MS (10 * 60 * 1000)
 #define RETAINED_MAX 1024
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int cmp_str(const void *a, const void *b)
 {
