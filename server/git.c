@@ -1,29 +1,25 @@
 /* POST /api/git/checkout: `git clone` inside the sandbox, as the container runs it.
  *
  * git runs through the runner like any command (bubblewrap, the environment store), with
- * stdin from /dev/null and GIT_TERMINAL_PROMPT=0 so it never waits for a password. Its output
- * is read with poll() (bounded to OUTPUT_MAX per stream); the clone has a deadline (timeoutMs,
- * 10 minutes by default): TERM, then KILL KILL_GRACE_MS later, then 502 GIT_NETWORK_ERROR.
- * Failures come back as the container's GIT_OPERATION_FAILED with git's stderr, credentials
+ * stdin from /dev/null and GIT_TERMINAL_PROMPT=0 so it never waits for a password, as a child
+ * of the pump (server/child.h), which keeps OUTPUT_MAX of each stream. The clone has a
+ * deadline (timeoutMs, 10 minutes by default): TERM, then KILL KILL_GRACE_MS later, then 502
+ * GIT_NETWORK_ERROR. Failures come back as the container's GIT_OPERATION_FAILED with git's stderr, credentials
  * in URLs replaced by "***", and an errno guessed from git's words so that a filesystem
  * client can say EEXIST or ENOENT rather than EIO. */
 #include "server/routes.h"
+#include "server/child.h"
 #include "server/envstore.h"
 #include "server/runner.h"
 #include "server/workspace.h"
-#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #define URL_MAX 2048
 #define DEFAULT_TIMEOUT_MS (10 * 60 * 1000)
@@ -38,88 +34,41 @@ struct git_run {
 	bool client_gone; /* the client hung up (an interrupted sbxfs): git was stopped */
 };
 
-/* Reads what fd has; false at its end. */
-static bool drain(int fd, struct strbuf *sb)
+static bool keep_output(void *ctx, enum child_stream which, const char *buf, size_t n)
 {
-	char buf[8192];
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof buf);
-		if (n > 0) {
-			if (sb->len < OUTPUT_MAX)
-				strbuf_append(sb, buf, (size_t)n);
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		return n < 0 && errno == EAGAIN;
-	}
+	struct git_run *g = ctx;
+	strbuf_append(which == CHILD_OUT ? &g->out : &g->err, buf, n);
+	return true;
 }
+
+static const struct child_ops git_ops = { .output = keep_output };
 
 /* Runs git with these arguments in cwd; 0 (see g) or a negative errno from the runner. A
  * client that hangs up (client_fd, -1: none) stops git as the deadline does: TERM lets git
- * remove the directory it was cloning into. */
+ * remove the directory it was cloning into. Helpers it left in its group go with it. */
 static int run_git(const char *const *argv, const char *cwd, int timeout_ms, int client_fd,
 		   struct git_run *g)
 {
 	static const char *const extra[] = { "GIT_TERMINAL_PROMPT=0", NULL };
-	struct run_proc p;
+	struct child_policy policy = { .timeout_ms = timeout_ms, .grace_ms = KILL_GRACE_MS,
+				       .output_max = OUTPUT_MAX, .drain_ms = KILL_GRACE_MS };
+	struct child c;
 	char **env = envstore_build(extra);
 	struct run_spec spec = { .argv = argv, .cwd = cwd, .env = (const char *const *)env,
 				 .stdin_null = true };
-	int err = runner_spawn(&spec, &p);
+	child_init(&c);
+	int err = child_start(&c, &spec, &policy, &git_ops, g);
 	envstore_free(env);
-	if (err)
-		return err;
-	int64_t deadline = mono_ms() + timeout_ms, kill_at = -1, give_up = -1;
-	bool open_out = true, open_err = true;
-	int status = 0;
-	while (open_out || open_err) {
-		int64_t now = mono_ms();
-		if (deadline >= 0 && now >= deadline) {
-			g->timed_out = !g->client_gone;
-			runner_kill(&p, SIGTERM);
-			deadline = -1;
-			kill_at = now + KILL_GRACE_MS;
-		}
-		if (kill_at >= 0 && now >= kill_at) {
-			runner_kill(&p, SIGKILL);
-			kill_at = -1;
-			give_up = now + KILL_GRACE_MS;
-		}
-		if (give_up >= 0 && now >= give_up)
-			break; /* something that left the group still holds the pipes */
-		int64_t next = deadline >= 0 ? deadline : kill_at >= 0 ? kill_at : give_up;
-		struct pollfd pfd[3];
-		int n = 0;
-		if (open_out)
-			pfd[n++] = (struct pollfd){ .fd = p.stdout_fd, .events = POLLIN };
-		if (open_err)
-			pfd[n++] = (struct pollfd){ .fd = p.stderr_fd, .events = POLLIN };
-		int watch = client_fd >= 0 && !g->client_gone ? n : -1;
-		if (watch >= 0)
-			pfd[n++] = (struct pollfd){ .fd = client_fd, .events = POLLRDHUP };
-		int wait = next < 0 ? -1 : next - now > INT_MAX ? INT_MAX : (int)(next - now);
-		if (poll(pfd, (nfds_t)n, wait) < 0 && errno != EINTR)
-			break;
-		if (watch >= 0 && (pfd[watch].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-			g->client_gone = true;
-			if (deadline >= 0)
-				deadline = now; /* TERM at the top of the loop */
-		}
-		if (open_out)
-			open_out = drain(p.stdout_fd, &g->out);
-		if (open_err)
-			open_err = drain(p.stderr_fd, &g->err);
+	if (!err) {
+		child_watch_client(&c, client_fd);
+		child_run(&c);
+		child_finish(&c);
+		g->exit_code = child_exit_code(&c);
+		g->timed_out = c.timed_out;
+		g->client_gone = c.client_gone;
 	}
-	/* the pipes closed: git is ending (a hung helper holding them is what the timer kills) */
-	if (runner_wait(&p, &status, KILL_GRACE_MS) == -ETIMEDOUT) {
-		runner_kill(&p, SIGKILL);
-		runner_wait(&p, &status, -1);
-	}
-	runner_kill(&p, SIGKILL); /* helpers left in its group */
-	runner_close(&p);
-	g->exit_code = runner_exit_code(status);
-	return 0;
+	child_free(&c);
+	return err;
 }
 
 static void git_run_free(struct git_run *g)
