@@ -56,7 +56,9 @@ int child_adopt(struct child *c, const struct run_proc *p, const struct child_po
 	int wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 	if (wake < 0)
 		return -errno;
+	pthread_mutex_lock(&c->lock); /* child_signal() may look already */
 	c->p = *p;
+	pthread_mutex_unlock(&c->lock);
 	c->policy = *policy;
 	c->ops = ops;
 	c->ctx = ctx;

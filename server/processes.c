@@ -2,28 +2,28 @@
  * them.
  *
  * A record (struct proc) lives in one table, in memory only, until POST /api/x/process/remove
- * takes it out or sbxd stops. Each running process has a collector thread that owns its pipes:
- * it polls stdout, stderr and the pidfd, appends what it reads to the record, and when the
- * leader has exited it kills what is left of the group (a process tree dies with its leader,
- * as with the pid namespace the runner gives each spawn), reaps the leader, reads what the
- * pipes still hold (at most DRAIN_MAX_MS more) and only then marks the record finished. So
- * "finished" always means "all output is in": a reader that sees a final status has the whole
- * log.
+ * takes it out or sbxd stops. Each running process has a collector thread that runs it under
+ * the pump (server/child.h): what the process writes is appended to the record, and when the
+ * leader has exited what is left of its group is killed (a process tree dies with its leader,
+ * as with the pid namespace the runner gives each spawn), the leader is reaped, what the pipes
+ * still hold is read (at most DRAIN_MAX_MS more) and only then is the record marked finished.
+ * So "finished" always means "all output is in": a reader that sees a final status has the
+ * whole log.
  *
  * Output is kept as two byte logs (offsets into them are what /logs?offset= takes) plus a
  * list of segments saying which log each successive piece came from; the stream replays and
  * follows the segments, so stdout and stderr stay in the order sbxd read them. That order is
  * the order of writing except for writes to both pipes closer together than one turn of the
- * collector's loop (two pipes carry no common clock). Each log keeps at most LOG_MAX bytes;
- * beyond that the output is read and dropped, and the record says "outputTruncated".
+ * pump's rounds (two pipes carry no common clock). Each log keeps at most LOG_MAX bytes (the
+ * pump's bound); beyond that the output is read and dropped, and the record says
+ * "outputTruncated".
  *
  * Locking: table_lock guards the table and every record's fields, and records_changed is
- * broadcast whenever output arrives or a process ends (streams and killers wait on it). A
- * record's sig_lock orders signals against the reap: the collector reaps under it and marks
- * the record reaped, a kill sends only while the leader is unreaped, so a signal can never
- * reach a recycled pid. Records are reference-counted (table, collector, each request or
+ * broadcast whenever output arrives or a process ends (streams and killers wait on it). The
+ * pump orders signals against the reap, so a kill can never reach a recycled pid. Records are reference-counted (table, collector, each request or
  * stream that holds one), so a removed record stays valid for a stream still reading it. */
 #include "server/processes.h"
+#include "server/child.h"
 #include "server/envstore.h"
 #include "server/routes.h"
 #include "server/runner.h"
@@ -31,7 +31,6 @@
 #include "server/utf8.h"
 #include "server/workspace.h"
 #include "common/clock.h"
-#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <ctype.h>
@@ -54,15 +53,12 @@
 #define MAX_PROCS 1024
 #define ID_MAX 128
 #define LOG_MAX ((size_t)64 << 20)  /* per stream and record */
-#define READ_CHUNK 65536
-#define ROUND_BYTES (1024 * 1024)   /* read per stream and loop turn, so exits are seen */
 #define KILL_GRACE_MS 5000          /* TERM, then KILL this much later (as the container) */
 #define DRAIN_MAX_MS 1000           /* after the exit: reading what the pipes still hold */
 #define EVENT_BYTES 65536           /* output per stream event */
 #define STREAM_ROUND_BYTES (1024 * 1024)
 #define PROBE_TIMEOUT_MS 10000
 #define SIGNAL_RETRY_MS 2000
-#define FEED_TIMEOUT_MS 10000       /* a long command going to its session shell's stdin */
 
 enum { OUT, ERR };
 enum pstatus { P_RUNNING, P_COMPLETED, P_FAILED, P_KILLED, P_ERROR };
@@ -90,10 +86,7 @@ struct proc {
 	bool truncated;
 	struct seg *segs;
 	size_t nsegs, segcap;
-	/* the running process */
-	pthread_mutex_t sig_lock;
-	struct run_proc rp;
-	bool reaped;
+	struct child child;          /* the running process, under its collector */
 };
 
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -221,7 +214,7 @@ static void put_locked(struct proc *p)
 	free(p->id);
 	free(p->command);
 	free(p->session_id);
-	pthread_mutex_destroy(&p->sig_lock);
+	child_free(&p->child);
 	free(p);
 }
 
@@ -253,10 +246,6 @@ static struct proc *proc_get(struct req *r, const char *id)
 static void append_locked(struct proc *p, int which, const char *buf, size_t n)
 {
 	struct strbuf *log = &p->log[which];
-	if (log->len + n > LOG_MAX) {
-		p->truncated = true;
-		n = LOG_MAX - log->len;
-	}
 	if (!n)
 		return;
 	if (p->nsegs && p->segs[p->nsegs - 1].which == which) {
@@ -288,11 +277,8 @@ static int signal_proc(struct proc *p, int sig)
 {
 	int64_t give_up = mono_ms() + SIGNAL_RETRY_MS;
 	for (;;) {
-		pthread_mutex_lock(&p->sig_lock);
-		bool gone = p->reaped || p->rp.pid <= 0;
-		int err = gone ? -ESRCH : runner_kill(&p->rp, sig);
-		pthread_mutex_unlock(&p->sig_lock);
-		if (err != -ESRCH || gone || mono_ms() >= give_up)
+		int err = child_signal(&p->child, sig);
+		if (err != -ESRCH || child_reaped(&p->child) || mono_ms() >= give_up)
 			return err;
 		struct timespec ts = { 0, 10 * 1000000 };
 		nanosleep(&ts, NULL);
@@ -301,82 +287,33 @@ static int signal_proc(struct proc *p, int sig)
 
 /* ---- the collector ---- */
 
-struct collector {
-	struct proc *p;
-	bool eof[2];
-	bool exited, timed_out;
-	int status;
-	int64_t deadline, kill_at, drain_until; /* monotonic ms, -1: none */
+/* Output, as the pump hands it over (at most LOG_MAX of each stream). */
+static bool record_output(void *ctx, enum child_stream which, const char *buf, size_t n)
+{
+	struct proc *p = ctx;
+	pthread_mutex_lock(&table_lock);
+	append_locked(p, which, buf, n);
+	p->truncated |= p->child.truncated[which];
+	pthread_cond_broadcast(&records_changed);
+	pthread_mutex_unlock(&table_lock);
+	return true;
+}
+
+static const struct child_ops record_ops = { .output = record_output };
+
+static const struct child_policy record_policy = {
+	.grace_ms = KILL_GRACE_MS,
+	.output_max = LOG_MAX,
+	.drain_ms = DRAIN_MAX_MS,
 };
 
-/* Reads what fd has now (at most ROUND_BYTES); marks eof at its end. */
-static void collect_fd(struct collector *c, int which)
+/* Ends the record with what the process came to (table_lock held). */
+static void collect_end_locked(struct proc *p)
 {
-	struct proc *p = c->p;
-	int fd = which == OUT ? p->rp.stdout_fd : p->rp.stderr_fd;
-	char buf[READ_CHUNK];
-	size_t budget = ROUND_BYTES;
-	while (budget) {
-		ssize_t n = read(fd, buf, sizeof buf);
-		if (n > 0) {
-			pthread_mutex_lock(&table_lock);
-			append_locked(p, which, buf, (size_t)n);
-			pthread_cond_broadcast(&records_changed);
-			pthread_mutex_unlock(&table_lock);
-			budget -= (size_t)n < budget ? (size_t)n : budget;
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0 || errno != EAGAIN)
-			c->eof[which] = true;
-		return;
-	}
-}
-
-/* Once the leader has exited (a zombie, not yet reaped): the rest of its group goes, then
- * the leader is reaped. */
-static void collect_exit(struct collector *c)
-{
-	struct proc *p = c->p;
-	siginfo_t si = { 0 };
-	int rc = waitid(P_PID, (id_t)p->rp.pid, &si, WEXITED | WNOHANG | WNOWAIT);
-	if (rc < 0 && errno != ECHILD) {
-		log_error("processes: waiting for %d: %s", (int)p->rp.pid, strerror(errno));
-		return;
-	}
-	if (rc == 0 && si.si_pid == 0)
-		return; /* still running */
-	pthread_mutex_lock(&p->sig_lock);
-	runner_kill(&p->rp, SIGKILL);
-	if (runner_wait(&p->rp, &c->status, -1) < 0)
-		c->status = 255 << 8;
-	p->reaped = true;
-	pthread_mutex_unlock(&p->sig_lock);
-	c->exited = true;
-	c->drain_until = mono_ms() + DRAIN_MAX_MS;
-}
-
-static void collect_timers(struct collector *c, int64_t now)
-{
-	if (c->deadline >= 0 && now >= c->deadline) {
-		c->deadline = -1;
-		c->timed_out = true;
-		signal_proc(c->p, SIGTERM);
-		c->kill_at = now + KILL_GRACE_MS;
-	}
-	if (c->kill_at >= 0 && now >= c->kill_at) {
-		c->kill_at = -1;
-		signal_proc(c->p, SIGKILL);
-	}
-}
-
-static void collect_end(struct collector *c)
-{
-	struct proc *p = c->p;
-	int code = runner_exit_code(c->status);
+	const struct child *c = &p->child;
+	int code = child_exit_code(c);
 	enum pstatus st;
-	pthread_mutex_lock(&table_lock);
+	p->truncated |= c->truncated[OUT] || c->truncated[ERR];
 	if (c->timed_out) {
 		char msg[64];
 		int n = snprintf(msg, sizeof msg, "Command timed out after %dms\n", p->timeout_ms);
@@ -389,53 +326,16 @@ static void collect_end(struct collector *c)
 		st = code == 0 ? P_COMPLETED : P_FAILED;
 	}
 	finish_locked(p, st, code);
-	pthread_mutex_unlock(&table_lock);
 }
 
+/* The process's own thread: "finished" is set only once all its output is in. */
 static void *collector_main(void *arg)
 {
-	struct collector c = { .p = arg, .deadline = -1, .kill_at = -1, .drain_until = -1 };
-	struct proc *p = c.p;
-	if (p->timeout_ms > 0)
-		c.deadline = mono_ms() + p->timeout_ms;
-	for (;;) {
-		int64_t now = mono_ms();
-		collect_timers(&c, now);
-		if (c.exited && ((c.eof[OUT] && c.eof[ERR]) || now >= c.drain_until))
-			break;
-		struct pollfd pfd[3];
-		int n = 0, i_out = -1, i_err = -1, i_pid = -1, wait_ms = -1;
-		if (!c.eof[OUT])
-			pfd[i_out = n++] = (struct pollfd){ .fd = p->rp.stdout_fd, .events = POLLIN };
-		if (!c.eof[ERR])
-			pfd[i_err = n++] = (struct pollfd){ .fd = p->rp.stderr_fd, .events = POLLIN };
-		if (!c.exited && p->rp.pidfd >= 0)
-			pfd[i_pid = n++] = (struct pollfd){ .fd = p->rp.pidfd, .events = POLLIN };
-		else if (!c.exited)
-			wait_ms = 10; /* no pidfd: look for the exit now and then */
-		int64_t timers[] = { c.deadline, c.kill_at, c.exited ? c.drain_until : -1 };
-		for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
-			if (timers[i] >= 0 && (wait_ms < 0 || timers[i] - now < wait_ms))
-				wait_ms = timers[i] - now < 0 ? 0 : (int)(timers[i] - now);
-		if (poll(pfd, (nfds_t)n, wait_ms) < 0 && errno != EINTR) {
-			log_error("processes: poll: %s", strerror(errno));
-			break;
-		}
-		if (i_out >= 0 && pfd[i_out].revents)
-			collect_fd(&c, OUT);
-		if (i_err >= 0 && pfd[i_err].revents)
-			collect_fd(&c, ERR);
-		if (!c.exited && (i_pid < 0 || pfd[i_pid].revents))
-			collect_exit(&c);
-	}
-	if (!c.exited) {
-		/* only after a failing poll: make sure the process is gone and reaped */
-		signal_proc(p, SIGKILL);
-		collect_exit(&c);
-	}
-	runner_close(&p->rp);
-	collect_end(&c);
+	struct proc *p = arg;
+	child_run(&p->child);
+	child_finish(&p->child);
 	pthread_mutex_lock(&table_lock);
+	collect_end_locked(p);
 	n_collectors--;
 	pthread_cond_broadcast(&records_changed);
 	put_locked(p);
@@ -485,31 +385,6 @@ static int check_cwd(const char *cwd, char *out, size_t outlen)
 	return err;
 }
 
-/* A command too long for the environment goes to the session wrapper's stdin, which reads
- * it whole before anything else; bounded, in case the shell never does. */
-static int feed_command(struct run_proc *rp, const char *command)
-{
-	size_t len = strlen(command), off = 0;
-	int64_t deadline = mono_ms() + FEED_TIMEOUT_MS;
-	int err = 0;
-	while (off < len && !err) {
-		struct pollfd pfd = { rp->stdin_fd, POLLOUT, 0 };
-		int left = (int)(deadline - mono_ms());
-		if (left <= 0 || poll(&pfd, 1, left) == 0) {
-			err = -ETIMEDOUT;
-			break;
-		}
-		ssize_t n = fd_write_nosigpipe(rp->stdin_fd, command + off, len - off);
-		if (n > 0)
-			off += (size_t)n;
-		else if (n < 0 && n != -EINTR && n != -EAGAIN)
-			err = (int)n;
-	}
-	close(rp->stdin_fd);
-	rp->stdin_fd = -1;
-	return err;
-}
-
 /* Spawns the record's command (in session s, when not NULL: loading its cwd and exported
  * environment, as a command of the session would, without saving anything back) and hands
  * it to a collector; or ends the record as "error" with the reason in its stderr. */
@@ -546,11 +421,12 @@ static void launch(struct proc *p, const char *cwd, char *const *req_env, struct
 			env = envstore_build((const char *const *)req_env);
 			spec.env = (const char *const *)env;
 		}
-		pthread_mutex_lock(&p->sig_lock);
-		err = runner_spawn(&spec, &p->rp);
-		pthread_mutex_unlock(&p->sig_lock);
-		if (!err && l.command_on_stdin && feed_command(&p->rp, p->command) < 0)
-			log_warn("process %s: its shell did not take the command", p->id);
+		struct child_policy policy = record_policy;
+		policy.timeout_ms = p->timeout_ms;
+		err = child_start(&p->child, &spec, &policy, &record_ops, p);
+		/* a command too long for the environment goes to the session wrapper's stdin */
+		if (!err && l.command_on_stdin)
+			child_feed(&p->child, p->command, strlen(p->command));
 		session_launch_free(&l);
 		envstore_free(env);
 		if (err == -ENOTSUP && runner_unavailable())
@@ -561,7 +437,7 @@ static void launch(struct proc *p, const char *cwd, char *const *req_env, struct
 	if (!err) {
 		pthread_t t;
 		pthread_mutex_lock(&table_lock);
-		p->pid = p->rp.pid;
+		p->pid = p->child.p.pid;
 		pthread_mutex_unlock(&table_lock);
 		pthread_attr_t a;
 		pthread_attr_init(&a);
@@ -578,13 +454,8 @@ static void launch(struct proc *p, const char *cwd, char *const *req_env, struct
 		p->refs--;
 		n_collectors--;
 		pthread_mutex_unlock(&table_lock);
-		signal_proc(p, SIGKILL);
-		pthread_mutex_lock(&p->sig_lock);
-		int status;
-		runner_wait(&p->rp, &status, -1);
-		p->reaped = true;
-		pthread_mutex_unlock(&p->sig_lock);
-		runner_close(&p->rp);
+		child_signal(&p->child, SIGKILL);
+		child_finish(&p->child);
 		snprintf(why, sizeof why, "cannot collect the output: %s\n", strerror(-err));
 	}
 	pthread_mutex_lock(&table_lock);
@@ -660,9 +531,7 @@ void route_process_start(struct req *r)
 	p->refs = 1; /* ours, until the answer */
 	p->timeout_ms = timeout_ms;
 	p->pid = -1;
-	p->rp = (struct run_proc){ .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
-				   .pidfd = -1 };
-	pthread_mutex_init(&p->sig_lock, NULL);
+	child_init(&p->child);
 	clock_gettime(CLOCK_REALTIME, &p->start);
 
 	/* the id is taken before the command starts, so a concurrent duplicate sees it */
