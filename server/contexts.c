@@ -1,9 +1,9 @@
 /* Code contexts: POST/GET /api/contexts, DELETE /api/contexts/{id}, POST /api/execute/code and
  * the extension POST /api/x/interrupt.
  *
- * A context is one interpreter process started by runner_spawn(): for Python the IPython
- * kernel of server/interp/kernel_python.py (with charts.py), for JavaScript and TypeScript a small Python host
- * (host_node.py) that runs node with kernel_node.js. Their code is embedded in sbxd and sent
+ * A context is one interpreter process started by the runner: for Python the IPython kernel
+ * of server/interp/kernel_python.py (with charts.py), for JavaScript and TypeScript a small
+ * Python host (host_node.py) that runs node with kernel_node.js. Their code is embedded in sbxd and sent
  * through stdin to a tiny `python3 -c` bootstrap, so nothing needs installing and nothing shows
  * in ps but the bootstrap. sbxd speaks JSON lines with the interpreter: requests (init,
  * execute, interrupt) on its stdin, messages (ready, init_done, stdout, stderr, result, done)
@@ -11,11 +11,12 @@
  * context that dies. The user's code never sees these pipes (see mux.py).
  *
  * Threads and ownership. One mutex (lock) guards every context and execution; each context
- * has a condition variable for whoever waits on it. Each interpreter has a supervisor thread,
- * the only reader of its pipes: it turns messages into SSE events appended to the running
- * execution's buffer, starts the next queued execution when one is done, enforces timeouts,
- * and on the interpreter's death (end of its stdout, or its pidfd) kills what is left of the
- * sandbox, reaps it and fails the running and queued executions. The SSE source of an
+ * has a condition variable for whoever waits on it. Each interpreter has a supervisor thread
+ * that runs it under the pump (server/child.h), the only reader of its pipes: it turns
+ * messages into SSE events appended to the running execution's buffer, starts the next queued
+ * execution when one is done, enforces timeouts, and on the interpreter's death (the end of
+ * its stdout, or its exit) has what is left of the sandbox killed and the interpreter reaped,
+ * and fails the running and queued executions. The SSE source of an
  * execution only moves buffered events to httpd; when its client goes away the execution is
  * interrupted (or dropped from the queue) and its further output discarded. A client that
  * reads slower than the interpreter writes makes the supervisor stop reading once QUEUE_MAX
@@ -34,13 +35,14 @@
  *
  * Contexts and executions are reference counted under the lock: the table, the supervisor,
  * each execution and each request in progress hold one on the context; the SSE source and the
- * context's queue hold one on the execution. The process may only be signalled while it is not
- * being reaped (reaping is set, under the lock, before the supervisor waits for it).
+ * context's queue hold one on the execution. The pump orders signals against the reap, so a
+ * signal never reaches a recycled pid.
  *
  * Warm spares: after the first context of a kernel kind is created, a pool thread keeps one
  * started interpreter of that kind waiting, so later creations only send it the context's
  * directory and environment (the "init" request, which the kernels apply to themselves). */
 #include "server/contexts.h"
+#include "server/child.h"
 #include "server/envstore.h"
 #include "server/exec.h"
 #include "server/imsg.h"
@@ -56,7 +58,6 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -65,7 +66,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/eventfd.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -82,7 +82,6 @@
 #define MESSAGES_PENDING_MAX ((size_t)MESSAGES_PENDING_MAX_MIB << 20)
 #define STR_(x) #x
 #define STR(x) STR_(x)
-#define READ_CHUNK 65536
 #define DIAG_MAX 4096
 #define CWD_MAX 4096
 
@@ -138,11 +137,12 @@ struct ctx {
 	char *cwd;
 	char *session_id;       /* the session it was created in (extension), or NULL */
 	unsigned long session_serial;
-	struct run_proc proc;
+	struct child child;     /* the interpreter, under its supervisor */
+	struct imsg_reader msgs; /* the supervisor's */
+	size_t pending;         /* what msgs counts in messages_pending */
 	pthread_mutex_t write_lock;
 	pthread_cond_t cond;
-	int wake_fd;            /* eventfd: the supervisor looks at its state again */
-	bool ready, dead, deleted, reaping;
+	bool ready, dead, deleted;
 	int init_state;         /* 0 waiting, 1 done, -1 failed */
 	char *init_error;
 	int init_errno;
@@ -173,11 +173,10 @@ static void init_gone_cond(void)
 	mono_cond_init(&gone_cond);
 }
 
+/* The supervisor looks at the state of c again (a deadline, a reader that caught up). */
 static void wake(struct ctx *c)
 {
-	uint64_t one = 1;
-	if (write(c->wake_fd, &one, sizeof one) < 0 && errno != EAGAIN)
-		log_debug("contexts: wake: %s", strerror(errno));
+	child_wake(&c->child);
 }
 
 /* ---- reference counting (lock held) ---- */
@@ -186,8 +185,7 @@ static void ctx_unref(struct ctx *c)
 {
 	if (--c->refs > 0)
 		return;
-	runner_close(&c->proc);
-	close(c->wake_fd);
+	child_free(&c->child);
 	pthread_mutex_destroy(&c->write_lock);
 	pthread_cond_destroy(&c->cond);
 	strbuf_free(&c->diag);
@@ -208,11 +206,10 @@ static void exec_unref(struct exec *e)
 	free(e);
 }
 
-/* Signals the interpreter unless it is being reaped (its pid may then be reused). */
+/* Signals the interpreter (never once it has been reaped: its pid may then be reused). */
 static void ctx_signal(struct ctx *c, int sig)
 {
-	if (!c->reaping)
-		runner_kill(&c->proc, sig);
+	child_signal(&c->child, sig);
 }
 
 /* ---- writing to an interpreter ---- */
@@ -222,7 +219,7 @@ static void ctx_signal(struct ctx *c, int sig)
 static int ctx_write(struct ctx *c, const char *data, size_t len)
 {
 	pthread_mutex_lock(&c->write_lock);
-	int err = fd_write_until(c->proc.stdin_fd, data, len, mono_ms() + WRITE_TIMEOUT_MS);
+	int err = fd_write_until(c->child.p.stdin_fd, data, len, mono_ms() + WRITE_TIMEOUT_MS);
 	pthread_mutex_unlock(&c->write_lock);
 	if (err) {
 		log_warn("contexts: cannot write to interpreter %s: %s", c->id[0] ? c->id : "(spare)",
@@ -442,19 +439,14 @@ static void keep_diag(struct ctx *c, const char *data, size_t n)
 		strbuf_consume(&c->diag, c->diag.len - DIAG_MAX);
 }
 
-/* Reads what the kernel wrote to its stderr; false at its end. */
-static bool read_diag(struct ctx *c)
+/* What the kernel wrote to its stderr: its own complaints, the end kept for its death. */
+static void take_diag(struct ctx *c, const char *buf, size_t n)
 {
-	char buf[4096];
-	ssize_t n = read(c->proc.stderr_fd, buf, sizeof buf);
-	if (n <= 0)
-		return n < 0 && (errno == EAGAIN || errno == EINTR);
 	log_debug("contexts: interpreter %s says: %.*s", c->id[0] ? c->id : "(spare)", (int)n,
 		  buf);
 	pthread_mutex_lock(&lock);
-	keep_diag(c, buf, (size_t)n);
+	keep_diag(c, buf, n);
 	pthread_mutex_unlock(&lock);
-	return true;
 }
 
 /* The last non-empty line of the kernel's complaints (lock held); "" if none. */
@@ -472,7 +464,7 @@ static void last_diag_line(const struct ctx *c, char *out, size_t size)
 	snprintf(out, size, "%.*s", (int)(end - start), start);
 }
 
-static void died(struct ctx *c, int status, bool reaped)
+static void died(struct ctx *c, int status)
 {
 	char why[512], last[300];
 	pthread_mutex_lock(&lock);
@@ -482,8 +474,6 @@ static void died(struct ctx *c, int status, bool reaped)
 		snprintf(why, sizeof why, "the context was deleted");
 	else if (c->killed_for)
 		snprintf(why, sizeof why, "%s", c->killed_for);
-	else if (!reaped)
-		snprintf(why, sizeof why, "the interpreter stopped answering");
 	else if (code > 128)
 		snprintf(why, sizeof why, "the interpreter was killed by signal %d (%s)%s%s",
 			 code - 128, strsignal(code - 128), last[0] ? ": " : "", last);
@@ -512,19 +502,13 @@ static void died(struct ctx *c, int status, bool reaped)
 		log_info("contexts: %s: %s", c->id, why);
 }
 
-/* Reads stdout and hands the complete messages to handle_message: 1 more may come, 0 at its
- * end, -1 on an error or when the interpreter overstepped the bounds (see the top; it is then
- * killed by the caller, and killed_for says why). *pending is what this interpreter counts
- * in messages_pending. */
-static int read_messages(struct ctx *c, struct imsg_reader *r, size_t *pending)
+/* Hands the complete messages in this chunk of stdout to handle_message; false when the
+ * interpreter overstepped the bounds (see the top: it is then killed, and killed_for says
+ * why). */
+static bool take_messages(struct ctx *c, const char *chunk, size_t n)
 {
-	char chunk[READ_CHUNK];
-	ssize_t n = read(c->proc.stdout_fd, chunk, sizeof chunk);
-	if (n < 0)
-		return errno == EAGAIN || errno == EINTR ? 1 : -1;
-	if (n == 0)
-		return 0;
-	imsg_reader_add(r, chunk, (size_t)n);
+	struct imsg_reader *r = &c->msgs;
+	imsg_reader_add(r, chunk, n);
 	const char *line;
 	size_t len;
 	int got;
@@ -536,91 +520,89 @@ static int read_messages(struct ctx *c, struct imsg_reader *r, size_t *pending)
 			start_exec(c, start);
 	}
 	size_t now = imsg_reader_pending(r), total = 0;
-	if (now >= *pending)
-		total = atomic_fetch_add(&messages_pending, now - *pending) + (now - *pending);
+	if (now >= c->pending)
+		total = atomic_fetch_add(&messages_pending, now - c->pending) + (now - c->pending);
 	else
-		atomic_fetch_sub(&messages_pending, *pending - now);
-	*pending = now;
+		atomic_fetch_sub(&messages_pending, c->pending - now);
+	c->pending = now;
 	if (got < 0)
 		c->killed_for = "the interpreter sent a message longer than "
 				STR(MESSAGE_MAX_MIB) " MiB";
 	else if (total > MESSAGES_PENDING_MAX)
 		c->killed_for = "the interpreters' unfinished messages exceed "
 				STR(MESSAGES_PENDING_MAX_MIB) " MiB together";
-	return c->killed_for ? -1 : 1;
+	if (c->killed_for)
+		log_warn("contexts: %s: %s: killing it", c->id[0] ? c->id : "(spare)",
+			 c->killed_for);
+	return !c->killed_for;
 }
+
+/* The pump's callbacks: stdout carries messages, and its end is the interpreter's. */
+static bool ctx_output(void *arg, enum child_stream which, const char *buf, size_t n)
+{
+	struct ctx *c = arg;
+	if (which == CHILD_ERR) {
+		if (n)
+			take_diag(c, buf, n);
+		return true;
+	}
+	return n && take_messages(c, buf, n);
+}
+
+/* A client that reads slower than the interpreter writes holds it back. */
+static bool ctx_may_read(void *arg)
+{
+	struct ctx *c = arg;
+	pthread_mutex_lock(&lock);
+	struct exec *e = c->cur;
+	bool throttled = e && !e->abandoned && e->out.len > QUEUE_MAX;
+	pthread_mutex_unlock(&lock);
+	return !throttled;
+}
+
+/* The running execution's timeout: an interrupt at its deadline, KILL when that is ignored. */
+static int64_t ctx_timers(void *arg, int64_t now)
+{
+	struct ctx *c = arg;
+	int64_t next = -1;
+	uint64_t interrupt_seq = 0;
+	pthread_mutex_lock(&lock);
+	struct exec *e = c->cur;
+	if (e && e->sent && !e->finished && e->deadline) {
+		if (!e->timed_out && now >= e->deadline) {
+			e->timed_out = true;
+			e->kill_at = now + KILL_AFTER_TIMEOUT_MS;
+			interrupt_seq = e->seq;
+		}
+		if (e->timed_out && now >= e->kill_at) {
+			ctx_signal(c, SIGKILL);
+			e->kill_at = now + 1000;
+		}
+		next = e->timed_out ? e->kill_at : e->deadline;
+	}
+	pthread_mutex_unlock(&lock);
+	if (interrupt_seq)
+		send_interrupt(c, interrupt_seq);
+	return next;
+}
+
+static const struct child_ops ctx_ops = {
+	.output = ctx_output, .may_read = ctx_may_read, .tick = ctx_timers,
+};
+
+static const struct child_policy ctx_policy = {
+	.grace_ms = KILL_AFTER_TIMEOUT_MS,
+	.drain_ms = 1000,
+};
 
 static void *supervise(void *arg)
 {
 	struct ctx *c = arg;
-	struct imsg_reader msgs;
-	size_t pending = 0;
-	bool err_open = true;
-	imsg_reader_init(&msgs, MESSAGE_MAX);
-	for (;;) {
-		pthread_mutex_lock(&lock);
-		int64_t now = mono_ms(), next = -1;
-		struct exec *e = c->cur;
-		uint64_t interrupt_seq = 0;
-		if (e && e->sent && !e->finished && e->deadline) {
-			if (!e->timed_out && now >= e->deadline) {
-				e->timed_out = true;
-				e->kill_at = now + KILL_AFTER_TIMEOUT_MS;
-				interrupt_seq = e->seq;
-			}
-			if (e->timed_out && now >= e->kill_at) {
-				ctx_signal(c, SIGKILL);
-				e->kill_at = now + 1000;
-			}
-			next = e->timed_out ? e->kill_at : e->deadline;
-		}
-		bool throttled = e && !e->abandoned && e->out.len > QUEUE_MAX;
-		pthread_mutex_unlock(&lock);
-		if (interrupt_seq)
-			send_interrupt(c, interrupt_seq);
-
-		struct pollfd p[4] = {
-			{ .fd = throttled ? -1 : c->proc.stdout_fd, .events = POLLIN },
-			{ .fd = err_open ? c->proc.stderr_fd : -1, .events = POLLIN },
-			{ .fd = c->wake_fd, .events = POLLIN },
-			{ .fd = c->proc.pidfd, .events = POLLIN },
-		};
-		int64_t wait = next < 0 ? -1 : next - mono_ms();
-		if (next >= 0 && wait < 0)
-			wait = 0;
-		if (poll(p, 4, wait > INT_MAX ? INT_MAX : (int)wait) < 0 && errno != EINTR)
-			break;
-		if (p[2].revents) {
-			uint64_t v;
-			if (read(c->wake_fd, &v, sizeof v) < 0 && errno != EAGAIN)
-				break;
-		}
-		if (p[1].revents)
-			err_open = read_diag(c);
-		if (p[0].revents && read_messages(c, &msgs, &pending) <= 0)
-			break;
-		if (p[3].revents)
-			break;
-	}
-	/* what it wrote before it went, then the end */
-	for (int i = 0; i < 64 && !c->killed_for && read_messages(c, &msgs, &pending) > 0; i++)
-		;
-	if (c->killed_for)
-		log_warn("contexts: %s: %s: killing it", c->id[0] ? c->id : "(spare)",
-			 c->killed_for);
-	pthread_mutex_lock(&lock);
-	ctx_signal(c, SIGKILL);
-	c->reaping = true;
-	pthread_mutex_unlock(&lock);
-	int status = 0;
-	int err = runner_wait(&c->proc, &status, -1);
-	if (err)
-		log_error("contexts: cannot reap interpreter %s: %s", c->id, strerror(-err));
-	for (int i = 0; err_open && i < 64 && read_diag(c); i++)
-		;
-	died(c, status, err == 0);
-	atomic_fetch_sub(&messages_pending, pending);
-	imsg_reader_free(&msgs);
+	child_run(&c->child);
+	child_finish(&c->child);
+	died(c, c->child.status);
+	atomic_fetch_sub(&messages_pending, c->pending);
+	imsg_reader_free(&c->msgs);
 	pthread_mutex_lock(&lock);
 	supervisors--;
 	pthread_cond_broadcast(&gone_cond);
@@ -630,6 +612,66 @@ static void *supervise(void *arg)
 }
 
 /* ---- starting interpreters ---- */
+
+/* What starts an interpreter of that kind: the bootstrap's argv, and the program it reads
+ * from stdin in parts (one Python program: mux.py's names are the others'). */
+struct kernel_program {
+	const char *argv[6];
+	struct { const char *text; size_t len; } parts[4];
+	size_t nparts;
+	char n1[24], n2[24];
+};
+
+static void kernel_program(enum kernel kernel, struct kernel_program *k)
+{
+	size_t program_len = 0;
+	k->nparts = 0;
+	k->parts[k->nparts].text = sbx_interp_mux_py;
+	k->parts[k->nparts++].len = sbx_interp_mux_py_len;
+	if (kernel == KERNEL_PYTHON) {
+		k->parts[k->nparts].text = sbx_interp_charts_py;
+		k->parts[k->nparts++].len = sbx_interp_charts_py_len;
+		k->parts[k->nparts].text = sbx_interp_kernel_python_py;
+		k->parts[k->nparts++].len = sbx_interp_kernel_python_py_len;
+	} else {
+		k->parts[k->nparts].text = sbx_interp_host_node_py;
+		k->parts[k->nparts++].len = sbx_interp_host_node_py_len;
+	}
+	for (size_t i = 0; i < k->nparts; i++)
+		program_len += k->parts[i].len;
+	snprintf(k->n1, sizeof k->n1, "%zu", program_len);
+	snprintf(k->n2, sizeof k->n2, "%zu", sbx_interp_kernel_node_js_len);
+	if (kernel == KERNEL_NODE) { /* the node kernel follows, as the second length says */
+		k->parts[k->nparts].text = sbx_interp_kernel_node_js;
+		k->parts[k->nparts++].len = sbx_interp_kernel_node_js_len;
+	}
+	const char *argv[] = { PYTHON, "-c", bootstrap, k->n1,
+			       kernel == KERNEL_NODE ? k->n2 : NULL, NULL };
+	memcpy(k->argv, argv, sizeof argv);
+}
+
+/* Hands the started interpreter to a supervisor thread of its own; 0 or a negative errno
+ * (the interpreter is then ended). */
+static int start_supervisor(struct ctx *c)
+{
+	pthread_t t;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_mutex_lock(&lock);
+	supervisors++;
+	pthread_mutex_unlock(&lock);
+	int err = pthread_create(&t, &a, supervise, c);
+	pthread_attr_destroy(&a);
+	if (err) {
+		pthread_mutex_lock(&lock);
+		supervisors--;
+		pthread_mutex_unlock(&lock);
+		child_signal(&c->child, SIGKILL);
+		child_finish(&c->child);
+	}
+	return -err;
+}
 
 /* A new interpreter of that kind, with one reference for the caller. */
 static struct ctx *ctx_spawn(enum kernel kernel, int *errp)
@@ -641,73 +683,29 @@ static struct ctx *ctx_spawn(enum kernel kernel, int *errp)
 	}
 	c->kernel = kernel;
 	c->refs = 2;    /* the caller's and the supervisor's */
-	c->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	child_init(&c->child);
+	imsg_reader_init(&c->msgs, MESSAGE_MAX);
 	pthread_mutex_init(&c->write_lock, NULL);
 	mono_cond_init(&c->cond);
 	pthread_once(&gone_once, init_gone_cond);
 
-	/* The program sbxd sends, in parts: one Python program, mux.py's names are the others'. */
-	struct part { const char *text; size_t len; } parts[3];
-	size_t nparts = 0, program_len = 0;
-	parts[nparts++] = (struct part){ sbx_interp_mux_py, sbx_interp_mux_py_len };
-	if (kernel == KERNEL_PYTHON) {
-		parts[nparts++] = (struct part){ sbx_interp_charts_py, sbx_interp_charts_py_len };
-		parts[nparts++] = (struct part){ sbx_interp_kernel_python_py,
-						 sbx_interp_kernel_python_py_len };
-	} else {
-		parts[nparts++] = (struct part){ sbx_interp_host_node_py,
-						 sbx_interp_host_node_py_len };
-	}
-	for (size_t i = 0; i < nparts; i++)
-		program_len += parts[i].len;
-	char n1[24], n2[24];
-	snprintf(n1, sizeof n1, "%zu", program_len);
-	snprintf(n2, sizeof n2, "%zu", sbx_interp_kernel_node_js_len);
-	const char *argv[] = { PYTHON, "-c", bootstrap, n1,
-			       kernel == KERNEL_NODE ? n2 : NULL, NULL };
-	struct run_spec spec = { .argv = argv };
-	int err = c->wake_fd < 0 ? -errno : runner_spawn(&spec, &c->proc);
+	struct kernel_program k;
+	kernel_program(kernel, &k);
+	struct run_spec spec = { .argv = k.argv };
+	int err = child_start(&c->child, &spec, &ctx_policy, &ctx_ops, c);
+	if (!err)
+		err = start_supervisor(c);
 	if (err) {
-		if (c->wake_fd >= 0)
-			close(c->wake_fd);
-		c->proc = (struct run_proc){ .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
-					     .pidfd = -1 };
-		c->wake_fd = -1;
-		c->refs = 1;
+		imsg_reader_free(&c->msgs);
 		pthread_mutex_lock(&lock);
+		c->refs = 1;
 		ctx_unref(c);
 		pthread_mutex_unlock(&lock);
 		*errp = err;
 		return NULL;
 	}
-	pthread_t t;
-	pthread_attr_t a;
-	pthread_attr_init(&a);
-	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-	pthread_mutex_lock(&lock);
-	supervisors++;
-	pthread_mutex_unlock(&lock);
-	err = pthread_create(&t, &a, supervise, c);
-	pthread_attr_destroy(&a);
-	if (err) {
-		pthread_mutex_lock(&lock);
-		supervisors--;
-		runner_kill(&c->proc, SIGKILL);
-		pthread_mutex_unlock(&lock);
-		int status;
-		runner_wait(&c->proc, &status, -1);
-		pthread_mutex_lock(&lock);
-		c->refs = 1;
-		ctx_unref(c);
-		pthread_mutex_unlock(&lock);
-		*errp = -err;
-		return NULL;
-	}
-	int werr = 0;
-	for (size_t i = 0; i < nparts && !werr; i++)
-		werr = ctx_write(c, parts[i].text, parts[i].len);
-	if (!werr && kernel == KERNEL_NODE)
-		ctx_write(c, sbx_interp_kernel_node_js, sbx_interp_kernel_node_js_len);
+	for (size_t i = 0; i < k.nparts && !ctx_write(c, k.parts[i].text, k.parts[i].len); i++)
+		;
 	return c;
 }
 
