@@ -14,34 +14,13 @@
 #include "common/errnames.h"
 #include "common/fdio.h"
 #include "common/jsonutil.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/workspace.h"
 
 #define READ_MAX (32u << 20)
 #define STREAM_CHUNK 65535
 #define LIST_DEPTH_MAX 1024
-
-/* ---- helpers shared with fsx.c and watch.c (declared in workspace.h) ---- */
-
-void reply_ws_errno(struct req *r, int err, const char *api_path)
-{
-	if (err < 0)
-		err = -err;
-	reply_errno(r, err, api_path, "%s: %s", ws_strerror(err), api_path ? api_path : "");
-}
-
-const char *req_str_field(struct req *r, const char *key)
-{
-	const char *v = json_str(req_json(r), key);
-	if (!v || !*v) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "field", key);
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
-			    "'%s' must be a non-empty string", key);
-		return NULL;
-	}
-	return v;
-}
 
 /* ---- content type and text detection ---- */
 
@@ -213,18 +192,6 @@ static const char *content_type(const char *path, int fd, bool *text)
 	return *text ? "text/plain" : "application/octet-stream";
 }
 
-/* Normalises path into rel and its canonical API form; answers the error itself. */
-static bool normalize(struct req *r, const char *path, char *rel, char *abs)
-{
-	int err = ws_normalize(path, rel, WS_PATH_MAX + 1);
-	if (err) {
-		reply_ws_errno(r, err, path);
-		return false;
-	}
-	ws_api_path(rel, abs, WS_PATH_MAX + 16);
-	return true;
-}
-
 /* Stats abs as the container's `test -e` sees it: following symlinks, so a dangling link does
  * not exist, yet a link leading out of the workspace exists, as itself, unfollowed. */
 static int stat_existing(const char *abs, struct stat *st)
@@ -278,8 +245,8 @@ static void reply_read_error(struct req *r, int err, const char *why, const char
 void route_read(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	const char *enc = json_str(req_json(r), "encoding");
 	struct stat st;
@@ -479,8 +446,8 @@ void route_read_stream(struct req *r)
 void route_write(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	const cJSON *content = cJSON_GetObjectItemCaseSensitive(req_json(r), "content");
 	if (!cJSON_IsString(content)) {
@@ -566,8 +533,8 @@ void route_write(struct req *r)
 void route_delete(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	/* The container tests existence following symlinks: a dangling link is "not found", a
 	 * link to a directory counts as a directory. The entry itself is what gets removed. */
@@ -612,11 +579,9 @@ static void rename_mv(struct req *r, const char *from_key, const char *to_key, c
 {
 	char frel[WS_PATH_MAX + 1], fabs[WS_PATH_MAX + 16];
 	char trel[WS_PATH_MAX + 1], tabs[WS_PATH_MAX + 16];
-	const char *from = req_str_field(r, from_key);
-	if (!from)
-		return;
-	const char *to = req_str_field(r, to_key);
-	if (!to || !normalize(r, from, frel, fabs) || !normalize(r, to, trel, tabs))
+	/* both must be there before either is looked at */
+	if (!req_str_field(r, from_key) || !req_str_field(r, to_key) ||
+	    !req_ws_path(r, from_key, frel, fabs) || !req_ws_path(r, to_key, trel, tabs))
 		return;
 	struct stat st;
 	int err = ws_stat(fabs, &st, false);
@@ -693,8 +658,8 @@ static void reply_mkdir_failed(struct req *r, int err, const char *abs, bool rec
 void route_mkdir(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	bool recursive = json_bool(req_json(r), "recursive", false);
 	int err;
@@ -820,8 +785,8 @@ static int list_dir(struct list_opts *o, int fd, const char *prefix, int depth)
 void route_list_files(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	const cJSON *opts = cJSON_GetObjectItemCaseSensitive(req_json(r), "options");
 	int fd = ws_open_rel(rel, O_RDONLY | O_DIRECTORY, 0);
@@ -874,8 +839,8 @@ void route_list_files(struct req *r)
 void route_exists(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	struct stat st;
 	int err = stat_existing(abs, &st);

@@ -14,6 +14,7 @@
 #include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "server/handles.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/workspace.h"
 

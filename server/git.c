@@ -7,6 +7,7 @@
  * GIT_NETWORK_ERROR. Failures come back as the container's GIT_OPERATION_FAILED with git's stderr, credentials
  * in URLs replaced by "***", and an errno guessed from git's words so that a filesystem
  * client can say EEXIST or ENOENT rather than EIO. */
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/child.h"
 #include "server/envstore.h"

@@ -34,6 +34,7 @@
 #include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/server.h"
 #include "server/workspace.h"
