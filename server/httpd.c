@@ -68,6 +68,7 @@
 
 struct req {
 	struct MHD_Connection *conn;
+	struct sbxd *sbxd;
 	const char *method;
 	const char *path;
 	const struct route *route;
@@ -85,6 +86,7 @@ struct req {
 
 struct httpd {
 	struct MHD_Daemon *mhd;
+	struct sbxd *sbxd;
 };
 
 static atomic_bool stopping;
@@ -94,6 +96,7 @@ const char *req_path(const struct req *r) { return r->path; }
 const char *req_path_arg(const struct req *r) { return r->path_arg[0] ? r->path_arg : NULL; }
 cJSON *req_json(const struct req *r) { return r->json; }
 const char *req_client(const struct req *r) { return r->client; }
+struct sbxd *req_sbxd(const struct req *r) { return r->sbxd; }
 
 int req_client_fd(const struct req *r)
 {
@@ -435,13 +438,13 @@ static bool route_matches(const char *pattern, const char *path, char *arg, size
 
 /* Exact routes win over "{id}" routes ("/api/process/list" is not process "list"). A wrong
  * method on a known path is "not found" too, as in the container. */
-static const struct route *find_route(const char *method, const char *path, char *arg,
-				      size_t argsize)
+static const struct route *find_route(const struct sbxd_config *cfg, const char *method,
+				      const char *path, char *arg, size_t argsize)
 {
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t i = 0; i < n_routes; i++) {
 			const struct route *rt = &routes[i];
-			if (rt->flags & ROUTE_EXTENSION && sbxd_cfg && sbxd_cfg->no_extensions)
+			if (rt->flags & ROUTE_EXTENSION && cfg->no_extensions)
 				continue;
 			if ((strstr(rt->path, "{id}") != NULL) != (pass == 1))
 				continue;
@@ -456,9 +459,8 @@ static const struct route *find_route(const char *method, const char *path, char
 }
 
 /* Constant time in the token's content (only the lengths may leak). */
-static bool token_ok(const char *given)
+static bool token_ok(const char *want, const char *given)
 {
-	const char *want = sbxd_cfg ? sbxd_cfg->token : NULL;
 	if (!want || !given)
 		return false;
 	size_t gl = strlen(given), wl = strlen(want);
@@ -476,7 +478,7 @@ static bool authorized(struct req *r)
 	h += 7;
 	while (*h == ' ')
 		h++;
-	return token_ok(h);
+	return token_ok(r->sbxd->cfg->token, h);
 }
 
 static void reply_not_found(struct req *r)
@@ -538,7 +540,7 @@ static int client_gone(void *arg)
 static bool answered_by_key(struct req *r)
 {
 	const char *key = req_header(r, "Idempotency-Key");
-	if (!key || (sbxd_cfg && sbxd_cfg->no_extensions) || strcmp(r->method, "GET") == 0)
+	if (!key || r->sbxd->cfg->no_extensions || strcmp(r->method, "GET") == 0)
 		return false;
 	if (!idem_key_valid(key)) {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
@@ -614,7 +616,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 				  void **con_cls)
 {
 	struct req *r = *con_cls;
-	(void)cls;
+	struct httpd *h = cls;
 	(void)version;
 	/* Preview URLs (Host <port>-<id>-<token>.*) are proxied, ahead of routes and token; an
 	 * upstream may take its time (on_completed puts the timeout back). */
@@ -629,10 +631,11 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 			return MHD_NO;
 		r->start = mono_ms();
 		r->conn = conn;
+		r->sbxd = h->sbxd;
 		r->method = method;
 		r->path = url;
 		*con_cls = r;
-		r->route = find_route(method, url, r->path_arg, sizeof r->path_arg);
+		r->route = find_route(h->sbxd->cfg, method, url, r->path_arg, sizeof r->path_arg);
 		/* The token is checked before "not found": without it nothing about the server
 		 * shows (and a client probing an absent extension learns its token is wrong). */
 		bool authed = authorized(r);
@@ -644,7 +647,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)))
 			trust(conn);
 		const char *client = req_header(r, "Sbx-Client");
-		if (authed && client && !(sbxd_cfg && sbxd_cfg->no_extensions) &&
+		if (authed && client && !r->sbxd->cfg->no_extensions &&
 		    leases_renew(client))
 			r->client = client;
 		if (!r->route) {
@@ -771,8 +774,9 @@ static bool is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-struct httpd *httpd_start(const struct sbxd_config *cfg)
+struct httpd *httpd_start(struct sbxd *sbxd)
 {
+	const struct sbxd_config *cfg = sbxd->cfg;
 	char host[256], port[16];
 	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:7070";
 	if (split_listen(listen, host, sizeof host, port, sizeof port)) {
@@ -798,6 +802,7 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 		freeaddrinfo(ai);
 		return NULL;
 	}
+	h->sbxd = sbxd;
 	atomic_store(&stopping, false);
 	/* sbxd raised its open-file limit to the hard one before (server.c) */
 	unsigned connections = CONNECTIONS_MAX;
@@ -805,7 +810,7 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur / 4 < connections)
 		connections = nofile.rlim_cur / 4 > 64 ? (unsigned)(nofile.rlim_cur / 4) : 64;
 	untrusted_max = connections / 4;
-	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, NULL,
+	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, h,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,

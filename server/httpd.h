@@ -27,6 +27,8 @@ cJSON *req_json(const struct req *r);
 /* The client (its "Sbx-Client" header) whose lease this request renewed, or NULL: what the
  * request opens for it lives by that lease (server/leases.h). */
 const char *req_client(const struct req *r);
+/* The sbxd whose HTTP server took the request: its engines. */
+struct sbxd *req_sbxd(const struct req *r);
 /* The client's socket, for a handler that runs long: poll it for POLLRDHUP to notice the
  * client hanging up (never read or write it). -1 if unknown. */
 int req_client_fd(const struct req *r);
@@ -75,10 +77,11 @@ struct route {
 extern const struct route routes[];
 extern const size_t n_routes;
 
-/* Starts serving (MHD daemon) on cfg->listen; returns NULL and logs on failure. */
-struct sbxd_config;
+/* Starts serving (MHD daemon) on sbxd->cfg->listen for sbxd; returns NULL and logs on
+ * failure. */
+struct sbxd;
 struct httpd;
-struct httpd *httpd_start(const struct sbxd_config *cfg);
+struct httpd *httpd_start(struct sbxd *sbxd);
 /* The port actually bound (useful with port 0). */
 int httpd_port(const struct httpd *h);
 void httpd_stop(struct httpd *h);

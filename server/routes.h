@@ -50,7 +50,7 @@ void route_session_delete(struct req *r);
 void route_execute(struct req *r);
 void route_execute_stream(struct req *r);
 
-/* processes.c (POST /api/execute with "background":true starts a process too: routes.c) */
+/* processes_routes.c (POST /api/execute with "background":true starts one too: routes.c) */
 void route_process_start(struct req *r);
 void route_process_list(struct req *r);
 void route_process_get(struct req *r);

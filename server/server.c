@@ -89,8 +89,10 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	runner_init(ws_host_dir(), cfg->state_dir);
 	watch_init();
 	leases_start(cfg->lease_seconds * 1000);
-	struct httpd *h = httpd_start(cfg);
+	struct sbxd sbxd = { .cfg = cfg, .procs = procs_new() };
+	struct httpd *h = httpd_start(&sbxd);
 	if (!h) {
+		procs_free(sbxd.procs);
 		leases_stop();
 		watch_shutdown();
 		ws_shutdown();
@@ -111,7 +113,7 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	log_debug("http server stopped");
 	contexts_shutdown();
 	log_debug("interpreters stopped");
-	processes_shutdown();
+	procs_free(sbxd.procs);
 	log_debug("background processes stopped");
 	watch_shutdown();
 	log_debug("watcher stopped");

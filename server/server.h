@@ -19,6 +19,13 @@ struct sbxd_config {
 /* The configuration in force, for the route handlers (set by sbxd_serve). */
 extern const struct sbxd_config *sbxd_cfg;
 
+/* The engines of one sbxd whose state is theirs rather than a file's: made by sbxd_serve() in
+ * dependency order, freed in reverse, and handed to every request (req_sbxd()). */
+struct sbxd {
+	const struct sbxd_config *cfg;
+	struct procs *procs;    /* background processes (processes.h) */
+};
+
 /* Serves until SIGINT or SIGTERM; returns the process exit status. */
 int sbxd_serve(const struct sbxd_config *cfg);
 #endif

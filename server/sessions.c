@@ -840,7 +840,7 @@ void route_session_delete(struct req *r)
 	pthread_mutex_lock(&s->run);
 	remove_files(s);
 	pthread_mutex_unlock(&s->run);
-	processes_stop_session(s->serial);
+	procs_stop_session(req_sbxd(r)->procs, s->serial);
 	contexts_stop_session(s->serial);
 	cJSON *res = cJSON_CreateObject();
 	cJSON_AddStringToObject(res, "sessionId", id);

@@ -16,6 +16,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include "server/httpd.h"
+#include "server/processes.h"
 #include "server/server.h"
 #include "server/watch.h"
 #include "server/workspace.h"
@@ -39,6 +40,7 @@ static const struct {
 #define N_TARGETS (sizeof targets / sizeof targets[0])
 
 static struct sbxd_config cfg;
+static struct sbxd sbxd;
 static struct httpd *server; /* lives as long as the fuzzer */
 static int port;
 
@@ -63,7 +65,8 @@ static void start(void)
 	snprintf(p, sizeof p, "%s/out", ws);
 	symlink("/", p);
 	watch_init();
-	server = httpd_start(&cfg);
+	sbxd = (struct sbxd){ .cfg = &cfg, .procs = procs_new() };
+	server = httpd_start(&sbxd);
 	if (!server)
 		abort();
 	port = httpd_port(server);
