@@ -44,11 +44,11 @@
 #include "server/contexts.h"
 #include "server/child.h"
 #include "server/envstore.h"
-#include "server/exec.h"
 #include "server/imsg.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
+#include "server/sessions_routes.h"
 #include "common/clock.h"
 #include "common/errnames.h"
 #include "common/fdio.h"
@@ -955,7 +955,7 @@ void route_context_create(struct req *r)
 	char **session_env = NULL, *session_cwd = NULL;
 	unsigned long serial = 0;
 	if (in_session) {
-		int err = exec_session_snapshot(session_id, req_client_fd(r), &session_env,
+		int err = session_snapshot(session_id, req_client_fd(r), &session_env,
 						&session_cwd, &serial);
 		if (err == -ECONNABORTED) {
 			reply_error(r, 499, "CLIENT_CLOSED_REQUEST", ECANCELED, NULL,

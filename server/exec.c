@@ -16,11 +16,11 @@
  *
  * Output text is UTF-8 with invalid sequences and NUL bytes replaced by U+FFFD (cJSON strings
  * cannot hold NUL); "encoding":"base64" gives the bytes exactly. */
-#include "server/exec.h"
 #include "server/child.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
+#include "server/sessions_routes.h"
 #include "server/envstore.h"
 #include "server/utf8.h"
 #include "common/base64.h"
@@ -493,81 +493,4 @@ void route_execute_stream(struct req *r)
 	}
 	reply_sse(r, (struct sse_source){ .next = stream_next, .release = stream_release,
 					  .ctx = st });
-}
-
-/* ---- a session's environment, for code contexts ---- */
-
-#define SNAPSHOT_TIMEOUT_MS 10000
-#define SNAPSHOT_MAX ((size_t)4 << 20)
-
-static bool snapshot_collect(void *ctx, enum child_stream which, const char *buf, size_t n)
-{
-	if (which == CHILD_OUT)
-		strbuf_append(ctx, buf, n);
-	return true;
-}
-
-static const struct child_ops snapshot_ops = { .output = snapshot_collect };
-
-/* Names a shell sets for itself, which are no part of what the session holds. */
-static bool shell_own(const char *kv)
-{
-	return strncmp(kv, "_=", 2) == 0 || strncmp(kv, "SHLVL=", 6) == 0 ||
-	       strncmp(kv, "OLDPWD=", 7) == 0;
-}
-
-int exec_session_snapshot(const char *id, int client_fd, char ***env, char **cwd,
-			  unsigned long *serial)
-{
-	/* `command env`: not a function or alias of the session called env */
-	static const char probe[] = "builtin printf '%s\\0' \"$PWD\"; command env -0";
-	struct session *s;
-	struct session_launch l = { 0 };
-	struct child c;
-	struct child_policy policy = command_policy;
-	struct strbuf out = STRBUF_INIT;
-	*env = NULL;
-	*cwd = NULL;
-	int err = session_acquire(id, NULL, -1, client_fd, &s);
-	if (err)
-		return err;
-	*serial = session_serial(s);
-	char **overlay = envstore_overlay(NULL);
-	session_launch(s, probe, NULL, overlay, false, &l);
-	envstore_free(overlay);
-	policy.timeout_ms = SNAPSHOT_TIMEOUT_MS;
-	policy.output_max = SNAPSHOT_MAX;
-	err = command_start(&c, &l, probe, &policy, &snapshot_ops, &out, client_fd);
-	if (!err) {
-		child_run(&c);
-		child_finish(&c);
-		if (c.client_gone)
-			err = -ECONNABORTED;
-		else if (c.timed_out || !WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0)
-			err = -EIO;
-		else if (c.truncated[CHILD_OUT])
-			err = -E2BIG;
-	}
-	child_free(&c);
-	session_release(s);
-	session_launch_free(&l);
-	/* "<cwd>\0K=V\0K=V\0..." */
-	size_t n = 0;
-	for (size_t i = 0; !err && i < out.len; i++)
-		n += out.data[i] == '\0';
-	if (!err && (!n || out.data[out.len - 1] != '\0'))
-		err = -EPROTO;
-	if (!err) {
-		char **v = calloc(n + 1, sizeof *v);
-		if (!v || !(*cwd = strdup(out.data)))
-			abort();
-		size_t k = 0;
-		for (const char *p = out.data + strlen(out.data) + 1; p < out.data + out.len;
-		     p += strlen(p) + 1)
-			if (strchr(p, '=') && !shell_own(p) && !(v[k++] = strdup(p)))
-				abort();
-		*env = v;
-	}
-	strbuf_free(&out);
-	return err;
 }

@@ -15,6 +15,7 @@
 #include "server/routes.h"
 #include "server/server.h"
 #include "server/sessions.h"
+#include "server/sessions_routes.h"
 #include "server/utf8.h"
 
 #define EVENT_BYTES 65536           /* output per stream event */
