@@ -43,7 +43,7 @@ void route_x_close(struct req *r);
 void route_watch(struct req *r);
 void route_watch_check(struct req *r);
 
-/* exec.c + sessions.c */
+/* exec.c, sessions_routes.c */
 void route_session_create(struct req *r);
 void route_session_list(struct req *r);
 void route_session_delete(struct req *r);
@@ -75,7 +75,7 @@ void route_x_ports_expose(struct req *r);
 void route_x_ports_list(struct req *r);
 void route_x_ports_unexpose(struct req *r);
 
-/* contexts.c */
+/* contexts_routes.c */
 void route_context_create(struct req *r);
 void route_context_list(struct req *r);
 void route_context_delete(struct req *r);
