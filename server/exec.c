@@ -17,6 +17,7 @@
  * Output text is UTF-8 with invalid sequences and NUL bytes replaced by U+FFFD (cJSON strings
  * cannot hold NUL); "encoding":"base64" gives the bytes exactly. */
 #include "server/child.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
@@ -78,6 +79,7 @@ static int command_start(struct child *c, const struct session_launch *l, const 
 struct exec_req {
 	const char *command;
 	const char *cwd;
+	double timeout;
 	char **env;
 	const char *session_id;  /* resolved; SESSION_NONE for sessionless */
 	bool session_given;
@@ -85,50 +87,40 @@ struct exec_req {
 	int timeout_ms;          /* 0: none (yet: the session's default applies later) */
 };
 
-/* Parses and validates; false after answering the request. */
+#define EXEC_FIELDS(command_row) { \
+	command_row, \
+	FIELD("cwd", FIELD_STRING, struct exec_req, cwd, .flags = FIELD_EMPTY_ABSENT, \
+	      .wrong = "cwd must be a string"), \
+	FIELD("timeoutMs", FIELD_NUMBER, struct exec_req, timeout, .min = 0, .max = INT_MAX, \
+	      .wrong = "timeoutMs must be a number of milliseconds"), \
+}
+
+static const struct field execute_fields[] = EXEC_FIELDS(
+	FIELD("command", FIELD_STRING, struct exec_req, command, .flags = FIELD_REQUIRED,
+	      .wrong = "command must be a string"));
+
+/* a stream refuses a blank command first, as the container does */
+static const struct field stream_fields[] = EXEC_FIELDS(
+	FIELD("command", FIELD_STRING, struct exec_req, command,
+	      .flags = FIELD_REQUIRED | FIELD_NOT_BLANK, .code = "INVALID_COMMAND",
+	      .wrong = "Invalid command: empty command provided",
+	      .missing = "Invalid command: empty command provided"));
+
+/* Decodes and checks; false after answering the request. */
 static bool parse_exec_req(struct req *r, struct exec_req *x, bool stream)
 {
-	cJSON *body = req_json(r);
-	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(body, "command");
-	const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(body, "cwd");
-	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
 	*x = (struct exec_req){ 0 };
-
-	if (stream && (!cJSON_IsString(cmd) || !*cmd->valuestring ||
-		       strspn(cmd->valuestring, " \t\r\n\v\f") == strlen(cmd->valuestring))) {
-		reply_error(r, 400, "INVALID_COMMAND", EINVAL, NULL,
-			    "Invalid command: empty command provided");
+	if (!(stream ? req_decode(r, stream_fields, FIELDS_N(stream_fields), x)
+		     : req_decode(r, execute_fields, FIELDS_N(execute_fields), x)))
 		return false;
-	}
-	if (!cmd || cJSON_IsNull(cmd)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "command is required");
-		return false;
-	}
-	if (!cJSON_IsString(cmd)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "command must be a string");
-		return false;
-	}
-	x->command = cmd->valuestring;
-	if (cwd && !cJSON_IsNull(cwd) && !cJSON_IsString(cwd)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "cwd must be a string");
-		return false;
-	}
-	if (cJSON_IsString(cwd) && *cwd->valuestring)
-		x->cwd = cwd->valuestring;
-	if (tmo && !cJSON_IsNull(tmo)) {
-		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 0 || tmo->valuedouble > INT_MAX) {
-			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				    "timeoutMs must be a number of milliseconds");
-			return false;
-		}
-		x->timeout_ms = (int)tmo->valuedouble;
-	}
-	const char *enc = json_str(body, "encoding");
+	const char *enc = json_str(req_json(r), "encoding");
 	x->base64 = enc && strcmp(enc, "base64") == 0;
+	x->timeout_ms = (int)x->timeout;
 	x->session_id = session_id_of_request(r, &x->session_given);
 	if (!x->session_id)
 		return false;
-	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
+	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(req_json(r),
+										   "env"));
 	if (!req_env)
 		return false;
 	/* the store's variables travel with the request's (which win): the session wrapper

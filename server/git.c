@@ -150,128 +150,153 @@ static void trim(struct strbuf *sb)
 		sb->data[--sb->len] = '\0';
 }
 
-void route_git_checkout(struct req *r)
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+struct clone_req {
+	const char *url, *branch, *target;
+	int64_t depth, timeout_ms;
+};
+
+static bool url_usable(const cJSON *v)
 {
-	cJSON *body = req_json(r);
-	const cJSON *url = cJSON_GetObjectItemCaseSensitive(body, "repoUrl");
-	const cJSON *branch = cJSON_GetObjectItemCaseSensitive(body, "branch");
-	const cJSON *target = cJSON_GetObjectItemCaseSensitive(body, "targetDir");
-	const cJSON *depth = cJSON_GetObjectItemCaseSensitive(body, "depth");
-	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
-	char dir[WS_PATH_MAX + 64], rel[WS_PATH_MAX + 1], depth_arg[32];
-	int timeout_ms = DEFAULT_TIMEOUT_MS;
+	return v->valuestring[0] != '-';
+}
 
-	if (!cJSON_IsString(url) || !*url->valuestring)
-		return reply_error(r, 400, "INVALID_GIT_URL", EINVAL, NULL,
-				   "Invalid Git URL: repoUrl is required");
-	if (strlen(url->valuestring) > URL_MAX || url->valuestring[0] == '-')
-		return reply_error(r, 400, "INVALID_GIT_URL", EINVAL, NULL,
-				   "Invalid Git URL: it must be at most %d characters and not "
-				   "start with '-'", URL_MAX);
-	if (branch && !cJSON_IsNull(branch) && !cJSON_IsString(branch))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "branch must be a string");
-	if (target && !cJSON_IsNull(target) && !cJSON_IsString(target))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "targetDir must be a string");
-	if (depth && !cJSON_IsNull(depth) &&
-	    (!cJSON_IsNumber(depth) || depth->valuedouble < 1 || depth->valuedouble > INT_MAX ||
-	     depth->valuedouble != (double)(int)depth->valuedouble))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "depth must be a positive integer");
-	if (tmo && !cJSON_IsNull(tmo)) {
-		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 1 || tmo->valuedouble > INT_MAX ||
-		    tmo->valuedouble != (double)(int)tmo->valuedouble)
-			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-					   "Invalid clone timeout '%g'. It must be a positive "
-					   "integer of milliseconds.",
-					   cJSON_IsNumber(tmo) ? tmo->valuedouble : 0.0);
-		timeout_ms = (int)tmo->valuedouble;
-	}
-	const char *want_branch = cJSON_IsString(branch) && *branch->valuestring
-				  ? branch->valuestring : NULL;
-	if (cJSON_IsString(target) && *target->valuestring)
-		snprintf(dir, sizeof dir, "%s", target->valuestring);
+static const struct field clone_fields[] = {
+	FIELD("repoUrl", FIELD_STRING, struct clone_req, url,
+	      .flags = FIELD_REQUIRED | FIELD_NOT_EMPTY, .max = URL_MAX, .valid = url_usable,
+	      .code = "INVALID_GIT_URL", .missing = "Invalid Git URL: repoUrl is required",
+	      .wrong = "Invalid Git URL: it must be at most " STR(URL_MAX) " characters and not "
+		       "start with '-'"),
+	FIELD("branch", FIELD_STRING, struct clone_req, branch, .flags = FIELD_EMPTY_ABSENT,
+	      .wrong = "branch must be a string"),
+	FIELD("targetDir", FIELD_STRING, struct clone_req, target, .flags = FIELD_EMPTY_ABSENT,
+	      .wrong = "targetDir must be a string"),
+	FIELD("depth", FIELD_INT, struct clone_req, depth, .min = 1, .max = INT_MAX,
+	      .wrong = "depth must be a positive integer"),
+	FIELD("timeoutMs", FIELD_INT, struct clone_req, timeout_ms, .min = 1, .max = INT_MAX,
+	      .wrong = "Invalid clone timeout '%s'. It must be a positive integer of "
+		       "milliseconds."),
+};
+
+/* The directory to clone into, as the API names it ("/workspace/..."); false after
+ * answering. */
+static bool clone_target(struct req *r, const struct clone_req *x, char *dir, size_t size)
+{
+	char rel[WS_PATH_MAX + 1];
+	if (x->target)
+		snprintf(dir, size, "%s", x->target);
 	else
-		default_target(url->valuestring, dir, sizeof dir);
+		default_target(x->url, dir, size);
 	int err = ws_normalize(dir, rel, sizeof rel);
-	if (err)
-		return reply_ws_errno(r, err, dir);
-	ws_api_path(rel, dir, sizeof dir);
+	if (err) {
+		reply_ws_errno(r, err, dir);
+		return false;
+	}
+	ws_api_path(rel, dir, size);
+	return true;
+}
 
-	const char *argv[16];
+/* git clone's arguments (into argv, at least 16 long; depth_arg holds --depth=N). */
+static void clone_argv(const struct clone_req *x, const char *dir, const char **argv,
+		       char depth_arg[32])
+{
 	size_t n = 0;
 	argv[n++] = "git";
-	argv[n++] = "-c"; argv[n++] = "http.lowSpeedLimit=1024";
-	argv[n++] = "-c"; argv[n++] = "http.lowSpeedTime=30";
+	argv[n++] = "-c";
+	argv[n++] = "http.lowSpeedLimit=1024";
+	argv[n++] = "-c";
+	argv[n++] = "http.lowSpeedTime=30";
 	argv[n++] = "clone";
 	argv[n++] = "--filter=blob:none";
-	if (want_branch) {
+	if (x->branch) {
 		argv[n++] = "--branch";
-		argv[n++] = want_branch;
+		argv[n++] = x->branch;
 	}
-	if (cJSON_IsNumber(depth)) {
-		snprintf(depth_arg, sizeof depth_arg, "--depth=%d", (int)depth->valuedouble);
+	if (x->depth) {
+		snprintf(depth_arg, 32, "--depth=%d", (int)x->depth);
 		argv[n++] = depth_arg;
 	}
 	argv[n++] = "--";
-	argv[n++] = url->valuestring;
+	argv[n++] = x->url;
 	argv[n++] = dir;
 	argv[n] = NULL;
+}
 
-	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
-	err = run_git(argv, NULL, timeout_ms, req_client_fd(r), &g);
-	if (err) {
-		git_run_free(&g);
-		if (err == -ENOTSUP && runner_unavailable())
-			return reply_error(r, 500, "GIT_OPERATION_FAILED", ENOTSUP, NULL,
-					   "cannot run git: %s", runner_unavailable());
-		return reply_error(r, 500, "GIT_OPERATION_FAILED", -err, NULL,
-				   "cannot run git: %s", strerror(-err));
-	}
-	char *safe_url = redact(url->valuestring);
-	if (g.client_gone) {
+static void reply_git_unstarted(struct req *r, int err)
+{
+	if (err == -ENOTSUP && runner_unavailable())
+		reply_error(r, 500, "GIT_OPERATION_FAILED", ENOTSUP, NULL, "cannot run git: %s",
+			    runner_unavailable());
+	else
+		reply_error(r, 500, "GIT_OPERATION_FAILED", -err, NULL, "cannot run git: %s",
+			    strerror(-err));
+}
+
+/* The clone did not complete: the client left, the deadline passed or git failed. */
+static void reply_clone_failed(struct req *r, const struct clone_req *x, struct git_run *g,
+			       const char *safe_url, const char *dir)
+{
+	if (g->client_gone) {
 		log_info("git checkout %s: the client hung up; git was stopped", safe_url);
-		reply_error(r, 499, "GIT_OPERATION_FAILED", ECANCELED, NULL,
-			    "the client hung up; the clone of '%s' was stopped", safe_url);
-		free(safe_url);
-		git_run_free(&g);
-		return;
+		return reply_error(r, 499, "GIT_OPERATION_FAILED", ECANCELED, NULL,
+				   "the client hung up; the clone of '%s' was stopped", safe_url);
 	}
-	if (g.timed_out || g.exit_code != 0) {
-		trim(&g.err);
-		char *safe_err = redact(g.err.len ? g.err.data : "");
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "repository", safe_url);
-		cJSON_AddStringToObject(ctx, "targetDir", dir);
-		cJSON_AddNumberToObject(ctx, "exitCode", g.timed_out ? 124 : g.exit_code);
-		cJSON_AddStringToObject(ctx, "stderr", safe_err);
-		if (g.timed_out)
-			reply_error(r, 502, "GIT_NETWORK_ERROR", ETIMEDOUT, ctx,
-				    "Failed to clone repository '%s': timed out after %dms",
-				    safe_url, timeout_ms);
-		else
-			reply_error(r, 500, "GIT_OPERATION_FAILED", errno_of_git(safe_err), ctx,
-				    "Failed to clone repository '%s': %s", safe_url,
-				    *safe_err ? safe_err : "git failed");
-		free(safe_err);
-		free(safe_url);
-		git_run_free(&g);
-		return;
-	}
-	git_run_free(&g);
+	trim(&g->err);
+	char *safe_err = redact(g->err.len ? g->err.data : "");
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "repository", safe_url);
+	cJSON_AddStringToObject(ctx, "targetDir", dir);
+	cJSON_AddNumberToObject(ctx, "exitCode", g->timed_out ? 124 : g->exit_code);
+	cJSON_AddStringToObject(ctx, "stderr", safe_err);
+	if (g->timed_out)
+		reply_error(r, 502, "GIT_NETWORK_ERROR", ETIMEDOUT, ctx,
+			    "Failed to clone repository '%s': timed out after %dms", safe_url,
+			    (int)x->timeout_ms);
+	else
+		reply_error(r, 500, "GIT_OPERATION_FAILED", errno_of_git(safe_err), ctx,
+			    "Failed to clone repository '%s': %s", safe_url,
+			    *safe_err ? safe_err : "git failed");
+	free(safe_err);
+}
 
-	/* the branch actually checked out (the remote's HEAD when none was asked for) */
+/* The clone is in dir: answers with the branch actually checked out (the remote's HEAD when
+ * none was asked for). */
+static void reply_cloned(struct req *r, const struct clone_req *x, const char *safe_url,
+			 const char *dir)
+{
 	const char *show[] = { "git", "branch", "--show-current", NULL };
 	struct git_run b = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
-	err = run_git(show, dir, BRANCH_TIMEOUT_MS, -1, &b);
+	int err = run_git(show, dir, BRANCH_TIMEOUT_MS, -1, &b);
 	trim(&b.out);
 	cJSON *out = cJSON_CreateObject();
 	cJSON_AddStringToObject(out, "repoUrl", safe_url);
-	cJSON_AddStringToObject(out, "branch", !err && b.exit_code == 0 && b.out.len
-				? b.out.data : want_branch ? want_branch : "");
+	cJSON_AddStringToObject(out, "branch", !err && b.exit_code == 0 && b.out.len ? b.out.data
+					       : x->branch ? x->branch : "");
 	cJSON_AddStringToObject(out, "targetDir", dir);
 	git_run_free(&b);
-	free(safe_url);
 	reply_ok(r, out);
+}
+
+void route_git_checkout(struct req *r)
+{
+	struct clone_req x = { .timeout_ms = DEFAULT_TIMEOUT_MS };
+	char dir[WS_PATH_MAX + 64], depth_arg[32];
+	const char *argv[16];
+	if (!req_decode(r, clone_fields, FIELDS_N(clone_fields), &x) ||
+	    !clone_target(r, &x, dir, sizeof dir))
+		return;
+	clone_argv(&x, dir, argv, depth_arg);
+	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
+	int err = run_git(argv, NULL, (int)x.timeout_ms, req_client_fd(r), &g);
+	char *safe_url = redact(x.url);
+	if (err)
+		reply_git_unstarted(r, err);
+	else if (g.client_gone || g.timed_out || g.exit_code != 0)
+		reply_clone_failed(r, &x, &g, safe_url, dir);
+	else
+		reply_cloned(r, &x, safe_url, dir);
+	free(safe_url);
+	git_run_free(&g);
 }
