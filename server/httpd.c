@@ -32,8 +32,12 @@
  * UNTRUSTED_IDLE_S without a byte (a half-sent request head does not hold its thread for
  * long); trusted ones never do, since MHD measures its timeout from the last byte moved and a
  * handler that runs for minutes (a command, a clone) or a quiet stream would be cut right
- * after it. Preview requests, whose credential is in the Host, run without the timeout too,
- * but their connections stay untrusted. */
+ * after it. Requests a hook takes over (preview URLs, whose credential is in the Host) run
+ * without the timeout too, but their connections stay untrusted.
+ *
+ * Hook. The server may put one hook in front of the routes (server/httpd_hook.h): it sees
+ * each request's head first, before routing and the bearer check, and a request it claims is
+ * its own from then on, a struct req that only carries the hook's state. */
 #include "server/httpd.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -57,7 +61,7 @@
 #include "common/log.h"
 #include "server/idempotency.h"
 #include "server/leases.h"
-#include "server/preview.h"
+#include "server/httpd_hook.h"
 #include "server/server.h"
 
 #define BODY_MAX (128u << 20)
@@ -82,11 +86,14 @@ struct req {
 	const char *client;       /* the Sbx-Client whose lease this request renewed, or NULL */
 	struct idem_entry *idem;  /* the outcome to record under the request's key */
 	bool replayed;            /* the answer is a recorded one */
+	bool hooked;              /* the hook's, with its state in hook_state */
+	void *hook_state;
 };
 
 struct httpd {
 	struct MHD_Daemon *mhd;
 	struct sbxd *sbxd;
+	const struct httpd_hook *hook;
 };
 
 static atomic_bool stopping;
@@ -610,6 +617,44 @@ static void run_handler(struct req *r)
 	}
 }
 
+/* The first call for a request: its head is in. Routing, the token, the lease, the length;
+ * failures are answered at once. */
+static void request_head(struct req *r)
+{
+	const struct sbxd_config *cfg = r->sbxd->cfg;
+	r->route = find_route(cfg, r->method, r->path, r->path_arg, sizeof r->path_arg);
+	/* The token is checked before "not found": without it nothing about the server shows
+	 * (and a client probing an absent extension learns its token is wrong). */
+	bool authed = authorized(r);
+	bool public = r->route && (r->route->flags & ROUTE_PUBLIC);
+	if (!public && !authed)
+		return reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
+				   "missing or invalid bearer token");
+	if (!public)
+		trust(r->conn);
+	const char *client = req_header(r, "Sbx-Client");
+	if (authed && client && !cfg->no_extensions && leases_renew(client))
+		r->client = client;
+	if (!r->route)
+		return reply_not_found(r);
+	const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl && strtoull(cl, NULL, 10) > BODY_MAX)
+		reply_bytes(r, 413, NULL, NULL, 0);
+}
+
+/* A fragment of the body. */
+static void request_body(struct req *r, const char *data, size_t n)
+{
+	if (r->replied || r->too_large)
+		return;
+	if (r->body.len + n > BODY_MAX) {
+		r->too_large = true;
+		strbuf_free(&r->body);
+		return;
+	}
+	strbuf_append(&r->body, data, n);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_data_size,
@@ -617,59 +662,29 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 {
 	struct req *r = *con_cls;
 	struct httpd *h = cls;
+	const struct httpd_hook *hook = h->hook;
 	(void)version;
-	/* Preview URLs (Host <port>-<id>-<token>.*) are proxied, ahead of routes and token; an
-	 * upstream may take its time (on_completed puts the timeout back). */
-	if (preview_claims(conn, con_cls)) {
-		if (!r)
-			MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
-		return preview_access(conn, url, method, upload_data, upload_data_size, con_cls);
-	}
 	if (!r) {
 		r = calloc(1, sizeof *r);
 		if (!r)
 			return MHD_NO;
-		r->start = mono_ms();
-		r->conn = conn;
-		r->sbxd = h->sbxd;
-		r->method = method;
-		r->path = url;
+		*r = (struct req){ .conn = conn, .sbxd = h->sbxd, .method = method, .path = url,
+				   .start = mono_ms() };
 		*con_cls = r;
-		r->route = find_route(h->sbxd->cfg, method, url, r->path_arg, sizeof r->path_arg);
-		/* The token is checked before "not found": without it nothing about the server
-		 * shows (and a client probing an absent extension learns its token is wrong). */
-		bool authed = authorized(r);
-		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)) && !authed) {
-			reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
-				    "missing or invalid bearer token");
+		r->hooked = hook && hook->claims(hook->arg, conn);
+		if (!r->hooked) {
+			request_head(r);
 			return MHD_YES;
 		}
-		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)))
-			trust(conn);
-		const char *client = req_header(r, "Sbx-Client");
-		if (authed && client && !r->sbxd->cfg->no_extensions &&
-		    leases_renew(client))
-			r->client = client;
-		if (!r->route) {
-			reply_not_found(r);
-			return MHD_YES;
-		}
-		const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > BODY_MAX)
-			reply_bytes(r, 413, NULL, NULL, 0);
-		return MHD_YES;
+		/* an upstream may take its time (on_completed puts the timeout back) */
+		MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
 	}
+	if (r->hooked)
+		return hook->access(hook->arg, conn, url, method, upload_data, upload_data_size,
+				    &r->hook_state);
 	if (*upload_data_size) {
-		size_t n = *upload_data_size;
+		request_body(r, upload_data, *upload_data_size);
 		*upload_data_size = 0;
-		if (r->replied || r->too_large)
-			return MHD_YES;
-		if (r->body.len + n > BODY_MAX) {
-			r->too_large = true;
-			strbuf_free(&r->body);
-			return MHD_YES;
-		}
-		strbuf_append(&r->body, upload_data, n);
 		return MHD_YES;
 	}
 	if (!r->replied)
@@ -681,20 +696,34 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
 	struct req *r = *con_cls;
+	struct httpd *h = cls;
 	struct conn *c = conn_of(conn);
-	(void)cls;
 	if (!(c && c->trusted))
 		MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
 					  (unsigned)UNTRUSTED_IDLE_S);
-	if (!r || preview_completed(con_cls))
+	if (!r)
 		return;
+	*con_cls = NULL;
+	if (r->hooked) {
+		h->hook->completed(h->hook->arg, r->hook_state);
+		free(r);
+		return;
+	}
 	log_debug("%s %s %d %lldms%s", r->method, r->path, r->status,
 		  (long long)(mono_ms() - r->start),
 		  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut)");
 	strbuf_free(&r->body);
 	cJSON_Delete(r->json);
 	free(r);
-	*con_cls = NULL;
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK, for the hook. */
+static void *note_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct httpd *h = cls;
+	if (h->hook && h->hook->note_uri)
+		h->hook->note_uri(h->hook->arg, uri, conn);
+	return NULL;
 }
 
 /* MHD's messages about one connection that its client broke (hung up, sent garbage). */
@@ -774,7 +803,7 @@ static bool is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-struct httpd *httpd_start(struct sbxd *sbxd)
+struct httpd *httpd_start(struct sbxd *sbxd, const struct httpd_hook *hook)
 {
 	const struct sbxd_config *cfg = sbxd->cfg;
 	char host[256], port[16];
@@ -803,6 +832,7 @@ struct httpd *httpd_start(struct sbxd *sbxd)
 		return NULL;
 	}
 	h->sbxd = sbxd;
+	h->hook = hook;
 	atomic_store(&stopping, false);
 	/* sbxd raised its open-file limit to the hard one before (server.c) */
 	unsigned connections = CONNECTIONS_MAX;
@@ -813,11 +843,11 @@ struct httpd *httpd_start(struct sbxd *sbxd)
 	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, h,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
 				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
 				  MHD_OPTION_CONNECTION_LIMIT, connections,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)UNTRUSTED_IDLE_S,
-				  MHD_OPTION_URI_LOG_CALLBACK, preview_note_uri, NULL,
+				  MHD_OPTION_URI_LOG_CALLBACK, note_uri, h,
 				  MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!h->mhd) {
@@ -839,7 +869,8 @@ void httpd_stop(struct httpd *h)
 	if (!h)
 		return;
 	atomic_store(&stopping, true);
-	preview_stop(); /* MHD waits for upgraded connections without closing them */
+	if (h->hook && h->hook->stop)
+		h->hook->stop(h->hook->arg); /* MHD waits for upgraded connections forever */
 	MHD_stop_daemon(h->mhd);
 	free(h);
 }

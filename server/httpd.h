@@ -77,11 +77,12 @@ struct route {
 extern const struct route routes[];
 extern const size_t n_routes;
 
-/* Starts serving (MHD daemon) on sbxd->cfg->listen for sbxd; returns NULL and logs on
- * failure. */
+/* Starts serving (MHD daemon) on sbxd->cfg->listen for sbxd, with hook (NULL: none) in front
+ * of the routes (server/httpd_hook.h); returns NULL and logs on failure. */
 struct sbxd;
 struct httpd;
-struct httpd *httpd_start(struct sbxd *sbxd);
+struct httpd_hook;
+struct httpd *httpd_start(struct sbxd *sbxd, const struct httpd_hook *hook);
 /* The port actually bound (useful with port 0). */
 int httpd_port(const struct httpd *h);
 void httpd_stop(struct httpd *h);

@@ -24,6 +24,7 @@ extern const struct sbxd_config *sbxd_cfg;
 struct sbxd {
 	const struct sbxd_config *cfg;
 	struct procs *procs;    /* background processes (processes.h) */
+	struct ports *ports;    /* exposed ports (ports.h) */
 };
 
 /* Serves until SIGINT or SIGTERM; returns the process exit status. */

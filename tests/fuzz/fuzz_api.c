@@ -1,11 +1,14 @@
 /* libFuzzer target: sbxd's request handling, end to end. sbxd runs in this process on a
  * loopback port with a scratch workspace; each input is one request: the first byte picks a
  * route (those that only touch the workspace and in-memory state: nothing here starts
- * commands), the rest is the body, sent over a real connection. A crash, a sanitizer report or
- * an answer that is not HTTP aborts; so does a hang, through libFuzzer's -timeout. */
+ * commands) or a preview URL (the proxy, a hook in front of the routes: one of a port nobody
+ * exposed, one of an exposed port where a small server of this process answers), the rest is
+ * the body, sent over a real connection. A crash, a sanitizer report or an answer that is not
+ * HTTP aborts; so does a hang, through libFuzzer's -timeout. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,13 +19,17 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include "server/httpd.h"
+#include "server/ports.h"
+#include "server/preview.h"
 #include "server/processes.h"
 #include "server/server.h"
 #include "server/watch.h"
 #include "server/workspace.h"
 
+static char preview_host[128];   /* an exposed port's preview URL, made by start() */
+
 static const struct {
-	const char *method, *path;
+	const char *method, *path, *host; /* host NULL: 127.0.0.1 */
 } targets[] = {
 	{ "POST", "/api/read" }, { "POST", "/api/write" }, { "POST", "/api/delete" },
 	{ "POST", "/api/rename" }, { "POST", "/api/move" }, { "POST", "/api/mkdir" },
@@ -36,6 +43,8 @@ static const struct {
 	{ "GET", "/api/x/ports" }, { "POST", "/api/session/create" },
 	{ "POST", "/api/session/delete" }, { "GET", "/api/session/list" },
 	{ "POST", "/api/read/stream" }, { "GET", "/api/ping" }, { "GET", "/api/x/capabilities" },
+	{ "POST", "/a/b?c=d", "2000-fuzz-aaaaaaaaaaaaaaaa.localhost" },
+	{ "POST", "/echo?x=1", preview_host },
 };
 #define N_TARGETS (sizeof targets / sizeof targets[0])
 
@@ -43,6 +52,60 @@ static struct sbxd_config cfg;
 static struct sbxd sbxd;
 static struct httpd *server; /* lives as long as the fuzzer */
 static int port;
+
+/* The service behind the exposed port: reads a request (head and Content-Length body) and
+ * answers 200 with a short body, one connection at a time. */
+static void *upstream_main(void *arg)
+{
+	int lfd = (int)(intptr_t)arg;
+	for (;;) {
+		int fd = accept(lfd, NULL, NULL);
+		if (fd < 0)
+			continue;
+		struct timeval tv = { 5, 0 };
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		char buf[65536];
+		size_t len = 0;
+		ssize_t n;
+		char *end = NULL;
+		while (!end && len < sizeof buf - 1 && (n = recv(fd, buf + len, sizeof buf - 1 - len,
+								  0)) > 0) {
+			len += (size_t)n;
+			buf[len] = '\0';
+			end = strstr(buf, "\r\n\r\n");
+		}
+		const char *cl = end ? strcasestr(buf, "\r\ncontent-length:") : NULL;
+		long body = cl && cl < end ? strtol(cl + 17, NULL, 10) : 0;
+		long have = end ? (long)(len - (size_t)(end + 4 - buf)) : 0;
+		while (have < body && (n = recv(fd, buf, sizeof buf, 0)) > 0)
+			have += n;
+		static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+					     "Connection: close\r\n\r\nok";
+		send(fd, answer, sizeof answer - 1, MSG_NOSIGNAL);
+		close(fd);
+	}
+	return NULL;
+}
+
+/* Starts the upstream service and exposes its port; the preview URL's host into
+ * preview_host. */
+static void expose_upstream(void)
+{
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof sa;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	pthread_t t;
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, 16) ||
+	    getsockname(lfd, (struct sockaddr *)&sa, &sl) ||
+	    pthread_create(&t, NULL, upstream_main, (void *)(intptr_t)lfd))
+		abort();
+	struct port_info info;
+	if (ports_expose(sbxd.ports, ntohs(sa.sin_port), NULL, &info))
+		abort();
+	snprintf(preview_host, sizeof preview_host, "%d-fuzz-%s.localhost", info.port,
+		 info.token);
+}
 
 static void start(void)
 {
@@ -65,11 +128,15 @@ static void start(void)
 	snprintf(p, sizeof p, "%s/out", ws);
 	symlink("/", p);
 	watch_init();
-	sbxd = (struct sbxd){ .cfg = &cfg, .procs = procs_new() };
-	server = httpd_start(&sbxd);
+	sbxd = (struct sbxd){ .cfg = &cfg, .procs = procs_new(), .ports = ports_new(&cfg) };
+	static struct httpd_hook preview;
+	preview = preview_hook(sbxd.ports);
+	server = httpd_start(&sbxd, &preview);
 	if (!server)
 		abort();
 	port = httpd_port(server);
+	ports_set_server_port(sbxd.ports, port);
+	expose_upstream();
 }
 
 static int connect_server(void)
@@ -114,10 +181,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	unsigned t = data[0] % N_TARGETS;
 	char head[512];
 	int n = snprintf(head, sizeof head,
-			 "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\n"
+			 "%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer t\r\n"
 			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
 			 "Connection: close\r\n\r\n",
-			 targets[t].method, targets[t].path, size - 1);
+			 targets[t].method, targets[t].path,
+			 targets[t].host ? targets[t].host : "127.0.0.1", size - 1);
 	int fd = connect_server();
 	send_all(fd, head, (size_t)n);
 	send_all(fd, data + 1, size - 1);
