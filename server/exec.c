@@ -29,6 +29,7 @@
 #include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
@@ -126,7 +127,7 @@ static bool parse_exec_req(struct req *r, struct exec_req *x, bool stream)
 	/* the store's variables travel with the request's (which win): the session wrapper
 	 * applies them over the session's state and leaves them out of what it saves */
 	x->env = envstore_overlay((const char *const *)req_env);
-	session_free_env(req_env);
+	strv_free(req_env);
 	return true;
 }
 
@@ -305,7 +306,7 @@ void route_execute(struct req *r)
 		session_release(s);
 	if (!err)
 		reply_outcome(r, &x, &o);
-	session_free_env(x.env);
+	strv_free(x.env);
 	strbuf_free(&o.buf[CHILD_OUT]);
 	strbuf_free(&o.buf[CHILD_ERR]);
 }
@@ -461,7 +462,7 @@ void route_execute_stream(struct req *r)
 				    x.timeout_ms, x.session_id);
 		else
 			reply_session_error(r, &x, err);
-		session_free_env(x.env);
+		strv_free(x.env);
 		return;
 	}
 	struct stream *st = calloc(1, sizeof *st);
@@ -476,7 +477,7 @@ void route_execute_stream(struct req *r)
 	if (s)
 		session_release(s);
 	session_launch_free(&l);
-	session_free_env(x.env);
+	strv_free(x.env);
 	if (err) {
 		child_free(&st->c);
 		free(st->command);

@@ -15,6 +15,7 @@
 #include "server/workspace.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include <errno.h>
 #include <limits.h>
 #include <stdint.h>
@@ -59,7 +60,7 @@ static int run_git(const char *const *argv, const char *cwd, int timeout_ms, int
 				 .stdin_null = true };
 	child_init(&c);
 	int err = child_start(&c, &spec, &policy, &git_ops, g);
-	envstore_free(env);
+	strv_free(env);
 	if (!err) {
 		child_watch_client(&c, client_fd);
 		child_run(&c);

@@ -36,6 +36,7 @@
 #include <unistd.h>
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include "server/envstore.h"
 #include "server/runner.h"
 #include "server/sessions.h"
@@ -403,7 +404,7 @@ static int spawn_command(struct proc *p, const char *dir, char *const *req_env,
 		/* the store's variables and the request's go over the session's state */
 		char **overlay = envstore_overlay((const char *const *)req_env);
 		session_launch(s, p->command, dir, overlay, false, &l);
-		envstore_free(overlay);
+		strv_free(overlay);
 		spec = (struct run_spec){ .argv = (const char *const *)l.argv,
 					  .env = (const char *const *)l.env,
 					  .stdin_null = !l.command_on_stdin };
@@ -418,7 +419,7 @@ static int spawn_command(struct proc *p, const char *dir, char *const *req_env,
 	if (!err && l.command_on_stdin)
 		child_feed(&p->child, p->command, strlen(p->command));
 	session_launch_free(&l);
-	envstore_free(env);
+	strv_free(env);
 	return err;
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 #include "common/clock.h"
 #include "common/jsonutil.h"
+#include "common/strv.h"
 #include "server/processes.h"
 #include "server/request.h"
 #include "server/routes.h"
@@ -153,7 +154,7 @@ void route_process_start(struct req *r)
 									       "env"));
 	struct session *s;
 	if (!env || !take_session(r, session_id, &s))
-		return session_free_env(env);
+		return strv_free(env);
 	struct proc_spec spec = { .id = x.process_id, .command = x.command, .cwd = x.cwd,
 				  .env = env, .timeout_ms = (int)x.timeout_ms, .session = s,
 				  .session_id = session_id };
@@ -161,7 +162,7 @@ void route_process_start(struct req *r)
 	int err = procs_start(procs_of(r), &spec, &p);
 	if (s)
 		session_release(s);
-	session_free_env(env);
+	strv_free(env);
 	if (err)
 		return reply_not_started(r, x.process_id, err);
 	struct proc_info i;

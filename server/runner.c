@@ -64,6 +64,7 @@
 #include "server/server.h"
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
@@ -109,14 +110,6 @@ static int pidfd_send_signal(int pidfd, int sig, siginfo_t *info, unsigned int f
 #ifndef PIDFD_SIGNAL_PROCESS_GROUP
 #define PIDFD_SIGNAL_PROCESS_GROUP (1UL << 2) /* Linux 6.9 */
 #endif
-
-static const char *const default_env[] = {
-	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	"HOME=/root",
-	"LANG=C.UTF-8",
-	"TERM=dumb",
-	NULL,
-};
 
 /* Secrets of the host's /etc that root inside the sandbox could read (it owns them). */
 static const char *const etc_secrets[] = {
@@ -668,11 +661,6 @@ static pid_t read_child_pid(int fd)
 
 /* ---- public ---- */
 
-const char *const *runner_default_env(void)
-{
-	return default_env;
-}
-
 void runner_close(struct run_proc *p)
 {
 	close_fd(&p->stdin_fd);
@@ -960,7 +948,7 @@ static bool bwrap_works(void)
 	static const char *const argv[] = { "true", NULL };
 	struct run_proc p;
 	init_proc(&p);
-	int err = spawn_sandboxed(argv, default_env, "/", true, &p);
+	int err = spawn_sandboxed(argv, envstore_defaults(), "/", true, &p);
 	if (err) {
 		log_error("runner: cannot run %s: %s", bwrap_path, strerror(-err));
 		return false;
@@ -1139,12 +1127,12 @@ int runner_spawn(const struct run_spec *spec, struct run_proc *out)
 	if (!spec->argv || !spec->argv[0])
 		return -EINVAL;
 	if (!spec->env) {
-		/* the default: runner_default_env() and the variables set through /api/x/env */
+		/* the default: envstore_defaults() and the variables set through /api/x/env */
 		struct run_spec with_env = *spec;
 		char **env = envstore_build(NULL);
 		with_env.env = (const char *const *)env;
 		int err = runner_spawn(&with_env, out);
-		envstore_free(env);
+		strv_free(env);
 		return err;
 	}
 	if (!ensure_init())

@@ -138,10 +138,6 @@ static int root_fd = -1;    /* the same, opened */
 
 /* ---- small helpers ---- */
 
-void session_free_env(char **v)
-{
-	strv_free(v);
-}
 
 /* Removes what the directory dfd holds, keeping the directory: each name is unlinked
  * relative to a descriptor of its directory, and a subdirectory is entered only through
@@ -258,7 +254,7 @@ static void session_free(struct session *s)
 	free(s->name);
 	free(s->state);
 	free(s->state_new);
-	session_free_env(s->env);
+	strv_free(s->env);
 	free(s);
 }
 
@@ -460,7 +456,7 @@ int session_launch(struct session *s, const char *command, const char *cwd,
 	strv_push(&argv, strdup("bash"));
 
 	if (!s || !s->saved) {
-		for (const char *const *e = runner_default_env(); *e; e++)
+		for (const char *const *e = envstore_defaults(); *e; e++)
 			strv_setenv(&env, *e);
 		for (char **e = s ? s->env : NULL; e && *e; e++)
 			strv_setenv(&env, *e);
@@ -507,8 +503,8 @@ int session_launch(struct session *s, const char *command, const char *cwd,
 
 void session_launch_free(struct session_launch *l)
 {
-	session_free_env(l->argv);
-	session_free_env(l->env);
+	strv_free(l->argv);
+	strv_free(l->env);
 	*l = (struct session_launch){ 0 };
 }
 

@@ -49,14 +49,12 @@ void session_launch_free(struct session_launch *l);
 /* After a command started with save=true has ended normally: adopts the state it saved. */
 void session_commit(struct session *s);
 
-/* Frees a "K=V" vector (strv_free). */
-void session_free_env(char **env);
 
 /* A new session (POST /api/session/create) in start_cwd (NULL: /workspace) with env ("K=V",
  * taken on success) and a default timeout for its commands (0: none): 0, -EEXIST, -ENOSPC
  * (too many) or another negative errno. */
 int sessions_create(const char *id, const char *start_cwd, char **env, int timeout_ms);
-/* The ids of all sessions, oldest first (free with session_free_env). */
+/* The ids of all sessions, oldest first (free with strv_free(), common/strv.h). */
 char **sessions_ids(void);
 /* Deletes the session once its running command has ended: 0 with its serial (for whoever
  * stops what was started in it), or -ENOENT. */
@@ -65,7 +63,7 @@ int sessions_delete(const char *id, unsigned long *serial);
 /* The working directory and environment that a command started in session id would have
  * now (the session's state with the env store over it), for a code context started in the
  * session: *cwd, and *env as "K=V" strings ending with NULL (free both: free(), and
- * session_free_env()). The session is created when unknown, as by a command; *serial is its
+ * strv_free()). The session is created when unknown, as by a command; *serial is its
  * session_serial(). Waits for the session's running command, unless client_fd (the request's
  * socket, -1: none) hangs up first: -ECONNABORTED. Else 0 or a negative errno. */
 int session_snapshot(const char *id, int client_fd, char ***env, char **cwd,
