@@ -288,10 +288,8 @@ static void exec_event_text(struct execution *e, const char *json, size_t n)
 
 static void exec_event(struct execution *e, const cJSON *event)
 {
-	char *json = json_print(event);
-	if (json)
-		exec_event_text(e, json, strlen(json));
-	free(json);
+	if (!e->abandoned)
+		sse_append(&e->out, event);
 }
 
 /* Marks e finished (its terminal event is out) and drops the context's reference. */

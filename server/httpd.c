@@ -233,17 +233,6 @@ void reply_errno(struct req *r, int err, const char *path, const char *fmt, ...)
 
 /* ---- SSE ---- */
 
-void sse_append(struct strbuf *out, const cJSON *event)
-{
-	char *text = json_print(event);
-	if (!text)
-		return;
-	strbuf_appends(out, "data: ");
-	strbuf_appends(out, text);
-	strbuf_appends(out, "\n\n");
-	free(text);
-}
-
 struct sse_stream {
 	struct sse_source src;
 	struct strbuf buf;

@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include "common/jsonutil.h"
 #include "common/strbuf.h"
 
 struct req;
@@ -57,10 +58,8 @@ struct sse_source {
 	void (*release)(void *ctx);
 	void *ctx;
 };
-/* 200 text/event-stream fed by src. */
+/* 200 text/event-stream fed by src (whose events sse_append() of common/jsonutil.h makes). */
 void reply_sse(struct req *r, struct sse_source src);
-/* Appends "data: <compact json>\n\n". */
-void sse_append(struct strbuf *out, const cJSON *event);
 
 /* Routing table entry (see routes.c). */
 enum route_flags {
