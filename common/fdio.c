@@ -41,6 +41,19 @@ ssize_t fd_pread_full(int fd, void *buf, size_t len, off_t off)
 	return (ssize_t)n;
 }
 
+int fd_pwrite_full(int fd, const void *buf, size_t len, off_t off)
+{
+	for (size_t done = 0; done < len;) {
+		ssize_t k = pwrite(fd, (const char *)buf + done, len - done, off + (off_t)done);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
 int fd_write_full(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;

@@ -12,6 +12,8 @@
 int fd_read_full(int fd, void *buf, size_t len, size_t *got);
 /* The same at offset off, without moving the file offset; the count read. */
 ssize_t fd_pread_full(int fd, void *buf, size_t len, off_t off);
+/* Writes all of buf at offset off, without moving the file offset. */
+int fd_pwrite_full(int fd, const void *buf, size_t len, off_t off);
 /* Writes all of buf to a blocking descriptor. */
 int fd_write_full(int fd, const void *buf, size_t len);
 /* Writes all of buf to a descriptor that may be non-blocking, waiting for room until

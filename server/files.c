@@ -242,57 +242,41 @@ static void reply_read_error(struct req *r, int err, const char *why, const char
 
 /* ---- /api/read ---- */
 
-void route_read(struct req *r)
+static void reply_too_large(struct req *r, const char *abs, off_t size)
 {
-	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_ws_path(r, "path", rel, abs);
-	if (!path)
-		return;
-	const char *enc = json_str(req_json(r), "encoding");
-	struct stat st;
-	const char *why = NULL;
-	int fd = open_for_read(rel, &st, &why);
-	if (fd < 0) {
-		reply_read_error(r, fd, why, abs);
-		return;
-	}
-	if ((uint64_t)st.st_size > READ_MAX) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "path", abs);
-		cJSON_AddStringToObject(ctx, "operation", "file.read");
-		json_add_int(ctx, "actualSize", st.st_size);
-		json_add_int(ctx, "maxSize", READ_MAX);
-		reply_error(r, 413, "FILE_TOO_LARGE", EFBIG, ctx,
-			    "File too large. Size %lld bytes exceeds the 32 MiB limit.",
-			    (long long)st.st_size);
-		close(fd);
-		return;
-	}
-	/* One byte more than allowed tells a file that grew past the limit since fstat. */
-	size_t cap = (size_t)st.st_size + 1, len;
-	char *data = malloc(cap > READ_MAX + 1 ? READ_MAX + 1 : cap);
-	int err = data ? fd_read_full(fd, data, cap > READ_MAX + 1 ? READ_MAX + 1 : cap, &len)
-		       : -ENOMEM;
-	if (!err && len > READ_MAX)
-		err = -EFBIG;
-	bool text = false;
-	const char *mime = err ? NULL : content_type(path, fd, &text);
-	close(fd);
-	if (err) {
-		free(data);
-		reply_ws_errno(r, err, abs);
-		return;
-	}
-	if (enc && strcmp(enc, "base64") == 0)
-		text = false;
-	else if (enc && (strcmp(enc, "utf-8") == 0 || strcmp(enc, "utf8") == 0))
-		text = true;
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "path", abs);
+	cJSON_AddStringToObject(ctx, "operation", "file.read");
+	json_add_int(ctx, "actualSize", size);
+	json_add_int(ctx, "maxSize", READ_MAX);
+	reply_error(r, 413, "FILE_TOO_LARGE", EFBIG, ctx,
+		    "File too large. Size %lld bytes exceeds the 32 MiB limit.", (long long)size);
+}
 
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "path", abs);
+/* The whole file of fd (of size bytes when it was looked at) into *data; 0 or a negative
+ * errno (-EFBIG for a file that grew past READ_MAX since). */
+static int read_whole(int fd, off_t size, char **data, size_t *len)
+{
+	/* One byte more than allowed tells a file that grew past the limit since fstat. */
+	size_t cap = (size_t)size + 1 > READ_MAX + 1 ? READ_MAX + 1 : (size_t)size + 1;
+	if (!(*data = malloc(cap)))
+		return -ENOMEM;
+	int err = fd_read_full(fd, *data, cap, len);
+	if (!err && *len > READ_MAX)
+		err = -EFBIG;
+	if (err) {
+		free(*data);
+		*data = NULL;
+	}
+	return err;
+}
+
+/* The file's content as text (invalid sequences replaced) or base64. */
+static void add_content(cJSON *o, const char *data, size_t len, bool text)
+{
 	if (text) {
 		struct strbuf sb = STRBUF_INIT;
-		utf8_append_lossy(&sb, (unsigned char *)data, len, true);
+		utf8_append_lossy(&sb, (const unsigned char *)data, len, true);
 		cJSON_AddStringToObject(o, "content", sb.data ? sb.data : "");
 		strbuf_free(&sb);
 	} else {
@@ -300,9 +284,40 @@ void route_read(struct req *r)
 		cJSON_AddStringToObject(o, "content", b64 ? b64 : "");
 		free(b64);
 	}
-	free(data);
 	cJSON_AddStringToObject(o, "encoding", text ? "utf-8" : "base64");
 	cJSON_AddBoolToObject(o, "isBinary", !text);
+}
+
+void route_read(struct req *r)
+{
+	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16], *data;
+	const char *why = NULL, *path = req_ws_path(r, "path", rel, abs);
+	const char *enc = json_str(req_json(r), "encoding");
+	struct stat st;
+	size_t len;
+	bool text = false;
+	if (!path)
+		return;
+	int fd = open_for_read(rel, &st, &why);
+	if (fd < 0)
+		return reply_read_error(r, fd, why, abs);
+	if ((uint64_t)st.st_size > READ_MAX) {
+		close(fd);
+		return reply_too_large(r, abs, st.st_size);
+	}
+	int err = read_whole(fd, st.st_size, &data, &len);
+	const char *mime = err ? NULL : content_type(path, fd, &text);
+	close(fd);
+	if (err)
+		return reply_ws_errno(r, err, abs);
+	if (enc && strcmp(enc, "base64") == 0)
+		text = false;
+	else if (enc && (strcmp(enc, "utf-8") == 0 || strcmp(enc, "utf8") == 0))
+		text = true;
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "path", abs);
+	add_content(o, data, len, text);
+	free(data);
 	cJSON_AddStringToObject(o, "mimeType", mime);
 	json_add_int(o, "size", (int64_t)len);
 	reply_ok(r, o);
@@ -331,6 +346,46 @@ static void stream_event_error(struct strbuf *out, const char *msg)
 	cJSON_Delete(e);
 }
 
+static void stream_metadata(struct read_stream *s, struct strbuf *out)
+{
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "type", "metadata");
+	cJSON_AddStringToObject(e, "mimeType", s->mime);
+	json_add_int(e, "size", (int64_t)s->size);
+	cJSON_AddBoolToObject(e, "isBinary", !s->text);
+	cJSON_AddStringToObject(e, "encoding", s->text ? "utf-8" : "base64");
+	sse_append(out, e);
+	cJSON_Delete(e);
+	s->started = true;
+}
+
+/* The "chunk" event of the got bytes in buf, text keeping characters whole across chunks. */
+static void stream_chunk(struct read_stream *s, struct strbuf *out, size_t got, bool eof)
+{
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "type", "chunk");
+	if (s->text) {
+		struct strbuf t = STRBUF_INIT;
+		size_t n = got;
+		if (s->ncarry) {
+			memmove(s->buf + s->ncarry, s->buf, got);
+			memcpy(s->buf, s->carry, s->ncarry);
+			n += s->ncarry;
+		}
+		s->ncarry = utf8_append_lossy(&t, s->buf, n, eof);
+		memcpy(s->carry, s->buf + n - s->ncarry, s->ncarry);
+		cJSON_AddStringToObject(e, "data", t.data ? t.data : "");
+		strbuf_free(&t);
+	} else {
+		char *b64 = base64_encode_alloc(s->buf, got);
+		cJSON_AddStringToObject(e, "data", b64 ? b64 : "");
+		free(b64);
+	}
+	sse_append(out, e);
+	cJSON_Delete(e);
+	s->done += got;
+}
+
 static int read_stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 {
 	struct read_stream *s = ctx;
@@ -339,17 +394,8 @@ static int read_stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 		stream_event_error(out, s->error);
 		return 0;
 	}
-	if (!s->started) {
-		cJSON *e = cJSON_CreateObject();
-		cJSON_AddStringToObject(e, "type", "metadata");
-		cJSON_AddStringToObject(e, "mimeType", s->mime);
-		json_add_int(e, "size", (int64_t)s->size);
-		cJSON_AddBoolToObject(e, "isBinary", !s->text);
-		cJSON_AddStringToObject(e, "encoding", s->text ? "utf-8" : "base64");
-		sse_append(out, e);
-		cJSON_Delete(e);
-		s->started = true;
-	}
+	if (!s->started)
+		stream_metadata(s, out);
 	/* A few chunks per call keep the per-call overhead low without buffering much. */
 	for (int i = 0; i < 8; i++) {
 		size_t got;
@@ -359,31 +405,8 @@ static int read_stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 			return 0;
 		}
 		bool eof = got < STREAM_CHUNK;
-		if (got || (s->text && s->ncarry && eof)) {
-			cJSON *e = cJSON_CreateObject();
-			cJSON_AddStringToObject(e, "type", "chunk");
-			if (s->text) {
-				struct strbuf t = STRBUF_INIT;
-				unsigned char *p = s->buf;
-				size_t n = got;
-				if (s->ncarry) {
-					memmove(s->buf + s->ncarry, s->buf, got);
-					memcpy(s->buf, s->carry, s->ncarry);
-					n += s->ncarry;
-				}
-				s->ncarry = utf8_append_lossy(&t, p, n, eof);
-				memcpy(s->carry, p + n - s->ncarry, s->ncarry);
-				cJSON_AddStringToObject(e, "data", t.data ? t.data : "");
-				strbuf_free(&t);
-			} else {
-				char *b64 = base64_encode_alloc(s->buf, got);
-				cJSON_AddStringToObject(e, "data", b64 ? b64 : "");
-				free(b64);
-			}
-			sse_append(out, e);
-			cJSON_Delete(e);
-			s->done += got;
-		}
+		if (got || (s->text && s->ncarry && eof))
+			stream_chunk(s, out, got, eof);
 		if (eof) {
 			cJSON *e = cJSON_CreateObject();
 			cJSON_AddStringToObject(e, "type", "complete");
@@ -443,51 +466,51 @@ void route_read_stream(struct req *r)
 
 /* ---- /api/write ---- */
 
-void route_write(struct req *r)
+/* The bytes of the request's "content" (base64-decoded into *decoded when the encoding says
+ * so); false after answering. */
+static bool content_of(struct req *r, const char *abs, const char **data, size_t *len,
+		       char **decoded)
 {
-	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_ws_path(r, "path", rel, abs);
-	if (!path)
-		return;
 	const cJSON *content = cJSON_GetObjectItemCaseSensitive(req_json(r), "content");
-	if (!cJSON_IsString(content)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "'content' must be a string");
-		return;
-	}
 	const char *enc = json_str(req_json(r), "encoding");
-	const char *data = content->valuestring;
-	size_t len = strlen(data);
-	char *decoded = NULL;
-	if (enc && strcmp(enc, "base64") == 0) {
-		ssize_t n = -1;
-		if (strspn(data, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
-		    len) {
-			decoded = malloc(base64_decoded_max(len) + 1);
-			if (!decoded) {
-				reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
-				return;
-			}
-			n = base64_decode(data, len, decoded);
-		}
-		if (n < 0) {
-			free(decoded);
-			cJSON *ctx = cJSON_CreateObject();
-			cJSON *errs = cJSON_AddArrayToObject(ctx, "validationErrors");
-			cJSON *e = cJSON_CreateObject();
-			cJSON_AddStringToObject(e, "field", "content");
-			cJSON_AddStringToObject(e, "message", "Invalid base64 characters");
-			cJSON_AddStringToObject(e, "code", "INVALID_BASE64");
-			cJSON_AddItemToArray(errs, e);
-			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
-				    "Invalid base64 content for '%s': must contain only A-Z, a-z, "
-				    "0-9, +, /, =", abs);
-			return;
-		}
-		data = decoded;
-		len = (size_t)n;
+	*decoded = NULL;
+	if (!cJSON_IsString(content)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "'content' must be a string");
+		return false;
 	}
+	*data = content->valuestring;
+	*len = strlen(*data);
+	if (!enc || strcmp(enc, "base64") != 0)
+		return true;
+	ssize_t n = -1;
+	if (strspn(*data, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
+	    *len) {
+		if (!(*decoded = malloc(base64_decoded_max(*len) + 1)))
+			abort();
+		n = base64_decode(*data, *len, *decoded);
+	}
+	if (n < 0) {
+		free(*decoded);
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON *errs = cJSON_AddArrayToObject(ctx, "validationErrors");
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddStringToObject(e, "field", "content");
+		cJSON_AddStringToObject(e, "message", "Invalid base64 characters");
+		cJSON_AddStringToObject(e, "code", "INVALID_BASE64");
+		cJSON_AddItemToArray(errs, e);
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
+			    "Invalid base64 content for '%s': must contain only A-Z, a-z, 0-9, +, /, "
+			    "=", abs);
+		return false;
+	}
+	*data = *decoded;
+	*len = (size_t)n;
+	return true;
+}
 
+/* Writes the file rel whole, making its missing parents; 0 or a negative errno. */
+static int write_file(const char *rel, const char *data, size_t len)
+{
 	int err = 0;
 	const char *slash = strrchr(rel, '/');
 	if (slash) {
@@ -498,13 +521,10 @@ void route_write(struct req *r)
 		if (err == -EEXIST)
 			err = -ENOTDIR;
 	}
-	int fd = -1;
-	if (!err) {
-		/* Not O_TRUNC yet: a FIFO or device must be refused before anything happens. */
-		fd = ws_open_rel(rel, O_WRONLY | O_CREAT | O_NONBLOCK, 0666);
-		if (fd < 0)
-			err = fd;
-	}
+	/* Not O_TRUNC yet: a FIFO or device must be refused before anything happens. */
+	int fd = err ? -1 : ws_open_rel(rel, O_WRONLY | O_CREAT | O_NONBLOCK, 0666);
+	if (!err && fd < 0)
+		err = fd;
 	struct stat st;
 	if (!err && fstat(fd, &st))
 		err = -errno;
@@ -518,11 +538,20 @@ void route_write(struct req *r)
 	}
 	if (fd >= 0 && close(fd) && !err)
 		err = -errno;
-	free(decoded);
-	if (err) {
-		reply_ws_errno(r, err, abs);
+	return err;
+}
+
+void route_write(struct req *r)
+{
+	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16], *decoded;
+	const char *data;
+	size_t len;
+	if (!req_ws_path(r, "path", rel, abs) || !content_of(r, abs, &data, &len, &decoded))
 		return;
-	}
+	int err = write_file(rel, data, len);
+	free(decoded);
+	if (err)
+		return reply_ws_errno(r, err, abs);
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "path", abs);
 	reply_ok(r, o);
