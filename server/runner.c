@@ -834,75 +834,67 @@ static void wait_for_command(const struct run_proc *p)
 	log_warn("runner: the sandbox's command did not start within 2 s");
 }
 
-/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap
- * (isolation none). */
-static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
-			   bool stdin_null, struct run_proc *out)
+/* The pipes of a spawn: [0] is read, [1] written; the child's ends go when it has them. */
+struct spawn_pipes {
+	int in[2], out[2], err[2];
+	int info[2], block[2];   /* bubblewrap's (or the held child's) --info-fd and --block-fd */
+};
+
+static int open_pipes(struct spawn_pipes *p, bool stdin_null)
 {
-	struct args a = { 0 };
-	char *prog = NULL;
-	const char *chdir_to = NULL;
-	char **translated = NULL;
+	*p = (struct spawn_pipes){ { -1, -1 }, { -1, -1 }, { -1, -1 }, { -1, -1 }, { -1, -1 } };
+	if ((!stdin_null && pipe2(p->in, O_CLOEXEC) < 0) || pipe2(p->out, O_CLOEXEC) < 0 ||
+	    pipe2(p->err, O_CLOEXEC) < 0)
+		return -errno;
+	int err = high_pipe(p->info);
+	return err ? err : high_pipe(p->block);
+}
+
+static void close_child_ends(struct spawn_pipes *p)
+{
+	close_fd(&p->in[0]);
+	close_fd(&p->out[1]);
+	close_fd(&p->err[1]);
+	close_fd(&p->info[1]);
+	close_fd(&p->block[0]);
+}
+
+static void close_parent_ends(struct spawn_pipes *p)
+{
+	close_fd(&p->in[1]);
+	close_fd(&p->out[0]);
+	close_fd(&p->err[0]);
+	close_fd(&p->info[0]);
+	close_fd(&p->block[1]);
+}
+
+/* The command line: bubblewrap's arguments then argv (a.v), or argv alone and the program
+ * found in env's PATH (*prog); with bubblewrap, *env may become a translated copy (*translated).
+ * 0 or a negative errno. */
+static int command_line(const char *const *argv, const char *const **env, const char *cwd,
+			struct args *a, char **prog, char ***translated)
+{
 	if (bwrap_path) {
-		sandbox_args(&a, cwd);
+		sandbox_args(a, cwd);
 		/* bwrap looks the program up in the command's PATH itself */
-		if ((translated = translate_env(env)))
-			env = (const char *const *)translated;
-	} else {
-		prog = find_program(argv[0], env_get(env, "PATH"));
-		if (!prog)
-			return -ENOENT;
-		chdir_to = cwd;
+		if ((*translated = translate_env(*env)))
+			*env = (const char *const *)*translated;
+	} else if (!(*prog = find_program(argv[0], env_get(*env, "PATH")))) {
+		return -ENOENT;
 	}
 	for (size_t i = 0; argv[i]; i++)
-		add(&a, argv[i]);
-	if (a.failed) {
-		args_free(&a);
-		free(prog);
-		free_env(translated);
-		return -ENOMEM;
-	}
+		add(a, argv[i]);
+	return a->failed ? -ENOMEM : 0;
+}
 
-	int in[2] = { -1, -1 }, o[2] = { -1, -1 }, e[2] = { -1, -1 };
-	int info[2] = { -1, -1 }, block[2] = { -1, -1 };
-	int err = 0;
-	if ((!stdin_null && pipe2(in, O_CLOEXEC) < 0) || pipe2(o, O_CLOEXEC) < 0 ||
-	    pipe2(e, O_CLOEXEC) < 0)
-		err = -errno;
-	if (!err && (err = high_pipe(info)) == 0)
-		err = high_pipe(block);
-	if (!err) {
-		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
-				       .argv = a.v, .envp = (char *const *)env,
-				       .chdir_to = chdir_to, .fd_in = in[0], .fd_out = o[1],
-				       .fd_err = e[1], .fd_info = info[1], .fd_block = block[0],
-				       .held = !bwrap_path };
-		err = spawn_on_thread(&j);
-		if (!err)
-			out->pid = j.pid;
-	}
-	close_fd(&in[0]);
-	close_fd(&o[1]);
-	close_fd(&e[1]);
-	close_fd(&info[1]);
-	close_fd(&block[0]);
-	free(prog);
-	args_free(&a);
-	free_env(translated);
-	if (err) {
-		close_fd(&in[1]);
-		close_fd(&o[0]);
-		close_fd(&e[0]);
-		close_fd(&info[0]);
-		close_fd(&block[1]);
-		return err;
-	}
-
-	/* Into the cgroup and under the limits before the command exists (see the top). */
+/* Between the spawn and the command (see the top): into the cgroup and under the limits,
+ * then released. */
+static void admit(struct spawn_pipes *p, struct run_proc *out)
+{
 	int cg = cgroup_add(out->pid);
 	limit_process(out->pid);
 	if (bwrap_path) {
-		out->inner_pid = read_child_pid(info[0]);
+		out->inner_pid = read_child_pid(p->info[0]);
 		if (out->inner_pid > 0) {
 			out->inner_pidfd = pidfd_open(out->inner_pid, 0);
 			if (!cg)
@@ -910,23 +902,52 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 			limit_process(out->inner_pid);
 		}
 	} else {
-		wait_readable(info[0], BWRAP_INFO_TIMEOUT_MS); /* the held child's setsid() */
+		wait_readable(p->info[0], BWRAP_INFO_TIMEOUT_MS); /* the held child's setsid() */
 	}
-	close_fd(&info[0]);
+	close_fd(&p->info[0]);
 	if (cg)
 		log_warn("runner: cannot add a command to the sandbox cgroup: %s", strerror(-cg));
 	/* EPIPE when bubblewrap (or the held child) has already failed: its exit status tells */
-	if (write(block[1], "", 1) < 0)
+	if (write(p->block[1], "", 1) < 0)
 		log_debug("runner: releasing the command: %s", strerror(errno));
-	close_fd(&block[1]);
+	close_fd(&p->block[1]);
 	if (bwrap_path)
 		wait_for_command(out);
+}
 
-	out->stdin_fd = in[1];
-	out->stdout_fd = o[0];
-	out->stderr_fd = e[0];
+/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap
+ * (isolation none). */
+static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
+			   bool stdin_null, struct run_proc *out)
+{
+	struct args a = { 0 };
+	struct spawn_pipes p;
+	char *prog = NULL, **translated = NULL;
+	int err = command_line(argv, &env, cwd, &a, &prog, &translated);
+	if (!err) {
+		err = open_pipes(&p, stdin_null);
+		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
+				       .argv = a.v, .envp = (char *const *)env,
+				       .chdir_to = bwrap_path ? NULL : cwd, .fd_in = p.in[0],
+				       .fd_out = p.out[1], .fd_err = p.err[1], .fd_info = p.info[1],
+				       .fd_block = p.block[0], .held = !bwrap_path };
+		if (!err && !(err = spawn_on_thread(&j)))
+			out->pid = j.pid;
+		close_child_ends(&p);
+		if (err)
+			close_parent_ends(&p);
+	}
+	free(prog);
+	args_free(&a);
+	free_env(translated);
+	if (err)
+		return err;
+	admit(&p, out);
+	out->stdin_fd = p.in[1];
+	out->stdout_fd = p.out[0];
+	out->stderr_fd = p.err[0];
 	for (int i = 0; i < 3; i++) {
-		int fd = i == 0 ? in[1] : i == 1 ? o[0] : e[0];
+		int fd = i == 0 ? p.in[1] : i == 1 ? p.out[0] : p.err[0];
 		if (fd >= 0)
 			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	}
