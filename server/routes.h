@@ -1,4 +1,8 @@
-/* Route handlers, grouped by the file that implements them. */
+/* Route handlers, grouped by the file that implements them. A handler decodes its request
+ * (server/request.h), asks an engine, which knows nothing of HTTP and keeps its state in a
+ * struct where that lets it be tested alone (processes.h, ports.h: reached through
+ * req_sbxd()), and answers; where an engine has a file of its own, its handlers are that
+ * engine's *_routes.c. */
 #ifndef SBXD_ROUTES_H
 #define SBXD_ROUTES_H
 #include "server/httpd.h"
