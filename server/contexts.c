@@ -1,10 +1,10 @@
-/* Code contexts: POST/GET /api/contexts, DELETE /api/contexts/{id}, POST /api/execute/code and
- * the extension POST /api/x/interrupt.
+/* The code contexts behind server/contexts.h: interpreters and the executions queued on them
+ * (the routes are contexts_routes.c).
  *
  * A context is one interpreter process started by the runner: for Python the IPython kernel
  * of server/interp/kernel_python.py (with charts.py), for JavaScript and TypeScript a small
- * Python host (host_node.py) that runs node with kernel_node.js. Their code is embedded in sbxd and sent
- * through stdin to a tiny `python3 -c` bootstrap, so nothing needs installing and nothing shows
+ * Python host (host_node.py) that runs node with kernel_node.js. Their code is embedded in sbxd
+ * and sent through stdin to a tiny `python3 -c` bootstrap, so nothing needs installing and nothing shows
  * in ps but the bootstrap. sbxd speaks JSON lines with the interpreter: requests (init,
  * execute, interrupt) on its stdin, messages (ready, init_done, stdout, stderr, result, done)
  * on its stdout; its stderr carries only the kernel's own complaints, kept for the error of a

@@ -59,10 +59,10 @@
 #include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "server/httpd_hook.h"
 #include "server/idempotency.h"
 #include "server/leases.h"
-#include "server/httpd_hook.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 #define BODY_MAX (128u << 20)
 #define SSE_SLICE_MS 1000

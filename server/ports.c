@@ -28,7 +28,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include "common/base64.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 struct exposed {
 	int port;

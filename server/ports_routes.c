@@ -8,7 +8,7 @@
 #include "server/ports.h"
 #include "server/request.h"
 #include "server/routes.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 #define STR_(x) #x
 #define STR(x) STR_(x)

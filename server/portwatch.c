@@ -15,7 +15,7 @@
 #include "server/processes.h"
 #include "server/request.h"
 #include "server/routes.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 #include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"

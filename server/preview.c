@@ -72,7 +72,7 @@
 #include "common/strbuf.h"
 #include "server/http_response.h"
 #include "server/ports.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 #define BUF_SIZE (64 * 1024)
 #define SLICE_MS 1000

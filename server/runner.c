@@ -61,7 +61,7 @@
 #include "server/runner.h"
 #include "server/cgroup.h"
 #include "server/envstore.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/strv.h"

@@ -47,7 +47,7 @@
 #include "server/child.h"
 #include "server/envstore.h"
 #include "server/runner.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 #include "common/fdio.h"
 #include "common/log.h"
 #include "common/strbuf.h"

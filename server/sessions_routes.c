@@ -18,7 +18,7 @@
 #include "server/processes.h"
 #include "server/request.h"
 #include "server/routes.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 #include "server/sessions.h"
 #include "server/utf8.h"
 

@@ -39,7 +39,7 @@
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "common/strbuf.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 #include "server/workspace.h"
 
 #define QUEUE_MAX 10000
