@@ -240,6 +240,14 @@ static void reply_read_error(struct req *r, int err, const char *why, const char
 	}
 }
 
+/* {"success":true,"path":abs,...}: what a route that changed one entry answers. */
+static void reply_path(struct req *r, const char *abs)
+{
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "path", abs);
+	reply_ok(r, o);
+}
+
 /* ---- /api/read ---- */
 
 static void reply_too_large(struct req *r, const char *abs, off_t size)
@@ -552,9 +560,7 @@ void route_write(struct req *r)
 	free(decoded);
 	if (err)
 		return reply_ws_errno(r, err, abs);
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "path", abs);
-	reply_ok(r, o);
+	reply_path(r, abs);
 }
 
 /* ---- /api/delete ---- */
@@ -562,8 +568,7 @@ void route_write(struct req *r)
 void route_delete(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_ws_path(r, "path", rel, abs);
-	if (!path)
+	if (!req_ws_path(r, "path", rel, abs))
 		return;
 	/* The container tests existence following symlinks: a dangling link is "not found", a
 	 * link to a directory counts as a directory. The entry itself is what gets removed. */
@@ -597,9 +602,7 @@ void route_delete(struct req *r)
 		reply_ws_errno(r, err, abs);
 		return;
 	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "path", abs);
-	reply_ok(r, o);
+	reply_path(r, abs);
 }
 
 /* ---- /api/rename, /api/move: mv semantics ---- */
@@ -868,8 +871,7 @@ void route_list_files(struct req *r)
 void route_exists(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_ws_path(r, "path", rel, abs);
-	if (!path)
+	if (!req_ws_path(r, "path", rel, abs))
 		return;
 	struct stat st;
 	int err = stat_existing(abs, &st);
