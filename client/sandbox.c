@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 #include "common/base64.h"
+#include "common/clock.h"
 #include "common/errnames.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
@@ -741,11 +742,7 @@ struct sbx_watch *sbx_watch_start(struct sbx *s, const char *path, const struct 
 	w->ops = *ops;
 	w->arg = arg;
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&w->cond);
 	int err = pthread_create(&w->thread, NULL, watch_supervisor, w);
 	if (err) {
 		pthread_cond_destroy(&w->cond);

@@ -56,11 +56,7 @@ static int64_t last_full_warning = -FULL_WARN_MS;
 
 static void init_cond(void)
 {
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&finished, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&finished);
 }
 
 uint64_t idem_hash(uint64_t h, const void *data, size_t len)
