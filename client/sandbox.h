@@ -44,6 +44,10 @@ void sbx_force_fallback(struct sbx *s);
 
 /* Readable reason of this thread's last failure ("mkdir: File exists"), or "". */
 const char *sbx_last_error(void);
+/* Records this thread's readable reason (what sbx_last_error() then returns) and returns err,
+ * a negative errno: for callers' own checks of what they were asked, as the client's calls do
+ * for theirs ("proc/new: no command was written"). */
+int sbx_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Metadata. sbx_lstat never follows the final symlink; target (optional) receives a malloc'd
  * symlink target when the entry is a symlink. */

@@ -36,7 +36,7 @@
 #include <string.h>
 #include <time.h>
 #include "client/contexts.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/base64.h"
 #include "common/jsonutil.h"
 #include "common/log.h"

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/env.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "fs/control.h"
 #include "fs/internal.h"
 

@@ -20,7 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "client/sessions.h"
 #include "client/shellquote.h"
 #include "common/log.h"

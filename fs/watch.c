@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/events.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "fs/control.h"
