@@ -25,6 +25,8 @@
 #include <string.h>
 #include "client/sandbox.h"
 #include "common/log.h"
+#include "fs/dirsnap.h"
+#include "fs/entry.h"
 #include "fs/internal.h"
 
 #define CTL_MAX_INPUT (64 * 1024 * 1024)
@@ -98,6 +100,15 @@ struct resolved {
 	char *words; /* a copy of path cut at its slashes: owns the strings a points into */
 };
 
+/* The tree at the root named name (fs->trees), or NULL. */
+static const struct ctl_entry *tree_named(struct sbxfs *fs, const char *name)
+{
+	for (const struct ctl_entry *const *t = fs->trees; *t; t++)
+		if (strcmp((*t)->name, name) == 0)
+			return *t;
+	return NULL;
+}
+
 static const struct ctl_entry *children_of(const struct ctl_entry *dir)
 {
 	return dir->same_as ? dir->same_as->children : dir->children;
@@ -140,7 +151,7 @@ static int resolve(struct sbxfs *fs, struct node *n, const char *name, struct re
 	if (!(r->words = strdup(p)))
 		abort();
 	char *save = NULL, *seg = strtok_r(r->words, "/", &save);
-	const struct ctl_entry *e = seg ? fs_control_tree(seg) : NULL;
+	const struct ctl_entry *e = seg ? tree_named(fs, seg) : NULL;
 	if (!e)
 		return -ENOENT;
 	while ((seg = strtok_r(NULL, "/", &save))) {
@@ -883,6 +894,9 @@ void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 void ctl_stop(struct sbxfs *fs)
 {
+	for (const struct ctl_entry *const *t = fs->trees; fs->sbx && *t; t++)
+		if ((*t)->stop)
+			(*t)->stop(fs);
 	pthread_mutex_lock(&ctl_lock);
 	while (parked) {
 		struct parked *p = parked;

@@ -25,6 +25,7 @@
 #include "client/shellquote.h"
 #include "common/log.h"
 #include "fs/control.h"
+#include "fs/env.h"
 #include "fs/internal.h"
 
 static const char *session_of(const struct ctl_args *a)
@@ -89,17 +90,6 @@ static char *workspace_dir(const char *dir, size_t len)
 	return out;
 }
 
-static bool is_env_name(const char *s, size_t n)
-{
-	if (!n || (s[0] >= '0' && s[0] <= '9'))
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!(s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
-		      ((s[i] | 32) >= 'a' && (s[i] | 32) <= 'z')))
-			return false;
-	return true;
-}
-
 static int new_commit(struct ctl_handle *h)
 {
 	const char *text = h->in.data ? h->in.data : "";
@@ -129,7 +119,7 @@ static int new_commit(struct ctl_handle *h)
 			free(cwd);
 			cwd = workspace_dir(line + 4, n - 4);
 		} else if (n > 4 && strncmp(line, "env.", 4) == 0 && eq &&
-			   is_env_name(line + 4, (size_t)(eq - line - 4))) {
+			   env_is_name(line + 4, (size_t)(eq - line - 4))) {
 			if (!(env[nenv++] = strndup(line + 4, n - 4)))
 				abort();
 		} else {
