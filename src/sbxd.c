@@ -47,10 +47,11 @@ static const struct option_doc {
 	  "for other users)" },
 	{ "sandbox-id", OPT_SANDBOX_ID, "NAME", NULL, "sandbox id reported to clients (default local)" },
 	{ "no-extensions", OPT_NO_EXT, NULL, NULL, "serve only the container's standard routes" },
-	{ "isolation", OPT_ISOLATION, "MODE", NULL,
-	  "how commands are isolated: bubblewrap (default) or none:\n"
-	  "directly on this system, which must itself be the sandbox\n"
-	  "(a container); the workspace must then be /workspace" },
+	{ "isolation", OPT_ISOLATION, "bubblewrap|none", NULL,
+	  "how commands are isolated: bubblewrap (the default),\n"
+	  "or none: directly on this system, which must itself be\n"
+	  "the sandbox (a container); the workspace must then be\n"
+	  "/workspace" },
 	{ "preview-base", OPT_PREVIEW_BASE, "URL", NULL,
 	  "public base of preview URLs, e.g. https://sbx.example.com:\n"
 	  "exposed ports get https://PORT-ID-TOKEN.sbx.example.com/" },
@@ -90,7 +91,11 @@ static void usage(FILE *out)
 				 d->arg ? d->arg : "");
 		if (d->heading)
 			fputs(d->heading, out);
-		fprintf(out, "  %-20s  ", left);
+		/* the text in a column of its own, below an option too long for it */
+		if (strlen(left) > 22)
+			fprintf(out, "  %s\n%24s", left, "");
+		else
+			fprintf(out, "  %-20s  ", left);
 		for (const char *h = d->help; *h; h++) {
 			fputc(*h, out);
 			if (*h == '\n')

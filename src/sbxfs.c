@@ -45,7 +45,7 @@ static const struct sbxfs_option program_options[] = {
 	  "use only the standard container routes" },
 	{ OPT("insecure", insecure, 1), "insecure", "do not verify the server's TLS certificate" },
 	{ OPT("ca_file=%s", ca_file, 0), "ca_file=FILE",
-	  "CA certificates (PEM) to trust instead of the system's" },
+	  "CA certificates (PEM) in place of the system's" },
 	/* refused: other users can read the command line */
 	{ FUSE_OPT_KEY("token=", KEY_TOKEN), NULL, NULL },
 	/* fstab words that mean something to mount(8) only */

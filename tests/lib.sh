@@ -1,9 +1,9 @@
 # Shared by ./bootstrap and ./run-tests (sourced, not run): the Debian packages the project
 # needs and the one function that installs the missing ones.
 
-# build: compiler, meson, the libraries' headers
+# build: compiler, meson, the libraries' headers, scdoc for the man pages
 SBX_PKGS_BUILD="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev libcurl4-openssl-dev
-	libcjson-dev libmicrohttpd-dev"
+	libcjson-dev libmicrohttpd-dev scdoc"
 # run: fusermount3 and the FUSE helpers; bwrap isolates sbxd's commands
 SBX_PKGS_RUN="fuse3 bubblewrap"
 # code contexts: the interpreters sbxd starts (IPython with the usual data libraries; Node.js
