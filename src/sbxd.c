@@ -45,7 +45,8 @@ static const struct option_doc {
 	  "private state (default $XDG_RUNTIME_DIR/sbxd-PORT; without\n"
 	  "it /run/sbxd-PORT for root, ${TMPDIR:-/tmp}/sbxd-UID/PORT\n"
 	  "for other users)" },
-	{ "sandbox-id", OPT_SANDBOX_ID, "NAME", NULL, "sandbox id reported to clients (default local)" },
+	{ "sandbox-id", OPT_SANDBOX_ID, "NAME", NULL,
+	  "sandbox id reported to clients (default local)" },
 	{ "no-extensions", OPT_NO_EXT, NULL, NULL, "serve only the container's standard routes" },
 	{ "isolation", OPT_ISOLATION, "bubblewrap|none", NULL,
 	  "how commands are isolated: bubblewrap (the default),\n"
@@ -58,7 +59,7 @@ static const struct option_doc {
 	{ "lease-seconds", OPT_LEASE, "N", NULL,
 	  "how long a silent client keeps its open files (default\n"
 	  "30; sbxfs renews every third of it)" },
-	{ "memory-limit", OPT_MEMORY, "SIZE", 
+	{ "memory-limit", OPT_MEMORY, "SIZE",
 	  "\nLimits for what runs in the sandbox (0 = none; SIZE takes K, M, G or T):\n",
 	  "memory of all processes together (default 4G)" },
 	{ "pids-limit", OPT_PIDS, "N", NULL, "processes and threads together (default 2048)" },
@@ -166,10 +167,15 @@ static bool parse_count(const char *s, long *out)
 static long max_open_files(void)
 {
 	long n = 1 << 20; /* the kernel's default */
+	char line[32];
 	FILE *f = fopen("/proc/sys/fs/nr_open", "re");
 	if (f) {
-		if (fscanf(f, "%ld", &n) != 1)
-			n = 1 << 20;
+		if (fgets(line, sizeof line, f)) {
+			char *end;
+			long v = strtol(line, &end, 10);
+			if (end != line && v > 0)
+				n = v;
+		}
 		fclose(f);
 	}
 	return n;
@@ -179,8 +185,10 @@ static long max_open_files(void)
 static const char *listen_port(const char *listen)
 {
 	const char *colon = strrchr(listen, ':');
+	/* strtol saturates where atoi would wrap (4294967296 is not port 0) */
 	if (!colon || colon == listen || !colon[1] ||
-	    strspn(colon + 1, "0123456789") != strlen(colon + 1) || atoi(colon + 1) > 65535)
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    strtol(colon + 1, NULL, 10) > 65535)
 		return NULL;
 	if (listen[0] == '[' && colon[-1] != ']')
 		return NULL;
@@ -234,9 +242,9 @@ static const char *parse_preview_base(const char *arg)
 		  strspn(host, "0123456789.") < name; /* not an IPv4 address */
 	if (ok && name < n) { /* ":PORT" */
 		size_t digits = n - name - 1;
+		long port = strtol(host + name + 1, NULL, 10);
 		ok = host[name] == ':' && digits >= 1 && digits <= 5 &&
-		     strspn(host + name + 1, "0123456789") >= digits &&
-		     atoi(host + name + 1) >= 1 && atoi(host + name + 1) <= 65535;
+		     strspn(host + name + 1, "0123456789") >= digits && port >= 1 && port <= 65535;
 	}
 	if (!ok) {
 		fprintf(stderr, "sbxd: --preview-base wants http[s]://NAME[:PORT] with a DNS name "
@@ -461,12 +469,15 @@ int main(int argc, char **argv)
 	log_init("sbxd", cfg.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, false);
 
 	char *token = NULL;
+	const char *env_token = getenv("SBXD_TOKEN");
 	if (token_file) {
 		token = load_token(token_file);
 		if (!token)
 			return 1;
-	} else if (getenv("SBXD_TOKEN") && *getenv("SBXD_TOKEN")) {
-		token = strdup(getenv("SBXD_TOKEN"));
+	} else if (env_token && *env_token) {
+		token = strdup(env_token);
+		if (!token)
+			abort();
 	} else {
 		return die_usage("a token is required: --token-file FILE (created if missing) or "
 				 "SBXD_TOKEN in the environment%s", "");
