@@ -224,7 +224,7 @@ static void ctl_lookup(fuse_req_t req, struct sbxfs *fs, struct node *n, const c
 {
 	struct resolved r;
 	int err = resolve(fs, n, name, &r);
-	bool dynamic = r.e && !r.e->name;
+	bool dynamic = !err && !r.e->name;
 	if (!err && dynamic)
 		err = r.e->exists ? r.e->exists(fs, &r.a) : -ENOENT;
 	struct stat st;

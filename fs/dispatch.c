@@ -151,11 +151,10 @@ static void op_rename(fuse_req_t req, fuse_ino_t ino, const char *name, fuse_ino
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
-	if (n->kind != np->kind && (n->kind == NODE_ROOT || np->kind == NODE_ROOT))
-		fuse_reply_err(req, EPERM);
-	else if (n->kind != np->kind)
+	/* between two kinds: EXDEV, as between filesystems, but nothing leaves the root */
+	if (n->kind != np->kind && n->kind != NODE_ROOT && np->kind != NODE_ROOT)
 		fuse_reply_err(req, EXDEV);
-	else if (!kinds[n->kind]->rename)
+	else if (n->kind != np->kind || !kinds[n->kind]->rename)
 		fuse_reply_err(req, EPERM);
 	else
 		kinds[n->kind]->rename(req, fs, n, name, np, newname, flags);

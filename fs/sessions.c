@@ -36,8 +36,8 @@ static const char *session_of(const struct ctl_args *a)
 /* Names sessions/ itself uses, and names no directory can have, are not listed. */
 static bool listable(const char *id)
 {
-	return *id && !strchr(id, '/') && strcmp(id, ".") && strcmp(id, "..") &&
-	       strcmp(id, "new") && strlen(id) <= 255;
+	return *id && !strchr(id, '/') && strcmp(id, ".") != 0 && strcmp(id, "..") != 0 &&
+	       strcmp(id, "new") != 0 && strlen(id) <= 255;
 }
 
 static int sessions_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names *out)

@@ -207,6 +207,7 @@ int main(int argc, char *argv[])
 	struct sbxfs *fs = NULL;
 	struct sbx *sandbox = NULL;
 	char *token = NULL;
+	const char *env_token;
 	int ret = 1;
 
 	log_init("sbxfs", LOG_LVL_INFO, false);
@@ -266,8 +267,8 @@ int main(int argc, char *argv[])
 		token = read_token(o.token_file);
 		if (!token)
 			goto out;
-	} else if (getenv("SBXFS_TOKEN")) {
-		token = strdup(getenv("SBXFS_TOKEN"));
+	} else if ((env_token = getenv("SBXFS_TOKEN"))) {
+		token = strdup(env_token);
 		if (!token)
 			abort();
 	}
