@@ -208,6 +208,18 @@ static int entry_stat(struct sbxfs *fs, const struct ctl_entry *e, const struct 
 	return 0;
 }
 
+void ctl_tree_stat(struct sbxfs *fs, const struct ctl_entry *tree, struct stat *st)
+{
+	char path[64];
+	const struct ctl_args none = { 0 };
+	snprintf(path, sizeof path, "/%s", tree->name);
+	if (entry_stat(fs, tree, &none, path, st) < 0) {
+		/* Still listed, so `ls` shows what exists; lookup reports the error. */
+		memset(st, 0, sizeof(*st));
+		st->st_mode = tree->mode;
+	}
+}
+
 /* ---- node handlers ---- */
 
 static void reply_bound(fuse_req_t req, struct sbxfs *fs, struct node *parent, const char *name,

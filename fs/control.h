@@ -166,6 +166,8 @@ void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 /* Stable inode numbers from the path ("/ctx/ID/out"): the same name is the same file for find
  * and tar; the top bit keeps them apart from the sandbox's own inode numbers. */
 ino_t ctl_ino(const char *path);
+/* The attributes of a tree at the root, for the root's listing: as a lookup gives them. */
+void ctl_tree_stat(struct sbxfs *fs, const struct ctl_entry *tree, struct stat *st);
 /* Unmount: the trees' stop hooks (when a sandbox was bound), then every parked read is
  * answered (ENOTCONN). */
 void ctl_stop(struct sbxfs *fs);

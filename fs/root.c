@@ -4,7 +4,6 @@
  * root's own are. */
 #include "fs/root.h"
 #include <errno.h>
-#include <stdio.h>
 #include <string.h>
 #include "client/sandbox.h"
 #include "fs/control.h"
@@ -38,21 +37,6 @@ static void root_stat(struct sbxfs *fs, struct stat *st)
 	for (const struct ctl_entry *const *t = root_trees; *t; t++)
 		if (S_ISDIR((*t)->mode))
 			st->st_nlink++;
-	st->st_uid = fs->uid;
-	st->st_gid = fs->gid;
-	st->st_blksize = 4096;
-	st->st_atim = st->st_mtim = st->st_ctim = fs->mount_time;
-}
-
-/* A control tree's attributes, made up. */
-static void tree_stat(struct sbxfs *fs, const struct ctl_entry *tree, struct stat *st)
-{
-	char path[64];
-	snprintf(path, sizeof(path), "/%s", tree->name);
-	memset(st, 0, sizeof(*st));
-	st->st_ino = ctl_ino(path);
-	st->st_mode = tree->mode;
-	st->st_nlink = S_ISDIR(st->st_mode) ? 2 : 1;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
 	st->st_blksize = 4096;
@@ -120,7 +104,7 @@ static int root_list(struct sbxfs *fs, struct node *n, struct dirsnap *snap)
 	}
 	dirsnap_add(snap, WORKSPACE, &st, NULL, NODE_WORKSPACE);
 	for (const struct ctl_entry *const *t = root_trees; *t; t++) {
-		tree_stat(fs, *t, &st);
+		ctl_tree_stat(fs, *t, &st);
 		dirsnap_add(snap, (*t)->name, &st, NULL, NODE_CONTROL);
 	}
 	return 0;
