@@ -46,13 +46,12 @@ const char *sbx_key(struct sbx *s, char buf[HTTP_KEY_MAX])
 	return buf;
 }
 
-int sbx_fail(int err, const char *fmt, ...)
+void sbx_set_reason(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(last_error, sizeof last_error, fmt, ap);
 	va_end(ap);
-	return err;
 }
 
 static const struct {
