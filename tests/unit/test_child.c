@@ -143,6 +143,7 @@ static pid_t read_pid(const char *path)
 		FILE *f = fopen(path, "r");
 		long pid = 0;
 		if (f) {
+			/* NOLINTNEXTLINE(cert-err34-c): a pid or nothing; 0 if not yet written */
 			if (fscanf(f, "%ld", &pid) != 1)
 				pid = 0;
 			fclose(f);

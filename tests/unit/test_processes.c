@@ -105,12 +105,12 @@ static void test_timeout_and_errors(struct procs *t)
 {
 	int err;
 	struct transcript tr = { STRBUF_INIT };
-	struct proc_info i;
+	struct proc_info i = { 0 };
 	struct proc *p = start(t, NULL, "sleep 60", 200, NULL, &err);
 	CHECK(err == 0 && follow_all(t, p, &tr, &i) == 0);
 	CHECK(i.status == PROC_FAILED && i.exit_code == 124);
-	CHECK(strstr(tr.text.data, "2:Command timed out after 200ms") != NULL);
-	CHECK(strncmp(i.id, "proc_", 5) == 0);
+	CHECK_HAS(tr.text.data, "2:Command timed out after 200ms");
+	CHECK(i.id && strncmp(i.id, "proc_", 5) == 0);
 	proc_put(t, p);
 	strbuf_free(&tr.text);
 
@@ -119,7 +119,7 @@ static void test_timeout_and_errors(struct procs *t)
 	p = start(t, NULL, "true", 0, "/workspace/missing", &err);
 	CHECK(err == 0 && follow_all(t, p, &tr2, &i) == 0);
 	CHECK(i.status == PROC_ERROR && i.exit_code == 1 && i.pid == -1);
-	CHECK(strstr(tr2.text.data, "Failed to change directory to '/workspace/missing'"));
+	CHECK_HAS(tr2.text.data, "Failed to change directory to '/workspace/missing'");
 	proc_put(t, p);
 	strbuf_free(&tr2.text);
 }
