@@ -1018,7 +1018,7 @@ int contexts_execute(const char *id, const char *code, const char *language,
 	if (err && c)
 		ctx_unref(c);
 	pthread_mutex_unlock(&lock);
-	if (start)
+	if (!err && start)
 		start_exec(c, start);
 	return err;
 }
@@ -1070,7 +1070,9 @@ void execution_release(struct execution *e)
 	uint64_t seq = e->seq;
 	bool interrupt = !e->finished && abandon_locked(e);
 	c->refs++;
-	exec_unref(e);
+	/* abandon_locked dropped only the queue's reference; the caller's is still e's, which
+	 * the analyzer does not count */
+	exec_unref(e); /* NOLINT(clang-analyzer-unix.Malloc) */
 	pthread_mutex_unlock(&lock);
 	if (interrupt) {
 		log_debug("contexts: %s: the client left, interrupting execution %" PRIu64, c->id,

@@ -124,11 +124,11 @@ void route_x_readdir(struct req *r)
 	int err = fd < 0 ? -errno : 0;
 	ws_entry_close(&e);
 	DIR *d = err ? NULL : fdopendir(fd);
-	if (!err && !d) {
-		err = -errno;
-		close(fd);
-	}
-	if (err) {
+	if (!d) {
+		if (!err) {
+			err = -errno;
+			close(fd);
+		}
 		reply_ws_errno(r, err, path);
 		return;
 	}

@@ -777,7 +777,7 @@ static int split_listen(const char *listen, char *host, size_t hostlen, char *po
 	memcpy(host, h, hl);
 	host[hl] = '\0';
 	strcpy(port, colon + 1);
-	return atoi(port) <= 65535 ? 0 : -1;
+	return strtol(port, NULL, 10) <= 65535 ? 0 : -1;  /* saturates, unlike atoi */
 }
 
 static bool is_loopback(const struct sockaddr *sa)
@@ -829,7 +829,7 @@ struct httpd *httpd_start(struct sbxd *sbxd, const struct httpd_hook *hook)
 	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur / 4 < connections)
 		connections = nofile.rlim_cur / 4 > 64 ? (unsigned)(nofile.rlim_cur / 4) : 64;
 	untrusted_max = connections / 4;
-	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, h,
+	h->mhd = MHD_start_daemon(flags, (uint16_t)strtol(port, NULL, 10), NULL, NULL, on_request, h,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
 				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,

@@ -634,6 +634,20 @@ static void reply_head_error(struct preview *p, int err)
 	}
 }
 
+/* The headers of the service's answer that are about its connection to sbxd, not the
+ * client's; Upgrade stays in a 101, which switches the client's protocol. */
+static bool answer_hop_by_hop(const char *name, int status)
+{
+	static const char *const names[] = {
+		"Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Trailer",
+		"Proxy-Connection",
+	};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return true;
+	return status != 101 && strcasecmp(name, "Upgrade") == 0;
+}
+
 static void finish(struct preview *p)
 {
 	if (p->chunked_body && !p->send_failed && send_all(p->up, "0\r\n\r\n", 5))
@@ -674,10 +688,7 @@ static void finish(struct preview *p)
 	}
 	const char *name, *value;
 	for (size_t pos = 0; resp_head_next(&p->head, &pos, &name, &value);) {
-		if (strcasecmp(name, "Connection") && strcasecmp(name, "Keep-Alive") &&
-		    strcasecmp(name, "Transfer-Encoding") && strcasecmp(name, "Content-Length") &&
-		    strcasecmp(name, "Trailer") && strcasecmp(name, "Proxy-Connection") &&
-		    (status == 101 || strcasecmp(name, "Upgrade")))
+		if (!answer_hop_by_hop(name, status))
 			MHD_add_response_header(resp, name, value);
 	}
 	p->replied = MHD_queue_response(p->conn, (unsigned)status, resp) == MHD_YES;

@@ -16,6 +16,10 @@ static bool blank(const char *s)
 /* The value as a message shows it: a string as it is (cut short), else its JSON. */
 static void value_text(const cJSON *v, char *out, size_t size)
 {
+	if (!v) {
+		snprintf(out, size, "?");
+		return;
+	}
 	if (cJSON_IsString(v)) {
 		snprintf(out, size, "%s", v->valuestring);
 		return;

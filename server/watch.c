@@ -855,7 +855,7 @@ static void retained_prune_locked(int64_t now)
 		if (w->expires <= now)
 			retained_drop_locked(w);
 	}
-	while (n_retained >= RETAINED_MAX) {
+	while (n_retained >= RETAINED_MAX && retained_list) {
 		struct retained *oldest = retained_list;
 		for (struct retained *w = retained_list; w; w = w->next)
 			if (w->expires < oldest->expires)

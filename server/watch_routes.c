@@ -204,7 +204,7 @@ void route_watch_check(struct req *r)
 	const cJSON *sincev = cJSON_GetObjectItemCaseSensitive(req_json(r), "since");
 	if (sincev && !cJSON_IsNull(sincev) && !cJSON_IsString(sincev))
 		return reply_invalid(r, "since must be a version returned by checkChanges()");
-	const char *since = cJSON_IsString(sincev) ? sincev->valuestring : NULL;
+	const char *since = sincev && cJSON_IsString(sincev) ? sincev->valuestring : NULL;
 	char abs[WS_PATH_MAX + 16], version[96], id[WATCH_ID_MAX];
 	struct watch_filter f;
 	struct watch_state w;
