@@ -39,7 +39,7 @@ const char *entry_name_problem(const char *name)
 struct wire_int wire_int_from_json(const cJSON *v)
 {
 	struct wire_int w = { .present = v != NULL };
-	if (!cJSON_IsNumber(v))
+	if (!v || !cJSON_IsNumber(v))
 		return w;
 	double d = v->valuedouble;
 	if (d != d) /* NaN */

@@ -330,11 +330,7 @@ struct sbx_events *sbx_events_open(struct sbx *s, const struct sbx_events_opts *
 	e->ops = *ops;
 	e->arg = arg;
 	pthread_mutex_init(&e->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&e->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&e->cond);
 
 	pthread_mutex_lock(&e->lock);
 	e->stream = connect_stream(e);

@@ -1285,11 +1285,7 @@ int http_request_sync(struct http_client *c, const struct http_request *req,
 		out->err = -ENOMEM;
 		return out->err;
 	}
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&w->cond);
 	pthread_mutex_init(&w->lock, NULL);
 	w->refs = 2;
 

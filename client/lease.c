@@ -81,11 +81,7 @@ struct sbx_lease *sbx_lease_start(struct sbx *s, long lease_ms)
 	l->s = s;
 	l->interval_ms = lease_ms / 3 > 100 ? lease_ms / 3 : 100;
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&l->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&l->cond);
 	if (pthread_create(&l->thread, NULL, heartbeat, l)) {
 		log_warn("lease: cannot start the heartbeat: an idle mount's open files may be "
 			 "closed by the server after %ld s", lease_ms / 1000);

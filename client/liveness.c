@@ -182,11 +182,7 @@ struct liveness *liveness_start(const struct liveness_opts *o)
 	l->user_agent = dup_or_null(o->user_agent);
 	l->ca_file = dup_or_null(o->ca_file);
 	pthread_mutex_init(&l->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&l->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&l->cond);
 	l->easy = curl_easy_init();
 	if (!l->easy) {
 		destroy(l);

@@ -4,7 +4,7 @@
  * unanswered for a while, or lost its connection) and, while the sandbox is down, over and
  * over until it answers again. Any HTTP answer means up; only a transport failure (refused,
  * reset, no answer within the probe's timeout) on every attempt of a round means down. The
- * HTTP client holds back new attempts while the sandbox is down (docs/sbxfs.1, "Failures"). */
+ * HTTP client holds back new attempts while the sandbox is down (sbxfs(1), FAILURES). */
 #ifndef SBX_LIVENESS_H
 #define SBX_LIVENESS_H
 #include <stdbool.h>

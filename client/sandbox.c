@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 #include "common/base64.h"
+#include "common/clock.h"
 #include "common/errnames.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
@@ -45,13 +46,12 @@ const char *sbx_key(struct sbx *s, char buf[HTTP_KEY_MAX])
 	return buf;
 }
 
-int sbx_fail(int err, const char *fmt, ...)
+void sbx_set_reason(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
 	vsnprintf(last_error, sizeof last_error, fmt, ap);
 	va_end(ap);
-	return err;
 }
 
 static const struct {
@@ -741,11 +741,7 @@ struct sbx_watch *sbx_watch_start(struct sbx *s, const char *path, const struct 
 	w->ops = *ops;
 	w->arg = arg;
 	pthread_mutex_init(&w->lock, NULL);
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&w->cond, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&w->cond);
 	int err = pthread_create(&w->thread, NULL, watch_supervisor, w);
 	if (err) {
 		pthread_cond_destroy(&w->cond);

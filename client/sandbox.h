@@ -44,6 +44,18 @@ void sbx_force_fallback(struct sbx *s);
 
 /* Readable reason of this thread's last failure ("mkdir: File exists"), or "". */
 const char *sbx_last_error(void);
+/* Records this thread's readable reason (what sbx_last_error() then returns) and returns err,
+ * a negative errno: for callers' own checks of what they were asked, as the client's calls do
+ * for theirs ("proc/new: no command was written"). err is taken before the reason is formatted
+ * (sbx_fail(-errno, "...: %s", strerror(errno))). A macro, so that the compiler and static
+ * analysis see that what it returns is err, and that a function failing through it fails. */
+#define sbx_fail(err, ...)                          \
+	__extension__({                             \
+		int sbx_fail_err_ = (err);          \
+		sbx_set_reason(__VA_ARGS__);        \
+		sbx_fail_err_;                      \
+	})
+void sbx_set_reason(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Metadata. sbx_lstat never follows the final symlink; target (optional) receives a malloc'd
  * symlink target when the entry is a symlink. */

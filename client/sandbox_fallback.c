@@ -307,6 +307,7 @@ static int fb_statfs(struct sbx *s, const char *path, struct statvfs *sv)
 	if (err)
 		return err;
 	unsigned long long v[8];
+	/* NOLINTNEXTLINE(cert-err34-c): stat(1) prints 64-bit unsigned numbers, which v holds */
 	if (sscanf(out, "%llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
 		   &v[4], &v[5], &v[6], &v[7]) != 8) {
 		free(out);

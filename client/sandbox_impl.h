@@ -81,9 +81,6 @@ const char *sbx_key(struct sbx *s, char buf[HTTP_KEY_MAX]);
  * done it. */
 int sbx_last_lost(void);
 
-/* Records this thread's readable reason and returns err (a negative errno). */
-int sbx_fail(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
 /* One JSON round trip: sends body (consumed, may be NULL for a GET), returns 0 with *out set
  * (caller frees) for a 2xx answer, else a negative errno with sbx_last_error() set to
  * "<what>: <server's message>". timeout_ms 0 = the client's default. */

@@ -91,7 +91,7 @@ int errno_from_api_error(const char *errno_field, const char *code, long http_st
 				return codes[i].err;
 	switch (http_status) {
 	case 400: return EINVAL;
-	case 401: return EACCES;
+	case 401:
 	case 403: return EACCES;
 	case 404: return ENOENT;
 	case 409: return EEXIST;

@@ -1,4 +1,5 @@
 #include "common/jsonutil.h"
+#include "common/strbuf.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
@@ -87,3 +88,14 @@ cJSON *json_from_stat(const struct stat *st)
 }
 
 char *json_print(const cJSON *v) { return cJSON_PrintUnformatted(v); }
+
+void sse_append(struct strbuf *out, const cJSON *event)
+{
+	char *text = json_print(event);
+	if (!text)
+		return;
+	strbuf_appends(out, "data: ");
+	strbuf_appends(out, text);
+	strbuf_appends(out, "\n\n");
+	free(text);
+}

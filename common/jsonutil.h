@@ -1,5 +1,6 @@
 /* Small cJSON helpers for the wire format: typed getters that tolerate missing fields, the
- * stat object of the filesystem extensions, and ISO-8601 timestamps. */
+ * stat object of the filesystem extensions, ISO-8601 timestamps, and events of a server-sent
+ * event stream. */
 #ifndef SBX_JSONUTIL_H
 #define SBX_JSONUTIL_H
 #include <cjson/cJSON.h>
@@ -30,4 +31,8 @@ bool json_get_timespec(const cJSON *v, struct timespec *ts);
 
 /* Prints compactly; the caller frees with free(). */
 char *json_print(const cJSON *v);
+
+struct strbuf;
+/* Appends the server-sent event "data: <compact json>\n\n". */
+void sse_append(struct strbuf *out, const cJSON *event);
 #endif

@@ -6,7 +6,7 @@
 
 void strbuf_reserve(struct strbuf *sb, size_t extra)
 {
-	if (sb->len + extra + 1 <= sb->cap)
+	if (sb->data && sb->len + extra + 1 <= sb->cap)
 		return;
 	size_t cap = sb->cap ? sb->cap : 64;
 	while (cap < sb->len + extra + 1)

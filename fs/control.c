@@ -25,6 +25,8 @@
 #include <string.h>
 #include "client/sandbox.h"
 #include "common/log.h"
+#include "fs/dirsnap.h"
+#include "fs/entry.h"
 #include "fs/internal.h"
 
 #define CTL_MAX_INPUT (64 * 1024 * 1024)
@@ -98,6 +100,15 @@ struct resolved {
 	char *words; /* a copy of path cut at its slashes: owns the strings a points into */
 };
 
+/* The tree at the root named name (fs->trees), or NULL. */
+static const struct ctl_entry *tree_named(struct sbxfs *fs, const char *name)
+{
+	for (const struct ctl_entry *const *t = fs->trees; *t; t++)
+		if (strcmp((*t)->name, name) == 0)
+			return *t;
+	return NULL;
+}
+
 static const struct ctl_entry *children_of(const struct ctl_entry *dir)
 {
 	return dir->same_as ? dir->same_as->children : dir->children;
@@ -140,7 +151,7 @@ static int resolve(struct sbxfs *fs, struct node *n, const char *name, struct re
 	if (!(r->words = strdup(p)))
 		abort();
 	char *save = NULL, *seg = strtok_r(r->words, "/", &save);
-	const struct ctl_entry *e = seg ? fs_control_tree(seg) : NULL;
+	const struct ctl_entry *e = seg ? tree_named(fs, seg) : NULL;
 	if (!e)
 		return -ENOENT;
 	while ((seg = strtok_r(NULL, "/", &save))) {
@@ -197,6 +208,18 @@ static int entry_stat(struct sbxfs *fs, const struct ctl_entry *e, const struct 
 	return 0;
 }
 
+void ctl_tree_stat(struct sbxfs *fs, const struct ctl_entry *tree, struct stat *st)
+{
+	char path[64];
+	const struct ctl_args none = { 0 };
+	snprintf(path, sizeof path, "/%s", tree->name);
+	if (entry_stat(fs, tree, &none, path, st) < 0) {
+		/* Still listed, so `ls` shows what exists; lookup reports the error. */
+		memset(st, 0, sizeof(*st));
+		st->st_mode = tree->mode;
+	}
+}
+
 /* ---- node handlers ---- */
 
 static void reply_bound(fuse_req_t req, struct sbxfs *fs, struct node *parent, const char *name,
@@ -213,7 +236,7 @@ static void ctl_lookup(fuse_req_t req, struct sbxfs *fs, struct node *n, const c
 {
 	struct resolved r;
 	int err = resolve(fs, n, name, &r);
-	bool dynamic = r.e && !r.e->name;
+	bool dynamic = !err && !r.e->name;
 	if (!err && dynamic)
 		err = r.e->exists ? r.e->exists(fs, &r.a) : -ENOENT;
 	struct stat st;
@@ -883,6 +906,9 @@ void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 
 void ctl_stop(struct sbxfs *fs)
 {
+	for (const struct ctl_entry *const *t = fs->trees; fs->sbx && *t; t++)
+		if ((*t)->stop)
+			(*t)->stop(fs);
 	pthread_mutex_lock(&ctl_lock);
 	while (parked) {
 		struct parked *p = parked;

@@ -152,7 +152,7 @@ const char *ctl_input_take(struct ctl_handle *h, size_t *len);
  * close that runs the commit (Ctrl-C); hand it to the client call as its cancel flag. */
 const atomic_bool *ctl_interrupt_flag(struct ctl_handle *h);
 
-/* The handlers fs.c dispatches to: NODE_CONTROL's kind_ops, and the file operations of a
+/* The handlers fs/dispatch.c dispatches to: NODE_CONTROL's kind_ops, and the file operations of a
  * control handle (fi->fh tagged by ctl_fh). */
 extern const struct kind_ops control_kind_ops;
 bool ctl_is_handle(const struct fuse_file_info *fi);
@@ -166,10 +166,14 @@ void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 /* Stable inode numbers from the path ("/ctx/ID/out"): the same name is the same file for find
  * and tar; the top bit keeps them apart from the sandbox's own inode numbers. */
 ino_t ctl_ino(const char *path);
-/* Unmount, after the trees' stop hooks (fs.c): every parked read is answered (ENOTCONN). */
+/* The attributes of a tree at the root, for the root's listing: as a lookup gives them. */
+void ctl_tree_stat(struct sbxfs *fs, const struct ctl_entry *tree, struct stat *st);
+/* Unmount: the trees' stop hooks (when a sandbox was bound), then every parked read is
+ * answered (ENOTCONN). */
 void ctl_stop(struct sbxfs *fs);
 
-/* The trees, defined by fs/ctx.c, fs/proc.c, ... and listed in fs.c's root table. */
+/* The trees, defined by fs/ctx.c, fs/proc.c, ... and listed at the root (fs/root.c), which
+ * hands them to this file as fs->trees. */
 extern const struct ctl_entry ctl_ctx_tree, ctl_proc_tree, ctl_ports_tree, ctl_git_tree,
 	ctl_env_file, ctl_sessions_tree, ctl_watch_file;
 #endif

@@ -36,7 +36,7 @@
 #include <string.h>
 #include <time.h>
 #include "client/contexts.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/base64.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
@@ -556,8 +556,8 @@ static int ctx_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names
 	if (err)
 		return err;
 	for (size_t i = 0; i < n; i++)
-		if (!strchr(v[i].id, '/') && strcmp(v[i].id, "new") && strcmp(v[i].id, ".") &&
-		    strcmp(v[i].id, "..") && in_session(a, &v[i]))
+		if (!strchr(v[i].id, '/') && strcmp(v[i].id, "new") != 0 &&
+		    strcmp(v[i].id, ".") != 0 && strcmp(v[i].id, "..") != 0 && in_session(a, &v[i]))
 			ctl_names_add(out, v[i].id);
 	sbx_contexts_free(v, n);
 	return 0;
@@ -621,11 +621,11 @@ static void ctx_stop(struct sbxfs *fs)
 		sbx_execution_close(x);
 		ctl_feed_end(e->feed, -ENOTCONN);
 		pthread_mutex_lock(&ctx_lock);
-		bool drop = e->running;
-		e->running = false;
+		if (e->running) {
+			e->running = false;
+			e->refs--; /* the running list's: ours, taken above, keeps e */
+		}
 		pthread_mutex_unlock(&ctx_lock);
-		if (drop)
-			exe_unref(e);
 		exe_unref(e);
 	}
 	pthread_mutex_lock(&ctx_lock);

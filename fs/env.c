@@ -18,11 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/env.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "fs/control.h"
+#include "fs/env.h"
 #include "fs/internal.h"
 
-static bool is_name(const char *s, size_t n)
+bool env_is_name(const char *s, size_t n)
 {
 	if (!n || (s[0] >= '0' && s[0] <= '9'))
 		return false;
@@ -84,7 +85,7 @@ int env_parse(const char *text, size_t len, struct env_change *c)
 		if (!unset && !eq)
 			return sbx_fail(-EINVAL, "env line %zu: '%.*s' is neither NAME=VALUE nor -NAME",
 					lineno, (int)(n > 80 ? 80 : n), line);
-		if (!is_name(name, name_len))
+		if (!env_is_name(name, name_len))
 			return sbx_fail(-EINVAL, "env line %zu: '%.*s' is not a variable name "
 					"(letters, digits and _, not starting with a digit)",
 					lineno, (int)(name_len > 80 ? 80 : name_len), name);

@@ -28,10 +28,17 @@ struct sbxfs_config {
 	unsigned stream_buffer;   /* MiB a stream file (ctx out, proc follow) holds at most */
 };
 
+/* One -o option: how fuse_opt parses it, and what --help shows of it (shown NULL: nothing). */
+struct sbxfs_option {
+	struct fuse_opt opt;
+	const char *shown; /* "attr_timeout=SECS" */
+	const char *help;
+};
+/* The filesystem's options (fs/options.c), ending with FUSE_OPT_END. */
+extern const struct sbxfs_option sbxfs_cache_options[];
 /* Parses and removes the filesystem's -o options from args (defaults filled in first).
  * Returns 0, or -1 after printing why. */
 int sbxfs_config_parse(struct fuse_args *args, struct sbxfs_config *cfg);
-void sbxfs_config_help(void);
 
 struct sbxfs *sbxfs_new(const struct sbxfs_config *cfg);
 const struct fuse_lowlevel_ops *sbxfs_lowlevel_ops(void);

@@ -19,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/git.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/strbuf.h"
 #include "fs/control.h"
 #include "fs/internal.h"

@@ -21,12 +21,13 @@
  * bound) drops every cached attribute and listing and invalidates every inode and name the
  * table knows. Negative entries the kernel cached for names we never bound cannot be listed;
  * they expire by negative_timeout (and none are handed out while the stream is down). */
-#include "fs/internal.h"
+#include "fs/invalidate.h"
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "common/log.h"
+#include "fs/internal.h"
 
 #define QUEUE_MAX 65536
 

@@ -13,7 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/ports.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/log.h"
 #include "fs/control.h"
 #include "fs/internal.h"

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/processes.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/log.h"
 #include "fs/control.h"
 #include "fs/internal.h"
@@ -29,8 +29,8 @@ static const char *proc_id(const struct ctl_args *a)
 /* Names proc/ itself uses, and names no directory can have, are not listed as processes. */
 static bool listable(const char *id)
 {
-	return *id && !strchr(id, '/') && strcmp(id, ".") && strcmp(id, "..") &&
-	       strcmp(id, "new") && strcmp(id, "kill-all");
+	return *id && !strchr(id, '/') && strcmp(id, ".") != 0 && strcmp(id, "..") != 0 &&
+	       strcmp(id, "new") != 0 && strcmp(id, "kill-all") != 0;
 }
 
 /* ---- sessions/<sid>/proc: the processes of one session ----

@@ -20,11 +20,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "client/sessions.h"
 #include "client/shellquote.h"
 #include "common/log.h"
 #include "fs/control.h"
+#include "fs/env.h"
 #include "fs/internal.h"
 
 static const char *session_of(const struct ctl_args *a)
@@ -35,8 +36,8 @@ static const char *session_of(const struct ctl_args *a)
 /* Names sessions/ itself uses, and names no directory can have, are not listed. */
 static bool listable(const char *id)
 {
-	return *id && !strchr(id, '/') && strcmp(id, ".") && strcmp(id, "..") &&
-	       strcmp(id, "new") && strlen(id) <= 255;
+	return *id && !strchr(id, '/') && strcmp(id, ".") != 0 && strcmp(id, "..") != 0 &&
+	       strcmp(id, "new") != 0 && strlen(id) <= 255;
 }
 
 static int sessions_list(struct sbxfs *fs, const struct ctl_args *a, struct ctl_names *out)
@@ -89,17 +90,6 @@ static char *workspace_dir(const char *dir, size_t len)
 	return out;
 }
 
-static bool is_env_name(const char *s, size_t n)
-{
-	if (!n || (s[0] >= '0' && s[0] <= '9'))
-		return false;
-	for (size_t i = 0; i < n; i++)
-		if (!(s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
-		      ((s[i] | 32) >= 'a' && (s[i] | 32) <= 'z')))
-			return false;
-	return true;
-}
-
 static int new_commit(struct ctl_handle *h)
 {
 	const char *text = h->in.data ? h->in.data : "";
@@ -129,7 +119,7 @@ static int new_commit(struct ctl_handle *h)
 			free(cwd);
 			cwd = workspace_dir(line + 4, n - 4);
 		} else if (n > 4 && strncmp(line, "env.", 4) == 0 && eq &&
-			   is_env_name(line + 4, (size_t)(eq - line - 4))) {
+			   env_is_name(line + 4, (size_t)(eq - line - 4))) {
 			if (!(env[nenv++] = strndup(line + 4, n - 4)))
 				abort();
 		} else {

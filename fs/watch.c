@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "client/events.h"
-#include "client/sandbox_impl.h" /* sbx_fail: readable reasons for our own checks */
+#include "client/sandbox.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "fs/control.h"
@@ -221,15 +221,19 @@ static int parse_options(const char *text, struct options *op)
 	for (char *w = strtok_r(copy, " \t\r\n", &save); w && !err;
 	     w = strtok_r(NULL, " \t\r\n", &save)) {
 		if (strncmp(w, "path=", 5) == 0 && w[5]) {
-			free(op->path);
+			char *path;
 			if (w[5] == '/')
-				op->path = strdup(w + 5);
-			else if (asprintf(&op->path, "/workspace/%s", w + 5) < 0)
-				op->path = NULL;
-			if (!op->path)
+				path = strdup(w + 5);
+			else if (asprintf(&path, "/workspace/%s", w + 5) < 0)
+				path = NULL;
+			if (!path)
 				abort();
+			free(op->path);
+			op->path = path;
 		} else if (strncmp(w, "kind=", 5) == 0) {
-			err = parse_kinds(w + 5, &op->o.kinds);
+			unsigned kinds = 0;
+			err = parse_kinds(w + 5, &kinds);
+			op->o.kinds |= kinds;
 		} else if (strncmp(w, "include=", 8) == 0 && w[8] && op->ninclude < GLOBS_MAX) {
 			if (!(op->include[op->ninclude++] = strdup(w + 8)))
 				abort();

@@ -39,7 +39,7 @@
  * their new path (sbx_file_set_path), which the fallback backend uploads to.
  *
  * Workers block only on bounded requests (the client's deadline, -o timeout). */
-#include "fs/internal.h"
+#include "fs/workspace.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -47,6 +47,11 @@
 #include <string.h>
 #include "client/sandbox.h"
 #include "common/log.h"
+#include "fs/dirsnap.h"
+#include "fs/entry.h"
+#include "fs/internal.h"
+#include "fs/invalidate.h"
+#include "fs/timeouts.h"
 
 static char *child_path(const struct node *dir, const char *name)
 {

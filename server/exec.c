@@ -1,37 +1,41 @@
 /* POST /api/execute and /api/execute/stream.
  *
- * A command's stdout and stderr are read concurrently with poll() (a command that fills one
- * pipe while we wait on the other would otherwise deadlock), together with its pidfd, so the
- * end of the command is noticed even when a background child keeps the pipes open: once the
- * command has exited, what it wrote is already in the pipes, so one drain pass ends the
- * collection and whatever it left running in the background no longer holds the request.
+ * A command is a child of the pump (server/child.h) whose process group survives it: what it
+ * left running in the background goes on, as in a shell, and does not hold the request, since
+ * once the command has exited what it wrote is already in the pipes.
  *
- * /api/execute collects both outputs whole (each capped at 64 MiB) and answers once. The
- * stream is an sse_source: each next() polls for at most the time httpd gives it and turns
- * what arrived into events; text events carry incomplete UTF-8 sequences over to the next
- * chunk so a character is never split. If the client goes away first, release() kills the
- * command's process group; /api/execute watches its client's socket in the same poll() and
- * does the same (TERM, KILL after KILL_GRACE_MS), and so does a request still waiting for its
- * session's running command (sessions.c), which then never starts. Either way every child is
- * reaped. Stopping sbxd shuts every connection down, so this also bounds how long a stop
- * waits for commands.
+ * /api/execute collects both outputs whole (each capped at 64 MiB: beyond, the command is
+ * killed) and answers once. The stream is an sse_source: each next() runs the pump for at most
+ * the time httpd gives it and turns what arrived into events; text events carry incomplete
+ * UTF-8 sequences over to the next chunk so a character is never split. If the client goes
+ * away first, release() ends the command; /api/execute has the pump watch its client's socket
+ * and stop the command the same way (TERM, KILL after KILL_GRACE_MS), and so does a request
+ * still waiting for its session's running command (sessions.c), which then never starts.
+ * Either way every child is reaped. Stopping sbxd shuts every connection down, so this also
+ * bounds how long a stop waits for commands.
  *
  * Output text is UTF-8 with invalid sequences and NUL bytes replaced by U+FFFD (cJSON strings
  * cannot hold NUL); "encoding":"base64" gives the bytes exactly. */
-#include "server/exec.h"
+#include "server/child.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/runner.h"
 #include "server/sessions.h"
+#include "server/sessions_routes.h"
 #include "server/envstore.h"
 #include "server/utf8.h"
 #include "common/base64.h"
+#include "common/clock.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include <errno.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -41,227 +45,34 @@
 #define OUTPUT_MAX ((size_t)64 << 20)
 #define KILL_GRACE_MS 2000          /* SIGTERM, then SIGKILL this much later */
 #define DRAIN_MAX_MS 200            /* after the exit: reading what is left, at most */
-#define READ_CHUNK 65536
-#define STEP_BYTES (1024 * 1024) /* per round, so timeouts and exits are seen */
 
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* ---- running a command ---- */
 
-/* ---- running a command and reading its output ---- */
-
-enum { OUT, ERR };
-
-struct proc_io {
-	struct run_proc p;
-	const char *input;      /* the command text, when it goes to stdin */
-	size_t input_len, input_off;
-	bool eof[2];
-	bool exited, reaped;
-	int status;
-	int timeout_ms;         /* 0: none */
-	int64_t deadline;       /* timeout, -1 none */
-	int64_t kill_at;        /* SIGKILL after the SIGTERM of a timeout, -1 none */
-	int64_t drain_until;    /* after the exit: reading what is left, until then */
-	int client_fd;          /* the request's socket, watched for a hang-up; -1: not */
-	bool client_gone;
-	bool timed_out;
-	bool killed;            /* by us, for any reason: its state is not to be kept */
+static const struct child_policy command_policy = {
+	.grace_ms = KILL_GRACE_MS,
+	.drain_ms = DRAIN_MAX_MS,
+	.group_survives = true,
 };
 
-typedef void (*sink_fn)(void *ctx, int which, const char *buf, size_t n);
-
-static void io_kill(struct proc_io *io, int sig)
-{
-	runner_kill(&io->p, sig);
-	io->killed = true;
-}
-
-/* Writes to the command's stdin without dying of SIGPIPE when it has closed it (sbxd's
- * signal disposition is not ours to rely on): SIGPIPE is blocked in this thread for the
- * write and a pending one is consumed. */
-static void io_feed(struct proc_io *io)
-{
-	sigset_t pipe_set, old;
-	sigemptyset(&pipe_set);
-	sigaddset(&pipe_set, SIGPIPE);
-	pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-	ssize_t w = write(io->p.stdin_fd, io->input + io->input_off,
-			  io->input_len - io->input_off);
-	int err = errno;
-	if (w < 0 && err == EPIPE) {
-		struct timespec zero = { 0, 0 };
-		sigtimedwait(&pipe_set, NULL, &zero);
-	}
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	if (w > 0)
-		io->input_off += (size_t)w;
-	if ((w < 0 && err != EAGAIN && err != EINTR) || io->input_off == io->input_len) {
-		close(io->p.stdin_fd);
-		io->p.stdin_fd = -1;
-	}
-}
-
-/* Reads what fd has now, up to budget bytes; false once it reached EOF. */
-static bool io_read(struct proc_io *io, int which, sink_fn sink, void *ctx, size_t *budget)
-{
-	int fd = which == OUT ? io->p.stdout_fd : io->p.stderr_fd;
-	char buf[READ_CHUNK];
-	while (*budget) {
-		ssize_t n = read(fd, buf, *budget < sizeof buf ? *budget : sizeof buf);
-		if (n > 0) {
-			sink(ctx, which, buf, (size_t)n);
-			*budget -= (size_t)n;
-			continue;
-		}
-		if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
-			io->eof[which] = true;
-			return false;
-		}
-		if (errno == EAGAIN)
-			break;
-	}
-	return true;
-}
-
-static void io_check_exit(struct proc_io *io)
-{
-	if (io->exited)
-		return;
-	int err = runner_wait(&io->p, &io->status, 0);
-	if (err == -ETIMEDOUT)
-		return;
-	if (err) {
-		log_error("exec: waiting for %d: %s", (int)io->p.pid, strerror(-err));
-		io->status = 255 << 8;
-	}
-	/* a failed wait (nothing to reap) ends it just the same */
-	io->exited = io->reaped = true;
-	io->drain_until = now_ms() + DRAIN_MAX_MS;
-}
-
-/* SIGTERM now (a timeout, a departed client), SIGKILL KILL_GRACE_MS later. */
-static void io_stop(struct proc_io *io, int64_t now)
-{
-	io->deadline = -1;
-	io_kill(io, SIGTERM);
-	io->kill_at = now + KILL_GRACE_MS;
-}
-
-/* Timeouts: SIGTERM at the deadline, SIGKILL KILL_GRACE_MS later. */
-static void io_timers(struct proc_io *io, int64_t now)
-{
-	if (io->deadline >= 0 && now >= io->deadline) {
-		io->timed_out = true;
-		io_stop(io, now);
-	}
-	if (io->kill_at >= 0 && now >= io->kill_at) {
-		io->kill_at = -1;
-		io_kill(io, SIGKILL);
-	}
-}
-
-/* One round: waits at most wait_ms for output, input room or the exit, and hands what
- * arrived to sink (at most budget bytes). True once the command has exited and its output
- * is read. */
-static bool io_step(struct proc_io *io, int wait_ms, sink_fn sink, void *ctx, size_t budget)
-{
-	int64_t now = now_ms();
-	io_timers(io, now);
-	if (!io->exited) {
-		struct pollfd pfd[5];
-		int n = 0, i_out = -1, i_err = -1, i_in = -1, i_client = -1;
-		if (!io->eof[OUT])
-			pfd[i_out = n++] = (struct pollfd){ .fd = io->p.stdout_fd, .events = POLLIN };
-		if (!io->eof[ERR])
-			pfd[i_err = n++] = (struct pollfd){ .fd = io->p.stderr_fd, .events = POLLIN };
-		if (io->p.stdin_fd >= 0)
-			pfd[i_in = n++] = (struct pollfd){ .fd = io->p.stdin_fd, .events = POLLOUT };
-		if (io->client_fd >= 0 && !io->client_gone)
-			pfd[i_client = n++] = (struct pollfd){ .fd = io->client_fd,
-							       .events = POLLRDHUP };
-		if (io->p.pidfd >= 0)
-			pfd[n++] = (struct pollfd){ .fd = io->p.pidfd, .events = POLLIN };
-		else if (wait_ms < 0 || wait_ms > 10)
-			wait_ms = 10; /* no pidfd: look for the exit now and then */
-		int64_t next = io->deadline >= 0 ? io->deadline : io->kill_at;
-		if (io->deadline >= 0 && io->kill_at >= 0 && io->kill_at < next)
-			next = io->kill_at;
-		if (next >= 0 && (wait_ms < 0 || next - now < wait_ms))
-			wait_ms = next - now < 0 ? 0 : (int)(next - now);
-		if (poll(pfd, (nfds_t)n, wait_ms) > 0) {
-			if (i_in >= 0 && pfd[i_in].revents)
-				io_feed(io);
-			if (i_out >= 0 && pfd[i_out].revents)
-				io_read(io, OUT, sink, ctx, &budget);
-			if (i_err >= 0 && pfd[i_err].revents)
-				io_read(io, ERR, sink, ctx, &budget);
-			if (i_client >= 0 &&
-			    pfd[i_client].revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
-				log_debug("exec: the client went away: stopping its command");
-				io->client_gone = true;
-				if (io->kill_at < 0)
-					io_stop(io, now_ms());
-			}
-		}
-		io_check_exit(io);
-		if (!io->exited)
-			return false;
-	}
-	/* exited: everything it wrote is in the pipes; a background child holding them open
-	 * does not keep us beyond DRAIN_MAX_MS */
-	for (int w = OUT; w <= ERR; w++)
-		if (!io->eof[w])
-			io_read(io, w, sink, ctx, &budget);
-	return budget > 0 || now_ms() >= io->drain_until;
-}
-
-/* Starts the command; 0 or a negative errno. A client_fd >= 0 is watched: when that client
- * hangs up, the command is stopped. */
-static int io_start(struct proc_io *io, const struct session_launch *l, const char *command,
-		    int timeout_ms, int client_fd)
+/* Starts the command of l under the pump (c is initialised either way); 0 or a negative
+ * errno. A client_fd >= 0 is watched: when that client hangs up, the command is stopped. */
+static int command_start(struct child *c, const struct session_launch *l, const char *command,
+			 const struct child_policy *policy, const struct child_ops *ops, void *ctx,
+			 int client_fd)
 {
 	struct run_spec spec = {
 		.argv = (const char *const *)l->argv,
 		.env = (const char *const *)l->env,
 		.stdin_null = !l->command_on_stdin,
 	};
-	*io = (struct proc_io){ .deadline = -1, .kill_at = -1, .timeout_ms = timeout_ms,
-				.client_fd = client_fd };
-	int err = runner_spawn(&spec, &io->p);
+	child_init(c);
+	int err = child_start(c, &spec, policy, ops, ctx);
 	if (err)
 		return err;
-	if (l->command_on_stdin) {
-		io->input = command;
-		io->input_len = strlen(command);
-	}
-	if (timeout_ms > 0)
-		io->deadline = now_ms() + timeout_ms;
+	if (l->command_on_stdin)
+		child_feed(c, command, strlen(command));
+	child_watch_client(c, client_fd);
 	return 0;
-}
-
-/* Ends the command if it still runs (SIGTERM, SIGKILL after the grace period), reaps it and
- * closes everything. */
-static void io_finish(struct proc_io *io)
-{
-	if (io->p.pid > 0 && !io->reaped) {
-		if (!io->exited) {
-			io_kill(io, SIGTERM);
-			if (runner_wait(&io->p, &io->status, KILL_GRACE_MS) == -ETIMEDOUT) {
-				io_kill(io, SIGKILL);
-				runner_wait(&io->p, &io->status, -1);
-			}
-		} else {
-			runner_wait(&io->p, &io->status, -1);
-		}
-	}
-	/* what a timed-out command left behind in its group goes too */
-	if (io->timed_out)
-		runner_kill(&io->p, SIGKILL);
-	runner_close(&io->p);
 }
 
 /* ---- request fields shared by both routes ---- */
@@ -269,6 +80,7 @@ static void io_finish(struct proc_io *io)
 struct exec_req {
 	const char *command;
 	const char *cwd;
+	double timeout;
 	char **env;
 	const char *session_id;  /* resolved; SESSION_NONE for sessionless */
 	bool session_given;
@@ -276,56 +88,46 @@ struct exec_req {
 	int timeout_ms;          /* 0: none (yet: the session's default applies later) */
 };
 
-/* Parses and validates; false after answering the request. */
+#define EXEC_FIELDS(command_row) { \
+	command_row, \
+	FIELD("cwd", FIELD_STRING, struct exec_req, cwd, .flags = FIELD_EMPTY_ABSENT, \
+	      .wrong = "cwd must be a string"), \
+	FIELD("timeoutMs", FIELD_NUMBER, struct exec_req, timeout, .min = 0, .max = INT_MAX, \
+	      .wrong = "timeoutMs must be a number of milliseconds"), \
+}
+
+static const struct field execute_fields[] = EXEC_FIELDS(
+	FIELD("command", FIELD_STRING, struct exec_req, command, .flags = FIELD_REQUIRED,
+	      .wrong = "command must be a string"));
+
+/* a stream refuses a blank command first, as the container does */
+static const struct field stream_fields[] = EXEC_FIELDS(
+	FIELD("command", FIELD_STRING, struct exec_req, command,
+	      .flags = FIELD_REQUIRED | FIELD_NOT_BLANK, .code = "INVALID_COMMAND",
+	      .wrong = "Invalid command: empty command provided",
+	      .missing = "Invalid command: empty command provided"));
+
+/* Decodes and checks; false after answering the request. */
 static bool parse_exec_req(struct req *r, struct exec_req *x, bool stream)
 {
-	cJSON *body = req_json(r);
-	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(body, "command");
-	const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(body, "cwd");
-	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
 	*x = (struct exec_req){ 0 };
-
-	if (stream && (!cJSON_IsString(cmd) || !*cmd->valuestring ||
-		       strspn(cmd->valuestring, " \t\r\n\v\f") == strlen(cmd->valuestring))) {
-		reply_error(r, 400, "INVALID_COMMAND", EINVAL, NULL,
-			    "Invalid command: empty command provided");
+	if (!(stream ? req_decode(r, stream_fields, FIELDS_N(stream_fields), x)
+		     : req_decode(r, execute_fields, FIELDS_N(execute_fields), x)))
 		return false;
-	}
-	if (!cmd || cJSON_IsNull(cmd)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "command is required");
-		return false;
-	}
-	if (!cJSON_IsString(cmd)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "command must be a string");
-		return false;
-	}
-	x->command = cmd->valuestring;
-	if (cwd && !cJSON_IsNull(cwd) && !cJSON_IsString(cwd)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "cwd must be a string");
-		return false;
-	}
-	if (cJSON_IsString(cwd) && *cwd->valuestring)
-		x->cwd = cwd->valuestring;
-	if (tmo && !cJSON_IsNull(tmo)) {
-		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 0 || tmo->valuedouble > INT_MAX) {
-			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				    "timeoutMs must be a number of milliseconds");
-			return false;
-		}
-		x->timeout_ms = (int)tmo->valuedouble;
-	}
-	const char *enc = json_str(body, "encoding");
+	const char *enc = json_str(req_json(r), "encoding");
 	x->base64 = enc && strcmp(enc, "base64") == 0;
+	x->timeout_ms = (int)x->timeout;
 	x->session_id = session_id_of_request(r, &x->session_given);
 	if (!x->session_id)
 		return false;
-	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
+	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(req_json(r),
+										   "env"));
 	if (!req_env)
 		return false;
 	/* the store's variables travel with the request's (which win): the session wrapper
 	 * applies them over the session's state and leaves them out of what it saves */
 	x->env = envstore_overlay((const char *const *)req_env);
-	session_free_env(req_env);
+	strv_free(req_env);
 	return true;
 }
 
@@ -384,23 +186,51 @@ static int take_session(struct req *r, struct exec_req *x, bool foreground, stru
 
 /* ---- POST /api/execute ---- */
 
-struct collected {
+/* What a foreground command came to. */
+struct outcome {
 	struct strbuf buf[2];
-	bool overflow[2];
-	struct proc_io *io;
+	int status;
+	bool timed_out, client_gone, overflow[2];
+	int64_t started;         /* mono_ms() */
 };
 
-static void collect(void *ctx, int which, const char *buf, size_t n)
+static bool collect(void *ctx, enum child_stream which, const char *buf, size_t n)
 {
-	struct collected *c = ctx;
-	if (c->overflow[which])
-		return;
-	if (c->buf[which].len + n > OUTPUT_MAX) {
-		c->overflow[which] = true;
-		io_kill(c->io, SIGKILL);
-		return;
+	struct outcome *o = ctx;
+	strbuf_append(&o->buf[which], buf, n);
+	return true;
+}
+
+static const struct child_ops collect_ops = { .output = collect };
+
+/* Runs the command in s (NULL: sessionless) to its end, within timeout_ms (0: none); 0 or the
+ * runner's error. The state it leaves becomes the session's, unless it was stopped. */
+static int run_foreground(struct req *r, const struct exec_req *x, struct session *s,
+			  int timeout_ms, struct outcome *o)
+{
+	struct session_launch l = { 0 };
+	struct child c;
+	struct child_policy policy = command_policy;
+	policy.timeout_ms = timeout_ms;
+	policy.output_max = OUTPUT_MAX;
+	policy.kill_over_max = true;
+	session_launch(s, x->command, x->cwd, x->env, s != NULL, &l);
+	int err = command_start(&c, &l, x->command, &policy, &collect_ops, o, req_client_fd(r));
+	o->started = mono_ms();
+	if (!err) {
+		child_run(&c);
+		child_finish(&c);
+		o->status = c.status;
+		o->timed_out = c.timed_out;
+		o->client_gone = c.client_gone;
+		o->overflow[CHILD_OUT] = c.overflow[CHILD_OUT];
+		o->overflow[CHILD_ERR] = c.overflow[CHILD_ERR];
+		if (s && !c.killed)
+			session_commit(s);
 	}
-	strbuf_append(&c->buf[which], buf, n);
+	child_free(&c);
+	session_launch_free(&l);
+	return err;
 }
 
 static void add_output(cJSON *res, const char *key, const struct strbuf *b, bool base64)
@@ -419,96 +249,72 @@ static void add_output(cJSON *res, const char *key, const struct strbuf *b, bool
 	strbuf_free(&text);
 }
 
-void route_execute(struct req *r)
+static void reply_outcome(struct req *r, const struct exec_req *x, struct outcome *o)
 {
-	struct exec_req x;
-	struct session *s = NULL;
-	struct session_launch l = { 0 };
-	struct proc_io io = { .p = { .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
-				     .pidfd = -1 } };
-	struct collected c = { .buf = { STRBUF_INIT, STRBUF_INIT }, .io = &io };
-	int64_t t0 = now_ms();
-	bool timed_out = false;
-
-	if (json_bool(req_json(r), "background", false))
-		return route_process_start(r); /* as the container: a process record */
-	if (!parse_exec_req(r, &x, false))
-		return;
-	int err = take_session(r, &x, true, &s);
-	if (err == -ETIMEDOUT) {
-		/* the session's previous command outlasted our whole timeout */
-		timed_out = true;
-	} else if (err) {
-		reply_session_error(r, &x, err);
-		goto out;
-	} else {
-		session_launch(s, x.command, x.cwd, x.env, s != NULL, &l);
-		int left = x.timeout_ms > 0 ? x.timeout_ms - (int)(now_ms() - t0) : 0;
-		err = io_start(&io, &l, x.command, x.timeout_ms > 0 ? (left > 1 ? left : 1) : 0,
-			       req_client_fd(r));
-		if (err) {
-			reply_spawn_error(r, err);
-			goto out;
-		}
-		t0 = now_ms();
-		while (!io_step(&io, -1, collect, &c, STEP_BYTES))
-			;
-		io_finish(&io);
-		timed_out = io.timed_out;
-		if (s && !io.killed)
-			session_commit(s);
-	}
-	if (s) {
-		session_release(s);
-		s = NULL;
-	}
-	if (io.client_gone) {
-		reply_client_left(r);
-		goto out;
-	}
-	for (int w = OUT; w <= ERR; w++)
-		if (c.overflow[w]) {
-			reply_error(r, 500, "COMMAND_EXECUTION_ERROR", EFBIG, NULL,
-				    "the command wrote more than %zu MiB to %s and was killed "
-				    "(/api/execute/stream has no limit)", OUTPUT_MAX >> 20,
-				    w == OUT ? "stdout" : "stderr");
-			goto out;
-		}
-
-	int code = timed_out ? 124 : runner_exit_code(io.status);
-	if (timed_out) {
-		struct strbuf *e = &c.buf[ERR];
+	if (o->client_gone)
+		return reply_client_left(r);
+	for (int w = CHILD_OUT; w <= CHILD_ERR; w++)
+		if (o->overflow[w])
+			return reply_error(r, 500, "COMMAND_EXECUTION_ERROR", EFBIG, NULL,
+					   "the command wrote more than %zu MiB to %s and was "
+					   "killed (/api/execute/stream has no limit)",
+					   OUTPUT_MAX >> 20, w == CHILD_OUT ? "stdout" : "stderr");
+	int code = o->timed_out ? 124 : runner_exit_code(o->status);
+	if (o->timed_out) {
+		struct strbuf *e = &o->buf[CHILD_ERR];
 		if (e->len && e->data[e->len - 1] != '\n')
 			strbuf_appends(e, "\n");
-		strbuf_appendf(e, "Command timed out after %dms", x.timeout_ms);
+		strbuf_appendf(e, "Command timed out after %dms", x->timeout_ms);
 	}
 	char ts[32];
 	cJSON *res = cJSON_CreateObject();
 	cJSON_AddBoolToObject(res, "success", code == 0);
 	cJSON_AddNumberToObject(res, "exitCode", code);
-	add_output(res, "stdout", &c.buf[OUT], x.base64);
-	add_output(res, "stderr", &c.buf[ERR], x.base64);
-	if (x.base64)
+	add_output(res, "stdout", &o->buf[CHILD_OUT], x->base64);
+	add_output(res, "stderr", &o->buf[CHILD_ERR], x->base64);
+	if (x->base64)
 		cJSON_AddStringToObject(res, "encoding", "base64");
-	cJSON_AddStringToObject(res, "command", x.command);
-	json_add_int(res, "duration", now_ms() - t0);
+	cJSON_AddStringToObject(res, "command", x->command);
+	json_add_int(res, "duration", mono_ms() - o->started);
 	cJSON_AddStringToObject(res, "timestamp", json_timestamp(ts));
-	if (x.session_given)
-		cJSON_AddStringToObject(res, "sessionId", x.session_id);
+	if (x->session_given)
+		cJSON_AddStringToObject(res, "sessionId", x->session_id);
 	reply_json(r, 200, res);
-out:
+}
+
+void route_execute(struct req *r)
+{
+	struct exec_req x;
+	struct session *s = NULL;
+	struct outcome o = { .buf = { STRBUF_INIT, STRBUF_INIT }, .started = mono_ms() };
+	if (!parse_exec_req(r, &x, false))
+		return;
+	int err = take_session(r, &x, true, &s);
+	if (err == -ETIMEDOUT) {
+		/* the session's previous command outlasted our whole timeout */
+		o.timed_out = true;
+		err = 0;
+	} else if (err) {
+		reply_session_error(r, &x, err);
+	} else {
+		int left = x.timeout_ms > 0 ? x.timeout_ms - (int)(mono_ms() - o.started) : 0;
+		err = run_foreground(r, &x, s, x.timeout_ms > 0 ? (left > 1 ? left : 1) : 0, &o);
+		if (err)
+			reply_spawn_error(r, err);
+	}
 	if (s)
 		session_release(s);
-	session_launch_free(&l);
-	session_free_env(x.env);
-	strbuf_free(&c.buf[OUT]);
-	strbuf_free(&c.buf[ERR]);
+	if (!err)
+		reply_outcome(r, &x, &o);
+	strv_free(x.env);
+	strbuf_free(&o.buf[CHILD_OUT]);
+	strbuf_free(&o.buf[CHILD_ERR]);
 }
 
 /* ---- POST /api/execute/stream ---- */
 
 struct stream {
-	struct proc_io io;
+	struct child c;
 	struct strbuf *out;      /* the events of the current next() */
 	struct strbuf carry[2];  /* an incomplete UTF-8 sequence from the last chunk */
 	char *command;
@@ -530,7 +336,7 @@ static void stream_event(struct strbuf *out, const char *type, const char *data)
 /* One stdout/stderr event for a chunk (none when it is only the start of a character). */
 static void stream_chunk(struct stream *st, int which, const char *buf, size_t n, bool final)
 {
-	const char *type = which == OUT ? "stdout" : "stderr";
+	const char *type = which == CHILD_OUT ? "stdout" : "stderr";
 	if (st->base64) {
 		if (!n)
 			return;
@@ -556,57 +362,41 @@ static void stream_chunk(struct stream *st, int which, const char *buf, size_t n
 	strbuf_free(&text);
 }
 
-static void stream_sink(void *ctx, int which, const char *buf, size_t n)
+static bool stream_sink(void *ctx, enum child_stream which, const char *buf, size_t n)
 {
 	stream_chunk(ctx, which, buf, n, false);
+	return true;
 }
 
-static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
+static const struct child_ops stream_ops = { .output = stream_sink };
+
+static void stream_start_event(struct stream *st, struct strbuf *out)
 {
-	struct stream *st = ctx;
 	char ts[32];
-	st->out = out;
-	if (!st->started) {
-		cJSON *ev = cJSON_CreateObject();
-		cJSON_AddStringToObject(ev, "type", "start");
-		cJSON_AddStringToObject(ev, "command", st->command);
-		cJSON_AddStringToObject(ev, "timestamp", json_timestamp(ts));
-		sse_append(out, ev);
-		cJSON_Delete(ev);
-		st->started = true;
-		return 1;
-	}
-	if (st->finished)
-		return 0;
-	/* return with the first output rather than wait out the whole timeout */
-	int64_t end = now_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
-	size_t before = out->len;
-	bool done;
-	for (;;) {
-		int64_t left = end - now_ms();
-		done = io_step(&st->io, left > 0 ? (int)left : 0, stream_sink, st, STEP_BYTES);
-		if (done || out->len != before || left <= 0)
-			break;
-	}
-	if (!done)
-		return 1;
-	for (int w = OUT; w <= ERR; w++)
+	cJSON *ev = cJSON_CreateObject();
+	cJSON_AddStringToObject(ev, "type", "start");
+	cJSON_AddStringToObject(ev, "command", st->command);
+	cJSON_AddStringToObject(ev, "timestamp", json_timestamp(ts));
+	sse_append(out, ev);
+	cJSON_Delete(ev);
+	st->started = true;
+}
+
+/* The last events of a finished command: the rest of a character cut short, the timeout's
+ * message, "complete". */
+static void stream_end_events(struct stream *st, struct strbuf *out)
+{
+	char ts[32];
+	for (int w = CHILD_OUT; w <= CHILD_ERR; w++)
 		if (st->carry[w].len)
 			stream_chunk(st, w, "", 0, true);
-	io_finish(&st->io);
-	int code = runner_exit_code(st->io.status);
-	if (st->io.timed_out) {
+	int code = child_exit_code(&st->c);
+	if (st->c.timed_out) {
+		char msg[64];
 		code = 124;
-		struct strbuf msg = STRBUF_INIT;
-		strbuf_appendf(&msg, "Command timed out after %dms\n", st->io.timeout_ms);
-		if (st->base64) {
-			char *enc = base64_encode_alloc(msg.data, msg.len);
-			stream_event(out, "stderr", enc);
-			free(enc);
-		} else {
-			stream_event(out, "stderr", msg.data);
-		}
-		strbuf_free(&msg);
+		snprintf(msg, sizeof msg, "Command timed out after %dms\n",
+			 st->c.policy.timeout_ms);
+		stream_chunk(st, CHILD_ERR, msg, strlen(msg), true);
 	}
 	cJSON *ev = cJSON_CreateObject();
 	cJSON_AddStringToObject(ev, "type", "complete");
@@ -614,6 +404,32 @@ static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 	cJSON_AddStringToObject(ev, "timestamp", json_timestamp(ts));
 	sse_append(out, ev);
 	cJSON_Delete(ev);
+}
+
+static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
+{
+	struct stream *st = ctx;
+	st->out = out;
+	if (!st->started) {
+		stream_start_event(st, out);
+		return 1;
+	}
+	if (st->finished)
+		return 0;
+	/* return with the first output rather than wait out the whole timeout */
+	int64_t end = mono_ms() + (timeout_ms < 0 ? 0 : timeout_ms);
+	size_t before = out->len;
+	bool done;
+	for (;;) {
+		int left = mono_left_ms(end);
+		done = child_step(&st->c, left);
+		if (done || out->len != before || left == 0)
+			break;
+	}
+	if (!done)
+		return 1;
+	child_finish(&st->c);
+	stream_end_events(st, out);
 	st->finished = true;
 	return 0;
 }
@@ -621,10 +437,10 @@ static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 static void stream_release(void *ctx)
 {
 	struct stream *st = ctx;
-	if (!st->finished)
-		io_finish(&st->io); /* the client went away: the command goes too */
-	strbuf_free(&st->carry[OUT]);
-	strbuf_free(&st->carry[ERR]);
+	child_finish(&st->c); /* the client went away early: the command goes too */
+	child_free(&st->c);
+	strbuf_free(&st->carry[CHILD_OUT]);
+	strbuf_free(&st->carry[CHILD_ERR]);
 	free(st->command);
 	free(st);
 }
@@ -646,95 +462,28 @@ void route_execute_stream(struct req *r)
 				    x.timeout_ms, x.session_id);
 		else
 			reply_session_error(r, &x, err);
-		session_free_env(x.env);
+		strv_free(x.env);
 		return;
 	}
 	struct stream *st = calloc(1, sizeof *st);
 	if (!st || !(st->command = strdup(x.command)))
 		abort();
 	st->base64 = x.base64;
+	struct child_policy policy = command_policy;
+	policy.timeout_ms = x.timeout_ms;
 	session_launch(s, x.command, x.cwd, x.env, false, &l);
-	err = io_start(&st->io, &l, st->command, x.timeout_ms, -1); /* httpd watches a stream */
+	/* httpd watches a stream's client */
+	err = command_start(&st->c, &l, st->command, &policy, &stream_ops, st, -1);
 	if (s)
 		session_release(s);
 	session_launch_free(&l);
-	session_free_env(x.env);
+	strv_free(x.env);
 	if (err) {
+		child_free(&st->c);
 		free(st->command);
 		free(st);
 		return reply_spawn_error(r, err);
 	}
 	reply_sse(r, (struct sse_source){ .next = stream_next, .release = stream_release,
 					  .ctx = st });
-}
-
-/* ---- a session's environment, for code contexts ---- */
-
-#define SNAPSHOT_TIMEOUT_MS 10000
-#define SNAPSHOT_MAX ((size_t)4 << 20)
-
-static void snapshot_collect(void *ctx, int which, const char *buf, size_t n)
-{
-	struct strbuf *out = ctx;
-	if (which == OUT && out->len + n <= SNAPSHOT_MAX)
-		strbuf_append(out, buf, n);
-}
-
-/* Names a shell sets for itself, which are no part of what the session holds. */
-static bool shell_own(const char *kv)
-{
-	return strncmp(kv, "_=", 2) == 0 || strncmp(kv, "SHLVL=", 6) == 0 ||
-	       strncmp(kv, "OLDPWD=", 7) == 0;
-}
-
-int exec_session_snapshot(const char *id, int client_fd, char ***env, char **cwd,
-			  unsigned long *serial)
-{
-	/* `command env`: not a function or alias of the session called env */
-	static const char probe[] = "builtin printf '%s\\0' \"$PWD\"; command env -0";
-	struct session *s;
-	struct session_launch l = { 0 };
-	struct proc_io io = { .p = { .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
-				     .pidfd = -1 } };
-	struct strbuf out = STRBUF_INIT;
-	*env = NULL;
-	*cwd = NULL;
-	int err = session_acquire(id, NULL, -1, client_fd, &s);
-	if (err)
-		return err;
-	*serial = session_serial(s);
-	char **overlay = envstore_overlay(NULL);
-	session_launch(s, probe, NULL, overlay, false, &l);
-	envstore_free(overlay);
-	err = io_start(&io, &l, probe, SNAPSHOT_TIMEOUT_MS, client_fd);
-	if (!err) {
-		while (!io_step(&io, -1, snapshot_collect, &out, STEP_BYTES))
-			;
-		io_finish(&io);
-		if (io.client_gone)
-			err = -ECONNABORTED;
-		else if (io.timed_out || !WIFEXITED(io.status) || WEXITSTATUS(io.status) != 0)
-			err = -EIO;
-	}
-	session_release(s);
-	session_launch_free(&l);
-	/* "<cwd>\0K=V\0K=V\0..." */
-	size_t n = 0;
-	for (size_t i = 0; !err && i < out.len; i++)
-		n += out.data[i] == '\0';
-	if (!err && (!n || out.data[out.len - 1] != '\0'))
-		err = -EPROTO;
-	if (!err) {
-		char **v = calloc(n + 1, sizeof *v);
-		if (!v || !(*cwd = strdup(out.data)))
-			abort();
-		size_t k = 0;
-		for (const char *p = out.data + strlen(out.data) + 1; p < out.data + out.len;
-		     p += strlen(p) + 1)
-			if (strchr(p, '=') && !shell_own(p) && !(v[k++] = strdup(p)))
-				abort();
-		*env = v;
-	}
-	strbuf_free(&out);
-	return err;
 }

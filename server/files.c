@@ -12,35 +12,15 @@
 #include <unistd.h>
 #include "common/base64.h"
 #include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/workspace.h"
 
 #define READ_MAX (32u << 20)
 #define STREAM_CHUNK 65535
 #define LIST_DEPTH_MAX 1024
-
-/* ---- helpers shared with fsx.c and watch.c (declared in workspace.h) ---- */
-
-void reply_ws_errno(struct req *r, int err, const char *api_path)
-{
-	if (err < 0)
-		err = -err;
-	reply_errno(r, err, api_path, "%s: %s", ws_strerror(err), api_path ? api_path : "");
-}
-
-const char *req_str_field(struct req *r, const char *key)
-{
-	const char *v = json_str(req_json(r), key);
-	if (!v || !*v) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "field", key);
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
-			    "'%s' must be a non-empty string", key);
-		return NULL;
-	}
-	return v;
-}
 
 /* ---- content type and text detection ---- */
 
@@ -212,49 +192,6 @@ static const char *content_type(const char *path, int fd, bool *text)
 	return *text ? "text/plain" : "application/octet-stream";
 }
 
-static int read_full(int fd, char *buf, size_t len, size_t *got)
-{
-	size_t n = 0;
-	while (n < len) {
-		ssize_t k = read(fd, buf + n, len - n);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			break;
-		n += (size_t)k;
-	}
-	*got = n;
-	return 0;
-}
-
-static int write_full(int fd, const char *buf, size_t len)
-{
-	while (len) {
-		ssize_t k = write(fd, buf, len);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		buf += k;
-		len -= (size_t)k;
-	}
-	return 0;
-}
-
-/* Normalises path into rel and its canonical API form; answers the error itself. */
-static bool normalize(struct req *r, const char *path, char *rel, char *abs)
-{
-	int err = ws_normalize(path, rel, WS_PATH_MAX + 1);
-	if (err) {
-		reply_ws_errno(r, err, path);
-		return false;
-	}
-	ws_api_path(rel, abs, WS_PATH_MAX + 16);
-	return true;
-}
-
 /* Stats abs as the container's `test -e` sees it: following symlinks, so a dangling link does
  * not exist, yet a link leading out of the workspace exists, as itself, unfollowed. */
 static int stat_existing(const char *abs, struct stat *st)
@@ -303,59 +240,51 @@ static void reply_read_error(struct req *r, int err, const char *why, const char
 	}
 }
 
-/* ---- /api/read ---- */
-
-void route_read(struct req *r)
+/* {"success":true,"path":abs,...}: what a route that changed one entry answers. */
+static void reply_path(struct req *r, const char *abs)
 {
-	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
-		return;
-	const char *enc = json_str(req_json(r), "encoding");
-	struct stat st;
-	const char *why = NULL;
-	int fd = open_for_read(rel, &st, &why);
-	if (fd < 0) {
-		reply_read_error(r, fd, why, abs);
-		return;
-	}
-	if ((uint64_t)st.st_size > READ_MAX) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "path", abs);
-		cJSON_AddStringToObject(ctx, "operation", "file.read");
-		json_add_int(ctx, "actualSize", st.st_size);
-		json_add_int(ctx, "maxSize", READ_MAX);
-		reply_error(r, 413, "FILE_TOO_LARGE", EFBIG, ctx,
-			    "File too large. Size %lld bytes exceeds the 32 MiB limit.",
-			    (long long)st.st_size);
-		close(fd);
-		return;
-	}
-	/* One byte more than allowed tells a file that grew past the limit since fstat. */
-	size_t cap = (size_t)st.st_size + 1, len;
-	char *data = malloc(cap > READ_MAX + 1 ? READ_MAX + 1 : cap);
-	int err = data ? read_full(fd, data, cap > READ_MAX + 1 ? READ_MAX + 1 : cap, &len)
-		       : -ENOMEM;
-	if (!err && len > READ_MAX)
-		err = -EFBIG;
-	bool text = false;
-	const char *mime = err ? NULL : content_type(path, fd, &text);
-	close(fd);
-	if (err) {
-		free(data);
-		reply_ws_errno(r, err, abs);
-		return;
-	}
-	if (enc && strcmp(enc, "base64") == 0)
-		text = false;
-	else if (enc && (strcmp(enc, "utf-8") == 0 || strcmp(enc, "utf8") == 0))
-		text = true;
-
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "path", abs);
+	reply_ok(r, o);
+}
+
+/* ---- /api/read ---- */
+
+static void reply_too_large(struct req *r, const char *abs, off_t size)
+{
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "path", abs);
+	cJSON_AddStringToObject(ctx, "operation", "file.read");
+	json_add_int(ctx, "actualSize", size);
+	json_add_int(ctx, "maxSize", READ_MAX);
+	reply_error(r, 413, "FILE_TOO_LARGE", EFBIG, ctx,
+		    "File too large. Size %lld bytes exceeds the 32 MiB limit.", (long long)size);
+}
+
+/* The whole file of fd (of size bytes when it was looked at) into *data; 0 or a negative
+ * errno (-EFBIG for a file that grew past READ_MAX since). */
+static int read_whole(int fd, off_t size, char **data, size_t *len)
+{
+	/* One byte more than allowed tells a file that grew past the limit since fstat. */
+	size_t cap = (size_t)size + 1 > READ_MAX + 1 ? READ_MAX + 1 : (size_t)size + 1;
+	if (!(*data = malloc(cap)))
+		return -ENOMEM;
+	int err = fd_read_full(fd, *data, cap, len);
+	if (!err && *len > READ_MAX)
+		err = -EFBIG;
+	if (err) {
+		free(*data);
+		*data = NULL;
+	}
+	return err;
+}
+
+/* The file's content as text (invalid sequences replaced) or base64. */
+static void add_content(cJSON *o, const char *data, size_t len, bool text)
+{
 	if (text) {
 		struct strbuf sb = STRBUF_INIT;
-		utf8_append_lossy(&sb, (unsigned char *)data, len, true);
+		utf8_append_lossy(&sb, (const unsigned char *)data, len, true);
 		cJSON_AddStringToObject(o, "content", sb.data ? sb.data : "");
 		strbuf_free(&sb);
 	} else {
@@ -363,9 +292,40 @@ void route_read(struct req *r)
 		cJSON_AddStringToObject(o, "content", b64 ? b64 : "");
 		free(b64);
 	}
-	free(data);
 	cJSON_AddStringToObject(o, "encoding", text ? "utf-8" : "base64");
 	cJSON_AddBoolToObject(o, "isBinary", !text);
+}
+
+void route_read(struct req *r)
+{
+	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16], *data;
+	const char *why = NULL, *path = req_ws_path(r, "path", rel, abs);
+	const char *enc = json_str(req_json(r), "encoding");
+	struct stat st;
+	size_t len;
+	bool text = false;
+	if (!path)
+		return;
+	int fd = open_for_read(rel, &st, &why);
+	if (fd < 0)
+		return reply_read_error(r, fd, why, abs);
+	if ((uint64_t)st.st_size > READ_MAX) {
+		close(fd);
+		return reply_too_large(r, abs, st.st_size);
+	}
+	int err = read_whole(fd, st.st_size, &data, &len);
+	const char *mime = err ? NULL : content_type(path, fd, &text);
+	close(fd);
+	if (err)
+		return reply_ws_errno(r, err, abs);
+	if (enc && strcmp(enc, "base64") == 0)
+		text = false;
+	else if (enc && (strcmp(enc, "utf-8") == 0 || strcmp(enc, "utf8") == 0))
+		text = true;
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "path", abs);
+	add_content(o, data, len, text);
+	free(data);
 	cJSON_AddStringToObject(o, "mimeType", mime);
 	json_add_int(o, "size", (int64_t)len);
 	reply_ok(r, o);
@@ -394,6 +354,46 @@ static void stream_event_error(struct strbuf *out, const char *msg)
 	cJSON_Delete(e);
 }
 
+static void stream_metadata(struct read_stream *s, struct strbuf *out)
+{
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "type", "metadata");
+	cJSON_AddStringToObject(e, "mimeType", s->mime);
+	json_add_int(e, "size", (int64_t)s->size);
+	cJSON_AddBoolToObject(e, "isBinary", !s->text);
+	cJSON_AddStringToObject(e, "encoding", s->text ? "utf-8" : "base64");
+	sse_append(out, e);
+	cJSON_Delete(e);
+	s->started = true;
+}
+
+/* The "chunk" event of the got bytes in buf, text keeping characters whole across chunks. */
+static void stream_chunk(struct read_stream *s, struct strbuf *out, size_t got, bool eof)
+{
+	cJSON *e = cJSON_CreateObject();
+	cJSON_AddStringToObject(e, "type", "chunk");
+	if (s->text) {
+		struct strbuf t = STRBUF_INIT;
+		size_t n = got;
+		if (s->ncarry) {
+			memmove(s->buf + s->ncarry, s->buf, got);
+			memcpy(s->buf, s->carry, s->ncarry);
+			n += s->ncarry;
+		}
+		s->ncarry = utf8_append_lossy(&t, s->buf, n, eof);
+		memcpy(s->carry, s->buf + n - s->ncarry, s->ncarry);
+		cJSON_AddStringToObject(e, "data", t.data ? t.data : "");
+		strbuf_free(&t);
+	} else {
+		char *b64 = base64_encode_alloc(s->buf, got);
+		cJSON_AddStringToObject(e, "data", b64 ? b64 : "");
+		free(b64);
+	}
+	sse_append(out, e);
+	cJSON_Delete(e);
+	s->done += got;
+}
+
 static int read_stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 {
 	struct read_stream *s = ctx;
@@ -402,51 +402,19 @@ static int read_stream_next(void *ctx, struct strbuf *out, int timeout_ms)
 		stream_event_error(out, s->error);
 		return 0;
 	}
-	if (!s->started) {
-		cJSON *e = cJSON_CreateObject();
-		cJSON_AddStringToObject(e, "type", "metadata");
-		cJSON_AddStringToObject(e, "mimeType", s->mime);
-		json_add_int(e, "size", (int64_t)s->size);
-		cJSON_AddBoolToObject(e, "isBinary", !s->text);
-		cJSON_AddStringToObject(e, "encoding", s->text ? "utf-8" : "base64");
-		sse_append(out, e);
-		cJSON_Delete(e);
-		s->started = true;
-	}
+	if (!s->started)
+		stream_metadata(s, out);
 	/* A few chunks per call keep the per-call overhead low without buffering much. */
 	for (int i = 0; i < 8; i++) {
 		size_t got;
-		int err = read_full(s->fd, (char *)s->buf, STREAM_CHUNK, &got);
+		int err = fd_read_full(s->fd, (char *)s->buf, STREAM_CHUNK, &got);
 		if (err) {
 			stream_event_error(out, strerror(-err));
 			return 0;
 		}
 		bool eof = got < STREAM_CHUNK;
-		if (got || (s->text && s->ncarry && eof)) {
-			cJSON *e = cJSON_CreateObject();
-			cJSON_AddStringToObject(e, "type", "chunk");
-			if (s->text) {
-				struct strbuf t = STRBUF_INIT;
-				unsigned char *p = s->buf;
-				size_t n = got;
-				if (s->ncarry) {
-					memmove(s->buf + s->ncarry, s->buf, got);
-					memcpy(s->buf, s->carry, s->ncarry);
-					n += s->ncarry;
-				}
-				s->ncarry = utf8_append_lossy(&t, p, n, eof);
-				memcpy(s->carry, p + n - s->ncarry, s->ncarry);
-				cJSON_AddStringToObject(e, "data", t.data ? t.data : "");
-				strbuf_free(&t);
-			} else {
-				char *b64 = base64_encode_alloc(s->buf, got);
-				cJSON_AddStringToObject(e, "data", b64 ? b64 : "");
-				free(b64);
-			}
-			sse_append(out, e);
-			cJSON_Delete(e);
-			s->done += got;
-		}
+		if (got || (s->text && s->ncarry && eof))
+			stream_chunk(s, out, got, eof);
 		if (eof) {
 			cJSON *e = cJSON_CreateObject();
 			cJSON_AddStringToObject(e, "type", "complete");
@@ -506,51 +474,51 @@ void route_read_stream(struct req *r)
 
 /* ---- /api/write ---- */
 
-void route_write(struct req *r)
+/* The bytes of the request's "content" (base64-decoded into *decoded when the encoding says
+ * so); false after answering. */
+static bool content_of(struct req *r, const char *abs, const char **data, size_t *len,
+		       char **decoded)
 {
-	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
-		return;
 	const cJSON *content = cJSON_GetObjectItemCaseSensitive(req_json(r), "content");
-	if (!cJSON_IsString(content)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "'content' must be a string");
-		return;
-	}
 	const char *enc = json_str(req_json(r), "encoding");
-	const char *data = content->valuestring;
-	size_t len = strlen(data);
-	char *decoded = NULL;
-	if (enc && strcmp(enc, "base64") == 0) {
-		ssize_t n = -1;
-		if (strspn(data, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
-		    len) {
-			decoded = malloc(base64_decoded_max(len) + 1);
-			if (!decoded) {
-				reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
-				return;
-			}
-			n = base64_decode(data, len, decoded);
-		}
-		if (n < 0) {
-			free(decoded);
-			cJSON *ctx = cJSON_CreateObject();
-			cJSON *errs = cJSON_AddArrayToObject(ctx, "validationErrors");
-			cJSON *e = cJSON_CreateObject();
-			cJSON_AddStringToObject(e, "field", "content");
-			cJSON_AddStringToObject(e, "message", "Invalid base64 characters");
-			cJSON_AddStringToObject(e, "code", "INVALID_BASE64");
-			cJSON_AddItemToArray(errs, e);
-			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
-				    "Invalid base64 content for '%s': must contain only A-Z, a-z, "
-				    "0-9, +, /, =", abs);
-			return;
-		}
-		data = decoded;
-		len = (size_t)n;
+	*decoded = NULL;
+	if (!cJSON_IsString(content)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "'content' must be a string");
+		return false;
 	}
+	*data = content->valuestring;
+	*len = strlen(*data);
+	if (!enc || strcmp(enc, "base64") != 0)
+		return true;
+	ssize_t n = -1;
+	if (strspn(*data, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=") ==
+	    *len) {
+		if (!(*decoded = malloc(base64_decoded_max(*len) + 1)))
+			abort();
+		n = base64_decode(*data, *len, *decoded);
+	}
+	if (n < 0) {
+		free(*decoded);
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON *errs = cJSON_AddArrayToObject(ctx, "validationErrors");
+		cJSON *e = cJSON_CreateObject();
+		cJSON_AddStringToObject(e, "field", "content");
+		cJSON_AddStringToObject(e, "message", "Invalid base64 characters");
+		cJSON_AddStringToObject(e, "code", "INVALID_BASE64");
+		cJSON_AddItemToArray(errs, e);
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
+			    "Invalid base64 content for '%s': must contain only A-Z, a-z, 0-9, +, /, "
+			    "=", abs);
+		return false;
+	}
+	*data = *decoded;
+	*len = (size_t)n;
+	return true;
+}
 
+/* Writes the file rel whole, making its missing parents; 0 or a negative errno. */
+static int write_file(const char *rel, const char *data, size_t len)
+{
 	int err = 0;
 	const char *slash = strrchr(rel, '/');
 	if (slash) {
@@ -561,13 +529,10 @@ void route_write(struct req *r)
 		if (err == -EEXIST)
 			err = -ENOTDIR;
 	}
-	int fd = -1;
-	if (!err) {
-		/* Not O_TRUNC yet: a FIFO or device must be refused before anything happens. */
-		fd = ws_open_rel(rel, O_WRONLY | O_CREAT | O_NONBLOCK, 0666);
-		if (fd < 0)
-			err = fd;
-	}
+	/* Not O_TRUNC yet: a FIFO or device must be refused before anything happens. */
+	int fd = err ? -1 : ws_open_rel(rel, O_WRONLY | O_CREAT | O_NONBLOCK, 0666);
+	if (!err && fd < 0)
+		err = fd;
 	struct stat st;
 	if (!err && fstat(fd, &st))
 		err = -errno;
@@ -577,18 +542,25 @@ void route_write(struct req *r)
 		err = -errno;
 	if (!err) {
 		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-		err = write_full(fd, data, len);
+		err = fd_write_full(fd, data, len);
 	}
 	if (fd >= 0 && close(fd) && !err)
 		err = -errno;
-	free(decoded);
-	if (err) {
-		reply_ws_errno(r, err, abs);
+	return err;
+}
+
+void route_write(struct req *r)
+{
+	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16], *decoded;
+	const char *data;
+	size_t len;
+	if (!req_ws_path(r, "path", rel, abs) || !content_of(r, abs, &data, &len, &decoded))
 		return;
-	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "path", abs);
-	reply_ok(r, o);
+	int err = write_file(rel, data, len);
+	free(decoded);
+	if (err)
+		return reply_ws_errno(r, err, abs);
+	reply_path(r, abs);
 }
 
 /* ---- /api/delete ---- */
@@ -596,8 +568,7 @@ void route_write(struct req *r)
 void route_delete(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	if (!req_ws_path(r, "path", rel, abs))
 		return;
 	/* The container tests existence following symlinks: a dangling link is "not found", a
 	 * link to a directory counts as a directory. The entry itself is what gets removed. */
@@ -631,9 +602,7 @@ void route_delete(struct req *r)
 		reply_ws_errno(r, err, abs);
 		return;
 	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "path", abs);
-	reply_ok(r, o);
+	reply_path(r, abs);
 }
 
 /* ---- /api/rename, /api/move: mv semantics ---- */
@@ -642,11 +611,9 @@ static void rename_mv(struct req *r, const char *from_key, const char *to_key, c
 {
 	char frel[WS_PATH_MAX + 1], fabs[WS_PATH_MAX + 16];
 	char trel[WS_PATH_MAX + 1], tabs[WS_PATH_MAX + 16];
-	const char *from = req_str_field(r, from_key);
-	if (!from)
-		return;
-	const char *to = req_str_field(r, to_key);
-	if (!to || !normalize(r, from, frel, fabs) || !normalize(r, to, trel, tabs))
+	/* both must be there before either is looked at */
+	if (!req_str_field(r, from_key) || !req_str_field(r, to_key) ||
+	    !req_ws_path(r, from_key, frel, fabs) || !req_ws_path(r, to_key, trel, tabs))
 		return;
 	struct stat st;
 	int err = ws_stat(fabs, &st, false);
@@ -723,8 +690,8 @@ static void reply_mkdir_failed(struct req *r, int err, const char *abs, bool rec
 void route_mkdir(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	bool recursive = json_bool(req_json(r), "recursive", false);
 	int err;
@@ -850,8 +817,8 @@ static int list_dir(struct list_opts *o, int fd, const char *prefix, int depth)
 void route_list_files(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	const char *path = req_ws_path(r, "path", rel, abs);
+	if (!path)
 		return;
 	const cJSON *opts = cJSON_GetObjectItemCaseSensitive(req_json(r), "options");
 	int fd = ws_open_rel(rel, O_RDONLY | O_DIRECTORY, 0);
@@ -904,8 +871,7 @@ void route_list_files(struct req *r)
 void route_exists(struct req *r)
 {
 	char rel[WS_PATH_MAX + 1], abs[WS_PATH_MAX + 16];
-	const char *path = req_str_field(r, "path");
-	if (!path || !normalize(r, path, rel, abs))
+	if (!req_ws_path(r, "path", rel, abs))
 		return;
 	struct stat st;
 	int err = stat_existing(abs, &st);

@@ -11,8 +11,10 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 #include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "server/handles.h"
+#include "server/request.h"
 #include "server/routes.h"
 #include "server/workspace.h"
 
@@ -122,11 +124,11 @@ void route_x_readdir(struct req *r)
 	int err = fd < 0 ? -errno : 0;
 	ws_entry_close(&e);
 	DIR *d = err ? NULL : fdopendir(fd);
-	if (!err && !d) {
-		err = -errno;
-		close(fd);
-	}
-	if (err) {
+	if (!d) {
+		if (!err) {
+			err = -errno;
+			close(fd);
+		}
 		reply_ws_errno(r, err, path);
 		return;
 	}
@@ -451,78 +453,91 @@ void route_x_setattr(struct req *r)
 
 /* ---- open files and ranged I/O ---- */
 
-void route_x_open(struct req *r)
+/* The open(2) flags of the request's access, truncate and append; false after answering. */
+static bool open_flags(struct req *r, int *flags)
 {
 	const cJSON *body = req_json(r);
 	const char *access = json_str(body, "access");
-	int flags;
 	if (!access || strcmp(access, "r") == 0)
-		flags = O_RDONLY;
+		*flags = O_RDONLY;
 	else if (strcmp(access, "w") == 0)
-		flags = O_WRONLY;
+		*flags = O_WRONLY;
 	else if (strcmp(access, "rw") == 0)
-		flags = O_RDWR;
+		*flags = O_RDWR;
 	else {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
 			    "'access' must be \"r\", \"w\" or \"rw\"");
-		return;
+		return false;
 	}
-	bool create = json_bool(body, "create", false);
-	bool exclusive = json_bool(body, "exclusive", false);
-	mode_t mode = (mode_t)json_int(body, "mode", 0644) & 07777;
 	if (json_bool(body, "truncate", false))
-		flags |= O_TRUNC;
+		*flags |= O_TRUNC;
 	if (json_bool(body, "append", false))
-		flags |= O_APPEND;
+		*flags |= O_APPEND;
 	/* Never through a symlink; never blocking on a FIFO. */
-	flags |= O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+	*flags |= O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC;
+	return true;
+}
 
-	struct ws_entry e;
-	if (!entry(r, "path", &e))
-		return;
-	const char *path = json_str(body, "path");
+/* Opens e's file (closing e): a descriptor, or a negative errno. Created exclusively first so
+ * that whether the file is new is known (its mode is then set exactly); an existing file is
+ * opened in a second step, unless exclusive. Only regular files and directories. */
+static int open_entry(struct ws_entry *e, int flags, mode_t mode, bool create, bool exclusive,
+		      bool *created)
+{
 	int fd = -1, err = 0;
-	bool created = false;
-	/* Create exclusively first so that we know whether the file is new (its mode is then
-	 * set exactly); an existing file is opened in a second step, unless exclusive. */
+	*created = false;
 	for (int tries = 0; tries < 8; tries++) {
 		if (create) {
-			fd = openat(e.dirfd, e.name, flags | O_CREAT | O_EXCL, mode);
+			fd = openat(e->dirfd, e->name, flags | O_CREAT | O_EXCL, mode);
 			if (fd >= 0) {
-				created = true;
+				*created = true;
 				break;
 			}
 			if (errno != EEXIST || exclusive)
 				break;
 		}
-		fd = openat(e.dirfd, e.name, flags);
+		fd = openat(e->dirfd, e->name, flags);
 		if (fd >= 0 || errno != ENOENT || !create)
 			break;
 	}
 	if (fd < 0)
 		err = -errno;
-	ws_entry_close(&e);
+	ws_entry_close(e);
 	struct stat st;
 	if (!err && fstat(fd, &st))
 		err = -errno;
 	if (!err && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
 		err = -EOPNOTSUPP;
-	if (!err && created)
+	if (!err && *created)
 		err = fix_mode(fd, mode);
-	if (err) {
-		if (fd >= 0)
-			close(fd);
-		reply_ws_errno(r, err, path);
+	if (err && fd >= 0)
+		close(fd);
+	if (!err)
+		fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	return err ? err : fd;
+}
+
+void route_x_open(struct req *r)
+{
+	const cJSON *body = req_json(r);
+	const char *path = json_str(body, "path");
+	struct ws_entry e;
+	int flags, err = 0;
+	bool created;
+	if (!open_flags(r, &flags) || !entry(r, "path", &e))
 		return;
-	}
-	fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+	int fd = open_entry(&e, flags, (mode_t)json_int(body, "mode", 0644) & 07777,
+			   json_bool(body, "create", false), json_bool(body, "exclusive", false),
+			   &created);
+	if (fd < 0)
+		return reply_ws_errno(r, fd, path);
 	cJSON *sto = stat_fd(fd, &err);
 	char id[HANDLE_ID_MAX];
 	err = handles_add(fd, req_client(r), id);
 	if (err) {
 		cJSON_Delete(sto);
-		reply_errno(r, err, path, "%s: too many open handles (%d)", path, HANDLES_MAX);
-		return;
+		return reply_errno(r, err, path, "%s: too many open handles (%d)", path,
+				   HANDLES_MAX);
 	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "handle", id);
@@ -534,22 +549,6 @@ void route_x_open(struct req *r)
 static void reply_handle_error(struct req *r, int err, const char *hid)
 {
 	reply_errno(r, err, NULL, "handle %s: %s", hid ? hid : "", strerror(-err));
-}
-
-static ssize_t pread_full(int fd, char *buf, size_t len, off_t off)
-{
-	size_t n = 0;
-	while (n < len) {
-		ssize_t k = pread(fd, buf + n, len - n, off + (off_t)n);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		if (k == 0)
-			break;
-		n += (size_t)k;
-	}
-	return (ssize_t)n;
 }
 
 void route_x_pread(struct req *r)
@@ -589,7 +588,7 @@ void route_x_pread(struct req *r)
 		}
 	}
 	char *buf = malloc(len ? (size_t)len : 1);
-	ssize_t n = buf ? pread_full(fd, buf, (size_t)len, (off_t)off) : -ENOMEM;
+	ssize_t n = buf ? fd_pread_full(fd, buf, (size_t)len, (off_t)off) : -ENOMEM;
 	if (h)
 		handles_put(h);
 	else
@@ -696,7 +695,6 @@ void route_x_pwrite(struct req *r)
 	size_t len;
 	const char *data = req_body(r, &len);
 	int fd = handle_fd(h);
-	size_t done = 0;
 	err = handle_write_begin(h, (unsigned long long)seq);
 	if (err) {
 		handles_put(h);
@@ -705,16 +703,7 @@ void route_x_pwrite(struct req *r)
 			    (long long)seq, hid);
 		return;
 	}
-	while (done < len) {
-		ssize_t k = pwrite(fd, data + done, len - done, (off_t)off + (off_t)done);
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0) {
-			err = -errno;
-			break;
-		}
-		done += (size_t)k;
-	}
+	err = fd_pwrite_full(fd, data, len, (off_t)off);
 	if (!err)
 		err = fd_setattr(fd, &a);
 	handle_write_end(h);
@@ -725,7 +714,7 @@ void route_x_pwrite(struct req *r)
 		return;
 	}
 	cJSON *o = cJSON_CreateObject();
-	json_add_int(o, "written", (int64_t)done);
+	json_add_int(o, "written", (int64_t)len);
 	cJSON_AddItemToObject(o, "stat", st);
 	reply_ok(r, o);
 }

@@ -1,41 +1,33 @@
 /* POST /api/git/checkout: `git clone` inside the sandbox, as the container runs it.
  *
  * git runs through the runner like any command (bubblewrap, the environment store), with
- * stdin from /dev/null and GIT_TERMINAL_PROMPT=0 so it never waits for a password. Its output
- * is read with poll() (bounded to OUTPUT_MAX per stream); the clone has a deadline (timeoutMs,
- * 10 minutes by default): TERM, then KILL KILL_GRACE_MS later, then 502 GIT_NETWORK_ERROR.
- * Failures come back as the container's GIT_OPERATION_FAILED with git's stderr, credentials
+ * stdin from /dev/null and GIT_TERMINAL_PROMPT=0 so it never waits for a password, as a child
+ * of the pump (server/child.h), which keeps OUTPUT_MAX of each stream. The clone has a
+ * deadline (timeoutMs, 10 minutes by default): TERM, then KILL KILL_GRACE_MS later, then 502
+ * GIT_NETWORK_ERROR. Failures come back as the container's GIT_OPERATION_FAILED with git's stderr, credentials
  * in URLs replaced by "***", and an errno guessed from git's words so that a filesystem
  * client can say EEXIST or ENOENT rather than EIO. */
+#include "server/request.h"
 #include "server/routes.h"
+#include "server/child.h"
 #include "server/envstore.h"
 #include "server/runner.h"
 #include "server/workspace.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include <errno.h>
 #include <limits.h>
-#include <poll.h>
-#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #define URL_MAX 2048
 #define DEFAULT_TIMEOUT_MS (10 * 60 * 1000)
 #define KILL_GRACE_MS 5000
 #define OUTPUT_MAX (1024 * 1024)
 #define BRANCH_TIMEOUT_MS 30000
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 struct git_run {
 	struct strbuf out, err;
@@ -44,88 +36,41 @@ struct git_run {
 	bool client_gone; /* the client hung up (an interrupted sbxfs): git was stopped */
 };
 
-/* Reads what fd has; false at its end. */
-static bool drain(int fd, struct strbuf *sb)
+static bool keep_output(void *ctx, enum child_stream which, const char *buf, size_t n)
 {
-	char buf[8192];
-	for (;;) {
-		ssize_t n = read(fd, buf, sizeof buf);
-		if (n > 0) {
-			if (sb->len < OUTPUT_MAX)
-				strbuf_append(sb, buf, (size_t)n);
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		return n < 0 && errno == EAGAIN;
-	}
+	struct git_run *g = ctx;
+	strbuf_append(which == CHILD_OUT ? &g->out : &g->err, buf, n);
+	return true;
 }
+
+static const struct child_ops git_ops = { .output = keep_output };
 
 /* Runs git with these arguments in cwd; 0 (see g) or a negative errno from the runner. A
  * client that hangs up (client_fd, -1: none) stops git as the deadline does: TERM lets git
- * remove the directory it was cloning into. */
+ * remove the directory it was cloning into. Helpers it left in its group go with it. */
 static int run_git(const char *const *argv, const char *cwd, int timeout_ms, int client_fd,
 		   struct git_run *g)
 {
 	static const char *const extra[] = { "GIT_TERMINAL_PROMPT=0", NULL };
-	struct run_proc p;
+	struct child_policy policy = { .timeout_ms = timeout_ms, .grace_ms = KILL_GRACE_MS,
+				       .output_max = OUTPUT_MAX, .drain_ms = KILL_GRACE_MS };
+	struct child c;
 	char **env = envstore_build(extra);
 	struct run_spec spec = { .argv = argv, .cwd = cwd, .env = (const char *const *)env,
 				 .stdin_null = true };
-	int err = runner_spawn(&spec, &p);
-	envstore_free(env);
-	if (err)
-		return err;
-	int64_t deadline = now_ms() + timeout_ms, kill_at = -1, give_up = -1;
-	bool open_out = true, open_err = true;
-	int status = 0;
-	while (open_out || open_err) {
-		int64_t now = now_ms();
-		if (deadline >= 0 && now >= deadline) {
-			g->timed_out = !g->client_gone;
-			runner_kill(&p, SIGTERM);
-			deadline = -1;
-			kill_at = now + KILL_GRACE_MS;
-		}
-		if (kill_at >= 0 && now >= kill_at) {
-			runner_kill(&p, SIGKILL);
-			kill_at = -1;
-			give_up = now + KILL_GRACE_MS;
-		}
-		if (give_up >= 0 && now >= give_up)
-			break; /* something that left the group still holds the pipes */
-		int64_t next = deadline >= 0 ? deadline : kill_at >= 0 ? kill_at : give_up;
-		struct pollfd pfd[3];
-		int n = 0;
-		if (open_out)
-			pfd[n++] = (struct pollfd){ .fd = p.stdout_fd, .events = POLLIN };
-		if (open_err)
-			pfd[n++] = (struct pollfd){ .fd = p.stderr_fd, .events = POLLIN };
-		int watch = client_fd >= 0 && !g->client_gone ? n : -1;
-		if (watch >= 0)
-			pfd[n++] = (struct pollfd){ .fd = client_fd, .events = POLLRDHUP };
-		int wait = next < 0 ? -1 : next - now > INT_MAX ? INT_MAX : (int)(next - now);
-		if (poll(pfd, (nfds_t)n, wait) < 0 && errno != EINTR)
-			break;
-		if (watch >= 0 && (pfd[watch].revents & (POLLRDHUP | POLLHUP | POLLERR))) {
-			g->client_gone = true;
-			if (deadline >= 0)
-				deadline = now; /* TERM at the top of the loop */
-		}
-		if (open_out)
-			open_out = drain(p.stdout_fd, &g->out);
-		if (open_err)
-			open_err = drain(p.stderr_fd, &g->err);
+	child_init(&c);
+	int err = child_start(&c, &spec, &policy, &git_ops, g);
+	strv_free(env);
+	if (!err) {
+		child_watch_client(&c, client_fd);
+		child_run(&c);
+		child_finish(&c);
+		g->exit_code = child_exit_code(&c);
+		g->timed_out = c.timed_out;
+		g->client_gone = c.client_gone;
 	}
-	/* the pipes closed: git is ending (a hung helper holding them is what the timer kills) */
-	if (runner_wait(&p, &status, KILL_GRACE_MS) == -ETIMEDOUT) {
-		runner_kill(&p, SIGKILL);
-		runner_wait(&p, &status, -1);
-	}
-	runner_kill(&p, SIGKILL); /* helpers left in its group */
-	runner_close(&p);
-	g->exit_code = runner_exit_code(status);
-	return 0;
+	child_free(&c);
+	return err;
 }
 
 static void git_run_free(struct git_run *g)
@@ -206,128 +151,153 @@ static void trim(struct strbuf *sb)
 		sb->data[--sb->len] = '\0';
 }
 
-void route_git_checkout(struct req *r)
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+struct clone_req {
+	const char *url, *branch, *target;
+	int64_t depth, timeout_ms;
+};
+
+static bool url_usable(const cJSON *v)
 {
-	cJSON *body = req_json(r);
-	const cJSON *url = cJSON_GetObjectItemCaseSensitive(body, "repoUrl");
-	const cJSON *branch = cJSON_GetObjectItemCaseSensitive(body, "branch");
-	const cJSON *target = cJSON_GetObjectItemCaseSensitive(body, "targetDir");
-	const cJSON *depth = cJSON_GetObjectItemCaseSensitive(body, "depth");
-	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
-	char dir[WS_PATH_MAX + 64], rel[WS_PATH_MAX + 1], depth_arg[32];
-	int timeout_ms = DEFAULT_TIMEOUT_MS;
+	return v->valuestring[0] != '-';
+}
 
-	if (!cJSON_IsString(url) || !*url->valuestring)
-		return reply_error(r, 400, "INVALID_GIT_URL", EINVAL, NULL,
-				   "Invalid Git URL: repoUrl is required");
-	if (strlen(url->valuestring) > URL_MAX || url->valuestring[0] == '-')
-		return reply_error(r, 400, "INVALID_GIT_URL", EINVAL, NULL,
-				   "Invalid Git URL: it must be at most %d characters and not "
-				   "start with '-'", URL_MAX);
-	if (branch && !cJSON_IsNull(branch) && !cJSON_IsString(branch))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "branch must be a string");
-	if (target && !cJSON_IsNull(target) && !cJSON_IsString(target))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "targetDir must be a string");
-	if (depth && !cJSON_IsNull(depth) &&
-	    (!cJSON_IsNumber(depth) || depth->valuedouble < 1 || depth->valuedouble > INT_MAX ||
-	     depth->valuedouble != (double)(int)depth->valuedouble))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "depth must be a positive integer");
-	if (tmo && !cJSON_IsNull(tmo)) {
-		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 1 || tmo->valuedouble > INT_MAX ||
-		    tmo->valuedouble != (double)(int)tmo->valuedouble)
-			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-					   "Invalid clone timeout '%g'. It must be a positive "
-					   "integer of milliseconds.",
-					   cJSON_IsNumber(tmo) ? tmo->valuedouble : 0.0);
-		timeout_ms = (int)tmo->valuedouble;
-	}
-	const char *want_branch = cJSON_IsString(branch) && *branch->valuestring
-				  ? branch->valuestring : NULL;
-	if (cJSON_IsString(target) && *target->valuestring)
-		snprintf(dir, sizeof dir, "%s", target->valuestring);
+static const struct field clone_fields[] = {
+	FIELD("repoUrl", FIELD_STRING, struct clone_req, url,
+	      .flags = FIELD_REQUIRED | FIELD_NOT_EMPTY, .max = URL_MAX, .valid = url_usable,
+	      .code = "INVALID_GIT_URL", .missing = "Invalid Git URL: repoUrl is required",
+	      .wrong = "Invalid Git URL: it must be at most " STR(URL_MAX) " characters and not "
+		       "start with '-'"),
+	FIELD("branch", FIELD_STRING, struct clone_req, branch, .flags = FIELD_EMPTY_ABSENT,
+	      .wrong = "branch must be a string"),
+	FIELD("targetDir", FIELD_STRING, struct clone_req, target, .flags = FIELD_EMPTY_ABSENT,
+	      .wrong = "targetDir must be a string"),
+	FIELD("depth", FIELD_INT, struct clone_req, depth, .min = 1, .max = INT_MAX,
+	      .wrong = "depth must be a positive integer"),
+	FIELD("timeoutMs", FIELD_INT, struct clone_req, timeout_ms, .min = 1, .max = INT_MAX,
+	      .wrong = "Invalid clone timeout '%s'. It must be a positive integer of "
+		       "milliseconds."),
+};
+
+/* The directory to clone into, as the API names it ("/workspace/..."); false after
+ * answering. */
+static bool clone_target(struct req *r, const struct clone_req *x, char *dir, size_t size)
+{
+	char rel[WS_PATH_MAX + 1];
+	if (x->target)
+		snprintf(dir, size, "%s", x->target);
 	else
-		default_target(url->valuestring, dir, sizeof dir);
+		default_target(x->url, dir, size);
 	int err = ws_normalize(dir, rel, sizeof rel);
-	if (err)
-		return reply_ws_errno(r, err, dir);
-	ws_api_path(rel, dir, sizeof dir);
+	if (err) {
+		reply_ws_errno(r, err, dir);
+		return false;
+	}
+	ws_api_path(rel, dir, size);
+	return true;
+}
 
-	const char *argv[16];
+/* git clone's arguments (into argv, at least 16 long; depth_arg holds --depth=N). */
+static void clone_argv(const struct clone_req *x, const char *dir, const char **argv,
+		       char depth_arg[32])
+{
 	size_t n = 0;
 	argv[n++] = "git";
-	argv[n++] = "-c"; argv[n++] = "http.lowSpeedLimit=1024";
-	argv[n++] = "-c"; argv[n++] = "http.lowSpeedTime=30";
+	argv[n++] = "-c";
+	argv[n++] = "http.lowSpeedLimit=1024";
+	argv[n++] = "-c";
+	argv[n++] = "http.lowSpeedTime=30";
 	argv[n++] = "clone";
 	argv[n++] = "--filter=blob:none";
-	if (want_branch) {
+	if (x->branch) {
 		argv[n++] = "--branch";
-		argv[n++] = want_branch;
+		argv[n++] = x->branch;
 	}
-	if (cJSON_IsNumber(depth)) {
-		snprintf(depth_arg, sizeof depth_arg, "--depth=%d", (int)depth->valuedouble);
+	if (x->depth) {
+		snprintf(depth_arg, 32, "--depth=%d", (int)x->depth);
 		argv[n++] = depth_arg;
 	}
 	argv[n++] = "--";
-	argv[n++] = url->valuestring;
+	argv[n++] = x->url;
 	argv[n++] = dir;
 	argv[n] = NULL;
+}
 
-	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
-	err = run_git(argv, NULL, timeout_ms, req_client_fd(r), &g);
-	if (err) {
-		git_run_free(&g);
-		if (err == -ENOTSUP && runner_unavailable())
-			return reply_error(r, 500, "GIT_OPERATION_FAILED", ENOTSUP, NULL,
-					   "cannot run git: %s", runner_unavailable());
-		return reply_error(r, 500, "GIT_OPERATION_FAILED", -err, NULL,
-				   "cannot run git: %s", strerror(-err));
-	}
-	char *safe_url = redact(url->valuestring);
-	if (g.client_gone) {
+static void reply_git_unstarted(struct req *r, int err)
+{
+	if (err == -ENOTSUP && runner_unavailable())
+		reply_error(r, 500, "GIT_OPERATION_FAILED", ENOTSUP, NULL, "cannot run git: %s",
+			    runner_unavailable());
+	else
+		reply_error(r, 500, "GIT_OPERATION_FAILED", -err, NULL, "cannot run git: %s",
+			    strerror(-err));
+}
+
+/* The clone did not complete: the client left, the deadline passed or git failed. */
+static void reply_clone_failed(struct req *r, const struct clone_req *x, struct git_run *g,
+			       const char *safe_url, const char *dir)
+{
+	if (g->client_gone) {
 		log_info("git checkout %s: the client hung up; git was stopped", safe_url);
-		reply_error(r, 499, "GIT_OPERATION_FAILED", ECANCELED, NULL,
-			    "the client hung up; the clone of '%s' was stopped", safe_url);
-		free(safe_url);
-		git_run_free(&g);
-		return;
+		return reply_error(r, 499, "GIT_OPERATION_FAILED", ECANCELED, NULL,
+				   "the client hung up; the clone of '%s' was stopped", safe_url);
 	}
-	if (g.timed_out || g.exit_code != 0) {
-		trim(&g.err);
-		char *safe_err = redact(g.err.len ? g.err.data : "");
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "repository", safe_url);
-		cJSON_AddStringToObject(ctx, "targetDir", dir);
-		cJSON_AddNumberToObject(ctx, "exitCode", g.timed_out ? 124 : g.exit_code);
-		cJSON_AddStringToObject(ctx, "stderr", safe_err);
-		if (g.timed_out)
-			reply_error(r, 502, "GIT_NETWORK_ERROR", ETIMEDOUT, ctx,
-				    "Failed to clone repository '%s': timed out after %dms",
-				    safe_url, timeout_ms);
-		else
-			reply_error(r, 500, "GIT_OPERATION_FAILED", errno_of_git(safe_err), ctx,
-				    "Failed to clone repository '%s': %s", safe_url,
-				    *safe_err ? safe_err : "git failed");
-		free(safe_err);
-		free(safe_url);
-		git_run_free(&g);
-		return;
-	}
-	git_run_free(&g);
+	trim(&g->err);
+	char *safe_err = redact(g->err.len ? g->err.data : "");
+	cJSON *ctx = cJSON_CreateObject();
+	cJSON_AddStringToObject(ctx, "repository", safe_url);
+	cJSON_AddStringToObject(ctx, "targetDir", dir);
+	cJSON_AddNumberToObject(ctx, "exitCode", g->timed_out ? 124 : g->exit_code);
+	cJSON_AddStringToObject(ctx, "stderr", safe_err);
+	if (g->timed_out)
+		reply_error(r, 502, "GIT_NETWORK_ERROR", ETIMEDOUT, ctx,
+			    "Failed to clone repository '%s': timed out after %dms", safe_url,
+			    (int)x->timeout_ms);
+	else
+		reply_error(r, 500, "GIT_OPERATION_FAILED", errno_of_git(safe_err), ctx,
+			    "Failed to clone repository '%s': %s", safe_url,
+			    *safe_err ? safe_err : "git failed");
+	free(safe_err);
+}
 
-	/* the branch actually checked out (the remote's HEAD when none was asked for) */
+/* The clone is in dir: answers with the branch actually checked out (the remote's HEAD when
+ * none was asked for). */
+static void reply_cloned(struct req *r, const struct clone_req *x, const char *safe_url,
+			 const char *dir)
+{
 	const char *show[] = { "git", "branch", "--show-current", NULL };
 	struct git_run b = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
-	err = run_git(show, dir, BRANCH_TIMEOUT_MS, -1, &b);
+	int err = run_git(show, dir, BRANCH_TIMEOUT_MS, -1, &b);
 	trim(&b.out);
 	cJSON *out = cJSON_CreateObject();
 	cJSON_AddStringToObject(out, "repoUrl", safe_url);
-	cJSON_AddStringToObject(out, "branch", !err && b.exit_code == 0 && b.out.len
-				? b.out.data : want_branch ? want_branch : "");
+	cJSON_AddStringToObject(out, "branch", !err && b.exit_code == 0 && b.out.len ? b.out.data
+					       : x->branch ? x->branch : "");
 	cJSON_AddStringToObject(out, "targetDir", dir);
 	git_run_free(&b);
-	free(safe_url);
 	reply_ok(r, out);
+}
+
+void route_git_checkout(struct req *r)
+{
+	struct clone_req x = { .timeout_ms = DEFAULT_TIMEOUT_MS };
+	char dir[WS_PATH_MAX + 64], depth_arg[32];
+	const char *argv[16];
+	if (!req_decode(r, clone_fields, FIELDS_N(clone_fields), &x) ||
+	    !clone_target(r, &x, dir, sizeof dir))
+		return;
+	clone_argv(&x, dir, argv, depth_arg);
+	struct git_run g = { STRBUF_INIT, STRBUF_INIT, 0, false, false };
+	int err = run_git(argv, NULL, (int)x.timeout_ms, req_client_fd(r), &g);
+	char *safe_url = redact(x.url);
+	if (err)
+		reply_git_unstarted(r, err);
+	else if (g.client_gone || g.timed_out || g.exit_code != 0)
+		reply_clone_failed(r, &x, &g, safe_url, dir);
+	else
+		reply_cloned(r, &x, safe_url, dir);
+	free(safe_url);
+	git_run_free(&g);
 }

@@ -32,8 +32,12 @@
  * UNTRUSTED_IDLE_S without a byte (a half-sent request head does not hold its thread for
  * long); trusted ones never do, since MHD measures its timeout from the last byte moved and a
  * handler that runs for minutes (a command, a clone) or a quiet stream would be cut right
- * after it. Preview requests, whose credential is in the Host, run without the timeout too,
- * but their connections stay untrusted. */
+ * after it. Requests a hook takes over (preview URLs, whose credential is in the Host) run
+ * without the timeout too, but their connections stay untrusted.
+ *
+ * Hook. The server may put one hook in front of the routes (server/httpd_hook.h): it sees
+ * each request's head first, before routing and the bearer check, and a request it claims is
+ * its own from then on, a struct req that only carries the hook's state. */
 #include "server/httpd.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -50,13 +54,15 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
+#include "common/clock.h"
 #include "common/errnames.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "server/httpd_hook.h"
 #include "server/idempotency.h"
 #include "server/leases.h"
-#include "server/preview.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 #define BODY_MAX (128u << 20)
 #define SSE_SLICE_MS 1000
@@ -66,6 +72,7 @@
 
 struct req {
 	struct MHD_Connection *conn;
+	struct sbxd *sbxd;
 	const char *method;
 	const char *path;
 	const struct route *route;
@@ -75,14 +82,18 @@ struct req {
 	cJSON *json;
 	bool replied;
 	int status;
-	struct timespec start;
+	int64_t start;            /* mono_ms() */
 	const char *client;       /* the Sbx-Client whose lease this request renewed, or NULL */
 	struct idem_entry *idem;  /* the outcome to record under the request's key */
 	bool replayed;            /* the answer is a recorded one */
+	bool hooked;              /* the hook's, with its state in hook_state */
+	void *hook_state;
 };
 
 struct httpd {
 	struct MHD_Daemon *mhd;
+	struct sbxd *sbxd;
+	const struct httpd_hook *hook;
 };
 
 static atomic_bool stopping;
@@ -92,6 +103,7 @@ const char *req_path(const struct req *r) { return r->path; }
 const char *req_path_arg(const struct req *r) { return r->path_arg[0] ? r->path_arg : NULL; }
 cJSON *req_json(const struct req *r) { return r->json; }
 const char *req_client(const struct req *r) { return r->client; }
+struct sbxd *req_sbxd(const struct req *r) { return r->sbxd; }
 
 int req_client_fd(const struct req *r)
 {
@@ -221,17 +233,6 @@ void reply_errno(struct req *r, int err, const char *path, const char *fmt, ...)
 
 /* ---- SSE ---- */
 
-void sse_append(struct strbuf *out, const cJSON *event)
-{
-	char *text = json_print(event);
-	if (!text)
-		return;
-	strbuf_appends(out, "data: ");
-	strbuf_appends(out, text);
-	strbuf_appends(out, "\n\n");
-	free(text);
-}
-
 struct sse_stream {
 	struct sse_source src;
 	struct strbuf buf;
@@ -244,31 +245,10 @@ struct sse_stream {
  * purpose, read by mhd_log when MHD reports that ending (on the same thread). */
 static _Thread_local bool expected_abort;
 
-static bool peer_gone(int fd)
-{
-	struct pollfd p = { .fd = fd, .events = POLLIN | POLLRDHUP };
-	char c;
-	if (fd < 0 || poll(&p, 1, 0) <= 0)
-		return false;
-	if (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL))
-		return true;
-	if (!(p.revents & POLLIN))
-		return false;
-	ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-	return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
 static ssize_t end_on_purpose(void)
 {
 	expected_abort = true;
 	return MHD_CONTENT_READER_END_WITH_ERROR;
-}
-
-static long elapsed_ms(const struct timespec *since)
-{
-	struct timespec now;
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	return (now.tv_sec - since->tv_sec) * 1000 + (now.tv_nsec - since->tv_nsec) / 1000000;
 }
 
 static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
@@ -280,16 +260,15 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *out, size_t max)
 		s->off = 0;
 		if (s->done)
 			return MHD_CONTENT_READER_END_OF_STREAM;
-		struct timespec start;
-		clock_gettime(CLOCK_MONOTONIC, &start);
+		int64_t start = mono_ms();
 		while (s->buf.len == 0) {
 			if (atomic_load(&stopping))
 				return end_on_purpose();
-			if (peer_gone(s->fd)) {
+			if (fd_peer_gone(s->fd)) {
 				log_debug("stream: the client went away");
 				return end_on_purpose();
 			}
-			long left = SSE_KEEPALIVE_MS - elapsed_ms(&start);
+			int64_t left = SSE_KEEPALIVE_MS - (mono_ms() - start);
 			if (left <= 0) {
 				strbuf_appends(&s->buf, ": keepalive\n\n");
 				break;
@@ -455,13 +434,13 @@ static bool route_matches(const char *pattern, const char *path, char *arg, size
 
 /* Exact routes win over "{id}" routes ("/api/process/list" is not process "list"). A wrong
  * method on a known path is "not found" too, as in the container. */
-static const struct route *find_route(const char *method, const char *path, char *arg,
-				      size_t argsize)
+static const struct route *find_route(const struct sbxd_config *cfg, const char *method,
+				      const char *path, char *arg, size_t argsize)
 {
 	for (int pass = 0; pass < 2; pass++) {
 		for (size_t i = 0; i < n_routes; i++) {
 			const struct route *rt = &routes[i];
-			if (rt->flags & ROUTE_EXTENSION && sbxd_cfg && sbxd_cfg->no_extensions)
+			if (rt->flags & ROUTE_EXTENSION && cfg->no_extensions)
 				continue;
 			if ((strstr(rt->path, "{id}") != NULL) != (pass == 1))
 				continue;
@@ -476,9 +455,8 @@ static const struct route *find_route(const char *method, const char *path, char
 }
 
 /* Constant time in the token's content (only the lengths may leak). */
-static bool token_ok(const char *given)
+static bool token_ok(const char *want, const char *given)
 {
-	const char *want = sbxd_cfg ? sbxd_cfg->token : NULL;
 	if (!want || !given)
 		return false;
 	size_t gl = strlen(given), wl = strlen(want);
@@ -496,7 +474,7 @@ static bool authorized(struct req *r)
 	h += 7;
 	while (*h == ' ')
 		h++;
-	return token_ok(h);
+	return token_ok(r->sbxd->cfg->token, h);
 }
 
 static void reply_not_found(struct req *r)
@@ -549,7 +527,7 @@ static uint64_t fingerprint(const struct req *r)
 
 static int client_gone(void *arg)
 {
-	return peer_gone(req_client_fd(arg));
+	return fd_peer_gone(req_client_fd(arg));
 }
 
 /* Before the handler of a request that may carry an Idempotency-Key: true when the request
@@ -558,7 +536,7 @@ static int client_gone(void *arg)
 static bool answered_by_key(struct req *r)
 {
 	const char *key = req_header(r, "Idempotency-Key");
-	if (!key || (sbxd_cfg && sbxd_cfg->no_extensions) || strcmp(r->method, "GET") == 0)
+	if (!key || r->sbxd->cfg->no_extensions || strcmp(r->method, "GET") == 0)
 		return false;
 	if (!idem_key_valid(key)) {
 		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
@@ -628,65 +606,74 @@ static void run_handler(struct req *r)
 	}
 }
 
+/* The first call for a request: its head is in. Routing, the token, the lease, the length;
+ * failures are answered at once. */
+static void request_head(struct req *r)
+{
+	const struct sbxd_config *cfg = r->sbxd->cfg;
+	r->route = find_route(cfg, r->method, r->path, r->path_arg, sizeof r->path_arg);
+	/* The token is checked before "not found": without it nothing about the server shows
+	 * (and a client probing an absent extension learns its token is wrong). */
+	bool authed = authorized(r);
+	bool public = r->route && (r->route->flags & ROUTE_PUBLIC);
+	if (!public && !authed)
+		return reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
+				   "missing or invalid bearer token");
+	if (!public)
+		trust(r->conn);
+	const char *client = req_header(r, "Sbx-Client");
+	if (authed && client && !cfg->no_extensions && leases_renew(client))
+		r->client = client;
+	if (!r->route)
+		return reply_not_found(r);
+	const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
+	if (cl && strtoull(cl, NULL, 10) > BODY_MAX)
+		reply_bytes(r, 413, NULL, NULL, 0);
+}
+
+/* A fragment of the body. */
+static void request_body(struct req *r, const char *data, size_t n)
+{
+	if (r->replied || r->too_large)
+		return;
+	if (r->body.len + n > BODY_MAX) {
+		r->too_large = true;
+		strbuf_free(&r->body);
+		return;
+	}
+	strbuf_append(&r->body, data, n);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
 				  const char *method, const char *version,
 				  const char *upload_data, size_t *upload_data_size,
 				  void **con_cls)
 {
 	struct req *r = *con_cls;
-	(void)cls;
+	struct httpd *h = cls;
+	const struct httpd_hook *hook = h->hook;
 	(void)version;
-	/* Preview URLs (Host <port>-<id>-<token>.*) are proxied, ahead of routes and token; an
-	 * upstream may take its time (on_completed puts the timeout back). */
-	if (preview_claims(conn, con_cls)) {
-		if (!r)
-			MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
-		return preview_access(conn, url, method, upload_data, upload_data_size, con_cls);
-	}
 	if (!r) {
 		r = calloc(1, sizeof *r);
 		if (!r)
 			return MHD_NO;
-		clock_gettime(CLOCK_MONOTONIC, &r->start);
-		r->conn = conn;
-		r->method = method;
-		r->path = url;
+		*r = (struct req){ .conn = conn, .sbxd = h->sbxd, .method = method, .path = url,
+				   .start = mono_ms() };
 		*con_cls = r;
-		r->route = find_route(method, url, r->path_arg, sizeof r->path_arg);
-		/* The token is checked before "not found": without it nothing about the server
-		 * shows (and a client probing an absent extension learns its token is wrong). */
-		bool authed = authorized(r);
-		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)) && !authed) {
-			reply_error(r, 401, "UNAUTHORIZED", EACCES, NULL,
-				    "missing or invalid bearer token");
+		r->hooked = hook && hook->claims(hook->arg, conn);
+		if (!r->hooked) {
+			request_head(r);
 			return MHD_YES;
 		}
-		if (!(r->route && (r->route->flags & ROUTE_PUBLIC)))
-			trust(conn);
-		const char *client = req_header(r, "Sbx-Client");
-		if (authed && client && !(sbxd_cfg && sbxd_cfg->no_extensions) &&
-		    leases_renew(client))
-			r->client = client;
-		if (!r->route) {
-			reply_not_found(r);
-			return MHD_YES;
-		}
-		const char *cl = req_header(r, MHD_HTTP_HEADER_CONTENT_LENGTH);
-		if (cl && strtoull(cl, NULL, 10) > BODY_MAX)
-			reply_bytes(r, 413, NULL, NULL, 0);
-		return MHD_YES;
+		/* an upstream may take its time (on_completed puts the timeout back) */
+		MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT, 0u);
 	}
+	if (r->hooked)
+		return hook->access(hook->arg, conn, url, method, upload_data, upload_data_size,
+				    &r->hook_state);
 	if (*upload_data_size) {
-		size_t n = *upload_data_size;
+		request_body(r, upload_data, *upload_data_size);
 		*upload_data_size = 0;
-		if (r->replied || r->too_large)
-			return MHD_YES;
-		if (r->body.len + n > BODY_MAX) {
-			r->too_large = true;
-			strbuf_free(&r->body);
-			return MHD_YES;
-		}
-		strbuf_append(&r->body, upload_data, n);
 		return MHD_YES;
 	}
 	if (!r->replied)
@@ -698,19 +685,34 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 			 enum MHD_RequestTerminationCode toe)
 {
 	struct req *r = *con_cls;
+	struct httpd *h = cls;
 	struct conn *c = conn_of(conn);
-	(void)cls;
 	if (!(c && c->trusted))
 		MHD_set_connection_option(conn, MHD_CONNECTION_OPTION_TIMEOUT,
 					  (unsigned)UNTRUSTED_IDLE_S);
-	if (!r || preview_completed(con_cls))
+	if (!r)
 		return;
-	log_debug("%s %s %d %ldms%s", r->method, r->path, r->status, elapsed_ms(&r->start),
+	*con_cls = NULL;
+	if (r->hooked) {
+		h->hook->completed(h->hook->arg, r->hook_state);
+		free(r);
+		return;
+	}
+	log_debug("%s %s %d %lldms%s", r->method, r->path, r->status,
+		  (long long)(mono_ms() - r->start),
 		  toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (cut)");
 	strbuf_free(&r->body);
 	cJSON_Delete(r->json);
 	free(r);
-	*con_cls = NULL;
+}
+
+/* MHD_OPTION_URI_LOG_CALLBACK, for the hook. */
+static void *note_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+	struct httpd *h = cls;
+	if (h->hook && h->hook->note_uri)
+		h->hook->note_uri(h->hook->arg, uri, conn);
+	return NULL;
 }
 
 /* MHD's messages about one connection that its client broke (hung up, sent garbage). */
@@ -775,7 +777,7 @@ static int split_listen(const char *listen, char *host, size_t hostlen, char *po
 	memcpy(host, h, hl);
 	host[hl] = '\0';
 	strcpy(port, colon + 1);
-	return atoi(port) <= 65535 ? 0 : -1;
+	return strtol(port, NULL, 10) <= 65535 ? 0 : -1;  /* saturates, unlike atoi */
 }
 
 static bool is_loopback(const struct sockaddr *sa)
@@ -790,8 +792,9 @@ static bool is_loopback(const struct sockaddr *sa)
 	return false;
 }
 
-struct httpd *httpd_start(const struct sbxd_config *cfg)
+struct httpd *httpd_start(struct sbxd *sbxd, const struct httpd_hook *hook)
 {
+	const struct sbxd_config *cfg = sbxd->cfg;
 	char host[256], port[16];
 	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:7070";
 	if (split_listen(listen, host, sizeof host, port, sizeof port)) {
@@ -817,6 +820,8 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 		freeaddrinfo(ai);
 		return NULL;
 	}
+	h->sbxd = sbxd;
+	h->hook = hook;
 	atomic_store(&stopping, false);
 	/* sbxd raised its open-file limit to the hard one before (server.c) */
 	unsigned connections = CONNECTIONS_MAX;
@@ -824,14 +829,14 @@ struct httpd *httpd_start(const struct sbxd_config *cfg)
 	if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur / 4 < connections)
 		connections = nofile.rlim_cur / 4 > 64 ? (unsigned)(nofile.rlim_cur / 4) : 64;
 	untrusted_max = connections / 4;
-	h->mhd = MHD_start_daemon(flags, (uint16_t)atoi(port), NULL, NULL, on_request, NULL,
+	h->mhd = MHD_start_daemon(flags, (uint16_t)strtol(port, NULL, 10), NULL, NULL, on_request, h,
 				  MHD_OPTION_EXTERNAL_LOGGER, mhd_log, NULL,
 				  MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
+				  MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
 				  MHD_OPTION_NOTIFY_CONNECTION, on_connection, NULL,
 				  MHD_OPTION_CONNECTION_LIMIT, connections,
 				  MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)UNTRUSTED_IDLE_S,
-				  MHD_OPTION_URI_LOG_CALLBACK, preview_note_uri, NULL,
+				  MHD_OPTION_URI_LOG_CALLBACK, note_uri, h,
 				  MHD_OPTION_END);
 	freeaddrinfo(ai);
 	if (!h->mhd) {
@@ -853,7 +858,8 @@ void httpd_stop(struct httpd *h)
 	if (!h)
 		return;
 	atomic_store(&stopping, true);
-	preview_stop(); /* MHD waits for upgraded connections without closing them */
+	if (h->hook && h->hook->stop)
+		h->hook->stop(h->hook->arg); /* MHD waits for upgraded connections forever */
 	MHD_stop_daemon(h->mhd);
 	free(h);
 }

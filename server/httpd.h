@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include "common/jsonutil.h"
 #include "common/strbuf.h"
 
 struct req;
@@ -27,6 +28,8 @@ cJSON *req_json(const struct req *r);
 /* The client (its "Sbx-Client" header) whose lease this request renewed, or NULL: what the
  * request opens for it lives by that lease (server/leases.h). */
 const char *req_client(const struct req *r);
+/* The sbxd whose HTTP server took the request: its engines. */
+struct sbxd *req_sbxd(const struct req *r);
 /* The client's socket, for a handler that runs long: poll it for POLLRDHUP to notice the
  * client hanging up (never read or write it). -1 if unknown. */
 int req_client_fd(const struct req *r);
@@ -55,10 +58,8 @@ struct sse_source {
 	void (*release)(void *ctx);
 	void *ctx;
 };
-/* 200 text/event-stream fed by src. */
+/* 200 text/event-stream fed by src (whose events sse_append() of common/jsonutil.h makes). */
 void reply_sse(struct req *r, struct sse_source src);
-/* Appends "data: <compact json>\n\n". */
-void sse_append(struct strbuf *out, const cJSON *event);
 
 /* Routing table entry (see routes.c). */
 enum route_flags {
@@ -75,10 +76,12 @@ struct route {
 extern const struct route routes[];
 extern const size_t n_routes;
 
-/* Starts serving (MHD daemon) on cfg->listen; returns NULL and logs on failure. */
-struct sbxd_config;
+/* Starts serving (MHD daemon) on sbxd->cfg->listen for sbxd, with hook (NULL: none) in front
+ * of the routes (server/httpd_hook.h); returns NULL and logs on failure. */
+struct sbxd;
 struct httpd;
-struct httpd *httpd_start(const struct sbxd_config *cfg);
+struct httpd_hook;
+struct httpd *httpd_start(struct sbxd *sbxd, const struct httpd_hook *hook);
 /* The port actually bound (useful with port 0). */
 int httpd_port(const struct httpd *h);
 void httpd_stop(struct httpd *h);

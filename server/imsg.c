@@ -51,7 +51,8 @@ void imsg_reader_add(struct imsg_reader *r, const char *data, size_t n)
 		r->buf = p;
 		r->cap = cap;
 	}
-	memcpy(r->buf + r->len, data, n);
+	if (n)  /* buf may be NULL then, which memcpy must not be given */
+		memcpy(r->buf + r->len, data, n);
 	r->len += n;
 }
 

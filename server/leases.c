@@ -140,11 +140,7 @@ static void *reap(void *arg)
 
 void leases_start(long lease_ms)
 {
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&wake, &ca);
-	pthread_condattr_destroy(&ca);
+	mono_cond_init(&wake);
 	if (lease_ms > 0)
 		duration_ms = lease_ms;
 	stopping = false;

@@ -7,7 +7,7 @@
 #include "server/leases.h"
 #include "server/routes.h"
 #include "server/runner.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 void route_ping(struct req *r)
 {
@@ -28,8 +28,8 @@ void route_capabilities(struct req *r)
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "server", "sbxd");
 	cJSON_AddStringToObject(o, "version", SBXFS_VERSION);
-	cJSON_AddStringToObject(o, "sandboxId",
-				sbxd_cfg && sbxd_cfg->sandbox_id ? sbxd_cfg->sandbox_id : "local");
+	const char *id = req_sbxd(r)->cfg->sandbox_id;
+	cJSON_AddStringToObject(o, "sandboxId", id ? id : "local");
 	cJSON *ext = cJSON_AddArrayToObject(o, "extensions");
 	static const char *const names[] = { "fs", "watch", "ports", "env", "process", "interrupt",
 					     "idempotency", "lease" };

@@ -1,5 +1,4 @@
-/* Exposed ports and their preview URLs (an sbxd extension: the container has no such routes,
- * the Cloudflare SDK keeps this table in its Durable Object).
+/* The table of exposed ports behind server/ports.h, and their preview URLs.
  *
  * A preview URL is <scheme>://<port>-<sandbox id>-<token>.<host>/, built like the SDK's: the token is
  * 12 random bytes in base64 with '+' and '/' turned into '_', lower-cased (16 characters of
@@ -29,10 +28,7 @@
 #include <string.h>
 #include <sys/random.h>
 #include "common/base64.h"
-#include "server/routes.h"
-#include "server/server.h"
-
-#define PORTS_MAX 256
+#include "server/sbxd.h"
 
 struct exposed {
 	int port;
@@ -40,36 +36,45 @@ struct exposed {
 	char *name; /* NULL when none was given */
 };
 
-static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
-static struct exposed table[PORTS_MAX];
-static size_t n_exposed;
-static atomic_int server_port;
+struct ports {
+	const struct sbxd_config *cfg;
+	bool listen_loopback;       /* the listen address is a loopback one */
+	atomic_int server_port;
+	pthread_mutex_t lock;
+	struct exposed table[PORTS_MAX];
+	size_t n_exposed;
+};
 
-void ports_set_server_port(int port)
+void ports_set_server_port(struct ports *t, int port)
 {
-	atomic_store(&server_port, port);
+	atomic_store(&t->server_port, port);
 }
 
-static struct exposed *find(int port)
+int ports_server_port(struct ports *t)
 {
-	for (size_t i = 0; i < n_exposed; i++)
-		if (table[i].port == port)
-			return &table[i];
+	return atomic_load(&t->server_port);
+}
+
+static struct exposed *find(struct ports *t, int port)
+{
+	for (size_t i = 0; i < t->n_exposed; i++)
+		if (t->table[i].port == port)
+			return &t->table[i];
 	return NULL;
 }
 
-bool ports_match(int port, const char *token, size_t token_len)
+bool ports_match(struct ports *t, int port, const char *token, size_t token_len)
 {
 	bool ok = false;
-	pthread_mutex_lock(&lock);
-	const struct exposed *e = find(port);
+	pthread_mutex_lock(&t->lock);
+	const struct exposed *e = find(t, port);
 	if (e && token_len == PORTS_TOKEN_LEN) {
 		unsigned char diff = 0;
 		for (size_t i = 0; i < PORTS_TOKEN_LEN; i++)
 			diff |= (unsigned char)e->token[i] ^ (unsigned char)tolower(token[i]);
 		ok = diff == 0;
 	}
-	pthread_mutex_unlock(&lock);
+	pthread_mutex_unlock(&t->lock);
 	return ok;
 }
 
@@ -86,44 +91,103 @@ static int make_token(char out[PORTS_TOKEN_LEN + 1])
 	return 0;
 }
 
+static void info_of(const struct exposed *e, struct port_info *out)
+{
+	*out = (struct port_info){ .port = e->port, .named = e->name != NULL };
+	memcpy(out->token, e->token, sizeof out->token);
+	snprintf(out->name, sizeof out->name, "%s", e->name ? e->name : "");
+}
+
+int ports_expose(struct ports *t, int port, const char *name, struct port_info *out)
+{
+	int err = 0;
+	pthread_mutex_lock(&t->lock);
+	struct exposed *e = find(t, port);
+	if (!e && t->n_exposed == PORTS_MAX) {
+		err = -ENOSPC;
+	} else if (!e) {
+		e = &t->table[t->n_exposed];
+		*e = (struct exposed){ .port = port };
+		err = make_token(e->token);
+		if (!err)
+			t->n_exposed++;
+	}
+	/* Exposing again keeps the token (and the URL); a name given again replaces the old. */
+	char *copy = !err && name ? strndup(name, PORTS_NAME_MAX) : NULL;
+	if (copy) {
+		free(e->name);
+		e->name = copy;
+	}
+	if (!err)
+		info_of(e, out);
+	pthread_mutex_unlock(&t->lock);
+	return err;
+}
+
+int ports_unexpose(struct ports *t, int port)
+{
+	pthread_mutex_lock(&t->lock);
+	struct exposed *e = find(t, port);
+	if (e) {
+		free(e->name);
+		*e = t->table[--t->n_exposed];
+	}
+	pthread_mutex_unlock(&t->lock);
+	return e ? 0 : -ENOENT;
+}
+
+static int by_port(const void *a, const void *b)
+{
+	return ((const struct exposed *)a)->port - ((const struct exposed *)b)->port;
+}
+
+size_t ports_list(struct ports *t, struct port_info *out, size_t max)
+{
+	pthread_mutex_lock(&t->lock);
+	if (t->n_exposed > 1)
+		qsort(t->table, t->n_exposed, sizeof t->table[0], by_port);
+	size_t n = t->n_exposed < max ? t->n_exposed : max;
+	for (size_t i = 0; i < n; i++)
+		info_of(&t->table[i], &out[i]);
+	pthread_mutex_unlock(&t->lock);
+	return n;
+}
+
 /* ---- where the URL points ---- */
 
-static bool listen_loopback;
-
-static void check_listen_address(void)
+static bool listens_on_loopback(const struct sbxd_config *cfg)
 {
-	const char *listen = sbxd_cfg && sbxd_cfg->listen ? sbxd_cfg->listen : "127.0.0.1:7070";
+	const char *listen = cfg && cfg->listen ? cfg->listen : "127.0.0.1:7070";
 	char host[256];
 	const char *start = listen, *end = strrchr(listen, ':');
+	bool loopback = false;
 	if (listen[0] == '[') {
 		start = listen + 1;
 		end = strchr(listen, ']');
 	}
 	if (!end || (size_t)(end - start) >= sizeof host)
-		return;
+		return false;
 	memcpy(host, start, (size_t)(end - start));
 	host[end - start] = '\0';
 	struct addrinfo hints = { .ai_socktype = SOCK_STREAM }, *ai;
 	if (getaddrinfo(host, NULL, &hints, &ai))
-		return;
+		return false;
 	const struct sockaddr *sa = ai->ai_addr;
 	if (sa->sa_family == AF_INET) {
-		listen_loopback = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24 == 127;
+		loopback = ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24 == 127;
 	} else if (sa->sa_family == AF_INET6) {
 		const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
-		listen_loopback = IN6_IS_ADDR_LOOPBACK(a) ||
-				  (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
+		loopback = IN6_IS_ADDR_LOOPBACK(a) ||
+			   (IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127);
 	}
 	freeaddrinfo(ai);
+	return loopback;
 }
 
 /* The part after "<port>-<id>-<token>.": see the essay above. */
-static void url_host(struct req *r, char *out, size_t outlen)
+static void url_host(struct ports *t, const char *h, char *out, size_t outlen)
 {
-	static pthread_once_t once = PTHREAD_ONCE_INIT;
-	pthread_once(&once, check_listen_address);
-	const char *h = req_header(r, "Host");
-	if (!listen_loopback && h && *h && h[0] != '[' && strlen(h) < outlen &&
+	if (!t->listen_loopback && h && *h && h[0] != '[' && strlen(h) < outlen &&
 	    strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-:") ==
 		    strlen(h)) {
 		char name[256];
@@ -136,13 +200,13 @@ static void url_host(struct req *r, char *out, size_t outlen)
 			return;
 		}
 	}
-	snprintf(out, outlen, "localhost:%d", atomic_load(&server_port));
+	snprintf(out, outlen, "localhost:%d", ports_server_port(t));
 }
 
-static char *preview_url(struct req *r, const struct exposed *e)
+char *ports_url(struct ports *t, const struct port_info *p, const char *host_header)
 {
 	char host[300], *url;
-	const char *scheme = "http", *base = sbxd_cfg ? sbxd_cfg->preview_base : NULL;
+	const char *scheme = "http", *base = t->cfg ? t->cfg->preview_base : NULL;
 	int scheme_len = 4;
 	if (base) {
 		/* checked by sbxd's option parsing: "http[s]://name[:port]" */
@@ -151,148 +215,38 @@ static char *preview_url(struct req *r, const struct exposed *e)
 		scheme_len = (int)(sep - base);
 		snprintf(host, sizeof host, "%s", sep + 3);
 	} else {
-		url_host(r, host, sizeof host);
+		url_host(t, host_header, host, sizeof host);
 	}
-	const char *id = sbxd_cfg && sbxd_cfg->sandbox_id ? sbxd_cfg->sandbox_id : "local";
+	const char *id = t->cfg && t->cfg->sandbox_id ? t->cfg->sandbox_id : "local";
 	int start;
-	if (asprintf(&url, "%.*s://%n%d-%s-%s.%s/", scheme_len, scheme, &start, e->port, id,
-		     e->token, host) < 0)
+	if (asprintf(&url, "%.*s://%n%d-%s-%s.%s/", scheme_len, scheme, &start, p->port, id,
+		     p->token, host) < 0)
 		return NULL;
 	/* The id goes in lower-cased: host names are compared that way. */
-	for (char *p = url + start; *p && *p != '/'; p++)
-		*p = (char)tolower((unsigned char)*p);
+	for (char *c = url + start; *c && *c != '/'; c++)
+		*c = (char)tolower((unsigned char)*c);
 	return url;
 }
 
-static cJSON *describe(struct req *r, const struct exposed *e, bool listing)
+/* ---- the table ---- */
+
+struct ports *ports_new(const struct sbxd_config *cfg)
 {
-	cJSON *o = cJSON_CreateObject();
-	char *url = preview_url(r, e);
-	cJSON_AddNumberToObject(o, "port", e->port);
-	cJSON_AddStringToObject(o, "url", url ? url : "");
-	if (e->name)
-		cJSON_AddStringToObject(o, "name", e->name);
-	else
-		cJSON_AddNullToObject(o, "name");
-	if (listing)
-		cJSON_AddStringToObject(o, "status", "active");
-	free(url);
-	return o;
+	struct ports *t = calloc(1, sizeof *t);
+	if (!t)
+		abort();
+	t->cfg = cfg;
+	t->listen_loopback = listens_on_loopback(cfg);
+	pthread_mutex_init(&t->lock, NULL);
+	return t;
 }
 
-/* ---- routes ---- */
-
-static bool sandbox_id_usable(const char *id)
+void ports_free(struct ports *t)
 {
-	return *id && strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") ==
-			      strlen(id);
-}
-
-void route_x_ports_expose(struct req *r)
-{
-	cJSON *body = req_json(r);
-	const cJSON *jp = cJSON_GetObjectItemCaseSensitive(body, "port");
-	const cJSON *jn = cJSON_GetObjectItemCaseSensitive(body, "name");
-	const char *id = sbxd_cfg && sbxd_cfg->sandbox_id ? sbxd_cfg->sandbox_id : "local";
-	int own = atomic_load(&server_port);
-	if (!cJSON_IsNumber(jp) || jp->valuedouble != (double)(int)jp->valuedouble ||
-	    jp->valueint < 1024 || jp->valueint > 65535) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "port must be an integer from 1024 to 65535");
+	if (!t)
 		return;
-	}
-	int port = jp->valueint;
-	if (port == own) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "port %d is sbxd's own port and cannot be exposed", port);
-		return;
-	}
-	if (jn && !cJSON_IsNull(jn) && (!cJSON_IsString(jn) || strlen(jn->valuestring) > 256)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "name must be a string of at most 256 bytes");
-		return;
-	}
-	if (!sandbox_id_usable(id)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "sandbox id '%s' cannot be part of a host name (use letters, digits, "
-			    "'.', '_' and '-' in sbxd --sandbox-id)", id);
-		return;
-	}
-	const char *name = cJSON_IsString(jn) ? jn->valuestring : NULL;
-
-	pthread_mutex_lock(&lock);
-	struct exposed *e = find(port);
-	if (!e) {
-		if (n_exposed == PORTS_MAX) {
-			pthread_mutex_unlock(&lock);
-			reply_error(r, 507, "NO_SPACE", ENOSPC, NULL,
-				    "at most %d ports can be exposed at once", PORTS_MAX);
-			return;
-		}
-		e = &table[n_exposed];
-		*e = (struct exposed){ .port = port };
-		if (make_token(e->token)) {
-			pthread_mutex_unlock(&lock);
-			reply_error(r, 500, "INTERNAL_ERROR", EIO, NULL, "no random bytes for a token");
-			return;
-		}
-		n_exposed++;
-	}
-	/* Exposing again keeps the token (and the URL); a name given again replaces the old. */
-	if (name) {
-		char *copy = strdup(name);
-		if (copy) {
-			free(e->name);
-			e->name = copy;
-		}
-	}
-	cJSON *out = describe(r, e, false);
-	pthread_mutex_unlock(&lock);
-	reply_ok(r, out);
-}
-
-void route_x_ports_unexpose(struct req *r)
-{
-	const char *arg = req_path_arg(r);
-	char *end;
-	long port = arg ? strtol(arg, &end, 10) : -1;
-	if (!arg || !*arg || *end || port < 1 || port > 65535) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "'%s' is not a port number",
-			    arg ? arg : "");
-		return;
-	}
-	pthread_mutex_lock(&lock);
-	struct exposed *e = find((int)port);
-	if (e) {
-		free(e->name);
-		*e = table[--n_exposed];
-	}
-	pthread_mutex_unlock(&lock);
-	if (!e) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddNumberToObject(ctx, "port", (double)port);
-		reply_error(r, 404, "PORT_NOT_EXPOSED", ENOENT, ctx, "port %ld is not exposed", port);
-		return;
-	}
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddNumberToObject(o, "port", (double)port);
-	reply_ok(r, o);
-}
-
-static int by_port(const void *a, const void *b)
-{
-	return ((const struct exposed *)a)->port - ((const struct exposed *)b)->port;
-}
-
-void route_x_ports_list(struct req *r)
-{
-	cJSON *o = cJSON_CreateObject();
-	cJSON *list = cJSON_AddArrayToObject(o, "ports");
-	pthread_mutex_lock(&lock);
-	if (n_exposed > 1)
-		qsort(table, n_exposed, sizeof table[0], by_port);
-	for (size_t i = 0; i < n_exposed; i++)
-		cJSON_AddItemToArray(list, describe(r, &table[i], true));
-	pthread_mutex_unlock(&lock);
-	reply_ok(r, o);
+	for (size_t i = 0; i < t->n_exposed; i++)
+		free(t->table[i].name);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
 }

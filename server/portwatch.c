@@ -13,7 +13,10 @@
  * by PROBE_MS, as the container's; the SSE source runs on its connection's own thread, so a
  * slow probe holds nothing else. */
 #include "server/processes.h"
+#include "server/request.h"
 #include "server/routes.h"
+#include "server/sbxd.h"
+#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include <arpa/inet.h>
@@ -37,6 +40,7 @@
 #define PATH_MAX_LEN 2048
 
 struct portwatch {
+	struct procs *procs;
 	int port;
 	bool http;
 	char *path;
@@ -46,13 +50,6 @@ struct portwatch {
 	bool announced;
 	int64_t next_probe;
 };
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void sleep_ms(int64_t ms)
 {
@@ -65,7 +62,7 @@ static void sleep_ms(int64_t ms)
 static bool wait_fd(int fd, short events, int64_t deadline)
 {
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mono_ms();
 		if (left <= 0)
 			return false;
 		struct pollfd p = { fd, events, 0 };
@@ -134,6 +131,7 @@ static int http_status(int fd, const struct portwatch *w, int64_t deadline)
 	}
 	head[got] = '\0';
 	int status = 0;
+	/* NOLINTNEXTLINE(cert-err34-c): three digits at the most, which an int holds */
 	if (strncmp(head, "HTTP/1.", 7) != 0 || sscanf(head + 8, " %3d", &status) != 1)
 		return 0;
 	return status;
@@ -142,7 +140,7 @@ static int http_status(int fd, const struct portwatch *w, int64_t deadline)
 /* Whether the port is ready; *status gets the HTTP status (http mode). */
 static bool probe(const struct portwatch *w, int *status)
 {
-	int64_t deadline = now_ms() + PROBE_MS;
+	int64_t deadline = mono_ms() + PROBE_MS;
 	int fd = connect_local(w->port, deadline);
 	if (fd < 0)
 		return false;
@@ -175,11 +173,11 @@ static int pw_next(void *ctx, struct strbuf *out, int timeout_ms)
 	struct portwatch *w = ctx;
 	if (!w->announced) {
 		w->announced = true;
-		w->next_probe = now_ms();
+		w->next_probe = mono_ms();
 		send_event(out, event(w, "watching"));
 		return 1;
 	}
-	int64_t wait = w->next_probe - now_ms();
+	int64_t wait = w->next_probe - mono_ms();
 	if (wait > timeout_ms) {
 		sleep_ms(timeout_ms);
 		return 1;
@@ -188,7 +186,7 @@ static int pw_next(void *ctx, struct strbuf *out, int timeout_ms)
 	if (w->process_id) {
 		bool running;
 		int code;
-		if (processes_state(w->process_id, &running, &code) < 0) {
+		if (procs_state(w->procs, w->process_id, &running, &code) < 0) {
 			cJSON *e = event(w, "error");
 			cJSON_AddStringToObject(e, "error", "Process not found");
 			send_event(out, e);
@@ -209,7 +207,7 @@ static int pw_next(void *ctx, struct strbuf *out, int timeout_ms)
 		send_event(out, e);
 		return 0;
 	}
-	w->next_probe = now_ms() + w->interval_ms;
+	w->next_probe = mono_ms() + w->interval_ms;
 	return 1;
 }
 
@@ -221,67 +219,64 @@ static void pw_release(void *ctx)
 	free(w);
 }
 
-/* An integer field in [lo, hi], or dflt when absent; false after answering 400. */
-static bool int_field(struct req *r, const char *name, int lo, int hi, int dflt, int *out)
+/* What the request asks for. */
+struct watch_req {
+	int64_t port, status_min, status_max, interval;
+	const char *path, *process_id;
+};
+
+/* A path an HTTP request line can carry as it is. */
+static bool request_path(const cJSON *v)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(req_json(r), name);
-	*out = dflt;
-	if (!v || cJSON_IsNull(v))
-		return true;
-	if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int64_t)v->valuedouble ||
-	    v->valuedouble < lo || v->valuedouble > hi) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "%s must be an integer from %d to %d", name, lo, hi);
-		return false;
-	}
-	*out = (int)v->valuedouble;
-	return true;
+	const char *p = v->valuestring;
+	bool ok = p[0] == '/';
+	for (const char *c = p; ok && *c; c++)
+		ok = (unsigned char)*c > ' ' && *c != 0x7f;
+	return ok;
 }
+
+#define STR_(x) #x
+#define STR(x) STR_(x)
+
+static const struct field watch_fields[] = {
+	FIELD("port", FIELD_INT, struct watch_req, port, .flags = FIELD_REQUIRED, .min = 1,
+	      .max = 65535),
+	FIELD("statusMin", FIELD_INT, struct watch_req, status_min, .min = 100, .max = 599),
+	FIELD("statusMax", FIELD_INT, struct watch_req, status_max, .min = 100, .max = 599),
+	FIELD("interval", FIELD_INT, struct watch_req, interval, .min = INT32_MIN,
+	      .max = INT32_MAX),
+	FIELD("path", FIELD_STRING, struct watch_req, path, .max = PATH_MAX_LEN,
+	      .valid = request_path,
+	      .wrong = "path must start with '/', at most " STR(PATH_MAX_LEN) " bytes without "
+		       "spaces or control characters"),
+	FIELD("processId", FIELD_STRING, struct watch_req, process_id, .flags = FIELD_NOT_EMPTY,
+	      .wrong = "processId must be a non-empty string"),
+};
 
 void route_port_watch(struct req *r)
 {
-	const cJSON *body = req_json(r);
-	struct portwatch w = { 0 };
-	const cJSON *port = cJSON_GetObjectItemCaseSensitive(body, "port");
-	if (!port || cJSON_IsNull(port))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "port is required");
-	if (!int_field(r, "port", 1, 65535, 0, &w.port) ||
-	    !int_field(r, "statusMin", 100, 599, 200, &w.status_min) ||
-	    !int_field(r, "statusMax", 100, 599, 399, &w.status_max) ||
-	    !int_field(r, "interval", INT32_MIN, INT32_MAX, INTERVAL_DEFAULT_MS, &w.interval_ms))
+	struct watch_req x = { .status_min = 200, .status_max = 399,
+			       .interval = INTERVAL_DEFAULT_MS, .path = "/" };
+	if (!req_decode(r, watch_fields, FIELDS_N(watch_fields), &x))
 		return;
-	/* clamped, as the container does, rather than refused */
-	if (w.interval_ms < INTERVAL_MIN_MS)
-		w.interval_ms = INTERVAL_MIN_MS;
-	if (w.interval_ms > INTERVAL_MAX_MS)
-		w.interval_ms = INTERVAL_MAX_MS;
-	const char *mode = json_str(body, "mode");
-	w.http = !mode || strcmp(mode, "tcp") != 0; /* the container: anything but tcp is http */
-	const cJSON *path = cJSON_GetObjectItemCaseSensitive(body, "path");
-	const char *p = "/";
-	if (path && !cJSON_IsNull(path)) {
-		p = cJSON_IsString(path) ? path->valuestring : "";
-		bool ok = p[0] == '/' && strlen(p) <= PATH_MAX_LEN;
-		for (const char *c = p; ok && *c; c++)
-			ok = (unsigned char)*c > ' ' && *c != 0x7f;
-		if (!ok)
-			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-					   "path must start with '/', at most %d bytes without "
-					   "spaces or control characters", PATH_MAX_LEN);
-	}
-	const cJSON *pid = cJSON_GetObjectItemCaseSensitive(body, "processId");
-	if (pid && !cJSON_IsNull(pid) && !(cJSON_IsString(pid) && pid->valuestring[0]))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "processId must be a non-empty string");
-	struct portwatch *pw = malloc(sizeof *pw);
-	if (!pw)
+	struct portwatch *w = calloc(1, sizeof *w);
+	if (!w)
 		abort();
-	*pw = w;
-	pw->path = strdup(p);
-	pw->process_id = cJSON_IsString(pid) ? strdup(pid->valuestring) : NULL;
-	if (!pw->path || (cJSON_IsString(pid) && !pw->process_id))
+	const char *mode = json_str(req_json(r), "mode");
+	*w = (struct portwatch){
+		.procs = req_sbxd(r)->procs,
+		.port = (int)x.port, .status_min = (int)x.status_min,
+		.status_max = (int)x.status_max,
+		/* clamped, as the container does, rather than refused */
+		.interval_ms = x.interval < INTERVAL_MIN_MS ? INTERVAL_MIN_MS
+			       : x.interval > INTERVAL_MAX_MS ? INTERVAL_MAX_MS : (int)x.interval,
+		.http = !mode || strcmp(mode, "tcp") != 0, /* the container: anything but tcp */
+		.path = strdup(x.path),
+		.process_id = x.process_id ? strdup(x.process_id) : NULL,
+	};
+	if (!w->path || (x.process_id && !w->process_id))
 		abort();
-	log_debug("port-watch: port %d (%s%s)", pw->port, pw->http ? "http " : "tcp",
-		  pw->http ? pw->path : "");
-	reply_sse(r, (struct sse_source){ .next = pw_next, .release = pw_release, .ctx = pw });
+	log_debug("port-watch: port %d (%s%s)", w->port, w->http ? "http " : "tcp",
+		  w->http ? w->path : "");
+	reply_sse(r, (struct sse_source){ .next = pw_next, .release = pw_release, .ctx = w });
 }

@@ -2,7 +2,8 @@
  * to the sandbox's port on loopback (the sandbox shares the host's network namespace), as the
  * Cloudflare SDK's proxyToSandbox does through the platform.
  *
- * Which requests: httpd asks preview_claims() before routing. A Host whose first label looks
+ * Which requests: the proxy is a hook of the HTTP layer (server/httpd_hook.h), which asks it
+ * about every request before routing. A Host whose first label looks
  * like "<digits>-<something>-<something>" (or that starts with "<digits>-<sandbox id>-") is a
  * preview request whether or not it matches an exposed port: a wrong token, an unexposed port or
  * another sandbox's id gets "404 preview URL not found", never the API behind it.
@@ -46,8 +47,8 @@
  * target is taken from the URI log callback, which runs on the same connection thread just
  * before (kept per thread, tagged with the connection).
  *
- * A preview request's state is *con_cls like httpd's own requests; the registry of live ones
- * tells the two apart on later calls and at completion. */
+ * A preview request's state (struct preview) is the hook state that httpd keeps for the
+ * request, from its first call to its completion. */
 #include "server/preview.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -66,11 +67,12 @@
 #include <time.h>
 #include <unistd.h>
 #include "common/base64.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "server/http_response.h"
 #include "server/ports.h"
-#include "server/server.h"
+#include "server/sbxd.h"
 
 #define BUF_SIZE (64 * 1024)
 #define SLICE_MS 1000
@@ -80,7 +82,7 @@
 #define RAW_URI_MAX 8192
 
 struct preview {
-	struct preview *next; /* in the registry */
+	struct ports *ports;
 	struct MHD_Connection *conn;
 	int port;
 	int up;        /* upstream socket, -1 when none */
@@ -107,8 +109,9 @@ static void make_stop_fd(void)
 	stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
-void preview_stop(void)
+static void proxy_stop(void *arg)
 {
+	(void)arg;
 	pthread_once(&stop_fd_once, make_stop_fd);
 	atomic_store(&stopping, true);
 	if (stop_fd >= 0 && eventfd_write(stop_fd, 1))
@@ -117,46 +120,20 @@ void preview_stop(void)
 		usleep(10 * 1000);
 }
 
-static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct preview *registry;
-
-static bool registered(const void *p)
-{
-	bool found = false;
-	pthread_mutex_lock(&registry_lock);
-	for (const struct preview *q = registry; q && !found; q = q->next)
-		found = q == p;
-	pthread_mutex_unlock(&registry_lock);
-	return found;
-}
-
-static void unregister(struct preview *p)
-{
-	pthread_mutex_lock(&registry_lock);
-	for (struct preview **q = &registry; *q; q = &(*q)->next) {
-		if (*q == p) {
-			*q = p->next;
-			break;
-		}
-	}
-	pthread_mutex_unlock(&registry_lock);
-}
-
 static _Thread_local struct {
 	struct MHD_Connection *conn;
 	bool too_long;
 	char uri[RAW_URI_MAX];
 } raw_target;
 
-void *preview_note_uri(void *cls, const char *uri, struct MHD_Connection *conn)
+static void note_uri(void *arg, const char *uri, struct MHD_Connection *conn)
 {
-	(void)cls;
+	(void)arg;
 	size_t n = strlen(uri);
 	raw_target.conn = conn;
 	raw_target.too_long = n >= sizeof raw_target.uri;
 	if (!raw_target.too_long)
 		memcpy(raw_target.uri, uri, n + 1);
-	return NULL;
 }
 
 /* ---- which requests are previews ---- */
@@ -178,7 +155,7 @@ static bool preview_shaped(const char *host)
 }
 
 /* The exposed port a preview Host names with the right sandbox id and token, or 0. */
-static int preview_target(const char *host)
+static int preview_target(struct ports *ports, const char *host)
 {
 	char *end;
 	unsigned long port = strtoul(host, &end, 10);
@@ -190,25 +167,14 @@ static int preview_target(const char *host)
 		return 0;
 	const char *token = end + 2 + idl;
 	size_t tl = strcspn(token, ".:");
-	return ports_match((int)port, token, tl) ? (int)port : 0;
+	return ports_match(ports, (int)port, token, tl) ? (int)port : 0;
 }
 
-bool preview_claims(struct MHD_Connection *conn, void *const *con_cls)
+/* A Host of a preview URL's shape (matching an exposed port or not) is the proxy's. */
+static bool proxy_claims(void *arg, struct MHD_Connection *conn)
 {
-	static atomic_bool port_known;
+	(void)arg;
 	pthread_once(&stop_fd_once, make_stop_fd);
-	if (*con_cls)
-		return registered(*con_cls);
-	if (!atomic_load(&port_known)) {
-		const union MHD_ConnectionInfo *ci =
-			MHD_get_connection_info(conn, MHD_CONNECTION_INFO_DAEMON);
-		const union MHD_DaemonInfo *di =
-			ci ? MHD_get_daemon_info(ci->daemon, MHD_DAEMON_INFO_BIND_PORT) : NULL;
-		if (di && di->port) {
-			ports_set_server_port(di->port);
-			atomic_store(&port_known, true);
-		}
-	}
 	const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host");
 	return host && preview_shaped(host);
 }
@@ -241,13 +207,6 @@ static void reply_text(struct preview *p, unsigned status, const char *fmt, ...)
 }
 
 /* ---- the upstream connection ---- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* Connects to the port on 127.0.0.1, or on ::1 for services bound to an IPv6 "localhost". */
 static int connect_upstream(int port)
@@ -299,7 +258,7 @@ static int send_all(int fd, const void *data, size_t len)
 
 /* Reads more upstream bytes into buf: 1, or 0 at the end of the connection, or -errno:
  * -ECONNABORTED when the client left or the server stops, -ETIMEDOUT after IDLE_MS without a
- * byte or at deadline (a now_ms() time; 0: none). The client's socket is polled along with
+ * byte or at deadline (a mono_ms() time; 0: none). The client's socket is polled along with
  * upstream for its hang-up only (pipelined bytes must not wake us), and before upstream's
  * data, so that an upstream that never stops sending cannot hide a departed client. */
 static int fill(struct preview *p, int64_t deadline)
@@ -313,10 +272,10 @@ static int fill(struct preview *p, int64_t deadline)
 	}
 	if (p->end == sizeof p->buf)
 		return -E2BIG;
-	int64_t idle_end = now_ms() + IDLE_MS;
+	int64_t idle_end = mono_ms() + IDLE_MS;
 	int64_t end = deadline && deadline < idle_end ? deadline : idle_end;
 	for (;;) {
-		int64_t now = now_ms();
+		int64_t now = mono_ms();
 		if (now >= end)
 			return -ETIMEDOUT;
 		struct pollfd pf[3] = { { .fd = p->up, .events = POLLIN },
@@ -456,7 +415,7 @@ static const char *header(const struct preview *p, const char *name)
 static void begin(struct preview *p, const char *url, const char *method)
 {
 	const char *host = header(p, "Host");
-	p->port = preview_target(host);
+	p->port = preview_target(p->ports, host);
 	if (!p->port) {
 		reply_text(p, 404, "preview URL not found\n");
 		return;
@@ -590,7 +549,7 @@ static int read_head(struct preview *p)
 		if (p->start < p->end) {
 			size_t used;
 			if (!p->head.in_head)
-				deadline = now_ms() + HEAD_MS;
+				deadline = mono_ms() + HEAD_MS;
 			rc = resp_head_feed(&p->head, p->buf + p->start, p->end - p->start, &used);
 			p->start += used;
 		}
@@ -599,7 +558,7 @@ static int read_head(struct preview *p)
 		if (rc == RESP_INTERIM)
 			continue;
 		rc = fill(p, p->head.in_head ? deadline : 0);
-		if (rc == -ETIMEDOUT && p->head.in_head && now_ms() >= deadline)
+		if (rc == -ETIMEDOUT && p->head.in_head && mono_ms() >= deadline)
 			return -ETIME;
 		if (rc <= 0)
 			return rc == 0 ? -ECONNRESET : rc;
@@ -675,6 +634,20 @@ static void reply_head_error(struct preview *p, int err)
 	}
 }
 
+/* The headers of the service's answer that are about its connection to sbxd, not the
+ * client's; Upgrade stays in a 101, which switches the client's protocol. */
+static bool answer_hop_by_hop(const char *name, int status)
+{
+	static const char *const names[] = {
+		"Connection", "Keep-Alive", "Transfer-Encoding", "Content-Length", "Trailer",
+		"Proxy-Connection",
+	};
+	for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return true;
+	return status != 101 && strcasecmp(name, "Upgrade") == 0;
+}
+
 static void finish(struct preview *p)
 {
 	if (p->chunked_body && !p->send_failed && send_all(p->up, "0\r\n\r\n", 5))
@@ -715,10 +688,7 @@ static void finish(struct preview *p)
 	}
 	const char *name, *value;
 	for (size_t pos = 0; resp_head_next(&p->head, &pos, &name, &value);) {
-		if (strcasecmp(name, "Connection") && strcasecmp(name, "Keep-Alive") &&
-		    strcasecmp(name, "Transfer-Encoding") && strcasecmp(name, "Content-Length") &&
-		    strcasecmp(name, "Trailer") && strcasecmp(name, "Proxy-Connection") &&
-		    (status == 101 || strcasecmp(name, "Upgrade")))
+		if (!answer_hop_by_hop(name, status))
 			MHD_add_response_header(resp, name, value);
 	}
 	p->replied = MHD_queue_response(p->conn, (unsigned)status, resp) == MHD_YES;
@@ -730,22 +700,19 @@ static void finish(struct preview *p)
 
 /* ---- MHD's side ---- */
 
-enum MHD_Result preview_access(struct MHD_Connection *conn, const char *url, const char *method,
-			       const char *upload_data, size_t *upload_data_size,
-			       void **con_cls)
+static enum MHD_Result proxy_access(void *arg, struct MHD_Connection *conn, const char *url,
+				    const char *method, const char *upload_data,
+				    size_t *upload_data_size, void **state)
 {
-	struct preview *p = *con_cls;
+	struct preview *p = *state;
 	if (!p) {
 		p = calloc(1, sizeof *p);
 		if (!p)
 			return MHD_NO;
+		p->ports = arg;
 		p->conn = conn;
 		p->up = -1;
-		pthread_mutex_lock(&registry_lock);
-		p->next = registry;
-		registry = p;
-		pthread_mutex_unlock(&registry_lock);
-		*con_cls = p;
+		*state = p;
 		begin(p, url, method);
 		/* Neither an answer nor an upstream: MHD could not take the answer, so close. */
 		return p->replied || p->up >= 0 ? MHD_YES : MHD_NO;
@@ -760,16 +727,21 @@ enum MHD_Result preview_access(struct MHD_Connection *conn, const char *url, con
 	return p->replied ? MHD_YES : MHD_NO;
 }
 
-bool preview_completed(void **con_cls)
+static void proxy_completed(void *arg, void *state)
 {
-	struct preview *p = *con_cls;
-	if (!p || !registered(p))
-		return false;
-	unregister(p);
+	struct preview *p = state;
+	(void)arg;
+	if (!p)
+		return;
 	if (p->up >= 0)
 		close(p->up);
 	resp_head_free(&p->head);
 	free(p);
-	*con_cls = NULL;
-	return true;
+}
+
+struct httpd_hook preview_hook(struct ports *ports)
+{
+	return (struct httpd_hook){ .claims = proxy_claims, .access = proxy_access,
+				    .completed = proxy_completed, .note_uri = note_uri,
+				    .stop = proxy_stop, .arg = ports };
 }

@@ -1,44 +1,31 @@
-/* Background processes: POST /api/process/start and the routes that watch, signal and remove
- * them.
+/* The table of background processes behind server/processes.h.
  *
- * A record (struct proc) lives in one table, in memory only, until POST /api/x/process/remove
- * takes it out or sbxd stops. Each running process has a collector thread that owns its pipes:
- * it polls stdout, stderr and the pidfd, appends what it reads to the record, and when the
- * leader has exited it kills what is left of the group (a process tree dies with its leader,
- * as with the pid namespace the runner gives each spawn), reaps the leader, reads what the
- * pipes still hold (at most DRAIN_MAX_MS more) and only then marks the record finished. So
+ * A record (struct proc) lives in its table, in memory only, until it is removed or the table
+ * freed. Each running process has a collector thread that runs it under the pump
+ * (server/child.h): what the process writes is appended to the record, and when the leader
+ * has exited what is left of its group is killed (a process tree dies with its leader, as with
+ * the pid namespace the runner gives each spawn), the leader is reaped, what the pipes still
+ * hold is read (at most DRAIN_MAX_MS more) and only then is the record marked finished. So
  * "finished" always means "all output is in": a reader that sees a final status has the whole
  * log.
  *
  * Output is kept as two byte logs (offsets into them are what /logs?offset= takes) plus a
- * list of segments saying which log each successive piece came from; the stream replays and
- * follows the segments, so stdout and stderr stay in the order sbxd read them. That order is
- * the order of writing except for writes to both pipes closer together than one turn of the
- * collector's loop (two pipes carry no common clock). Each log keeps at most LOG_MAX bytes;
- * beyond that the output is read and dropped, and the record says "outputTruncated".
+ * list of segments saying which log each successive piece came from; followers replay the
+ * segments, so stdout and stderr stay in the order sbxd read them. That order is the order of
+ * writing except for writes to both pipes closer together than one of the pump's rounds (two
+ * pipes carry no common clock). Each log keeps at most LOG_MAX bytes (the pump's bound);
+ * beyond that the output is read and dropped, and the record says it was truncated.
  *
- * Locking: table_lock guards the table and every record's fields, and records_changed is
- * broadcast whenever output arrives or a process ends (streams and killers wait on it). A
- * record's sig_lock orders signals against the reap: the collector reaps under it and marks
- * the record reaped, a kill sends only while the leader is unreaped, so a signal can never
- * reach a recycled pid. Records are reference-counted (table, collector, each request or
- * stream that holds one), so a removed record stays valid for a stream still reading it. */
+ * Locking: the table's lock guards the table and every record's fields, and its condition
+ * variable is broadcast whenever output arrives or a process ends (followers and killers wait
+ * on it). The pump orders signals against the reap, so a kill can never reach a recycled pid.
+ * Records are reference-counted (table, collector, each caller that holds one), so a removed
+ * record stays valid for a follower still reading it. */
 #include "server/processes.h"
-#include "server/envstore.h"
-#include "server/routes.h"
-#include "server/runner.h"
-#include "server/sessions.h"
-#include "server/utf8.h"
-#include "server/workspace.h"
-#include "common/jsonutil.h"
-#include "common/log.h"
 #include <ctype.h>
 #include <errno.h>
-#include <limits.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,24 +33,23 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/strv.h"
+#include "server/envstore.h"
+#include "server/runner.h"
+#include "server/sessions.h"
+#include "server/workspace.h"
 
-#define MAX_PROCS 1024
-#define ID_MAX 128
 #define LOG_MAX ((size_t)64 << 20)  /* per stream and record */
-#define READ_CHUNK 65536
-#define ROUND_BYTES (1024 * 1024)   /* read per stream and loop turn, so exits are seen */
 #define KILL_GRACE_MS 5000          /* TERM, then KILL this much later (as the container) */
 #define DRAIN_MAX_MS 1000           /* after the exit: reading what the pipes still hold */
-#define EVENT_BYTES 65536           /* output per stream event */
-#define STREAM_ROUND_BYTES (1024 * 1024)
 #define PROBE_TIMEOUT_MS 10000
 #define SIGNAL_RETRY_MS 2000
-#define FEED_TIMEOUT_MS 10000       /* a long command going to its session shell's stdin */
 
-enum { OUT, ERR };
-enum pstatus { P_RUNNING, P_COMPLETED, P_FAILED, P_KILLED, P_ERROR };
+enum { OUT = CHILD_OUT, ERR = CHILD_ERR };
+
 static const char *const status_names[] = { "running", "completed", "failed", "killed", "error" };
 
 struct seg {
@@ -73,12 +59,13 @@ struct seg {
 
 struct proc {
 	struct proc *next;
+	struct procs *t;
 	int refs;
 	bool in_table;
 	char *id, *command;
 	char *session_id;            /* the session it was started in, or NULL */
 	unsigned long session_serial;
-	enum pstatus status;
+	enum proc_status status;
 	int exit_code;
 	struct timespec start, end;  /* CLOCK_REALTIME */
 	bool kill_requested;         /* a terminating signal came through the API */
@@ -88,56 +75,21 @@ struct proc {
 	bool truncated;
 	struct seg *segs;
 	size_t nsegs, segcap;
-	/* the running process */
-	pthread_mutex_t sig_lock;
-	struct run_proc rp;
-	bool reaped;
+	struct child child;          /* the running process, under its collector */
 };
 
-static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t records_changed = PTHREAD_COND_INITIALIZER;
-static struct proc *table;
-static size_t n_records;
-static int n_collectors;
-static bool shutting_down;
+struct procs {
+	pthread_mutex_t lock;
+	pthread_cond_t changed;      /* output arrived, or a process ended */
+	struct proc *table;          /* newest first */
+	size_t n_records;
+	int n_collectors;
+	bool shutting_down;
+};
 
-/* ---- helpers ---- */
+/* ---- ids and signal names ---- */
 
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static const char *iso_time(const struct timespec *t, char buf[32])
-{
-	struct tm tm;
-	gmtime_r(&t->tv_sec, &tm);
-	size_t n = strftime(buf, 32, "%Y-%m-%dT%H:%M:%S", &tm);
-	snprintf(buf + n, 32 - n, ".%03ldZ", t->tv_nsec / 1000000);
-	return buf;
-}
-
-/* Waits on records_changed (table_lock held) until deadline (monotonic ms). */
-static void wait_change_until(int64_t deadline)
-{
-	int64_t left = deadline - mono_ms();
-	if (left <= 0)
-		return;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += left / 1000;
-	ts.tv_nsec += (left % 1000) * 1000000;
-	if (ts.tv_nsec >= 1000000000) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000;
-	}
-	pthread_cond_timedwait(&records_changed, &table_lock, &ts);
-}
-
-/* "TERM", "SIGTERM", "term" or "15"; 0 when it names no signal. */
-static int parse_signal(const char *s)
+int proc_signal_number(const char *s)
 {
 	if (!s || !*s)
 		return 0;
@@ -163,11 +115,10 @@ static bool terminating(int sig)
 	       sig != SIGTTOU && sig != SIGCHLD && sig != SIGURG && sig != SIGWINCH;
 }
 
-/* An id the client may choose: it names a directory in sbxfs and a URL segment. */
-static bool valid_id(const char *id)
+bool proc_id_valid(const char *id)
 {
 	size_t n = strlen(id);
-	if (n == 0 || n > ID_MAX || id[0] == '.' || strcmp(id, "list") == 0 ||
+	if (n == 0 || n > PROC_ID_MAX || id[0] == '.' || strcmp(id, "list") == 0 ||
 	    strcmp(id, "kill-all") == 0)
 		return false;
 	for (const char *p = id; *p; p++)
@@ -184,6 +135,9 @@ static char *new_id(void)
 	struct timespec now;
 	if (getrandom(rnd, sizeof rnd, 0) != sizeof rnd)
 		for (size_t i = 0; i < sizeof rnd; i++)
+			/* only if getrandom fails; an id must be unique, it grants nothing (every
+			 * request needs the token) */
+			/* NOLINTNEXTLINE(cert-msc30-c,cert-msc50-cpp) */
 			rnd[i] = (unsigned char)rand();
 	for (size_t i = 0; i < sizeof rnd; i++)
 		suffix[i] = digits[rnd[i] % 36];
@@ -195,23 +149,28 @@ static char *new_id(void)
 	return id;
 }
 
-/* ---- records ---- */
-
-static struct proc *find_locked(const char *id)
+const char *proc_status_name(enum proc_status st)
 {
-	for (struct proc *p = table; p; p = p->next)
+	return status_names[st];
+}
+
+/* ---- records (lock held) ---- */
+
+static struct proc *find_locked(struct procs *t, const char *id)
+{
+	for (struct proc *p = t->table; p; p = p->next)
 		if (strcmp(p->id, id) == 0)
 			return p;
 	return NULL;
 }
 
-static void unlink_locked(struct proc *p)
+static void unlink_locked(struct procs *t, struct proc *p)
 {
-	for (struct proc **pp = &table; *pp; pp = &(*pp)->next)
+	for (struct proc **pp = &t->table; *pp; pp = &(*pp)->next)
 		if (*pp == p) {
 			*pp = p->next;
 			p->in_table = false;
-			n_records--;
+			t->n_records--;
 			return;
 		}
 }
@@ -226,42 +185,48 @@ static void put_locked(struct proc *p)
 	free(p->id);
 	free(p->command);
 	free(p->session_id);
-	pthread_mutex_destroy(&p->sig_lock);
+	child_free(&p->child);
 	free(p);
 }
 
-static void proc_put(struct proc *p)
+void proc_put(struct procs *t, struct proc *p)
 {
-	pthread_mutex_lock(&table_lock);
+	pthread_mutex_lock(&t->lock);
 	put_locked(p);
-	pthread_mutex_unlock(&table_lock);
+	pthread_mutex_unlock(&t->lock);
 }
 
-/* The record with this id, referenced; NULL after answering 404. */
-static struct proc *proc_get(struct req *r, const char *id)
+struct proc *procs_get(struct procs *t, const char *id)
 {
-	pthread_mutex_lock(&table_lock);
-	struct proc *p = id ? find_locked(id) : NULL;
+	pthread_mutex_lock(&t->lock);
+	struct proc *p = id ? find_locked(t, id) : NULL;
 	if (p)
 		p->refs++;
-	pthread_mutex_unlock(&table_lock);
-	if (!p) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "processId", id ? id : "");
-		reply_error(r, 404, "PROCESS_NOT_FOUND", ENOENT, ctx, "Process %s not found",
-			    id ? id : "");
-	}
+	pthread_mutex_unlock(&t->lock);
 	return p;
 }
 
-/* Appends output (table_lock held). */
+static void info_locked(const struct proc *p, struct proc_info *out)
+{
+	*out = (struct proc_info){
+		.id = p->id, .command = p->command, .session_id = p->session_id,
+		.pid = p->pid, .status = p->status, .exit_code = p->exit_code,
+		.start = p->start, .end = p->end, .out_size = p->log[OUT].len,
+		.err_size = p->log[ERR].len, .truncated = p->truncated,
+	};
+}
+
+void proc_info(struct procs *t, struct proc *p, struct proc_info *out)
+{
+	pthread_mutex_lock(&t->lock);
+	info_locked(p, out);
+	pthread_mutex_unlock(&t->lock);
+}
+
+/* Appends output. */
 static void append_locked(struct proc *p, int which, const char *buf, size_t n)
 {
 	struct strbuf *log = &p->log[which];
-	if (log->len + n > LOG_MAX) {
-		p->truncated = true;
-		n = LOG_MAX - log->len;
-	}
 	if (!n)
 		return;
 	if (p->nsegs && p->segs[p->nsegs - 1].which == which) {
@@ -278,13 +243,13 @@ static void append_locked(struct proc *p, int which, const char *buf, size_t n)
 	strbuf_append(log, buf, n);
 }
 
-/* Ends the record (table_lock held): from now on its output is complete. */
-static void finish_locked(struct proc *p, enum pstatus st, int code)
+/* Ends the record: from now on its output is complete. */
+static void finish_locked(struct proc *p, enum proc_status st, int code)
 {
 	p->status = st;
 	p->exit_code = code;
 	clock_gettime(CLOCK_REALTIME, &p->end);
-	pthread_cond_broadcast(&records_changed);
+	pthread_cond_broadcast(&p->t->changed);
 }
 
 /* The command's group may not exist yet right after the start (the sandbox's init is still
@@ -293,11 +258,8 @@ static int signal_proc(struct proc *p, int sig)
 {
 	int64_t give_up = mono_ms() + SIGNAL_RETRY_MS;
 	for (;;) {
-		pthread_mutex_lock(&p->sig_lock);
-		bool gone = p->reaped || p->rp.pid <= 0;
-		int err = gone ? -ESRCH : runner_kill(&p->rp, sig);
-		pthread_mutex_unlock(&p->sig_lock);
-		if (err != -ESRCH || gone || mono_ms() >= give_up)
+		int err = child_signal(&p->child, sig);
+		if (err != -ESRCH || child_reaped(&p->child) || mono_ms() >= give_up)
 			return err;
 		struct timespec ts = { 0, 10 * 1000000 };
 		nanosleep(&ts, NULL);
@@ -306,149 +268,90 @@ static int signal_proc(struct proc *p, int sig)
 
 /* ---- the collector ---- */
 
-struct collector {
-	struct proc *p;
-	bool eof[2];
-	bool exited, timed_out;
-	int status;
-	int64_t deadline, kill_at, drain_until; /* monotonic ms, -1: none */
+/* Output, as the pump hands it over (at most LOG_MAX of each stream). */
+static bool record_output(void *ctx, enum child_stream which, const char *buf, size_t n)
+{
+	struct proc *p = ctx;
+	pthread_mutex_lock(&p->t->lock);
+	append_locked(p, which, buf, n);
+	p->truncated |= p->child.truncated[which];
+	pthread_cond_broadcast(&p->t->changed);
+	pthread_mutex_unlock(&p->t->lock);
+	return true;
+}
+
+static const struct child_ops record_ops = { .output = record_output };
+
+static const struct child_policy record_policy = {
+	.grace_ms = KILL_GRACE_MS,
+	.output_max = LOG_MAX,
+	.drain_ms = DRAIN_MAX_MS,
 };
 
-/* Reads what fd has now (at most ROUND_BYTES); marks eof at its end. */
-static void collect_fd(struct collector *c, int which)
+/* Ends the record with what the process came to. */
+static void collect_end_locked(struct proc *p)
 {
-	struct proc *p = c->p;
-	int fd = which == OUT ? p->rp.stdout_fd : p->rp.stderr_fd;
-	char buf[READ_CHUNK];
-	size_t budget = ROUND_BYTES;
-	while (budget) {
-		ssize_t n = read(fd, buf, sizeof buf);
-		if (n > 0) {
-			pthread_mutex_lock(&table_lock);
-			append_locked(p, which, buf, (size_t)n);
-			pthread_cond_broadcast(&records_changed);
-			pthread_mutex_unlock(&table_lock);
-			budget -= (size_t)n < budget ? (size_t)n : budget;
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n == 0 || errno != EAGAIN)
-			c->eof[which] = true;
-		return;
-	}
-}
-
-/* Once the leader has exited (a zombie, not yet reaped): the rest of its group goes, then
- * the leader is reaped. */
-static void collect_exit(struct collector *c)
-{
-	struct proc *p = c->p;
-	siginfo_t si = { 0 };
-	int rc = waitid(P_PID, (id_t)p->rp.pid, &si, WEXITED | WNOHANG | WNOWAIT);
-	if (rc < 0 && errno != ECHILD) {
-		log_error("processes: waiting for %d: %s", (int)p->rp.pid, strerror(errno));
-		return;
-	}
-	if (rc == 0 && si.si_pid == 0)
-		return; /* still running */
-	pthread_mutex_lock(&p->sig_lock);
-	runner_kill(&p->rp, SIGKILL);
-	if (runner_wait(&p->rp, &c->status, -1) < 0)
-		c->status = 255 << 8;
-	p->reaped = true;
-	pthread_mutex_unlock(&p->sig_lock);
-	c->exited = true;
-	c->drain_until = mono_ms() + DRAIN_MAX_MS;
-}
-
-static void collect_timers(struct collector *c, int64_t now)
-{
-	if (c->deadline >= 0 && now >= c->deadline) {
-		c->deadline = -1;
-		c->timed_out = true;
-		signal_proc(c->p, SIGTERM);
-		c->kill_at = now + KILL_GRACE_MS;
-	}
-	if (c->kill_at >= 0 && now >= c->kill_at) {
-		c->kill_at = -1;
-		signal_proc(c->p, SIGKILL);
-	}
-}
-
-static void collect_end(struct collector *c)
-{
-	struct proc *p = c->p;
-	int code = runner_exit_code(c->status);
-	enum pstatus st;
-	pthread_mutex_lock(&table_lock);
+	const struct child *c = &p->child;
+	int code = child_exit_code(c);
+	enum proc_status st;
+	p->truncated |= c->truncated[OUT] || c->truncated[ERR];
 	if (c->timed_out) {
 		char msg[64];
 		int n = snprintf(msg, sizeof msg, "Command timed out after %dms\n", p->timeout_ms);
 		append_locked(p, ERR, msg, (size_t)n);
 		code = 124;
-		st = P_FAILED;
+		st = PROC_FAILED;
 	} else if (p->kill_requested || WIFSIGNALED(c->status) || code == 137 || code == 143) {
-		st = P_KILLED;
+		st = PROC_KILLED;
 	} else {
-		st = code == 0 ? P_COMPLETED : P_FAILED;
+		st = code == 0 ? PROC_COMPLETED : PROC_FAILED;
 	}
 	finish_locked(p, st, code);
-	pthread_mutex_unlock(&table_lock);
 }
 
+/* The process's own thread: "finished" is set only once all its output is in. */
 static void *collector_main(void *arg)
 {
-	struct collector c = { .p = arg, .deadline = -1, .kill_at = -1, .drain_until = -1 };
-	struct proc *p = c.p;
-	if (p->timeout_ms > 0)
-		c.deadline = mono_ms() + p->timeout_ms;
-	for (;;) {
-		int64_t now = mono_ms();
-		collect_timers(&c, now);
-		if (c.exited && ((c.eof[OUT] && c.eof[ERR]) || now >= c.drain_until))
-			break;
-		struct pollfd pfd[3];
-		int n = 0, i_out = -1, i_err = -1, i_pid = -1, wait_ms = -1;
-		if (!c.eof[OUT])
-			pfd[i_out = n++] = (struct pollfd){ .fd = p->rp.stdout_fd, .events = POLLIN };
-		if (!c.eof[ERR])
-			pfd[i_err = n++] = (struct pollfd){ .fd = p->rp.stderr_fd, .events = POLLIN };
-		if (!c.exited && p->rp.pidfd >= 0)
-			pfd[i_pid = n++] = (struct pollfd){ .fd = p->rp.pidfd, .events = POLLIN };
-		else if (!c.exited)
-			wait_ms = 10; /* no pidfd: look for the exit now and then */
-		int64_t timers[] = { c.deadline, c.kill_at, c.exited ? c.drain_until : -1 };
-		for (size_t i = 0; i < sizeof timers / sizeof timers[0]; i++)
-			if (timers[i] >= 0 && (wait_ms < 0 || timers[i] - now < wait_ms))
-				wait_ms = timers[i] - now < 0 ? 0 : (int)(timers[i] - now);
-		if (poll(pfd, (nfds_t)n, wait_ms) < 0 && errno != EINTR) {
-			log_error("processes: poll: %s", strerror(errno));
-			break;
-		}
-		if (i_out >= 0 && pfd[i_out].revents)
-			collect_fd(&c, OUT);
-		if (i_err >= 0 && pfd[i_err].revents)
-			collect_fd(&c, ERR);
-		if (!c.exited && (i_pid < 0 || pfd[i_pid].revents))
-			collect_exit(&c);
-	}
-	if (!c.exited) {
-		/* only after a failing poll: make sure the process is gone and reaped */
-		signal_proc(p, SIGKILL);
-		collect_exit(&c);
-	}
-	runner_close(&p->rp);
-	collect_end(&c);
-	pthread_mutex_lock(&table_lock);
-	n_collectors--;
-	pthread_cond_broadcast(&records_changed);
+	struct proc *p = arg;
+	struct procs *t = p->t;
+	child_run(&p->child);
+	child_finish(&p->child);
+	pthread_mutex_lock(&t->lock);
+	collect_end_locked(p);
+	t->n_collectors--;
+	pthread_cond_broadcast(&t->changed);
 	put_locked(p);
-	pthread_mutex_unlock(&table_lock);
+	pthread_mutex_unlock(&t->lock);
 	return NULL;
 }
 
-/* ---- POST /api/process/start ---- */
+/* Hands the running process to a collector thread; 0 or a negative errno. */
+static int start_collector(struct proc *p)
+{
+	struct procs *t = p->t;
+	pthread_t thread;
+	pthread_attr_t a;
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	pthread_mutex_lock(&t->lock);
+	p->pid = p->child.p.pid;
+	p->refs++;
+	t->n_collectors++;
+	pthread_mutex_unlock(&t->lock);
+	int err = pthread_create(&thread, &a, collector_main, p);
+	pthread_attr_destroy(&a);
+	if (!err)
+		return 0;
+	pthread_mutex_lock(&t->lock);
+	p->refs--;
+	t->n_collectors--;
+	pthread_mutex_unlock(&t->lock);
+	child_signal(&p->child, SIGKILL);
+	child_finish(&p->child);
+	return -err;
+}
+
+/* ---- starting ---- */
 
 /* Is dir a directory inside the sandbox? Asked of the sandbox itself (`test -d`), whose view
  * of paths outside /workspace is not the host's. */
@@ -490,704 +393,382 @@ static int check_cwd(const char *cwd, char *out, size_t outlen)
 	return err;
 }
 
-/* A command too long for the environment goes to the session wrapper's stdin, which reads
- * it whole before anything else; bounded, in case the shell never does. */
-static int feed_command(struct run_proc *rp, const char *command)
+/* Starts the record's command in dir (NULL: the default) and session s (NULL: none; loading
+ * its cwd and exported environment, as a command of the session would, without saving
+ * anything back); 0 or a negative errno. */
+static int spawn_command(struct proc *p, const char *dir, char *const *req_env,
+			 struct session *s)
 {
-	size_t len = strlen(command), off = 0;
-	int64_t deadline = mono_ms() + FEED_TIMEOUT_MS;
-	int err = 0;
-	while (off < len && !err) {
-		struct pollfd pfd = { rp->stdin_fd, POLLOUT, 0 };
-		int left = (int)(deadline - mono_ms());
-		if (left <= 0 || poll(&pfd, 1, left) == 0) {
-			err = -ETIMEDOUT;
-			break;
-		}
-		/* without dying of SIGPIPE when the shell has gone (see exec.c's io_feed) */
-		sigset_t pipe_set, old;
-		sigemptyset(&pipe_set);
-		sigaddset(&pipe_set, SIGPIPE);
-		pthread_sigmask(SIG_BLOCK, &pipe_set, &old);
-		ssize_t n = write(rp->stdin_fd, command + off, len - off);
-		int e = errno;
-		if (n < 0 && e == EPIPE) {
-			struct timespec zero = { 0, 0 };
-			sigtimedwait(&pipe_set, NULL, &zero);
-		}
-		pthread_sigmask(SIG_SETMASK, &old, NULL);
-		if (n > 0)
-			off += (size_t)n;
-		else if (n < 0 && e != EINTR && e != EAGAIN)
-			err = -e;
+	const char *argv[] = { "bash", "-c", p->command, NULL };
+	struct session_launch l = { 0 };
+	char **env = NULL;
+	struct run_spec spec = { .argv = argv, .cwd = dir, .stdin_null = true };
+	if (s) {
+		/* the store's variables and the request's go over the session's state */
+		char **overlay = envstore_overlay((const char *const *)req_env);
+		session_launch(s, p->command, dir, overlay, false, &l);
+		strv_free(overlay);
+		spec = (struct run_spec){ .argv = (const char *const *)l.argv,
+					  .env = (const char *const *)l.env,
+					  .stdin_null = !l.command_on_stdin };
+	} else {
+		env = envstore_build((const char *const *)req_env);
+		spec.env = (const char *const *)env;
 	}
-	close(rp->stdin_fd);
-	rp->stdin_fd = -1;
+	struct child_policy policy = record_policy;
+	policy.timeout_ms = p->timeout_ms;
+	int err = child_start(&p->child, &spec, &policy, &record_ops, p);
+	/* a command too long for the environment goes to the session wrapper's stdin */
+	if (!err && l.command_on_stdin)
+		child_feed(&p->child, p->command, strlen(p->command));
+	session_launch_free(&l);
+	strv_free(env);
 	return err;
 }
 
-/* Spawns the record's command (in session s, when not NULL: loading its cwd and exported
- * environment, as a command of the session would, without saving anything back) and hands
- * it to a collector; or ends the record as "error" with the reason in its stderr. */
+/* Starts the record's command and hands it to a collector; or ends the record as "error" with
+ * the reason in its stderr. */
 static void launch(struct proc *p, const char *cwd, char *const *req_env, struct session *s)
 {
 	char dir[WS_PATH_MAX + 64];
 	char why[WS_PATH_MAX + 256];
 	int code = 127;
-	int err = 0;
-
-	why[0] = '\0';
-	if (cwd) {
-		err = check_cwd(cwd, dir, sizeof dir);
-		if (err) {
-			snprintf(why, sizeof why, "Failed to change directory to '%s': %s\n", cwd,
-				 strerror(-err));
-			code = 1;
-		}
-	}
-	if (!err) {
-		const char *argv[] = { "bash", "-c", p->command, NULL };
-		struct session_launch l = { 0 };
-		char **env = NULL;
-		struct run_spec spec = { .argv = argv, .cwd = cwd ? dir : NULL, .stdin_null = true };
-		if (s) {
-			/* the store's variables and the request's go over the session's state */
-			char **overlay = envstore_overlay((const char *const *)req_env);
-			session_launch(s, p->command, cwd ? dir : NULL, overlay, false, &l);
-			envstore_free(overlay);
-			spec = (struct run_spec){ .argv = (const char *const *)l.argv,
-						  .env = (const char *const *)l.env,
-						  .stdin_null = !l.command_on_stdin };
-		} else {
-			env = envstore_build((const char *const *)req_env);
-			spec.env = (const char *const *)env;
-		}
-		pthread_mutex_lock(&p->sig_lock);
-		err = runner_spawn(&spec, &p->rp);
-		pthread_mutex_unlock(&p->sig_lock);
-		if (!err && l.command_on_stdin && feed_command(&p->rp, p->command) < 0)
-			log_warn("process %s: its shell did not take the command", p->id);
-		session_launch_free(&l);
-		envstore_free(env);
+	int err = cwd ? check_cwd(cwd, dir, sizeof dir) : 0;
+	if (err) {
+		snprintf(why, sizeof why, "Failed to change directory to '%s': %s\n", cwd,
+			 strerror(-err));
+		code = 1;
+	} else if ((err = spawn_command(p, cwd ? dir : NULL, req_env, s))) {
 		if (err == -ENOTSUP && runner_unavailable())
 			snprintf(why, sizeof why, "cannot run commands: %s\n", runner_unavailable());
-		else if (err)
+		else
 			snprintf(why, sizeof why, "cannot start the command: %s\n", strerror(-err));
-	}
-	if (!err) {
-		pthread_t t;
-		pthread_mutex_lock(&table_lock);
-		p->pid = p->rp.pid;
-		pthread_mutex_unlock(&table_lock);
-		pthread_attr_t a;
-		pthread_attr_init(&a);
-		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-		pthread_mutex_lock(&table_lock);
-		p->refs++;
-		n_collectors++;
-		pthread_mutex_unlock(&table_lock);
-		err = -pthread_create(&t, &a, collector_main, p);
-		pthread_attr_destroy(&a);
-		if (!err)
-			return;
-		pthread_mutex_lock(&table_lock);
-		p->refs--;
-		n_collectors--;
-		pthread_mutex_unlock(&table_lock);
-		signal_proc(p, SIGKILL);
-		pthread_mutex_lock(&p->sig_lock);
-		int status;
-		runner_wait(&p->rp, &status, -1);
-		p->reaped = true;
-		pthread_mutex_unlock(&p->sig_lock);
-		runner_close(&p->rp);
+	} else if ((err = start_collector(p))) {
 		snprintf(why, sizeof why, "cannot collect the output: %s\n", strerror(-err));
 	}
-	pthread_mutex_lock(&table_lock);
+	if (!err)
+		return;
+	pthread_mutex_lock(&p->t->lock);
 	append_locked(p, ERR, why, strlen(why));
-	finish_locked(p, P_ERROR, code);
-	pthread_mutex_unlock(&table_lock);
+	finish_locked(p, PROC_ERROR, code);
+	pthread_mutex_unlock(&p->t->lock);
 }
 
-void route_process_start(struct req *r)
+static struct proc *new_record(struct procs *t, const struct proc_spec *spec)
 {
-	cJSON *body = req_json(r);
-	const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(body, "command");
-	const cJSON *cwd = cJSON_GetObjectItemCaseSensitive(body, "cwd");
-	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "timeoutMs");
-	const cJSON *pid = cJSON_GetObjectItemCaseSensitive(body, "processId");
-	int timeout_ms = 0;
-
-	if (!cJSON_IsString(cmd) ||
-	    strspn(cmd->valuestring, " \t\r\n\v\f") == strlen(cmd->valuestring))
-		return reply_error(r, 400, "INVALID_COMMAND", EINVAL, NULL,
-				   "Invalid command: empty command provided");
-	if (cwd && !cJSON_IsNull(cwd) && !cJSON_IsString(cwd))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "cwd must be a string");
-	if (tmo && !cJSON_IsNull(tmo)) {
-		if (!cJSON_IsNumber(tmo) || tmo->valuedouble < 0 || tmo->valuedouble > INT_MAX)
-			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-					   "timeoutMs must be a number of milliseconds");
-		timeout_ms = (int)tmo->valuedouble;
-	}
-	if (pid && !cJSON_IsNull(pid) && !(cJSON_IsString(pid) && valid_id(pid->valuestring)))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "processId must be 1 to %d letters, digits or _-.:@+ (not "
-				   "starting with '.', not 'list' or 'kill-all')", ID_MAX);
-	bool session_given;
-	const char *session_id = session_id_of_body(r, &session_given);
-	if (!session_id)
-		return;
-	char **req_env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
-	if (!req_env)
-		return;
-	/* In a session (named in the body, as the container has it), the process starts from
-	 * the session's state; like the container's background commands it takes the session
-	 * only to start, after the session's running command, for as long as its client waits. */
-	struct session *s = NULL;
-	if (strcmp(session_id, SESSION_NONE) != 0) {
-		int err = session_acquire(session_id, NULL, -1, req_client_fd(r), &s);
-		if (err) {
-			session_free_env(req_env);
-			if (err == -ECONNABORTED)
-				return reply_error(r, 499, "CLIENT_CLOSED_REQUEST", ECANCELED, NULL,
-						   "the client hung up; the process was not "
-						   "started");
-			return reply_error(r, 500, "INTERNAL_ERROR", -err, NULL, "session '%s': %s",
-					   session_id, err == -ENOSPC ? "too many sessions"
-								 : strerror(-err));
-		}
-	}
-
 	struct proc *p = calloc(1, sizeof *p);
 	if (!p)
 		abort();
-	p->id = cJSON_IsString(pid) ? strdup(pid->valuestring) : new_id();
-	p->command = strdup(cmd->valuestring);
+	p->t = t;
+	p->id = spec->id ? strdup(spec->id) : new_id();
+	p->command = strdup(spec->command);
 	if (!p->id || !p->command)
 		abort();
-	if (s) {
-		p->session_id = strdup(session_id);
-		if (!p->session_id)
+	if (spec->session) {
+		if (!(p->session_id = strdup(spec->session_id)))
 			abort();
-		p->session_serial = session_serial(s);
+		p->session_serial = session_serial(spec->session);
 	}
-	p->refs = 1; /* ours, until the answer */
-	p->timeout_ms = timeout_ms;
+	p->refs = 1; /* the caller's */
+	p->timeout_ms = spec->timeout_ms;
 	p->pid = -1;
-	p->rp = (struct run_proc){ .pid = -1, .stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1,
-				   .pidfd = -1 };
-	pthread_mutex_init(&p->sig_lock, NULL);
+	child_init(&p->child);
 	clock_gettime(CLOCK_REALTIME, &p->start);
+	return p;
+}
 
-	/* the id is taken before the command starts, so a concurrent duplicate sees it */
-	pthread_mutex_lock(&table_lock);
-	struct proc *old = find_locked(p->id);
-	int busy = shutting_down ? ESHUTDOWN
-		   : old && old->status == P_RUNNING ? EEXIST
-		   : n_records - (old != NULL) >= MAX_PROCS ? ENOSPC : 0;
-	if (!busy) {
+/* Puts p in the table unless its id is taken by a running record or the table is full;
+ * 0 or a negative errno. */
+static int insert(struct procs *t, struct proc *p)
+{
+	pthread_mutex_lock(&t->lock);
+	struct proc *old = find_locked(t, p->id);
+	int err = t->shutting_down ? -ESHUTDOWN
+		  : old && old->status == PROC_RUNNING ? -EEXIST
+		  : t->n_records - (old != NULL) >= PROCS_MAX ? -ENOSPC : 0;
+	if (!err) {
 		if (old) {
 			/* a finished record of that id is replaced, as in the container */
-			unlink_locked(old);
+			unlink_locked(t, old);
 			put_locked(old);
 		}
-		p->next = table;
-		table = p;
+		p->next = t->table;
+		t->table = p;
 		p->in_table = true;
 		p->refs++;
-		n_records++;
+		t->n_records++;
 	}
-	pthread_mutex_unlock(&table_lock);
-	if (busy) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "processId", p->id);
-		if (busy == EEXIST)
-			reply_error(r, 409, "PROCESS_ALREADY_EXISTS", EEXIST, ctx,
-				    "Process %s already exists and is running", p->id);
-		else if (busy == ENOSPC)
-			reply_error(r, 500, "PROCESS_ERROR", ENOSPC, ctx,
-				    "too many process records (%d): remove finished ones",
-				    MAX_PROCS);
-		else
-			reply_error(r, 503, "PROCESS_ERROR", ESHUTDOWN, ctx, "sbxd is stopping");
-		session_free_env(req_env);
-		if (s)
-			session_release(s);
-		proc_put(p);
-		return;
-	}
-	launch(p, cJSON_IsString(cwd) && *cwd->valuestring ? cwd->valuestring : NULL, req_env, s);
-	if (s)
-		session_release(s);
-	session_free_env(req_env);
-
-	cJSON *out = cJSON_CreateObject();
-	cJSON_AddStringToObject(out, "processId", p->id);
-	pthread_mutex_lock(&table_lock);
-	if (p->pid > 0)
-		cJSON_AddNumberToObject(out, "pid", p->pid);
-	pthread_mutex_unlock(&table_lock);
-	cJSON_AddStringToObject(out, "command", p->command);
-	proc_put(p);
-	reply_ok(r, out);
+	pthread_mutex_unlock(&t->lock);
+	return err;
 }
 
-/* ---- reading records ---- */
-
-/* The record as the API shows it (table_lock held). */
-static cJSON *record_json(const struct proc *p)
+int procs_start(struct procs *t, const struct proc_spec *spec, struct proc **out)
 {
-	char ts[32];
-	cJSON *o = cJSON_CreateObject();
-	cJSON_AddStringToObject(o, "id", p->id);
-	if (p->pid > 0)
-		cJSON_AddNumberToObject(o, "pid", p->pid);
-	cJSON_AddStringToObject(o, "command", p->command);
-	cJSON_AddStringToObject(o, "status", status_names[p->status]);
-	if (p->session_id)
-		cJSON_AddStringToObject(o, "sessionId", p->session_id);
-	cJSON_AddStringToObject(o, "startTime", iso_time(&p->start, ts));
-	if (p->status != P_RUNNING) {
-		cJSON_AddStringToObject(o, "endTime", iso_time(&p->end, ts));
-		cJSON_AddNumberToObject(o, "exitCode", p->exit_code);
+	struct proc *p = new_record(t, spec);
+	/* the id is taken before the command starts, so a concurrent duplicate sees it */
+	int err = insert(t, p);
+	if (err) {
+		proc_put(t, p);
+		return err;
 	}
-	json_add_int(o, "stdoutSize", (int64_t)p->log[OUT].len);
-	json_add_int(o, "stderrSize", (int64_t)p->log[ERR].len);
-	if (p->truncated)
-		cJSON_AddTrueToObject(o, "outputTruncated");
-	return o;
+	launch(p, spec->cwd, spec->env, spec->session);
+	*out = p;
+	return 0;
 }
 
-void route_process_list(struct req *r)
+/* ---- reading ---- */
+
+struct proc **procs_list(struct procs *t, size_t *n)
 {
-	const char *want = req_query(r, "status");
-	cJSON *list = cJSON_CreateArray();
-	pthread_mutex_lock(&table_lock);
+	pthread_mutex_lock(&t->lock);
+	struct proc **v = calloc(t->n_records + 1, sizeof *v);
+	if (!v)
+		abort();
+	*n = 0;
 	/* running ones first, then finished ones, each oldest first (the table is newest first) */
 	for (int finished = 0; finished < 2; finished++) {
-		size_t n = 0;
-		for (struct proc *p = table; p; p = p->next)
-			n++;
-		struct proc **v = calloc(n + 1, sizeof *v);
-		if (!v)
-			abort();
-		n = 0;
-		for (struct proc *p = table; p; p = p->next)
-			if ((p->status != P_RUNNING) == finished &&
-			    (!want || strcmp(want, status_names[p->status]) == 0))
-				v[n++] = p;
-		while (n)
-			cJSON_AddItemToArray(list, record_json(v[--n]));
-		free(v);
+		size_t from = *n;
+		for (struct proc *p = t->table; p; p = p->next)
+			if ((p->status != PROC_RUNNING) == finished) {
+				p->refs++;
+				v[(*n)++] = p;
+			}
+		for (size_t i = from, j = *n; i + 1 < j; i++, j--) {
+			struct proc *x = v[i];
+			v[i] = v[j - 1];
+			v[j - 1] = x;
+		}
 	}
-	pthread_mutex_unlock(&table_lock);
-	cJSON *out = cJSON_CreateObject();
-	cJSON_AddItemToObject(out, "processes", list);
-	reply_ok(r, out);
+	pthread_mutex_unlock(&t->lock);
+	return v;
 }
 
-void route_process_get(struct req *r)
+void procs_list_put(struct procs *t, struct proc **v, size_t n)
 {
-	struct proc *p = proc_get(r, req_path_arg(r));
-	if (!p)
-		return;
-	cJSON *out = cJSON_CreateObject();
-	pthread_mutex_lock(&table_lock);
-	cJSON_AddItemToObject(out, "process", record_json(p));
-	put_locked(p);
-	pthread_mutex_unlock(&table_lock);
-	reply_ok(r, out);
+	pthread_mutex_lock(&t->lock);
+	for (size_t i = 0; i < n; i++)
+		put_locked(v[i]);
+	pthread_mutex_unlock(&t->lock);
+	free(v);
 }
 
-static void add_text(cJSON *o, const char *key, const struct strbuf *log, size_t from)
+void proc_logs(struct procs *t, struct proc *p, size_t from, struct strbuf *out,
+	       struct strbuf *err, struct proc_info *info)
 {
-	struct strbuf text = STRBUF_INIT;
-	if (from < log->len)
-		utf8_sanitize(&text, log->data + from, log->len - from, true);
-	cJSON_AddStringToObject(o, key, text.len ? text.data : "");
-	strbuf_free(&text);
+	pthread_mutex_lock(&t->lock);
+	if (from < p->log[OUT].len)
+		strbuf_append(out, p->log[OUT].data + from, p->log[OUT].len - from);
+	if (from < p->log[ERR].len)
+		strbuf_append(err, p->log[ERR].data + from, p->log[ERR].len - from);
+	info_locked(p, info);
+	pthread_mutex_unlock(&t->lock);
 }
 
-void route_process_logs(struct req *r)
+/* Hands over what is new; the number of bytes. */
+static size_t follow_locked(struct proc *p, struct proc_cursor *c, size_t piece, size_t max,
+			    proc_emit_fn *emit, void *ctx)
 {
-	const char *off = req_query(r, "offset");
-	uint64_t from = 0;
-	if (off) {
-		char *end;
-		errno = 0;
-		from = strtoull(off, &end, 10);
-		if (!*off || *end || errno || *off == '-')
-			return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-					   "offset must be a number of bytes");
-	}
-	struct proc *p = proc_get(r, req_path_arg(r));
-	if (!p)
-		return;
-	cJSON *out = cJSON_CreateObject();
-	cJSON_AddStringToObject(out, "processId", p->id);
-	pthread_mutex_lock(&table_lock);
-	add_text(out, "stdout", &p->log[OUT], from);
-	add_text(out, "stderr", &p->log[ERR], from);
-	json_add_int(out, "stdoutSize", (int64_t)p->log[OUT].len);
-	json_add_int(out, "stderrSize", (int64_t)p->log[ERR].len);
-	if (p->truncated)
-		cJSON_AddTrueToObject(out, "outputTruncated");
-	put_locked(p);
-	pthread_mutex_unlock(&table_lock);
-	reply_ok(r, out);
-}
-
-/* ---- GET /api/process/{id}/stream ---- */
-
-struct pstream {
-	struct proc *p;
-	size_t seg, segoff;       /* the next byte to send */
-	struct strbuf carry[2];   /* an incomplete UTF-8 character from the last event */
-	bool info_sent;
-};
-
-static void output_event(struct strbuf *out, const struct proc *p, int which, const char *text)
-{
-	char ts[32];
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
-	cJSON *ev = cJSON_CreateObject();
-	cJSON_AddStringToObject(ev, "type", which == OUT ? "stdout" : "stderr");
-	cJSON_AddStringToObject(ev, "data", text);
-	cJSON_AddStringToObject(ev, "processId", p->id);
-	cJSON_AddStringToObject(ev, "timestamp", iso_time(&now, ts));
-	sse_append(out, ev);
-	cJSON_Delete(ev);
-}
-
-/* One event for bytes of one stream, keeping characters whole across events. */
-static void stream_bytes(struct pstream *s, struct strbuf *out, int which, const char *buf,
-			 size_t n, bool final)
-{
-	struct strbuf *carry = &s->carry[which];
-	struct strbuf text = STRBUF_INIT;
-	strbuf_append(carry, buf, n);
-	size_t used = utf8_sanitize(&text, carry->len ? carry->data : "", carry->len, final);
-	strbuf_consume(carry, used);
-	if (text.len)
-		output_event(out, s->p, which, text.data);
-	strbuf_free(&text);
-}
-
-/* Sends what is new (table_lock held); the number of bytes sent. */
-static size_t stream_pending(struct pstream *s, struct strbuf *out)
-{
-	struct proc *p = s->p;
 	size_t sent = 0;
-	while (s->seg < p->nsegs && sent < STREAM_ROUND_BYTES) {
-		const struct seg *g = &p->segs[s->seg];
-		size_t n = g->len - s->segoff;
-		if (n > EVENT_BYTES)
-			n = EVENT_BYTES;
+	while (c->seg < p->nsegs && sent < max) {
+		const struct seg *g = &p->segs[c->seg];
+		size_t n = g->len - c->segoff;
+		if (n > piece)
+			n = piece;
 		if (n) {
-			stream_bytes(s, out, g->which, p->log[g->which].data + g->off + s->segoff, n,
-				     false);
-			s->segoff += n;
+			emit(ctx, g->which, p->log[g->which].data + g->off + c->segoff, n);
+			c->segoff += n;
 			sent += n;
 		}
-		if (s->segoff < g->len || s->seg + 1 == p->nsegs)
+		if (c->segoff < g->len || c->seg + 1 == p->nsegs)
 			break; /* more of it, or the last segment, which may still grow */
-		s->seg++;
-		s->segoff = 0;
+		c->seg++;
+		c->segoff = 0;
 	}
 	return sent;
 }
 
-static bool stream_caught_up(const struct pstream *s)
+static bool caught_up(const struct proc *p, const struct proc_cursor *c)
 {
-	const struct proc *p = s->p;
-	return p->nsegs == 0 || (s->seg + 1 >= p->nsegs && s->segoff == p->segs[s->seg].len);
+	return p->nsegs == 0 || (c->seg + 1 >= p->nsegs && c->segoff == p->segs[c->seg].len);
 }
 
-static int stream_next(void *ctx, struct strbuf *out, int timeout_ms)
+int proc_follow(struct procs *t, struct proc *p, struct proc_cursor *cursor, size_t piece,
+		size_t max, int64_t deadline, proc_emit_fn *emit, void *ctx,
+		struct proc_info *info)
 {
-	struct pstream *s = ctx;
-	struct proc *p = s->p;
-	char ts[32];
-	struct timespec now;
-	int64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
 	int rc = 1;
-
-	pthread_mutex_lock(&table_lock);
-	if (!s->info_sent) {
-		clock_gettime(CLOCK_REALTIME, &now);
-		cJSON *ev = cJSON_CreateObject();
-		cJSON_AddStringToObject(ev, "type", "process_info");
-		cJSON_AddStringToObject(ev, "processId", p->id);
-		cJSON_AddStringToObject(ev, "command", p->command);
-		cJSON_AddStringToObject(ev, "status", status_names[p->status]);
-		cJSON_AddStringToObject(ev, "timestamp", iso_time(&now, ts));
-		sse_append(out, ev);
-		cJSON_Delete(ev);
-		s->info_sent = true;
-	}
+	pthread_mutex_lock(&t->lock);
 	for (;;) {
 		/* the status is read before the output: a finished record's output is complete */
-		bool finished = p->status != P_RUNNING;
-		if (stream_pending(s, out))
+		bool finished = p->status != PROC_RUNNING;
+		if (follow_locked(p, cursor, piece, max, emit, ctx))
 			break;
-		if (finished && stream_caught_up(s)) {
-			for (int w = OUT; w <= ERR; w++)
-				if (s->carry[w].len)
-					stream_bytes(s, out, w, "", 0, true);
-			clock_gettime(CLOCK_REALTIME, &now);
-			cJSON *ev = cJSON_CreateObject();
-			char msg[64];
-			snprintf(msg, sizeof msg, "Process %s with exit code %d",
-				 status_names[p->status], p->exit_code);
-			cJSON_AddStringToObject(ev, "type", "exit");
-			cJSON_AddStringToObject(ev, "processId", p->id);
-			cJSON_AddNumberToObject(ev, "exitCode", p->exit_code);
-			cJSON_AddStringToObject(ev, "data", msg);
-			cJSON_AddStringToObject(ev, "timestamp", iso_time(&now, ts));
-			sse_append(out, ev);
-			cJSON_Delete(ev);
+		if (finished && caught_up(p, cursor)) {
 			rc = 0;
 			break;
 		}
-		if (out->len || mono_ms() >= deadline)
+		if (!mono_cond_wait_until(&t->changed, &t->lock, deadline))
 			break;
-		wait_change_until(deadline);
 	}
-	pthread_mutex_unlock(&table_lock);
+	info_locked(p, info);
+	pthread_mutex_unlock(&t->lock);
 	return rc;
-}
-
-static void stream_release(void *ctx)
-{
-	struct pstream *s = ctx;
-	proc_put(s->p);
-	strbuf_free(&s->carry[OUT]);
-	strbuf_free(&s->carry[ERR]);
-	free(s);
-}
-
-void route_process_stream(struct req *r)
-{
-	struct proc *p = proc_get(r, req_path_arg(r));
-	if (!p)
-		return;
-	struct pstream *s = calloc(1, sizeof *s);
-	if (!s)
-		abort();
-	s->p = p;
-	reply_sse(r, (struct sse_source){ .next = stream_next, .release = stream_release,
-					  .ctx = s });
 }
 
 /* ---- signals ---- */
 
-/* The ?signal= of a kill route (default TERM); 0 after answering 400. */
-static int signal_of_request(struct req *r)
+/* Waits (lock held) until none of v runs, or deadline. */
+static void wait_ended_locked(struct procs *t, struct proc **v, size_t n, int64_t deadline)
 {
-	const char *name = req_query(r, "signal");
-	if (!name)
-		return SIGTERM;
-	int sig = parse_signal(name);
-	if (!sig)
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "unknown signal '%s' (a name such as TERM, INT, KILL, or a number)",
-			    name);
-	return sig;
+	for (size_t i = 0; i < n; i++)
+		while (v[i]->status == PROC_RUNNING && mono_cond_wait_until(&t->changed, &t->lock,
+									    deadline))
+			;
 }
 
 /* Sends sig to each running record of v (referenced); TERM is followed by KILL for those
  * still running KILL_GRACE_MS later, and then waits (bounded) for them to end. The number
  * of records signalled. */
-static int kill_records(struct proc **v, size_t n, int sig)
+static int kill_records(struct procs *t, struct proc **v, size_t n, int sig)
 {
 	int done = 0;
 	for (size_t i = 0; i < n; i++) {
-		pthread_mutex_lock(&table_lock);
-		bool running = v[i]->status == P_RUNNING;
+		pthread_mutex_lock(&t->lock);
+		bool running = v[i]->status == PROC_RUNNING;
 		if (running && terminating(sig))
 			v[i]->kill_requested = true;
-		pthread_mutex_unlock(&table_lock);
+		pthread_mutex_unlock(&t->lock);
 		if (running && signal_proc(v[i], sig) == 0)
 			done++;
 	}
 	if (sig != SIGTERM)
 		return done;
-	for (int round = 0; round < 2; round++) {
-		int64_t deadline = mono_ms() + KILL_GRACE_MS;
-		pthread_mutex_lock(&table_lock);
-		for (size_t i = 0; i < n; i++)
-			while (v[i]->status == P_RUNNING && mono_ms() < deadline)
-				wait_change_until(deadline);
-		pthread_mutex_unlock(&table_lock);
-		if (round == 1)
-			break;
-		for (size_t i = 0; i < n; i++)
-			signal_proc(v[i], SIGKILL); /* no-op for those that ended */
-	}
+	pthread_mutex_lock(&t->lock);
+	wait_ended_locked(t, v, n, mono_ms() + KILL_GRACE_MS);
+	pthread_mutex_unlock(&t->lock);
+	for (size_t i = 0; i < n; i++)
+		signal_proc(v[i], SIGKILL); /* no-op for those that ended */
+	pthread_mutex_lock(&t->lock);
+	wait_ended_locked(t, v, n, mono_ms() + KILL_GRACE_MS);
+	pthread_mutex_unlock(&t->lock);
 	return done;
 }
 
-void route_process_kill(struct req *r)
+int proc_kill(struct procs *t, struct proc *p, int sig)
 {
-	int sig = signal_of_request(r);
-	if (!sig)
-		return;
-	struct proc *p = proc_get(r, req_path_arg(r));
-	if (!p)
-		return;
-	pthread_mutex_lock(&table_lock);
-	bool running = p->status == P_RUNNING;
-	pthread_mutex_unlock(&table_lock);
-	if (!running || kill_records(&p, 1, sig) == 0) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "processId", p->id);
-		reply_error(r, 404, "COMMAND_NOT_FOUND", ESRCH, ctx,
-			    "Process %s is not running (already completed)", p->id);
-		proc_put(p);
-		return;
-	}
-	cJSON *out = cJSON_CreateObject();
-	cJSON_AddStringToObject(out, "processId", p->id);
-	proc_put(p);
-	reply_ok(r, out);
+	return kill_records(t, &p, 1, sig) ? 0 : -ESRCH;
 }
 
-/* The running records, referenced; *n their number. */
-static struct proc **running_records(size_t *n)
+/* The running records (of the session with this serial, when it is not 0), referenced. */
+static struct proc **running_records(struct procs *t, unsigned long serial, size_t *n)
 {
-	pthread_mutex_lock(&table_lock);
-	struct proc **v = calloc(n_records + 1, sizeof *v);
+	pthread_mutex_lock(&t->lock);
+	struct proc **v = calloc(t->n_records + 1, sizeof *v);
 	if (!v)
 		abort();
 	*n = 0;
-	for (struct proc *p = table; p; p = p->next)
-		if (p->status == P_RUNNING) {
+	for (struct proc *p = t->table; p; p = p->next)
+		if (p->status == PROC_RUNNING &&
+		    (!serial || (p->session_id && p->session_serial == serial))) {
 			p->refs++;
 			v[(*n)++] = p;
 		}
-	pthread_mutex_unlock(&table_lock);
+	pthread_mutex_unlock(&t->lock);
 	return v;
 }
 
-void route_process_kill_all(struct req *r)
+int procs_kill_all(struct procs *t, int sig)
 {
-	int sig = signal_of_request(r);
-	if (!sig)
-		return;
 	size_t n;
-	struct proc **v = running_records(&n);
-	int done = kill_records(v, n, sig);
-	for (size_t i = 0; i < n; i++)
-		proc_put(v[i]);
-	free(v);
-	cJSON *out = cJSON_CreateObject();
-	cJSON_AddNumberToObject(out, "cleanedCount", done);
-	reply_ok(r, out);
+	struct proc **v = running_records(t, 0, &n);
+	int done = kill_records(t, v, n, sig);
+	procs_list_put(t, v, n);
+	return done;
 }
 
-/* ---- POST /api/x/process/remove ---- */
-
-void route_x_process_remove(struct req *r)
+int procs_remove(struct procs *t, const char *id)
 {
-	const char *id = json_str(req_json(r), "processId");
-	if (!id || !*id)
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "processId is required");
-	struct proc *p = proc_get(r, id);
-	if (!p)
-		return;
-	pthread_mutex_lock(&table_lock);
-	bool running = p->status == P_RUNNING;
-	if (!running && p->in_table) {
-		unlink_locked(p);
+	pthread_mutex_lock(&t->lock);
+	struct proc *p = find_locked(t, id);
+	int err = !p ? -ENOENT : p->status == PROC_RUNNING ? -EBUSY : 0;
+	if (!err) {
+		unlink_locked(t, p);
 		put_locked(p); /* the table's reference */
 	}
-	put_locked(p);
-	pthread_mutex_unlock(&table_lock);
-	if (running) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "processId", id);
-		return reply_error(r, 409, "RESOURCE_BUSY", EBUSY, ctx,
-				   "Process %s is still running: kill it first", id);
-	}
-	cJSON *out = cJSON_CreateObject();
-	cJSON_AddStringToObject(out, "processId", id);
-	reply_ok(r, out);
+	pthread_mutex_unlock(&t->lock);
+	return err;
 }
 
-/* ---- for other routes ---- */
-
-int processes_state(const char *id, bool *running, int *exit_code)
+int procs_state(struct procs *t, const char *id, bool *running, int *exit_code)
 {
-	pthread_mutex_lock(&table_lock);
-	struct proc *p = find_locked(id);
+	pthread_mutex_lock(&t->lock);
+	struct proc *p = find_locked(t, id);
 	if (p) {
-		*running = p->status == P_RUNNING;
+		*running = p->status == PROC_RUNNING;
 		*exit_code = p->exit_code;
 	}
-	pthread_mutex_unlock(&table_lock);
+	pthread_mutex_unlock(&t->lock);
 	return p ? 0 : -ENOENT;
 }
 
-void processes_stop_session(unsigned long serial)
-{
-	pthread_mutex_lock(&table_lock);
-	struct proc **v = calloc(n_records + 1, sizeof *v);
-	if (!v)
-		abort();
-	size_t n = 0;
-	for (struct proc *p = table; p; p = p->next)
-		if (p->status == P_RUNNING && p->session_id && p->session_serial == serial) {
-			p->refs++;
-			v[n++] = p;
-		}
-	pthread_mutex_unlock(&table_lock);
-	if (n)
-		log_info("stopping %zu process%s of a deleted session", n, n == 1 ? "" : "es");
-	kill_records(v, n, SIGKILL);
-	/* KILL cannot be ignored: the collectors see the exits at once */
-	int64_t deadline = mono_ms() + KILL_GRACE_MS;
-	pthread_mutex_lock(&table_lock);
-	for (size_t i = 0; i < n; i++) {
-		while (v[i]->status == P_RUNNING && mono_ms() < deadline)
-			wait_change_until(deadline);
-		put_locked(v[i]);
-	}
-	pthread_mutex_unlock(&table_lock);
-	free(v);
-}
-
-/* ---- shutdown ---- */
-
-void processes_shutdown(void)
+void procs_stop_session(struct procs *t, unsigned long serial)
 {
 	size_t n;
-	pthread_mutex_lock(&table_lock);
-	shutting_down = true;
-	pthread_mutex_unlock(&table_lock);
-	struct proc **v = running_records(&n);
+	struct proc **v = running_records(t, serial, &n);
+	if (n)
+		log_info("stopping %zu process%s of a deleted session", n, n == 1 ? "" : "es");
+	kill_records(t, v, n, SIGKILL);
+	/* KILL cannot be ignored: the collectors see the exits at once */
+	pthread_mutex_lock(&t->lock);
+	wait_ended_locked(t, v, n, mono_ms() + KILL_GRACE_MS);
+	pthread_mutex_unlock(&t->lock);
+	procs_list_put(t, v, n);
+}
+
+/* ---- the table ---- */
+
+struct procs *procs_new(void)
+{
+	struct procs *t = calloc(1, sizeof *t);
+	if (!t)
+		abort();
+	pthread_mutex_init(&t->lock, NULL);
+	mono_cond_init(&t->changed);
+	return t;
+}
+
+void procs_free(struct procs *t)
+{
+	if (!t)
+		return;
+	pthread_mutex_lock(&t->lock);
+	t->shutting_down = true;
+	pthread_mutex_unlock(&t->lock);
+	size_t n;
+	struct proc **v = running_records(t, 0, &n);
 	if (n)
 		log_info("stopping %zu background process%s", n, n == 1 ? "" : "es");
-	kill_records(v, n, SIGTERM);
-	for (size_t i = 0; i < n; i++)
-		proc_put(v[i]);
-	free(v);
+	kill_records(t, v, n, SIGTERM);
+	procs_list_put(t, v, n);
 
 	/* the collectors end within DRAIN_MAX_MS of the KILL; bounded all the same */
 	int64_t deadline = mono_ms() + 2 * DRAIN_MAX_MS + 1000;
-	pthread_mutex_lock(&table_lock);
-	while (n_collectors > 0 && mono_ms() < deadline)
-		wait_change_until(deadline);
-	if (n_collectors > 0)
-		log_warn("processes: %d collector%s did not end", n_collectors,
-			 n_collectors == 1 ? "" : "s");
-	while (table) {
-		struct proc *p = table;
-		unlink_locked(p);
+	pthread_mutex_lock(&t->lock);
+	while (t->n_collectors > 0 && mono_cond_wait_until(&t->changed, &t->lock, deadline))
+		;
+	int left = t->n_collectors;
+	while (t->table) {
+		struct proc *p = t->table;
+		unlink_locked(t, p);
 		put_locked(p);
 	}
-	pthread_mutex_unlock(&table_lock);
+	pthread_mutex_unlock(&t->lock);
+	if (left > 0) {
+		/* their records (and so the table) stay theirs: freeing it would pull it away */
+		log_warn("processes: %d collector%s did not end", left, left == 1 ? "" : "s");
+		return;
+	}
+	pthread_cond_destroy(&t->changed);
+	pthread_mutex_destroy(&t->lock);
+	free(t);
 }

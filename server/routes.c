@@ -1,6 +1,17 @@
 /* The routing table: method, path, handler, flags. Kept as data so that what sbxd serves can be
  * read at a glance (and --no-extensions is a flag, not a branch in every handler). */
 #include "server/routes.h"
+#include "common/jsonutil.h"
+
+/* POST /api/execute with "background":true starts a process record, as in the container: the
+ * one path that two handlers share, told apart here so that neither calls the other. */
+static void route_execute_any(struct req *r)
+{
+	if (json_bool(req_json(r), "background", false))
+		route_process_start(r);
+	else
+		route_execute(r);
+}
 
 const struct route routes[] = {
 	{ "GET", "/api/ping", route_ping, ROUTE_PUBLIC },
@@ -12,7 +23,7 @@ const struct route routes[] = {
 	{ "POST", "/api/session/create", route_session_create, ROUTE_JSON },
 	{ "GET", "/api/session/list", route_session_list, 0 },
 	{ "POST", "/api/session/delete", route_session_delete, ROUTE_JSON },
-	{ "POST", "/api/execute", route_execute, ROUTE_JSON },
+	{ "POST", "/api/execute", route_execute_any, ROUTE_JSON },
 	{ "POST", "/api/execute/stream", route_execute_stream, ROUTE_JSON },
 
 	{ "POST", "/api/process/start", route_process_start, ROUTE_JSON },

@@ -1,4 +1,8 @@
-/* Route handlers, grouped by the file that implements them. */
+/* Route handlers, grouped by the file that implements them. A handler decodes its request
+ * (server/request.h), asks an engine, which knows nothing of HTTP and keeps its state in a
+ * struct where that lets it be tested alone (processes.h, ports.h: reached through
+ * req_sbxd()), and answers; where an engine has a file of its own, its handlers are that
+ * engine's *_routes.c. */
 #ifndef SBXD_ROUTES_H
 #define SBXD_ROUTES_H
 #include "server/httpd.h"
@@ -43,14 +47,14 @@ void route_x_close(struct req *r);
 void route_watch(struct req *r);
 void route_watch_check(struct req *r);
 
-/* exec.c + sessions.c */
+/* exec.c, sessions_routes.c */
 void route_session_create(struct req *r);
 void route_session_list(struct req *r);
 void route_session_delete(struct req *r);
 void route_execute(struct req *r);
 void route_execute_stream(struct req *r);
 
-/* processes.c (route_execute with "background":true starts a process too) */
+/* processes_routes.c (POST /api/execute with "background":true starts one too: routes.c) */
 void route_process_start(struct req *r);
 void route_process_list(struct req *r);
 void route_process_get(struct req *r);
@@ -75,7 +79,7 @@ void route_x_ports_expose(struct req *r);
 void route_x_ports_list(struct req *r);
 void route_x_ports_unexpose(struct req *r);
 
-/* contexts.c */
+/* contexts_routes.c */
 void route_context_create(struct req *r);
 void route_context_list(struct req *r);
 void route_context_delete(struct req *r);

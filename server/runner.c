@@ -61,8 +61,10 @@
 #include "server/runner.h"
 #include "server/cgroup.h"
 #include "server/envstore.h"
-#include "server/server.h"
+#include "server/sbxd.h"
+#include "common/clock.h"
 #include "common/log.h"
+#include "common/strv.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
@@ -108,14 +110,6 @@ static int pidfd_send_signal(int pidfd, int sig, siginfo_t *info, unsigned int f
 #ifndef PIDFD_SIGNAL_PROCESS_GROUP
 #define PIDFD_SIGNAL_PROCESS_GROUP (1UL << 2) /* Linux 6.9 */
 #endif
-
-static const char *const default_env[] = {
-	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-	"HOME=/root",
-	"LANG=C.UTF-8",
-	"TERM=dumb",
-	NULL,
-};
 
 /* Secrets of the host's /etc that root inside the sandbox could read (it owns them). */
 static const char *const etc_secrets[] = {
@@ -361,13 +355,6 @@ static int spawn_on_thread(struct spawn_job *j)
 }
 
 /* ---- helpers ---- */
-
-static int64_t now_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static const char *env_get(const char *const *env, const char *name)
 {
@@ -626,9 +613,9 @@ static void limit_process(pid_t pid)
 static void wait_readable(int fd, int timeout_ms)
 {
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
-	int64_t deadline = now_ms() + timeout_ms;
+	int64_t deadline = mono_ms() + timeout_ms;
 	char c;
-	for (int64_t left = timeout_ms; left > 0; left = deadline - now_ms()) {
+	for (int64_t left = timeout_ms; left > 0; left = deadline - mono_ms()) {
 		int r = poll(&pfd, 1, (int)left);
 		if (r > 0) {
 			while (read(fd, &c, 1) < 0 && errno == EINTR)
@@ -646,9 +633,9 @@ static pid_t read_child_pid(int fd)
 {
 	char buf[1024];
 	size_t len = 0;
-	int64_t deadline = now_ms() + BWRAP_INFO_TIMEOUT_MS;
+	int64_t deadline = mono_ms() + BWRAP_INFO_TIMEOUT_MS;
 	for (;;) {
-		int64_t left = deadline - now_ms();
+		int64_t left = deadline - mono_ms();
 		struct pollfd pfd = { .fd = fd, .events = POLLIN };
 		if (left <= 0 || len == sizeof buf - 1)
 			break;
@@ -674,11 +661,6 @@ static pid_t read_child_pid(int fd)
 
 /* ---- public ---- */
 
-const char *const *runner_default_env(void)
-{
-	return default_env;
-}
-
 void runner_close(struct run_proc *p)
 {
 	close_fd(&p->stdin_fd);
@@ -699,7 +681,7 @@ int runner_exit_code(int status)
 
 int runner_wait(struct run_proc *p, int *status, int timeout_ms)
 {
-	int64_t deadline = timeout_ms < 0 ? -1 : now_ms() + timeout_ms;
+	int64_t deadline = timeout_ms < 0 ? -1 : mono_ms() + timeout_ms;
 	for (;;) {
 		pid_t r = waitpid(p->pid, status, WNOHANG);
 		if (r == p->pid)
@@ -708,7 +690,7 @@ int runner_wait(struct run_proc *p, int *status, int timeout_ms)
 			return -errno;
 		int wait_ms = -1;
 		if (deadline >= 0) {
-			int64_t left = deadline - now_ms();
+			int64_t left = deadline - mono_ms();
 			if (left <= 0)
 				return -ETIMEDOUT;
 			wait_ms = left > INT_MAX ? INT_MAX : (int)left;
@@ -852,75 +834,67 @@ static void wait_for_command(const struct run_proc *p)
 	log_warn("runner: the sandbox's command did not start within 2 s");
 }
 
-/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap
- * (isolation none). */
-static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
-			   bool stdin_null, struct run_proc *out)
+/* The pipes of a spawn: [0] is read, [1] written; the child's ends go when it has them. */
+struct spawn_pipes {
+	int in[2], out[2], err[2];
+	int info[2], block[2];   /* bubblewrap's (or the held child's) --info-fd and --block-fd */
+};
+
+static int open_pipes(struct spawn_pipes *p, bool stdin_null)
 {
-	struct args a = { 0 };
-	char *prog = NULL;
-	const char *chdir_to = NULL;
-	char **translated = NULL;
+	*p = (struct spawn_pipes){ { -1, -1 }, { -1, -1 }, { -1, -1 }, { -1, -1 }, { -1, -1 } };
+	if ((!stdin_null && pipe2(p->in, O_CLOEXEC) < 0) || pipe2(p->out, O_CLOEXEC) < 0 ||
+	    pipe2(p->err, O_CLOEXEC) < 0)
+		return -errno;
+	int err = high_pipe(p->info);
+	return err ? err : high_pipe(p->block);
+}
+
+static void close_child_ends(struct spawn_pipes *p)
+{
+	close_fd(&p->in[0]);
+	close_fd(&p->out[1]);
+	close_fd(&p->err[1]);
+	close_fd(&p->info[1]);
+	close_fd(&p->block[0]);
+}
+
+static void close_parent_ends(struct spawn_pipes *p)
+{
+	close_fd(&p->in[1]);
+	close_fd(&p->out[0]);
+	close_fd(&p->err[0]);
+	close_fd(&p->info[0]);
+	close_fd(&p->block[1]);
+}
+
+/* The command line: bubblewrap's arguments then argv (a.v), or argv alone and the program
+ * found in env's PATH (*prog); with bubblewrap, *env may become a translated copy (*translated).
+ * 0 or a negative errno. */
+static int command_line(const char *const *argv, const char *const **env, const char *cwd,
+			struct args *a, char **prog, char ***translated)
+{
 	if (bwrap_path) {
-		sandbox_args(&a, cwd);
+		sandbox_args(a, cwd);
 		/* bwrap looks the program up in the command's PATH itself */
-		if ((translated = translate_env(env)))
-			env = (const char *const *)translated;
-	} else {
-		prog = find_program(argv[0], env_get(env, "PATH"));
-		if (!prog)
-			return -ENOENT;
-		chdir_to = cwd;
+		if ((*translated = translate_env(*env)))
+			*env = (const char *const *)*translated;
+	} else if (!(*prog = find_program(argv[0], env_get(*env, "PATH")))) {
+		return -ENOENT;
 	}
 	for (size_t i = 0; argv[i]; i++)
-		add(&a, argv[i]);
-	if (a.failed) {
-		args_free(&a);
-		free(prog);
-		free_env(translated);
-		return -ENOMEM;
-	}
+		add(a, argv[i]);
+	return a->failed ? -ENOMEM : 0;
+}
 
-	int in[2] = { -1, -1 }, o[2] = { -1, -1 }, e[2] = { -1, -1 };
-	int info[2] = { -1, -1 }, block[2] = { -1, -1 };
-	int err = 0;
-	if ((!stdin_null && pipe2(in, O_CLOEXEC) < 0) || pipe2(o, O_CLOEXEC) < 0 ||
-	    pipe2(e, O_CLOEXEC) < 0)
-		err = -errno;
-	if (!err && (err = high_pipe(info)) == 0)
-		err = high_pipe(block);
-	if (!err) {
-		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
-				       .argv = a.v, .envp = (char *const *)env,
-				       .chdir_to = chdir_to, .fd_in = in[0], .fd_out = o[1],
-				       .fd_err = e[1], .fd_info = info[1], .fd_block = block[0],
-				       .held = !bwrap_path };
-		err = spawn_on_thread(&j);
-		if (!err)
-			out->pid = j.pid;
-	}
-	close_fd(&in[0]);
-	close_fd(&o[1]);
-	close_fd(&e[1]);
-	close_fd(&info[1]);
-	close_fd(&block[0]);
-	free(prog);
-	args_free(&a);
-	free_env(translated);
-	if (err) {
-		close_fd(&in[1]);
-		close_fd(&o[0]);
-		close_fd(&e[0]);
-		close_fd(&info[0]);
-		close_fd(&block[1]);
-		return err;
-	}
-
-	/* Into the cgroup and under the limits before the command exists (see the top). */
+/* Between the spawn and the command (see the top): into the cgroup and under the limits,
+ * then released. */
+static void admit(struct spawn_pipes *p, struct run_proc *out)
+{
 	int cg = cgroup_add(out->pid);
 	limit_process(out->pid);
 	if (bwrap_path) {
-		out->inner_pid = read_child_pid(info[0]);
+		out->inner_pid = read_child_pid(p->info[0]);
 		if (out->inner_pid > 0) {
 			out->inner_pidfd = pidfd_open(out->inner_pid, 0);
 			if (!cg)
@@ -928,23 +902,52 @@ static int spawn_sandboxed(const char *const *argv, const char *const *env, cons
 			limit_process(out->inner_pid);
 		}
 	} else {
-		wait_readable(info[0], BWRAP_INFO_TIMEOUT_MS); /* the held child's setsid() */
+		wait_readable(p->info[0], BWRAP_INFO_TIMEOUT_MS); /* the held child's setsid() */
 	}
-	close_fd(&info[0]);
+	close_fd(&p->info[0]);
 	if (cg)
 		log_warn("runner: cannot add a command to the sandbox cgroup: %s", strerror(-cg));
 	/* EPIPE when bubblewrap (or the held child) has already failed: its exit status tells */
-	if (write(block[1], "", 1) < 0)
+	if (write(p->block[1], "", 1) < 0)
 		log_debug("runner: releasing the command: %s", strerror(errno));
-	close_fd(&block[1]);
+	close_fd(&p->block[1]);
 	if (bwrap_path)
 		wait_for_command(out);
+}
 
-	out->stdin_fd = in[1];
-	out->stdout_fd = o[0];
-	out->stderr_fd = e[0];
+/* Starts argv (looked up in env's PATH) in the sandbox, or directly without bubblewrap
+ * (isolation none). */
+static int spawn_sandboxed(const char *const *argv, const char *const *env, const char *cwd,
+			   bool stdin_null, struct run_proc *out)
+{
+	struct args a = { 0 };
+	struct spawn_pipes p;
+	char *prog = NULL, **translated = NULL;
+	int err = command_line(argv, &env, cwd, &a, &prog, &translated);
+	if (!err) {
+		err = open_pipes(&p, stdin_null);
+		struct spawn_job j = { .path = bwrap_path ? bwrap_path : prog,
+				       .argv = a.v, .envp = (char *const *)env,
+				       .chdir_to = bwrap_path ? NULL : cwd, .fd_in = p.in[0],
+				       .fd_out = p.out[1], .fd_err = p.err[1], .fd_info = p.info[1],
+				       .fd_block = p.block[0], .held = !bwrap_path };
+		if (!err && !(err = spawn_on_thread(&j)))
+			out->pid = j.pid;
+		close_child_ends(&p);
+		if (err)
+			close_parent_ends(&p);
+	}
+	free(prog);
+	args_free(&a);
+	free_env(translated);
+	if (err)
+		return err;
+	admit(&p, out);
+	out->stdin_fd = p.in[1];
+	out->stdout_fd = p.out[0];
+	out->stderr_fd = p.err[0];
 	for (int i = 0; i < 3; i++) {
-		int fd = i == 0 ? in[1] : i == 1 ? o[0] : e[0];
+		int fd = i == 0 ? p.in[1] : i == 1 ? p.out[0] : p.err[0];
 		if (fd >= 0)
 			fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
 	}
@@ -966,7 +969,7 @@ static bool bwrap_works(void)
 	static const char *const argv[] = { "true", NULL };
 	struct run_proc p;
 	init_proc(&p);
-	int err = spawn_sandboxed(argv, default_env, "/", true, &p);
+	int err = spawn_sandboxed(argv, envstore_defaults(), "/", true, &p);
 	if (err) {
 		log_error("runner: cannot run %s: %s", bwrap_path, strerror(-err));
 		return false;
@@ -1145,12 +1148,12 @@ int runner_spawn(const struct run_spec *spec, struct run_proc *out)
 	if (!spec->argv || !spec->argv[0])
 		return -EINVAL;
 	if (!spec->env) {
-		/* the default: runner_default_env() and the variables set through /api/x/env */
+		/* the default: envstore_defaults() and the variables set through /api/x/env */
 		struct run_spec with_env = *spec;
 		char **env = envstore_build(NULL);
 		with_env.env = (const char *const *)env;
 		int err = runner_spawn(&with_env, out);
-		envstore_free(env);
+		strv_free(env);
 		return err;
 	}
 	if (!ensure_init())

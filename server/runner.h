@@ -15,7 +15,8 @@
 struct run_spec {
 	const char *const *argv;  /* inside the sandbox, e.g. {"bash","-c",cmd,NULL} */
 	const char *cwd;          /* sandbox path; NULL = /workspace */
-	const char *const *env;   /* full environment "K=V", NULL-terminated; NULL = default */
+	const char *const *env;   /* full environment "K=V", NULL-terminated; NULL: the
+				   * environment store's (envstore_build) */
 	bool stdin_null;          /* stdin from /dev/null (else a pipe in stdin_fd) */
 };
 
@@ -72,8 +73,6 @@ int runner_spawn(const struct run_spec *spec, struct run_proc *out);
  * SIGINT reaches an interpreter without ending the sandbox). SIGKILL ends the whole sandbox of
  * this spawn, also what left the process group. */
 int runner_kill(const struct run_proc *p, int sig);
-/* The default environment for commands (PATH, HOME=/root, LANG=C.UTF-8, PWD...). */
-const char *const *runner_default_env(void);
 
 /* NULL while commands can be started, else why not (bubblewrap unusable; with
  * RUNNER_ISOLATION_NONE, a workspace other than /workspace); runner_spawn then fails with

@@ -23,6 +23,8 @@
 #include "server/httpd.h"
 #include "server/idempotency.h"
 #include "server/leases.h"
+#include "server/ports.h"
+#include "server/preview.h"
 #include "server/processes.h"
 #include "server/runner.h"
 #include "server/watch.h"
@@ -89,8 +91,12 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	runner_init(ws_host_dir(), cfg->state_dir);
 	watch_init();
 	leases_start(cfg->lease_seconds * 1000);
-	struct httpd *h = httpd_start(cfg);
+	struct sbxd sbxd = { .cfg = cfg, .procs = procs_new(), .ports = ports_new(cfg) };
+	struct httpd_hook preview = preview_hook(sbxd.ports);
+	struct httpd *h = httpd_start(&sbxd, &preview);
 	if (!h) {
+		ports_free(sbxd.ports);
+		procs_free(sbxd.procs);
 		leases_stop();
 		watch_shutdown();
 		ws_shutdown();
@@ -98,6 +104,7 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	}
 	const char *listen = cfg->listen ? cfg->listen : "127.0.0.1:7070";
 	const char *colon = strrchr(listen, ':');
+	ports_set_server_port(sbxd.ports, httpd_port(h));
 	fprintf(stderr, "sbxd: listening on http://%.*s:%d (workspace %s)\n",
 		(int)(colon - listen), listen, httpd_port(h), ws_host_dir());
 
@@ -111,8 +118,9 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	log_debug("http server stopped");
 	contexts_shutdown();
 	log_debug("interpreters stopped");
-	processes_shutdown();
+	procs_free(sbxd.procs);
 	log_debug("background processes stopped");
+	ports_free(sbxd.ports);
 	watch_shutdown();
 	log_debug("watcher stopped");
 	leases_stop();

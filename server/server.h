@@ -1,23 +1,7 @@
-/* sbxd: configuration and the entry point the program calls. */
+/* sbxd's lifecycle: the entry point the program calls. */
 #ifndef SBXD_SERVER_H
 #define SBXD_SERVER_H
-#include <stdbool.h>
-
-struct sbxd_config {
-	const char *listen;     /* "127.0.0.1:7070", "[::1]:7070", "0.0.0.0:7070" */
-	const char *workspace;  /* host directory backing the sandbox's /workspace */
-	const char *token;      /* bearer token every route but /api/ping requires */
-	const char *state_dir;  /* sbxd's private state (sessions); never visible to commands */
-	const char *sandbox_id; /* used in preview URLs and capabilities */
-	const char *preview_base; /* "https://name[:port]": public base of preview URLs; NULL:
-				   * from the listen address and the Host (server/ports.c) */
-	bool no_extensions;     /* serve only the container's standard routes */
-	long lease_seconds;     /* how long a silent client keeps its handles (leases.h) */
-	bool verbose;
-};
-
-/* The configuration in force, for the route handlers (set by sbxd_serve). */
-extern const struct sbxd_config *sbxd_cfg;
+#include "server/sbxd.h"
 
 /* Serves until SIGINT or SIGTERM; returns the process exit status. */
 int sbxd_serve(const struct sbxd_config *cfg);

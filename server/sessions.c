@@ -44,32 +44,30 @@
  * hung up (or sbxd is stopping, which shuts every connection down): a queued command whose
  * client is gone never runs. */
 #include "server/sessions.h"
-#include "server/contexts.h"
-#include "server/processes.h"
-#include "server/routes.h"
+#include "server/child.h"
+#include "server/envstore.h"
 #include "server/runner.h"
-#include "server/server.h"
-#include "server/utf8.h"
-#include "common/jsonutil.h"
+#include "server/sbxd.h"
+#include "common/fdio.h"
 #include "common/log.h"
+#include "common/strbuf.h"
+#include "common/strv.h"
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <inttypes.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define MAX_SESSIONS 4096
-#define MAX_SESSION_ID 1024
 /* an environment string may not exceed 128 KiB (MAX_ARG_STRLEN); longer commands go to stdin */
 #define MAX_COMMAND_IN_ENV (96 * 1024)
 #define STATE_END "#sbx-end\n"
@@ -140,73 +138,6 @@ static int root_fd = -1;    /* the same, opened */
 
 /* ---- small helpers ---- */
 
-void session_free_env(char **v)
-{
-	for (char **p = v; p && *p; p++)
-		free(*p);
-	free(v);
-}
-
-struct strv {
-	char **v;
-	size_t n, cap;
-};
-
-static void strv_push(struct strv *sv, char *s)
-{
-	if (sv->n + 2 > sv->cap) {
-		sv->cap = sv->cap ? 2 * sv->cap : 16;
-		sv->v = realloc(sv->v, sv->cap * sizeof *sv->v);
-		if (!sv->v)
-			abort();
-	}
-	if (!s)
-		abort();
-	sv->v[sv->n++] = s;
-	sv->v[sv->n] = NULL;
-}
-
-static void strv_pushf(struct strv *sv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void strv_pushf(struct strv *sv, const char *fmt, ...)
-{
-	va_list ap;
-	char *s;
-	va_start(ap, fmt);
-	if (vasprintf(&s, fmt, ap) < 0)
-		s = NULL;
-	va_end(ap);
-	strv_push(sv, s);
-}
-
-/* Sets "K=V" in sv, replacing an earlier K. */
-static void strv_setenv(struct strv *sv, const char *kv)
-{
-	size_t klen = strcspn(kv, "=");
-	for (size_t i = 0; i < sv->n; i++)
-		if (strncmp(sv->v[i], kv, klen) == 0 && sv->v[i][klen] == '=') {
-			free(sv->v[i]);
-			sv->v[i] = strdup(kv);
-			if (!sv->v[i])
-				abort();
-			return;
-		}
-	strv_push(sv, strdup(kv));
-}
-
-static bool blank(const char *s)
-{
-	for (; *s; s++)
-		if (!isspace((unsigned char)*s))
-			return false;
-	return true;
-}
-
-/* Ids go back out in JSON answers and session lists, which cJSON would print with the
- * invalid bytes as they came: such an id is refused rather than echoed as broken JSON. */
-static bool valid_utf8(const char *s)
-{
-	return utf8_valid(s, strlen(s));
-}
 
 /* Removes what the directory dfd holds, keeping the directory: each name is unlinked
  * relative to a descriptor of its directory, and a subdirectory is entered only through
@@ -323,7 +254,7 @@ static void session_free(struct session *s)
 	free(s->name);
 	free(s->state);
 	free(s->state_new);
-	session_free_env(s->env);
+	strv_free(s->env);
 	free(s);
 }
 
@@ -426,85 +357,11 @@ static void unlink_locked(struct session *s)
 }
 
 
-/* ---- for exec.c ---- */
-
-/* A session id a request named: not blank, not too long, valid UTF-8; NULL after answering. */
-static const char *checked_id(struct req *r, const char *id)
-{
-	if (blank(id)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "sessionId must not be empty or whitespace");
-		return NULL;
-	}
-	if (strlen(id) > MAX_SESSION_ID) {
-		reply_error(r, 400, "VALIDATION_FAILED", ENAMETOOLONG, NULL,
-			    "sessionId is longer than %d bytes", MAX_SESSION_ID);
-		return NULL;
-	}
-	if (!valid_utf8(id)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-			    "sessionId must be valid UTF-8");
-		return NULL;
-	}
-	return id;
-}
-
-/* The body's "sessionId" (an empty string counts as absent) in *id; false after answering. */
-static bool body_id(struct req *r, const char **id)
-{
-	cJSON *body = req_json(r);
-	const cJSON *field = body ? cJSON_GetObjectItemCaseSensitive(body, "sessionId") : NULL;
-	*id = NULL;
-	if (field && !cJSON_IsNull(field) && !cJSON_IsString(field)) {
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "sessionId must be a string");
-		return false;
-	}
-	if (field && cJSON_IsString(field) && field->valuestring[0])
-		*id = field->valuestring;
-	return true;
-}
-
-const char *session_id_of_request(struct req *r, bool *given)
-{
-	const char *id;
-	if (!body_id(r, &id))
-		return NULL;
-	if (!id || !*id)
-		id = req_header(r, "X-Session-Id");
-	if (!id || !*id)
-		id = req_query(r, "session");
-	if (!id || !*id)
-		id = req_query(r, "sessionId");
-	*given = id && *id;
-	if (!*given)
-		return SESSION_DEFAULT;
-	return checked_id(r, id);
-}
-
-const char *session_id_of_body(struct req *r, bool *given)
-{
-	const char *id;
-	if (!body_id(r, &id))
-		return NULL;
-	*given = id != NULL;
-	if (!id || strcmp(id, SESSION_NONE) == 0)
-		return SESSION_NONE;
-	return checked_id(r, id);
-}
-
 static int64_t now_ns(void)
 {
 	struct timespec now;
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
-}
-
-/* Has the peer of this socket hung up (or has sbxd shut the connection down)? */
-static bool hung_up(int fd)
-{
-	struct pollfd p = { .fd = fd, .events = POLLRDHUP };
-	return fd >= 0 && poll(&p, 1, 0) > 0 &&
-	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL));
 }
 
 /* Takes the run lock by the deadline (< 0: none) unless the client hangs up first. */
@@ -517,14 +374,14 @@ static int lock_run(struct session *s, int64_t deadline_ns, int client_fd)
 			until = deadline_ns;
 		struct timespec ts = { until / 1000000000, until % 1000000000 };
 		int err = pthread_mutex_clocklock(&s->run, CLOCK_MONOTONIC, &ts);
-		if (!err && hung_up(client_fd)) {
+		if (!err && fd_peer_gone(client_fd)) {
 			/* the lock came free before the next look at the client */
 			pthread_mutex_unlock(&s->run);
 			return -ECONNABORTED;
 		}
 		if (err != ETIMEDOUT || last)
 			return -err;
-		if (hung_up(client_fd))
+		if (fd_peer_gone(client_fd))
 			return -ECONNABORTED;
 	}
 }
@@ -599,7 +456,7 @@ int session_launch(struct session *s, const char *command, const char *cwd,
 	strv_push(&argv, strdup("bash"));
 
 	if (!s || !s->saved) {
-		for (const char *const *e = runner_default_env(); *e; e++)
+		for (const char *const *e = envstore_defaults(); *e; e++)
 			strv_setenv(&env, *e);
 		for (char **e = s ? s->env : NULL; e && *e; e++)
 			strv_setenv(&env, *e);
@@ -646,8 +503,8 @@ int session_launch(struct session *s, const char *command, const char *cwd,
 
 void session_launch_free(struct session_launch *l)
 {
-	session_free_env(l->argv);
-	session_free_env(l->env);
+	strv_free(l->argv);
+	strv_free(l->env);
 	*l = (struct session_launch){ 0 };
 }
 
@@ -685,172 +542,137 @@ void session_commit(struct session *s)
 	s->saved = true;
 }
 
-/* ---- routes ---- */
 
-char **session_env_from_json(struct req *r, const cJSON *obj)
+/* ---- the table, for the routes ---- */
+
+int sessions_create(const char *id, const char *cwd, char **env, int timeout_ms)
 {
-	struct strv sv = { .v = calloc(1, sizeof(char *)), .cap = 1 };
-	if (!sv.v)
-		abort();
-	if (!obj || cJSON_IsNull(obj))
-		return sv.v;
-	if (!cJSON_IsObject(obj)) {
-		free(sv.v);
-		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "env must be an object");
-		return NULL;
-	}
-	const cJSON *e;
-	cJSON_ArrayForEach(e, obj) {
-		const char *k = e->string;
-		bool ok = k && (isalpha((unsigned char)k[0]) || k[0] == '_');
-		for (const char *p = k; ok && *p; p++)
-			ok = isalnum((unsigned char)*p) || *p == '_';
-		if (!ok || strncmp(k, "__SBX_", 6) == 0) {
-			session_free_env(sv.v);
-			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				    "Invalid environment variable name: %s", k ? k : "");
-			return NULL;
-		}
-		if (cJSON_IsNull(e))
-			continue;
-		if (cJSON_IsString(e))
-			strv_pushf(&sv, "%s=%s", k, e->valuestring);
-		else if (cJSON_IsBool(e))
-			strv_pushf(&sv, "%s=%s", k, cJSON_IsTrue(e) ? "true" : "false");
-		else if (cJSON_IsNumber(e) && e->valuedouble == (double)(int64_t)e->valuedouble)
-			strv_pushf(&sv, "%s=%" PRId64, k, (int64_t)e->valuedouble);
-		else if (cJSON_IsNumber(e))
-			strv_pushf(&sv, "%s=%.17g", k, e->valuedouble);
-		else {
-			session_free_env(sv.v);
-			reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				    "Environment variable %s must be a string", k);
-			return NULL;
-		}
-	}
-	return sv.v;
-}
-
-static void new_session_id(char buf[64])
-{
-	unsigned char rnd[6];
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
-		for (size_t i = 0; i < sizeof rnd; i++)
-			rnd[i] = (unsigned char)(rand() ^ ts.tv_nsec >> (i * 3));
-	snprintf(buf, 64, "session_%" PRId64 "_%02x%02x%02x%02x%02x%02x",
-		 (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, rnd[0], rnd[1], rnd[2], rnd[3],
-		 rnd[4], rnd[5]);
-}
-
-void route_session_create(struct req *r)
-{
-	cJSON *body = req_json(r);
-	const cJSON *idv = cJSON_GetObjectItemCaseSensitive(body, "id");
-	const cJSON *cwdv = cJSON_GetObjectItemCaseSensitive(body, "cwd");
-	char idbuf[64];
-	const char *id;
-
-	if (idv && !cJSON_IsNull(idv) && !cJSON_IsString(idv))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "id must be a string");
-	if (cwdv && !cJSON_IsNull(cwdv) && !cJSON_IsString(cwdv))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "cwd must be a string");
-	id = cJSON_IsString(idv) ? idv->valuestring : NULL;
-	if (!id || !*id) {
-		new_session_id(idbuf);
-		id = idbuf;
-	} else if (blank(id) || strcmp(id, SESSION_NONE) == 0) {
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "invalid session id '%s'", id);
-	} else if (strlen(id) > MAX_SESSION_ID) {
-		return reply_error(r, 400, "VALIDATION_FAILED", ENAMETOOLONG, NULL,
-				   "session id is longer than %d bytes", MAX_SESSION_ID);
-	} else if (!valid_utf8(id)) {
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "session id must be valid UTF-8");
-	}
-	/* checked as a double: a string would otherwise mean "no timeout" without a word, and
-	 * 1e300 does not fit an integer */
-	const cJSON *tmo = cJSON_GetObjectItemCaseSensitive(body, "commandTimeoutMs");
-	if (tmo && !cJSON_IsNull(tmo) &&
-	    (!cJSON_IsNumber(tmo) || !(tmo->valuedouble >= 0 && tmo->valuedouble <= INT32_MAX)))
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "commandTimeoutMs must be a positive number of milliseconds");
-	int timeout = cJSON_IsNumber(tmo) ? (int)tmo->valuedouble : 0;
-	char **env = session_env_from_json(r, cJSON_GetObjectItemCaseSensitive(body, "env"));
-	if (!env)
-		return;
-
 	struct session *s;
 	pthread_mutex_lock(&table_lock);
-	int err = find_locked(id) ? -EEXIST :
-		  create_locked(id, cJSON_IsString(cwdv) && *cwdv->valuestring ?
-					    cwdv->valuestring : NULL,
-				env, timeout, &s);
+	int err = find_locked(id) ? -EEXIST : create_locked(id, cwd, env, timeout_ms, &s);
 	pthread_mutex_unlock(&table_lock);
-	if (err) {
-		session_free_env(env);
-		if (err == -EEXIST) {
-			cJSON *ctx = cJSON_CreateObject();
-			cJSON_AddStringToObject(ctx, "sessionId", id);
-			cJSON_AddNullToObject(ctx, "containerPlacementId");
-			return reply_error(r, 409, "SESSION_ALREADY_EXISTS", EEXIST, ctx,
-					   "Session '%s' already exists", id);
-		}
-		return reply_error(r, 500, "INTERNAL_ERROR", -err, NULL,
-				   "cannot create session '%s': %s", id,
-				   err == -ENOSPC ? "too many sessions" : strerror(-err));
-	}
-	cJSON *res = cJSON_CreateObject();
-	cJSON *data = cJSON_AddObjectToObject(res, "data");
-	cJSON_AddStringToObject(data, "id", id);
-	cJSON_AddNullToObject(res, "containerPlacementId");
-	reply_ok(r, res);
+	return err;
 }
 
-void route_session_list(struct req *r)
+char **sessions_ids(void)
 {
-	cJSON *res = cJSON_CreateObject();
-	cJSON *ids = cJSON_AddArrayToObject(res, "data");
+	struct strv ids = { 0 };
 	pthread_mutex_lock(&table_lock);
 	for (struct session *s = sessions; s; s = s->next)
-		cJSON_AddItemToArray(ids, cJSON_CreateString(s->id));
+		strv_push(&ids, strdup(s->id));
 	pthread_mutex_unlock(&table_lock);
-	reply_ok(r, res);
+	return strv_finish(&ids);
 }
 
-void route_session_delete(struct req *r)
+int sessions_delete(const char *id, unsigned long *serial_of)
 {
-	const char *id = json_str(req_json(r), "sessionId");
-	if (!id || !*id)
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "sessionId is required");
-	if (!valid_utf8(id)) /* no such session can exist, and the id cannot be echoed */
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
-				   "sessionId must be valid UTF-8");
 	pthread_mutex_lock(&table_lock);
 	struct session *s = find_locked(id);
 	if (s)
 		unlink_locked(s); /* the table's reference is now ours */
 	pthread_mutex_unlock(&table_lock);
-	if (!s) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "sessionId", id);
-		cJSON_AddStringToObject(ctx, "originalError", "Session not found");
-		return reply_error(r, 500, "INTERNAL_ERROR", ENOENT, ctx,
-				   "Session '%s' not found", id);
-	}
-	/* as the container: wait for the running foreground command first, then stop what
-	 * was started in the session (a process or context started meanwhile took the run
-	 * lock to start, so it is started by now and stopped too) */
+	if (!s)
+		return -ENOENT;
+	/* as the container: wait for the running foreground command first */
 	pthread_mutex_lock(&s->run);
 	remove_files(s);
 	pthread_mutex_unlock(&s->run);
-	processes_stop_session(s->serial);
-	contexts_stop_session(s->serial);
-	cJSON *res = cJSON_CreateObject();
-	cJSON_AddStringToObject(res, "sessionId", id);
+	*serial_of = s->serial;
 	session_put(s);
-	reply_ok(r, res);
+	return 0;
+}
+
+/* ---- what a command of the session would have ---- */
+
+#define SNAPSHOT_TIMEOUT_MS 10000
+#define SNAPSHOT_MAX ((size_t)4 << 20)
+
+static bool snapshot_collect(void *ctx, enum child_stream which, const char *buf, size_t n)
+{
+	if (which == CHILD_OUT)
+		strbuf_append(ctx, buf, n);
+	return true;
+}
+
+static const struct child_ops snapshot_ops = { .output = snapshot_collect };
+
+static const struct child_policy snapshot_policy = {
+	.timeout_ms = SNAPSHOT_TIMEOUT_MS,
+	.grace_ms = 2000,
+	.output_max = SNAPSHOT_MAX,
+	.drain_ms = 200,
+	.group_survives = true,
+};
+
+/* Runs the probe in s; what it printed goes to out. */
+static int run_probe(struct session *s, const char *probe, int client_fd, struct strbuf *out)
+{
+	struct session_launch l = { 0 };
+	struct child c;
+	char **overlay = envstore_overlay(NULL);
+	session_launch(s, probe, NULL, overlay, false, &l);
+	strv_free(overlay);
+	struct run_spec spec = { .argv = (const char *const *)l.argv,
+				 .env = (const char *const *)l.env,
+				 .stdin_null = !l.command_on_stdin };
+	child_init(&c);
+	int err = child_start(&c, &spec, &snapshot_policy, &snapshot_ops, out);
+	if (!err) {
+		child_watch_client(&c, client_fd);
+		child_run(&c);
+		child_finish(&c);
+		if (c.client_gone)
+			err = -ECONNABORTED;
+		else if (c.timed_out || !WIFEXITED(c.status) || WEXITSTATUS(c.status) != 0)
+			err = -EIO;
+		else if (c.truncated[CHILD_OUT])
+			err = -E2BIG;
+	}
+	child_free(&c);
+	session_launch_free(&l);
+	return err;
+}
+
+/* Names a shell sets for itself, which are no part of what the session holds. */
+static bool shell_own(const char *kv)
+{
+	return strncmp(kv, "_=", 2) == 0 || strncmp(kv, "SHLVL=", 6) == 0 ||
+	       strncmp(kv, "OLDPWD=", 7) == 0;
+}
+
+/* "<cwd>\0K=V\0K=V\0..." into *cwd and *env. */
+static int parse_snapshot(const struct strbuf *out, char ***env, char **cwd)
+{
+	if (!out->len || out->data[out->len - 1] != '\0')
+		return -EPROTO;
+	struct strv v = { 0 };
+	if (!(*cwd = strdup(out->data)))
+		abort();
+	for (const char *p = out->data + strlen(out->data) + 1; p < out->data + out->len;
+	     p += strlen(p) + 1)
+		if (strchr(p, '=') && !shell_own(p))
+			strv_push(&v, strdup(p));
+	*env = strv_finish(&v);
+	return 0;
+}
+
+int session_snapshot(const char *id, int client_fd, char ***env, char **cwd,
+		     unsigned long *serial_of)
+{
+	/* `command env`: not a function or alias of the session called env */
+	static const char probe[] = "builtin printf '%s\\0' \"$PWD\"; command env -0";
+	struct session *s;
+	struct strbuf out = STRBUF_INIT;
+	*env = NULL;
+	*cwd = NULL;
+	int err = session_acquire(id, NULL, -1, client_fd, &s);
+	if (err)
+		return err;
+	*serial_of = session_serial(s);
+	err = run_probe(s, probe, client_fd, &out);
+	session_release(s);
+	if (!err)
+		err = parse_snapshot(&out, env, cwd);
+	strbuf_free(&out);
+	return err;
 }

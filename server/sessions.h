@@ -1,28 +1,18 @@
 /* Command sessions: an id, a start directory, an environment and the shell state (cwd,
  * exported variables, functions, aliases) that each foreground command leaves to the next.
  * There is no long-lived shell: every command is a fresh bash that loads the session's state
- * file, runs the command and saves the state again (see the essay in sessions.c). */
+ * file, runs the command and saves the state again (see the essay in sessions.c). The routes
+ * are sessions_routes.c; nothing here knows HTTP. */
 #ifndef SBXD_SESSIONS_H
 #define SBXD_SESSIONS_H
 #include <stdbool.h>
 #include <stddef.h>
-#include "server/httpd.h"
 
 #define SESSION_DEFAULT "default"
 #define SESSION_NONE "__DISABLE_SESSION__"
+#define SESSION_ID_MAX 1024     /* bytes */
 
 struct session;
-
-/* The session id a command request names: body "sessionId" (an empty string counts as
- * absent), then the X-Session-Id header, then ?session= or ?sessionId=, else "default". Never
- * the Authorization header (our bearer token). *given tells whether the request named one.
- * NULL after answering the request with an error (an id that is blank, too long or not
- * UTF-8). */
-const char *session_id_of_request(struct req *r, bool *given);
-
-/* The same from the body's "sessionId" only (the container's rule for /api/process/start and
- * the file routes): SESSION_NONE when it names none (or names SESSION_NONE). */
-const char *session_id_of_body(struct req *r, bool *given);
 
 /* The session with this id, created on the spot (starting in start_cwd, NULL = /workspace)
  * when unknown, locked for one command: foreground commands of a session run one at a time.
@@ -59,8 +49,23 @@ void session_launch_free(struct session_launch *l);
 /* After a command started with save=true has ended normally: adopts the state it saved. */
 void session_commit(struct session *s);
 
-/* "K=V" strings from a request's env object: names must match [A-Za-z_][A-Za-z0-9_]*, null
- * values are skipped, numbers and booleans become their text. NULL after answering 400. */
-char **session_env_from_json(struct req *r, const cJSON *obj);
-void session_free_env(char **env);
+
+/* A new session (POST /api/session/create) in start_cwd (NULL: /workspace) with env ("K=V",
+ * taken on success) and a default timeout for its commands (0: none): 0, -EEXIST, -ENOSPC
+ * (too many) or another negative errno. */
+int sessions_create(const char *id, const char *start_cwd, char **env, int timeout_ms);
+/* The ids of all sessions, oldest first (free with strv_free(), common/strv.h). */
+char **sessions_ids(void);
+/* Deletes the session once its running command has ended: 0 with its serial (for whoever
+ * stops what was started in it), or -ENOENT. */
+int sessions_delete(const char *id, unsigned long *serial);
+
+/* The working directory and environment that a command started in session id would have
+ * now (the session's state with the env store over it), for a code context started in the
+ * session: *cwd, and *env as "K=V" strings ending with NULL (free both: free(), and
+ * strv_free()). The session is created when unknown, as by a command; *serial is its
+ * session_serial(). Waits for the session's running command, unless client_fd (the request's
+ * socket, -1: none) hangs up first: -ECONNABORTED. Else 0 or a negative errno. */
+int session_snapshot(const char *id, int client_fd, char ***env, char **cwd,
+		     unsigned long *serial);
 #endif

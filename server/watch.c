@@ -1,4 +1,5 @@
-/* Change events: POST /api/watch (container-api.md §12, docs/protocol.md).
+/* The change events behind server/watch.h (POST /api/watch and /api/watch/check, whose routes
+ * are watch_routes.c).
  *
  * One inotify instance watches every directory of the workspace, for the life of the server,
  * from one background thread. That thread alone owns the wd -> directory map: it adds watches
@@ -16,7 +17,10 @@
  * tail of a queue is dropped (a burst of writes sends one "modify" to a slow reader). A full
  * queue drops events and owes its reader an "overflow" event, as does an inotify queue
  * overflow: either way the client must forget what it caches. The SSE source's next() waits on
- * the subscriber's condition variable and hands over the whole queue at once. */
+ * the subscriber's condition variable and hands over the whole queue at once.
+ *
+ * A retained watch (/api/watch/check) is a subscriber that counts what it wants instead of
+ * queueing it, kept RETAIN_MS after its last check and found again by its filter. */
 #include "server/watch.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -31,30 +35,37 @@
 #include <sys/inotify.h>
 #include <time.h>
 #include <unistd.h>
+#include "common/clock.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
-#include "server/routes.h"
-#include "server/server.h"
+#include "common/strbuf.h"
+#include "server/sbxd.h"
 #include "server/workspace.h"
 
 #define QUEUE_MAX 10000
 #define READY_WAIT_S 10
 #define MOVE_PAIR_MS 20
-#define GLOBS_MAX 64
 #define WATCH_MASK (IN_CREATE | IN_DELETE | IN_MODIFY | IN_CLOSE_WRITE | IN_MOVED_FROM | \
 		    IN_MOVED_TO | IN_ATTRIB | IN_ONLYDIR | IN_EXCL_UNLINK)
 
 enum ev_type {
-	EV_CREATE = 1 << 0,
-	EV_MODIFY = 1 << 1,
-	EV_DELETE = 1 << 2,
-	EV_MOVE_FROM = 1 << 3,
-	EV_MOVE_TO = 1 << 4,
-	EV_ATTRIB = 1 << 5,
-	EV_ALL = (1 << 6) - 1,
+	EV_CREATE = WATCH_CREATE,
+	EV_MODIFY = WATCH_MODIFY,
+	EV_DELETE = WATCH_DELETE,
+	EV_MOVE_FROM = WATCH_MOVE_FROM,
+	EV_MOVE_TO = WATCH_MOVE_TO,
+	EV_ATTRIB = WATCH_ATTRIB,
 };
 static const char *const ev_names[] = { "create", "modify", "delete",
 					"move_from", "move_to", "attrib" };
+
+unsigned watch_event_named(const char *name)
+{
+	for (size_t i = 0; i < sizeof ev_names / sizeof ev_names[0]; i++)
+		if (strcmp(name, ev_names[i]) == 0)
+			return 1u << i;
+	return 0;
+}
 
 /* ---- the wd map (watch thread only) ---- */
 
@@ -150,12 +161,7 @@ struct qev {
 
 struct sub {
 	struct sub *next, *prev;
-	char *root;     /* normalised relative path of the watched entry */
-	bool recursive;
-	unsigned events;
-	char **globs;
-	size_t nglobs;
-	bool include;   /* globs are an include list (else exclude) */
+	struct watch_filter f;
 	struct qev *head, *tail;
 	size_t len;
 	bool owe_overflow;
@@ -268,7 +274,8 @@ static bool glob_match(const char *g, const char *path)
 	return false;
 }
 
-static bool wants(const struct sub *s, enum ev_type type, const char *rel, const char *abs)
+static bool wants(const struct watch_filter *s, enum ev_type type, const char *rel,
+		  const char *abs)
 {
 	if (!(s->events & type))
 		return false;
@@ -305,7 +312,7 @@ static void publish_locked(enum ev_type type, const char *rel, bool is_dir, cons
 		ws_api_path(other, other_abs, sizeof other_abs);
 	char *line = NULL;
 	for (struct sub *s = subs; s; s = s->next) {
-		if (!wants(s, type, rel, abs))
+		if (!wants(&s->f, type, rel, abs))
 			continue;
 		if (s->retained) {
 			s->retained->cursor++;
@@ -641,7 +648,16 @@ void watch_shutdown(void)
 	map_clear();
 }
 
-/* ---- the route ---- */
+/* ---- subscribers ---- */
+
+void watch_filter_free(struct watch_filter *f)
+{
+	for (size_t i = 0; i < f->nglobs; i++)
+		free(f->globs[i]);
+	free(f->globs);
+	free(f->root);
+	*f = (struct watch_filter){ 0 };
+}
 
 static void sub_free(struct sub *s)
 {
@@ -652,29 +668,90 @@ static void sub_free(struct sub *s)
 		free(q->line);
 		free(q);
 	}
-	for (size_t i = 0; i < s->nglobs; i++)
-		free(s->globs[i]);
-	free(s->globs);
-	free(s->root);
+	watch_filter_free(&s->f);
 	pthread_cond_destroy(&s->cond);
 	free(s);
 }
 
-static int sub_next(void *ctx, struct strbuf *out, int timeout_ms)
+static struct sub *sub_new(struct watch_filter *f)
 {
-	struct sub *s = ctx;
+	struct sub *s = calloc(1, sizeof *s);
+	if (!s)
+		abort();
+	s->f = *f;
+	*f = (struct watch_filter){ 0 };
+	mono_cond_init(&s->cond);
+	return s;
+}
+
+static void sub_insert_locked(struct sub *s)
+{
+	s->next = subs;
+	if (subs)
+		subs->prev = s;
+	subs = s;
+}
+
+static void sub_remove_locked(struct sub *s)
+{
+	if (s->prev)
+		s->prev->next = s->next;
+	else if (subs == s)
+		subs = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	s->next = s->prev = NULL;
+}
+
+/* Waits (lock held) until the watcher is established; -EAGAIN when it is not. */
+static int ready_locked(void)
+{
+	int64_t deadline = mono_ms() + READY_WAIT_S * 1000;
+	while (started && !ready && !stopping &&
+	       mono_cond_wait_until(&ready_cond, &lock, deadline))
+		;
+	return started && ready && !stopping ? 0 : -EAGAIN;
+}
+
+/* "watch-<n>-<epoch ms>", the container's ids (lock held). */
+static void new_watch_id(char id[WATCH_ID_MAX])
+{
+	struct timespec now;
+	clock_gettime(CLOCK_REALTIME, &now);
+	snprintf(id, WATCH_ID_MAX, "watch-%u-%lld", ++watch_seq,
+		 (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
+}
+
+struct watch_sub *watch_subscribe(struct watch_filter *f, const char *abs, int *err)
+{
+	struct sub *s = sub_new(f);
+	/* The watcher must be established before "watching" is promised. */
 	pthread_mutex_lock(&lock);
-	if (!s->head && !s->owe_overflow && !stopping) {
-		struct timespec dl;
-		clock_gettime(CLOCK_MONOTONIC, &dl);
-		dl.tv_sec += timeout_ms / 1000;
-		dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-		if (dl.tv_nsec >= 1000000000) {
-			dl.tv_sec++;
-			dl.tv_nsec -= 1000000000;
-		}
-		pthread_cond_timedwait(&s->cond, &lock, &dl);
+	*err = ready_locked();
+	if (*err) {
+		pthread_mutex_unlock(&lock);
+		sub_free(s);
+		return NULL;
 	}
+	char id[WATCH_ID_MAX];
+	new_watch_id(id);
+	cJSON *w = cJSON_CreateObject();
+	cJSON_AddStringToObject(w, "type", "watching");
+	cJSON_AddStringToObject(w, "path", abs);
+	cJSON_AddStringToObject(w, "watchId", id);
+	enqueue_locked(s, (enum ev_type)0, NULL, event_line(w));
+	sub_insert_locked(s);
+	pthread_mutex_unlock(&lock);
+	log_debug("watch %s on %s (recursive %d)", id, abs, s->f.recursive);
+	return (struct watch_sub *)s;
+}
+
+int watch_next(struct watch_sub *ws, struct strbuf *out, int timeout_ms)
+{
+	struct sub *s = (struct sub *)ws;
+	pthread_mutex_lock(&lock);
+	if (!s->head && !s->owe_overflow && !stopping)
+		mono_cond_wait_until(&s->cond, &lock, mono_ms() + timeout_ms);
 	struct qev *q = s->head;
 	s->head = s->tail = NULL;
 	s->len = 0;
@@ -707,228 +784,19 @@ static int sub_next(void *ctx, struct strbuf *out, int timeout_ms)
 	return 1;
 }
 
-static void sub_remove_locked(struct sub *s);
-
-static void sub_release(void *ctx)
+void watch_unsubscribe(struct watch_sub *ws)
 {
-	struct sub *s = ctx;
+	struct sub *s = (struct sub *)ws;
 	pthread_mutex_lock(&lock);
 	sub_remove_locked(s);
 	pthread_mutex_unlock(&lock);
 	sub_free(s);
 }
 
-static void reply_invalid(struct req *r, const char *msg)
-{
-	reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "%s", msg);
-}
-
-/* include or exclude: an array of globs without [ ] { }; returns false after answering. */
-static bool parse_globs(struct req *r, struct sub *s, const cJSON *arr, bool include)
-{
-	if (!cJSON_IsArray(arr) || cJSON_GetArraySize(arr) > GLOBS_MAX) {
-		reply_invalid(r, "include/exclude must be arrays of at most 64 glob strings");
-		return false;
-	}
-	s->include = include;
-	s->globs = calloc((size_t)cJSON_GetArraySize(arr) + 1, sizeof *s->globs);
-	const cJSON *g;
-	cJSON_ArrayForEach(g, arr) {
-		if (!cJSON_IsString(g) || !*g->valuestring || strlen(g->valuestring) > 1024 ||
-		    strpbrk(g->valuestring, "[]{}")) {
-			reply_invalid(r, "globs must be non-empty strings using only *, **, ? and /");
-			return false;
-		}
-		if (s->globs && (s->globs[s->nglobs] = strdup(g->valuestring)))
-			s->nglobs++;
-	}
-	return true;
-}
-
-/* A subscriber from the request's path, recursive, events and include/exclude, not yet in
- * the list; NULL after answering. abs receives the watched path. */
-static struct sub *sub_from_request(struct req *r, char *abs, size_t abs_size)
-{
-	const cJSON *body = req_json(r);
-	const char *path = json_str(body, "path");
-	if (!path || !*path) {
-		reply_invalid(r, "'path' is required");
-		return NULL;
-	}
-	char rel[WS_PATH_MAX + 1];
-	int err = ws_normalize(path, rel, sizeof rel);
-	if (err == -EACCES) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "path", path);
-		cJSON_AddStringToObject(ctx, "resolvedPath", path);
-		cJSON_AddStringToObject(ctx, "workspaceRoot", "/workspace");
-		reply_error(r, 403, "PERMISSION_DENIED", EACCES, ctx,
-			    "path must be inside /workspace");
-		return NULL;
-	}
-	if (err) {
-		reply_ws_errno(r, err, path);
-		return NULL;
-	}
-	ws_api_path(rel, abs, abs_size);
-	struct stat st;
-	err = ws_stat(abs, &st, false);
-	if (err == -ENOENT) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "path", abs);
-		reply_error(r, 404, "FILE_NOT_FOUND", ENOENT, ctx, "Path does not exist: %s", abs);
-		return NULL;
-	}
-	if (err) {
-		reply_ws_errno(r, err, abs);
-		return NULL;
-	}
-
-	struct sub *s = calloc(1, sizeof *s);
-	if (!s || !(s->root = strdup(rel))) {
-		free(s);
-		reply_error(r, 500, "INTERNAL_ERROR", ENOMEM, NULL, "out of memory");
-		return NULL;
-	}
-	pthread_condattr_t ca;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&s->cond, &ca);
-	pthread_condattr_destroy(&ca);
-	s->recursive = json_bool(body, "recursive", true);
-	s->events = EV_ALL & ~EV_ATTRIB;
-	const cJSON *events = cJSON_GetObjectItemCaseSensitive(body, "events");
-	if (events && !cJSON_IsNull(events)) {
-		if (!cJSON_IsArray(events)) {
-			sub_free(s);
-			reply_invalid(r, "'events' must be an array");
-			return NULL;
-		}
-		unsigned mask = 0;
-		const cJSON *e;
-		cJSON_ArrayForEach(e, events) {
-			size_t i = 0;
-			while (i < 6 && !(cJSON_IsString(e) && strcmp(e->valuestring, ev_names[i]) == 0))
-				i++;
-			if (i == 6) {
-				sub_free(s);
-				reply_invalid(r, "events must be among create, modify, delete, "
-						 "move_from, move_to, attrib");
-				return NULL;
-			}
-			mask |= 1u << i;
-		}
-		if (mask)
-			s->events = mask;
-	}
-	const cJSON *inc = cJSON_GetObjectItemCaseSensitive(body, "include");
-	const cJSON *exc = cJSON_GetObjectItemCaseSensitive(body, "exclude");
-	if (inc && exc) {
-		sub_free(s);
-		reply_invalid(r, "include and exclude cannot be used together");
-		return NULL;
-	}
-	bool ok = true;
-	if (inc)
-		ok = parse_globs(r, s, inc, true);
-	else if (exc)
-		ok = parse_globs(r, s, exc, false);
-	else {
-		static const char *const dflt[] = { ".git", "node_modules", ".DS_Store" };
-		s->globs = calloc(3, sizeof *s->globs);
-		for (size_t i = 0; s->globs && i < 3; i++)
-			if ((s->globs[s->nglobs] = strdup(dflt[i])))
-				s->nglobs++;
-	}
-	if (!ok) {
-		sub_free(s);
-		return NULL;
-	}
-	return s;
-}
-
-/* Waits (lock held) until the watcher is established; false after answering. */
-static bool ready_locked(struct req *r)
-{
-	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += READY_WAIT_S;
-	while (started && !ready && !stopping &&
-	       pthread_cond_timedwait(&ready_cond, &lock, &dl) == 0)
-		;
-	if (!started || !ready || stopping) {
-		reply_error(r, 500, "WATCH_START_ERROR", EAGAIN, NULL,
-			    "the file watcher is not running");
-		return false;
-	}
-	return true;
-}
-
-/* "watch-<n>-<epoch ms>", the container's ids (lock held). */
-static void new_watch_id(char id[64])
-{
-	struct timespec now;
-	clock_gettime(CLOCK_REALTIME, &now);
-	snprintf(id, 64, "watch-%u-%lld", ++watch_seq,
-		 (long long)now.tv_sec * 1000 + now.tv_nsec / 1000000);
-}
-
-static void sub_insert_locked(struct sub *s)
-{
-	s->next = subs;
-	if (subs)
-		subs->prev = s;
-	subs = s;
-}
-
-static void sub_remove_locked(struct sub *s)
-{
-	if (s->prev)
-		s->prev->next = s->next;
-	else if (subs == s)
-		subs = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
-	s->next = s->prev = NULL;
-}
-
-void route_watch(struct req *r)
-{
-	char abs[WS_PATH_MAX + 16];
-	struct sub *s = sub_from_request(r, abs, sizeof abs);
-	if (!s)
-		return;
-	/* The watcher must be established before "watching" is promised. */
-	pthread_mutex_lock(&lock);
-	if (!ready_locked(r)) {
-		pthread_mutex_unlock(&lock);
-		sub_free(s);
-		return;
-	}
-	char id[64];
-	new_watch_id(id);
-	cJSON *w = cJSON_CreateObject();
-	cJSON_AddStringToObject(w, "type", "watching");
-	cJSON_AddStringToObject(w, "path", abs);
-	cJSON_AddStringToObject(w, "watchId", id);
-	enqueue_locked(s, (enum ev_type)0, NULL, event_line(w));
-	sub_insert_locked(s);
-	pthread_mutex_unlock(&lock);
-	log_debug("watch %s on %s (recursive %d)", id, abs, s->recursive);
-	reply_sse(r, (struct sse_source){ sub_next, sub_release, s });
-}
-
-/* ---- POST /api/watch/check ---- */
+/* ---- retained watches, for /api/watch/check ---- */
 
 #define RETAIN_MS (10 * 60 * 1000)
 #define RETAINED_MAX 1024
-
-static int64_t mono_ms(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -937,15 +805,15 @@ static int cmp_str(const void *a, const void *b)
 
 /* The parameters that make two checks the same watch (the container's key: path,
  * recursive, events, the globs sorted and without repeats). */
-static char *retain_key(struct sub *s)
+static char *retain_key(struct watch_filter *f)
 {
-	qsort(s->globs, s->nglobs, sizeof *s->globs, cmp_str);
+	qsort(f->globs, f->nglobs, sizeof *f->globs, cmp_str);
 	struct strbuf k = STRBUF_INIT;
-	strbuf_appendf(&k, "%s%c%d%c%u%c%c", s->root, 0, s->recursive, 0, s->events, 0,
-		       s->include ? 'i' : 'e');
-	for (size_t i = 0; i < s->nglobs; i++)
-		if (i == 0 || strcmp(s->globs[i], s->globs[i - 1]) != 0)
-			strbuf_appendf(&k, "%c%s", 0, s->globs[i]);
+	strbuf_appendf(&k, "%s%c%d%c%u%c%c", f->root, 0, f->recursive, 0, f->events, 0,
+		       f->include ? 'i' : 'e');
+	for (size_t i = 0; i < f->nglobs; i++)
+		if (i == 0 || strcmp(f->globs[i], f->globs[i - 1]) != 0)
+			strbuf_appendf(&k, "%c%s", 0, f->globs[i]);
 	/* the NULs above keep fields apart; the key is compared with its length */
 	char *key = malloc(k.len + sizeof(size_t));
 	if (!key)
@@ -987,7 +855,7 @@ static void retained_prune_locked(int64_t now)
 		if (w->expires <= now)
 			retained_drop_locked(w);
 	}
-	while (n_retained >= RETAINED_MAX) {
+	while (n_retained >= RETAINED_MAX && retained_list) {
 		struct retained *oldest = retained_list;
 		for (struct retained *w = retained_list; w; w = w->next)
 			if (w->expires < oldest->expires)
@@ -996,99 +864,51 @@ static void retained_prune_locked(int64_t now)
 	}
 }
 
-/* "<watch id>:<digits>": false for anything else. */
-static bool parse_version(const char *v, char *id, size_t id_size, uint64_t *cursor)
+/* The retained watch of key, made from f (taken) when there is none (lock held). */
+static struct retained *retained_of_locked(char *key, struct watch_filter *f, const char *abs,
+					   bool *created)
 {
-	const char *colon = strrchr(v, ':');
-	if (!colon || colon == v || !colon[1] || (size_t)(colon - v) >= id_size)
-		return false;
-	for (const char *p = colon + 1; *p; p++)
-		if (*p < '0' || *p > '9')
-			return false;
-	errno = 0;
-	char *end;
-	unsigned long long c = strtoull(colon + 1, &end, 10);
-	if (errno || c > (1ull << 53)) /* what the container's JavaScript numbers hold */
-		return false;
-	memcpy(id, v, (size_t)(colon - v));
-	id[colon - v] = '\0';
-	*cursor = c;
-	return true;
-}
-
-void route_watch_check(struct req *r)
-{
-	const cJSON *sincev = cJSON_GetObjectItemCaseSensitive(req_json(r), "since");
-	if (sincev && !cJSON_IsNull(sincev) && !cJSON_IsString(sincev))
-		return reply_invalid(r, "since must be a version returned by checkChanges()");
-	const char *since = cJSON_IsString(sincev) ? sincev->valuestring : NULL;
-	char abs[WS_PATH_MAX + 16];
-	struct sub *s = sub_from_request(r, abs, sizeof abs);
-	if (!s)
-		return;
-	char *key = retain_key(s);
-	pthread_mutex_lock(&lock);
-	if (!ready_locked(r)) {
-		pthread_mutex_unlock(&lock);
-		free(key);
-		sub_free(s);
-		return;
-	}
-	int64_t now = mono_ms();
-	retained_prune_locked(now);
 	struct retained *w = retained_list;
 	while (w && !same_key(w->key, key))
 		w = w->next;
-	bool created = !w;
-	if (created) {
+	*created = !w;
+	if (!w) {
 		w = calloc(1, sizeof *w);
 		if (!w)
 			abort();
 		w->key = key;
-		key = NULL;
-		w->sub = s;
-		s->retained = w;
-		s = NULL;
+		w->sub = sub_new(f);
+		w->sub->retained = w;
 		new_watch_id(w->id);
 		sub_insert_locked(w->sub);
 		w->next = retained_list;
 		retained_list = w;
 		n_retained++;
 		log_debug("watch/check: %s on %s", w->id, abs);
-	}
-	w->expires = now + RETAIN_MS;
-	char version[96], id[64];
-	snprintf(version, sizeof version, "%s:%llu", w->id, (unsigned long long)w->cursor);
-	uint64_t at = 0, cursor = w->cursor;
-	bool same = since && parse_version(since, id, sizeof id, &at) && strcmp(id, w->id) == 0;
-	bool valid = !since || parse_version(since, id, sizeof id, &at);
-	pthread_mutex_unlock(&lock);
-	free(key);
-	if (s)
-		sub_free(s);
-
-	if (!valid) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "since", since);
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
-				   "since must be a version returned by checkChanges()");
-	}
-	if (same && at > cursor) {
-		cJSON *ctx = cJSON_CreateObject();
-		cJSON_AddStringToObject(ctx, "since", since);
-		cJSON_AddStringToObject(ctx, "currentVersion", version);
-		return reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx,
-				   "since refers to a newer version than the current watch state");
-	}
-	cJSON *o = cJSON_CreateObject();
-	if (!since) {
-		cJSON_AddStringToObject(o, "status", "unchanged");
-	} else if (!same) {
-		cJSON_AddStringToObject(o, "status", "resync");
-		cJSON_AddStringToObject(o, "reason", created ? "expired" : "restarted");
 	} else {
-		cJSON_AddStringToObject(o, "status", at == cursor ? "unchanged" : "changed");
+		free(key);
 	}
-	cJSON_AddStringToObject(o, "version", version);
-	reply_ok(r, o);
+	return w;
+}
+
+int watch_check(struct watch_filter *f, const char *abs, struct watch_state *out)
+{
+	char *key = retain_key(f);
+	pthread_mutex_lock(&lock);
+	int err = ready_locked();
+	if (err) {
+		pthread_mutex_unlock(&lock);
+		free(key);
+		watch_filter_free(f);
+		return err;
+	}
+	int64_t now = mono_ms();
+	retained_prune_locked(now);
+	struct retained *w = retained_of_locked(key, f, abs, &out->created);
+	w->expires = now + RETAIN_MS;
+	memcpy(out->id, w->id, sizeof out->id);
+	out->cursor = w->cursor;
+	pthread_mutex_unlock(&lock);
+	watch_filter_free(f); /* what a watch found again did not take */
+	return 0;
 }

@@ -11,7 +11,8 @@
  * which resolves the whole path beneath the root instead).
  *
  * Every function returns 0 / a file descriptor, or a negative errno. A refusal also leaves a
- * reason for this thread (ws_strerror). Nothing here talks HTTP. */
+ * reason for this thread (ws_strerror). Nothing here talks HTTP (server/request.h answers for
+ * the routes). */
 #ifndef SBXD_WORKSPACE_H
 #define SBXD_WORKSPACE_H
 #include <fcntl.h>
@@ -64,12 +65,4 @@ int ws_mkdir_p(const char *rel, mode_t mode);
 const char *ws_strerror(int err);
 /* Whether this thread's last ws_* call refused the path (as opposed to a syscall failing). */
 bool ws_refused(void);
-
-/* Helpers for the route handlers (implemented in files.c, which links against httpd). */
-struct req;
-/* Answers the standard error for err on api_path, with ws_strerror's reason. */
-void reply_ws_errno(struct req *r, int err, const char *api_path);
-/* A required string field of the JSON body; answers 400 VALIDATION_FAILED and returns NULL
- * when it is missing or empty. */
-const char *req_str_field(struct req *r, const char *key);
 #endif

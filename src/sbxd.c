@@ -18,6 +18,62 @@
 #include "server/runner.h"
 #include "server/server.h"
 
+enum {
+	OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID, OPT_NO_EXT,
+	OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU, OPT_NOFILE, OPT_ISOLATION,
+	OPT_PREVIEW_BASE,
+};
+
+/* sbxd's options: getopt_long's table and --help are both made from this one list. */
+static const struct option_doc {
+	const char *name;    /* the long option */
+	int id;              /* what getopt_long returns: OPT_*, or the short option's letter */
+	const char *arg;     /* the argument's name in --help; NULL: takes none */
+	const char *heading; /* printed before the option, or NULL */
+	const char *help;    /* --help's text; a '\n' continues it on the next line */
+} option_docs[] = {
+	{ "listen", OPT_LISTEN, "HOST:PORT", NULL,
+	  "address to listen on (default 127.0.0.1:7070; [::1]:PORT\n"
+	  "for IPv6; port 0 picks a free port)" },
+	{ "workspace", OPT_WORKSPACE, "DIR", NULL,
+	  "host directory shown as /workspace (default ./workspace,\n"
+	  "or /workspace with --isolation=none; created if missing)" },
+	{ "token-file", OPT_TOKEN_FILE, "FILE", NULL,
+	  "bearer token; created (0600) with a fresh random token if\n"
+	  "missing. Required unless SBXD_TOKEN is set" },
+	{ "state-dir", OPT_STATE_DIR, "DIR", NULL,
+	  "private state (default $XDG_RUNTIME_DIR/sbxd-PORT; without\n"
+	  "it /run/sbxd-PORT for root, ${TMPDIR:-/tmp}/sbxd-UID/PORT\n"
+	  "for other users)" },
+	{ "sandbox-id", OPT_SANDBOX_ID, "NAME", NULL,
+	  "sandbox id reported to clients (default local)" },
+	{ "no-extensions", OPT_NO_EXT, NULL, NULL, "serve only the container's standard routes" },
+	{ "isolation", OPT_ISOLATION, "bubblewrap|none", NULL,
+	  "how commands are isolated: bubblewrap (the default),\n"
+	  "or none: directly on this system, which must itself be\n"
+	  "the sandbox (a container); the workspace must then be\n"
+	  "/workspace" },
+	{ "preview-base", OPT_PREVIEW_BASE, "URL", NULL,
+	  "public base of preview URLs, e.g. https://sbx.example.com:\n"
+	  "exposed ports get https://PORT-ID-TOKEN.sbx.example.com/" },
+	{ "lease-seconds", OPT_LEASE, "N", NULL,
+	  "how long a silent client keeps its open files (default\n"
+	  "30; sbxfs renews every third of it)" },
+	{ "memory-limit", OPT_MEMORY, "SIZE",
+	  "\nLimits for what runs in the sandbox (0 = none; SIZE takes K, M, G or T):\n",
+	  "memory of all processes together (default 4G)" },
+	{ "pids-limit", OPT_PIDS, "N", NULL, "processes and threads together (default 2048)" },
+	{ "file-size-limit", OPT_FSIZE, "SIZE", NULL,
+	  "largest file a process may write (default 16G)" },
+	{ "cpu-limit", OPT_CPU, "SECONDS", NULL, "CPU time of each process (default 3600)" },
+	{ "open-files-limit", OPT_NOFILE, "N", NULL,
+	  "open files of each process (default 4096)" },
+	{ "verbose", 'v', NULL, "\n", "log every request" },
+	{ "help", 'h', NULL, NULL, "show this help" },
+	{ "version", 'V', NULL, NULL, "show the version" },
+};
+#define N_OPTIONS (sizeof(option_docs) / sizeof(option_docs[0]))
+
 static void usage(FILE *out)
 {
 	fprintf(out,
@@ -25,36 +81,47 @@ static void usage(FILE *out)
 		"\n"
 		"Serves a sandbox's HTTP API (the Cloudflare sandbox container's, plus the sbxfs\n"
 		"extensions) for a workspace directory on this host.\n"
-		"\n"
-		"  --listen HOST:PORT    address to listen on (default 127.0.0.1:7070; [::1]:PORT\n"
-		"                        for IPv6; port 0 picks a free port)\n"
-		"  --workspace DIR       host directory shown as /workspace (default ./workspace,\n"
-		"                        or /workspace with --isolation=none; created if missing)\n"
-		"  --token-file FILE     bearer token; created (0600) with a fresh random token if\n"
-		"                        missing. Required unless SBXD_TOKEN is set\n"
-		"  --state-dir DIR       private state (default $XDG_RUNTIME_DIR/sbxd-PORT; without\n"
-		"                        it /run/sbxd-PORT for root, ${TMPDIR:-/tmp}/sbxd-UID/PORT\n"
-		"                        for other users)\n"
-		"  --sandbox-id NAME     sandbox id reported to clients (default \"local\")\n"
-		"  --no-extensions       serve only the container's standard routes\n"
-		"  --isolation MODE      how commands are isolated: bubblewrap (default) or none:\n"
-		"                        directly on this system, which must itself be the sandbox\n"
-		"                        (a container); the workspace must then be /workspace\n"
-		"  --preview-base URL    public base of preview URLs, e.g. https://sbx.example.com:\n"
-		"                        exposed ports get https://PORT-ID-TOKEN.sbx.example.com/\n"
-		"  --lease-seconds N     how long a silent client keeps its open files (default\n"
-		"                        30; sbxfs renews every third of it)\n"
-		"\n"
-		"Limits for what runs in the sandbox (0 = none; SIZE takes K, M, G or T):\n"
-		"  --memory-limit SIZE   memory of all processes together (default 4G)\n"
-		"  --pids-limit N        processes and threads together (default 2048)\n"
-		"  --file-size-limit SIZE  largest file a process may write (default 16G)\n"
-		"  --cpu-limit SECONDS   CPU time of each process (default 3600)\n"
-		"  --open-files-limit N  open files of each process (default 4096)\n"
-		"\n"
-		"  -v, --verbose         log every request\n"
-		"  -h, --help            show this help\n"
-		"  -V, --version         show the version\n");
+		"\n");
+	for (size_t i = 0; i < N_OPTIONS; i++) {
+		const struct option_doc *d = &option_docs[i];
+		char left[64];
+		if (d->id < 256)
+			snprintf(left, sizeof left, "-%c, --%s", d->id, d->name);
+		else
+			snprintf(left, sizeof left, "--%s%s%s", d->name, d->arg ? " " : "",
+				 d->arg ? d->arg : "");
+		if (d->heading)
+			fputs(d->heading, out);
+		/* the text in a column of its own, below an option too long for it */
+		if (strlen(left) > 22)
+			fprintf(out, "  %s\n%24s", left, "");
+		else
+			fprintf(out, "  %-20s  ", left);
+		for (const char *h = d->help; *h; h++) {
+			fputc(*h, out);
+			if (*h == '\n')
+				fprintf(out, "%24s", "");
+		}
+		fputc('\n', out);
+	}
+}
+
+/* getopt_long's tables from option_docs: longopts (N_OPTIONS + 1 entries) and the short
+ * options' letters. */
+static void getopt_tables(struct option *longopts, char *shortopts)
+{
+	for (size_t i = 0; i < N_OPTIONS; i++) {
+		const struct option_doc *d = &option_docs[i];
+		longopts[i] = (struct option){ d->name, d->arg ? required_argument : no_argument,
+					       NULL, d->id };
+		if (d->id < 256) {
+			*shortopts++ = (char)d->id;
+			if (d->arg)
+				*shortopts++ = ':';
+		}
+	}
+	longopts[N_OPTIONS] = (struct option){ NULL, 0, NULL, 0 };
+	*shortopts = '\0';
 }
 
 static int die_usage(const char *fmt, const char *arg)
@@ -100,10 +167,15 @@ static bool parse_count(const char *s, long *out)
 static long max_open_files(void)
 {
 	long n = 1 << 20; /* the kernel's default */
+	char line[32];
 	FILE *f = fopen("/proc/sys/fs/nr_open", "re");
 	if (f) {
-		if (fscanf(f, "%ld", &n) != 1)
-			n = 1 << 20;
+		if (fgets(line, sizeof line, f)) {
+			char *end;
+			long v = strtol(line, &end, 10);
+			if (end != line && v > 0)
+				n = v;
+		}
 		fclose(f);
 	}
 	return n;
@@ -113,8 +185,10 @@ static long max_open_files(void)
 static const char *listen_port(const char *listen)
 {
 	const char *colon = strrchr(listen, ':');
+	/* strtol saturates where atoi would wrap (4294967296 is not port 0) */
 	if (!colon || colon == listen || !colon[1] ||
-	    strspn(colon + 1, "0123456789") != strlen(colon + 1) || atoi(colon + 1) > 65535)
+	    strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+	    strtol(colon + 1, NULL, 10) > 65535)
 		return NULL;
 	if (listen[0] == '[' && colon[-1] != ']')
 		return NULL;
@@ -168,9 +242,9 @@ static const char *parse_preview_base(const char *arg)
 		  strspn(host, "0123456789.") < name; /* not an IPv4 address */
 	if (ok && name < n) { /* ":PORT" */
 		size_t digits = n - name - 1;
+		long port = strtol(host + name + 1, NULL, 10);
 		ok = host[name] == ':' && digits >= 1 && digits <= 5 &&
-		     strspn(host + name + 1, "0123456789") >= digits &&
-		     atoi(host + name + 1) >= 1 && atoi(host + name + 1) <= 65535;
+		     strspn(host + name + 1, "0123456789") >= digits && port >= 1 && port <= 65535;
 	}
 	if (!ok) {
 		fprintf(stderr, "sbxd: --preview-base wants http[s]://NAME[:PORT] with a DNS name "
@@ -303,29 +377,9 @@ static char *load_token(const char *file)
 
 int main(int argc, char **argv)
 {
-	enum { OPT_LISTEN = 256, OPT_WORKSPACE, OPT_TOKEN_FILE, OPT_STATE_DIR, OPT_SANDBOX_ID,
-	       OPT_NO_EXT, OPT_LEASE, OPT_MEMORY, OPT_PIDS, OPT_FSIZE, OPT_CPU, OPT_NOFILE,
-	       OPT_ISOLATION, OPT_PREVIEW_BASE };
-	static const struct option opts[] = {
-		{ "listen", required_argument, NULL, OPT_LISTEN },
-		{ "workspace", required_argument, NULL, OPT_WORKSPACE },
-		{ "token-file", required_argument, NULL, OPT_TOKEN_FILE },
-		{ "state-dir", required_argument, NULL, OPT_STATE_DIR },
-		{ "sandbox-id", required_argument, NULL, OPT_SANDBOX_ID },
-		{ "no-extensions", no_argument, NULL, OPT_NO_EXT },
-		{ "lease-seconds", required_argument, NULL, OPT_LEASE },
-		{ "memory-limit", required_argument, NULL, OPT_MEMORY },
-		{ "pids-limit", required_argument, NULL, OPT_PIDS },
-		{ "file-size-limit", required_argument, NULL, OPT_FSIZE },
-		{ "cpu-limit", required_argument, NULL, OPT_CPU },
-		{ "open-files-limit", required_argument, NULL, OPT_NOFILE },
-		{ "isolation", required_argument, NULL, OPT_ISOLATION },
-		{ "preview-base", required_argument, NULL, OPT_PREVIEW_BASE },
-		{ "verbose", no_argument, NULL, 'v' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 },
-	};
+	struct option opts[N_OPTIONS + 1];
+	char shortopts[2 * N_OPTIONS + 1];
+	getopt_tables(opts, shortopts);
 	struct sbxd_config cfg = {
 		.listen = "127.0.0.1:7070",
 		.sandbox_id = "local",
@@ -341,7 +395,7 @@ int main(int argc, char **argv)
 	const char *token_file = NULL;
 	enum runner_isolation isolation = RUNNER_ISOLATION_BWRAP;
 	int c;
-	while ((c = getopt_long(argc, argv, "vhV", opts, NULL)) != -1) {
+	while ((c = getopt_long(argc, argv, shortopts, opts, NULL)) != -1) {
 		switch (c) {
 		case OPT_LISTEN: cfg.listen = optarg; break;
 		case OPT_WORKSPACE: cfg.workspace = optarg; break;
@@ -415,12 +469,15 @@ int main(int argc, char **argv)
 	log_init("sbxd", cfg.verbose ? LOG_LVL_DEBUG : LOG_LVL_INFO, false);
 
 	char *token = NULL;
+	const char *env_token = getenv("SBXD_TOKEN");
 	if (token_file) {
 		token = load_token(token_file);
 		if (!token)
 			return 1;
-	} else if (getenv("SBXD_TOKEN") && *getenv("SBXD_TOKEN")) {
-		token = strdup(getenv("SBXD_TOKEN"));
+	} else if (env_token && *env_token) {
+		token = strdup(env_token);
+		if (!token)
+			abort();
 	} else {
 		return die_usage("a token is required: --token-file FILE (created if missing) or "
 				 "SBXD_TOKEN in the environment%s", "");

@@ -35,22 +35,29 @@ struct options {
 enum { KEY_TOKEN };
 
 #define OPT(t, p, v) { t, offsetof(struct options, p), v }
-static const struct fuse_opt options_table[] = {
-	OPT("token_file=%s", token_file, 0),
-	OPT("ca_file=%s", ca_file, 0),
-	OPT("timeout=%lf", timeout, 0),
-	OPT("insecure", insecure, 1),
-	OPT("no_extensions", no_extensions, 1),
-	FUSE_OPT_KEY("token=", KEY_TOKEN),
+/* The program's own -o options, parsed and shown by --help from this one table (the
+ * filesystem's cache options are fs/options.c's). Entries without help are parsed, not shown. */
+static const struct sbxfs_option program_options[] = {
+	{ OPT("token_file=%s", token_file, 0), "token_file=FILE", "file holding the bearer token" },
+	{ OPT("timeout=%lf", timeout, 0), "timeout=SECS",
+	  "deadline of one request to the sandbox (30)" },
+	{ OPT("no_extensions", no_extensions, 1), "no_extensions",
+	  "use only the standard container routes" },
+	{ OPT("insecure", insecure, 1), "insecure", "do not verify the server's TLS certificate" },
+	{ OPT("ca_file=%s", ca_file, 0), "ca_file=FILE",
+	  "CA certificates (PEM) in place of the system's" },
+	/* refused: other users can read the command line */
+	{ FUSE_OPT_KEY("token=", KEY_TOKEN), NULL, NULL },
 	/* fstab words that mean something to mount(8) only */
-	FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD),
-	FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD),
-	FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD),
-	FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD),
-	FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD),
-	FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD),
-	FUSE_OPT_END
+	{ FUSE_OPT_KEY("auto", FUSE_OPT_KEY_DISCARD), NULL, NULL },
+	{ FUSE_OPT_KEY("noauto", FUSE_OPT_KEY_DISCARD), NULL, NULL },
+	{ FUSE_OPT_KEY("user", FUSE_OPT_KEY_DISCARD), NULL, NULL },
+	{ FUSE_OPT_KEY("users", FUSE_OPT_KEY_DISCARD), NULL, NULL },
+	{ FUSE_OPT_KEY("_netdev", FUSE_OPT_KEY_DISCARD), NULL, NULL },
+	{ FUSE_OPT_KEY("nofail", FUSE_OPT_KEY_DISCARD), NULL, NULL },
+	{ FUSE_OPT_END, NULL, NULL },
 };
+#define N_PROGRAM_OPTIONS (sizeof(program_options) / sizeof(program_options[0]))
 
 static int options_proc(void *data, const char *arg, int key, struct fuse_args *outargs)
 {
@@ -66,20 +73,31 @@ static int options_proc(void *data, const char *arg, int key, struct fuse_args *
 	return 1;
 }
 
+static int options_parse(struct fuse_args *args, struct options *o)
+{
+	struct fuse_opt table[N_PROGRAM_OPTIONS];
+	for (size_t i = 0; i < N_PROGRAM_OPTIONS; i++)
+		table[i] = program_options[i].opt;
+	return fuse_opt_parse(args, o, table, options_proc);
+}
+
+static void options_help(const struct sbxfs_option *table)
+{
+	for (const struct sbxfs_option *o = table; o->opt.templ; o++)
+		if (o->shown)
+			printf("    -o %-22s  %s\n", o->shown, o->help);
+}
+
 static void usage(const char *prog)
 {
 	printf("usage: %s URL MOUNTPOINT [options]\n\n"
 	       "Mounts the sandbox whose HTTP API is at URL (sbxd, a Cloudflare sandbox container,\n"
 	       "or a Worker in front of one). MOUNTPOINT/workspace is the sandbox's /workspace.\n"
 	       "The token comes from -o token_file=FILE or the environment variable SBXFS_TOKEN.\n\n"
-	       "sbxfs options:\n"
-	       "    -o token_file=FILE       file holding the bearer token\n"
-	       "    -o timeout=SECS          deadline of one request to the sandbox (30)\n"
-	       "    -o no_extensions         use only the standard container routes\n"
-	       "    -o insecure              do not verify the server's TLS certificate\n"
-	       "    -o ca_file=FILE          CA certificates (PEM) to trust instead of the system's\n",
-	       prog);
-	sbxfs_config_help();
+	       "sbxfs options:\n", prog);
+	options_help(program_options);
+	printf("\nCache options:\n");
+	options_help(sbxfs_cache_options);
 	printf("\nFUSE options:\n");
 	fuse_cmdline_help();
 	fuse_lowlevel_help();
@@ -189,10 +207,11 @@ int main(int argc, char *argv[])
 	struct sbxfs *fs = NULL;
 	struct sbx *sandbox = NULL;
 	char *token = NULL;
+	const char *env_token;
 	int ret = 1;
 
 	log_init("sbxfs", LOG_LVL_INFO, false);
-	if (fuse_opt_parse(&args, &o, options_table, options_proc) == -1)
+	if (options_parse(&args, &o) == -1)
 		goto out;
 	if (sbxfs_config_parse(&args, &cfg) == -1)
 		goto out;
@@ -248,8 +267,8 @@ int main(int argc, char *argv[])
 		token = read_token(o.token_file);
 		if (!token)
 			goto out;
-	} else if (getenv("SBXFS_TOKEN")) {
-		token = strdup(getenv("SBXFS_TOKEN"));
+	} else if ((env_token = getenv("SBXFS_TOKEN"))) {
+		token = strdup(env_token);
 		if (!token)
 			abort();
 	}

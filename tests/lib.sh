@@ -1,9 +1,9 @@
 # Shared by ./bootstrap and ./run-tests (sourced, not run): the Debian packages the project
 # needs and the one function that installs the missing ones.
 
-# build: compiler, meson, the libraries' headers
+# build: compiler, meson, the libraries' headers, scdoc for the man pages
 SBX_PKGS_BUILD="meson ninja-build pkg-config gcc libc6-dev libfuse3-dev libcurl4-openssl-dev
-	libcjson-dev libmicrohttpd-dev"
+	libcjson-dev libmicrohttpd-dev scdoc"
 # run: fusermount3 and the FUSE helpers; bwrap isolates sbxd's commands
 SBX_PKGS_RUN="fuse3 bubblewrap"
 # code contexts: the interpreters sbxd starts (IPython with the usual data libraries; Node.js
@@ -14,6 +14,8 @@ SBX_PKGS_INTERP="python3 python3-ipython python3-numpy python3-pandas python3-ma
 # (systemd-analyze checks the installed units)
 SBX_PKGS_TEST="python3 python3-pytest python3-pytest-timeout vim git tar gzip diffutils
 	findutils coreutils procps openssl systemd jq file"
+# static analysis (tests/tidy/run): clang-tidy, with the checks of .clang-tidy
+SBX_PKGS_CHECK="clang-tidy"
 # fuzzing (tests/fuzz/run): clang with libFuzzer and the sanitizer runtimes
 SBX_PKGS_FUZZ="clang-14 clang libclang-rt-14-dev"
 # the Cloudflare Worker (worker/): npm for its dependencies (sbx_worker_deps), curl for the

@@ -1,11 +1,14 @@
 /* libFuzzer target: sbxd's request handling, end to end. sbxd runs in this process on a
  * loopback port with a scratch workspace; each input is one request: the first byte picks a
  * route (those that only touch the workspace and in-memory state: nothing here starts
- * commands), the rest is the body, sent over a real connection. A crash, a sanitizer report or
- * an answer that is not HTTP aborts; so does a hang, through libFuzzer's -timeout. */
+ * commands) or a preview URL (the proxy, a hook in front of the routes: one of a port nobody
+ * exposed, one of an exposed port where a small server of this process answers), the rest is
+ * the body, sent over a real connection. A crash, a sanitizer report or an answer that is not
+ * HTTP aborts; so does a hang, through libFuzzer's -timeout. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,9 +19,17 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include "server/httpd.h"
+#include "server/ports.h"
+#include "server/preview.h"
+#include "server/processes.h"
 #include "server/server.h"
 #include "server/watch.h"
 #include "server/workspace.h"
+
+/* long enough that no preview Host holds it by chance (the proxy refuses any that does) */
+#define TOKEN "sbxd-fuzz-token-5f2c1a"
+
+static char preview_host[128];   /* an exposed port's preview URL, made by start() */
 
 static const struct {
 	const char *method, *path;
@@ -38,9 +49,73 @@ static const struct {
 };
 #define N_TARGETS (sizeof targets / sizeof targets[0])
 
+/* Preview URLs: the proxy, in front of the routes. */
+static const struct {
+	const char *method, *path, *host;
+} previews[] = {
+	{ "POST", "/a/b?c=d", "2000-fuzz-aaaaaaaaaaaaaaaa.localhost" }, /* nobody exposed it */
+	{ "POST", "/echo?x=1", preview_host },
+};
+#define N_PREVIEWS (sizeof previews / sizeof previews[0])
+
 static struct sbxd_config cfg;
+static struct sbxd sbxd;
 static struct httpd *server; /* lives as long as the fuzzer */
 static int port;
+
+/* The service behind the exposed port: reads a request (head and Content-Length body) and
+ * answers 200 with a short body, one connection at a time. */
+static void *upstream_main(void *arg)
+{
+	int lfd = (int)(intptr_t)arg;
+	for (;;) {
+		int fd = accept(lfd, NULL, NULL);
+		if (fd < 0)
+			continue;
+		struct timeval tv = { 5, 0 };
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+		char buf[65536];
+		size_t len = 0;
+		ssize_t n;
+		char *end = NULL;
+		while (!end && len < sizeof buf - 1 && (n = recv(fd, buf + len, sizeof buf - 1 - len,
+								  0)) > 0) {
+			len += (size_t)n;
+			buf[len] = '\0';
+			end = strstr(buf, "\r\n\r\n");
+		}
+		const char *cl = end ? strcasestr(buf, "\r\ncontent-length:") : NULL;
+		long body = cl && cl < end ? strtol(cl + 17, NULL, 10) : 0;
+		long have = end ? (long)(len - (size_t)(end + 4 - buf)) : 0;
+		while (have < body && (n = recv(fd, buf, sizeof buf, 0)) > 0)
+			have += n;
+		static const char answer[] = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+					     "Connection: close\r\n\r\nok";
+		send(fd, answer, sizeof answer - 1, MSG_NOSIGNAL);
+		close(fd);
+	}
+	return NULL;
+}
+
+/* Starts the upstream service and exposes its port; the preview URL's host into
+ * preview_host. */
+static void expose_upstream(void)
+{
+	int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in sa = { .sin_family = AF_INET };
+	socklen_t sl = sizeof sa;
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	pthread_t t;
+	if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof sa) || listen(lfd, 16) ||
+	    getsockname(lfd, (struct sockaddr *)&sa, &sl) ||
+	    pthread_create(&t, NULL, upstream_main, (void *)(intptr_t)lfd))
+		abort();
+	struct port_info info;
+	if (ports_expose(sbxd.ports, ntohs(sa.sin_port), NULL, &info))
+		abort();
+	snprintf(preview_host, sizeof preview_host, "%d-fuzz-%s.localhost", info.port,
+		 info.token);
+}
 
 static void start(void)
 {
@@ -52,7 +127,7 @@ static void start(void)
 	mkdir(p, 0700);
 	static char state[sizeof p];
 	memcpy(state, p, sizeof p);
-	cfg = (struct sbxd_config){ .listen = "127.0.0.1:0", .workspace = ws, .token = "t",
+	cfg = (struct sbxd_config){ .listen = "127.0.0.1:0", .workspace = ws, .token = TOKEN,
 				    .state_dir = state, .sandbox_id = "fuzz" };
 	sbxd_cfg = &cfg;
 	signal(SIGPIPE, SIG_IGN);
@@ -63,10 +138,15 @@ static void start(void)
 	snprintf(p, sizeof p, "%s/out", ws);
 	symlink("/", p);
 	watch_init();
-	server = httpd_start(&cfg);
+	sbxd = (struct sbxd){ .cfg = &cfg, .procs = procs_new(), .ports = ports_new(&cfg) };
+	static struct httpd_hook preview;
+	preview = preview_hook(sbxd.ports);
+	server = httpd_start(&sbxd, &preview);
 	if (!server)
 		abort();
 	port = httpd_port(server);
+	ports_set_server_port(sbxd.ports, port);
+	expose_upstream();
 }
 
 static int connect_server(void)
@@ -108,13 +188,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		start();
 	if (size < 1)
 		return 0;
-	unsigned t = data[0] % N_TARGETS;
+	unsigned t = data[0] % (N_TARGETS + N_PREVIEWS);
+	const char *method = t < N_TARGETS ? targets[t].method : previews[t - N_TARGETS].method;
+	const char *path = t < N_TARGETS ? targets[t].path : previews[t - N_TARGETS].path;
+	const char *host = t < N_TARGETS ? "127.0.0.1" : previews[t - N_TARGETS].host;
 	char head[512];
 	int n = snprintf(head, sizeof head,
-			 "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer t\r\n"
+			 "%s %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer " TOKEN "\r\n"
 			 "Content-Type: application/json\r\nContent-Length: %zu\r\n"
-			 "Connection: close\r\n\r\n",
-			 targets[t].method, targets[t].path, size - 1);
+			 "Connection: close\r\n\r\n", method, path, host, size - 1);
 	int fd = connect_server();
 	send_all(fd, head, (size_t)n);
 	send_all(fd, data + 1, size - 1);
@@ -135,8 +217,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		abort();
 	}
 	/* A 5xx is a bug unless it is the API's answer for an errno (the container's
-	 * FILESYSTEM_ERROR of a failed mkdir, say): then its body names the errno. A handler
-	 * that gave no reply at all is a bug whatever httpd made of it. */
+	 * FILESYSTEM_ERROR of a failed mkdir, or ENOSPC of a table at its bound): then its body
+	 * names the errno. A handler that gave no reply at all is a bug whatever httpd made of
+	 * it. */
 	if (got < 12 || memcmp(first, "HTTP/1.1 ", 9) != 0 ||
 	    (first[9] == '5' && (!strstr(first, "\"errno\":\"E") ||
 				 strstr(first, "\"message\":\"no reply\"")))) {

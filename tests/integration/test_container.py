@@ -389,6 +389,16 @@ def test_option_values(build_dir, arg, ok):
         assert p.returncode == 2 and arg.split('=')[0].encode() + b' wants ' in p.stderr, p
 
 
+@pytest.mark.parametrize('listen', ['127.0.0.1:65536', '127.0.0.1:4294967296',
+                                    '127.0.0.1:18446744073709551617', '127.0.0.1:', '7070'])
+def test_listen_port_out_of_range(build_dir, listen):
+    sbxd = os.path.join(build_dir, 'src', 'sbxd')
+    env = {k: v for k, v in os.environ.items() if k != 'SBXD_TOKEN'}
+    p = subprocess.run([sbxd, '--listen', listen], capture_output=True, env=env,
+                       timeout=20 * SLOW)
+    assert p.returncode == 2 and b'--listen wants HOST:PORT' in p.stderr, p
+
+
 def test_preview_base_on_the_host(build_dir):
     s = Sandbox(build_dir, 'ext')
     s.server_args = ['--preview-base', 'HTTP://Sbx.Example.com:8443', '--sandbox-id', 'Box-2']

@@ -130,7 +130,7 @@ static bool handle(int fd, const struct req *r)
 		return ok;
 	}
 	if (strncmp(p, "/flaky/", 7) == 0) {
-		int n = atomic_fetch_add(&srv.flaky[atoi(p + 7) & 7], 1) + 1;
+		int n = atomic_fetch_add(&srv.flaky[strtol(p + 7, NULL, 10) & 7], 1) + 1;
 		if (n <= 2)
 			return json_respond(fd, 503, "{\"code\":\"UNAVAILABLE\",\"message\":\"busy\"}");
 		char body[64];
@@ -296,10 +296,10 @@ static int listen_local(int *port)
 	int fd = socket(AF_INET, SOCK_STREAM, 0);
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
 	socklen_t al = sizeof(a);
-	if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 64) < 0 ||
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 64) < 0 ||
 	    getsockname(fd, (struct sockaddr *)&a, &al) < 0) {
-		close(fd);
-		return -1;
+		printf("Bail out! a listening socket on 127.0.0.1: %s\n", strerror(errno));
+		exit(1);
 	}
 	*port = ntohs(a.sin_port);
 	return fd;

@@ -17,6 +17,9 @@ static int unit_n, unit_failed;
 		} \
 	} while (0)
 #define CHECK_STR(a, b) CHECK((a) != NULL && strcmp((a), (b)) == 0)
+/* whether text (NULL: none yet) holds needle, or lacks it */
+#define CHECK_HAS(text, needle) CHECK((text) != NULL && strstr((text), (needle)) != NULL)
+#define CHECK_LACKS(text, needle) CHECK((text) == NULL || strstr((text), (needle)) == NULL)
 #define CHECK_MEM(a, b, n) CHECK(memcmp((a), (b), (n)) == 0)
 #define UNIT_DONE() (printf("1..%d\n", unit_n), unit_failed ? 1 : 0)
 #endif

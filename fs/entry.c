@@ -1,0 +1,52 @@
+/* Entry replies (fs/entry.h). */
+#include "fs/entry.h"
+#include <errno.h>
+#include <string.h>
+#include "fs/internal.h"
+
+void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st)
+{
+	n->attr = *st;
+	n->ino = st->st_ino;
+	n->type = st->st_mode & S_IFMT;
+	n->attr_valid = true;
+	n->attr_expiry = fs_now() + fs->cfg.attr_timeout;
+}
+
+struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *name,
+			   enum node_kind kind, const struct stat *st, const char *target,
+			   bool cache, const struct reply_timeouts *to, struct fuse_entry_param *e)
+{
+	struct nodes *t = &fs->nodes;
+	struct node *n = nodes_child(t, parent, name);
+	if (n && (n->ino != st->st_ino || n->type != (st->st_mode & S_IFMT)))
+		nodes_detach(t, n), n = NULL;
+	if (!n) {
+		n = nodes_add(t, parent, name, kind);
+		n->ino = st->st_ino;
+		n->type = st->st_mode & S_IFMT;
+	}
+	if (cache)
+		fs_cache_attr(fs, n, st);
+	else if (!n->attr_valid)
+		n->attr = *st; /* not trusted, but st_nlink tells about hard links */
+	if (target && !n->target)
+		n->target = strdup(target);
+	nodes_lookup(n);
+	memset(e, 0, sizeof(*e));
+	e->ino = n->id;
+	e->attr = *st;
+	e->attr_timeout = fs_attr_ttl(st, to->attr);
+	e->entry_timeout = to->entry;
+	return n;
+}
+
+void fs_reply_negative(fuse_req_t req, const struct reply_timeouts *to)
+{
+	if (to->negative <= 0) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct fuse_entry_param e = { .ino = 0, .entry_timeout = to->negative };
+	fuse_reply_entry(req, &e);
+}
