@@ -1,5 +1,5 @@
 /* Change events under /workspace as a stream of their own, for a reader that wants to see
- * them (the mount's watch file, docs/watch.md); the cache's watcher is sbx_watch_start().
+ * them (the mount's watch file, docs/sessions.md); the cache's watcher is sbx_watch_start().
  *
  * One POST /api/watch stream per sbx_events, on the shared network thread: nothing here
  * blocks that thread or holds a thread of its own. The server's events become changes of

@@ -1,4 +1,4 @@
-/* watch: changes under /workspace as they happen, one JSON line each (docs/watch.md).
+/* watch: changes under /workspace as they happen, one JSON line each (docs/sessions.md, "watch").
  *
  *   cat watch                       every change, until Ctrl-C
  *   exec 3<>watch; echo 'path=src kind=create,delete' >&3; cat <&3

@@ -1,4 +1,4 @@
-"""watch: changes under /workspace as JSON lines through the mount (docs/watch.md), in both
+"""watch: changes under /workspace as JSON lines through the mount (docs/sessions.md, "watch"), in both
 modes: made inside the sandbox and through the mount, they arrive in order and within a
 second; filters by subtree and kind; Ctrl-C, poll, and bad options."""
 import errno
