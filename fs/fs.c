@@ -165,28 +165,58 @@ double fs_attr_ttl(const struct stat *st, double ttl)
 	return S_ISREG(st->st_mode) && st->st_nlink > 1 ? 0 : ttl;
 }
 
+ino_t fs_node_shown_ino(const struct node *n)
+{
+	return n->ino_provisional ? FS_PROVISIONAL_INO | n->id : n->ino;
+}
+
+bool fs_node_is(const struct node *n, const struct stat *st)
+{
+	if (n->type != (st->st_mode & S_IFMT))
+		return false;
+	if (!st->st_ino)
+		return n->ino_provisional;
+	return n->ino == st->st_ino || st->st_ino == fs_node_shown_ino(n) ||
+	       (n->ino_provisional && !n->ino);
+}
+
+void fs_node_ino(struct node *n, struct stat *st)
+{
+	/* the sandbox's number, learned; never the one shown, which is ours */
+	if (n->ino_provisional && !n->ino && st->st_ino && st->st_ino != fs_node_shown_ino(n))
+		n->ino = st->st_ino;
+	st->st_ino = n->ino_provisional || !st->st_ino ? fs_node_shown_ino(n) : st->st_ino;
+}
+
 void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st)
 {
+	if (!n->ino_provisional && st->st_ino)
+		n->ino = st->st_ino;
 	n->attr = *st;
-	n->ino = st->st_ino;
+	fs_node_ino(n, &n->attr);
 	n->type = st->st_mode & S_IFMT;
 	n->attr_valid = true;
 	n->attr_expiry = fs_now() + fs->cfg.attr_timeout;
 }
 
 struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *name,
-			   enum node_kind kind, const struct stat *st, const char *target,
+			   enum node_kind kind, const struct stat *in, const char *target,
 			   bool cache, const struct reply_timeouts *to, struct fuse_entry_param *e)
 {
 	struct nodes *t = &fs->nodes;
+	struct stat st_fixed = *in;
+	struct stat *st = &st_fixed;
 	struct node *n = nodes_child(t, parent, name);
-	if (n && (n->ino != st->st_ino || n->type != (st->st_mode & S_IFMT)))
+	if (n && !fs_node_is(n, st))
 		nodes_detach(t, n), n = NULL;
 	if (!n) {
 		n = nodes_add(t, parent, name, kind);
+		/* a file not yet in the sandbox (st_ino 0) gets a number of its own */
+		n->ino_provisional = !st->st_ino;
 		n->ino = st->st_ino;
 		n->type = st->st_mode & S_IFMT;
 	}
+	fs_node_ino(n, st);
 	if (cache)
 		fs_cache_attr(fs, n, st);
 	else if (!n->attr_valid)
@@ -604,11 +634,9 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct node *dir = NULL;
 	struct reply_timeouts to = fs_timeouts(fs, snap->events);
 	nodes_lock(&fs->nodes);
-	if (plus) {
-		dir = nodes_get(&fs->nodes, ino);
-		if (dir)
-			nodes_hold(dir);
-	}
+	dir = nodes_get(&fs->nodes, ino);
+	if (dir)
+		nodes_hold(dir);
 	/* Offsets: 0 ".", 1 "..", then entry i at i + 2; each entry carries the next offset. */
 	for (off_t i = off; i < (off_t)snap->n + 2; i++) {
 		const char *name;
@@ -634,6 +662,10 @@ static void do_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 				else
 					child = NULL;
 			}
+			/* a file the kernel knows by a number of ours is listed with it */
+			struct node *c = dir && !child ? nodes_child(&fs->nodes, dir, name) : NULL;
+			if (c && c->ino_provisional && fs_node_is(c, &d->st))
+				e.attr.st_ino = fs_node_shown_ino(c);
 		}
 		size_t want = plus ? fuse_add_direntry_plus(req, buf + used, size - used, name,
 							    &e, i + 1)
