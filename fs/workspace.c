@@ -1015,6 +1015,34 @@ const struct kind_ops workspace_kind_ops = {
 	/* statfs: the root's, which op_statfs uses for kinds without one. */
 };
 
+void workspace_made(struct sbxfs *fs, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path || !slash[1])
+		return;
+	char *dir = strndup(path, (size_t)(slash - path));
+	if (!dir)
+		abort();
+	nodes_lock(&fs->nodes);
+	struct node *n = nodes_resolve(&fs->nodes, path);
+	if (n) {
+		nodes_touch(&fs->nodes, n);
+		n->attr_valid = false;
+		nodes_drop_list(&fs->nodes, n);
+	}
+	struct node *p = nodes_resolve(&fs->nodes, dir);
+	if (p) {
+		nodes_touch(&fs->nodes, p);
+		p->attr_valid = false;
+		if (p->list)
+			dirlist_put(p->list, slash + 1, NULL, NULL);
+	}
+	nodes_unlock(&fs->nodes);
+	free(dir);
+	/* the kernel's own entries, as for an event (a handler must not notify) */
+	invalidator_change(fs->inval, path, "create", true);
+}
+
 /* ---- open files ---- */
 
 static struct ofile *ofile_of(struct fuse_file_info *fi)
