@@ -580,6 +580,17 @@ static int fb_rename(struct sbx *s, const char *from, const char *to, unsigned f
 
 /* ---- the client's other requests ---- */
 
+int sbx_fallback_check_dir(struct sbx *s, const char *path)
+{
+	struct stat st;
+	int err = fb_lstat(s, path, &st, NULL);
+	if (!err && S_ISLNK(st.st_mode))
+		err = fb_run_then_stat(s, FB_WHAT("stat", path), NULL, path, true, &st, NULL);
+	if (!err && !S_ISDIR(st.st_mode))
+		err = -ENOTDIR;
+	return err ? sbx_fail(err, "%s: %s", path, strerror(-err)) : 0;
+}
+
 /* Before a command, process, code or clone: everything this client did is in the sandbox. */
 static void fb_settle(struct sbx *s)
 {

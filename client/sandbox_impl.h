@@ -84,6 +84,9 @@ struct sbx {
  * (aborts when out of memory, as every allocation here does), freed (after applying what it
  * still holds back) by sbx_close(). */
 void sbx_fallback_init(struct sbx *s);
+/* 0 when path (following a symlink) is a directory in the sandbox, else the errno a chdir
+ * would give: a plain container's process start hangs on a cwd that is none. */
+int sbx_fallback_check_dir(struct sbx *s, const char *path);
 void sbx_fallback_fini(struct sbx *s);
 
 /* Every backend's open file starts with this, so the public calls dispatch on the backend that
