@@ -562,7 +562,9 @@ int fb_cache_lstat(struct sbx *s, const char *path, struct stat *st, char **targ
 	int r = 1;
 	pthread_mutex_lock(&k->lock);
 	struct cnode *n = lookup(k, path);
-	if (n && n->attrs && fresh(k, n, now)) {
+	/* a symlink this client made is kept without its target: that is asked for */
+	bool whole = n && n->attrs && (!target || !S_ISLNK(n->st.st_mode) || n->target);
+	if (whole && fresh(k, n, now)) {
 		*st = n->st;
 		if (target)
 			*target = sbx_strdup(n->target);

@@ -192,3 +192,15 @@ def test_chown_to_the_owner_it_has(d):
     assert os.stat(os.path.join(d.m, 'f')).st_uid == st.st_uid
     # chown clears set-id bits even when the owner stays: that is a change
     assert attrs(d.h, 'f')[0] & 0o7000 == attrs(d.m, 'f')[0] & 0o7000
+
+
+def test_symlink_read_back_after_the_kernel_forgot_it(d):
+    d.sh('ln -s some/target l && mkdir dd && ln -s ../l dd/up')
+    os.sync()
+    try:
+        with open('/proc/sys/vm/drop_caches', 'w') as f:
+            f.write('2')                # dentries and inodes: the kernel asks again
+    except OSError:
+        pytest.skip('cannot drop the kernel caches (not root)')
+    assert os.readlink(os.path.join(d.m, 'l')) == 'some/target'
+    assert os.readlink(os.path.join(d.m, 'dd/up')) == '../l'
