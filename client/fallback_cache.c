@@ -670,7 +670,8 @@ static bool listed_lately(struct fb_cache *k, const char *path, long long now)
 	return false;
 }
 
-/* One level: the listing command as it always was. */
+/* One level: the listing command as it always was; 1 when entries were dropped from it (it
+ * is not kept then: it cannot say that a name the server sent is absent). */
 static int list_one(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n)
 {
 	struct strbuf sb = STRBUF_INIT, dir = STRBUF_INIT;
@@ -686,9 +687,9 @@ static int list_one(struct sbx *s, const char *path, struct sbx_dirent **ents, s
 	strbuf_free(&sb);
 	if (err)
 		return err;
-	find_parse_listing(path, out, len, ents, n);
+	bool exact = find_parse_listing(path, out, len, ents, n);
 	free(out);
-	return 0;
+	return exact ? 0 : 1;
 }
 
 /* The directory and its subtree: the top's own entries first, whatever their number, then
@@ -748,7 +749,9 @@ static int fetch(struct sbx *s, const char *path, bool only_tree, struct sbx_dir
 	}
 	if (!tree) {
 		int err = list_one(s, path, ents, n);
-		if (!err) {
+		if (err == 1)
+			err = 0;
+		else if (!err) {
 			pthread_mutex_lock(&k->lock);
 			put_listing(k, path, *ents, *n, since, mono_ms());
 			pthread_mutex_unlock(&k->lock);
@@ -765,7 +768,9 @@ static int fetch(struct sbx *s, const char *path, bool only_tree, struct sbx_dir
 	pthread_mutex_lock(&k->lock);
 	/* parents before children: a child's listing is not dropped by its parent's */
 	for (size_t i = 0; i < nv; i++) {
-		if (!v[i].complete)
+		/* a listing that dropped entries is not kept: a lookup of a dropped name then asks
+		 * the server for it by name, whose answer is judged on its own (EPROTO) */
+		if (!v[i].complete || !v[i].exact)
 			continue;
 		char *dir;
 		if (asprintf(&dir, "%s%s%s", path, *v[i].rel ? "/" : "", v[i].rel) < 0)

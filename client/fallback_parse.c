@@ -130,7 +130,7 @@ int find_parse_stat(const char *out, size_t len, struct stat *st, char **target,
 	return 0;
 }
 
-void find_parse_listing(const char *dir, const char *out, size_t len, struct sbx_dirent **ents,
+bool find_parse_listing(const char *dir, const char *out, size_t len, struct sbx_dirent **ents,
 			size_t *n)
 {
 	struct entry_list l;
@@ -151,6 +151,7 @@ void find_parse_listing(const char *dir, const char *out, size_t len, struct sbx
 		entry_list_add(&l, f[11].s, &st, target, &why);
 	}
 	entry_list_finish(&l, ents, n);
+	return !l.dropped;
 }
 
 /* ---- subtrees ---- */
@@ -195,6 +196,14 @@ static int depth_of(const char *rel)
 	return d;
 }
 
+static size_t acc_lookup(const struct tree_acc *acc, size_t nacc, const char *rel, size_t len)
+{
+	for (size_t i = nacc; i-- > 0;)
+		if (strlen(acc[i].rel) == len && memcmp(acc[i].rel, rel, len) == 0)
+			return i;
+	return SIZE_MAX;
+}
+
 static size_t acc_find(struct tree_acc **acc, size_t *nacc, size_t *cap, const char *rel,
 		       size_t len)
 {
@@ -225,8 +234,9 @@ void find_parse_tree(const char *top, const char *out, size_t len, int max_depth
 	acc[0].listed = true;
 	bool end = false;
 	size_t pos = 0;
-	const char *bad[4]; /* paths dropped for their shape, for the top's warning */
-	size_t nbad = 0;
+	/* paths dropped for their shape, for the top's warning */
+	struct bad { const char *rel, *why; } *bad = NULL;
+	size_t nbad = 0, bcap = 0;
 	while (pos < len && !end) {
 		struct field f[FIND_FIELDS];
 		if (!split_record(out, len, &pos, f))
@@ -237,16 +247,28 @@ void find_parse_tree(const char *top, const char *out, size_t len, int max_depth
 		}
 		const char *rel = f[11].s;
 		size_t rlen = f[11].len;
-		if (!rel_ok(rel, rlen)) {
-			if (nbad < sizeof bad / sizeof bad[0])
-				bad[nbad++] = rel;
+		const char *slash = memrchr(rel, '/', rlen);
+		size_t dlen = slash ? (size_t)(slash - rel) : 0;
+		const char *why = NULL;
+		size_t d = 0;
+		if (!rel_ok(rel, rlen))
+			why = "a path with an empty, '.' or '..' part";
+		/* find prints a directory before what is in it: a path below one it did not print
+		 * as listed (a name with '/' among the top's own entries) is no entry of anything */
+		else if (slash && ((d = acc_lookup(acc, nacc, rel, dlen)) == SIZE_MAX || !acc[d].listed))
+			why = "a path below no directory listed before it";
+		if (why) {
+			if (nbad == bcap) {
+				bcap = bcap ? bcap * 2 : 8;
+				bad = realloc(bad, bcap * sizeof *bad);
+				if (!bad)
+					abort();
+			}
+			bad[nbad++] = (struct bad){ rel, why };
 			continue;
 		}
 		bool unlisted = f[2].len == 1 && f[2].s[0] == 'U';
 		bool dir = f[2].len == 1 && f[2].s[0] == 'd';
-		const char *slash = memrchr(rel, '/', rlen);
-		size_t dlen = slash ? (size_t)(slash - rel) : 0;
-		size_t d = acc_find(&acc, &nacc, &acap, rel, dlen);
 		if (nrec == rcap) {
 			rcap = rcap ? rcap * 2 : 256;
 			recs = realloc(recs, rcap * sizeof *recs);
@@ -287,7 +309,7 @@ void find_parse_tree(const char *top, const char *out, size_t len, int max_depth
 		struct entry_list l;
 		entry_list_init(&l, abs);
 		for (size_t j = 0; i == 0 && j < nbad; j++)
-			entry_list_drop(&l, bad[j], "a path with an empty, '.' or '..' part");
+			entry_list_drop_name(&l, bad[j].rel, bad[j].why);
 		for (size_t j = 0; j < acc[i].n; j++) {
 			struct tree_rec *r = &recs[acc[i].idx[j]];
 			entry_list_add(&l, r->name, &r->st, r->target, &r->why);
@@ -300,10 +322,13 @@ void find_parse_tree(const char *top, const char *out, size_t len, int max_depth
 		/* find walks depth first: without the end, a directory it had not finished and
 		 * one it had not begun look the same */
 		o->complete = acc[i].listed && (end || i == 0);
+		/* one that dropped entries cannot say a name is absent: the server may have it */
+		o->exact = !l.dropped;
 		free(acc[i].idx);
 	}
 	free(acc);
 	free(recs);
+	free(bad);
 	*dirs = v;
 	*ndirs = nv;
 }

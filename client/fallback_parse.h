@@ -37,8 +37,9 @@ int find_parse_stat(const char *out, size_t len, struct stat *st, char **target,
 
 /* The records of `find DIR/ -mindepth 1 -maxdepth 1 -printf FIND_STAT_FMT` as the entries of
  * dir: records that are not whole or that entry_check.c drops are left out, with one warning
- * for the listing. Never fails. */
-void find_parse_listing(const char *dir, const char *out, size_t len, struct sbx_dirent **ents,
+ * for the listing. Never fails; false when something was dropped (the listing cannot say
+ * then that a name is absent). */
+bool find_parse_listing(const char *dir, const char *out, size_t len, struct sbx_dirent **ents,
 			size_t *n);
 
 /* One directory of a subtree listing: rel is its path below the top ("" for the top itself,
@@ -48,13 +49,15 @@ struct find_tree_dir {
 	struct sbx_dirent *ents;
 	size_t n;
 	bool complete;
+	bool exact;     /* nothing was dropped from it */
 };
 /* The records of the subtree command for directory top (absolute): its own entries (depth 1),
  * then those below down to max_depth, and FIND_TREE_END unless that part was cut off. The top
  * is complete (the command makes sure its own entries are all there); a directory below it
  * when it was listed (above max_depth, readable) and the end was seen: find walks depth
  * first, so in output cut off a directory it had not finished and one it had not begun look
- * the same. Records whose path has an empty, "." or ".." component are dropped, and every
+ * the same. Records whose path has an empty, "." or ".." component, or that lie below no
+ * directory listed before them, are dropped (in the top's warning), and every
  * entry is judged as in a listing (one warning per directory). Never fails. */
 void find_parse_tree(const char *top, const char *out, size_t len, int max_depth,
 		     struct find_tree_dir **dirs, size_t *ndirs);

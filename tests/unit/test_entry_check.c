@@ -406,8 +406,25 @@ static void test_find_tree(void)
 	CHECK(!tree_dir(v, n, "a/.."));
 	find_tree_free(v, n);
 
+	/* a path below no directory printed before it (a name with '/' among the top's own
+	 * entries, from a hostile server): no entry of anything; what dropped entries is not
+	 * exact (a lookup of a dropped name must ask), what did not is */
+	static const char stray[] =
+		REC("1", "644", "f", "3", "1.0", "1.0", "1.0", "x/y", "")
+		REC("2", "755", "d", "4096", "1.0", "1.0", "1.0", "a", "")
+		REC("3", "644", "f", "3", "1.0", "1.0", "1.0", "a/z", "")
+		REC("4", "644", "f", "3", "1.0", "1.0", "1.0", "q/r/s", "")
+		END;
+	find_parse_tree("/workspace/t", stray, sizeof stray - 1, 8, &v, &n);
+	top = tree_dir(v, n, "");
+	a = tree_dir(v, n, "a");
+	CHECK(top && top->complete && !top->exact && top->n == 1);
+	CHECK(a && a->complete && a->exact && a->n == 1);
+	CHECK(!tree_dir(v, n, "x") && !tree_dir(v, n, "q/r"));
+	find_tree_free(v, n);
+
 	find_parse_tree("/workspace/t", "", 0, 8, &v, &n);
-	CHECK(n == 1 && v[0].complete && v[0].n == 0);
+	CHECK(n == 1 && v[0].complete && v[0].exact && v[0].n == 0);
 	find_tree_free(v, n);
 }
 
