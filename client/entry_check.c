@@ -404,6 +404,13 @@ void entry_list_drop(struct entry_list *l, const char *what, const char *why)
 	note_listing(&l->notes_dropped, &l->unnoted_dropped, NULL, text);
 }
 
+void entry_list_drop_name(struct entry_list *l, const char *name, const char *why)
+{
+	l->sent++;
+	l->dropped++;
+	note_listing(&l->notes_dropped, &l->unnoted_dropped, name, why);
+}
+
 static int by_name_then_place(const void *a, const void *b)
 {
 	const struct sbx_dirent *x = *(const struct sbx_dirent *const *)a;

@@ -98,6 +98,9 @@ void entry_list_add(struct entry_list *l, const char *name, const struct stat *s
 		    char *target, const struct entry_why *why);
 /* Something that could not even be read as an entry: what it was, and why. */
 void entry_list_drop(struct entry_list *l, const char *what, const char *why);
+/* One the server sent that is dropped before it is judged as an entry (a path of a subtree
+ * listing that names no entry): named escaped, as entries are. */
+void entry_list_drop_name(struct entry_list *l, const char *name, const char *why);
 /* Drops the later entries of a name already listed, warns once when anything was dropped or
  * adjusted, and hands the entries over (sbx_dirents_free frees them); l is empty afterwards. */
 void entry_list_finish(struct entry_list *l, struct sbx_dirent **ents, size_t *n);

@@ -143,6 +143,10 @@ int sbx_git_clone(struct sbx *s, const struct sbx_clone *c, struct sbx_clone_res
 		} else {
 			r->dir = sbx_strdup(dir);
 			r->branch = sbx_strdup(json_str(j, "branch") ? json_str(j, "branch") : "");
+			/* what the backend knows of the target is older than the clone */
+			const struct sbx_ops *ops = atomic_load(&s->ops);
+			if (ops->changed)
+				ops->changed(s, dir);
 		}
 		cJSON_Delete(j);
 	}

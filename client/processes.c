@@ -138,6 +138,13 @@ int sbx_process_start_in(struct sbx *s, const char *session, const char *command
 		c++;
 	if (!*c)
 		return sbx_fail(-EINVAL, "process start: the command is empty");
+	/* a plain container never starts a process in a cwd that does not exist, nor says so */
+	int cwd_err = cwd && s->fb ? sbx_fallback_check_dir(s, cwd) : 0;
+	if (cwd_err) {
+		char why[512];
+		snprintf(why, sizeof why, "%s", sbx_last_error());
+		return sbx_fail(cwd_err, "process start: cwd %s", why);
+	}
 	cJSON *body = cJSON_CreateObject();
 	cJSON_AddStringToObject(body, "command", command);
 	if (cwd)

@@ -121,8 +121,24 @@ int sbx_fail_response(const char *what, long status, const char *body, size_t bo
 	return -err;
 }
 
+/* Before a request that may run something in the sandbox: the backend's settle hook. */
+static void settle(struct sbx *s)
+{
+	const struct sbx_ops *ops = atomic_load(&s->ops);
+	if (ops->settle)
+		ops->settle(s);
+}
+
 int sbx_call(struct sbx *s, const char *what, const char *method, const char *path,
 	     cJSON *body, bool idempotent, long timeout_ms, cJSON **out)
+{
+	if (strcmp(method, "POST") == 0)
+		settle(s);
+	return sbx_call_unsettled(s, what, method, path, body, idempotent, timeout_ms, out);
+}
+
+int sbx_call_unsettled(struct sbx *s, const char *what, const char *method, const char *path,
+		       cJSON *body, bool idempotent, long timeout_ms, cJSON **out)
 {
 	char *text = body ? json_print(body) : NULL;
 	cJSON_Delete(body);
@@ -288,6 +304,7 @@ static int probe(struct sbx *s)
 	s->server = strdup("cloudflare-container");
 	s->version = strdup("");
 	s->info.extensions = false;
+	sbx_fallback_init(s);
 	atomic_store(&s->ops, &sbx_fallback_ops);
 out:
 	http_response_clear(&resp);
@@ -330,6 +347,7 @@ void sbx_close(struct sbx *s)
 	if (!s)
 		return;
 	sbx_lease_stop(s->lease);
+	sbx_fallback_fini(s);
 	http_client_free(s->http);
 	free(s->server);
 	free(s->version);
@@ -345,6 +363,8 @@ void sbx_force_fallback(struct sbx *s)
 {
 	s->info.extensions = false;
 	s->keys = false; /* as a plain container, which knows none */
+	if (!s->fb)
+		sbx_fallback_init(s);
 	atomic_store(&s->ops, &sbx_fallback_ops);
 }
 
@@ -440,6 +460,17 @@ int sbx_file_flush(struct sbx_file *f) { return f->ops->file_flush(f); }
 int sbx_file_fsync(struct sbx_file *f, bool datasync) { return f->ops->file_fsync(f, datasync); }
 int sbx_file_fstat(struct sbx_file *f, struct stat *st) { return f->ops->file_fstat(f, st); }
 
+int sbx_file_setattr(struct sbx_file *f, unsigned valid, const struct stat *want,
+		     struct stat *st)
+{
+	return f->ops->file_setattr(f, valid, want, st);
+}
+
+int sbx_file_cached_stat(struct sbx_file *f, struct stat *st)
+{
+	return f->ops->file_cached_stat(f, st);
+}
+
 int sbx_file_ftruncate(struct sbx_file *f, off_t size)
 {
 	if (size < 0)
@@ -518,7 +549,11 @@ static int exec_bounded(struct sbx *s, const char *command, const char *cwd, lon
 	cJSON_AddStringToObject(body, "sessionId", "__DISABLE_SESSION__");
 	cJSON_AddStringToObject(body, "encoding", "base64");
 	cJSON *j;
-	int err = sbx_call(s, "execute", "POST", "/api/execute", body, repeatable, http_ms, &j);
+	/* the fallback's helpers (repeatable) settle by themselves; a user's command settles */
+	int err = repeatable ? sbx_call_unsettled(s, "execute", "POST", "/api/execute", body, true,
+						  http_ms, &j)
+			     : sbx_call(s, "execute", "POST", "/api/execute", body, false, http_ms,
+					&j);
 	if (err)
 		return err;
 	err = sbx_exec_answer("execute", j, r);
@@ -598,8 +633,21 @@ static void watch_set_state(struct sbx_watch *w, bool healthy)
 	if (w->healthy == healthy)
 		return;
 	w->healthy = healthy;
+	const struct sbx_ops *ops = atomic_load(&w->s->ops);
+	if (ops->watching && strcmp(w->path, "/workspace") == 0)
+		ops->watching(w->s, healthy);
 	if (w->ops.on_state)
 		w->ops.on_state(w->arg, healthy);
+}
+
+/* Events may have been lost: whatever the backend and the caller cache must go. */
+static void watch_lost_events(struct sbx_watch *w)
+{
+	const struct sbx_ops *ops = atomic_load(&w->s->ops);
+	if (ops->changed)
+		ops->changed(w->s, NULL);
+	if (w->ops.on_resync)
+		w->ops.on_resync(w->arg);
 }
 
 static int watch_on_event(void *arg, const struct sse_event *ev)
@@ -613,6 +661,9 @@ static int watch_on_event(void *arg, const struct sse_event *ev)
 	} else if (strcmp(type, "event") == 0) {
 		const char *path = json_str(j, "path");
 		const char *et = json_str(j, "eventType");
+		const struct sbx_ops *ops = atomic_load(&w->s->ops);
+		if (path && ops->changed)
+			ops->changed(w->s, path);
 		if (path && et && w->ops.on_change)
 			w->ops.on_change(w->arg, path, et, json_bool(j, "isDirectory", false));
 	} else if (strcmp(type, "watching") == 0) {
@@ -620,12 +671,11 @@ static int watch_on_event(void *arg, const struct sse_event *ev)
 		bool resync = w->ever_connected;
 		w->connected = w->ever_connected = true;
 		pthread_mutex_unlock(&w->lock);
-		if (resync && w->ops.on_resync)
-			w->ops.on_resync(w->arg);
+		if (resync)
+			watch_lost_events(w);
 		watch_set_state(w, true);
 	} else if (strcmp(type, "overflow") == 0) {
-		if (w->ops.on_resync)
-			w->ops.on_resync(w->arg);
+		watch_lost_events(w);
 	} else if (strcmp(type, "stopped") == 0 || strcmp(type, "error") == 0) {
 		const char *why = json_str(j, "reason") ? json_str(j, "reason") : json_str(j, "error");
 		log_info("watch %s: the server ended it (%s: %s)", w->path, type,
@@ -764,6 +814,10 @@ void sbx_watch_stop(struct sbx_watch *w)
 	pthread_cond_broadcast(&w->cond);
 	pthread_mutex_unlock(&w->lock);
 	pthread_join(w->thread, NULL);
+	/* its events stop: for the backend's caches it is as good as broken */
+	const struct sbx_ops *ops = atomic_load(&w->s->ops);
+	if (w->healthy && ops->watching && strcmp(w->path, "/workspace") == 0)
+		ops->watching(w->s, false);
 	pthread_cond_destroy(&w->cond);
 	pthread_mutex_destroy(&w->lock);
 	free(w->path);

@@ -96,12 +96,20 @@ enum {
 int sbx_setattr(struct sbx *s, const char *path, unsigned valid, const struct stat *want,
 		struct stat *st);
 
-/* Open files. flags are open(2) flags (O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_APPEND).
- * Backed by a server-side handle (extensions) or a local copy (fallback), so an open file keeps
- * working after it is renamed or unlinked through any path. st (may be NULL) receives the
- * attributes after opening, except for a lazy open: with the extensions, a read-only open
- * without O_CREAT/O_TRUNC costs no round trip (reads go by path until sbx_file_pin()), so it
- * cannot fail for a missing file and leaves st with st_mode == 0 (attributes unknown). */
+/* Open files. flags are open(2) flags (O_ACCMODE, O_CREAT, O_EXCL, O_TRUNC, O_APPEND), plus
+ * SBX_O_NEW below. Backed by a server-side handle (extensions) or a local copy (fallback), so an
+ * open file keeps working after it is renamed or unlinked through any path. st (may be NULL)
+ * receives the attributes after opening, except for a lazy open: with the extensions, a
+ * read-only open without O_CREAT/O_TRUNC costs no round trip (reads go by path until
+ * sbx_file_pin()), so it cannot fail for a missing file and leaves st with st_mode == 0
+ * (attributes unknown).
+ *
+ * SBX_O_NEW (with O_CREAT): the caller knows that path does not exist (a listing that change
+ * events keep current says so). The fallback then makes the file in the sandbox only when it
+ * first sends it (flush, fsync, close), or earlier when something needs it there (an operation
+ * on that name or on its directory, a command the client runs): until then st and the file's
+ * fstat report st_ino 0, "not known yet"; the first stat after that gives the real one. */
+#define SBX_O_NEW 010000000000
 int sbx_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 		  struct sbx_file **out, struct stat *st);
 ssize_t sbx_file_pread(struct sbx_file *f, void *buf, size_t len, off_t off);
@@ -113,16 +121,16 @@ int sbx_file_flush(struct sbx_file *f);
 int sbx_file_fsync(struct sbx_file *f, bool datasync);
 int sbx_file_fstat(struct sbx_file *f, struct stat *st);
 int sbx_file_ftruncate(struct sbx_file *f, off_t size);
-/* setattr through an open file (SBX_SET_*), st (may be NULL) receiving the result. The
- * extensions backend defers what cannot fail (mode and times of a file this open created, an
- * owner left unchanged) to the next flush, which sends it along with the buffered data in
- * one request; st then holds the attributes as they will be. -ENOSYS for a backend whose
- * files are set by path (the fallback). */
+/* setattr through an open file (SBX_SET_*), st (may be NULL) receiving the result. Both
+ * backends defer what cannot fail (mode and times of a file this open created, an owner left
+ * unchanged) to the next flush, which sends it along with the buffered data (the fallback:
+ * with a batch of such changes, client/fallback_settle.c); st then holds the attributes as
+ * they will be. -ENOSYS for what must be set by path (with the fallback: anything else). */
 int sbx_file_setattr(struct sbx_file *f, unsigned valid, const struct stat *want,
 		     struct stat *st);
 /* The attributes of a file open for writing as its handle knows them (the sandbox's last
  * answer, the buffered size, deferred attributes), without a round trip. -EAGAIN when it
- * knows none (then flush and sbx_file_fstat), -ENOSYS for the fallback backend. */
+ * knows none (then flush and sbx_file_fstat). */
 int sbx_file_cached_stat(struct sbx_file *f, struct stat *st);
 /* Makes sure f keeps working after its path goes away (unlink, rename over it): a lazily
  * opened read-only file gets its server-side handle now. The filesystem calls it for every open

@@ -533,6 +533,7 @@ static int close_handle(struct ext_file *f)
 static int ext_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 			 struct sbx_file **out, struct stat *st)
 {
+	flags &= ~SBX_O_NEW; /* a hint the extensions do not need: creating costs one request */
 	struct ext_file *f = calloc(1, sizeof *f);
 	if (!f || !(f->path = strdup(path))) {
 		free(f);
@@ -770,12 +771,9 @@ static void defer(struct ext_file *f, unsigned valid, const struct stat *want)
 		f->pend_st.st_mtim = want->st_mtim;
 }
 
-int sbx_file_setattr(struct sbx_file *base, unsigned valid, const struct stat *want,
-		     struct stat *st)
+static int ext_file_setattr(struct sbx_file *base, unsigned valid, const struct stat *want,
+			    struct stat *st)
 {
-	if (base->ops != &sbx_ext_ops)
-		return sbx_fail(-ENOSYS, "setattr: open files of the %s backend are set by path",
-				base->ops->name);
 	struct ext_file *f = (struct ext_file *)base;
 	pthread_mutex_lock(&f->lock);
 	int err = 0;
@@ -790,11 +788,8 @@ int sbx_file_setattr(struct sbx_file *base, unsigned valid, const struct stat *w
 	return err;
 }
 
-int sbx_file_cached_stat(struct sbx_file *base, struct stat *st)
+static int ext_file_cached_stat(struct sbx_file *base, struct stat *st)
 {
-	if (base->ops != &sbx_ext_ops)
-		return sbx_fail(-ENOSYS, "stat: the %s backend keeps no attributes per file",
-				base->ops->name);
 	struct ext_file *f = (struct ext_file *)base;
 	pthread_mutex_lock(&f->lock);
 	bool known = f->handle && f->st_known && ext_writable(f);
@@ -872,6 +867,8 @@ const struct sbx_ops sbx_ext_ops = {
 	.file_flush = ext_file_flush,
 	.file_fsync = ext_file_fsync,
 	.file_fstat = ext_file_fstat,
+	.file_setattr = ext_file_setattr,
+	.file_cached_stat = ext_file_cached_stat,
 	.file_ftruncate = ext_file_ftruncate,
 	.file_pin = ext_file_pin,
 	.file_set_path = ext_file_set_path,

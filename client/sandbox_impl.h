@@ -30,6 +30,9 @@ struct sbx_ops {
 	int (*file_flush)(struct sbx_file *f);
 	int (*file_fsync)(struct sbx_file *f, bool datasync);
 	int (*file_fstat)(struct sbx_file *f, struct stat *st);
+	int (*file_setattr)(struct sbx_file *f, unsigned valid, const struct stat *want,
+			    struct stat *st);
+	int (*file_cached_stat)(struct sbx_file *f, struct stat *st);
 	int (*file_ftruncate)(struct sbx_file *f, off_t size);
 	int (*file_pin)(struct sbx_file *f);
 	int (*file_set_path)(struct sbx_file *f, const char *path);
@@ -38,6 +41,15 @@ struct sbx_ops {
 
 	int (*read_all)(struct sbx *s, const char *path, char **data, size_t *len);
 	ssize_t (*pread_path)(struct sbx *s, const char *path, void *buf, size_t len, off_t off);
+
+	/* Optional: makes the sandbox show everything this client has done so far (the
+	 * fallback's queued attribute changes, files created but not yet sent), before a request
+	 * runs something there that could look (a command, process, code, clone). */
+	void (*settle)(struct sbx *s);
+	/* Optional: a change event for path (NULL: events may have been lost), and whether a
+	 * watch of /workspace is healthy (delivers events). */
+	void (*changed)(struct sbx *s, const char *path);
+	void (*watching)(struct sbx *s, bool healthy);
 };
 
 extern const struct sbx_ops sbx_ext_ops;
@@ -64,7 +76,18 @@ struct sbx {
 	/* the fallback's local copies of open files, keyed by path (sandbox_fallback.c) */
 	pthread_mutex_t copies_lock;
 	struct fb_copy *copies;
+	/* the rest of the fallback's state (client/fallback.h); NULL with the extensions */
+	struct fb_state *fb;
 };
+
+/* The fallback backend's own state: made when sbx_open() or sbx_force_fallback() picks it
+ * (aborts when out of memory, as every allocation here does), freed (after applying what it
+ * still holds back) by sbx_close(). */
+void sbx_fallback_init(struct sbx *s);
+/* 0 when path (following a symlink) is a directory in the sandbox, else the errno a chdir
+ * would give: a plain container's process start hangs on a cwd that is none. */
+int sbx_fallback_check_dir(struct sbx *s, const char *path);
+void sbx_fallback_fini(struct sbx *s);
 
 /* Every backend's open file starts with this, so the public calls dispatch on the backend that
  * opened the file even after sbx_force_fallback(). */
@@ -86,6 +109,10 @@ int sbx_last_lost(void);
  * "<what>: <server's message>". timeout_ms 0 = the client's default. */
 int sbx_call(struct sbx *s, const char *what, const char *method, const char *path,
 	     struct cJSON *body, bool idempotent, long timeout_ms, struct cJSON **out);
+/* sbx_call without settling first (a POST through sbx_call first lets the backend settle):
+ * for a backend's own requests. */
+int sbx_call_unsettled(struct sbx *s, const char *what, const char *method, const char *path,
+		       struct cJSON *body, bool idempotent, long timeout_ms, struct cJSON **out);
 /* sbx_call for an answer that carries one string: *out is field's value (caller frees);
  * EPROTO when it is missing or empty. */
 int sbx_call_string(struct sbx *s, const char *what, const char *method, const char *path,

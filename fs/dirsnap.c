@@ -56,11 +56,9 @@ void dirsnap_reply(fuse_req_t req, struct sbxfs *fs, struct dirsnap *snap, fuse_
 	struct node *dir = NULL;
 	struct reply_timeouts to = fs_timeouts(fs, snap->events);
 	nodes_lock(&fs->nodes);
-	if (plus) {
-		dir = nodes_get(&fs->nodes, ino);
-		if (dir)
-			nodes_hold(dir);
-	}
+	dir = nodes_get(&fs->nodes, ino);
+	if (dir)
+		nodes_hold(dir);
 	/* Offsets: 0 ".", 1 "..", then entry i at i + 2; each entry carries the next offset. */
 	for (off_t i = off; i < (off_t)snap->n + 2; i++) {
 		const char *name;
@@ -86,6 +84,10 @@ void dirsnap_reply(fuse_req_t req, struct sbxfs *fs, struct dirsnap *snap, fuse_
 				else
 					child = NULL;
 			}
+			/* a file the kernel knows by a number of ours is listed with it */
+			struct node *c = dir && !child ? nodes_child(&fs->nodes, dir, name) : NULL;
+			if (c && c->ino_provisional && fs_node_is(c, &d->st))
+				e.attr.st_ino = fs_node_shown_ino(c);
 		}
 		size_t want = plus ? fuse_add_direntry_plus(req, buf + used, size - used, name,
 							    &e, i + 1)

@@ -4,28 +4,58 @@
 #include <string.h>
 #include "fs/internal.h"
 
+ino_t fs_node_shown_ino(const struct node *n)
+{
+	return n->ino_provisional ? FS_PROVISIONAL_INO | n->id : n->ino;
+}
+
+bool fs_node_is(const struct node *n, const struct stat *st)
+{
+	if (n->type != (st->st_mode & S_IFMT))
+		return false;
+	if (!st->st_ino)
+		return n->ino_provisional;
+	return n->ino == st->st_ino || st->st_ino == fs_node_shown_ino(n) ||
+	       (n->ino_provisional && !n->ino);
+}
+
+void fs_node_ino(struct node *n, struct stat *st)
+{
+	/* the sandbox's number, learned; never the one shown, which is ours */
+	if (n->ino_provisional && !n->ino && st->st_ino && st->st_ino != fs_node_shown_ino(n))
+		n->ino = st->st_ino;
+	st->st_ino = n->ino_provisional || !st->st_ino ? fs_node_shown_ino(n) : st->st_ino;
+}
+
 void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st)
 {
+	if (!n->ino_provisional && st->st_ino)
+		n->ino = st->st_ino;
 	n->attr = *st;
-	n->ino = st->st_ino;
+	fs_node_ino(n, &n->attr);
 	n->type = st->st_mode & S_IFMT;
 	n->attr_valid = true;
 	n->attr_expiry = fs_now() + fs->cfg.attr_timeout;
 }
 
 struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *name,
-			   enum node_kind kind, const struct stat *st, const char *target,
+			   enum node_kind kind, const struct stat *in, const char *target,
 			   bool cache, const struct reply_timeouts *to, struct fuse_entry_param *e)
 {
 	struct nodes *t = &fs->nodes;
+	struct stat st_fixed = *in;
+	struct stat *st = &st_fixed;
 	struct node *n = nodes_child(t, parent, name);
-	if (n && (n->ino != st->st_ino || n->type != (st->st_mode & S_IFMT)))
+	if (n && !fs_node_is(n, st))
 		nodes_detach(t, n), n = NULL;
 	if (!n) {
 		n = nodes_add(t, parent, name, kind);
+		/* a file not yet in the sandbox (st_ino 0) gets a number of its own */
+		n->ino_provisional = !st->st_ino;
 		n->ino = st->st_ino;
 		n->type = st->st_mode & S_IFMT;
 	}
+	fs_node_ino(n, st);
 	if (cache)
 		fs_cache_attr(fs, n, st);
 	else if (!n->attr_valid)

@@ -23,6 +23,7 @@
 #include "common/strbuf.h"
 #include "fs/control.h"
 #include "fs/internal.h"
+#include "fs/workspace.h"
 
 #define WORKSPACE "/workspace"
 #define MAX_TIMEOUT_S (24 * 3600L)
@@ -133,6 +134,8 @@ static int clone_commit(struct ctl_handle *h)
 	err = sbx_git_clone(h->sbx, &l.c, &r);
 	if (err == -ECANCELED)
 		err = -EINTR; /* Ctrl-C: what the shell expects of an interrupted close */
+	if (!err)
+		workspace_made(h->fs, r.dir);
 	int n = err ? asprintf(&result, "error: %s\n", r.error)
 		    : asprintf(&result, "ok %s %s\n", r.dir, r.branch);
 	if (n < 0)

@@ -120,7 +120,7 @@ struct alias_walk {
 static void alias_visit(struct node *m, void *arg)
 {
 	struct alias_walk *w = arg;
-	if (m != w->n && m->ino == w->n->ino && S_ISREG(m->type)) {
+	if (m != w->n && m->ino && m->ino == w->n->ino && S_ISREG(m->type)) {
 		forget_cached(w->t, m, false);
 		notice_add(w->ns, (struct notice){ .ino = m->id, .off = 0 });
 	}

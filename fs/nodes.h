@@ -74,7 +74,12 @@ struct node {
 	unsigned ref;
 
 	uint64_t gen;
-	ino_t ino;        /* the sandbox's inode number, as last seen */
+	ino_t ino;        /* the sandbox's inode number, as last seen (0: not known yet) */
+	/* Made before its file had an inode number in the sandbox (sandbox.h, SBX_O_NEW): the
+	 * kernel knows it by a number of ours (FS_PROVISIONAL_INO | id) for the node's whole
+	 * life, since programs compare the numbers they saw (tar replaces the placeholder of a
+	 * symlink only if its number is unchanged); its real one is learned into ino. */
+	bool ino_provisional;
 	mode_t type;      /* S_IFMT bits, as last seen */
 	struct stat attr;
 	bool attr_valid;

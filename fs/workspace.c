@@ -124,7 +124,7 @@ struct alias_scan {
 static void alias_visit(struct node *m, void *arg)
 {
 	struct alias_scan *a = arg;
-	if (m == a->n || m->ino != a->n->ino || m->type != S_IFREG || a->count == 64)
+	if (m == a->n || !m->ino || m->ino != a->n->ino || m->type != S_IFREG || a->count == 64)
 		return;
 	nodes_touch(a->t, m);
 	m->attr_valid = false;
@@ -168,7 +168,20 @@ static struct ofile *sole_writer(struct node *n)
  * handle last answered, the handle knows them (what it buffers and defers included): no
  * round trip. Otherwise flushed, then from a handle (which also works for an unlinked
  * file). Caller holds nothing; n is held. Returns 1 when n has no open files. */
+static int stat_open_handles(struct sbxfs *fs, struct node *n, struct stat *st);
+
 static int stat_open_node(struct sbxfs *fs, struct node *n, struct stat *st)
+{
+	int err = stat_open_handles(fs, n, st);
+	if (!err) {
+		nodes_lock(&fs->nodes);
+		fs_node_ino(n, st);
+		nodes_unlock(&fs->nodes);
+	}
+	return err;
+}
+
+static int stat_open_handles(struct sbxfs *fs, struct node *n, struct stat *st)
 {
 	size_t count;
 	nodes_lock(&fs->nodes);
@@ -243,9 +256,11 @@ static struct node *entry_made(struct sbxfs *fs, struct node *dir, const char *n
 	struct reply_timeouts to = fs_timeouts_at(fs, events, path, true);
 	nodes_touch(t, dir);
 	dir->attr_valid = false;
+	struct node *n = fs_bind_entry(fs, dir, name, NODE_WORKSPACE, st, target, to.attr > 0, &to,
+				       e);
 	if (dir->list)
-		dirlist_put(dir->list, name, st, target);
-	return fs_bind_entry(fs, dir, name, NODE_WORKSPACE, st, target, to.attr > 0, &to, e);
+		dirlist_put(dir->list, name, &e->attr, target);
+	return n;
 }
 
 static void ws_lookup(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name)
@@ -365,13 +380,14 @@ static void ws_getattr(fuse_req_t req, struct sbxfs *fs, struct node *n,
 	nodes_lock(t);
 	struct reply_timeouts to = fs_timeouts_at(fs, ev, path, false);
 	free(path);
-	if (n->ino != st.st_ino || n->type != (st.st_mode & S_IFMT)) {
+	if (!fs_node_is(n, &st)) {
 		/* The name now holds another file: this inode is gone for good. */
 		nodes_detach(t, n);
 		nodes_unlock(t);
 		fuse_reply_err(req, ESTALE);
 		return;
 	}
+	fs_node_ino(n, &st);
 	if (to.attr > 0 && n->gen <= seq)
 		fs_cache_attr(fs, n, &st);
 	nodes_unlock(t);
@@ -470,6 +486,7 @@ done:
 	nodes_lock(t);
 	struct reply_timeouts to = fs_timeouts_at(fs, ev, where, false);
 	free(where);
+	fs_node_ino(n, &st);
 	nodes_touch(t, n);
 	if (to.attr > 0)
 		fs_cache_attr(fs, n, &st);
@@ -546,6 +563,20 @@ static void reply_made(fuse_req_t req, struct sbxfs *fs, struct node *dir, const
 	fuse_reply_entry(req, &e);
 }
 
+/* SBX_O_NEW for a create of name in dir when the listing, kept current by change events,
+ * says the name is free: the backend may then make the file later (sandbox.h). Only for a
+ * create that would replace whatever a process in the sandbox made meanwhile anyway (O_EXCL
+ * fails instead, O_TRUNC empties it): an append must not lose what it did not see. */
+static int create_flags(struct sbxfs *fs, struct node *dir, const char *name, int flags)
+{
+	if (!(flags & (O_EXCL | O_TRUNC)))
+		return flags;
+	nodes_lock(&fs->nodes);
+	bool free_name = list_valid(fs, dir) && !dirlist_find(dir->list, name);
+	nodes_unlock(&fs->nodes);
+	return free_name ? flags | SBX_O_NEW : flags;
+}
+
 static void ws_mknod(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name,
 		     mode_t mode, dev_t rdev)
 {
@@ -559,8 +590,8 @@ static void ws_mknod(fuse_req_t req, struct sbxfs *fs, struct node *dir, const c
 		return;
 	struct sbx_file *f;
 	struct stat st;
-	int err = sbx_file_open(fs->sbx, path, O_WRONLY | O_CREAT | O_EXCL, mode & 07777, &f,
-				&st);
+	int flags = create_flags(fs, dir, name, O_WRONLY | O_CREAT | O_EXCL);
+	int err = sbx_file_open(fs->sbx, path, flags, mode & 07777, &f, &st);
 	if (!err)
 		err = sbx_file_close(f);
 	reply_made(req, fs, dir, name, path, err, &st, NULL, ev, false);
@@ -613,12 +644,22 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 	struct alias_scan a;
 	nodes_lock(&fs->nodes);
 	nodes_touch(&fs->nodes, n);
-	n->attr = st;
+	struct stat shown = st;
+	fs_node_ino(n, &shown); /* a file just made learns its inode number here */
+	n->attr = shown;
 	n->attr_valid = false;
 	struct node *m = entry_made(fs, newdir, newname, to, &st, n->target, ev, &e);
 	aliases_changed(fs, m, &a);
+	uint64_t source = n->id;
 	nodes_unlock(&fs->nodes);
 	free(to);
+	/* `ln a b; stat a` must show two links: the kernel's attributes of a go before the reply.
+	 * An exception to notifying from the invalidator only: invalidating attributes alone
+	 * (offset -1) takes no lock of the inode or its pages, so it cannot wait for the link the
+	 * kernel is waiting for. */
+	err = fuse_lowlevel_notify_inval_inode(fs->se, source, -1, 0);
+	if (err < 0 && err != -ENOENT)
+		log_debug("link: invalidating the source's attributes: %s", strerror(-err));
 	aliases_notify(fs, &a);
 	fuse_reply_entry(req, &e);
 }
@@ -830,6 +871,7 @@ static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fus
 		return;
 	}
 	nodes_lock(t);
+	fs_node_ino(n, &st);
 	struct ofile *of = nodes_open(t, n, f, flags);
 	fi->keep_cache = note_open(fs, n, &st);
 	if (flags & O_TRUNC) {
@@ -856,7 +898,8 @@ static void ws_create(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	struct sbx_file *f;
 	struct stat st;
 	int flags = fi->flags & (O_ACCMODE | O_CREAT | O_EXCL | O_TRUNC | O_APPEND);
-	int err = sbx_file_open(fs->sbx, path, flags | O_CREAT, mode & 07777, &f, &st);
+	int err = sbx_file_open(fs->sbx, path, create_flags(fs, dir, name, flags | O_CREAT),
+				mode & 07777, &f, &st);
 	if (err < 0) {
 		free(path);
 		fuse_reply_err(req, -err);
@@ -976,6 +1019,34 @@ const struct kind_ops workspace_kind_ops = {
 	.list = ws_list,
 	/* statfs: the root's, which op_statfs uses for kinds without one. */
 };
+
+void workspace_made(struct sbxfs *fs, const char *path)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path || !slash[1])
+		return;
+	char *dir = strndup(path, (size_t)(slash - path));
+	if (!dir)
+		abort();
+	nodes_lock(&fs->nodes);
+	struct node *n = nodes_resolve(&fs->nodes, path);
+	if (n) {
+		nodes_touch(&fs->nodes, n);
+		n->attr_valid = false;
+		nodes_drop_list(&fs->nodes, n);
+	}
+	struct node *p = nodes_resolve(&fs->nodes, dir);
+	if (p) {
+		nodes_touch(&fs->nodes, p);
+		p->attr_valid = false;
+		if (p->list)
+			dirlist_put(p->list, slash + 1, NULL, NULL);
+	}
+	nodes_unlock(&fs->nodes);
+	free(dir);
+	/* the kernel's own entries, as for an event (a handler must not notify) */
+	invalidator_change(fs->inval, path, "create", true);
+}
 
 /* ---- open files ---- */
 

@@ -18,6 +18,11 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void workspace_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi);
 void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
 
+/* The mount made path by other means than workspace/ (git/clone): what its caches say of the
+ * name goes now, before the change event that the sandbox may send only moments later, so a
+ * lookup right after the clone finds it. */
+void workspace_made(struct sbxfs *fs, const char *path);
+
 /* Closes every file left open (unmount). */
 void workspace_close_all(struct sbxfs *fs);
 #endif

@@ -1,6 +1,6 @@
 /* libFuzzer target: the fallback backend's parser of `find -printf` output
- * (client/fallback_parse.c), fed arbitrary bytes both as a directory listing and as the stat of
- * one path. Whatever comes in, what comes out must be what the filesystem may trust
+ * (client/fallback_parse.c), fed arbitrary bytes as a directory listing, as the listing of a
+ * subtree and as the stat of one path. Whatever comes in, what comes out must be what the filesystem may trust
  * (client/entry_check.h): names that are valid and unique; a known file type and no other mode
  * bits; an inode number; a size and a block count of 0..2^63-1; at most 2^32-1 links; owners
  * other than (uid_t)-1; nanoseconds below 10^9; a symlink target only for a symlink, neither
@@ -69,6 +69,27 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			abort();
 	free(names);
 	sbx_dirents_free(e, n);
+
+	/* the same bytes as a subtree: every directory's entries as above, the top first and
+	 * complete, no path with an empty, "." or ".." part */
+	struct find_tree_dir *v;
+	size_t nv;
+	find_parse_tree("/workspace/fuzz", out, size, 3, &v, &nv);
+	if (!nv || v[0].rel[0] || !v[0].complete)
+		abort();
+	for (size_t i = 0; i < nv; i++) {
+		const char *r = v[i].rel;
+		if (i && (!*r || *r == '/' || r[strlen(r) - 1] == '/' || strstr(r, "//") ||
+			  strcmp(r, ".") == 0 || strcmp(r, "..") == 0 || strncmp(r, "./", 2) == 0 ||
+			  strncmp(r, "../", 3) == 0 || strstr(r, "/./") || strstr(r, "/../")))
+			abort();
+		for (size_t j = 0; j < v[i].n; j++) {
+			if (entry_name_problem(v[i].ents[j].name))
+				abort();
+			check_stat(&v[i].ents[j].st, v[i].ents[j].target);
+		}
+	}
+	find_tree_free(v, nv);
 
 	struct stat st;
 	struct entry_why why;

@@ -85,7 +85,7 @@ def _finish(sbx):
     proxy_problems = []
     if sbx.proxy is not None:       # no faults while unmounting
         try:
-            sbx.proxy.set(p503=0, reset=0, drop_reply=0, latency_ms=0)
+            sbx.proxy.set(p503=0, reset=0, drop_reply=0, latency_ms=0, event_delay_ms=0)
             sbx.proxy.resume()
             sbx.proxy.restore()
         except (RuntimeError, ValueError, OSError) as e:

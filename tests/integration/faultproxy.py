@@ -11,6 +11,9 @@ seeded RNG:
               connection (FIN) without a byte of it: the request ran, the reply is lost
               (streams, text/event-stream, pass: their answer is not a single reply)
   latency_ms  wait that long before forwarding
+  event_delay_ms  hold each piece of a stream's answer (text/event-stream) that long before
+              passing it on: change events that come late, as from the container, which
+              sends them in batches
 
 The three faults are percentages of the API requests and exclusive (at 10 each, 30 % of the
 requests meet one). stall() holds every request it reads from then on, forwarding none,
@@ -60,7 +63,7 @@ import time
 from urllib.parse import urlsplit
 
 FAULTS = ('p503', 'reset', 'drop_reply')
-_SETTINGS = FAULTS + ('latency_ms',)
+_SETTINGS = FAULTS + ('latency_ms', 'event_delay_ms')
 _HEAD_MAX = 256 * 1024
 _IO = 1 << 16
 _PREVIEW_HOST_RE = re.compile(r'^\d+-[^.]+-')
@@ -295,12 +298,12 @@ class FaultProxy:
         return 'http://%s:%d' % (self.host, self.port)
 
     def set(self, **faults):
-        """Changes fault percentages (p503, reset, drop_reply) and latency_ms; the others
-        keep their values."""
+        """Changes fault percentages (p503, reset, drop_reply), latency_ms and
+        event_delay_ms; the others keep their values."""
         for k, v in faults.items():
             if k not in _SETTINGS:
                 raise ValueError('unknown fault %r (known: %s)' % (k, ', '.join(_SETTINGS)))
-            if v < 0 or (k != 'latency_ms' and v > 100):
+            if v < 0 or (k in FAULTS and v > 100):
                 raise ValueError('%s=%r is out of range' % (k, v))
         with self._lock:
             new = dict(self._settings, **faults)
@@ -581,8 +584,15 @@ class FaultProxy:
                 self._count(key, 'drop_reply')
                 return up, False, False
 
+        def late(d):                        # a stream's pieces, event_delay_ms late
+            with self._lock:
+                delay = self._settings['event_delay_ms']
+            if delay:
+                time.sleep(delay / 1000)
+            client.send(d)
+
         client.send(resp.raw)
-        _copy_body(up, rframing, rlength, client.send, watch=client)
+        _copy_body(up, rframing, rlength, late if stream else client.send, watch=client)
         self._count(key, 'answered')
         if close:
             return up, False, False
@@ -723,6 +733,7 @@ def main():
     ap.add_argument('--drop-reply', type=float, default=0,
                     help='%% forwarded whose answer is lost')
     ap.add_argument('--latency-ms', type=float, default=0)
+    ap.add_argument('--event-delay-ms', type=float, default=0)
     ap.add_argument('--verbose', action='store_true',
                     help='print every request\'s fate to stderr')
     ap.add_argument('--control', action='store_true',
@@ -730,7 +741,8 @@ def main():
     a = ap.parse_args()
     log = (lambda line: print(line, file=sys.stderr, flush=True)) if a.verbose else None
     p = FaultProxy(a.upstream, port=a.listen, seed=a.seed, log=log, p503=a.p503,
-                   reset=a.reset, drop_reply=a.drop_reply, latency_ms=a.latency_ms).start()
+                   reset=a.reset, drop_reply=a.drop_reply, latency_ms=a.latency_ms,
+                   event_delay_ms=a.event_delay_ms).start()
     if a.control:
         signal.signal(signal.SIGINT, signal.SIG_IGN)    # the test's Ctrl-C is for pytest
         return _control(p)

@@ -1,6 +1,7 @@
 """A file of hundreds of MiB written through the mount and read back."""
 import hashlib
 import os
+import stat
 import subprocess
 
 import pytest
@@ -9,9 +10,11 @@ from util import SLOW, sh
 
 MIB = 1024 * 1024
 BIG = 200 * MIB
-# Without the extensions sbxfs writes a whole file with one /api/write (base64 in a 128 MiB
-# request body): docs/protocol.md, "Fallback". Larger files fail with EFBIG.
-FALLBACK_WRITE_MAX = 96 * MIB
+# Without the extensions sbxfs sends a file of up to 16 MiB with one /api/write, a larger one
+# in parts that one command joins in the sandbox (docs/protocol.md, "Fallback"); the
+# container's read limit is 32 MiB, beyond it reads go in ranges.
+FALLBACK_ONE_WRITE = 16 * MIB
+FALLBACK_READ_MAX = 32 * MIB
 
 
 def sha256_file(path):
@@ -52,16 +55,9 @@ def dd_random_to(path, size):
 
 
 @pytest.mark.timeout(600 * SLOW)
-def test_200mib_write_and_read_back(d, mode):
+def test_200mib_write_and_read_back(d):
     path = os.path.join(d.m, 'big.bin')
     rc, err, want = dd_random_to(path, BIG)
-    if mode == 'fallback':
-        # beyond what one /api/write can carry: a clean EFBIG, never a silently short file
-        assert rc != 0 and 'File too large' in err, (rc, err)
-        host = os.path.join(d.h, 'big.bin')
-        assert not os.path.exists(host) or os.path.getsize(host) < BIG
-        os.unlink(path)
-        return
     assert rc == 0, err
     host = os.path.join(d.h, 'big.bin')
     assert os.path.getsize(host) == BIG
@@ -76,7 +72,7 @@ def test_200mib_write_and_read_back(d, mode):
 @pytest.mark.timeout(600 * SLOW)
 def test_big_host_file_read_through_mount(d):
     """Reads a 200 MiB file made on the host (in fallback mode: beyond /api/read's 32 MiB,
-    through /api/read/stream)."""
+    in ranges by commands)."""
     host = os.path.join(d.h, 'big.bin')
     h = hashlib.sha256()
     with open(host, 'wb') as f:
@@ -90,11 +86,57 @@ def test_big_host_file_read_through_mount(d):
     assert sha256_file(path) == h.hexdigest()
 
 
+@pytest.mark.timeout(600 * SLOW)
+def test_100mib_round_trip_byte_exact(d):
+    """100 MiB of random bytes: in fallback mode seven parts, joined in the sandbox, and read
+    back in ranges; nothing of the parts stays behind (issue #14)."""
+    size = 100 * MIB
+    path = os.path.join(d.m, 'hundred.bin')
+    rc, err, want = dd_random_to(path, size)
+    assert rc == 0, err
+    assert os.listdir(d.h) == ['hundred.bin'], 'left beside it: %s' % os.listdir(d.h)
+    assert os.path.getsize(os.path.join(d.h, 'hundred.bin')) == size
+    assert sha256_file(os.path.join(d.h, 'hundred.bin')) == want
+    drop_caches()
+    assert sha256_file(path) == want, 'reading back through the mount gives other bytes'
+    assert sorted(os.listdir(d.m)) == ['hundred.bin']
+    # rewritten in place, it keeps its inode and mode
+    os.chmod(path, 0o640)
+    ino = os.stat(os.path.join(d.h, 'hundred.bin')).st_ino
+    with open(path, 'r+b') as f:
+        f.seek(size - 7)
+        f.write(b'THE END')
+    with open(os.path.join(d.h, 'hundred.bin'), 'rb') as f:
+        f.seek(size - 7)
+        assert f.read() == b'THE END'
+    st = os.stat(os.path.join(d.h, 'hundred.bin'))
+    assert st.st_ino == ino and stat.S_IMODE(st.st_mode) == 0o640
+
+
+@pytest.mark.timeout(300 * SLOW)
+def test_file_at_the_fallback_limits(d):
+    """Around the sizes where the fallback changes how it moves data: one write and parts,
+    one read and ranges."""
+    for size in (FALLBACK_ONE_WRITE, FALLBACK_ONE_WRITE + 1, FALLBACK_READ_MAX,
+                 FALLBACK_READ_MAX + 1):
+        name = 'f%d.bin' % size
+        with open(os.path.join(d.m, name), 'wb') as f:
+            data = os.urandom(size)
+            f.write(data)
+        with open(os.path.join(d.h, name), 'rb') as f:
+            assert f.read() == data, size
+        drop_caches()
+        with open(os.path.join(d.m, name), 'rb') as f:
+            assert f.read() == data, size
+        os.unlink(os.path.join(d.m, name))
+    assert os.listdir(d.h) == []
+
+
 @pytest.mark.timeout(300 * SLOW)
 def test_largest_fallback_file(d, mode):
-    """Just under the fallback limit works in both modes; in ext mode it is simply a big
-    file rewritten in place."""
-    size = FALLBACK_WRITE_MAX - MIB
+    """What was once the fallback's limit (96 MiB, one /api/write) works in both modes;
+    in ext mode it is simply a big file rewritten in place."""
+    size = 96 * MIB - MIB
     path = os.path.join(d.m, 'f.bin')
     rc, err, want = dd_random_to(path, size)
     assert rc == 0, err

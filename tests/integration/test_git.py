@@ -201,3 +201,19 @@ def test_unreachable(sbx):
     rc, err, result = clone(sbx, 'git://127.0.0.1:%d/x.git dir=down' % free_port())
     assert rc == 1, err
     assert result.startswith('error: ') and 'fatal' in result, result
+
+
+def test_clone_visible_at_once_with_late_events(faulty_sbx, repo):
+    """Right after git/clone returns, the clone is there through the mount, also when the
+    sandbox's change events come late (the container sends them in batches) and the mount had
+    just listed the workspace without it (issue #14: `cat DIR/file` failed with ENOENT)."""
+    s = faulty_sbx()
+    assert s.wait_watching(), 'the change events never flowed'
+    s.proxy.set(event_delay_ms=3000)
+    assert 'late' not in os.listdir(s.ws)       # a listing without it, cached
+    rc, err, result = clone(s, '%s dir=late' % repo)
+    assert rc == 0, err
+    assert result == 'ok /workspace/late main\n'
+    with open(os.path.join(s.ws, 'late', 'README')) as f:
+        assert f.read() == 'hello\n'
+    assert 'late' in os.listdir(s.ws)

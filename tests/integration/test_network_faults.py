@@ -491,14 +491,18 @@ def test_sbxd_stopped_fails_in_time_then_recovers(faulty_sbx):
     """sbxd frozen (SIGSTOP) for STOP_S: each operation fails within its timeout, then new
     ones at once; after SIGCONT the same mount works again. No proxy faults here."""
     s = start(faulty_sbx, p503=0, reset=0, drop_reply=0)
-    # names the mount has never seen, so no cache can answer for them
+    seen = os.path.join(s.ws, 'seen')
+    with open(seen, 'w') as f:
+        f.write('seen\n')
+    # names the mount has never seen, so no cache can answer for them: made after the mount
+    # listed the workspace (in fallback mode a listing lists the whole subtree), and the
+    # workspace listed again once they show (a listing within 30 s is of that level alone)
     for i in range(12):
         os.makedirs(os.path.join(s.workspace, 'u%d' % i, 'dir'))
         with open(os.path.join(s.workspace, 'u%d' % i, 'file'), 'w') as f:
             f.write('unseen %d\n' % i)
-    seen = os.path.join(s.ws, 'seen')
-    with open(seen, 'w') as f:
-        f.write('seen\n')
+    assert wait_for(lambda: {'u%d' % i for i in range(12)} <= set(os.listdir(s.ws)),
+                    10 * SLOW), 'the mount does not show what the sandbox made'
     ws = s.ws
     wave1 = [('stat', ws + '/u0/file'), ('stat', ws + '/u1/dir'), ('listdir', ws + '/u2/dir'),
              ('read', ws + '/u3/file'),

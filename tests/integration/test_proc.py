@@ -90,6 +90,27 @@ def test_cwd_and_env_lines(sbx, d):
     assert read(sbx, pid, 'cmd') == 'pwd; echo "$GREETING"\n'
 
 
+def test_missing_cwd(sbx, d, mode):
+    """A plain container never starts a process whose cwd does not exist, nor says so: its
+    process start hangs. In fallback mode sbxfs refuses it first, and the write fails with
+    ENOENT (ENOTDIR for a file); sbxd with its extensions starts it and reports the error in
+    its status."""
+    with open(os.path.join(d.m, 'file'), 'w') as f:
+        f.write('x\n')
+    for cwd, text in (('nope', 'No such file or directory'), ('file', 'Not a directory')):
+        t0 = time.monotonic()
+        r = sh("cd %s && id=$(exec 3<>proc/new; printf 'cwd=%s/%s\\ntrue\\n' >&3; "
+               "head -1 <&3) && echo \"$id\"" % (shlex.quote(sbx.mnt), d.rel, cwd),
+               check=False, timeout=30)
+        if mode == 'fallback':
+            assert text in r.stderr.decode() and not r.stdout.strip(), (cwd, r)
+            assert time.monotonic() - t0 < 5 * SLOW
+        else:
+            pid = r.stdout.decode().strip()
+            assert r.returncode == 0 and pid, r
+            assert wait_ended(sbx, pid).startswith('error'), cwd
+
+
 def test_two_shells_at_once_get_their_own_ids(sbx):
     cmds = ['echo first-%d' % i for i in range(4)]
     line = "cd %s && id=$(exec 3<>proc/new; echo %s >&3; head -1 <&3) && echo \"$id\""

@@ -262,6 +262,12 @@ class Sandbox:
             raise RuntimeError('sbxfs did not mount (exit %s):\n%s' % (
                 self.sbxfs.poll(), self.read_log(self.sbxfs_log)))
 
+    def wait_watching(self, timeout=20):
+        """Waits until sbxfs says that change events flow (from then on it trusts its
+        caches); returns whether they do."""
+        return wait_for(lambda: 'change events flowing' in self.read_log(self.sbxfs_log),
+                        timeout * SLOW)
+
     def unmount(self):
         """Unmounts; sbxfs must then exit by itself with status 0."""
         if is_mounted(self.mnt):

@@ -346,6 +346,88 @@ static void test_find_listing(void)
 	sbx_dirents_free(e, n);
 }
 
+/* The subtree listing: which directories count as complete. */
+static const struct find_tree_dir *tree_dir(const struct find_tree_dir *v, size_t n,
+					    const char *rel)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(v[i].rel, rel) == 0)
+			return &v[i];
+	return NULL;
+}
+
+#define END REC("0", "", "E", "", "", "", "", "", "")
+
+static void test_find_tree(void)
+{
+	/* find -P prints a directory before what lies in it; depth 2 below "a" is the limit */
+	static const char whole[] =
+		REC("1", "755", "d", "4096", "1.0", "1.0", "1.0", "a", "")
+		REC("2", "644", "f", "3", "1.0", "1.0", "1.0", "top.txt", "")
+		REC("3", "700", "U", "4096", "1.0", "1.0", "1.0", "locked", "")
+		REC("4", "755", "d", "4096", "1.0", "1.0", "1.0", "a/b", "")
+		REC("5", "644", "f", "1", "1.0", "1.0", "1.0", "a/f", "")
+		REC("6", "777", "l", "3", "1.0", "1.0", "1.0", "a/l", "../x")
+		END;
+	struct find_tree_dir *v;
+	size_t n;
+	find_parse_tree("/workspace/t", whole, sizeof whole - 1, 2, &v, &n);
+	const struct find_tree_dir *top = tree_dir(v, n, ""), *a = tree_dir(v, n, "a"),
+				   *b = tree_dir(v, n, "a/b"), *locked = tree_dir(v, n, "locked");
+	CHECK(n && v[0].rel[0] == 0); /* the top first */
+	CHECK(top && top->complete && top->n == 3);
+	CHECK(a && a->complete && a->n == 3);
+	/* at the depth limit: listed in its directory, its own content not */
+	CHECK(!b || !b->complete);
+	/* unreadable: a directory in the listing, its content not known */
+	CHECK(!locked || !locked->complete);
+	bool found = false;
+	for (size_t i = 0; top && i < top->n; i++)
+		if (strcmp(top->ents[i].name, "locked") == 0)
+			found = S_ISDIR(top->ents[i].st.st_mode);
+	CHECK(found);
+	for (size_t i = 0; a && i < a->n; i++)
+		if (strcmp(a->ents[i].name, "l") == 0)
+			CHECK(a->ents[i].target && strcmp(a->ents[i].target, "../x") == 0);
+	find_tree_free(v, n);
+
+	/* cut off (no end mark): only the top is complete; records with bad paths dropped */
+	static const char cut[] =
+		REC("1", "755", "d", "4096", "1.0", "1.0", "1.0", "a", "")
+		REC("2", "644", "f", "3", "1.0", "1.0", "1.0", "a/../x", "")
+		REC("3", "644", "f", "3", "1.0", "1.0", "1.0", "a//y", "")
+		REC("4", "644", "f", "3", "1.0", "1.0", "1.0", "a/z", "")
+		"7\0" "64";
+	find_parse_tree("/workspace/t", cut, sizeof cut - 1, 8, &v, &n);
+	top = tree_dir(v, n, "");
+	a = tree_dir(v, n, "a");
+	CHECK(top && top->complete && top->n == 1);
+	CHECK(a && !a->complete && a->n == 1 && strcmp(a->ents[0].name, "z") == 0);
+	CHECK(!tree_dir(v, n, "a/.."));
+	find_tree_free(v, n);
+
+	/* a path below no directory printed before it (a name with '/' among the top's own
+	 * entries, from a hostile server): no entry of anything; what dropped entries is not
+	 * exact (a lookup of a dropped name must ask), what did not is */
+	static const char stray[] =
+		REC("1", "644", "f", "3", "1.0", "1.0", "1.0", "x/y", "")
+		REC("2", "755", "d", "4096", "1.0", "1.0", "1.0", "a", "")
+		REC("3", "644", "f", "3", "1.0", "1.0", "1.0", "a/z", "")
+		REC("4", "644", "f", "3", "1.0", "1.0", "1.0", "q/r/s", "")
+		END;
+	find_parse_tree("/workspace/t", stray, sizeof stray - 1, 8, &v, &n);
+	top = tree_dir(v, n, "");
+	a = tree_dir(v, n, "a");
+	CHECK(top && top->complete && !top->exact && top->n == 1);
+	CHECK(a && a->complete && a->exact && a->n == 1);
+	CHECK(!tree_dir(v, n, "x") && !tree_dir(v, n, "q/r"));
+	find_tree_free(v, n);
+
+	find_parse_tree("/workspace/t", "", 0, 8, &v, &n);
+	CHECK(n == 1 && v[0].complete && v[0].exact && v[0].n == 0);
+	find_tree_free(v, n);
+}
+
 int main(void)
 {
 	log_init("test_entry_check", LOG_LVL_WARN, false);
@@ -358,5 +440,6 @@ int main(void)
 	test_listing();
 	test_find_stat();
 	test_find_listing();
+	test_find_tree();
 	return UNIT_DONE();
 }
