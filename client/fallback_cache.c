@@ -191,8 +191,10 @@ static void unlink_node(struct fb_cache *k, struct cnode *n)
 /* Drops n and everything below it. */
 static void drop(struct fb_cache *k, struct cnode *n)
 {
+	/* drop() unlinks the child it frees, so n->child is the next one (the analyzer does
+	 * not follow the unlinking) */
 	while (n->child)
-		drop(k, n->child);
+		drop(k, n->child); /* NOLINT(clang-analyzer-unix.Malloc) */
 	unlink_node(k, n);
 	forget_attrs(n);
 	free(n->path);
@@ -819,8 +821,8 @@ void fb_cache_free(struct fb_cache *k)
 	if (!k)
 		return;
 	drop_all(k);
-	while (k->oldest)
-		echo_remove(k, k->oldest);
+	while (k->oldest) /* echo_remove unlinks what it frees, which the analyzer does not follow */
+		echo_remove(k, k->oldest); /* NOLINT(clang-analyzer-unix.Malloc) */
 	for (size_t i = 0; i < CACHE_RING; i++)
 		free(k->ring[i]);
 	for (size_t i = 0; i < TREE_RECENT; i++)

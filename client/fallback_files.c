@@ -773,7 +773,6 @@ int fb_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 	bool lazy = (flags & O_ACCMODE) == O_RDONLY && !(flags & (O_CREAT | O_TRUNC));
 	bool excl = (flags & O_CREAT) && (flags & O_EXCL);
 	struct stat now = { 0 };
-	err = 0;
 	/* A regular file this client knows (fallback_cache.c) needs no command to be opened for
 	 * writing: the download tells that it is still there, and O_TRUNC is a write like any
 	 * other, sent by the flush (so until then the sandbox keeps the old content). */
@@ -1104,8 +1103,9 @@ void fb_files_materialize(struct sbx *s, const char *path, enum fb_scope scope)
 	struct fb_copy **v = n ? malloc(n * sizeof *v) : NULL;
 	if (n && !v)
 		abort();
+	size_t cap = n;
 	n = 0;
-	for (struct fb_copy *c = s->copies; c; c = c->next) {
+	for (struct fb_copy *c = s->copies; c && n < cap; c = c->next) {
 		if (atomic_load(&c->pending_create) && in_scope(c->path, path, scope)) {
 			c->refs++;
 			v[n++] = c;

@@ -508,8 +508,8 @@ void fb_settle_free(struct sbx *s)
 		pthread_join(q->thread, NULL);
 	if (fb_settle_now(s, NULL))
 		log_warn("%s: the sandbox keeps the old values", sbx_last_error());
-	while (q->head)
-		unqueue(q, q->head);
+	while (q->head) /* unqueue unlinks what it frees, which the analyzer does not follow */
+		unqueue(q, q->head); /* NOLINT(clang-analyzer-unix.Malloc) */
 	for (size_t b = 0; b < MADE_BUCKETS; b++) {
 		for (struct made *m = q->made[b], *next; m; m = next) {
 			next = m->next;

@@ -174,10 +174,16 @@ bool fb_identity(struct sbx *s, struct fb_ident *id)
 		log_info("%s: every new file gets a command of its own", sbx_last_error());
 		return false;
 	}
-	unsigned mask;
-	unsigned long uid, gid;
-	bool ok = sscanf(out, "%o %lu %lu", &mask, &uid, &gid) == 3 && mask <= 0777 &&
-		  uid < UINT32_MAX && gid < UINT32_MAX;
+	/* "022\n1000\n1000\n": umask in octal, uid, gid */
+	const char *p = out ? out : "";
+	char *end;
+	errno = 0;
+	unsigned long mask = strtoul(p, &end, 8);
+	bool ok = end != p;
+	unsigned long uid = strtoul(p = end, &end, 10);
+	ok = ok && end != p;
+	unsigned long gid = strtoul(p = end, &end, 10);
+	ok = ok && end != p && !errno && mask <= 0777 && uid < UINT32_MAX && gid < UINT32_MAX;
 	free(out);
 	pthread_mutex_lock(&fb->lock);
 	if (ok) {
