@@ -153,16 +153,17 @@ int resp_head_feed(struct resp_head *h, const char *in, size_t len, size_t *used
 	while (off < len && rc == RESP_MORE) {
 		const char *nl = memchr(in + off, '\n', len - off);
 		size_t n = nl ? (size_t)(nl - in) + 1 - off : len - off;
-		if (n > RESP_HEAD_MAX_BYTES - h->bytes)
-			return -EMSGSIZE;
+		if (n > RESP_HEAD_MAX_BYTES - h->bytes || (nl && h->lines == RESP_HEAD_MAX_LINES)) {
+			rc = -EMSGSIZE;
+			break;
+		}
 		h->bytes += n;
 		h->in_head = true;
 		strbuf_append(&h->line, in + off, n);
 		off += n;
 		if (!nl)
 			break;
-		if (++h->lines > RESP_HEAD_MAX_LINES)
-			return -EMSGSIZE;
+		h->lines++;
 		rc = take_line(h);
 	}
 	*used = off;
