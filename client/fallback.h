@@ -54,6 +54,10 @@ char *fb_what_of(char *buf, size_t size, const char *op, const char *path);
 /* The identity, probed once (`umask; id -u; id -g`); false when it cannot be known. */
 bool fb_identity(struct sbx *s, struct fb_ident *id);
 
+/* `touch -c -h FLAG [-d @S.N] ` for one time (FLAG -a, -m or ""; UTIME_NOW: no -d), the
+ * paths to follow: shared by a setattr's own command and the batches of times. */
+void fb_append_touch_head(struct strbuf *sb, const char *flag, const struct timespec *ts);
+
 /* st after setting `valid` of want (times UTIME_NOW: now; ctime now when anything changes). */
 void fb_apply_attrs(struct stat *st, unsigned valid, const struct stat *want);
 /* Whether changing an entry's mode from `from` to `to` may wait for the next batch: unless

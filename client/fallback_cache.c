@@ -147,6 +147,20 @@ static struct cnode *lookup(struct fb_cache *k, const char *path)
 	return n;
 }
 
+/* The node of path's directory, when it has one and the cache holds it. */
+static struct cnode *lookup_parent(struct fb_cache *k, const char *path)
+{
+	size_t dl = dir_len(path);
+	if (!dl)
+		return NULL;
+	char *dir = strndup(path, dl);
+	if (!dir)
+		abort();
+	struct cnode *p = lookup(k, dir);
+	free(dir);
+	return p;
+}
+
 static void grow(struct fb_cache *k)
 {
 	size_t nb = k->nbuckets * 2;
@@ -310,14 +324,7 @@ static void invalidate(struct fb_cache *k, const char *path)
 	struct cnode *n = lookup(k, path);
 	if (n)
 		drop(k, n);
-	size_t dl = dir_len(path);
-	if (!dl)
-		return;
-	char *dir = strndup(path, dl);
-	if (!dir)
-		abort();
-	struct cnode *p = lookup(k, dir);
-	free(dir);
+	struct cnode *p = lookup_parent(k, path);
 	if (p) {
 		p->listed = false;
 		forget_attrs(p);
@@ -435,14 +442,7 @@ void fb_cache_links_changed(struct sbx *s, ino_t ino)
  * mtime and ctime are now (this client's clock), and its link count follows. */
 static void dir_changed(struct fb_cache *k, const char *path, int delta, bool subdir)
 {
-	size_t dl = dir_len(path);
-	if (!dl)
-		return;
-	char *dir = strndup(path, dl);
-	if (!dir)
-		abort();
-	struct cnode *p = lookup(k, dir);
-	free(dir);
+	struct cnode *p = lookup_parent(k, path);
 	if (!p || !p->attrs)
 		return;
 	clock_gettime(CLOCK_REALTIME, &p->st.st_mtim);

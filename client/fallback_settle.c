@@ -146,19 +146,6 @@ static size_t entry_cost(const struct fb_settle_entry *e)
 	return 3 * (strlen(e->path) + 8) + 16;
 }
 
-static void append_time(struct strbuf *sb, const char *flag, const struct timespec *ts)
-{
-	strbuf_appendf(sb, "touch -c -h %s ", flag);
-	if (ts->tv_nsec == UTIME_NOW)
-		return;
-	long long sec = ts->tv_sec;
-	long ns = ts->tv_nsec;
-	if (sec < 0 && ns) /* -1 s + 0.5 s is "-0.5" */
-		strbuf_appendf(sb, "-d @-%lld.%09ld ", -(sec + 1), 1000000000L - ns);
-	else
-		strbuf_appendf(sb, "-d @%lld.%09ld ", sec, ns);
-}
-
 /* One tool invocation per distinct (tool, value): "chmod 644 -- 'a' 'b'" */
 struct group {
 	struct strbuf head;
@@ -219,7 +206,7 @@ void fb_settle_take(struct sbx *s, struct strbuf *cmd, struct fb_ticket *t)
 			if (!(e->valid & bit) || (both && k))
 				continue;
 			head.len = 0;
-			append_time(&head, both ? "" : k ? "-m" : "-a", k ? &e->mtime : &e->atime);
+			fb_append_touch_head(&head, both ? "" : k ? "-m" : "-a", k ? &e->mtime : &e->atime);
 			group_add(&g, &ng, head.data, e->path);
 		}
 	}

@@ -404,6 +404,19 @@ static int fb_statfs(struct sbx *s, const char *path, struct statvfs *sv)
 	return 0;
 }
 
+void fb_append_touch_head(struct strbuf *sb, const char *flag, const struct timespec *ts)
+{
+	strbuf_appendf(sb, "touch -c -h %s ", flag);
+	if (ts->tv_nsec == UTIME_NOW)
+		return;
+	long long sec = ts->tv_sec;
+	long ns = ts->tv_nsec;
+	if (sec < 0 && ns) /* -1 s + 0.5 s is "-0.5" */
+		strbuf_appendf(sb, "-d @-%lld.%09ld ", -(sec + 1), 1000000000L - ns);
+	else
+		strbuf_appendf(sb, "-d @%lld.%09ld ", sec, ns);
+}
+
 /* `touch -c -h -a|-m [-d @S.N] -- P` for one time, nothing for UTIME_OMIT */
 static void append_touch(struct strbuf *sb, const char *flag, const struct timespec *ts,
 			 const char *path)
@@ -412,15 +425,7 @@ static void append_touch(struct strbuf *sb, const char *flag, const struct times
 		return;
 	if (sb->len)
 		strbuf_appends(sb, " && ");
-	strbuf_appendf(sb, "touch -c -h %s ", flag);
-	if (ts->tv_nsec != UTIME_NOW) {
-		long long sec = ts->tv_sec;
-		long ns = ts->tv_nsec;
-		if (sec < 0 && ns) /* -1 s + 0.5 s is "-0.5" */
-			strbuf_appendf(sb, "-d @-%lld.%09ld ", -(sec + 1), 1000000000L - ns);
-		else
-			strbuf_appendf(sb, "-d @%lld.%09ld ", sec, ns);
-	}
+	fb_append_touch_head(sb, flag, ts);
 	strbuf_appends(sb, "-- ");
 	append_q(sb, path);
 }
