@@ -18,8 +18,9 @@
  *
  * Where in the container: SBXD_PORT when the image runs sbxd, else the SDK's control server
  * on port 3000 (then sbxfs finds no extensions and runs in fallback mode). The request goes
- * with the SDK's containerFetch(request, port), called on the Durable Object's stub, which
- * takes any port; the stub's fetch() would send every plain HTTP request to port 3000.
+ * with the SDK's containerFetch(request, port), called on the Durable Object's stub (Cloudflare's
+ * name for the Worker's handle on a Durable Object, a DurableObjectStub), which takes any port;
+ * the handle's fetch() would send every plain HTTP request to port 3000.
  * containerFetch cannot carry a WebSocket across that call, so a WebSocket upgrade to a
  * preview URL goes through the SDK's wsConnect instead.
  *
@@ -42,7 +43,8 @@ import {
 	SANDBOX_ID_RE,
 } from "./preview";
 
-type SandboxStub = ReturnType<typeof getSandbox>;
+/* The Worker's handle on a sandbox's Durable Object (Cloudflare calls it a stub). */
+type SandboxHandle = ReturnType<typeof getSandbox>;
 
 export async function handle(request: Request, env: Env): Promise<Response> {
 	let config: Config;
@@ -75,7 +77,7 @@ export async function handle(request: Request, env: Env): Promise<Response> {
 }
 
 /* getSandbox refuses a few ids itself (reserved names such as "www"): a 400 then. */
-function sandboxOf(env: Env, config: Config, id: string): SandboxStub | Response {
+function sandboxOf(env: Env, config: Config, id: string): SandboxHandle | Response {
 	try {
 		return getSandbox(env.Sandbox, id, {
 			normalizeId: true,
@@ -120,7 +122,7 @@ async function serveApi(request: Request, env: Env, config: Config, url: URL, id
 }
 
 /* sbxd's own sandbox id (its --sandbox-id), which its preview proxy expects in the Host. */
-async function sbxdIdOf(sandbox: SandboxStub, id: string, config: Config, sbxdPort: number)
+async function sbxdIdOf(sandbox: SandboxHandle, id: string, config: Config, sbxdPort: number)
 	: Promise<string> {
 	const known = knownSbxdId(id);
 	if (known !== undefined)
