@@ -6,12 +6,7 @@ import shlex
 
 import pytest
 
-from util import SLOW, sh, wait_for
-
-
-def shell(sbx, cmd):
-    r = sh('cd %s && %s' % (shlex.quote(sbx.mnt), cmd), check=False)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
+from util import SLOW, shell, wait_for
 
 
 def env_lines(sbx):

@@ -4,31 +4,16 @@ fallback mode (a plain container) exposing fails with EOPNOTSUPP and nothing els
 import os
 import re
 import shlex
-import subprocess
 
 import pytest
 
-from util import SLOW, free_port, sh, wait_for
+from util import SLOW, curl, free_port, shell, wait_for
 
 URL_RE = re.compile(r'^http://(\d+)-local-([a-z0-9_]{16})\.localhost:(\d+)/$')
 
 
 def ports(sbx, *parts):
     return os.path.join(sbx.mnt, 'ports', *parts)
-
-
-def shell(sbx, cmd):
-    """cmd run in the mount point as a user types it; returns (exit status, stdout, stderr)."""
-    r = sh('cd %s && %s' % (shlex.quote(sbx.mnt), cmd), check=False)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
-
-
-def curl(url, *opts):
-    """(HTTP status, body) of a GET; curl resolves *.localhost to loopback by itself."""
-    r = subprocess.run(['curl', '-s', '-m', str(10 * SLOW), '-w', '\n%{http_code}'] +
-                       list(opts) + [url], capture_output=True, timeout=20 * SLOW)
-    body, _, code = r.stdout.decode(errors='replace').rpartition('\n')
-    return int(code or 0), body
 
 
 @pytest.fixture(scope='module')

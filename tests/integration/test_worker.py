@@ -15,7 +15,7 @@ import urllib.request
 
 import pytest
 
-from util import SLOW, Sandbox, free_port, is_mounted, sh, wait_for
+from util import SLOW, Sandbox, curl, free_port, is_mounted, shell, wait_for
 from worker import NODE22, WORKER_DIR, WorkerProcess, missing, wrangler_build
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or '')
@@ -66,20 +66,6 @@ def call(url, body=None, token=None, method=None, headers=None, timeout=30):
 def api(sbx, route, body=None, sandbox=BOX, **kw):
     kw.setdefault('token', sbx.worker.token)
     return call(sbx.worker.sandbox_url(sandbox) + route, body, **kw)
-
-
-def shell(sbx, cmd):
-    """(exit status, stdout, stderr) of cmd run in the mount point as a user types it."""
-    r = sh('cd %s && %s' % (shlex.quote(sbx.mnt), cmd), check=False)
-    return r.returncode, r.stdout.decode(), r.stderr.decode()
-
-
-def curl(url, *opts):
-    """(HTTP status, body) of a request; curl resolves *.localhost to loopback by itself."""
-    r = subprocess.run(['curl', '-s', '-m', str(10 * SLOW), '-w', '\n%{http_code}'] +
-                       list(opts) + [url], capture_output=True, timeout=20 * SLOW)
-    body, _, code = r.stdout.decode(errors='replace').rpartition('\n')
-    return int(code or 0), body
 
 
 def started(sbx, sandbox_id):

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -66,6 +67,20 @@ def sh(cmd, cwd=None, env=None, timeout=120, check=True, input=None):
         raise AssertionError('command failed (exit %d): %s\nstdout: %s\nstderr: %s' % (
             p.returncode, cmd, _text(p.stdout), _text(p.stderr)))
     return p
+
+
+def shell(sbx, cmd):
+    """(exit status, stdout, stderr) of cmd run in sbx's mount point as a user types it."""
+    r = sh('cd %s && %s' % (shlex.quote(sbx.mnt), cmd), check=False)
+    return r.returncode, r.stdout.decode(), r.stderr.decode()
+
+
+def curl(url, *opts):
+    """(HTTP status, body) of a request; curl resolves *.localhost to loopback by itself."""
+    r = subprocess.run(['curl', '-s', '-m', str(10 * SLOW), '-w', '\n%{http_code}'] +
+                       list(opts) + [url], capture_output=True, timeout=20 * SLOW)
+    body, _, code = r.stdout.decode(errors='replace').rpartition('\n')
+    return int(code or 0), body
 
 
 def _text(b):
