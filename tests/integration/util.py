@@ -252,8 +252,17 @@ class Sandbox:
         except ValueError:
             return status, raw
 
+    def sync(self):
+        """Waits until what was written through the mount is in the sandbox (`cat sync`), as
+        a user must before looking at the sandbox by another way than the mount."""
+        if is_mounted(self.mnt):
+            with open(os.path.join(self.mnt, 'sync'), 'rb') as f:
+                f.read()
+
     def execute(self, command, timeout=60):
-        """Runs command inside the sandbox (cwd /workspace) through POST /api/execute."""
+        """Runs command inside the sandbox (cwd /workspace) through POST /api/execute, after
+        a sync, as a process started through the mount would."""
+        self.sync()
         status, r = self.api('/api/execute', {'command': command}, timeout=timeout)
         assert status == 200 and isinstance(r, dict), 'execute %r: HTTP %d %r' % (
             command, status, r)
