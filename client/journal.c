@@ -214,9 +214,10 @@ static struct timespec now_ts(void)
 	return ts;
 }
 
+/* (A copy of a node, children_of's, has its file's attributes in st.) */
 static void node_stat(const struct jnode *n, struct stat *st)
 {
-	*st = n->kind == JN_FILE ? n->ino->st : n->st;
+	*st = n->kind == JN_FILE && n->ino ? n->ino->st : n->st;
 }
 
 static void new_stat(struct sbx_journal *j, struct stat *st, mode_t mode)
