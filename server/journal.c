@@ -397,9 +397,12 @@ static int open_file(const struct ws_entry *e, int flags, mode_t mode)
 	return fd;
 }
 
-static bool has_times(const struct journal_op *op)
+/* The op's times for futimens/utimensat; false when it sets none. */
+static bool times_of(const struct journal_op *op, struct timespec ts[2])
 {
-	return op->times[0].tv_nsec != UTIME_OMIT || op->times[1].tv_nsec != UTIME_OMIT;
+	ts[0] = op->has_atime ? op->atime : (struct timespec){ .tv_nsec = UTIME_OMIT };
+	ts[1] = op->has_mtime ? op->mtime : (struct timespec){ .tv_nsec = UTIME_OMIT };
+	return op->has_atime || op->has_mtime;
 }
 
 /* Whether what a put found (NULL: nothing) differs from what its client expected. */
@@ -432,11 +435,12 @@ static void op_put(const struct journal_op *op, struct journal_result *res)
 		res->conflict = true;
 		res->before = existed ? fsop_stat_json(e.dirfd, e.name, &ignored) : NULL;
 	}
+	struct timespec ts[2];
 	int fd = open_file(&e, O_CREAT | O_TRUNC, op->mode & 07777);
 	int err = fd < 0 ? fd : fd_pwrite_full(fd, op->data, op->len, 0);
 	if (!err && fchmod(fd, op->mode & 07777))
 		err = -errno;
-	if (!err && has_times(op) && futimens(fd, op->times))
+	if (!err && times_of(op, ts) && futimens(fd, ts))
 		err = -errno;
 	if (!err)
 		res->stat = fsop_fstat_json(fd, &err);
@@ -592,6 +596,7 @@ static void op_setattr(const struct journal_op *op, struct journal_result *res)
 	struct ws_entry e;
 	if (!resolve(op->path, &e, res))
 		return;
+	struct timespec ts[2];
 	int err = 0;
 	if ((op->has_uid || op->has_gid) &&
 	    fchownat(e.dirfd, e.name, op->has_uid ? op->uid : (uid_t)-1,
@@ -601,7 +606,7 @@ static void op_setattr(const struct journal_op *op, struct journal_result *res)
 		err = fsop_chmod(e.dirfd, e.name, op->mode & 07777);
 	if (!err && op->has_size)
 		err = fsop_truncate(e.dirfd, e.name, op->size);
-	if (!err && has_times(op) && utimensat(e.dirfd, e.name, op->times, AT_SYMLINK_NOFOLLOW))
+	if (!err && times_of(op, ts) && utimensat(e.dirfd, e.name, ts, AT_SYMLINK_NOFOLLOW))
 		err = -errno;
 	if (err)
 		fail_path(res, err, op->path);

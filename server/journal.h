@@ -46,6 +46,7 @@ enum journal_expect {
 	JOURNAL_EXPECT_STAT,    /* expect_size and/or expect_mtime, as has_* say */
 };
 
+/* An op: the fields its kind names (journal_op_kind), the others zero. */
 struct journal_op {
 	uint64_t seq;                   /* 1 to JOURNAL_SEQ_MAX, growing within a batch */
 	enum journal_op_kind kind;
@@ -53,12 +54,12 @@ struct journal_op {
 	const char *data;               /* put, write: the bytes */
 	size_t len;
 	off_t offset;                   /* write */
-	bool has_mode, has_size, has_uid, has_gid;
+	bool has_mode, has_size, has_uid, has_gid, has_atime, has_mtime;
 	mode_t mode;                    /* permission bits */
 	off_t size;
 	uid_t uid;
 	gid_t gid;
-	struct timespec times[2];       /* atime, mtime: UTIME_OMIT where not given */
+	struct timespec atime, mtime;
 	unsigned rename_flags;          /* RENAME_NOREPLACE, RENAME_EXCHANGE */
 	enum journal_expect expect;
 	bool expect_has_size, expect_has_mtime;
@@ -100,7 +101,7 @@ bool journal_id_valid(const char *id);
  * 0; -EINVAL for an invalid id, n outside 1..JOURNAL_OPS_MAX or seqs out of order; -EBUSY
  * when a new journal finds every one of the JOURNALS_MAX in use; another negative errno when
  * the watermark cannot be kept. Nothing is applied when it fails. Free the results with
- * journal_results_free. */
+ * journal_results_free, whatever it returned. */
 int journal_apply(struct journals *js, const char *id, const struct journal_op *ops, size_t n,
 		  struct journal_result *results, uint64_t *applied);
 void journal_results_free(struct journal_result *results, size_t n);

@@ -6,7 +6,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "common/base64.h"
 #include "common/errnames.h"
 #include "common/jsonutil.h"
@@ -160,12 +159,12 @@ static bool decode_op(const cJSON *v, struct journal_op *op, char **decoded,
 		.has_mode = b.mode >= 0, .mode = (mode_t)(b.mode < 0 ? 0 : b.mode),
 		.has_size = b.size >= 0, .size = (off_t)b.size, .has_uid = b.uid >= 0,
 		.uid = (uid_t)b.uid, .has_gid = b.gid >= 0, .gid = (gid_t)b.gid,
-		.times = { { 0, UTIME_OMIT }, { 0, UTIME_OMIT } },
+		.has_atime = b.atime != NULL, .has_mtime = b.mtime != NULL,
 	};
 	if (b.atime)
-		get_time(b.atime, &op->times[0]);
+		get_time(b.atime, &op->atime);
 	if (b.mtime)
-		get_time(b.mtime, &op->times[1]);
+		get_time(b.mtime, &op->mtime);
 	if (b.expect)
 		get_expect(b.expect, op);
 	if (b.flags && op->kind == JOP_RENAME) {
