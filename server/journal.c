@@ -259,7 +259,8 @@ static int load(struct journals *js)
 	}
 	closedir(d);
 	if (!err) {
-		qsort(all, n, sizeof *all, by_written);
+		if (n)
+			qsort(all, n, sizeof *all, by_written);
 		for (size_t i = 0; i < n && !err; i++) {
 			struct journal *j = journal_alloc(all[i].id, all[i].watermark);
 			if (!j) {
