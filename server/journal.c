@@ -312,9 +312,8 @@ void journals_free(struct journals *js)
 {
 	if (!js)
 		return;
-	while (js->newest) {
-		struct journal *j = js->newest;
-		list_remove(js, j);
+	for (struct journal *j = js->newest, *older; j; j = older) {
+		older = j->older;
 		journal_destroy(j);
 	}
 	if (js->dirfd >= 0)
