@@ -14,22 +14,10 @@
 #include "server/routes.h"
 #include "server/sbxd.h"
 
-/* A time: {"sec": S, "nsec": N}. */
+/* A time: [sec, nsec], as in the stat objects and /api/x/setattr. */
 static bool get_time(const cJSON *v, struct timespec *ts)
 {
-	const cJSON *s = cJSON_GetObjectItemCaseSensitive(v, "sec");
-	const cJSON *ns = cJSON_GetObjectItemCaseSensitive(v, "nsec");
-	if (!cJSON_IsNumber(s) || !cJSON_IsNumber(ns))
-		return false;
-	/* range first: a cast out of range is undefined (and NaN fails every comparison) */
-	if (!(s->valuedouble >= -9.2e18 && s->valuedouble <= 9.2e18) ||
-	    s->valuedouble != (double)(int64_t)s->valuedouble ||
-	    !(ns->valuedouble >= 0 && ns->valuedouble < 1e9) ||
-	    ns->valuedouble != (double)(long)ns->valuedouble)
-		return false;
-	ts->tv_sec = (time_t)s->valuedouble;
-	ts->tv_nsec = (long)ns->valuedouble;
-	return true;
+	return json_get_timespec(v, ts);
 }
 
 static bool valid_time(const cJSON *v)
@@ -93,12 +81,12 @@ static const struct field op_fields[] = {
 	FIELD("size", FIELD_INT, struct op_body, size, .min = 0, .max = OFF_MAX),
 	FIELD("uid", FIELD_INT, struct op_body, uid, .min = 0, .max = 4294967294.0),
 	FIELD("gid", FIELD_INT, struct op_body, gid, .min = 0, .max = 4294967294.0),
-	FIELD("mtime", FIELD_OBJECT, struct op_body, mtime, .valid = valid_time,
-	      .wrong = "mtime must be {\"sec\": S, \"nsec\": N}"),
-	FIELD("atime", FIELD_OBJECT, struct op_body, atime, .valid = valid_time,
-	      .wrong = "atime must be {\"sec\": S, \"nsec\": N}"),
+	FIELD("mtime", FIELD_ARRAY, struct op_body, mtime, .valid = valid_time,
+	      .wrong = "mtime must be [sec, nsec]"),
+	FIELD("atime", FIELD_ARRAY, struct op_body, atime, .valid = valid_time,
+	      .wrong = "atime must be [sec, nsec]"),
 	FIELD("expect", FIELD_OBJECT, struct op_body, expect, .valid = valid_expect,
-	      .wrong = "expect must be {\"absent\": true} or {\"size\": N, \"mtime\": {...}}"),
+	      .wrong = "expect must be {\"absent\": true} or {\"size\": N, \"mtime\": [sec, nsec]}"),
 	FIELD("flags", FIELD_STRING, struct op_body, flags),
 };
 

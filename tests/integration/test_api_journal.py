@@ -97,7 +97,7 @@ def test_results(api_server):
     ops = [
         dict(seq=10, op='mkdir', path='/workspace/r/dir', mode=0o750),
         put(11, '/workspace/r/f', 'hello', mode=0o600,
-            mtime={'sec': 1700000000, 'nsec': 5}, expect={'absent': True}),
+            mtime=[1700000000, 5], expect={'absent': True}),
         dict(seq=12, op='rename', **{'from': '/workspace/r/missing', 'to': '/workspace/r/x'}),
         put(13, '/workspace/r/f', 'changed', expect={'absent': True}),
         dict(seq=14, op='symlink', target='f', path='/workspace/r/lnk'),
@@ -161,7 +161,7 @@ def test_results(api_server):
     ({'journal': 'j', 'ops': [dict(seq=1, op='chmod', path='a')]}, 'ops'),
     ({'journal': 'j', 'ops': [dict(seq=1, op='put', path='a', mode=420)]}, 'ops'),
     ({'journal': 'j', 'ops': [dict(seq=1, op='put', path='a', mode=420, data='**')]}, 'ops'),
-    ({'journal': 'j', 'ops': [put(1, 'a', 'x', mtime=[1, 2])]}, 'ops'),
+    ({'journal': 'j', 'ops': [put(1, 'a', 'x', mtime={'sec': 1, 'nsec': 2})]}, 'ops'),
     ({'journal': 'j', 'ops': [dict(seq=1, op='rename', flags='both',
                                    **{'from': 'a', 'to': 'b'})]}, 'ops'),
 ])
