@@ -27,6 +27,7 @@
 #include "common/log.h"
 #include "fs/dirsnap.h"
 #include "fs/entry.h"
+#include "fs/feed.h"
 #include "fs/internal.h"
 
 #define CTL_MAX_INPUT (64 * 1024 * 1024)
@@ -34,16 +35,14 @@
 #define STATIC_ENTRY_TIMEOUT 3600.0
 #define DYNAMIC_ENTRY_TIMEOUT 1.0
 
-/* data holds the feed's bytes from absolute offset `base` on; handles' cursors are absolute.
- * A replay feed keeps its last `stream_buffer` bytes for readers that come later; a
- * single-reader feed drops what its reader has taken, and its bytes beyond `stream_buffer`
- * only pile up under a reader that does not keep up. Either way the oldest bytes go first,
- * whole lines where the bytes are lines, and a reader left behind skips ahead. */
+/* The bytes and the readers' cursors are fs/feed.c's; this adds the end, the references and
+ * the one log line. A replay feed keeps its last `stream_buffer` bytes for readers that come
+ * later; a single-reader feed drops what its reader has taken, and its bytes beyond
+ * `stream_buffer` only pile up under a reader that does not keep up. */
 struct ctl_feed {
 	unsigned refs;
-	struct strbuf data;
-	size_t base;
-	bool replay, trimmed;
+	struct feed feed;
+	bool trimmed;
 	char *label;
 	bool ended;
 	int err;
@@ -68,6 +67,7 @@ struct handle_box {
 	struct ctl_handle h;
 	pthread_mutex_t lock;
 	size_t taken; /* bytes of h.in that ctl_input_take() has handed out */
+	struct feed_reader reader; /* its cursor in h.feed */
 	atomic_bool interrupted; /* Ctrl-C on the request whose commit runs now */
 };
 #define BOX(hp) ((struct handle_box *)(hp))
@@ -508,7 +508,7 @@ struct ctl_feed *ctl_feed_new(bool replay, const char *label)
 	if (!f || !(f->label = strdup(label)))
 		abort();
 	f->refs = 1;
-	f->replay = replay;
+	feed_init(&f->feed, replay);
 	return f;
 }
 
@@ -527,7 +527,7 @@ void ctl_feed_unref(struct ctl_feed *f)
 	bool last = --f->refs == 0;
 	pthread_mutex_unlock(&ctl_lock);
 	if (last) {
-		strbuf_free(&f->data);
+		feed_free(&f->feed);
 		free(f->label);
 		free(f);
 	}
@@ -538,22 +538,12 @@ void ctl_feed_unref(struct ctl_feed *f)
 static int feed_answer(fuse_req_t req, struct ctl_handle *h, size_t size)
 {
 	struct ctl_feed *f = h->feed;
-	if (h->rpos < f->base)
-		h->rpos = f->base; /* what it had not read was trimmed away */
-	size_t at = h->rpos - f->base;
-	if (at < f->data.len) {
-		size_t n = f->data.len - at;
-		if (n > size)
-			n = size;
-		fuse_reply_buf(req, f->data.data + at, n);
-		h->rpos += n;
-		if (!f->replay && at + n == f->data.len) {
-			f->base += f->data.len;
-			if (f->data.cap > ((size_t)1 << 20))
-				strbuf_free(&f->data); /* give a burst's memory back */
-			else
-				strbuf_reset(&f->data);
-		}
+	struct feed_reader *r = &BOX(h)->reader;
+	const char *bytes;
+	size_t n = feed_peek(&f->feed, r, size, &bytes);
+	if (n) {
+		fuse_reply_buf(req, bytes, n);
+		feed_advance(&f->feed, r, n);
 		return 1;
 	}
 	if (f->ended) {
@@ -591,42 +581,18 @@ static void feed_wake(struct ctl_feed *f)
 	}
 }
 
-/* Keeps a feed within stream_buffer: down to half of it at once, so that a steady writer
- * moves memory once per half buffer, not at every push. Caller holds ctl_lock. */
-static void feed_trim(struct ctl_feed *f)
-{
-	if (f->data.len <= stream_buffer)
-		return;
-	size_t cut = f->data.len - stream_buffer / 2;
-	const char *d = f->data.data;
-	const char *nl = memchr(d + cut, '\n', f->data.len - cut);
-	if (nl) {
-		cut = (size_t)(nl + 1 - d);
-	} else {
-		nl = memrchr(d, '\n', cut);
-		if (nl)
-			cut = (size_t)(nl + 1 - d);
-		else if (f->replay)
-			return; /* one line longer than the buffer: cutting it would garble it */
-	}
-	strbuf_consume(&f->data, cut);
-	f->base += cut;
-	if (!f->trimmed) {
-		f->trimmed = true;
-		log_warn("%s: more than %zu MiB %s; the oldest is dropped (-o stream_buffer=MiB)",
-			 f->label, stream_buffer >> 20,
-			 f->replay ? "of output" : "not yet read");
-	}
-}
-
 void ctl_feed_push(struct ctl_feed *f, const void *data, size_t len)
 {
 	if (!len)
 		return;
 	pthread_mutex_lock(&ctl_lock);
 	if (!f->ended) {
-		strbuf_append(&f->data, data, len);
-		feed_trim(f);
+		if (feed_push(&f->feed, data, len, stream_buffer) && !f->trimmed) {
+			f->trimmed = true;
+			log_warn("%s: more than %zu MiB %s; the oldest is dropped (-o stream_buffer=MiB)",
+				 f->label, stream_buffer >> 20,
+				 f->feed.replay ? "of output" : "not yet read");
+		}
 		feed_wake(f);
 	}
 	pthread_mutex_unlock(&ctl_lock);
@@ -653,9 +619,11 @@ bool ctl_feed_ended(struct ctl_feed *f)
 
 void ctl_handle_attach(struct ctl_handle *h, struct ctl_feed *f)
 {
-	ctl_feed_ref(f);
+	pthread_mutex_lock(&ctl_lock);
+	f->refs++;
+	feed_attach(&f->feed, &BOX(h)->reader);
+	pthread_mutex_unlock(&ctl_lock);
 	h->feed = f;
-	h->rpos = 0;
 }
 
 /* Ctrl-C on a parked reader: the kernel's interrupt arrives here (from libfuse, with the
@@ -716,6 +684,8 @@ static void handle_free(struct ctl_handle *h)
 		}
 	if (h->ph)
 		fuse_pollhandle_destroy(h->ph);
+	if (h->feed)
+		feed_detach(&h->feed->feed, &BOX(h)->reader);
 	pthread_mutex_unlock(&ctl_lock);
 	ctl_feed_unref(h->feed);
 	if (h->priv_free)
@@ -884,7 +854,8 @@ void ctl_poll(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi,
 	struct ctl_handle *h = handle_of(fi);
 	unsigned revents = POLLOUT | POLLWRNORM;
 	pthread_mutex_lock(&ctl_lock);
-	if (!h->feed || h->rpos < h->feed->base + h->feed->data.len || h->feed->ended)
+	const char *bytes;
+	if (!h->feed || feed_peek(&h->feed->feed, &BOX(h)->reader, 1, &bytes) || h->feed->ended)
 		revents |= POLLIN | POLLRDNORM;
 	if (ph) {
 		if (h->ph) {

@@ -121,7 +121,7 @@ struct ctl_handle {
 
 	/* control.c's own */
 	bool committed, dirty;
-	size_t rpos;          /* read cursor of CTL_STREAM handles */
+	size_t rpos;          /* read cursor of sequential handles without a feed */
 	struct ctl_feed *feed;
 	struct fuse_pollhandle *ph;
 };
@@ -131,8 +131,9 @@ struct ctl_handle {
  * the handles attached to it, each reading from the start (several readers of ctx/ID/out see
  * the same events); otherwise one handle reads it and what it has read is dropped. Either way
  * a feed holds at most about the stream buffer (ctl_set_stream_buffer): beyond it the oldest
- * bytes are dropped (whole lines) and a reader that had not read them skips ahead. label
- * names the file in the log line that says so. */
+ * bytes are dropped (whole lines) and a reader that had not read them skips ahead, after the
+ * rest of a line it had begun (fs/feed.h). label names the file in the log line that says
+ * so. */
 void ctl_set_stream_buffer(size_t bytes);
 struct ctl_feed *ctl_feed_new(bool replay, const char *label);
 void ctl_feed_ref(struct ctl_feed *f);

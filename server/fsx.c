@@ -13,42 +13,13 @@
 #include "common/errnames.h"
 #include "common/fdio.h"
 #include "common/jsonutil.h"
+#include "server/fsops.h"
 #include "server/handles.h"
 #include "server/request.h"
 #include "server/routes.h"
 #include "server/workspace.h"
 
 #define PREAD_MAX (16u << 20)
-
-/* The stat object of an entry, with "target" for a symlink; NULL and *err on failure. */
-static cJSON *stat_at(int dirfd, const char *name, int *err)
-{
-	struct stat st;
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW)) {
-		*err = -errno;
-		return NULL;
-	}
-	cJSON *o = json_from_stat(&st);
-	if (S_ISLNK(st.st_mode)) {
-		char target[PATH_MAX + 1];
-		ssize_t n = readlinkat(dirfd, name, target, sizeof target - 1);
-		if (n >= 0) {
-			target[n] = '\0';
-			cJSON_AddStringToObject(o, "target", target);
-		}
-	}
-	return o;
-}
-
-static cJSON *stat_fd(int fd, int *err)
-{
-	struct stat st;
-	if (fstat(fd, &st)) {
-		*err = -errno;
-		return NULL;
-	}
-	return json_from_stat(&st);
-}
 
 /* Resolves the body field key to its parent directory; answers the error itself. */
 static bool entry(struct req *r, const char *key, struct ws_entry *e)
@@ -87,7 +58,7 @@ static void reply_stat(struct req *r, cJSON *st)
 static void finish_entry(struct req *r, struct ws_entry *e, int err, const char *key)
 {
 	const char *path = json_str(req_json(r), key);
-	cJSON *st = err ? NULL : stat_at(e->dirfd, e->name, &err);
+	cJSON *st = err ? NULL : fsop_stat_json(e->dirfd, e->name, &err);
 	ws_entry_close(e);
 	if (err)
 		reply_ws_errno(r, err, path);
@@ -139,7 +110,7 @@ void route_x_readdir(struct req *r)
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
 		int serr = 0;
-		cJSON *st = stat_at(dirfd(d), de->d_name, &serr);
+		cJSON *st = fsop_stat_json(dirfd(d), de->d_name, &serr);
 		if (!st)
 			continue; /* removed between readdir and fstatat */
 		cJSON *ent = cJSON_CreateObject();
@@ -160,20 +131,6 @@ void route_x_readdir(struct req *r)
 	reply_ok(r, o);
 }
 
-/* Gives a newly created entry exactly the requested permission bits (the server's umask must
- * not apply: the client already applied its own). fd is the entry, opened. */
-static int fix_mode(int fd, mode_t want)
-{
-	struct stat st;
-	if (fstat(fd, &st))
-		return -errno;
-	if (S_ISDIR(st.st_mode))
-		want |= st.st_mode & S_ISGID; /* inherited from a setgid parent */
-	if ((st.st_mode & 07777) != want && fchmod(fd, want))
-		return -errno;
-	return 0;
-}
-
 void route_x_mkdir(struct req *r)
 {
 	struct ws_entry e;
@@ -184,7 +141,7 @@ void route_x_mkdir(struct req *r)
 	if (!err) {
 		int fd = openat(e.dirfd, e.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 		if (fd >= 0) {
-			err = fix_mode(fd, mode);
+			err = fsop_fix_mode(fd, mode);
 			close(fd);
 		}
 	}
@@ -331,35 +288,6 @@ static bool int_field(const cJSON *body, const char *key, int64_t min, int64_t *
 	return true;
 }
 
-/* chmod of the entry itself without following it: through an O_PATH descriptor's /proc
- * magic link (chmod has no AT_SYMLINK_NOFOLLOW of its own). Symlinks have no mode to set. */
-static int chmod_at(int dirfd, const char *name, mode_t mode)
-{
-	struct stat st;
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
-		return -errno;
-	if (S_ISLNK(st.st_mode))
-		return -EOPNOTSUPP;
-	int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	char proc[64];
-	snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
-	int err = chmod(proc, mode) ? -errno : 0;
-	close(fd);
-	return err;
-}
-
-static int truncate_at(int dirfd, const char *name, off_t size)
-{
-	int fd = openat(dirfd, name, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	int err = ftruncate(fd, size) ? -errno : 0;
-	close(fd);
-	return err;
-}
-
 /* What a setattr asks for, from a JSON body or from pwrite's query string. */
 struct attr_req {
 	int64_t mode, size, uid, gid;
@@ -428,7 +356,7 @@ void route_x_setattr(struct req *r)
 			err = fd_setattr(fd, &a);
 			handle_write_end(h);
 		}
-		cJSON *st = err ? NULL : stat_fd(fd, &err);
+		cJSON *st = err ? NULL : fsop_fstat_json(fd, &err);
 		handles_put(h);
 		if (err)
 			reply_errno(r, err, NULL, "handle %s: %s", hid, strerror(-err));
@@ -443,9 +371,9 @@ void route_x_setattr(struct req *r)
 	if ((a.has_uid || a.has_gid) && fchownat(e.dirfd, e.name, u, g, AT_SYMLINK_NOFOLLOW))
 		err = -errno;
 	if (!err && a.has_mode)
-		err = chmod_at(e.dirfd, e.name, (mode_t)a.mode & 07777);
+		err = fsop_chmod(e.dirfd, e.name, (mode_t)a.mode & 07777);
 	if (!err && a.has_size)
-		err = truncate_at(e.dirfd, e.name, (off_t)a.size);
+		err = fsop_truncate(e.dirfd, e.name, (off_t)a.size);
 	if (!err && has_times(&a) && utimensat(e.dirfd, e.name, a.ts, AT_SYMLINK_NOFOLLOW))
 		err = -errno;
 	finish_entry(r, &e, err, "path");
@@ -509,7 +437,7 @@ static int open_entry(struct ws_entry *e, int flags, mode_t mode, bool create, b
 	if (!err && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode))
 		err = -EOPNOTSUPP;
 	if (!err && *created)
-		err = fix_mode(fd, mode);
+		err = fsop_fix_mode(fd, mode);
 	if (err && fd >= 0)
 		close(fd);
 	if (!err)
@@ -531,7 +459,7 @@ void route_x_open(struct req *r)
 			   &created);
 	if (fd < 0)
 		return reply_ws_errno(r, fd, path);
-	cJSON *sto = stat_fd(fd, &err);
+	cJSON *sto = fsop_fstat_json(fd, &err);
 	char id[HANDLE_ID_MAX];
 	err = handles_add(fd, req_client(r), id);
 	if (err) {
@@ -707,7 +635,7 @@ void route_x_pwrite(struct req *r)
 	if (!err)
 		err = fd_setattr(fd, &a);
 	handle_write_end(h);
-	cJSON *st = err ? NULL : stat_fd(fd, &err);
+	cJSON *st = err ? NULL : fsop_fstat_json(fd, &err);
 	handles_put(h);
 	if (err) {
 		reply_handle_error(r, err, hid);

@@ -188,14 +188,12 @@ void reply_ok(struct req *r, cJSON *body)
 	reply_json(r, 200, out);
 }
 
-static void reply_verror(struct req *r, int status, const char *code, int err, cJSON *context,
-			 const char *fmt, va_list ap)
+cJSON *error_object(int status, const char *code, int err, cJSON *context, const char *message)
 {
-	char msg[1024], ts[32];
-	vsnprintf(msg, sizeof msg, fmt, ap);
+	char ts[32];
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddStringToObject(o, "code", code);
-	cJSON_AddStringToObject(o, "message", msg);
+	cJSON_AddStringToObject(o, "message", message);
 	cJSON_AddItemToObject(o, "context", context ? context : cJSON_CreateObject());
 	cJSON_AddNumberToObject(o, "httpStatus", status);
 	if (err) {
@@ -204,7 +202,15 @@ static void reply_verror(struct req *r, int status, const char *code, int err, c
 			cJSON_AddStringToObject(o, "errno", name);
 	}
 	cJSON_AddStringToObject(o, "timestamp", json_timestamp(ts));
-	reply_json(r, status, o);
+	return o;
+}
+
+static void reply_verror(struct req *r, int status, const char *code, int err, cJSON *context,
+			 const char *fmt, va_list ap)
+{
+	char msg[1024];
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	reply_json(r, status, error_object(status, code, err, context, msg));
 }
 
 void reply_error(struct req *r, int status, const char *code, int err, cJSON *context,

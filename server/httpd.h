@@ -42,6 +42,8 @@ void reply_json(struct req *r, int status, cJSON *body);
  * httpStatus, timestamp; plus "errno" when err != 0. */
 void reply_error(struct req *r, int status, const char *code, int err, cJSON *context,
 		 const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* The body reply_error sends, as an object (for an answer that holds errors of its own). */
+cJSON *error_object(int status, const char *code, int err, cJSON *context, const char *message);
 /* Standard error for an errno, status and code from common/errnames.h; context gets "path"
  * when path is not NULL. */
 void reply_errno(struct req *r, int err, const char *path, const char *fmt, ...)

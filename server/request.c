@@ -100,7 +100,8 @@ static bool take(const struct field *f, const cJSON *v, char *out)
 		*(const char **)(out + f->at) = v->valuestring;
 		return true;
 	case FIELD_INT:
-		if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
+		/* range first: a cast out of range is undefined (and NaN fails every comparison) */
+		if (!cJSON_IsNumber(v) || !(fabs(v->valuedouble) < 9.2e18) ||
 		    v->valuedouble != (double)(int64_t)v->valuedouble || !in_bounds(f, v->valuedouble))
 			return false;
 		*(int64_t *)(out + f->at) = (int64_t)v->valuedouble;

@@ -72,6 +72,7 @@ const struct route routes[] = {
 	{ "PUT", "/api/x/pwrite", route_x_pwrite, ROUTE_EXTENSION },
 	{ "POST", "/api/x/fsync", route_x_fsync, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/close", route_x_close, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/journal", route_x_journal, ROUTE_JSON | ROUTE_EXTENSION },
 
 	{ "GET", "/api/x/env", route_x_env_get, ROUTE_EXTENSION },
 	{ "POST", "/api/x/env", route_x_env_set, ROUTE_JSON | ROUTE_EXTENSION },

@@ -43,6 +43,9 @@ void route_x_pwrite(struct req *r);
 void route_x_fsync(struct req *r);
 void route_x_close(struct req *r);
 
+/* journal_routes.c */
+void route_x_journal(struct req *r);
+
 /* watch.c */
 void route_watch(struct req *r);
 void route_watch_check(struct req *r);

@@ -25,5 +25,6 @@ struct sbxd {
 	const struct sbxd_config *cfg;
 	struct procs *procs;    /* background processes (processes.h) */
 	struct ports *ports;    /* exposed ports (ports.h) */
+	struct journals *journals; /* the journals' watermarks (journal.h) */
 };
 #endif

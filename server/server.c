@@ -22,6 +22,7 @@
 #include "server/handles.h"
 #include "server/httpd.h"
 #include "server/idempotency.h"
+#include "server/journal.h"
 #include "server/leases.h"
 #include "server/ports.h"
 #include "server/preview.h"
@@ -91,10 +92,15 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	runner_init(ws_host_dir(), cfg->state_dir);
 	watch_init();
 	leases_start(cfg->lease_seconds * 1000);
-	struct sbxd sbxd = { .cfg = cfg, .procs = procs_new(), .ports = ports_new(cfg) };
+	struct journals *journals = journals_new(cfg->state_dir, &err);
+	if (!journals)
+		log_error("journals in state directory %s: %s", cfg->state_dir, strerror(-err));
+	struct sbxd sbxd = { .cfg = cfg, .procs = procs_new(), .ports = ports_new(cfg),
+			     .journals = journals };
 	struct httpd_hook preview = preview_hook(sbxd.ports);
-	struct httpd *h = httpd_start(&sbxd, &preview);
+	struct httpd *h = journals ? httpd_start(&sbxd, &preview) : NULL;
 	if (!h) {
+		journals_free(sbxd.journals);
 		ports_free(sbxd.ports);
 		procs_free(sbxd.procs);
 		leases_stop();
@@ -121,6 +127,7 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	procs_free(sbxd.procs);
 	log_debug("background processes stopped");
 	ports_free(sbxd.ports);
+	journals_free(sbxd.journals);
 	watch_shutdown();
 	log_debug("watcher stopped");
 	leases_stop();

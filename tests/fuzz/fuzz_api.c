@@ -19,6 +19,7 @@
 #include <sys/time.h>
 #include <unistd.h>
 #include "server/httpd.h"
+#include "server/journal.h"
 #include "server/ports.h"
 #include "server/preview.h"
 #include "server/processes.h"
@@ -46,6 +47,7 @@ static const struct {
 	{ "GET", "/api/x/ports" }, { "POST", "/api/session/create" },
 	{ "POST", "/api/session/delete" }, { "GET", "/api/session/list" },
 	{ "POST", "/api/read/stream" }, { "GET", "/api/ping" }, { "GET", "/api/x/capabilities" },
+	{ "POST", "/api/x/journal" },
 };
 #define N_TARGETS (sizeof targets / sizeof targets[0])
 
@@ -138,7 +140,11 @@ static void start(void)
 	snprintf(p, sizeof p, "%s/out", ws);
 	symlink("/", p);
 	watch_init();
-	sbxd = (struct sbxd){ .cfg = &cfg, .procs = procs_new(), .ports = ports_new(&cfg) };
+	int err;
+	sbxd = (struct sbxd){ .cfg = &cfg, .procs = procs_new(), .ports = ports_new(&cfg),
+			      .journals = journals_new(state, &err) };
+	if (!sbxd.journals)
+		abort();
 	static struct httpd_hook preview;
 	preview = preview_hook(sbxd.ports);
 	server = httpd_start(&sbxd, &preview);

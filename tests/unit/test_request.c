@@ -94,6 +94,10 @@ int main(void)
 		  "depth must be an integer from 1 to 100");
 	CHECK_STR(decode("{\"command\":\"ls\",\"depth\":\"3\"}", &x, &e),
 		  "depth must be an integer from 1 to 100");
+	CHECK_STR(decode("{\"command\":\"ls\",\"depth\":1e300}", &x, &e),
+		  "depth must be an integer from 1 to 100");
+	CHECK_STR(decode("{\"command\":\"ls\",\"depth\":-1e19}", &x, &e),
+		  "depth must be an integer from 1 to 100");
 	CHECK_STR(decode("{\"command\":\"ls\",\"timeoutMs\":1e300}", &x, &e),
 		  "timeoutMs must be a number from 0 to 1000000");
 	CHECK_STR(decode("{\"command\":\"ls\",\"timeoutMs\":-1}", &x, &e),

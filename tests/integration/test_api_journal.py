@@ -1,0 +1,197 @@
+"""POST /api/x/journal (docs/protocol.md, "The journal") against a real sbxd over HTTP: a
+batch of a journal's operations is applied in order and exactly once, whether the client sends
+it again with the same Idempotency-Key, without one, or to an sbxd that was restarted in
+between; each op gets its own result, in the shapes of the other /api/x/ routes."""
+import base64
+import os
+import secrets
+
+import pytest
+
+from util import Sandbox
+
+
+@pytest.fixture(autouse=True)
+def ext_only(mode):
+    """The journal is an extension of sbxd's API, whatever the mount does: one run (ext)."""
+    if mode != 'ext':
+        pytest.skip('sbxd API tests run in ext mode only')
+
+
+def b64(text):
+    return base64.b64encode(text.encode()).decode()
+
+
+def put(seq, path, text, mode=0o644, **kw):
+    return dict(seq=seq, op='put', path=path, mode=mode, data=b64(text), **kw)
+
+
+def journal(sbx, jid, ops, key=None):
+    headers = {'Idempotency-Key': key} if key else None
+    return sbx.api('/api/x/journal', {'journal': jid, 'ops': ops}, headers=headers)
+
+
+def host_file(sbx, name):
+    """The content of a workspace file, read on the host (None when absent)."""
+    try:
+        with open(os.path.join(sbx.workspace, name)) as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def outcomes(reply):
+    return [('ok' if r.get('ok') else 'skipped' if r.get('skipped') else
+             r['error']['errno'] if 'error' in r else '?') for r in reply['results']]
+
+
+# put a; rename a -> b; put a: applied twice, b would end up with the second content
+SEQUENCE = [
+    put(1, '/workspace/a', 'first'),
+    dict(seq=2, op='rename', **{'from': '/workspace/a', 'to': '/workspace/b'}),
+    put(3, '/workspace/a', 'second'),
+]
+
+
+def test_repeats_apply_nothing_twice(server):
+    jid = 'test-' + secrets.token_hex(4)
+    key = 'journal-test-' + secrets.token_hex(4)
+    status, r = journal(server, jid, SEQUENCE, key=key)
+    assert status == 200 and r['success'], r
+    assert r['journal'] == jid and r['applied'] == 3
+    assert outcomes(r) == ['ok', 'ok', 'ok']
+    assert [x['seq'] for x in r['results']] == [1, 2, 3]
+    assert (host_file(server, 'a'), host_file(server, 'b')) == ('second', 'first')
+
+    # the same request with the same key (a lost answer): the first answer, nothing done
+    status, again = journal(server, jid, SEQUENCE, key=key)
+    assert status == 200 and again == r
+    assert (host_file(server, 'a'), host_file(server, 'b')) == ('second', 'first')
+
+    # without the key (or with a new one) the watermark skips every op
+    for k in (None, key + '-new'):
+        status, again = journal(server, jid, SEQUENCE, key=k)
+        assert status == 200 and again['applied'] == 3, again
+        assert outcomes(again) == ['skipped'] * 3
+        assert all(set(x) == {'seq', 'skipped'} for x in again['results'])
+        assert (host_file(server, 'a'), host_file(server, 'b')) == ('second', 'first')
+
+    # a restarted sbxd read its watermarks back: still nothing applied twice
+    server.stop_server()
+    server.start_server()
+    status, again = journal(server, jid, SEQUENCE + [put(4, '/workspace/c', 'new')])
+    assert status == 200 and again['applied'] == 4, again
+    assert outcomes(again) == ['skipped'] * 3 + ['ok']
+    assert (host_file(server, 'a'), host_file(server, 'b'), host_file(server, 'c')) == \
+        ('second', 'first', 'new')
+
+    # another journal has a watermark of its own
+    status, other = journal(server, jid + '-2', [put(1, '/workspace/d', 'd')])
+    assert status == 200 and outcomes(other) == ['ok'] and other['applied'] == 1
+
+
+def test_results(api_server):
+    sbx = api_server
+    jid = 'results-' + secrets.token_hex(4)
+    os.makedirs(os.path.join(sbx.workspace, 'r'), exist_ok=True)
+    ops = [
+        dict(seq=10, op='mkdir', path='/workspace/r/dir', mode=0o750),
+        put(11, '/workspace/r/f', 'hello', mode=0o600,
+            mtime=[1700000000, 5], expect={'absent': True}),
+        dict(seq=12, op='rename', **{'from': '/workspace/r/missing', 'to': '/workspace/r/x'}),
+        put(13, '/workspace/r/f', 'changed', expect={'absent': True}),
+        dict(seq=14, op='symlink', target='f', path='/workspace/r/lnk'),
+        dict(seq=15, op='link', **{'from': '/workspace/r/f', 'to': '/workspace/r/hard'}),
+        dict(seq=16, op='write', path='/workspace/r/f', offset=7, data=b64('!')),
+        dict(seq=17, op='setattr', path='/workspace/r/f', mode=0o640, size=3),
+        dict(seq=18, op='unlink', path='/workspace/r/never'),
+        dict(seq=19, op='rmdir', path='/workspace/r/dir'),
+        put(20, '/workspace/../etc/x', 'escape'),
+        dict(seq=21, op='mkdir', path='/workspace/r/dir', mode=0o755),
+    ]
+    status, r = journal(sbx, jid, ops)
+    assert status == 200, r
+    res = r['results']
+    assert outcomes(r) == ['ok', 'ok', 'ENOENT', 'ok', 'ok', 'ok', 'ok', 'ok', 'ok', 'ok',
+                           'EACCES', 'ok']
+    assert r['applied'] == 21
+    assert res[0]['stat']['mode'] == 0o40750
+    assert res[1]['stat']['mode'] == 0o100600 and res[1]['stat']['size'] == 5
+    assert res[1]['stat']['mtime'] == [1700000000, 5]
+    assert 'conflict' not in res[1]
+
+    # an error is the error body of the other routes
+    err = res[2]['error']
+    assert err['code'] == 'FILE_NOT_FOUND' and err['errno'] == 'ENOENT'
+    assert err['httpStatus'] == 404
+    assert err['context'] == {'from': '/workspace/r/missing', 'to': '/workspace/r/x'}
+    assert '/workspace/r/missing' in err['message']
+    assert res[10]['error']['code'] == 'PERMISSION_DENIED'
+    assert res[10]['error']['context'] == {'path': '/workspace/../etc/x'}
+
+    # a put over what its client did not know of: applied, and says what it found
+    assert res[3]['conflict'] is True
+    assert res[3]['before']['size'] == 5 and res[3]['before']['mtime'] == [1700000000, 5]
+    assert res[3]['stat']['ino'] == res[1]['stat']['ino']   # in place
+    assert res[4]['stat']['target'] == 'f'
+    assert res[5]['stat']['nlink'] == 2
+    assert res[6]['stat']['size'] == 8
+    assert 'stat' not in res[8] and 'stat' not in res[9]
+
+    # the stat objects are /api/x/stat's (before anything reads the file: a read may change
+    # its atime)
+    status, st = sbx.api('/api/x/stat', {'path': '/workspace/r/f'})
+    assert status == 200 and st['stat'] == res[7]['stat']
+    status, st = sbx.api('/api/x/stat', {'path': '/workspace/r/lnk'})
+    # (reading a symlink's target, as every stat of one does, sets its atime)
+    assert status == 200 and dict(st['stat'], atime=0) == dict(res[4]['stat'], atime=0)
+    assert host_file(sbx, 'r/hard') == 'cha'
+    assert not os.path.exists(os.path.join(sbx.workspace, 'r/x'))
+
+
+@pytest.mark.parametrize('body, field', [
+    ({'journal': 'bad id', 'ops': [put(1, 'a', 'x')]}, 'journal'),
+    ({'journal': 'x' * 65, 'ops': [put(1, 'a', 'x')]}, 'journal'),
+    ({'ops': [put(1, 'a', 'x')]}, 'journal'),
+    ({'journal': 'j', 'ops': []}, 'ops'),
+    ({'journal': 'j', 'ops': [put(1, 'a', 'x')] * 4097}, 'ops'),
+    ({'journal': 'j', 'ops': [put(2, 'a', 'x'), put(2, 'b', 'x')]}, 'ops'),
+    ({'journal': 'j', 'ops': [put(0, 'a', 'x')]}, 'ops'),
+    ({'journal': 'j', 'ops': [put(2 ** 53 + 2, 'a', 'x')]}, 'ops'),
+    ({'journal': 'j', 'ops': [dict(seq=1, op='chmod', path='a')]}, 'ops'),
+    ({'journal': 'j', 'ops': [dict(seq=1, op='put', path='a', mode=420)]}, 'ops'),
+    ({'journal': 'j', 'ops': [dict(seq=1, op='put', path='a', mode=420, data='**')]}, 'ops'),
+    ({'journal': 'j', 'ops': [put(1, 'a', 'x', mtime={'sec': 1, 'nsec': 2})]}, 'ops'),
+    ({'journal': 'j', 'ops': [dict(seq=1, op='rename', flags='both',
+                                   **{'from': 'a', 'to': 'b'})]}, 'ops'),
+])
+def test_bad_batches_are_refused_whole(api_server, body, field):
+    sbx = api_server
+    # a valid op before the bad one: not applied either
+    jid = 'bad-' + secrets.token_hex(4)
+    if 'journal' in body and body['journal'] == 'j':
+        body = dict(body, journal=jid)
+        if body['ops'] and body['ops'][0]['seq'] > 1:
+            body['ops'] = [put(1, '/workspace/bad-' + jid, 'x')] + body['ops']
+    status, r = sbx.api('/api/x/journal', body)
+    assert status == 400, r
+    assert r['code'] == 'VALIDATION_FAILED' and r['errno'] == 'EINVAL'
+    assert r['context']['field'] == field, r
+    assert host_file(sbx, 'bad-' + jid) is None
+    status, ok = journal(sbx, jid, [put(1, '/workspace/bad-' + jid, 'x')])
+    assert status == 200 and outcomes(ok) == ['ok']   # the watermark did not move
+
+
+def test_capability_and_no_extensions(api_server, build_dir):
+    status, caps = api_server.api('/api/x/capabilities')
+    assert status == 200 and 'journal' in caps['extensions']
+    s = Sandbox(build_dir, 'fallback')
+    s.start_server()
+    try:
+        status, r = journal(s, 'j', [put(1, '/workspace/a', 'x')])
+        assert status == 404, r
+        assert host_file(s, 'a') is None
+    finally:
+        problems = s.close()
+        s.remove()
+    assert not problems, problems
