@@ -44,10 +44,21 @@ struct jfile {
 	struct sbx_file base;
 	struct sbx_journal *j;
 	struct jinode *ino;
-	bool writable;
+	bool writable, append;
 };
 
 static struct sbx_journal *J(struct sbx *s) { return s->journal; }
+
+/* Calls into the backend from here: its own requests (a POST settles first) must not wait for
+ * the journal, which would wait for nothing but itself here. */
+static __thread int passing;
+#define INNER(expr)                                   \
+	__extension__({                               \
+		passing++;                            \
+		__typeof__(expr) inner_r_ = (expr);   \
+		passing--;                            \
+		inner_r_;                             \
+	})
 
 /* ---- the overlay ---- */
 
@@ -277,19 +288,31 @@ static uint64_t enqueue(struct sbx_journal *j, struct jop *op, bool replayed)
 static int wait_acked(struct sbx_journal *j, uint64_t seq, long timeout_ms)
 {
 	int64_t deadline = mono_ms() + timeout_ms;
-	while (j->acked < seq && j->running)
+	uint64_t tried = 0; /* while offline: the attempt this wait asked for */
+	while (j->acked < seq && j->running) {
+		if (j->offline && tried && j->attempts > tried)
+			return sbx_fail(-ENOTCONN, "the sandbox does not answer: %zu change%s wait "
+					"in the journal (%s) and are sent when it does", j->queued,
+					j->queued == 1 ? "" : "s", j->dir);
+		if (j->offline && !tried) {
+			/* not the backoff's next try: one now, and its outcome is the answer */
+			tried = j->attempts;
+			j->retry_now = true;
+			pthread_cond_broadcast(&j->changed);
+		}
 		if (!mono_cond_wait_until(&j->changed, &j->lock, deadline))
 			return sbx_fail(-ETIMEDOUT, "the sandbox has not acknowledged %zu change%s "
 					"within %ld s: they stay in the journal (%s) and are sent "
 					"when it answers", j->queued, j->queued == 1 ? "" : "s",
 					timeout_ms / 1000, j->dir);
+	}
 	return j->acked >= seq ? 0 : sbx_fail(-EIO, "the journal stopped");
 }
 
 /* Everything journaled so far acknowledged (for what must see the sandbox as the mount does). */
 static int drain(struct sbx_journal *j)
 {
-	if (upload_is_self())
+	if (upload_is_self() || passing)
 		return 0;
 	return wait_acked(j, j->next_seq - 1, j->s->deadline_ms);
 }
@@ -355,7 +378,7 @@ static int j_lstat(struct sbx *s, const char *path, struct stat *st, char **targ
 		return sbx_fail(absent, "lstat %s: %s", path, strerror(-absent));
 	if (absent)
 		return sbx_fail(-ENOENT, "lstat %s: %s", path, strerror(ENOENT));
-	return j->inner->lstat(s, path, st, target);
+	return INNER(j->inner->lstat(s, path, st, target));
 }
 
 struct listing {
@@ -439,7 +462,7 @@ static int j_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, 
 		err = sbx_fail(notdir || absent < 0 ? -ENOTDIR : -ENOENT, "readdir %s: %s", path,
 			       strerror(notdir || absent < 0 ? ENOTDIR : ENOENT));
 	else if (!opaque)
-		err = j->inner->readdir(s, path, &l.ents, &l.n);
+		err = INNER(j->inner->readdir(s, path, &l.ents, &l.n));
 	l.cap = l.n;
 	for (size_t i = 0; i < nc; i++) {
 		if (!err)
@@ -582,7 +605,7 @@ static int j_rename(struct sbx *s, const char *from, const char *to, unsigned fl
 	pthread_mutex_unlock(&j->lock);
 	if (err)
 		return err;
-	err = j->inner->rename(s, from, to, flags);
+	err = INNER(j->inner->rename(s, from, to, flags));
 	if (err)
 		return err;
 	pthread_mutex_lock(&j->lock);
@@ -629,7 +652,7 @@ static int j_readlink(struct sbx *s, const char *path, char **target)
 		err = sbx_fail(-ENOENT, "readlink %s: %s", path, strerror(ENOENT));
 	}
 	pthread_mutex_unlock(&j->lock);
-	return err <= 0 ? err : j->inner->readlink(s, path, target);
+	return err <= 0 ? err : INNER(j->inner->readlink(s, path, target));
 }
 
 static int j_link(struct sbx *s, const char *from, const char *to, struct stat *st)
@@ -657,7 +680,7 @@ static int j_link(struct sbx *s, const char *from, const char *to, struct stat *
 	pthread_mutex_unlock(&j->lock);
 	if (err)
 		return err;
-	err = j->inner->link(s, from, to, st);
+	err = INNER(j->inner->link(s, from, to, st));
 	if (!err) {
 		pthread_mutex_lock(&j->lock);
 		moved_by_backend(j, to, to);
@@ -668,7 +691,7 @@ static int j_link(struct sbx *s, const char *from, const char *to, struct stat *
 
 static int j_statfs(struct sbx *s, const char *path, struct statvfs *sv)
 {
-	return J(s)->inner->statfs(s, path, sv);
+	return INNER(J(s)->inner->statfs(s, path, sv));
 }
 
 /* Applies valid/want to what node n shows and journals it (lock held). */
@@ -739,7 +762,7 @@ static int j_setattr(struct sbx *s, const char *path, unsigned valid, const stru
 	}
 	err = drain(j);
 	pthread_mutex_unlock(&j->lock);
-	return err ? err : j->inner->setattr(s, path, valid, want, st);
+	return err ? err : INNER(j->inner->setattr(s, path, valid, want, st));
 }
 
 /* ---- files ---- */
@@ -770,7 +793,7 @@ static int fetch_whole(struct sbx_journal *j, const char *path, int fd, off_t si
 		abort();
 	int err = 0;
 	for (off_t off = 0; off < size && !err;) {
-		ssize_t got = j->inner->pread_path(j->s, path, buf, 1 << 20, off);
+		ssize_t got = INNER(j->inner->pread_path(j->s, path, buf, 1 << 20, off));
 		if (got < 0)
 			err = (int)got;
 		else if (got == 0)
@@ -829,14 +852,14 @@ static int j_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 	int err = 0;
 	if (!create_new) {
 		if (!writing)
-			return j->inner->file_open(s, path, flags & ~SBX_O_NEW, mode, out, st);
-		err = j->inner->lstat(s, path, &cur, NULL);
+			return INNER(j->inner->file_open(s, path, flags & ~SBX_O_NEW, mode, out, st));
+		err = INNER(j->inner->lstat(s, path, &cur, NULL));
 		if (err == -ENOENT && (flags & O_CREAT))
 			create_new = true, err = 0;
 		else if (!err && S_ISDIR(cur.st_mode))
 			err = sbx_fail(-EISDIR, "open %s: %s", path, strerror(EISDIR));
 		else if (!err && !S_ISREG(cur.st_mode))
-			return j->inner->file_open(s, path, flags & ~SBX_O_NEW, mode, out, st);
+			return INNER(j->inner->file_open(s, path, flags & ~SBX_O_NEW, mode, out, st));
 		if (err)
 			return err;
 		if (!create_new && !(flags & O_TRUNC) && cur.st_size > FETCH_MAX) {
@@ -901,6 +924,7 @@ static struct sbx_file *jfile_new(struct sbx_journal *j, struct jinode *ino, int
 	f->j = j;
 	f->ino = ino;
 	f->writable = (flags & O_ACCMODE) != O_RDONLY;
+	f->append = flags & O_APPEND;
 	ino->opens++;
 	return &f->base;
 }
@@ -917,11 +941,16 @@ static ssize_t jf_pwrite(struct sbx_file *f, const void *buf, size_t len, off_t 
 {
 	struct jfile *jf = JF(f);
 	struct sbx_journal *j = jf->j;
-	ssize_t r = pwrite(jf->ino->fd, buf, len, off);
-	if (r < 0)
-		return sbx_fail(-errno, "write: the journal: %s", strerror(errno));
 	pthread_mutex_lock(&j->lock);
 	struct stat *st = &jf->ino->st;
+	if (jf->append) /* at the end as this file knows it, which the kernel may not */
+		off = st->st_size;
+	ssize_t r = pwrite(jf->ino->fd, buf, len, off);
+	if (r < 0) {
+		int e = errno;
+		pthread_mutex_unlock(&j->lock);
+		return sbx_fail(-e, "write: the journal: %s", strerror(e));
+	}
 	if (off + r > st->st_size) {
 		st->st_size = off + r;
 		st->st_blocks = (st->st_size + 511) / 512;
@@ -1033,7 +1062,7 @@ static int j_read_all(struct sbx *s, const char *path, char **data, size_t *len)
 		pthread_mutex_unlock(&j->lock);
 		if (absent)
 			return sbx_fail(-ENOENT, "read %s: %s", path, strerror(ENOENT));
-		return j->inner->read_all(s, path, data, len);
+		return INNER(j->inner->read_all(s, path, data, len));
 	}
 	struct sbx_file *f = jfile_new(j, n->ino, O_RDONLY);
 	size_t size = (size_t)n->ino->st.st_size;
@@ -1063,7 +1092,7 @@ static ssize_t j_pread_path(struct sbx *s, const char *path, void *buf, size_t l
 		pthread_mutex_unlock(&j->lock);
 		if (absent)
 			return sbx_fail(-ENOENT, "read %s: %s", path, strerror(ENOENT));
-		return j->inner->pread_path(s, path, buf, len, off);
+		return INNER(j->inner->pread_path(s, path, buf, len, off));
 	}
 	struct sbx_file *f = jfile_new(j, n->ino, O_RDONLY);
 	pthread_mutex_unlock(&j->lock);
@@ -1075,7 +1104,7 @@ static ssize_t j_pread_path(struct sbx *s, const char *path, void *buf, size_t l
 static void j_settle(struct sbx *s)
 {
 	struct sbx_journal *j = J(s);
-	if (!upload_is_self()) {
+	if (!upload_is_self() && !passing) {
 		pthread_mutex_lock(&j->lock);
 		if (drain(j))
 			log_warn("journal: %s", sbx_last_error());
@@ -1233,7 +1262,7 @@ int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 	j->next_seq = 1;
 	j->dir_fd = j->blobs_fd = j->log_fd = j->lock_fd = -1;
 	struct stat ws;
-	if (j->inner->lstat(s, "/workspace", &ws, NULL) == 0) {
+	if (INNER(j->inner->lstat(s, "/workspace", &ws, NULL)) == 0) {
 		j->uid = ws.st_uid;
 		j->gid = ws.st_gid;
 	}

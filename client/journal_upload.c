@@ -430,6 +430,8 @@ static void *uploader(void *arg)
 		spool_sync(j, false);
 		size_t done = j->route ? send_batch(j, ops, n, oc) : send_each(j, ops, n, oc);
 		pthread_mutex_lock(&j->lock);
+		j->attempts++;
+		j->retry_now = false;
 		for (size_t i = 0; i < done; i++)
 			finish(j, ops[i], &oc[i]);
 		if (done) {
@@ -443,17 +445,20 @@ static void *uploader(void *arg)
 			j->backoff_ms = 0;
 			pthread_cond_broadcast(&j->changed);
 		}
+		pthread_cond_broadcast(&j->changed);
 		if (done < n) {
 			if (!j->offline)
 				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "
 					 "in the journal and are sent again", sbx_last_error(),
 					 j->queued);
 			j->offline = true;
+			pthread_cond_broadcast(&j->changed); /* waiters that asked for it give up */
 			j->backoff_ms = j->backoff_ms ? j->backoff_ms * 2 : 100;
 			if (j->backoff_ms > 5000)
 				j->backoff_ms = 5000;
 			int64_t until = mono_ms() + j->backoff_ms;
-			while (!j->stopping && mono_cond_wait_until(&j->changed, &j->lock, until))
+			while (!j->stopping && !j->retry_now &&
+			       mono_cond_wait_until(&j->changed, &j->lock, until))
 				;
 		}
 	}
