@@ -140,6 +140,8 @@ static void jnode_clear(struct sbx_journal *j, struct jnode *n)
 	if (n->kind == JN_FILE) {
 		if (n->ino->name == n)
 			n->ino->name = NULL;
+		if (n->ino->st.st_nlink)
+			n->ino->st.st_nlink--;
 		n->ino->links--;
 		jinode_put(j, n->ino);
 	}
@@ -164,6 +166,7 @@ static void jnode_set_file(struct sbx_journal *j, struct jnode *n, struct jinode
 	jnode_clear(j, n);
 	n->kind = JN_FILE;
 	n->ino = ino;
+	ino->st.st_nlink++;
 	if (!ino->name)
 		ino->name = n;
 }
@@ -515,8 +518,6 @@ static int j_unlink(struct sbx *s, const char *path)
 		err = sbx_fail(-ENOENT, "unlink %s: %s", path, strerror(ENOENT));
 	if (!err) {
 		n = jnode_get(j, path);
-		if (n->kind == JN_FILE)
-			n->ino->st.st_nlink--;
 		jnode_clear(j, n);
 		enqueue(j, jop_new(JOP_UNLINK, path, NULL), false);
 	}
@@ -664,7 +665,6 @@ static int j_link(struct sbx *s, const char *from, const char *to, struct stat *
 	if (a && a->kind == JN_FILE && !(b && b->kind != JN_GONE)) {
 		b = jnode_get(j, to);
 		jnode_set_file(j, b, a->ino);
-		a->ino->st.st_nlink++;
 		put_if_dirty(j, a->ino); /* the link must find the content there */
 		enqueue(j, jop_new(JOP_LINK, from, to), false);
 		if (st)
@@ -780,6 +780,7 @@ static struct jinode *jinode_new(struct sbx_journal *j, mode_t mode)
 		return NULL;
 	}
 	new_stat(j, &ino->st, S_IFREG | (mode & 07777));
+	ino->st.st_nlink = 0; /* its names count themselves in (jnode_set_file) */
 	return ino;
 }
 
@@ -879,6 +880,7 @@ static int j_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 		ino->st.st_gid = cur.st_gid;
 		ino->st.st_atim = cur.st_atim;
 		ino->st.st_mtim = cur.st_mtim;
+		ino->st.st_nlink = cur.st_nlink ? cur.st_nlink - 1 : 0; /* its other names */
 		if (!(flags & O_TRUNC)) {
 			err = fetch_whole(j, path, ino->fd, cur.st_size);
 			ino->st.st_size = cur.st_size;
@@ -1187,6 +1189,7 @@ static void replay_op(struct sbx_journal *j, struct jop *op)
 			ino->id = op->blob;
 			ino->fd = spool_blob_open(j, op->blob);
 			new_stat(j, &ino->st, S_IFREG);
+			ino->st.st_nlink = 0;
 			struct stat bs;
 			if (ino->fd >= 0 && fstat(ino->fd, &bs) == 0)
 				ino->st.st_size = bs.st_size;

@@ -351,6 +351,10 @@ static size_t send_each(struct sbx_journal *j, struct jop **ops, size_t n, struc
 		oc[i].conflict = false;
 		snprintf(oc[i].why, sizeof oc[i].why, "%s", err ? sbx_last_error() : "");
 	}
+	/* what the backend holds back (the fallback's batched modes and times) goes now: an
+	 * acknowledgement means it is in the sandbox */
+	if (j->inner->settle)
+		j->inner->settle(j->s);
 	return n;
 }
 
