@@ -1251,6 +1251,10 @@ static void replay_op(struct sbx_journal *j, struct jop *op)
 
 int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 {
+	if (!s->journal_route)
+		return sbx_fail(-EOPNOTSUPP, "this sandbox has no journal route (POST "
+				"/api/x/journal: a plain container, or sbxd --no-extensions): "
+				"changes go to it as they are made");
 	struct sbx_journal *j = calloc(1, sizeof *j);
 	if (!j)
 		abort();

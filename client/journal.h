@@ -23,7 +23,8 @@ int sbx_journal_check_dir(const char *dir);
 /* Puts a journal in front of s's backend: from now on the workspace's changes go through it.
  * Replays what an earlier mount of the same sandbox left in the journal (sbxfs killed, host
  * rebooted) before returning. Call after sbx_open (and sbx_force_fallback), before s is
- * shared. Fails with -EBUSY when another mount uses the same journal. */
+ * shared. Fails with -EBUSY when another mount uses the same journal, -EOPNOTSUPP for a
+ * backend without sbxd's journal route (a plain container). */
 int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o);
 
 /* Waits until everything written through the mount before the call is acknowledged by the

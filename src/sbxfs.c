@@ -242,6 +242,12 @@ static int start_journal(const struct options *o, struct sbx *sandbox)
 {
 	struct sbx_journal_opts jo = { .cache_dir = o->cache_dir };
 	int err = sbx_journal_start(sandbox, &jo);
+	if (err == -EOPNOTSUPP) {
+		/* asked for by name: say why it is not there; the default just is not */
+		if (o->writeback)
+			log_warn("writeback=on: %s", sbx_last_error());
+		return 0;
+	}
 	if (err < 0)
 		fail("write-back journal: %s", sbx_last_error());
 	return err;
