@@ -245,6 +245,68 @@ static void new_stat(struct sbx_journal *j, struct stat *st, mode_t mode)
 	st->st_atim = st->st_mtim = st->st_ctim = now_ts();
 }
 
+/* ---- the sandbox's directories, as last seen ----
+ *
+ * A change in a directory changes the directory's own mtime, and the kernel then asks for its
+ * attributes again (a path walk checks its permissions). For a directory only the sandbox
+ * holds that would be a round trip, or a timeout while the sandbox is down, on every change
+ * in it. So the attributes of directories that went past on their way to the mount are kept
+ * (a bounded table, the oldest replaced), and a change journaled in such a directory makes it
+ * a node with those attributes and the time of the change, until the change is
+ * acknowledged. */
+
+#define DIRSEEN_MAX 4096
+
+struct dirseen {
+	char *path;
+	struct stat st;
+};
+
+static void dirseen_put(struct sbx_journal *j, const char *path, const struct stat *st)
+{
+	if (!S_ISDIR(st->st_mode))
+		return;
+	size_t h = path_hash(path) % DIRSEEN_MAX;
+	struct dirseen *e = &j->dirseen[h];
+	if (!e->path || strcmp(e->path, path) != 0) {
+		free(e->path);
+		if (!(e->path = strdup(path)))
+			abort();
+	}
+	e->st = *st;
+}
+
+static const struct stat *dirseen_get(struct sbx_journal *j, const char *path)
+{
+	const struct dirseen *e = &j->dirseen[path_hash(path) % DIRSEEN_MAX];
+	return e->path && strcmp(e->path, path) == 0 ? &e->st : NULL;
+}
+
+/* The directory of path, as a node for as long as the change made in it at seq is pending
+ * (lock held). */
+static void touch_parent(struct sbx_journal *j, const char *path, uint64_t seq)
+{
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path)
+		return;
+	char *dir = strndup(path, (size_t)(slash - path));
+	if (!dir)
+		abort();
+	struct jnode *d = jnode_find(j, dir);
+	const struct stat *seen = d ? NULL : dirseen_get(j, dir);
+	if (seen) {
+		d = jnode_get(j, dir);
+		d->kind = JN_DIR;
+		d->st = *seen;
+	}
+	if (d && d->kind == JN_DIR) {
+		d->st.st_mtim = d->st.st_ctim = now_ts();
+		if (d->last_seq < seq)
+			d->last_seq = seq;
+	}
+	free(dir);
+}
+
 /* ---- the queue ---- */
 
 static struct jop *jop_new(enum jop_kind kind, const char *path, const char *path2)
@@ -275,6 +337,11 @@ static uint64_t enqueue(struct sbx_journal *j, struct jop *op, bool replayed)
 	jnode_get(j, op->path)->last_seq = op->seq;
 	if (op->path2 && op->kind != JOP_SYMLINK)
 		jnode_get(j, op->path2)->last_seq = op->seq;
+	if (op->kind != JOP_PUT && op->kind != JOP_SETATTR) { /* names come or go */
+		touch_parent(j, op->path, op->seq);
+		if (op->path2 && op->kind != JOP_SYMLINK)
+			touch_parent(j, op->path2, op->seq);
+	}
 	if (!replayed)
 		spool_log_op(j, op);
 	if (j->tail)
@@ -381,7 +448,13 @@ static int j_lstat(struct sbx *s, const char *path, struct stat *st, char **targ
 		return sbx_fail(absent, "lstat %s: %s", path, strerror(-absent));
 	if (absent)
 		return sbx_fail(-ENOENT, "lstat %s: %s", path, strerror(ENOENT));
-	return INNER(j->inner->lstat(s, path, st, target));
+	int err = INNER(j->inner->lstat(s, path, st, target));
+	if (!err && S_ISDIR(st->st_mode)) {
+		pthread_mutex_lock(&j->lock);
+		dirseen_put(j, path, st);
+		pthread_mutex_unlock(&j->lock);
+	}
+	return err;
 }
 
 struct listing {
@@ -467,6 +540,18 @@ static int j_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, 
 	else if (!opaque)
 		err = INNER(j->inner->readdir(s, path, &l.ents, &l.n));
 	l.cap = l.n;
+	if (!err && l.n) {
+		pthread_mutex_lock(&j->lock);
+		for (size_t i = 0; i < l.n; i++)
+			if (S_ISDIR(l.ents[i].st.st_mode)) {
+				char *p;
+				if (asprintf(&p, "%s/%s", path, l.ents[i].name) < 0)
+					abort();
+				dirseen_put(j, p, &l.ents[i].st);
+				free(p);
+			}
+		pthread_mutex_unlock(&j->lock);
+	}
 	for (size_t i = 0; i < nc; i++) {
 		if (!err)
 			listing_set(&l, strrchr(kids[i].path, '/') + 1, &kids[i]);
@@ -1267,6 +1352,9 @@ int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 	if (!j->table)
 		abort();
 	j->next_seq = 1;
+	j->dirseen = calloc(DIRSEEN_MAX, sizeof *j->dirseen);
+	if (!j->dirseen)
+		abort();
 	j->dir_fd = j->blobs_fd = j->log_fd = j->lock_fd = -1;
 	struct stat ws;
 	if (INNER(j->inner->lstat(s, "/workspace", &ws, NULL)) == 0) {
@@ -1285,6 +1373,7 @@ int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 		err = upload_start(j);
 	if (err) {
 		spool_close(j);
+		free(j->dirseen);
 		free(j->table);
 		pthread_mutex_destroy(&j->lock);
 		pthread_cond_destroy(&j->changed);
@@ -1329,6 +1418,9 @@ void sbx_journal_stop(struct sbx *s)
 			jnode_free(j, j->table[i]);
 	pthread_mutex_unlock(&j->lock);
 	spool_close(j);
+	for (size_t i = 0; i < DIRSEEN_MAX; i++)
+		free(j->dirseen[i].path);
+	free(j->dirseen);
 	free(j->table);
 	pthread_mutex_destroy(&j->lock);
 	pthread_cond_destroy(&j->changed);

@@ -76,6 +76,7 @@ struct sbx_journal {
 	/* the overlay */
 	struct jnode **table;
 	size_t buckets, nodes;
+	struct dirseen *dirseen; /* the sandbox's directories as last seen (journal.c) */
 	uid_t uid;   /* owner of what the mount makes, as the sandbox shows /workspace's */
 	gid_t gid;
 

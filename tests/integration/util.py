@@ -284,6 +284,9 @@ class Sandbox:
             args += ['-o', 'token_file=' + self.token_file]
         for o in opts:
             args += ['-o', o]
+        if not any(o.startswith('cache_dir=') for o in opts):
+            # the write-back journal of this sandbox, not the machine's
+            args += ['-o', 'cache_dir=' + os.path.join(self.tmp, 'journal')]
         log = open(self.sbxfs_log, 'ab')
         self.sbxfs = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       env=env)
