@@ -4,9 +4,16 @@
  *
  * Three caches sit between a process and the sandbox: the kernel's (dentries, attributes, page
  * cache; bounded by entry_timeout/attr_timeout/negative_timeout and by keep_cache at open), the
- * node table's attributes (attr_timeout), and our directory listings (dir_cache_timeout), which
- * answer lookups of children, found or not, and opendir without a round trip (opendir only when
- * every name's attributes are known: readdirplus hands them to the kernel).
+ * node table's attributes, and our directory listings, which answer lookups of children, found
+ * or not, and opendir without a round trip (opendir only when every name's attributes are
+ * known: readdirplus hands them to the kernel). Ours are trusted only while change events flow,
+ * and then for dir_cache_timeout (attributes: attr_timeout if longer): the events keep them
+ * current (2. below), so when the kernel's timeouts run out it asks us, not the sandbox.
+ *
+ * Listings come a subtree at a time (fs/tree.c): the first opendir of a directory, or a lookup
+ * in one without a listing, fetches the listings of everything below it in one request. A
+ * listed directory's node is pinned (fs/nodes.h): it stays in the table, found by its path,
+ * after the kernel forgets it (drop_caches), so a cold walk costs no request either.
  *
  * 1. Changes made through this mount are never hidden by a cache. Every mutating handler
  *    updates the table before it replies: the node's attributes from the stat the sandbox API
