@@ -568,6 +568,96 @@ static int j_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, 
 	return 0;
 }
 
+/* The overlay's nodes below dir, copied (lock held): what a subtree listing is merged with. */
+static struct jnode *nodes_below(struct sbx_journal *j, const char *dir, size_t *count)
+{
+	size_t dl = strlen(dir), n = 0, cap = 0;
+	struct jnode *out = NULL;
+	for (size_t i = 0; i < j->buckets; i++)
+		for (struct jnode *c = j->table[i]; c; c = c->next) {
+			if (strncmp(c->path, dir, dl) != 0 || c->path[dl] != '/')
+				continue;
+			if (n == cap) {
+				cap = cap ? cap * 2 : 64;
+				out = realloc(out, cap * sizeof *out);
+				if (!out)
+					abort();
+			}
+			out[n] = *c;
+			if (!(out[n].path = strdup(c->path)))
+				abort();
+			out[n].target = c->kind == JN_SYMLINK ? strdup(c->target) : NULL;
+			if (c->kind == JN_FILE)
+				out[n].st = c->ino->st;
+			out[n].ino = NULL;
+			n++;
+		}
+	*count = n;
+	return out;
+}
+
+struct tree_merge {
+	sbx_tree_fn fn;
+	void *arg;
+	struct jnode *below;
+	size_t n;
+};
+
+/* One directory of the sandbox's subtree, as the mount shows it: the snapshot's changes
+ * applied; a directory the mount removed (or one below it) is not passed on. */
+static void merge_listing(void *arg, const char *dir, const struct sbx_dirent *ents, size_t n)
+{
+	struct tree_merge *m = arg;
+	size_t dl = strlen(dir);
+	for (size_t i = 0; i < m->n; i++) {
+		const char *p = m->below[i].path;
+		size_t pl = strlen(p);
+		if (m->below[i].kind != JN_DIR && pl <= dl && strncmp(dir, p, pl) == 0 &&
+		    (dir[pl] == 0 || dir[pl] == '/'))
+			return;
+	}
+	struct listing l = { .cap = n, .n = n };
+	l.ents = calloc(n ? n : 1, sizeof *l.ents);
+	if (!l.ents)
+		abort();
+	for (size_t i = 0; i < n; i++) {
+		l.ents[i] = ents[i];
+		l.ents[i].name = strdup(ents[i].name);
+		l.ents[i].target = ents[i].target ? strdup(ents[i].target) : NULL;
+	}
+	for (size_t i = 0; i < m->n; i++) {
+		const char *p = m->below[i].path;
+		if (strncmp(p, dir, dl) == 0 && p[dl] == '/' && !strchr(p + dl + 1, '/'))
+			listing_set(&l, p + dl + 1, &m->below[i]);
+	}
+	m->fn(m->arg, dir, l.ents, l.n);
+	sbx_dirents_free(l.ents, l.n);
+}
+
+static int j_readtree(struct sbx *s, const char *path, size_t max_entries, sbx_tree_fn fn,
+		      void *arg, bool *truncated)
+{
+	struct sbx_journal *j = J(s);
+	if (!j->inner->readtree)
+		return sbx_fail(-ENOSYS, "readtree: not with this backend");
+	pthread_mutex_lock(&j->lock);
+	struct jnode *d = jnode_find(j, path);
+	bool local = known_absent(j, path) || (d && (d->kind != JN_DIR || d->opaque));
+	struct tree_merge m = { .fn = fn, .arg = arg };
+	if (!local)
+		m.below = nodes_below(j, path, &m.n);
+	pthread_mutex_unlock(&j->lock);
+	if (local) /* the sandbox has nothing of it yet: listings come from readdir */
+		return sbx_fail(-ENOSYS, "readtree %s: made by the mount, not yet in the sandbox", path);
+	int err = INNER(j->inner->readtree(s, path, max_entries, merge_listing, &m, truncated));
+	for (size_t i = 0; i < m.n; i++) {
+		free(m.below[i].path);
+		free(m.below[i].target);
+	}
+	free(m.below);
+	return err;
+}
+
 static int j_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st)
 {
 	struct sbx_journal *j = J(s);
@@ -1221,6 +1311,7 @@ static const struct sbx_ops sbx_journal_ops = {
 	.name = "journal",
 	.lstat = j_lstat,
 	.readdir = j_readdir,
+	.readtree = j_readtree,
 	.mkdir = j_mkdir,
 	.unlink = j_unlink,
 	.rmdir = j_rmdir,

@@ -277,6 +277,7 @@ static int probe(struct sbx *s)
 		s->heartbeats = strcmp(server, "sbxd") == 0;
 		s->keys = has_extension(j, "idempotency");
 		s->journal_route = has_extension(j, "journal");
+		s->tree = has_extension(j, "tree");
 		if (has_extension(j, "lease"))
 			s->lease_ms = json_int(j, "leaseMs", 0);
 		atomic_store(&s->ops, &sbx_ext_ops);
@@ -387,6 +388,17 @@ int sbx_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_
 	*ents = NULL;
 	*n = 0;
 	return OPS(s)->readdir(s, path, ents, n);
+}
+
+int sbx_readtree(struct sbx *s, const char *path, size_t max_entries, sbx_tree_fn fn, void *arg,
+		 bool *truncated)
+{
+	*truncated = false;
+	const struct sbx_ops *ops = OPS(s);
+	if (!ops->readtree)
+		return sbx_fail(-ENOSYS, "tree %s: the %s backend lists one directory at a time",
+				path, ops->name);
+	return ops->readtree(s, path, max_entries, fn, arg, truncated);
 }
 
 void sbx_dirents_free(struct sbx_dirent *ents, size_t n)

@@ -71,6 +71,17 @@ struct sbx_dirent {
  * are in range; an entry that is not is left out with a warning, never failing the listing. */
 int sbx_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n);
 void sbx_dirents_free(struct sbx_dirent *ents, size_t n);
+/* The complete listings of directory path and of the directories below it, in one request:
+ * fn gets each directory's path and entries (checked as sbx_readdir's, and borrowed for the
+ * call), path's first, then breadth-first. A directory is listed whole or not at all; the
+ * listings stop at about max_entries entries in all (0: the server's default), and *truncated
+ * says whether some directory below path was left out. A directory the server names that does
+ * not lie below path, or was not listed as a directory of its parent, or is named twice, is
+ * left out with a warning. -ENOSYS where the backend cannot (then sbx_readdir each). */
+typedef void (*sbx_tree_fn)(void *arg, const char *dir, const struct sbx_dirent *ents,
+			    size_t n);
+int sbx_readtree(struct sbx *s, const char *path, size_t max_entries, sbx_tree_fn fn, void *arg,
+		 bool *truncated);
 
 int sbx_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st);
 int sbx_unlink(struct sbx *s, const char *path);

@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <search.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,6 +106,95 @@ static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents
 		add_json_entry(&l, it);
 	cJSON_Delete(j);
 	entry_list_finish(&l, ents, n);
+	return 0;
+}
+
+/* The directories an answer of /api/x/tree may still list: the subdirectories of those it
+ * listed, each taken out when listed (so named once), in a search tree of malloc'd paths. */
+static int path_cmp(const void *a, const void *b) { return strcmp(a, b); }
+
+static bool take_expected(void **expected, const char *path)
+{
+	void *found = tfind(path, expected, path_cmp);
+	if (!found)
+		return false;
+	char *key = *(char **)found;
+	tdelete(path, expected, path_cmp);
+	free(key);
+	return true;
+}
+
+static void expect_subdirs(void **expected, const char *dir, const struct sbx_dirent *ents,
+			   size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (!S_ISDIR(ents[i].st.st_mode))
+			continue;
+		char *p;
+		if (asprintf(&p, "%s/%s", dir, ents[i].name) < 0)
+			abort();
+		char **slot = tsearch(p, expected, path_cmp);
+		if (!slot)
+			abort();
+		if (*slot != p)
+			free(p);
+	}
+}
+
+static int ext_readtree(struct sbx *s, const char *path, size_t max_entries, sbx_tree_fn fn,
+			void *arg, bool *truncated)
+{
+	if (!s->tree)
+		return sbx_fail(-ENOSYS, "tree %s: the server lists one directory at a time", path);
+	cJSON *b = path_body(path);
+	if (max_entries)
+		json_add_int(b, "max_entries", (int64_t)max_entries);
+	char what[64 + 4096];
+	snprintf(what, sizeof what, "tree %s", path);
+	cJSON *j = NULL;
+	/* about 300 bytes of JSON an entry */
+	int err = sbx_call(s, what, "POST", "/api/x/tree", b, true,
+			   sbx_deadline(s, (max_entries ? max_entries : 20000) * 300), &j);
+	if (err)
+		return err;
+	const cJSON *dirs = cJSON_GetObjectItemCaseSensitive(j, "dirs");
+	const cJSON *first = cJSON_GetArrayItem(dirs, 0);
+	if (!cJSON_IsArray(dirs) || !first || !json_str(first, "path") ||
+	    strcmp(json_str(first, "path"), path) != 0) {
+		cJSON_Delete(j);
+		return sbx_fail(-EPROTO, "tree %s: the answer does not list it first", path);
+	}
+	*truncated = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(j, "truncated"));
+	void *expected = NULL;
+	size_t refused = 0;
+	const cJSON *d;
+	cJSON_ArrayForEach(d, dirs) {
+		const char *dir = json_str(d, "path");
+		const cJSON *arr = cJSON_GetObjectItemCaseSensitive(d, "entries");
+		if (!dir || !cJSON_IsArray(arr) ||
+		    (d != first && !take_expected(&expected, dir))) {
+			refused++;
+			continue;
+		}
+		struct entry_list l;
+		entry_list_init(&l, dir);
+		const cJSON *it;
+		cJSON_ArrayForEach(it, arr)
+			add_json_entry(&l, it);
+		struct sbx_dirent *ents;
+		size_t n;
+		entry_list_finish(&l, &ents, &n);
+		expect_subdirs(&expected, dir, ents, n);
+		fn(arg, dir, ents, n);
+		sbx_dirents_free(ents, n);
+	}
+	tdestroy(expected, free);
+	cJSON_Delete(j);
+	if (refused) {
+		log_warn("tree %s: %zu listings left out (not a directory listed above them, or "
+			 "named twice)", path, refused);
+		*truncated = true;
+	}
 	return 0;
 }
 
@@ -852,6 +942,7 @@ const struct sbx_ops sbx_ext_ops = {
 	.name = "extensions",
 	.lstat = ext_lstat,
 	.readdir = ext_readdir,
+	.readtree = ext_readtree,
 	.mkdir = ext_mkdir,
 	.unlink = ext_unlink,
 	.rmdir = ext_rmdir,

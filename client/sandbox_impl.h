@@ -12,6 +12,9 @@ struct sbx_ops {
 	const char *name;
 	int (*lstat)(struct sbx *s, const char *path, struct stat *st, char **target);
 	int (*readdir)(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n);
+	/* Optional (NULL: -ENOSYS). */
+	int (*readtree)(struct sbx *s, const char *path, size_t max_entries, sbx_tree_fn fn,
+			void *arg, bool *truncated);
 	int (*mkdir)(struct sbx *s, const char *path, mode_t mode, struct stat *st);
 	int (*unlink)(struct sbx *s, const char *path);
 	int (*rmdir)(struct sbx *s, const char *path);
@@ -69,6 +72,7 @@ struct sbx {
 	struct sbx_info info;
 	bool heartbeats; /* the server sends SSE keepalives (sbxd): streams get an idle timeout */
 	bool keys;       /* the server honours idempotency keys: mutations carry one */
+	bool tree;       /* the server lists subtrees (/api/x/tree) */
 	struct sbx_lease *lease; /* the heartbeat that keeps our handles alive, or NULL */
 	char *server, *version, *sandbox_id;
 	long deadline_ms; /* the client's request deadline (-o timeout) */

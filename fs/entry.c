@@ -35,7 +35,10 @@ void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st)
 	fs_node_ino(n, &n->attr);
 	n->type = st->st_mode & S_IFMT;
 	n->attr_valid = true;
-	n->attr_expiry = fs_now() + fs->cfg.attr_timeout;
+	/* as long as a listing would hold them: events keep both current */
+	double ttl = fs->cfg.attr_timeout > fs->cfg.dir_cache_timeout ? fs->cfg.attr_timeout
+								     : fs->cfg.dir_cache_timeout;
+	n->attr_expiry = fs_now() + ttl;
 }
 
 struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *name,

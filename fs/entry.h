@@ -17,7 +17,8 @@ struct sbxfs;
 struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *name,
 			   enum node_kind kind, const struct stat *st, const char *target,
 			   bool cache, const struct reply_timeouts *to, struct fuse_entry_param *e);
-/* Stores st as n's attributes, valid for attr_timeout. Caller holds the table lock. */
+/* Stores st as n's attributes, valid for attr_timeout or dir_cache_timeout, whichever is
+ * longer (change events keep them current). Caller holds the table lock. */
 void fs_cache_attr(struct sbxfs *fs, struct node *n, const struct stat *st);
 /* Whether st (a stat a backend gave about n's name) is of n's file: the same type and inode
  * number (the sandbox's or the one n is shown by; st_ino 0, "not known yet", is a file the

@@ -7,7 +7,8 @@
  * drains the queue and, per event:
  *   - under the table lock: maps the path and its parent to nodes, drops our cached attributes
  *     of both, the parent's listing (for a name created, deleted or moved; for a modified or
- *     re-attributed name only that entry's attributes), marks the node's data changed (so the
+ *     re-attributed name only that entry's attributes; when names changed, also the parent's
+ *     own entry in the grandparent's listing, whose times changed), marks the node's data changed (so the
  *     next open does not keep the page cache), and stamps both as changed;
  *   - without any lock: fuse_lowlevel_notify_inval_inode for the node (attributes and data) and
  *     the parent (attributes), and for the name when names changed (also a name the kernel
@@ -175,6 +176,10 @@ static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 			dirlist_put(p->list, name, NULL, NULL);
 		else
 			nodes_drop_list(t, p);
+		/* A name that came or went changed the directory's times: its own entry in
+		 * its parent's listing (which may outlive the kernel's entry: fs/nodes.h). */
+		if (ev->names && p->parent && p->parent->list)
+			dirlist_stale(p->parent->list, p->name);
 		notice_add(ns, (struct notice){ .ino = p->id, .off = -1 });
 		if (ev->names) {
 			char *nm = strdup(name);

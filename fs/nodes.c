@@ -130,19 +130,33 @@ static void lru_unlink(struct nodes *t, struct node *n)
 
 void nodes_drop_list(struct nodes *t, struct node *dir)
 {
-	if (!dir->list)
-		return;
-	lru_unlink(t, dir);
 	dirlist_free(dir->list);
 	dir->list = NULL;
-	t->nlists--;
+}
+
+/* The pin ends: the node may go now, and with it ancestors only it kept. */
+static void unpin(struct nodes *t, struct node *n)
+{
+	lru_unlink(t, n);
+	n->pinned = false;
+	t->npinned--;
+	nodes_drop_list(t, n);
+	nodes_put(t, n);
 }
 
 void nodes_set_list(struct nodes *t, struct node *dir, struct dirlist *dl, double expiry)
 {
 	nodes_drop_list(t, dir);
-	while (t->nlists >= t->max_lists && t->lru_tail)
-		nodes_drop_list(t, t->lru_tail);
+	if (dir->pinned) {
+		lru_unlink(t, dir);
+	} else {
+		dir->pinned = true;
+		dir->ref++;
+		t->npinned++;
+	}
+	/* dir is out of the list, so neither it nor (held by it) its ancestors go here */
+	while (t->npinned > t->max_lists && t->lru_tail)
+		unpin(t, t->lru_tail);
 	dir->list = dl;
 	dir->list_expiry = expiry;
 	dir->lru_next = t->lru_head;
@@ -151,7 +165,6 @@ void nodes_set_list(struct nodes *t, struct node *dir, struct dirlist *dl, doubl
 	t->lru_head = dir;
 	if (!t->lru_tail)
 		t->lru_tail = dir;
-	t->nlists++;
 }
 
 static void node_free(struct nodes *t, struct node *n)
@@ -265,9 +278,11 @@ void nodes_detach(struct nodes *t, struct node *n)
 	n->parent = NULL;
 	n->detached = true;
 	n->gen = ++t->seq;
-	nodes_drop_list(t, n);
 	/* Hold n across the parent's release: freeing the parent chain must not free n. */
 	n->ref++;
+	if (n->pinned)
+		unpin(t, n); /* nothing can find its listing any more */
+	nodes_drop_list(t, n);
 	nodes_put(t, parent);
 	nodes_put(t, n);
 }

@@ -97,6 +97,7 @@ struct node {
 
 	struct dirlist *list; /* complete listing, when cached */
 	double list_expiry;
+	bool pinned;          /* kept (one ref) in the list of recently listed directories */
 	struct node *lru_prev, *lru_next;
 
 	struct node *next_by_id, *next_by_name;
@@ -110,8 +111,8 @@ struct nodes {
 	uint64_t seq;
 	struct node *root;
 	struct ofile *all_open;
-	struct node *lru_head, *lru_tail; /* most recently listed first */
-	size_t nlists, max_lists;
+	struct node *lru_head, *lru_tail; /* the pinned nodes, most recently listed first */
+	size_t npinned, max_lists;
 };
 
 void nodes_init(struct nodes *t, size_t max_lists);
@@ -148,8 +149,14 @@ struct node *nodes_resolve(struct nodes *t, const char *path);
 bool nodes_below(const struct node *n, const struct node *a);
 void nodes_foreach(struct nodes *t, void (*fn)(struct node *n, void *arg), void *arg);
 
-/* Directory listings, bounded by max_lists (least recently listed dropped first). */
+/* Directory listings. A directory given one is pinned: it stays in the table, listing and
+ * all, after the kernel forgot it (drop_caches, memory pressure), so that the next lookup finds
+ * what was listed; the table is then a cache keyed by path that change events keep current
+ * (nodes_resolve finds pinned nodes as any other). At most max_lists directories are pinned;
+ * the least recently listed goes first, and with it the ancestors only it kept. */
 void nodes_set_list(struct nodes *t, struct node *dir, struct dirlist *dl, double expiry);
+/* Drops dir's listing; dir stays pinned (it is never freed here), so callers may go on using
+ * it. Detaching a node unpins it. */
 void nodes_drop_list(struct nodes *t, struct node *dir);
 
 /* Open files. */

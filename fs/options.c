@@ -13,7 +13,7 @@ const struct sbxfs_option sbxfs_cache_options[] = {
 	{ FS_OPT("negative_timeout=%lf", negative_timeout), "negative_timeout=SECS",
 	  "cache of missing names while events flow (5)" },
 	{ FS_OPT("dir_cache_timeout=%lf", dir_cache_timeout), "dir_cache_timeout=SECS",
-	  "directory listings kept by sbxfs (20)" },
+	  "listings and attributes kept by sbxfs (600)" },
 	{ FS_OPT("dir_cache_max=%u", dir_cache_max), "dir_cache_max=N",
 	  "directory listings kept at most (65536)" },
 	{ FS_OPT("no_watch", no_watch), "no_watch",
@@ -30,7 +30,7 @@ int sbxfs_config_parse(struct fuse_args *args, struct sbxfs_config *cfg)
 		.attr_timeout = 10.0,
 		.entry_timeout = 10.0,
 		.negative_timeout = 5.0,
-		.dir_cache_timeout = 20.0,
+		.dir_cache_timeout = 600.0,
 		.dir_cache_max = 65536,
 		.stream_buffer = 64,
 	};

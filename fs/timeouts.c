@@ -49,26 +49,51 @@ static bool paths_related(const char *a, const char *b)
 	return la == lb || (la < lb ? b[la] == '/' : a[lb] == '/');
 }
 
-/* No event since `events` concerns path (see fs_timeouts_at). */
-static bool events_spare(struct sbxfs *fs, uint64_t events, const char *path, bool created)
+/* A change at `changed` can alter the listing of dir: it is dir or an ancestor, a name in dir,
+ * or a name in one of dir's subdirectories (whose times and link count the listing holds). */
+static bool touches_listing(const char *changed, const char *dir)
+{
+	size_t lc = strlen(changed), ld = strlen(dir);
+	if (lc <= ld)
+		return paths_related(changed, dir);
+	if (strncmp(changed, dir, ld) != 0 || changed[ld] != '/')
+		return false;
+	const char *rest = changed + ld + 1, *slash = strchr(rest, '/');
+	return !slash || !strchr(slash + 1, '/');
+}
+
+/* No event since `events` concerns path (see fs_timeouts_at); with listing, path's listing
+ * (touches_listing). */
+static bool events_spare(struct sbxfs *fs, uint64_t events, const char *path, bool created,
+			 bool listing)
 {
 	pthread_mutex_lock(&fs->ring_lock);
 	uint64_t cur = atomic_load(&fs->events);
 	bool spare = cur - events <= EVENT_RING;
 	for (uint64_t i = events + 1; spare && i <= cur; i++) {
 		const struct ring_event *re = &fs->ring[i % EVENT_RING];
-		spare = re->path && (!paths_related(re->path, path) ||
+		bool related = re->path && (listing ? touches_listing(re->path, path)
+						    : paths_related(re->path, path));
+		spare = re->path && (!related ||
 				     (created && re->created && strcmp(re->path, path) == 0));
 	}
 	pthread_mutex_unlock(&fs->ring_lock);
 	return spare;
 }
 
+bool fs_listing_fresh(struct sbxfs *fs, uint64_t events, const char *dir)
+{
+	uint64_t cur = atomic_load(&fs->events);
+	if (cur != events && events_spare(fs, events, dir, false, true))
+		events = cur;
+	return fs_caches_trusted(fs) && atomic_load(&fs->events) == events;
+}
+
 struct reply_timeouts fs_timeouts_at(struct sbxfs *fs, uint64_t events, const char *path,
 				     bool created)
 {
 	uint64_t cur = atomic_load(&fs->events);
-	if (cur != events && path && events_spare(fs, events, path, created))
+	if (cur != events && path && events_spare(fs, events, path, created, false))
 		events = cur;
 	return fs_timeouts(fs, events);
 }

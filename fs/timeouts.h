@@ -19,6 +19,10 @@ struct reply_timeouts fs_timeouts(struct sbxfs *fs, uint64_t events);
  * (the echo of the request's own mkdir or create; a removal in between still counts). */
 struct reply_timeouts fs_timeouts_at(struct sbxfs *fs, uint64_t events, const char *path,
 				     bool created);
+/* A listing of dir fetched when fs->events was `events` may be cached: the change events are
+ * trusted and none since then could have changed it (about dir or an ancestor, a name in it or
+ * in one of its subdirectories; changes deeper down leave it as it is). */
+bool fs_listing_fresh(struct sbxfs *fs, uint64_t events, const char *dir);
 /* The kernel's attribute timeout for st: none for a file with several names. A change through
  * one name changes the others' attributes (st_nlink, ctime, data), and telling the kernel
  * about those takes an invalidation that can only be sent after the reply, too late for a

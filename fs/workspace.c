@@ -4,9 +4,16 @@
  *
  * Three caches sit between a process and the sandbox: the kernel's (dentries, attributes, page
  * cache; bounded by entry_timeout/attr_timeout/negative_timeout and by keep_cache at open), the
- * node table's attributes (attr_timeout), and our directory listings (dir_cache_timeout), which
- * answer lookups of children, found or not, and opendir without a round trip (opendir only when
- * every name's attributes are known: readdirplus hands them to the kernel).
+ * node table's attributes, and our directory listings, which answer lookups of children, found
+ * or not, and opendir without a round trip (opendir only when every name's attributes are
+ * known: readdirplus hands them to the kernel). Ours are trusted only while change events flow,
+ * and then for dir_cache_timeout (attributes: attr_timeout if longer): the events keep them
+ * current (2. below), so when the kernel's timeouts run out it asks us, not the sandbox.
+ *
+ * Listings come a subtree at a time (fs/tree.c): the first opendir of a directory, or a lookup
+ * in one without a listing, fetches the listings of everything below it in one request. A
+ * listed directory's node is pinned (fs/nodes.h): it stays in the table, found by its path,
+ * after the kernel forgets it (drop_caches), so a cold walk costs no request either.
  *
  * 1. Changes made through this mount are never hidden by a cache. Every mutating handler
  *    updates the table before it replies: the node's attributes from the stat the sandbox API
@@ -52,6 +59,7 @@
 #include "fs/internal.h"
 #include "fs/invalidate.h"
 #include "fs/timeouts.h"
+#include "fs/tree.h"
 
 static char *child_path(const struct node *dir, const char *name)
 {
@@ -263,9 +271,25 @@ static struct node *entry_made(struct sbxfs *fs, struct node *dir, const char *n
 	return n;
 }
 
+/* A lookup in a directory without a listing fetches the listings of its subtree first: who
+ * looks up one name there tends to look up its neighbours and what lies below (git status,
+ * make, an editor's project scan), and one request for all of them costs what one stat does. */
+static void list_before_lookup(struct sbxfs *fs, struct node *dir)
+{
+	if (!fs_caches_trusted(fs) || fs->cfg.dir_cache_timeout <= 0)
+		return;
+	nodes_lock(&fs->nodes);
+	char *path = dir->list ? NULL : nodes_path(dir);
+	nodes_unlock(&fs->nodes);
+	if (path && tree_fetch(fs, dir, path, NULL) < 0)
+		log_debug("listing %s: %s", path, sbx_last_error());
+	free(path);
+}
+
 static void ws_lookup(fuse_req_t req, struct sbxfs *fs, struct node *dir, const char *name)
 {
 	struct nodes *t = &fs->nodes;
+	list_before_lookup(fs, dir);
 	uint64_t ev = atomic_load(&fs->events);
 	struct stat st;
 	char *target = NULL;
@@ -969,11 +993,17 @@ static int ws_list(struct sbxfs *fs, struct node *dir, struct dirsnap *snap)
 	nodes_unlock(t);
 	if (!path)
 		return -ENOENT;
+	/* The whole subtree at once, while events keep what it brings current. */
+	int err = fs_caches_trusted(fs) ? tree_fetch(fs, dir, path, snap) : -ENOSYS;
+	if (err != -ENOSYS) {
+		free(path);
+		return err;
+	}
 	/* Names come valid and unique (sbx_readdir): the kernel fails a whole readdir for one
 	 * with '/', and a name listed twice would be two entries here but one in the cache. */
 	struct sbx_dirent *ents;
 	size_t n;
-	int err = sbx_readdir(fs->sbx, path, &ents, &n);
+	err = sbx_readdir(fs->sbx, path, &ents, &n);
 	if (err < 0) {
 		free(path);
 		return err;

@@ -2,7 +2,6 @@
  * on the entry's parent directory resolved beneath the workspace, the final component never
  * followed. Errors are the syscall's own errno, since sbxfs hands them straight to the kernel.
  * Every route that changes an entry answers with its new stat. */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -15,6 +14,7 @@
 #include "common/jsonutil.h"
 #include "server/fsops.h"
 #include "server/handles.h"
+#include "server/listing.h"
 #include "server/request.h"
 #include "server/routes.h"
 #include "server/workspace.h"
@@ -85,49 +85,67 @@ void route_x_stat(struct req *r)
 		finish_entry(r, &e, 0, "path");
 }
 
-void route_x_readdir(struct req *r)
+/* The entry's directory, opened for listing, and its normalised API path (api may be NULL);
+ * answers the error itself (-1). */
+static int open_listed(struct req *r, char api[WS_PATH_MAX + 16])
 {
 	struct ws_entry e;
 	if (!entry(r, "path", &e))
-		return;
-	const char *path = json_str(req_json(r), "path");
+		return -1;
 	int fd = openat(e.dirfd, e.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	int err = fd < 0 ? -errno : 0;
+	if (api)
+		ws_api_path(e.rel, api, WS_PATH_MAX + 16);
 	ws_entry_close(&e);
-	DIR *d = err ? NULL : fdopendir(fd);
-	if (!d) {
-		if (!err) {
-			err = -errno;
-			close(fd);
-		}
-		reply_ws_errno(r, err, path);
+	if (err)
+		reply_ws_errno(r, err, json_str(req_json(r), "path"));
+	return fd;
+}
+
+void route_x_readdir(struct req *r)
+{
+	int fd = open_listed(r, NULL);
+	if (fd < 0)
 		return;
-	}
-	cJSON *list = cJSON_CreateArray();
-	struct dirent *de;
-	errno = 0;
-	while ((de = readdir(d))) {
-		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-			continue;
-		int serr = 0;
-		cJSON *st = fsop_stat_json(dirfd(d), de->d_name, &serr);
-		if (!st)
-			continue; /* removed between readdir and fstatat */
-		cJSON *ent = cJSON_CreateObject();
-		cJSON_AddStringToObject(ent, "name", de->d_name);
-		cJSON_AddItemToObject(ent, "stat", st);
-		cJSON_AddItemToArray(list, ent);
-		errno = 0;
-	}
-	err = errno ? -errno : 0;
-	closedir(d);
+	cJSON *list;
+	int err = listing_read(fd, &list);
 	if (err) {
-		cJSON_Delete(list);
-		reply_ws_errno(r, err, path);
+		reply_ws_errno(r, err, json_str(req_json(r), "path"));
 		return;
 	}
 	cJSON *o = cJSON_CreateObject();
 	cJSON_AddItemToObject(o, "entries", list);
+	reply_ok(r, o);
+}
+
+/* POST /api/x/tree {"path", "max_entries"}: the complete listings of a subtree (listing.h). */
+void route_x_tree(struct req *r)
+{
+	const cJSON *max = cJSON_GetObjectItemCaseSensitive(req_json(r), "max_entries");
+	double want = cJSON_IsNumber(max) ? max->valuedouble : 0;
+	if (max && (!cJSON_IsNumber(max) || want < 1 || want != (double)(long long)want)) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "'max_entries' must be a positive integer");
+		return;
+	}
+	size_t limit = !max				 ? TREE_MAX_ENTRIES_DEFAULT
+		       : want > TREE_MAX_ENTRIES_CAP ? TREE_MAX_ENTRIES_CAP
+						     : (size_t)want;
+	/* the listings name their directories by normalised API paths */
+	char api[WS_PATH_MAX + 16];
+	int fd = open_listed(r, api);
+	if (fd < 0)
+		return;
+	cJSON *dirs = NULL;
+	bool truncated = false;
+	int err = listing_tree(fd, api, limit, &dirs, &truncated);
+	if (err) {
+		reply_ws_errno(r, err, json_str(req_json(r), "path"));
+		return;
+	}
+	cJSON *o = cJSON_CreateObject();
+	cJSON_AddItemToObject(o, "dirs", dirs);
+	cJSON_AddBoolToObject(o, "truncated", truncated);
 	reply_ok(r, o);
 }
 

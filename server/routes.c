@@ -58,6 +58,7 @@ const struct route routes[] = {
 
 	{ "POST", "/api/x/stat", route_x_stat, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/readdir", route_x_readdir, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "POST", "/api/x/tree", route_x_tree, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/mkdir", route_x_mkdir, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/unlink", route_x_unlink, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/rmdir", route_x_rmdir, ROUTE_JSON | ROUTE_EXTENSION },

@@ -28,6 +28,7 @@ void route_exists(struct req *r);
 /* fsx.c + handles.c: filesystem extensions /api/x/ */
 void route_x_stat(struct req *r);
 void route_x_readdir(struct req *r);
+void route_x_tree(struct req *r);
 void route_x_mkdir(struct req *r);
 void route_x_unlink(struct req *r);
 void route_x_rmdir(struct req *r);

@@ -83,8 +83,8 @@ DOWN = {errno.errorcode[e] for e in BACKEND_DOWN_ERRNOS}
 # -- helpers --
 
 def start(faulty_sbx, *mount_opts, **faults):
-    """sbxd behind the fault proxy, mounted with -o timeout=TIMEOUT_S; then the faults
-    (FAULTS unless given) are switched on."""
+    """sbxd behind the fault proxy, mounted with -o timeout=TIMEOUT_S (and mount_opts); then
+    the faults (FAULTS unless given) are switched on."""
     s = faulty_sbx('timeout=%d' % TIMEOUT_S, *mount_opts, server_args=SBXD_LEASE_ARGS,
                    seed=SEED)
     s.proxy.set(**(faults if faults else FAULTS))
@@ -495,13 +495,14 @@ def test_sbxd_stopped_fails_in_time_then_recovers(faulty_sbx):
     ones at once; after SIGCONT the same mount works again. No proxy faults here. Without
     the write-back journal, with which creates and writes succeed while sbxd is stopped
     (test_writeback.py)."""
-    s = start(faulty_sbx, 'writeback=off', p503=0, reset=0, drop_reply=0)
+    # sbxfs keeps no listings here: a listing brings those of its whole subtree (both
+    # modes), and so would answer for the names below, which must need the stopped server
+    s = start(faulty_sbx, 'writeback=off', 'dir_cache_timeout=0', p503=0, reset=0,
+              drop_reply=0)
     seen = os.path.join(s.ws, 'seen')
     with open(seen, 'w') as f:
         f.write('seen\n')
-    # names the mount has never seen, so no cache can answer for them: made after the mount
-    # listed the workspace (in fallback mode a listing lists the whole subtree), and the
-    # workspace listed again once they show (a listing within 30 s is of that level alone)
+    # names the mount has never looked up, so no cache can answer for them
     for i in range(12):
         os.makedirs(os.path.join(s.workspace, 'u%d' % i, 'dir'))
         with open(os.path.join(s.workspace, 'u%d' % i, 'file'), 'w') as f:

@@ -205,12 +205,22 @@ static void test_listings(void)
 	nodes_set_list(&t, d[0], dl, 1e9);
 	nodes_set_list(&t, d[1], dirlist_new(), 1e9);
 	nodes_set_list(&t, d[2], dirlist_new(), 1e9);
-	CHECK(t.nlists == 2 && d[0]->list == NULL && d[1]->list && d[2]->list);
+	CHECK(t.npinned == 2 && d[0]->list == NULL && !d[0]->pinned && d[1]->list && d[2]->list);
 	nodes_drop_list(&t, d[1]);
-	CHECK(t.nlists == 1 && d[1]->list == NULL);
-	/* A freed directory takes its listing along. */
+	CHECK(t.npinned == 2 && d[1]->list == NULL && d[1]->pinned);
+	/* A directory the kernel forgot keeps its listing, found by its path. */
+	uint64_t id = d[2]->id;
+	char *path = nodes_path(d[2]);
 	nodes_forget(&t, d[2], 1);
-	CHECK(t.nlists == 0);
+	CHECK(nodes_get(&t, id) == d[2] && d[2]->list && nodes_resolve(&t, path) == d[2]);
+	/* Unpinned (evicted), it goes. */
+	struct node *e = nodes_add(&t, t.root, "e", NODE_WORKSPACE);
+	nodes_hold(e);
+	nodes_set_list(&t, e, dirlist_new(), 1e9);
+	nodes_set_list(&t, d[1], dirlist_new(), 1e9);
+	CHECK(nodes_get(&t, id) == NULL && nodes_resolve(&t, path) == NULL);
+	free(path);
+	nodes_put(&t, e);
 	nodes_destroy(&t);
 }
 

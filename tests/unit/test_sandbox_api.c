@@ -170,6 +170,78 @@ static bool has_entry(struct sbx_dirent *e, size_t n, const char *name)
 	return false;
 }
 
+/* ---- subtree listings ---- */
+
+struct tree_seen {
+	char dirs[16][512];
+	size_t n[16], count, entries;
+	bool ordered; /* every directory after the first came after its parent */
+};
+
+static void tree_collect(void *arg, const char *dir, const struct sbx_dirent *ents, size_t n)
+{
+	struct tree_seen *t = arg;
+	if (t->count) {
+		bool parent_seen = false;
+		for (size_t i = 0; i < t->count; i++) {
+			size_t l = strlen(t->dirs[i]);
+			parent_seen |= strncmp(dir, t->dirs[i], l) == 0 && dir[l] == '/' &&
+				       !strchr(dir + l + 1, '/');
+		}
+		t->ordered &= parent_seen;
+	}
+	if (t->count < 16) {
+		snprintf(t->dirs[t->count], sizeof t->dirs[0], "%s", dir);
+		t->n[t->count] = n;
+	}
+	t->count++;
+	t->entries += n;
+}
+
+static size_t tree_listed(const struct tree_seen *t, const char *dir)
+{
+	for (size_t i = 0; i < t->count && i < 16; i++)
+		if (strcmp(t->dirs[i], dir) == 0)
+			return t->n[i];
+	return (size_t)-1;
+}
+
+/* sbx_readtree: every directory of a subtree whole, breadth-first; bounded, each listing
+ * still complete; ENOSYS without the extensions. */
+static void check_tree(struct sbx *s, const char *D)
+{
+	char T[512];
+	snprintf(T, sizeof T, "%s/tree", D);
+	CHECK(sbx_mkdir(s, T, 0755, NULL) == 0);
+	CHECK(sbx_mkdir(s, P(T, "a"), 0755, NULL) == 0);
+	CHECK(sbx_mkdir(s, P(T, "a/b"), 0755, NULL) == 0);
+	CHECK(sbx_mkdir(s, P(T, "c"), 0755, NULL) == 0);
+	CHECK(put_file(s, P(T, "f"), "1") == 0);
+	CHECK(put_file(s, P(T, "a/g"), "22") == 0);
+	CHECK(put_file(s, P(T, "a/b/h"), "333") == 0);
+	CHECK(sbx_symlink(s, "../f", P(T, "a/l"), NULL) == 0);
+	struct tree_seen t = { .ordered = true };
+	bool truncated = true;
+	int err = sbx_readtree(s, T, 0, tree_collect, &t, &truncated);
+	if (!sbx_info(s)->extensions) {
+		CHECK(err == -ENOSYS && t.count == 0);
+		return;
+	}
+	CHECK(err == 0 && !truncated && t.count == 4 && t.ordered);
+	CHECK(strcmp(t.dirs[0], T) == 0 && t.n[0] == 3);
+	CHECK(tree_listed(&t, P(T, "a")) == 3 && tree_listed(&t, P(T, "a/b")) == 1 &&
+	      tree_listed(&t, P(T, "c")) == 0);
+	/* at most 4 entries: the first listing (3) whole, then only what fits whole */
+	struct tree_seen u = { .ordered = true };
+	CHECK(sbx_readtree(s, T, 4, tree_collect, &u, &truncated) == 0 && truncated);
+	CHECK(u.count == 2 && u.entries == 3 && tree_listed(&u, T) == 3 &&
+	      tree_listed(&u, P(T, "c")) == 0);
+	struct tree_seen v = { .ordered = true };
+	CHECK(sbx_readtree(s, P(T, "f"), 0, tree_collect, &v, &truncated) == -ENOTDIR);
+	CHECK(sbx_readtree(s, P(T, "nope"), 0, tree_collect, &v, &truncated) == -ENOENT);
+	CHECK(v.count == 0);
+}
+
 /* ---- watch ---- */
 
 struct watch_seen {
@@ -593,6 +665,7 @@ static void suite(struct sbx *s, const struct server *sv, const char *mode)
 	sbx_exec_result_free(&r);
 
 	check_open_files(s, D, H);
+	check_tree(s, D);
 	check_watch(s, D);
 	check_deadline(sv, !sbx_info(s)->extensions, D);
 }

@@ -1,0 +1,132 @@
+"""Subtrees listed in one request (POST /api/x/tree, issue 13): a walk of a tree costs a few
+requests, not one per directory, and the listings it caches, which outlive the kernel's
+(drop_caches), still show what the sandbox changes within the event delay."""
+import os
+
+import pytest
+
+from util import SLOW, sh, wait_for
+
+
+def drop_caches():
+    """The kernel forgets every dentry and inode of the mount (root only: else a no-op, and
+    the tests below then check the warm case only)."""
+    try:
+        os.sync()
+        with open('/proc/sys/vm/drop_caches', 'w') as f:
+            f.write('3')
+    except OSError:
+        pass
+
+
+def read(p):
+    with open(p, 'rb') as f:
+        return f.read()
+
+
+def fs_requests(proxy):
+    """Requests sbxfs made for files since the last reset (the change stream and the lease's
+    heartbeat left out)."""
+    return {k: v.get('requests', 0) for k, v in proxy.by_request().items()
+            if '/api/x/' in k and 'lease' not in k}
+
+
+# ---- the route ----
+
+def test_tree_route(api_server, mode):
+    s = api_server
+    if mode != 'ext':
+        assert s.api('/api/x/tree', {'path': '/workspace'})[0] == 404
+        return
+    r = s.execute('mkdir -p t/a/b t/c && echo 1 > t/f && echo 22 > t/a/g && ln -s ../f t/a/l')
+    assert r['exitCode'] == 0, r
+    st, j = s.api('/api/x/tree', {'path': '/workspace/t/'})
+    assert st == 200 and j['truncated'] is False, j
+    dirs = {d['path']: sorted(e['name'] for e in d['entries']) for d in j['dirs']}
+    assert dirs == {'/workspace/t': ['a', 'c', 'f'], '/workspace/t/a': ['b', 'g', 'l'],
+                    '/workspace/t/a/b': [], '/workspace/t/c': []}, dirs
+    assert [d['path'] for d in j['dirs']][0] == '/workspace/t'
+    link = [e for e in j['dirs'][1]['entries'] + j['dirs'][2]['entries']
+            if e['name'] == 'l'][0]
+    assert link['stat']['target'] == '../f'
+    # bounded: the first listing always, then only whole listings that fit
+    st, j = s.api('/api/x/tree', {'path': 't', 'max_entries': 4})
+    assert st == 200 and j['truncated'] is True, j
+    got = {d['path']: len(d['entries']) for d in j['dirs']}
+    assert j['dirs'][0]['path'] == '/workspace/t' and '/workspace/t/a' not in got, got
+    assert got['/workspace/t'] == 3 and sum(got.values()) <= 4, got
+    assert s.api('/api/x/tree', {'path': 't', 'max_entries': 0})[0] == 400
+    assert s.api('/api/x/tree', {'path': 't', 'max_entries': 'all'})[0] == 400
+    assert s.api('/api/x/tree', {'path': 't/f'})[1]['errno'] == 'ENOTDIR'
+    assert s.api('/api/x/tree', {'path': 't/nope'})[1]['errno'] == 'ENOENT'
+    assert s.api('/api/x/tree', {'path': '/workspace/../etc'})[0] == 403
+    # a symlink to a directory is not listed through
+    assert s.api('/api/x/tree', {'path': 't/a/l'})[1]['errno'] in ('ENOTDIR', 'ELOOP')
+    _, caps = s.api('/api/x/capabilities')
+    assert 'tree' in caps['extensions']
+
+
+# ---- through the mount ----
+
+def test_walk_of_a_tree_made_in_the_sandbox_costs_few_requests(faulty_sbx, mode):
+    s = faulty_sbx()
+    assert s.wait_watching()
+    r = s.execute('mkdir -p w && cd w && for i in $(seq 30); do mkdir -p d$i/e/f && '
+                  'echo x > d$i/e/f/g && echo y > d$i/h; done')
+    assert r['exitCode'] == 0, r
+    w = os.path.join(s.ws, 'w')
+    assert wait_for(lambda: os.path.exists(os.path.join(w, 'd30/e/f/g')), 10 * SLOW)
+    drop_caches()
+    s.proxy.reset_counts()
+    out = sh('find . -type f -exec stat -c %s {} +', cwd=w).stdout.split()
+    assert len(out) == 60
+    cold = fs_requests(s.proxy)
+    # the second walk, after the kernel forgot everything again: the listings stayed
+    drop_caches()
+    s.proxy.reset_counts()
+    assert len(sh('find . -type f -exec stat -c %s {} +', cwd=w).stdout.split()) == 60
+    again = fs_requests(s.proxy)
+    if mode == 'ext':
+        # 91 directories: one listing each before /api/x/tree
+        assert sum(cold.values()) <= 5, cold
+        assert sum(again.values()) <= 3, again
+
+
+def test_sandbox_changes_show_after_cold_listing(d):
+    r = d.execute('mkdir -p deep/a/b/c/d old/x && echo one > deep/a/b/c/d/f && '
+                  'echo gone > z && echo k > old/x/k')
+    assert r['exitCode'] == 0, r
+    f = os.path.join(d.m, 'deep/a/b/c/d/f')
+    assert wait_for(lambda: os.path.exists(f), 10 * SLOW)
+    d.sh('find . -type f -exec stat {} + > /dev/null && ls -lR > /dev/null')
+    drop_caches()
+    assert d.sh('find . -type f | sort').stdout.decode().split() == [
+        './deep/a/b/c/d/f', './old/x/k', './z']
+    r = d.execute('echo two-two > deep/a/b/c/d/f && echo new > deep/a/b/c/d/n && '
+                  'mv old moved && rm z')
+    assert r['exitCode'] == 0, r
+    assert wait_for(lambda: read(f) == b'two-two\n', 10 * SLOW), read(f)
+    assert wait_for(lambda: sorted(os.listdir(d.m)) == ['deep', 'moved'], 10 * SLOW), \
+        os.listdir(d.m)
+    # and after the kernel forgot it all again, from what sbxfs kept
+    drop_caches()
+    assert os.stat(f).st_size == 8
+    assert sorted(os.listdir(os.path.dirname(f))) == ['f', 'n']
+    assert read(os.path.join(d.m, 'deep/a/b/c/d/n')) == b'new\n'
+    assert not os.path.exists(os.path.join(d.m, 'old'))
+    assert not os.path.exists(os.path.join(d.m, 'z'))
+    assert read(os.path.join(d.m, 'moved/x/k')) == b'k\n'
+    assert d.sh('find . -type f | sort').stdout.decode().split() == [
+        './deep/a/b/c/d/f', './deep/a/b/c/d/n', './moved/x/k']
+
+
+def test_tree_larger_than_one_answer_lists_completely(d):
+    # 2 x 12000 names: past the 20000 entries one answer holds by default
+    r = d.execute('mkdir -p big/a big/b/c && (cd big/a && seq 12000 | xargs touch) && '
+                  '(cd big/b && seq 12000 | xargs touch) && touch big/b/c/last', timeout=120)
+    assert r['exitCode'] == 0, r
+    assert wait_for(lambda: os.path.exists(os.path.join(d.m, 'big/b/c/last')), 20 * SLOW)
+    drop_caches()
+    names = d.sh('find big', timeout=300).stdout.decode().split()
+    assert len(names) == 1 + 3 + 12000 + 12000 + 1, len(names)
+    assert 'big/b/c/last' in names and 'big/a/12000' in names and 'big/b/1' in names
