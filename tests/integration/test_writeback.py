@@ -290,3 +290,31 @@ def test_writeback_off_writes_through(fresh_sbx):
     with open(os.path.join(s._workspace, 'through')) as f:
         assert f.read() == 'at close\n'
     assert not glob.glob(os.path.join(s.tmp, 'journal', '*', 'log'))
+
+
+def _drop_caches():
+    try:
+        os.sync()
+        with open('/proc/sys/vm/drop_caches', 'w') as f:
+            f.write('3\n')
+    except OSError:
+        pass  # not root: the warm case only
+
+
+@pytest.mark.timeout(600 * SLOW)
+def test_rm_rf_of_an_uploaded_tree_once_the_kernel_forgot_it(sbx, tmp_path):
+    """untar, sync, caches dropped, rm -rf: the removals are journaled, and each directory's
+    emptiness is checked against the sandbox's listing while they are being applied."""
+    from util import sh
+    tarball = tmp_path / 'include.tar.gz'
+    sh("tar -C /usr/include -czf '%s' linux asm-generic" % tarball)
+    for round_ in range(3):
+        d = os.path.join(sbx.ws, 'rmrf%d' % round_)
+        os.mkdir(d)
+        sh("tar -C '%s' -xzf '%s'" % (d, tarball), timeout=300)
+        sbx.sync()
+        _drop_caches()
+        sh("rm -rf '%s'" % d, timeout=300)
+        assert not os.path.exists(d)
+        sbx.sync()
+        assert not os.path.exists(os.path.join(sbx._workspace, 'rmrf%d' % round_))
