@@ -180,6 +180,8 @@ static bool node_settled(const struct sbx_journal *j, const struct jnode *n)
 	return true;
 }
 
+static void dirseen_put(struct sbx_journal *j, const char *path, const struct stat *st);
+
 void journal_settled(struct sbx_journal *j)
 {
 	for (size_t i = 0; i < j->buckets; i++)
@@ -187,8 +189,11 @@ void journal_settled(struct sbx_journal *j)
 			next = n->next;
 			if (n->kind == JN_DIR && n->opaque && n->last_seq <= j->acked)
 				n->opaque = false;
-			if (node_settled(j, n))
-				jnode_free(j, n);
+			if (!node_settled(j, n))
+				continue;
+			if (n->kind == JN_DIR) /* the sandbox has it as the mount showed it */
+				dirseen_put(j, n->path, &n->st);
+			jnode_free(j, n);
 		}
 }
 
@@ -337,7 +342,7 @@ static uint64_t enqueue(struct sbx_journal *j, struct jop *op, bool replayed)
 	jnode_get(j, op->path)->last_seq = op->seq;
 	if (op->path2 && op->kind != JOP_SYMLINK)
 		jnode_get(j, op->path2)->last_seq = op->seq;
-	if (op->kind != JOP_PUT && op->kind != JOP_SETATTR) { /* names come or go */
+	if (op->kind != JOP_SETATTR) { /* names come or go (a put may make one) */
 		touch_parent(j, op->path, op->seq);
 		if (op->path2 && op->kind != JOP_SYMLINK)
 			touch_parent(j, op->path2, op->seq);
@@ -1075,6 +1080,8 @@ static int j_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 	}
 	n = jnode_get(j, path);
 	jnode_set_file(j, n, ino);
+	if (create_new) /* a name came: its directory changed (its put will come later) */
+		touch_parent(j, path, j->next_seq);
 	/* journaled at its first flush (or before anything that names it), with what the
 	 * sandbox held there, so that a change made there meanwhile is seen */
 	ino->dirty = create_new || (flags & O_TRUNC);
@@ -1427,10 +1434,6 @@ static void replay_op(struct sbx_journal *j, struct jop *op)
 
 int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 {
-	if (!s->journal_route)
-		return sbx_fail(-EOPNOTSUPP, "this sandbox has no journal route (POST "
-				"/api/x/journal: a plain container, or sbxd --no-extensions): "
-				"changes go to it as they are made");
 	struct sbx_journal *j = calloc(1, sizeof *j);
 	if (!j)
 		abort();

@@ -101,6 +101,7 @@ struct sbx_journal {
 	/* the uploader (journal_upload.c) */
 	pthread_t thread;
 	bool running, stopping;
+	bool route;    /* the server has POST /api/x/journal: batches; else one call each */
 	int backoff_ms; /* while the sandbox cannot be reached */
 	bool offline;
 	bool retry_now;    /* a waiter wants an attempt now, not after the backoff */

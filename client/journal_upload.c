@@ -6,8 +6,11 @@
  * per journal, the highest number it applied, so a request repeated after a lost answer (or
  * by the next mount, after a crash) applies nothing twice. A file larger than BATCH_BYTES
  * goes alone, in parts of BATCH_BYTES (numbered seq << 16 | part, so every part has its own
- * number). A backend without that route (a plain container) gets no journal
- * (sbx_journal_start).
+ * number). Without that route (a plain container, or sbxd --no-extensions) each operation is
+ * the backend's own call, one after the other; each of those is safe to repeat
+ * (client/sandbox_fallback.c, "Lost answers"), and what the backend holds back (the
+ * fallback's batched modes and times) is settled before the operations count as
+ * acknowledged.
  *
  * Failures. When the sandbox cannot be reached (or answers with a server error) the same
  * operations are sent again, after 100 ms doubling to 5 s, for as long as it takes: nothing is
@@ -255,6 +258,108 @@ static size_t send_batch(struct sbx_journal *j, struct jop **ops, size_t n, stru
 	return n;
 }
 
+/* ---- without the route: the backend's own calls ---- */
+
+static int inner_put(struct sbx_journal *j, const struct jop *op)
+{
+	const struct sbx_ops *in = j->inner;
+	struct sbx_file *f;
+	int err = in->file_open(j->s, op->path, O_WRONLY | O_CREAT | O_TRUNC, op->mode, &f, NULL);
+	if (err)
+		return err;
+	off_t size = blob_size(op);
+	char *buf = malloc(BATCH_BYTES);
+	if (!buf)
+		abort();
+	for (off_t off = 0; off < size && !err;) {
+		ssize_t got = pread(op->ino->fd, buf, BATCH_BYTES, off);
+		if (got <= 0) {
+			err = got < 0 ? -errno : 0;
+			break;
+		}
+		ssize_t w = in->file_pwrite(f, buf, (size_t)got, off);
+		if (w < 0)
+			err = (int)w;
+		off += got;
+	}
+	free(buf);
+	struct stat want = { .st_mode = op->mode, .st_atim = op->atime, .st_mtim = op->mtime };
+	unsigned valid = SBX_SET_MODE | SBX_SET_ATIME | SBX_SET_MTIME;
+	bool by_path = false;
+	if (!err) {
+		err = in->file_setattr(f, valid, &want, NULL);
+		if (err == -ENOSYS)
+			by_path = true, err = 0;
+	}
+	int cerr = in->file_close(f);
+	if (!err)
+		err = cerr;
+	if (!err && by_path)
+		err = in->setattr(j->s, op->path, valid, &want, NULL);
+	return err;
+}
+
+static int inner_op(struct sbx_journal *j, const struct jop *op)
+{
+	const struct sbx_ops *in = j->inner;
+	struct stat st;
+	char *target = NULL;
+	int err;
+	switch (op->kind) {
+	case JOP_PUT:
+		return inner_put(j, op);
+	case JOP_MKDIR:
+		err = in->mkdir(j->s, op->path, op->mode, NULL);
+		if (err == -EEXIST && in->lstat(j->s, op->path, &st, NULL) == 0 &&
+		    S_ISDIR(st.st_mode))
+			err = 0;
+		return err;
+	case JOP_SYMLINK:
+		err = in->symlink(j->s, op->path2, op->path, NULL);
+		if (err == -EEXIST && in->readlink(j->s, op->path, &target) == 0 &&
+		    strcmp(target, op->path2) == 0)
+			err = 0;
+		free(target);
+		return err;
+	case JOP_LINK:
+		err = in->link(j->s, op->path, op->path2, NULL);
+		return err == -EEXIST ? 0 : err;
+	case JOP_UNLINK:
+		err = in->unlink(j->s, op->path);
+		return err == -ENOENT ? 0 : err;
+	case JOP_RMDIR:
+		err = in->rmdir(j->s, op->path);
+		return err == -ENOENT ? 0 : err;
+	case JOP_RENAME:
+		return in->rename(j->s, op->path, op->path2, 0);
+	case JOP_SETATTR: {
+		struct stat want = { .st_mode = op->mode, .st_uid = op->uid, .st_gid = op->gid,
+				     .st_atim = op->atime, .st_mtim = op->mtime };
+		return in->setattr(j->s, op->path, op->valid, &want, NULL);
+	}
+	}
+	return -EINVAL;
+}
+
+static size_t send_each(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc)
+{
+	for (size_t i = 0; i < n; i++) {
+		int err = inner_op(j, ops[i]);
+		if (err && transient(err)) {
+			log_debug("journal: %s", sbx_last_error());
+			return i;
+		}
+		oc[i].err = err;
+		oc[i].conflict = false;
+		snprintf(oc[i].why, sizeof oc[i].why, "%s", err ? sbx_last_error() : "");
+	}
+	/* what the backend holds back (the fallback's batched modes and times) goes now: an
+	 * acknowledgement means it is in the sandbox */
+	if (j->inner->settle)
+		j->inner->settle(j->s);
+	return n;
+}
+
 /* ---- the thread ---- */
 
 static const char *op_name(enum jop_kind k)
@@ -329,7 +434,7 @@ static void *uploader(void *arg)
 		}
 		pthread_mutex_unlock(&j->lock);
 		spool_sync(j, false);
-		size_t done = send_batch(j, ops, n, oc);
+		size_t done = j->route ? send_batch(j, ops, n, oc) : send_each(j, ops, n, oc);
 		pthread_mutex_lock(&j->lock);
 		j->attempts++;
 		j->retry_now = false;
@@ -371,6 +476,7 @@ static void *uploader(void *arg)
 
 int upload_start(struct sbx_journal *j)
 {
+	j->route = j->s->journal_route;
 	j->running = true;
 	int err = pthread_create(&j->thread, NULL, uploader, j);
 	if (err) {
