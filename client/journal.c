@@ -1432,6 +1432,8 @@ static void replay_op(struct sbx_journal *j, struct jop *op)
 	enqueue(j, op, true);
 }
 
+bool sbx_journal_batches(const struct sbx *s) { return s->journal_route; }
+
 int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 {
 	struct sbx_journal *j = calloc(1, sizeof *j);

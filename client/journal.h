@@ -23,9 +23,11 @@ int sbx_journal_check_dir(const char *dir);
 /* Puts a journal in front of s's backend: from now on the workspace's changes go through it.
  * Replays what an earlier mount of the same sandbox left in the journal (sbxfs killed, host
  * rebooted) before returning. Call after sbx_open (and sbx_force_fallback), before s is
- * shared. Fails with -EBUSY when another mount uses the same journal, -EOPNOTSUPP for a
- * backend without sbxd's journal route (a plain container). */
+ * shared. Fails with -EBUSY when another mount uses the same journal. */
 int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o);
+/* Whether s's backend takes the journal's batches (sbxd's POST /api/x/journal); without
+ * them (a plain container) the journal uploads one call at a time. */
+bool sbx_journal_batches(const struct sbx *s);
 
 /* Waits until everything written through the mount before the call is acknowledged by the
  * sandbox, for at most timeout_ms (<= 0: the client's deadline). 0, -ETIMEDOUT (uploads go on), or the errno of a change

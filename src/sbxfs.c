@@ -240,14 +240,15 @@ static int check_cache_dir(struct options *o)
 
 static int start_journal(const struct options *o, struct sbx *sandbox)
 {
-	struct sbx_journal_opts jo = { .cache_dir = o->cache_dir };
-	int err = sbx_journal_start(sandbox, &jo);
-	if (err == -EOPNOTSUPP) {
-		/* asked for by name: say why it is not there; the default just is not */
-		if (o->writeback)
-			log_warn("writeback=on: %s", sbx_last_error());
+	if (!o->writeback && !sbx_journal_batches(sandbox)) {
+		/* a plain container: one round trip per uploaded change, and caveats of its own
+		 * (docs/writeback.md); on when asked for */
+		log_info("writeback off by default with a plain container (-o writeback=on for "
+			 "the journal)");
 		return 0;
 	}
+	struct sbx_journal_opts jo = { .cache_dir = o->cache_dir };
+	int err = sbx_journal_start(sandbox, &jo);
 	if (err < 0)
 		fail("write-back journal: %s", sbx_last_error());
 	return err;
