@@ -493,7 +493,7 @@ static void listing_set(struct listing *l, const char *name, const struct jnode 
 		l->ents[i].target = NULL;
 	}
 	node_stat(n, &l->ents[i].st);
-	if (n->kind == JN_SYMLINK)
+	if (n->kind == JN_SYMLINK && n->target)
 		l->ents[i].target = strdup(n->target);
 }
 
@@ -1510,8 +1510,8 @@ void sbx_journal_stop(struct sbx *s)
 		jop_free(op);
 	}
 	for (size_t i = 0; i < j->buckets; i++)
-		while (j->table[i])
-			jnode_free(j, j->table[i]);
+		while (j->table[i]) /* jnode_free takes it out of the chain first */
+			jnode_free(j, j->table[i]); /* NOLINT(clang-analyzer-unix.Malloc) */
 	pthread_mutex_unlock(&j->lock);
 	spool_close(j);
 	for (size_t i = 0; i < DIRSEEN_MAX; i++)
