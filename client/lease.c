@@ -40,7 +40,7 @@ static void beat(struct sbx_lease *l)
 		cJSON_AddItemToArray(arr, cJSON_CreateString(l->orphans[i]));
 	pthread_mutex_unlock(&l->lock);
 	cJSON *j;
-	int err = sbx_call(l->s, "lease", "POST", "/api/x/lease", b, true, l->interval_ms, &j);
+	int err = sbx_call_unsettled(l->s, "lease", "POST", "/api/x/lease", b, true, l->interval_ms, &j);
 	cJSON_Delete(j);
 	if (err) {
 		log_debug("%s", sbx_last_error());

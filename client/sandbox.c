@@ -276,6 +276,7 @@ static int probe(struct sbx *s)
 		s->info.extensions = true;
 		s->heartbeats = strcmp(server, "sbxd") == 0;
 		s->keys = has_extension(j, "idempotency");
+		s->journal_route = has_extension(j, "journal");
 		s->tree = has_extension(j, "tree");
 		if (has_extension(j, "lease"))
 			s->lease_ms = json_int(j, "leaseMs", 0);
@@ -347,6 +348,7 @@ void sbx_close(struct sbx *s)
 {
 	if (!s)
 		return;
+	sbx_journal_stop(s);
 	sbx_lease_stop(s->lease);
 	sbx_fallback_fini(s);
 	http_client_free(s->http);
@@ -364,6 +366,7 @@ void sbx_force_fallback(struct sbx *s)
 {
 	s->info.extensions = false;
 	s->keys = false; /* as a plain container, which knows none */
+	s->journal_route = false;
 	if (!s->fb)
 		sbx_fallback_init(s);
 	atomic_store(&s->ops, &sbx_fallback_ops);

@@ -42,7 +42,7 @@ static int ext_path_call(struct sbx *s, const char *op, const char *route, const
 	char what[64 + 4096];
 	snprintf(what, sizeof what, "%s %s", op, path);
 	cJSON *j = NULL;
-	int err = sbx_call(s, what, "POST", route, body, idempotent, 0, &j);
+	int err = sbx_call_unsettled(s, what, "POST", route, body, idempotent, 0, &j);
 	if (out)
 		*out = j;
 	else
@@ -438,8 +438,8 @@ static int file_handle_call(struct ext_file *f, const char *op, const char *rout
 			    bool idempotent, cJSON **out)
 {
 	char what[64 + 4096];
-	return sbx_call(f->base.s, what_of(f, op, what, sizeof what), "POST", route, b, idempotent,
-			0, out);
+	return sbx_call_unsettled(f->base.s, what_of(f, op, what, sizeof what), "POST", route, b,
+				  idempotent, 0, out);
 }
 
 static void query_time(struct strbuf *q, const char *key, const struct timespec *ts)

@@ -82,7 +82,13 @@ struct sbx {
 	struct fb_copy *copies;
 	/* the rest of the fallback's state (client/fallback.h); NULL with the extensions */
 	struct fb_state *fb;
+	bool journal_route;          /* the server has POST /api/x/journal */
+	struct sbx_journal *journal; /* the write-back journal in front of the backend, or NULL */
 };
+
+/* Sends what the journal still holds (for at most the deadline; the rest stays on disk for
+ * the next mount), then takes it away from the backend (client/journal.c). */
+void sbx_journal_stop(struct sbx *s);
 
 /* The fallback backend's own state: made when sbx_open() or sbx_force_fallback() picks it
  * (aborts when out of memory, as every allocation here does), freed (after applying what it

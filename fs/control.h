@@ -176,5 +176,5 @@ void ctl_stop(struct sbxfs *fs);
 /* The trees, defined by fs/ctx.c, fs/proc.c, ... and listed at the root (fs/root.c), which
  * hands them to this file as fs->trees. */
 extern const struct ctl_entry ctl_ctx_tree, ctl_proc_tree, ctl_ports_tree, ctl_git_tree,
-	ctl_env_file, ctl_sessions_tree, ctl_watch_file;
+	ctl_env_file, ctl_sessions_tree, ctl_watch_file, ctl_sync_file;
 #endif

@@ -17,7 +17,7 @@
 
 const struct ctl_entry *const root_trees[] = {
 	&ctl_ctx_tree, &ctl_proc_tree, &ctl_ports_tree, &ctl_git_tree,
-	&ctl_env_file, &ctl_sessions_tree, &ctl_watch_file, NULL,
+	&ctl_env_file, &ctl_sessions_tree, &ctl_watch_file, &ctl_sync_file, NULL,
 };
 
 static const struct ctl_entry *tree_named(const char *name)

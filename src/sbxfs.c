@@ -14,9 +14,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <fuse_lowlevel.h>
+#include "client/journal.h"
 #include "client/sandbox.h"
 #include "common/log.h"
+
 #include "fs/fs.h"
 
 #define MAX_THREADS 16
@@ -30,6 +33,8 @@ struct options {
 	int insecure;
 	int no_extensions;
 	int token_on_cmdline;
+	char *writeback; /* "on" (default) or "off" */
+	char *cache_dir;
 };
 
 enum { KEY_TOKEN };
@@ -43,6 +48,10 @@ static const struct sbxfs_option program_options[] = {
 	  "deadline of one request to the sandbox (30)" },
 	{ OPT("no_extensions", no_extensions, 1), "no_extensions",
 	  "use only the standard container routes" },
+	{ OPT("writeback=%s", writeback, 0), "writeback=on|off",
+	  "changes return at local speed, uploaded in the background (on)" },
+	{ OPT("cache_dir=%s", cache_dir, 0), "cache_dir=DIR",
+	  "where the write-back journal lives (~/.cache/sbxfs)" },
 	{ OPT("insecure", insecure, 1), "insecure", "do not verify the server's TLS certificate" },
 	{ OPT("ca_file=%s", ca_file, 0), "ca_file=FILE",
 	  "CA certificates (PEM) in place of the system's" },
@@ -196,6 +205,55 @@ static int open_sandbox(const struct options *o, const char *token, struct sbx *
 	return 0;
 }
 
+static bool writeback_on(const struct options *o)
+{
+	return !o->writeback || strcmp(o->writeback, "off") != 0;
+}
+
+/* The journal's directory, made absolute (the daemon runs in /) and checked now, while the
+ * user still sees what is said. */
+static int check_cache_dir(struct options *o)
+{
+	if (!o->cache_dir)
+		o->cache_dir = sbx_journal_default_dir();
+	if (!o->cache_dir) {
+		fail("cache_dir: out of memory");
+		return -1;
+	}
+	if (o->cache_dir[0] != '/') {
+		char *cwd = getcwd(NULL, 0), *abs = NULL;
+		if (!cwd || asprintf(&abs, "%s/%s", cwd, o->cache_dir) < 0) {
+			free(cwd);
+			fail("cache_dir %s: %s", o->cache_dir, strerror(errno));
+			return -1;
+		}
+		free(cwd);
+		free(o->cache_dir);
+		o->cache_dir = abs;
+	}
+	if (sbx_journal_check_dir(o->cache_dir) < 0) {
+		fail("%s", sbx_last_error());
+		return -1;
+	}
+	return 0;
+}
+
+static int start_journal(const struct options *o, struct sbx *sandbox)
+{
+	if (!o->writeback && !sbx_journal_batches(sandbox)) {
+		/* a plain container: one round trip per uploaded change, and caveats of its own
+		 * (docs/writeback.md); on when asked for */
+		log_info("writeback off by default with a plain container (-o writeback=on for "
+			 "the journal)");
+		return 0;
+	}
+	struct sbx_journal_opts jo = { .cache_dir = o->cache_dir };
+	int err = sbx_journal_start(sandbox, &jo);
+	if (err < 0)
+		fail("write-back journal: %s", sbx_last_error());
+	return err;
+}
+
 int main(int argc, char *argv[])
 {
 	struct fuse_args args = FUSE_ARGS_INIT(argc, argv);
@@ -243,6 +301,12 @@ int main(int argc, char *argv[])
 			argv[0]);
 		goto out;
 	}
+	if (o.writeback && strcmp(o.writeback, "on") != 0 && strcmp(o.writeback, "off") != 0) {
+		fprintf(stderr, "sbxfs: writeback is on or off, not %s\n", o.writeback);
+		goto out;
+	}
+	if (writeback_on(&o) && check_cache_dir(&o) < 0)
+		goto out;
 	/* The daemon runs in /: a relative CA file must be resolved now. */
 	if (o.ca_file && o.ca_file[0] != '/') {
 		char *abs = realpath(o.ca_file, NULL);
@@ -311,6 +375,8 @@ int main(int argc, char *argv[])
 		if (open_sandbox(&o, token, &sandbox) < 0)
 			goto out_unmount;
 	}
+	if (writeback_on(&o) && start_journal(&o, sandbox) < 0)
+		goto out_unmount;
 	if (sbxfs_start(fs, sandbox, se) < 0)
 		goto out_unmount;
 
@@ -344,6 +410,8 @@ out:
 	free(o.url);
 	free(o.token_file);
 	free(o.ca_file);
+	free(o.writeback);
+	free(o.cache_dir);
 	free(cmd.mountpoint);
 	fuse_opt_free_args(&args);
 	return ret;

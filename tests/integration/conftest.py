@@ -196,7 +196,13 @@ class Dir:
         self.sbx = sbx
         self.rel = name
         self.m = os.path.join(sbx.ws, name)
-        self.h = os.path.join(sbx.workspace, name)
+        self._h = os.path.join(sbx._workspace, name)
+
+    @property
+    def h(self):
+        """The directory on the host, once what was written through the mount is there."""
+        self.sbx.sync()
+        return self._h
 
     def sh(self, cmd, **kw):
         """Runs a shell command with the test directory in the mount as cwd."""
@@ -212,4 +218,5 @@ def d(sbx, request):
     name = re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)[:80]
     t = Dir(sbx, name)
     os.mkdir(t.m)
+    sbx.sync()  # in the sandbox too, from the start
     return t

@@ -195,3 +195,39 @@ def test_capability_and_no_extensions(api_server, build_dir):
         problems = s.close()
         s.remove()
     assert not problems, problems
+
+
+def test_listing_a_directory_while_a_batch_empties_it(api_server):
+    """A name removed between sbxd's readdir and its stat of it is left out of the listing,
+    not the listing's failure (ENOENT for a directory that exists made rm -rf through the
+    journal fail at random: its emptiness check lists while the unlinks are applied)."""
+    import threading
+    sbx = api_server
+    failures = []
+    for rnd in range(500):
+        name = 'emptied-%s' % secrets.token_hex(3)
+        d = os.path.join(sbx.workspace, name)
+        os.mkdir(d)
+        for i in range(20):
+            with open(os.path.join(d, 'f%d' % i), 'w') as f:
+                f.write('x')
+        done = threading.Event()
+
+        def lister():
+            while not done.is_set():
+                status, r = sbx.api('/api/x/readdir', {'path': '/workspace/' + name})
+                if status != 200:
+                    failures.append((status, r))
+        t = threading.Thread(target=lister)
+        t.start()
+        try:
+            # in the order a listing gives them, as rm -rf removes them: the last names
+            # listed are the ones going away while the listing is read
+            ops = [dict(seq=i + 1, op='unlink', path='/workspace/%s/%s' % (name, f))
+                   for i, f in enumerate(os.listdir(d))]
+            status, r = journal(sbx, 'emptied-' + secrets.token_hex(4), ops)
+            assert status == 200, r
+        finally:
+            done.set()
+            t.join()
+    assert not failures, failures[:3]

@@ -79,7 +79,7 @@ def test_token_from_environment(server):
     with open(os.path.join(server.workspace, 'via-env')) as f:
         assert f.read() == 'ok'
     assert sorted(os.listdir(server.mnt)) == ['ctx', 'env', 'git', 'ports', 'proc', 'sessions',
-                                              'watch', 'workspace']
+                                              'sync', 'watch', 'workspace']
 
 
 def test_mount_fuse_helper(server, build_dir):

@@ -93,8 +93,10 @@ def start(faulty_sbx, *mount_opts, **faults):
 
 
 def calm(s):
-    """Faults off: for checking the outcome through the mount without new faults."""
+    """Faults off: for checking the outcome through the mount without new faults; and what
+    the mount wrote is in the sandbox (sync)."""
     s.proxy.set(p503=0, reset=0, drop_reply=0, latency_ms=0)
+    s.sync()
 
 
 def record(s, test, failed, duplicates, **more):
@@ -490,10 +492,13 @@ def run_ops(ops, limit):
 @pytest.mark.timeout(600 * SLOW)
 def test_sbxd_stopped_fails_in_time_then_recovers(faulty_sbx):
     """sbxd frozen (SIGSTOP) for STOP_S: each operation fails within its timeout, then new
-    ones at once; after SIGCONT the same mount works again. No proxy faults here."""
+    ones at once; after SIGCONT the same mount works again. No proxy faults here. Without
+    the write-back journal, with which creates and writes succeed while sbxd is stopped
+    (test_writeback.py)."""
     # sbxfs keeps no listings here: a listing brings those of its whole subtree (both
     # modes), and so would answer for the names below, which must need the stopped server
-    s = start(faulty_sbx, 'dir_cache_timeout=0', p503=0, reset=0, drop_reply=0)
+    s = start(faulty_sbx, 'writeback=off', 'dir_cache_timeout=0', p503=0, reset=0,
+              drop_reply=0)
     seen = os.path.join(s.ws, 'seen')
     with open(seen, 'w') as f:
         f.write('seen\n')
@@ -634,8 +639,9 @@ def extra_files(s, baseline):
 @pytest.mark.timeout(600 * SLOW)
 def test_handles_freed_after_sbxfs_killed(faulty_sbx):
     """kill -9 sbxfs while a process holds HELD_OPEN files open through it: sbxd closes
-    their handles within the lease. No proxy faults here."""
-    s = start(faulty_sbx, p503=0, reset=0, drop_reply=0)
+    their handles within the lease. No proxy faults here. Without the write-back journal,
+    which holds no handles in sbxd for what it writes."""
+    s = start(faulty_sbx, 'writeback=off', p503=0, reset=0, drop_reply=0)
     m, h = workdir(s, 'held')
     for i in range(HELD_OPEN // 2):
         with open(os.path.join(h, 'old%d' % i), 'w') as f:
@@ -672,8 +678,9 @@ def test_handles_freed_after_sbxfs_killed(faulty_sbx):
 def test_handles_freed_after_failed_closes(faulty_sbx):
     """FAILED_CLOSES files, written and open, are closed while the proxy holds every
     request (the closes fail); once the network is back, sbxd frees their handles within
-    the lease. No other faults here."""
-    s = start(faulty_sbx, p503=0, reset=0, drop_reply=0)
+    the lease. No other faults here. Without the write-back journal, which holds no handles
+    in sbxd for what it writes."""
+    s = start(faulty_sbx, 'writeback=off', p503=0, reset=0, drop_reply=0)
     m, h = workdir(s, 'closes')
     baseline = s.open_files()
     holder = hold_open([os.path.join(m, 'c%d' % i) for i in range(FAILED_CLOSES)])

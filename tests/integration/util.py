@@ -165,12 +165,12 @@ class Sandbox:
                 raise RuntimeError('%s is missing: build first (ninja -C %s)' % (b, build_dir))
         self.mode = mode
         self.tmp = tmp or tempfile.mkdtemp(prefix='sbxfs-test-')
-        self.workspace = os.path.join(self.tmp, 'workspace')
+        self._workspace = os.path.join(self.tmp, 'workspace')
         self.state = os.path.join(self.tmp, 'state')
         self.token_file = os.path.join(self.tmp, 'token')
         self.mnt = os.path.join(self.tmp, 'mnt')
         self.ws = os.path.join(self.mnt, 'workspace')
-        for d in (self.workspace, self.state, self.mnt):
+        for d in (self._workspace, self.state, self.mnt):
             os.makedirs(d, exist_ok=True)
         self.port = free_port()
         self.url = 'http://127.0.0.1:%d' % self.port
@@ -187,7 +187,7 @@ class Sandbox:
 
     def start_server(self):
         args = [self.sbxd_bin, '--listen', '127.0.0.1:%d' % self.port,
-                '--workspace', self.workspace, '--token-file', self.token_file,
+                '--workspace', self._workspace, '--token-file', self.token_file,
                 '--state-dir', self.state]
         if self.mode == 'fallback':
             args.append('--no-extensions')
@@ -252,8 +252,24 @@ class Sandbox:
         except ValueError:
             return status, raw
 
+    @property
+    def workspace(self):
+        """The sandbox's workspace on the host, once what was written through the mount is
+        there."""
+        self.sync()
+        return self._workspace
+
+    def sync(self):
+        """Waits until what was written through the mount is in the sandbox (`cat sync`), as
+        a user must before looking at the sandbox by another way than the mount."""
+        if is_mounted(self.mnt):
+            with open(os.path.join(self.mnt, 'sync'), 'rb') as f:
+                f.read()
+
     def execute(self, command, timeout=60):
-        """Runs command inside the sandbox (cwd /workspace) through POST /api/execute."""
+        """Runs command inside the sandbox (cwd /workspace) through POST /api/execute, after
+        a sync, as a process started through the mount would."""
+        self.sync()
         status, r = self.api('/api/execute', {'command': command}, timeout=timeout)
         assert status == 200 and isinstance(r, dict), 'execute %r: HTTP %d %r' % (
             command, status, r)
@@ -268,6 +284,9 @@ class Sandbox:
             args += ['-o', 'token_file=' + self.token_file]
         for o in opts:
             args += ['-o', o]
+        if not any(o.startswith('cache_dir=') for o in opts):
+            # the write-back journal of this sandbox, not the machine's
+            args += ['-o', 'cache_dir=' + os.path.join(self.tmp, 'journal')]
         log = open(self.sbxfs_log, 'ab')
         self.sbxfs = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                       env=env)
@@ -316,7 +335,7 @@ class Sandbox:
     def open_files(self):
         """What sbxd has open under the workspace (from /proc, so with sbxd stopped too):
         the targets of its file descriptors that lie in the workspace directory."""
-        ws = os.path.realpath(self.workspace)
+        ws = os.path.realpath(self._workspace)
         fd_dir = '/proc/%d/fd' % self.sbxd.pid
         out = []
         for fd in os.listdir(fd_dir):

@@ -1,0 +1,40 @@
+/* The write-back journal (client/journal.c): what is written through the mount returns at
+ * local-disk speed and goes to the sandbox in the background, in order, many changes per
+ * request. docs/writeback.md says what it guarantees. */
+#ifndef SBX_JOURNAL_H
+#define SBX_JOURNAL_H
+#include <stdbool.h>
+#include <stdint.h>
+#include "client/sandbox.h"
+
+struct sbx_journal_opts {
+	/* Where journals live (one directory per sandbox below it); NULL: the default,
+	 * sbx_journal_default_dir(). */
+	const char *cache_dir;
+};
+
+/* $XDG_CACHE_HOME/sbxfs, else ~/.cache/sbxfs; /var/cache/sbxfs for root. Caller frees. */
+char *sbx_journal_default_dir(void);
+
+/* Checks that dir can hold journals (creates it, 0700): for a clear error before the mount
+ * starts. 0 or a negative errno with sbx_last_error() set. */
+int sbx_journal_check_dir(const char *dir);
+
+/* Puts a journal in front of s's backend: from now on the workspace's changes go through it.
+ * Replays what an earlier mount of the same sandbox left in the journal (sbxfs killed, host
+ * rebooted) before returning. Call after sbx_open (and sbx_force_fallback), before s is
+ * shared. Fails with -EBUSY when another mount uses the same journal. */
+int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o);
+/* Whether s's backend takes the journal's batches (sbxd's POST /api/x/journal); without
+ * them (a plain container) the journal uploads one call at a time. */
+bool sbx_journal_batches(const struct sbx *s);
+
+/* Waits until everything written through the mount before the call is acknowledged by the
+ * sandbox, for at most timeout_ms (<= 0: the client's deadline). 0, -ETIMEDOUT (uploads go on), or the errno of a change
+ * that failed for good since the previous sync (each failure is reported once), with the
+ * reason in sbx_last_error(). Without a journal: 0 at once. */
+int sbx_journal_sync(struct sbx *s, long timeout_ms);
+
+/* One line about the journal for status files: pending changes, bytes, failures. */
+int sbx_journal_status(struct sbx *s, char *buf, size_t len);
+#endif

@@ -1,0 +1,143 @@
+/* Between the journal's parts: the overlay and its operations (journal.c), the files on disk
+ * (journal_spool.c) and the uploader (journal_upload.c). One lock, j->lock, guards all of it
+ * but the spool's file writes, which take it too. */
+#ifndef SBX_JOURNAL_IMPL_H
+#define SBX_JOURNAL_IMPL_H
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include "client/journal.h"
+#include "client/sandbox_impl.h"
+
+/* A file's content and attributes, shared by its hard links: the data lives in the spool
+ * (blobs/<id>), so memory holds no file contents. */
+struct jinode {
+	uint64_t id;
+	int fd;
+	struct stat st;  /* what the mount shows (st_ino 0: the sandbox's is not known yet) */
+	unsigned links;  /* names (jnodes) pointing at it */
+	unsigned opens;  /* open files */
+	unsigned refs;   /* operations not yet acknowledged that send its content */
+	bool dirty;      /* written since its last put was journaled */
+	int error;       /* an upload of it failed for good: its next flush reports it once */
+	uint64_t last_seq; /* the last operation that sends or names it */
+	struct jnode *name; /* one of its names, NULL when it has none (or only others) */
+	/* for its first put: what the sandbox held at that name before (a conflict if not) */
+	bool expect_absent, expect_stat;
+	off_t expect_size;
+	struct timespec expect_mtime;
+};
+
+enum jnode_kind { JN_FILE, JN_DIR, JN_SYMLINK, JN_GONE };
+
+/* A path with a change the sandbox has not acknowledged yet (or a file open on it). */
+struct jnode {
+	char *path;
+	enum jnode_kind kind;
+	struct jinode *ino; /* JN_FILE */
+	struct stat st;     /* JN_DIR, JN_SYMLINK */
+	char *target;       /* JN_SYMLINK */
+	bool opaque;        /* JN_DIR whose mkdir is not acknowledged: no children in the sandbox */
+	uint64_t last_seq;  /* the last operation naming this path */
+	struct jnode *next; /* hash chain */
+};
+
+enum jop_kind { JOP_PUT, JOP_MKDIR, JOP_SYMLINK, JOP_LINK, JOP_UNLINK, JOP_RMDIR,
+		JOP_RENAME, JOP_SETATTR };
+
+/* One change, in the order the mount made it. */
+struct jop {
+	uint64_t seq;
+	enum jop_kind kind;
+	char *path;
+	char *path2;        /* RENAME, LINK: the new name; SYMLINK: the target */
+	struct jinode *ino; /* PUT: whose content is sent (read when it is sent) */
+	uint64_t blob;      /* PUT: ino's id, as journaled */
+	unsigned valid;     /* SETATTR: SBX_SET_* */
+	mode_t mode;        /* PUT, MKDIR, SETATTR */
+	off_t size;         /* SETATTR */
+	uid_t uid;
+	gid_t gid;
+	struct timespec atime, mtime; /* PUT, SETATTR */
+	/* PUT: what the mount believed the sandbox held at that path (a conflict otherwise) */
+	bool expect_absent, expect_stat;
+	off_t expect_size;
+	struct timespec expect_mtime;
+	struct jop *next;
+};
+
+struct sbx_journal {
+	struct sbx *s;
+	const struct sbx_ops *inner; /* the backend underneath */
+	pthread_mutex_t lock;
+	pthread_cond_t changed; /* acknowledgements, failures, new work, stop */
+
+	/* the overlay */
+	struct jnode **table;
+	size_t buckets, nodes;
+	struct dirseen *dirseen; /* the sandbox's directories as last seen (journal.c) */
+	uid_t uid;   /* owner of what the mount makes, as the sandbox shows /workspace's */
+	gid_t gid;
+
+	/* the queue: what the sandbox has not acknowledged, oldest first */
+	struct jop *head, *tail;
+	size_t queued;
+	uint64_t next_seq, acked;
+	uint64_t bytes_pending;
+	/* failures for good: the last one's seq, errno and reason */
+	uint64_t fail_seq, fail_reported; /* fail_reported: the last one a sync reported */
+	int fail_err;
+	char fail_reason[512];
+	uint64_t failures;
+
+	/* the spool (journal_spool.c) */
+	char *dir;       /* <cache_dir>/<key> */
+	int dir_fd, blobs_fd, log_fd, lock_fd;
+	char wire_id[40]; /* the journal's name at the server: random, kept in the spool */
+	uint64_t next_blob;
+	int64_t synced_ms; /* last syncfs of the spool */
+
+	/* the uploader (journal_upload.c) */
+	pthread_t thread;
+	bool running, stopping;
+	bool route;    /* the server has POST /api/x/journal: batches; else one call each */
+	int backoff_ms; /* while the sandbox cannot be reached */
+	bool offline;
+	bool retry_now;    /* a waiter wants an attempt now, not after the backoff */
+	uint64_t attempts; /* sends finished, either way */
+};
+
+/* journal.c */
+struct jnode *jnode_find(struct sbx_journal *j, const char *path);
+/* Drops what the acknowledgement of everything up to j->acked makes unneeded. Lock held. */
+void journal_settled(struct sbx_journal *j);
+void jinode_put(struct sbx_journal *j, struct jinode *ino);
+
+/* journal_spool.c: the journal on disk. Everything but open/close with j->lock held. */
+int spool_open(struct sbx_journal *j, const char *cache_dir);
+void spool_close(struct sbx_journal *j);
+/* A new empty blob: its id and an open descriptor. */
+int spool_blob_new(struct sbx_journal *j, uint64_t *id);
+int spool_blob_open(struct sbx_journal *j, uint64_t id);
+void spool_blob_remove(struct sbx_journal *j, uint64_t id);
+/* Keeps a copy of a blob that could not be uploaded (lost+found/), named after path; returns
+ * the copy's path (caller frees) or NULL. */
+char *spool_blob_rescue(struct sbx_journal *j, uint64_t id, const char *path);
+/* Appends op (or an acknowledgement up to seq) to the log. */
+void spool_log_op(struct sbx_journal *j, const struct jop *op);
+void spool_log_ack(struct sbx_journal *j, uint64_t seq);
+/* Once nothing is pending: starts the log afresh. */
+void spool_compact(struct sbx_journal *j);
+/* Makes what the log and blobs hold durable (syncfs), at most once a second unless force. */
+void spool_sync(struct sbx_journal *j, bool force);
+/* Reads the log back: calls replay for every operation not acknowledged, in order. */
+int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, struct jop *op));
+void jop_free(struct jop *op);
+
+/* journal_upload.c */
+int upload_start(struct sbx_journal *j);
+void upload_stop(struct sbx_journal *j);
+/* True on the uploader's own thread (its requests must not wait for the journal). */
+bool upload_is_self(void);
+#endif

@@ -1,0 +1,499 @@
+/* The uploader: one thread that sends the journal's operations to the sandbox in the order the
+ * mount made them, and acknowledges them in the journal once the sandbox did.
+ *
+ * With sbxd (POST /api/x/journal, docs/protocol.md) a request carries up to BATCH_OPS
+ * operations and BATCH_BYTES of file contents; the server applies them in order and keeps,
+ * per journal, the highest number it applied, so a request repeated after a lost answer (or
+ * by the next mount, after a crash) applies nothing twice. A file larger than BATCH_BYTES
+ * goes alone, in parts of BATCH_BYTES (numbered seq << 16 | part, so every part has its own
+ * number). Without that route (a plain container, or sbxd --no-extensions) each operation is
+ * the backend's own call, one after the other; each of those is safe to repeat
+ * (client/sandbox_fallback.c, "Lost answers"), and what the backend holds back (the
+ * fallback's batched modes and times) is settled before the operations count as
+ * acknowledged.
+ *
+ * Failures. When the sandbox cannot be reached (or answers with a server error) the same
+ * operations are sent again, after 100 ms doubling to 5 s, for as long as it takes: nothing is
+ * dropped because the network is down. An operation the sandbox refuses (EACCES, ENOSPC, a
+ * parent that is gone) is done, as a failure: it is logged, its file's next flush or fsync
+ * and the next `sync` report it, and a file's content is kept in lost+found/ of the journal.
+ *
+ * Only one batch is in flight. That keeps the order without a model of which operations
+ * depend on which; a batch holds up to 1,024 operations, so at 50 ms round trips that is
+ * about 20,000 operations a second, far more than the mount makes (measured in
+ * docs/performance.md). The thread never holds j->lock while it waits on the network. */
+#include "client/journal_impl.h"
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "common/base64.h"
+#include "common/clock.h"
+#include "common/errnames.h"
+#include "common/jsonutil.h"
+#include "common/log.h"
+
+#define BATCH_OPS 1024
+#define BATCH_BYTES (4u << 20)
+#define PART_SHIFT 16
+
+static __thread bool on_uploader;
+
+bool upload_is_self(void) { return on_uploader; }
+
+/* The outcome of one operation: 0, a failure for good (err < 0, why), or not known yet. */
+struct outcome {
+	int err;
+	char why[256];
+	bool conflict;
+};
+
+static bool transient(int err)
+{
+	switch (-err) {
+	case ENOTCONN: case ETIMEDOUT: case ECONNRESET: case ECONNREFUSED: case ECONNABORTED:
+	case EHOSTUNREACH: case ENETUNREACH: case EAGAIN: case EBUSY: case EIO: case ESHUTDOWN:
+		return true;
+	default:
+		return false;
+	}
+}
+
+static off_t blob_size(const struct jop *op)
+{
+	struct stat st;
+	return op->ino && op->ino->fd >= 0 && fstat(op->ino->fd, &st) == 0 ? st.st_size : -1;
+}
+
+/* Up to len bytes of op's content at off, base64 (caller frees); NULL with *err set. */
+static char *blob_b64(const struct jop *op, off_t off, size_t len, int *err)
+{
+	char *buf = malloc(len ? len : 1);
+	if (!buf)
+		abort();
+	ssize_t got = op->ino->fd >= 0 ? pread(op->ino->fd, buf, len, off) : -1;
+	char *b64 = got >= 0 ? base64_encode_alloc(buf, (size_t)got) : NULL;
+	if (got < 0)
+		*err = -(op->ino->fd >= 0 ? errno : ENOENT);
+	free(buf);
+	return b64;
+}
+
+static void add_times(cJSON *o, const struct jop *op)
+{
+	cJSON_AddItemToObject(o, "atime", json_timespec(&op->atime));
+	cJSON_AddItemToObject(o, "mtime", json_timespec(&op->mtime));
+}
+
+/* The wire form of an operation, or of part `part` of a large put (size: its content's). */
+static cJSON *wire_op(const struct jop *op, unsigned part, off_t size, int *err)
+{
+	cJSON *o = cJSON_CreateObject();
+	json_add_int(o, "seq", (int64_t)(op->seq << PART_SHIFT | part));
+	switch (op->kind) {
+	case JOP_PUT: {
+		off_t off = (off_t)part * BATCH_BYTES;
+		bool last_part = size <= BATCH_BYTES || off >= size;
+		if (part > 0 && off >= size) { /* the closing part of a large put: its times */
+			cJSON_AddStringToObject(o, "op", "setattr");
+			cJSON_AddStringToObject(o, "path", op->path);
+			json_add_int(o, "mode", op->mode);
+			add_times(o, op);
+			break;
+		}
+		size_t len = (size_t)(size - off < BATCH_BYTES ? size - off : BATCH_BYTES);
+		char *data = blob_b64(op, off, len, err);
+		if (!data) {
+			cJSON_Delete(o);
+			return NULL;
+		}
+		cJSON_AddStringToObject(o, "op", part ? "write" : "put");
+		cJSON_AddStringToObject(o, "path", op->path);
+		if (part) {
+			json_add_int(o, "offset", off);
+		} else {
+			json_add_int(o, "mode", op->mode);
+			if (last_part)
+				add_times(o, op);
+			cJSON *expect = op->expect_absent || op->expect_stat ? cJSON_AddObjectToObject(o, "expect") : NULL;
+			if (op->expect_absent)
+				cJSON_AddTrueToObject(expect, "absent");
+			else if (op->expect_stat) {
+				json_add_int(expect, "size", op->expect_size);
+				cJSON_AddItemToObject(expect, "mtime", json_timespec(&op->expect_mtime));
+			}
+		}
+		cJSON_AddItemToObject(o, "data", cJSON_CreateString(data));
+		free(data);
+		break;
+	}
+	case JOP_MKDIR:
+		cJSON_AddStringToObject(o, "op", "mkdir");
+		cJSON_AddStringToObject(o, "path", op->path);
+		json_add_int(o, "mode", op->mode);
+		break;
+	case JOP_SYMLINK:
+		cJSON_AddStringToObject(o, "op", "symlink");
+		cJSON_AddStringToObject(o, "target", op->path2);
+		cJSON_AddStringToObject(o, "path", op->path);
+		break;
+	case JOP_LINK:
+	case JOP_RENAME:
+		cJSON_AddStringToObject(o, "op", op->kind == JOP_LINK ? "link" : "rename");
+		cJSON_AddStringToObject(o, "from", op->path);
+		cJSON_AddStringToObject(o, "to", op->path2);
+		break;
+	case JOP_UNLINK:
+	case JOP_RMDIR:
+		cJSON_AddStringToObject(o, "op", op->kind == JOP_UNLINK ? "unlink" : "rmdir");
+		cJSON_AddStringToObject(o, "path", op->path);
+		break;
+	case JOP_SETATTR:
+		cJSON_AddStringToObject(o, "op", "setattr");
+		cJSON_AddStringToObject(o, "path", op->path);
+		if (op->valid & SBX_SET_MODE)
+			json_add_int(o, "mode", op->mode);
+		if (op->valid & SBX_SET_ATIME)
+			cJSON_AddItemToObject(o, "atime", json_timespec(&op->atime));
+		if (op->valid & SBX_SET_MTIME)
+			cJSON_AddItemToObject(o, "mtime", json_timespec(&op->mtime));
+		if (op->valid & SBX_SET_UID)
+			json_add_int(o, "uid", op->uid);
+		if (op->valid & SBX_SET_GID)
+			json_add_int(o, "gid", op->gid);
+		break;
+	}
+	return o;
+}
+
+static void outcome_fail(struct outcome *oc, int err, const char *fmt, const char *detail)
+{
+	oc->err = err;
+	snprintf(oc->why, sizeof oc->why, fmt, detail);
+}
+
+/* Reads the server's results into the outcomes of ops[0..n): 0, or the error of the request
+ * as a whole. */
+static int read_results(const cJSON *answer, struct jop **ops, size_t n, struct outcome *oc)
+{
+	const cJSON *results = cJSON_GetObjectItemCaseSensitive(answer, "results");
+	if (!cJSON_IsArray(results))
+		return sbx_fail(-EPROTO, "journal: the answer has no results");
+	for (size_t i = 0; i < n; i++)
+		outcome_fail(&oc[i], -EPROTO, "%s", "the sandbox's answer did not mention it");
+	size_t i = 0;
+	const cJSON *r;
+	cJSON_ArrayForEach(r, results) {
+		uint64_t seq = (uint64_t)json_int(r, "seq", 0) >> PART_SHIFT;
+		while (i < n && ops[i]->seq < seq)
+			i++;
+		if (i == n)
+			break;
+		if (ops[i]->seq != seq)
+			continue;
+		const cJSON *e = cJSON_GetObjectItemCaseSensitive(r, "error");
+		if (e) {
+			int err = errno_from_api_error(json_str(e, "errno"), json_str(e, "code"), 0);
+			const char *msg = json_str(e, "message");
+			outcome_fail(&oc[i], -err, "%s", msg ? msg : strerror(err));
+		} else {
+			oc[i].err = 0;
+			oc[i].why[0] = 0;
+			oc[i].conflict = json_bool(r, "conflict", false);
+		}
+	}
+	return 0;
+}
+
+/* Sends ops[0..n) in one request (or, for one large put, its parts in turn). Returns how many
+ * have an outcome; the rest are to be sent again. */
+static size_t send_batch(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc)
+{
+	off_t size = n == 1 && ops[0]->kind == JOP_PUT ? blob_size(ops[0]) : 0;
+	unsigned parts = size > BATCH_BYTES ? (unsigned)((size + BATCH_BYTES - 1) / BATCH_BYTES) + 1
+					    : 1;
+	for (unsigned part = 0; part < parts; part++) {
+		cJSON *body = cJSON_CreateObject();
+		cJSON_AddStringToObject(body, "journal", j->wire_id);
+		cJSON *list = cJSON_AddArrayToObject(body, "ops");
+		for (size_t i = 0; i < n; i++) {
+			int err = 0;
+			off_t sz = ops[i]->kind == JOP_PUT ? (parts > 1 ? size : blob_size(ops[i])) : 0;
+			cJSON *o = wire_op(ops[i], parts > 1 ? part : 0, sz < 0 ? 0 : sz, &err);
+			if (o) {
+				cJSON_AddItemToArray(list, o);
+				continue;
+			}
+			if (i) { /* send what comes before it; it is first next time */
+				n = i;
+				break;
+			}
+			/* the journal lost its copy: nothing of it can be sent */
+			cJSON_Delete(body);
+			outcome_fail(&oc[0], err, "the journal's copy is unreadable: %s",
+				     strerror(-err));
+			return 1;
+		}
+		cJSON *answer = NULL;
+		int err = sbx_call_unsettled(j->s, "journal", "POST", "/api/x/journal", body, false,
+					     sbx_deadline(j->s, BATCH_BYTES), &answer);
+		if (!err)
+			err = read_results(answer, ops, n, oc);
+		cJSON_Delete(answer);
+		if (err && transient(err)) {
+			log_debug("journal: %s", sbx_last_error());
+			return 0;
+		}
+		if (err) {
+			for (size_t i = 0; i < n; i++)
+				outcome_fail(&oc[i], err, "%s", sbx_last_error());
+			return n;
+		}
+		if (parts > 1 && oc[0].err)
+			return n; /* a part failed for good: the rest would fail too */
+	}
+	return n;
+}
+
+/* ---- without the route: the backend's own calls ---- */
+
+static int inner_put(struct sbx_journal *j, const struct jop *op)
+{
+	const struct sbx_ops *in = j->inner;
+	struct sbx_file *f;
+	int err = in->file_open(j->s, op->path, O_WRONLY | O_CREAT | O_TRUNC, op->mode, &f, NULL);
+	if (err)
+		return err;
+	off_t size = blob_size(op);
+	char *buf = malloc(BATCH_BYTES);
+	if (!buf)
+		abort();
+	for (off_t off = 0; off < size && !err;) {
+		ssize_t got = pread(op->ino->fd, buf, BATCH_BYTES, off);
+		if (got <= 0) {
+			err = got < 0 ? -errno : 0;
+			break;
+		}
+		ssize_t w = in->file_pwrite(f, buf, (size_t)got, off);
+		if (w < 0)
+			err = (int)w;
+		off += got;
+	}
+	free(buf);
+	struct stat want = { .st_mode = op->mode, .st_atim = op->atime, .st_mtim = op->mtime };
+	unsigned valid = SBX_SET_MODE | SBX_SET_ATIME | SBX_SET_MTIME;
+	bool by_path = false;
+	if (!err) {
+		err = in->file_setattr(f, valid, &want, NULL);
+		if (err == -ENOSYS)
+			by_path = true, err = 0;
+	}
+	int cerr = in->file_close(f);
+	if (!err)
+		err = cerr;
+	if (!err && by_path)
+		err = in->setattr(j->s, op->path, valid, &want, NULL);
+	return err;
+}
+
+static int inner_op(struct sbx_journal *j, const struct jop *op)
+{
+	const struct sbx_ops *in = j->inner;
+	struct stat st;
+	char *target = NULL;
+	int err;
+	switch (op->kind) {
+	case JOP_PUT:
+		return inner_put(j, op);
+	case JOP_MKDIR:
+		err = in->mkdir(j->s, op->path, op->mode, NULL);
+		if (err == -EEXIST && in->lstat(j->s, op->path, &st, NULL) == 0 &&
+		    S_ISDIR(st.st_mode))
+			err = 0;
+		return err;
+	case JOP_SYMLINK:
+		err = in->symlink(j->s, op->path2, op->path, NULL);
+		if (err == -EEXIST && in->readlink(j->s, op->path, &target) == 0 &&
+		    strcmp(target, op->path2) == 0)
+			err = 0;
+		free(target);
+		return err;
+	case JOP_LINK:
+		err = in->link(j->s, op->path, op->path2, NULL);
+		return err == -EEXIST ? 0 : err;
+	case JOP_UNLINK:
+		err = in->unlink(j->s, op->path);
+		return err == -ENOENT ? 0 : err;
+	case JOP_RMDIR:
+		err = in->rmdir(j->s, op->path);
+		return err == -ENOENT ? 0 : err;
+	case JOP_RENAME:
+		return in->rename(j->s, op->path, op->path2, 0);
+	case JOP_SETATTR: {
+		struct stat want = { .st_mode = op->mode, .st_uid = op->uid, .st_gid = op->gid,
+				     .st_atim = op->atime, .st_mtim = op->mtime };
+		return in->setattr(j->s, op->path, op->valid, &want, NULL);
+	}
+	}
+	return -EINVAL;
+}
+
+static size_t send_each(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc)
+{
+	for (size_t i = 0; i < n; i++) {
+		int err = inner_op(j, ops[i]);
+		if (err && transient(err)) {
+			log_debug("journal: %s", sbx_last_error());
+			return i;
+		}
+		oc[i].err = err;
+		oc[i].conflict = false;
+		snprintf(oc[i].why, sizeof oc[i].why, "%s", err ? sbx_last_error() : "");
+	}
+	/* what the backend holds back (the fallback's batched modes and times) goes now: an
+	 * acknowledgement means it is in the sandbox */
+	if (j->inner->settle)
+		j->inner->settle(j->s);
+	return n;
+}
+
+/* ---- the thread ---- */
+
+static const char *op_name(enum jop_kind k)
+{
+	static const char *const names[] = {
+		[JOP_PUT] = "upload", [JOP_MKDIR] = "mkdir", [JOP_SYMLINK] = "symlink",
+		[JOP_LINK] = "link", [JOP_UNLINK] = "unlink", [JOP_RMDIR] = "rmdir",
+		[JOP_RENAME] = "rename", [JOP_SETATTR] = "setattr",
+	};
+	return names[k];
+}
+
+/* Records op's outcome and takes it off the queue (lock held). */
+static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *oc)
+{
+	if (oc->conflict)
+		log_warn("journal: %s was changed in the sandbox while the mount's version was on its "
+			 "way; the mount's version replaced it", op->path);
+	if (oc->err) {
+		char *kept = op->kind == JOP_PUT ? spool_blob_rescue(j, op->blob, op->path) : NULL;
+		snprintf(j->fail_reason, sizeof j->fail_reason, "%s %s%s%s failed: %s%s%s",
+			 op_name(op->kind), op->path, op->path2 ? " -> " : "",
+			 op->path2 ? op->path2 : "", oc->why, kept ? "; its content is kept in " : "",
+			 kept ? kept : "");
+		free(kept);
+		j->fail_seq = op->seq;
+		j->fail_err = -oc->err;
+		j->failures++;
+		log_error("journal: %s", j->fail_reason);
+		if (op->ino)
+			op->ino->error = oc->err;
+	}
+	j->head = op->next;
+	if (!j->head)
+		j->tail = NULL;
+	j->queued--;
+	j->acked = op->seq;
+	if (op->kind == JOP_PUT) {
+		j->bytes_pending -= (uint64_t)op->ino->st.st_size <= j->bytes_pending
+					    ? (uint64_t)op->ino->st.st_size
+					    : j->bytes_pending;
+		op->ino->refs--;
+		jinode_put(j, op->ino);
+	}
+	jop_free(op);
+}
+
+static void *uploader(void *arg)
+{
+	struct sbx_journal *j = arg;
+	on_uploader = true;
+	struct jop **ops = calloc(BATCH_OPS, sizeof *ops);
+	struct outcome *oc = calloc(BATCH_OPS, sizeof *oc);
+	if (!ops || !oc)
+		abort();
+	pthread_mutex_lock(&j->lock);
+	while (!j->stopping) {
+		if (!j->head) {
+			pthread_cond_wait(&j->changed, &j->lock);
+			continue;
+		}
+		size_t n = 0;
+		uint64_t bytes = 0;
+		for (struct jop *op = j->head; op && n < BATCH_OPS; op = op->next) {
+			off_t size = op->kind == JOP_PUT ? blob_size(op) : 0;
+			if (n && (size > BATCH_BYTES || bytes + (uint64_t)size > BATCH_BYTES))
+				break;
+			ops[n++] = op;
+			bytes += (uint64_t)(size > 0 ? size : 0);
+			if (size > BATCH_BYTES)
+				break;
+		}
+		pthread_mutex_unlock(&j->lock);
+		spool_sync(j, false);
+		size_t done = j->route ? send_batch(j, ops, n, oc) : send_each(j, ops, n, oc);
+		pthread_mutex_lock(&j->lock);
+		j->attempts++;
+		j->retry_now = false;
+		for (size_t i = 0; i < done; i++)
+			finish(j, ops[i], &oc[i]);
+		if (done) {
+			spool_log_ack(j, j->acked);
+			journal_settled(j);
+			if (!j->head)
+				spool_compact(j);
+			if (j->offline)
+				log_info("journal: the sandbox answers again");
+			j->offline = false;
+			j->backoff_ms = 0;
+			pthread_cond_broadcast(&j->changed);
+		}
+		pthread_cond_broadcast(&j->changed);
+		if (done < n) {
+			if (!j->offline)
+				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "
+					 "in the journal and are sent again", sbx_last_error(),
+					 j->queued);
+			j->offline = true;
+			pthread_cond_broadcast(&j->changed); /* waiters that asked for it give up */
+			j->backoff_ms = j->backoff_ms ? j->backoff_ms * 2 : 100;
+			if (j->backoff_ms > 5000)
+				j->backoff_ms = 5000;
+			int64_t until = mono_ms() + j->backoff_ms;
+			while (!j->stopping && !j->retry_now &&
+			       mono_cond_wait_until(&j->changed, &j->lock, until))
+				;
+		}
+	}
+	pthread_mutex_unlock(&j->lock);
+	free(ops);
+	free(oc);
+	return NULL;
+}
+
+int upload_start(struct sbx_journal *j)
+{
+	j->route = j->s->journal_route;
+	j->running = true;
+	int err = pthread_create(&j->thread, NULL, uploader, j);
+	if (err) {
+		j->running = false;
+		return sbx_fail(-err, "journal: cannot start its uploader: %s", strerror(err));
+	}
+	return 0;
+}
+
+void upload_stop(struct sbx_journal *j)
+{
+	if (!j->running)
+		return;
+	pthread_mutex_lock(&j->lock);
+	j->stopping = true;
+	pthread_cond_broadcast(&j->changed);
+	pthread_mutex_unlock(&j->lock);
+	pthread_join(j->thread, NULL);
+	j->running = false;
+}
