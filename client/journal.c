@@ -180,16 +180,32 @@ static bool node_settled(const struct sbx_journal *j, const struct jnode *n)
 	return true;
 }
 
-void journal_settled(struct sbx_journal *j)
+struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 {
+	struct settled *out = NULL;
+	size_t n_out = 0, cap = 0;
 	for (size_t i = 0; i < j->buckets; i++)
 		for (struct jnode *n = j->table[i], *next; n; n = next) {
 			next = n->next;
 			if (n->kind == JN_DIR && n->opaque && n->made_seq <= j->acked)
 				n->opaque = false;
-			if (node_settled(j, n))
-				jnode_free(j, n);
+			if (!node_settled(j, n))
+				continue;
+			if (n->kind != JN_GONE) {
+				if (n_out == cap) {
+					cap = cap ? cap * 2 : 64;
+					out = realloc(out, cap * sizeof *out);
+					if (!out)
+						abort();
+				}
+				if (!(out[n_out].path = strdup(n->path)))
+					abort();
+				out[n_out++].is_dir = n->kind == JN_DIR;
+			}
+			jnode_free(j, n);
 		}
+	*count = n_out;
+	return out;
 }
 
 /* What the overlay knows of path's existence: 1 it does not exist (removed, or below a

@@ -111,8 +111,14 @@ struct sbx_journal {
 
 /* journal.c */
 struct jnode *jnode_find(struct sbx_journal *j, const char *path);
-/* Drops what the acknowledgement of everything up to j->acked makes unneeded. Lock held. */
-void journal_settled(struct sbx_journal *j);
+/* Drops what the acknowledgement of everything up to j->acked makes unneeded (lock held), and
+ * returns the paths whose attributes now come from the sandbox (caller frees each path and
+ * the array), to be announced with sbx_local_change() once the lock is released. */
+struct settled {
+	char *path;
+	bool is_dir;
+};
+struct settled *journal_settled(struct sbx_journal *j, size_t *count);
 void jinode_put(struct sbx_journal *j, struct jinode *ino);
 /* The attributes of a directory as the sandbox gave them (its st_ino is the sandbox's): a
  * change in it later keeps them local until acknowledged. Lock held. */

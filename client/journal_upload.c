@@ -450,9 +450,11 @@ static void *uploader(void *arg)
 		j->retry_now = false;
 		for (size_t i = 0; i < done; i++)
 			finish(j, ops[i], &oc[i]);
+		size_t n_settled = 0;
+		struct settled *settled = NULL;
 		if (done) {
 			spool_log_ack(j, j->acked);
-			journal_settled(j);
+			settled = journal_settled(j, &n_settled);
 			if (!j->head)
 				spool_compact(j);
 			if (j->offline)
@@ -462,6 +464,17 @@ static void *uploader(void *arg)
 			pthread_cond_broadcast(&j->changed);
 		}
 		pthread_cond_broadcast(&j->changed);
+		if (n_settled) {
+			/* the sandbox's change events for these may have come while the journal
+			 * still answered for them: what the filesystem was shown is now stale */
+			pthread_mutex_unlock(&j->lock);
+			for (size_t i = 0; i < n_settled; i++) {
+				sbx_local_change(j->s, settled[i].path, settled[i].is_dir);
+				free(settled[i].path);
+			}
+			pthread_mutex_lock(&j->lock);
+		}
+		free(settled);
 		if (done < n) {
 			if (!j->offline)
 				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "
