@@ -129,6 +129,8 @@ static void settle(struct sbx *s)
 		ops->settle(s);
 }
 
+void sbx_settle(struct sbx *s) { settle(s); }
+
 int sbx_call(struct sbx *s, const char *what, const char *method, const char *path,
 	     cJSON *body, bool idempotent, long timeout_ms, cJSON **out)
 {
