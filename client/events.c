@@ -320,6 +320,8 @@ static void events_free(struct sbx_events *e)
 struct sbx_events *sbx_events_open(struct sbx *s, const struct sbx_events_opts *opts,
 				   const struct sbx_events_ops *ops, void *arg)
 {
+	/* a path the mount just made must be in the sandbox before it can be watched */
+	sbx_settle(s);
 	struct sbx_events *e = calloc(1, sizeof *e);
 	if (!e)
 		abort();

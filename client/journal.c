@@ -180,21 +180,32 @@ static bool node_settled(const struct sbx_journal *j, const struct jnode *n)
 	return true;
 }
 
-static void dirseen_put(struct sbx_journal *j, const char *path, const struct stat *st);
-
-void journal_settled(struct sbx_journal *j)
+struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 {
+	struct settled *out = NULL;
+	size_t n_out = 0, cap = 0;
 	for (size_t i = 0; i < j->buckets; i++)
 		for (struct jnode *n = j->table[i], *next; n; n = next) {
 			next = n->next;
-			if (n->kind == JN_DIR && n->opaque && n->last_seq <= j->acked)
+			if (n->kind == JN_DIR && n->opaque && n->made_seq <= j->acked)
 				n->opaque = false;
 			if (!node_settled(j, n))
 				continue;
-			if (n->kind == JN_DIR) /* the sandbox has it as the mount showed it */
-				dirseen_put(j, n->path, &n->st);
+			if (n->kind != JN_GONE) {
+				if (n_out == cap) {
+					cap = cap ? cap * 2 : 64;
+					out = realloc(out, cap * sizeof *out);
+					if (!out)
+						abort();
+				}
+				if (!(out[n_out].path = strdup(n->path)))
+					abort();
+				out[n_out++].is_dir = n->kind == JN_DIR;
+			}
 			jnode_free(j, n);
 		}
+	*count = n_out;
+	return out;
 }
 
 /* What the overlay knows of path's existence: 1 it does not exist (removed, or below a
@@ -267,7 +278,7 @@ struct dirseen {
 	struct stat st;
 };
 
-static void dirseen_put(struct sbx_journal *j, const char *path, const struct stat *st)
+void journal_saw_dir(struct sbx_journal *j, const char *path, const struct stat *st)
 {
 	if (!S_ISDIR(st->st_mode))
 		return;
@@ -456,7 +467,7 @@ static int j_lstat(struct sbx *s, const char *path, struct stat *st, char **targ
 	int err = INNER(j->inner->lstat(s, path, st, target));
 	if (!err && S_ISDIR(st->st_mode)) {
 		pthread_mutex_lock(&j->lock);
-		dirseen_put(j, path, st);
+		journal_saw_dir(j, path, st);
 		pthread_mutex_unlock(&j->lock);
 	}
 	return err;
@@ -552,7 +563,7 @@ static int j_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, 
 				char *p;
 				if (asprintf(&p, "%s/%s", path, l.ents[i].name) < 0)
 					abort();
-				dirseen_put(j, p, &l.ents[i].st);
+				journal_saw_dir(j, p, &l.ents[i].st);
 				free(p);
 			}
 		pthread_mutex_unlock(&j->lock);
@@ -678,7 +689,7 @@ static int j_mkdir(struct sbx *s, const char *path, mode_t mode, struct stat *st
 		n->opaque = true;
 		struct jop *op = jop_new(JOP_MKDIR, path, NULL);
 		op->mode = mode & 07777;
-		enqueue(j, op, false);
+		n->made_seq = enqueue(j, op, false);
 		if (st)
 			*st = n->st;
 	}
@@ -1060,6 +1071,7 @@ static int j_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 		ino->st.st_gid = cur.st_gid;
 		ino->st.st_atim = cur.st_atim;
 		ino->st.st_mtim = cur.st_mtim;
+		ino->st.st_ino = cur.st_ino; /* rewritten in place: the sandbox's file still */
 		ino->st.st_nlink = cur.st_nlink ? cur.st_nlink - 1 : 0; /* its other names */
 		if (!(flags & O_TRUNC)) {
 			err = fetch_whole(j, path, ino->fd, cur.st_size);

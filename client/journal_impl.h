@@ -39,6 +39,7 @@ struct jnode {
 	struct stat st;     /* JN_DIR, JN_SYMLINK */
 	char *target;       /* JN_SYMLINK */
 	bool opaque;        /* JN_DIR whose mkdir is not acknowledged: no children in the sandbox */
+	uint64_t made_seq;  /* JN_DIR made here: its mkdir (opaque until that is acknowledged) */
 	uint64_t last_seq;  /* the last operation naming this path */
 	struct jnode *next; /* hash chain */
 };
@@ -110,9 +111,18 @@ struct sbx_journal {
 
 /* journal.c */
 struct jnode *jnode_find(struct sbx_journal *j, const char *path);
-/* Drops what the acknowledgement of everything up to j->acked makes unneeded. Lock held. */
-void journal_settled(struct sbx_journal *j);
+/* Drops what the acknowledgement of everything up to j->acked makes unneeded (lock held), and
+ * returns the paths whose attributes now come from the sandbox (caller frees each path and
+ * the array), to be announced with sbx_local_change() once the lock is released. */
+struct settled {
+	char *path;
+	bool is_dir;
+};
+struct settled *journal_settled(struct sbx_journal *j, size_t *count);
 void jinode_put(struct sbx_journal *j, struct jinode *ino);
+/* The attributes of a directory as the sandbox gave them (its st_ino is the sandbox's): a
+ * change in it later keeps them local until acknowledged. Lock held. */
+void journal_saw_dir(struct sbx_journal *j, const char *path, const struct stat *st);
 
 /* journal_spool.c: the journal on disk. Everything but open/close with j->lock held. */
 int spool_open(struct sbx_journal *j, const char *cache_dir);

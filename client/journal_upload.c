@@ -49,6 +49,8 @@ struct outcome {
 	int err;
 	char why[256];
 	bool conflict;
+	bool has_stat; /* st: what the sandbox answered for the op's path */
+	struct stat st;
 };
 
 static bool transient(int err)
@@ -182,8 +184,10 @@ static int read_results(const cJSON *answer, struct jop **ops, size_t n, struct 
 	const cJSON *results = cJSON_GetObjectItemCaseSensitive(answer, "results");
 	if (!cJSON_IsArray(results))
 		return sbx_fail(-EPROTO, "journal: the answer has no results");
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; i < n; i++) {
 		outcome_fail(&oc[i], -EPROTO, "%s", "the sandbox's answer did not mention it");
+		oc[i].has_stat = false;
+	}
 	size_t i = 0;
 	const cJSON *r;
 	cJSON_ArrayForEach(r, results) {
@@ -203,6 +207,9 @@ static int read_results(const cJSON *answer, struct jop **ops, size_t n, struct 
 			oc[i].err = 0;
 			oc[i].why[0] = 0;
 			oc[i].conflict = json_bool(r, "conflict", false);
+			const cJSON *st = cJSON_GetObjectItemCaseSensitive(r, "stat");
+			oc[i].has_stat = st && sbx_parse_stat_at(ops[i]->path, st, &oc[i].st,
+								 NULL) == 0;
 		}
 	}
 	return 0;
@@ -351,6 +358,7 @@ static size_t send_each(struct sbx_journal *j, struct jop **ops, size_t n, struc
 		}
 		oc[i].err = err;
 		oc[i].conflict = false;
+		oc[i].has_stat = false;
 		snprintf(oc[i].why, sizeof oc[i].why, "%s", err ? sbx_last_error() : "");
 	}
 	/* what the backend holds back (the fallback's batched modes and times) goes now: an
@@ -375,6 +383,8 @@ static const char *op_name(enum jop_kind k)
 /* Records op's outcome and takes it off the queue (lock held). */
 static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *oc)
 {
+	if (op->kind == JOP_MKDIR && !oc->err && oc->has_stat)
+		journal_saw_dir(j, op->path, &oc->st);
 	if (oc->conflict)
 		log_warn("journal: %s was changed in the sandbox while the mount's version was on its "
 			 "way; the mount's version replaced it", op->path);
@@ -440,9 +450,11 @@ static void *uploader(void *arg)
 		j->retry_now = false;
 		for (size_t i = 0; i < done; i++)
 			finish(j, ops[i], &oc[i]);
+		size_t n_settled = 0;
+		struct settled *settled = NULL;
 		if (done) {
 			spool_log_ack(j, j->acked);
-			journal_settled(j);
+			settled = journal_settled(j, &n_settled);
 			if (!j->head)
 				spool_compact(j);
 			if (j->offline)
@@ -452,6 +464,17 @@ static void *uploader(void *arg)
 			pthread_cond_broadcast(&j->changed);
 		}
 		pthread_cond_broadcast(&j->changed);
+		if (n_settled) {
+			/* the sandbox's change events for these may have come while the journal
+			 * still answered for them: what the filesystem was shown is now stale */
+			pthread_mutex_unlock(&j->lock);
+			for (size_t i = 0; i < n_settled; i++) {
+				sbx_local_change(j->s, settled[i].path, settled[i].is_dir);
+				free(settled[i].path);
+			}
+			pthread_mutex_lock(&j->lock);
+		}
+		free(settled);
 		if (done < n) {
 			if (!j->offline)
 				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "

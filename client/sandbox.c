@@ -129,6 +129,8 @@ static void settle(struct sbx *s)
 		ops->settle(s);
 }
 
+void sbx_settle(struct sbx *s) { settle(s); }
+
 int sbx_call(struct sbx *s, const char *what, const char *method, const char *path,
 	     cJSON *body, bool idempotent, long timeout_ms, cJSON **out)
 {
@@ -321,10 +323,12 @@ int sbx_open(const struct http_client_opts *opts, struct sbx **out)
 		return sbx_fail(-ENOMEM, "out of memory");
 	s->deadline_ms = opts->request_timeout_ms > 0 ? opts->request_timeout_ms : 30000;
 	pthread_mutex_init(&s->copies_lock, NULL);
+	pthread_mutex_init(&s->echo_lock, NULL);
 	s->http = http_client_new(opts);
 	if (!s->http) {
 		int err = errno ? -errno : -EINVAL;
 		pthread_mutex_destroy(&s->copies_lock);
+		pthread_mutex_destroy(&s->echo_lock);
 		free(s);
 		return sbx_fail(err, "cannot create the HTTP client for %s: %s",
 				opts->base_url ? opts->base_url : "(no URL)", strerror(-err));
@@ -356,6 +360,7 @@ void sbx_close(struct sbx *s)
 	free(s->version);
 	free(s->sandbox_id);
 	pthread_mutex_destroy(&s->copies_lock);
+	pthread_mutex_destroy(&s->echo_lock);
 	free(s);
 }
 
@@ -817,13 +822,31 @@ struct sbx_watch *sbx_watch_start(struct sbx *s, const char *path, const struct 
 		errno = err;
 		return NULL;
 	}
+	if (strcmp(path, "/workspace") == 0) {
+		pthread_mutex_lock(&s->echo_lock);
+		s->workspace_watch = w;
+		pthread_mutex_unlock(&s->echo_lock);
+	}
 	return w;
+}
+
+void sbx_local_change(struct sbx *s, const char *path, bool is_dir)
+{
+	pthread_mutex_lock(&s->echo_lock);
+	struct sbx_watch *w = s->workspace_watch;
+	if (w && w->ops.on_change) /* it only queues the news: never blocks */
+		w->ops.on_change(w->arg, path, "attrib", is_dir);
+	pthread_mutex_unlock(&s->echo_lock);
 }
 
 void sbx_watch_stop(struct sbx_watch *w)
 {
 	if (!w)
 		return;
+	pthread_mutex_lock(&w->s->echo_lock);
+	if (w->s->workspace_watch == w)
+		w->s->workspace_watch = NULL;
+	pthread_mutex_unlock(&w->s->echo_lock);
 	pthread_mutex_lock(&w->lock);
 	w->stopping = true;
 	pthread_cond_broadcast(&w->cond);

@@ -166,6 +166,12 @@ int sbx_read_all(struct sbx *s, const char *path, char **data, size_t *len);
 /* Reads len bytes at off by path without opening a handle (ranged where the backend can). */
 ssize_t sbx_pread_path(struct sbx *s, const char *path, void *buf, size_t len, off_t off);
 
+/* Makes the sandbox show everything this client has done so far (the write-back journal's
+ * pending changes, the fallback's held-back attributes), for at most the deadline: before
+ * something that looks at the sandbox by another way than this client (a watch of a path the
+ * mount just made). Requests that run something in the sandbox do it by themselves. */
+void sbx_settle(struct sbx *s);
+
 /* Runs a shell command in the sandbox (POST /api/execute, sessionless); output is collected
  * whole. exit_code is -1 when the command could not be run. timeout_ms <= 0 means 30 s; the
  * server kills the command at the timeout (exit code 124). */

@@ -83,8 +83,16 @@ struct sbx {
 	/* the rest of the fallback's state (client/fallback.h); NULL with the extensions */
 	struct fb_state *fb;
 	bool journal_route;          /* the server has POST /api/x/journal */
+	/* the watch of /workspace, for changes the client itself must announce (echo_lock) */
+	pthread_mutex_t echo_lock;
+	struct sbx_watch *workspace_watch;
 	struct sbx_journal *journal; /* the write-back journal in front of the backend, or NULL */
 };
+
+/* Tells the watcher of /workspace (the filesystem) that what it was shown of path changes
+ * without an event of the sandbox's: the journal's attributes of it give way to the
+ * sandbox's, whose change events may have come while the journal still answered. */
+void sbx_local_change(struct sbx *s, const char *path, bool is_dir);
 
 /* Sends what the journal still holds (for at most the deadline; the rest stays on disk for
  * the next mount), then takes it away from the backend (client/journal.c). */

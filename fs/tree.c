@@ -58,6 +58,9 @@ static struct node *listed_dir(struct fill *f, const char *dir, bool *made)
 	if (n)
 		return fs_node_is(n, &de->st) && n->gen <= f->seq ? n : NULL;
 	n = nodes_add(t, parent, name, NODE_WORKSPACE);
+	/* as fs_bind_entry: a directory not yet in the sandbox (st_ino 0) gets a number of its
+	 * own, and learns the sandbox's later */
+	n->ino_provisional = !de->st.st_ino;
 	n->ino = de->st.st_ino;
 	n->type = S_IFDIR;
 	fs_cache_attr(f->fs, n, &de->st);

@@ -39,7 +39,9 @@
  *    fetched and without open files. An upload error seen by such a flush is kept on the
  *    handle and returned by the next flush, so close() reports it.
  * 4. Page cache: keep_cache at open only when the file's (mtime, size) equal those of the last
- *    open and no change event touched it since; otherwise the kernel drops its pages.
+ *    open and no change event touched it since (with the change stream healthy, an open whose
+ *    attributes had expired counts as one: the events say what changed); otherwise the kernel
+ *    drops its pages.
  *
  * An open file stays usable when its name goes away: before unlink or a rename over it, every
  * open handle is pinned (sbx_file_pin), and a rename tells the handles below the moved name
@@ -863,14 +865,20 @@ static bool note_open(struct sbxfs *fs, struct node *n, const struct stat *st)
 	bool same = known && n->open_size == st->st_size &&
 		    n->open_mtime.tv_sec == st->st_mtim.tv_sec &&
 		    n->open_mtime.tv_nsec == st->st_mtim.tv_nsec;
-	bool keep = n->opened && !n->data_changed && (same || (!known && fs_caches_trusted(fs)));
+	bool trusted = fs_caches_trusted(fs);
+	bool keep = n->opened && !n->data_changed && (same || (!known && trusted));
 	if (known) {
 		n->opened = true;
 		n->open_size = st->st_size;
 		n->open_mtime = st->st_mtim;
+	} else if (trusted) {
+		/* what the kernel reads from now on is the file's until an event says otherwise
+		 * (a walk longer than attr_timeout opens every file with its attributes expired) */
+		n->opened = true;
+		n->open_size = -1;
 	}
 	if (known || !keep)
-		n->data_changed = !known;
+		n->data_changed = !known && !trusted;
 	return keep;
 }
 

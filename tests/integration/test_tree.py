@@ -130,3 +130,23 @@ def test_tree_larger_than_one_answer_lists_completely(d):
     names = d.sh('find big', timeout=300).stdout.decode().split()
     assert len(names) == 1 + 3 + 12000 + 12000 + 1, len(names)
     assert 'big/b/c/last' in names and 'big/a/12000' in names and 'big/b/1' in names
+
+
+def test_a_second_grep_reads_nothing_again_though_attributes_expired(faulty_sbx, mode):
+    """grep -r twice, the first longer than attr_timeout: the second reads the kernel's pages
+    (no change event touched the files), even for files whose attributes had expired when
+    the first opened them."""
+    s = faulty_sbx('attr_timeout=0')  # every open finds them expired
+    assert s.wait_watching()
+    r = s.execute('mkdir -p g && cd g && for i in $(seq 40); do echo "line $i TODO" > f$i; '
+                  'done')
+    assert r['exitCode'] == 0, r
+    g = os.path.join(s.ws, 'g')
+    assert wait_for(lambda: os.path.exists(os.path.join(g, 'f40')), 10 * SLOW)
+    drop_caches()
+    assert len(sh('grep -rn TODO .', cwd=g).stdout.split(b'\n')) == 41
+    s.proxy.reset_counts()
+    assert len(sh('grep -rn TODO .', cwd=g).stdout.split(b'\n')) == 41
+    reads = fs_requests(s.proxy)
+    if mode == 'ext':
+        assert not {k: v for k, v in reads.items() if 'pread' in k}, reads
