@@ -859,14 +859,17 @@ static void release_of(struct sbxfs *fs, struct ofile *of);
  * healthy, "no event touched it" is enough. Caller holds the lock. */
 static bool note_open(struct sbxfs *fs, struct node *n, const struct stat *st)
 {
-	if (!st->st_mode && attr_fresh(fs, n))
+	bool trusted = fs_caches_trusted(fs);
+	/* attributes no event invalidated are the file's while events flow, expired or not */
+	if (!st->st_mode && (attr_fresh(fs, n) || (n->attr_valid && trusted)))
 		st = &n->attr;
 	bool known = st->st_mode != 0;
 	bool same = known && n->open_size == st->st_size &&
 		    n->open_mtime.tv_sec == st->st_mtim.tv_sec &&
 		    n->open_mtime.tv_nsec == st->st_mtim.tv_nsec;
-	bool trusted = fs_caches_trusted(fs);
-	bool keep = n->opened && !n->data_changed && (same || (!known && trusted));
+	bool last_unknown = n->open_size == -1; /* the last open knew no attributes */
+	bool keep = n->opened && !n->data_changed &&
+		    (same || ((!known || last_unknown) && trusted));
 	if (known) {
 		n->opened = true;
 		n->open_size = st->st_size;
