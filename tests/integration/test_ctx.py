@@ -485,6 +485,10 @@ def test_ctrl_c_on_a_blocked_reader(sbx):
 def test_interrupt(sbx, mode):
     cid = new(sbx)
     assert send(sbx, cid, 'import time\nprint("up", flush=True)\ntime.sleep(30)').returncode == 0
+    if mode != 'fallback':
+        # the code runs: an interrupt that came before it started would be lost
+        first = sh('head -1 %s' % shlex.quote(ctx(sbx, cid, 'out')), timeout=30).stdout
+        assert b'up' in first, first
     r = sh('echo > %s' % ctx(sbx, cid, 'interrupt'), check=False)
     if mode == 'fallback':
         assert r.returncode != 0 and b'not supported' in r.stderr, r
