@@ -374,23 +374,24 @@ static uint64_t enqueue(struct sbx_journal *j, struct jop *op, bool replayed)
 static int wait_acked(struct sbx_journal *j, uint64_t seq, long timeout_ms)
 {
 	int64_t deadline = mono_ms() + timeout_ms;
-	uint64_t tried = 0; /* while offline: the attempt this wait asked for */
+	bool asked = false;
 	while (j->acked < seq && j->running) {
-		if (j->offline && tried && j->attempts > tried)
-			return sbx_fail(-ENOTCONN, "the sandbox does not answer: %zu change%s wait "
-					"in the journal (%s) and are sent when it does", j->queued,
-					j->queued == 1 ? "" : "s", j->dir);
-		if (j->offline && !tried) {
-			/* not the backoff's next try: one now, and its outcome is the answer */
-			tried = j->attempts;
+		if (j->offline && !asked) {
+			/* not only the backoff's next try: one now (the sandbox may be back) */
+			asked = true;
 			j->retry_now = true;
 			pthread_cond_broadcast(&j->changed);
 		}
-		if (!mono_cond_wait_until(&j->changed, &j->lock, deadline))
-			return sbx_fail(-ETIMEDOUT, "the sandbox has not acknowledged %zu change%s "
-					"within %ld s: they stay in the journal (%s) and are sent "
-					"when it answers", j->queued, j->queued == 1 ? "" : "s",
-					timeout_ms / 1000, j->dir);
+		if (mono_cond_wait_until(&j->changed, &j->lock, deadline))
+			continue;
+		if (j->offline)
+			return sbx_fail(-ENOTCONN, "the sandbox does not answer: %zu change%s wait "
+					"in the journal (%s) and are sent when it does", j->queued,
+					j->queued == 1 ? "" : "s", j->dir);
+		return sbx_fail(-ETIMEDOUT, "the sandbox has not acknowledged %zu change%s "
+				"within %ld s: they stay in the journal (%s) and are sent "
+				"when it answers", j->queued, j->queued == 1 ? "" : "s",
+				timeout_ms / 1000, j->dir);
 	}
 	return j->acked >= seq ? 0 : sbx_fail(-EIO, "the journal stopped");
 }

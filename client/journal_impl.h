@@ -106,7 +106,6 @@ struct sbx_journal {
 	int backoff_ms; /* while the sandbox cannot be reached */
 	bool offline;
 	bool retry_now;    /* a waiter wants an attempt now, not after the backoff */
-	uint64_t attempts; /* sends finished, either way */
 };
 
 /* journal.c */

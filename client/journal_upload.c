@@ -446,7 +446,6 @@ static void *uploader(void *arg)
 		spool_sync(j, false);
 		size_t done = j->route ? send_batch(j, ops, n, oc) : send_each(j, ops, n, oc);
 		pthread_mutex_lock(&j->lock);
-		j->attempts++;
 		j->retry_now = false;
 		for (size_t i = 0; i < done; i++)
 			finish(j, ops[i], &oc[i]);
