@@ -314,14 +314,15 @@ def _drop_caches():
 
 
 @pytest.mark.timeout(600 * SLOW)
-def test_rm_rf_of_an_uploaded_tree_once_the_kernel_forgot_it(fresh_sbx, tmp_path):
+def test_rm_rf_of_an_uploaded_tree_once_the_kernel_forgot_it(fresh_sbx, tmp_path, mode):
     """untar, sync, caches dropped, rm -rf: the removals are journaled, and each directory's
     emptiness is checked against the sandbox's listing while they are being applied."""
     from util import sh
     sbx = fresh_sbx(WB)
     tarball = tmp_path / 'include.tar.gz'
     sh("tar -C /usr/include -czf '%s' linux asm-generic" % tarball)
-    for round_ in range(3):
+    # a plain container takes one call per change: one round there (the suite's time)
+    for round_ in range(3 if mode == 'ext' else 1):
         d = os.path.join(sbx.ws, 'rmrf%d' % round_)
         os.mkdir(d)
         sh("tar -C '%s' -xzf '%s'" % (d, tarball), timeout=300)
