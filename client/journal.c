@@ -244,7 +244,7 @@ static struct timespec now_ts(void)
 	return ts;
 }
 
-/* (A copy of a node, children_of's, has its file's attributes in st.) */
+/* (A copy of a node, nodes_below's, has its file's attributes in st.) */
 static void node_stat(const struct jnode *n, struct stat *st)
 {
 	*st = n->kind == JN_FILE && n->ino ? n->ino->st : n->st;
@@ -509,15 +509,17 @@ static void listing_set(struct listing *l, const char *name, const struct jnode 
 		l->ents[i].target = strdup(n->target);
 }
 
-/* The overlay's entries directly below dir, copied (lock held). */
-static struct jnode *children_of(struct sbx_journal *j, const char *dir, size_t *count)
+/* The overlay's nodes below dir (direct: only its entries), copied (lock held): what a
+ * listing of the sandbox is merged with. */
+static struct jnode *nodes_below(struct sbx_journal *j, const char *dir, bool direct,
+				 size_t *count)
 {
 	size_t dl = strlen(dir), n = 0, cap = 0;
 	struct jnode *out = NULL;
 	for (size_t i = 0; i < j->buckets; i++)
 		for (struct jnode *c = j->table[i]; c; c = c->next) {
 			if (strncmp(c->path, dir, dl) != 0 || c->path[dl] != '/' ||
-			    strchr(c->path + dl + 1, '/'))
+			    (direct && strchr(c->path + dl + 1, '/')))
 				continue;
 			if (n == cap) {
 				cap = cap ? cap * 2 : 16;
@@ -547,7 +549,7 @@ static int j_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, 
 	bool opaque = d && d->kind == JN_DIR && d->opaque;
 	bool notdir = d && d->kind != JN_DIR && d->kind != JN_GONE;
 	size_t nc = 0;
-	struct jnode *kids = children_of(j, path, &nc);
+	struct jnode *kids = nodes_below(j, path, true, &nc);
 	pthread_mutex_unlock(&j->lock);
 	struct listing l = { 0 };
 	int err = 0;
@@ -583,34 +585,6 @@ static int j_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, 
 	*ents = l.ents;
 	*n = l.n;
 	return 0;
-}
-
-/* The overlay's nodes below dir, copied (lock held): what a subtree listing is merged with. */
-static struct jnode *nodes_below(struct sbx_journal *j, const char *dir, size_t *count)
-{
-	size_t dl = strlen(dir), n = 0, cap = 0;
-	struct jnode *out = NULL;
-	for (size_t i = 0; i < j->buckets; i++)
-		for (struct jnode *c = j->table[i]; c; c = c->next) {
-			if (strncmp(c->path, dir, dl) != 0 || c->path[dl] != '/')
-				continue;
-			if (n == cap) {
-				cap = cap ? cap * 2 : 64;
-				out = realloc(out, cap * sizeof *out);
-				if (!out)
-					abort();
-			}
-			out[n] = *c;
-			if (!(out[n].path = strdup(c->path)))
-				abort();
-			out[n].target = c->kind == JN_SYMLINK ? strdup(c->target) : NULL;
-			if (c->kind == JN_FILE)
-				out[n].st = c->ino->st;
-			out[n].ino = NULL;
-			n++;
-		}
-	*count = n;
-	return out;
 }
 
 struct tree_merge {
@@ -662,7 +636,7 @@ static int j_readtree(struct sbx *s, const char *path, size_t max_entries, sbx_t
 	bool local = known_absent(j, path) || (d && (d->kind != JN_DIR || d->opaque));
 	struct tree_merge m = { .fn = fn, .arg = arg };
 	if (!local)
-		m.below = nodes_below(j, path, &m.n);
+		m.below = nodes_below(j, path, false, &m.n);
 	pthread_mutex_unlock(&j->lock);
 	if (local) /* the sandbox has nothing of it yet: listings come from readdir */
 		return sbx_fail(-ENOSYS, "readtree %s: made by the mount, not yet in the sandbox", path);

@@ -312,17 +312,24 @@ static struct jop *jop_from_json(const cJSON *o)
 	return op;
 }
 
-/* The highest blob number in blobs/, so new ones never reuse a name. */
-static void scan_blobs(struct sbx_journal *j)
+/* blobs/ for reading its names, from its start; NULL when it cannot be read. */
+static DIR *blobs_dir(struct sbx_journal *j)
 {
 	int fd = dup(j->blobs_fd);
 	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	if (!d && fd >= 0)
+		close(fd);
+	if (d)
+		rewinddir(d);
+	return d;
+}
+
+/* The highest blob number in blobs/, so new ones never reuse a name. */
+static void scan_blobs(struct sbx_journal *j)
+{
+	DIR *d = blobs_dir(j);
+	if (!d)
 		return;
-	}
-	rewinddir(d);
 	for (struct dirent *e; (e = readdir(d));) {
 		uint64_t id = strtoull(e->d_name, NULL, 10);
 		if (id > j->next_blob)
@@ -335,14 +342,9 @@ static void scan_blobs(struct sbx_journal *j)
  * acknowledgement and its removal. */
 static void remove_stray_blobs(struct sbx_journal *j)
 {
-	int fd = dup(j->blobs_fd);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-	if (!d) {
-		if (fd >= 0)
-			close(fd);
+	DIR *d = blobs_dir(j);
+	if (!d)
 		return;
-	}
-	rewinddir(d);
 	for (struct dirent *e; (e = readdir(d));) {
 		if (e->d_name[0] == '.')
 			continue;

@@ -18,24 +18,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 #include "common/jsonutil.h"
+#include "server/fsops.h"
 #include "server/workspace.h"
 
-/* The stat object of an entry, with "target" for a symlink; NULL when it is gone. */
+/* The stat object of an entry (fsops.h), and whether it is a directory; NULL when it is
+ * gone. */
 static cJSON *entry_stat(int dirfd, const char *name, bool *is_dir)
 {
-	struct stat st;
-	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW))
-		return NULL;
-	cJSON *o = json_from_stat(&st);
-	if (S_ISLNK(st.st_mode)) {
-		char target[PATH_MAX + 1];
-		ssize_t n = readlinkat(dirfd, name, target, sizeof target - 1);
-		if (n >= 0) {
-			target[n] = '\0';
-			cJSON_AddStringToObject(o, "target", target);
-		}
-	}
-	*is_dir = S_ISDIR(st.st_mode);
+	int err = 0;
+	cJSON *o = fsop_stat_json(dirfd, name, &err);
+	*is_dir = o && S_ISDIR((mode_t)json_int(o, "mode", 0));
 	return o;
 }
 
