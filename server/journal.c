@@ -40,7 +40,9 @@
 #include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
+#include "server/echo.h"
 #include "server/fsops.h"
+#include "server/watch.h"
 #include "server/workspace.h"
 
 #define WATERMARK_DIGITS 20 /* UINT64_MAX has 20 */
@@ -633,6 +635,81 @@ static void apply_one(const struct journal_op *op, struct journal_result *res)
 	fail(res, EINVAL, "unknown operation");
 }
 
+/* The directory of api_path as it is now, or NULL. */
+static cJSON *dir_stat_json(const char *api_path)
+{
+	const char *slash = strrchr(api_path, '/');
+	if (!slash || slash == api_path)
+		return NULL;
+	char dir[WS_PATH_MAX + 16];
+	snprintf(dir, sizeof dir, "%.*s", (int)(slash - api_path), api_path);
+	struct ws_entry e;
+	int err = 0;
+	if (ws_parent(dir, &e))
+		return NULL;
+	cJSON *st = fsop_stat_json(e.dirfd, e.name, &err);
+	ws_entry_close(&e);
+	return st;
+}
+
+/* The directories whose names an applied op changed, as it left them: the client then knows
+ * their times without asking. */
+static void add_parents(const struct journal_op *op, struct journal_result *res)
+{
+	switch (op->kind) {
+	case JOP_SETATTR:
+	case JOP_WRITE:
+		return;
+	case JOP_RENAME:
+		res->from_parent = dir_stat_json(op->from);
+		/* fall through */
+	case JOP_LINK:
+		res->parent = dir_stat_json(op->to);
+		return;
+	default:
+		res->parent = dir_stat_json(op->path);
+		return;
+	}
+}
+
+/* The state an applied op left its paths in, and the change events it causes there. */
+static void note_echoes(const char *id, uint64_t batch, const struct journal_op *op)
+{
+	enum { MOVED = WATCH_MOVE_FROM | WATCH_MOVE_TO | WATCH_CREATE | WATCH_DELETE };
+	if (op->kind == JOP_RENAME)
+		echo_renote_dir_of(op->from);
+	if (op->kind != JOP_SETATTR && op->kind != JOP_WRITE)
+		echo_renote_dir_of(op->kind == JOP_LINK || op->kind == JOP_RENAME ? op->to : op->path);
+	switch (op->kind) {
+	case JOP_PUT:
+	case JOP_WRITE:
+		echo_note(id, batch, op->path, WATCH_CREATE | WATCH_MODIFY | WATCH_ATTRIB);
+		return;
+	case JOP_MKDIR:
+		echo_note(id, batch, op->path, WATCH_CREATE | WATCH_ATTRIB | WATCH_MODIFY);
+		return;
+	case JOP_SYMLINK:
+		echo_note(id, batch, op->path, WATCH_CREATE | WATCH_ATTRIB);
+		return;
+	case JOP_LINK:
+		echo_note(id, batch, op->from, WATCH_ATTRIB);
+		echo_note(id, batch, op->to, WATCH_CREATE | WATCH_ATTRIB);
+		return;
+	case JOP_UNLINK:
+	case JOP_RMDIR:
+		echo_note(id, batch, op->path, WATCH_DELETE);
+		return;
+	case JOP_RENAME:
+		echo_note(id, batch, op->from, MOVED);
+		echo_note(id, batch, op->to, MOVED);
+		return;
+	case JOP_SETATTR:
+		/* a truncate, or a time set alone, is a "modify" (fsnotify_change) */
+		echo_note(id, batch, op->path, WATCH_ATTRIB | WATCH_MODIFY);
+		return;
+	}
+}
+
 /* ---- batches ---- */
 
 static bool in_order(const struct journal_op *ops, size_t n)
@@ -666,6 +743,7 @@ int journal_apply(struct journals *js, const char *id, const struct journal_op *
 	}
 	size_t done = 0, skipped = 0, failed = 0;
 	bool warned = false;
+	uint64_t batch = echo_batch();
 	for (size_t i = 0; i < n && !err; i++) {
 		results[i].seq = ops[i].seq;
 		if (ops[i].seq <= j->watermark) {
@@ -673,7 +751,18 @@ int journal_apply(struct journals *js, const char *id, const struct journal_op *
 			skipped++;
 			continue;
 		}
+		echo_lock();
+		struct stat gone; /* an unlinked hard link: its other names change too */
+		bool links = ops[i].kind == JOP_UNLINK && ws_stat(ops[i].path, &gone, false) == 0 &&
+			     gone.st_nlink > 1;
 		apply_one(&ops[i], &results[i]);
+		if (results[i].outcome == JOURNAL_APPLIED) {
+			add_parents(&ops[i], &results[i]);
+			note_echoes(j->id, batch, &ops[i]);
+			if (links)
+				echo_renote_inode(&gone);
+		}
+		echo_unlock();
 		record(j, fd, ops[i].seq, &warned);
 		done++;
 		failed += results[i].outcome == JOURNAL_FAILED;
@@ -693,6 +782,8 @@ void journal_results_free(struct journal_result *results, size_t n)
 {
 	for (size_t i = 0; i < n; i++) {
 		cJSON_Delete(results[i].stat);
+		cJSON_Delete(results[i].parent);
+		cJSON_Delete(results[i].from_parent);
 		cJSON_Delete(results[i].before);
 		free(results[i].message);
 	}

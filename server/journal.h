@@ -78,6 +78,8 @@ struct journal_result {
 	enum journal_outcome outcome;
 	/* JOURNAL_APPLIED */
 	cJSON *stat;            /* of path, or of `to` for link and rename; NULL for unlink, rmdir */
+	cJSON *parent;          /* of the directory of path (`to`) when names in it came or went */
+	cJSON *from_parent;     /* rename: of the directory of `from` */
 	bool conflict;          /* a put found the path other than it expected */
 	cJSON *before;          /* with conflict: the stat found, NULL when the path was absent */
 	/* JOURNAL_FAILED */

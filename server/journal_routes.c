@@ -255,7 +255,11 @@ static cJSON *result_json(struct journal_result *res)
 		cJSON_AddTrueToObject(o, "ok");
 		if (res->stat)
 			cJSON_AddItemToObject(o, "stat", res->stat);
-		res->stat = NULL;
+		if (res->parent)
+			cJSON_AddItemToObject(o, "parent", res->parent);
+		if (res->from_parent)
+			cJSON_AddItemToObject(o, "fromParent", res->from_parent);
+		res->stat = res->parent = res->from_parent = NULL;
 		if (res->conflict) {
 			cJSON_AddTrueToObject(o, "conflict");
 			cJSON_AddItemToObject(o, "before",

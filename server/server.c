@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include "common/log.h"
 #include "server/contexts.h"
+#include "server/echo.h"
 #include "server/handles.h"
 #include "server/httpd.h"
 #include "server/idempotency.h"
@@ -105,6 +106,7 @@ int sbxd_serve(const struct sbxd_config *cfg)
 		procs_free(sbxd.procs);
 		leases_stop();
 		watch_shutdown();
+		echo_clear();
 		ws_shutdown();
 		return 1;
 	}
@@ -129,6 +131,7 @@ int sbxd_serve(const struct sbxd_config *cfg)
 	ports_free(sbxd.ports);
 	journals_free(sbxd.journals);
 	watch_shutdown();
+	echo_clear();
 	log_debug("watcher stopped");
 	leases_stop();
 	handles_shutdown();

@@ -40,6 +40,8 @@
 #include "common/log.h"
 #include "common/strbuf.h"
 #include "server/sbxd.h"
+#include "server/echo.h"
+#include "server/journal.h"
 #include "server/workspace.h"
 
 #define QUEUE_MAX 10000
@@ -157,6 +159,7 @@ struct qev {
 	enum ev_type type;
 	char *path; /* for coalescing; NULL for non-path events */
 	char *line; /* "data: {...}\n\n" */
+	bool echo;  /* tagged with a journal's id: never merged with an untagged one */
 };
 
 struct sub {
@@ -210,10 +213,12 @@ static char *overflow_line(void)
 }
 
 /* With the lock held; takes ownership of line and path. */
-static void enqueue_locked(struct sub *s, enum ev_type type, char *path, char *line)
+static void enqueue_locked(struct sub *s, enum ev_type type, char *path, char *line, bool echo)
 {
+	/* a repeat of the last event: dropped, unless one of the two is an echo (a change by the
+	 * sandbox after a journal's must reach the client untagged) */
 	if (path && s->tail && !s->owe_overflow && s->tail->type == type && s->tail->path &&
-	    strcmp(s->tail->path, path) == 0)
+	    strcmp(s->tail->path, path) == 0 && !s->tail->echo && !echo)
 		goto drop;
 	if (s->len >= QUEUE_MAX || s->owe_overflow) {
 		s->owe_overflow = true;
@@ -225,7 +230,7 @@ static void enqueue_locked(struct sub *s, enum ev_type type, char *path, char *l
 		s->owe_overflow = true;
 		goto drop;
 	}
-	*q = (struct qev){ NULL, type, path, line };
+	*q = (struct qev){ NULL, type, path, line, echo };
 	if (s->tail)
 		s->tail->next = q;
 	else
@@ -310,7 +315,8 @@ static void publish_locked(enum ev_type type, const char *rel, bool is_dir, cons
 	bool extensions = !(sbxd_cfg && sbxd_cfg->no_extensions);
 	if (other)
 		ws_api_path(other, other_abs, sizeof other_abs);
-	char *line = NULL;
+	char *line = NULL, journal[JOURNAL_ID_MAX + 1];
+	bool echo = false;
 	for (struct sub *s = subs; s; s = s->next) {
 		if (!wants(&s->f, type, rel, abs))
 			continue;
@@ -331,11 +337,13 @@ static void publish_locked(enum ev_type type, const char *rel, bool is_dir, cons
 				cJSON_AddStringToObject(e, type == EV_MOVE_FROM ? "newPath" : "oldPath",
 							other_abs);
 			cJSON_AddStringToObject(e, "timestamp", json_timestamp(ts));
+			if (extensions && (echo = echo_origin(rel, type, journal)))
+				cJSON_AddStringToObject(e, "journal", journal);
 			line = event_line(e);
 		}
 		char *l = strdup(line), *p = strdup(abs);
 		if (l && p)
-			enqueue_locked(s, type, p, l);
+			enqueue_locked(s, type, p, l, echo);
 		else {
 			free(l);
 			free(p);
@@ -739,7 +747,7 @@ struct watch_sub *watch_subscribe(struct watch_filter *f, const char *abs, int *
 	cJSON_AddStringToObject(w, "type", "watching");
 	cJSON_AddStringToObject(w, "path", abs);
 	cJSON_AddStringToObject(w, "watchId", id);
-	enqueue_locked(s, (enum ev_type)0, NULL, event_line(w));
+	enqueue_locked(s, (enum ev_type)0, NULL, event_line(w), false);
 	sub_insert_locked(s);
 	pthread_mutex_unlock(&lock);
 	log_debug("watch %s on %s (recursive %d)", id, abs, s->f.recursive);

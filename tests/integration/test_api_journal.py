@@ -3,12 +3,14 @@ batch of a journal's operations is applied in order and exactly once, whether th
 it again with the same Idempotency-Key, without one, or to an sbxd that was restarted in
 between; each op gets its own result, in the shapes of the other /api/x/ routes."""
 import base64
+import json
 import os
 import secrets
+import urllib.request
 
 import pytest
 
-from util import Sandbox
+from util import SLOW, Sandbox
 
 
 @pytest.fixture(autouse=True)
@@ -148,6 +150,15 @@ def test_results(api_server):
     assert host_file(sbx, 'r/hard') == 'cha'
     assert not os.path.exists(os.path.join(sbx.workspace, 'r/x'))
 
+    # ops that add or remove names say how they left the directory (its times, its links);
+    # the last one's is the directory as it is now
+    assert all('parent' in res[i] for i in (0, 1, 3, 4, 5, 8, 9, 11))
+    assert 'parent' not in res[6] and 'parent' not in res[7]    # write, setattr
+    assert res[11]['parent']['ino'] == os.stat(os.path.join(sbx.workspace, 'r')).st_ino
+    status, st = sbx.api('/api/x/stat', {'path': '/workspace/r'})
+    assert status == 200 and st['stat'] == res[11]['parent']
+    assert res[0]['parent']['nlink'] == 3 and res[9]['parent']['nlink'] == 2
+
 
 @pytest.mark.parametrize('body, field', [
     ({'journal': 'bad id', 'ops': [put(1, 'a', 'x')]}, 'journal'),
@@ -231,3 +242,76 @@ def test_listing_a_directory_while_a_batch_empties_it(api_server):
             done.set()
             t.join()
     assert not failures, failures[:3]
+
+
+class Watch:
+    """POST /api/watch of the whole workspace, every event type, nothing excluded: the
+    change events as a mount's cache watcher gets them."""
+
+    def __init__(self, sbx):
+        body = {'path': '/workspace', 'recursive': True, 'exclude': [],
+                'events': ['create', 'modify', 'delete', 'move_from', 'move_to', 'attrib']}
+        req = urllib.request.Request(sbx.url + '/api/watch', data=json.dumps(body).encode(),
+                                     method='POST')
+        req.add_header('Authorization', 'Bearer ' + sbx.token)
+        req.add_header('Content-Type', 'application/json')
+        self.r = urllib.request.urlopen(req, timeout=30 * SLOW)
+        assert self.next()['type'] == 'watching'
+
+    def next(self):
+        for line in self.r:
+            if line.startswith(b'data: '):
+                return json.loads(line[6:])
+        return None
+
+    def until(self, path, event_type):
+        """The events up to the first of event_type on path."""
+        seen = []
+        while True:
+            e = self.next()
+            assert e is not None, seen
+            seen.append(e)
+            if e.get('path') == path and e.get('eventType') == event_type:
+                return seen
+
+    def close(self):
+        self.r.close()
+
+
+def test_change_events_name_the_journal_that_caused_them(api_server):
+    """sbxd tags the change events of a journal's own ops with its id (docs/protocol.md,
+    "Echoes"), so a mount can skip the echoes of what it wrote; a change made in the sandbox
+    afterwards, even to the same file and within the same second, is never tagged."""
+    sbx = api_server
+    jid = 'echo-' + secrets.token_hex(4)
+    d = 'echo-' + secrets.token_hex(3)
+    w = Watch(sbx)
+    try:
+        ops = [dict(seq=1, op='mkdir', path='/workspace/' + d, mode=0o755),
+               put(2, '/workspace/%s/a' % d, 'one'),
+               put(3, '/workspace/%s/tmp' % d, 'two'),
+               dict(seq=4, op='link', **{'from': '/workspace/%s/tmp' % d,
+                                         'to': '/workspace/%s/b' % d}),
+               dict(seq=5, op='unlink', path='/workspace/%s/tmp' % d),
+               dict(seq=6, op='setattr', path='/workspace/%s/a' % d, mode=0o600)]
+        status, r = journal(sbx, jid, ops)
+        assert status == 200 and outcomes(r) == ['ok'] * 6, r
+        # a marker made in the sandbox after the batch: every event of the batch comes first
+        with open(os.path.join(sbx.workspace, d, 'marker'), 'w') as f:
+            f.write('m')
+        seen = w.until('/workspace/%s/marker' % d, 'create')
+        mine = [e for e in seen if e.get('path', '').startswith('/workspace/' + d + '/') or
+                e.get('path') == '/workspace/' + d]
+        batch = [e for e in mine if not e['path'].endswith('/marker')]
+        # (tmp came and went within the batch: its events may be gone with it)
+        assert {e['path'].rsplit('/', 1)[1] for e in batch} >= {d, 'a', 'b'}, batch
+        assert all(e.get('journal') == jid for e in batch), batch
+        assert 'journal' not in mine[-1]
+
+        # the sandbox changes a's content right after the journal's chmod: not an echo
+        with open(os.path.join(sbx.workspace, d, 'a'), 'a') as f:
+            f.write('+sandbox')
+        seen = w.until('/workspace/%s/a' % d, 'modify')
+        assert 'journal' not in seen[-1], seen[-1]
+    finally:
+        w.close()
