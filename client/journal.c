@@ -130,7 +130,10 @@ void jinode_put(struct sbx_journal *j, struct jinode *ino)
 		return;
 	if (ino->fd >= 0)
 		close(ino->fd);
-	spool_blob_remove(j, ino->id);
+	if (!ino->kept)
+		spool_blob_remove(j, ino->id);
+	if (ino->clean_path)
+		clean_closed(j, ino);
 	free(ino);
 }
 
@@ -198,9 +201,21 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 					if (!out)
 						abort();
 				}
-				if (!(out[n_out].path = strdup(n->path)))
+				struct settled *o = &out[n_out++];
+				if (!(o->path = strdup(n->path)))
 					abort();
-				out[n_out++].is_dir = n->kind == JN_DIR;
+				o->is_dir = n->kind == JN_DIR;
+				const struct jinode *ino = n->kind == JN_FILE ? n->ino : NULL;
+				/* one name only: another name's unlink would have changed it */
+				if (ino)
+					o->has_st = ino->sandbox_known && !ino->changed_there &&
+						    ino->sandbox_st.st_nlink == 1;
+				else
+					o->has_st = n->kind == JN_DIR && n->sandbox_known &&
+						    !n->changed_there;
+				if (o->has_st)
+					o->st = ino ? ino->sandbox_st : n->sandbox_st;
+				o->blob = o->has_st && ino && clean_keep(j, n->ino) ? ino->id : 0;
 			}
 			jnode_free(j, n);
 		}
@@ -1085,6 +1100,11 @@ static int j_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 
 static const struct sbx_ops *journal_ops(void);
 
+struct sbx_file *journal_file_new(struct sbx_journal *j, struct jinode *ino, int flags)
+{
+	return jfile_new(j, ino, flags);
+}
+
 static struct sbx_file *jfile_new(struct sbx_journal *j, struct jinode *ino, int flags)
 {
 	struct jfile *f = calloc(1, sizeof *f);
@@ -1102,8 +1122,23 @@ static struct sbx_file *jfile_new(struct sbx_journal *j, struct jinode *ino, int
 
 static struct jfile *JF(struct sbx_file *f) { return (struct jfile *)f; }
 
+/* The path of an open clean copy that follows the sandbox now (caller frees), else NULL. */
+static char *clean_stale_path(struct jfile *jf)
+{
+	pthread_mutex_lock(&jf->j->lock);
+	char *p = jf->ino->clean_path && jf->ino->clean_stale ? strdup(jf->ino->clean_path) : NULL;
+	pthread_mutex_unlock(&jf->j->lock);
+	return p;
+}
+
 static ssize_t jf_pread(struct sbx_file *f, void *buf, size_t len, off_t off)
 {
+	char *there = clean_stale_path(JF(f));
+	if (there) {
+		ssize_t r = INNER(JF(f)->j->inner->pread_path(f->s, there, buf, len, off));
+		free(there);
+		return r;
+	}
 	ssize_t r = pread(JF(f)->ino->fd, buf, len, off);
 	return r < 0 ? sbx_fail(-errno, "read: the journal: %s", strerror(errno)) : r;
 }
@@ -1168,6 +1203,12 @@ static int jf_fsync(struct sbx_file *f, bool datasync)
 static int jf_fstat(struct sbx_file *f, struct stat *st)
 {
 	struct jfile *jf = JF(f);
+	char *there = clean_stale_path(jf);
+	if (there) {
+		int err = INNER(jf->j->inner->lstat(f->s, there, st, NULL));
+		free(there);
+		return err;
+	}
 	pthread_mutex_lock(&jf->j->lock);
 	*st = jf->ino->st;
 	pthread_mutex_unlock(&jf->j->lock);
@@ -1180,6 +1221,15 @@ static int jf_setattr(struct sbx_file *f, unsigned valid, const struct stat *wan
 	struct jfile *jf = JF(f);
 	struct sbx_journal *j = jf->j;
 	pthread_mutex_lock(&j->lock);
+	if (jf->ino->clean_path) { /* a clean copy: what changes is the file at its path */
+		char *path = strdup(jf->ino->clean_path);
+		pthread_mutex_unlock(&j->lock);
+		if (!path)
+			abort();
+		int err = j_setattr(f->s, path, valid, want, st);
+		free(path);
+		return err;
+	}
 	struct jnode *named = name_of(j, jf->ino);
 	struct jnode removed = { .path = "(deleted)", .kind = JN_FILE, .ino = jf->ino };
 	int err = setattr_local(j, named ? named : &removed, valid, want, st, named != NULL);
@@ -1203,9 +1253,17 @@ static int jf_noop(struct sbx_file *f)
 
 static int jf_set_path(struct sbx_file *f, const char *path)
 {
-	(void)f;
-	(void)path;
-	return 0; /* the journal followed the rename itself */
+	struct jfile *jf = JF(f);
+	pthread_mutex_lock(&jf->j->lock);
+	if (jf->ino->clean_path) { /* the journal followed other renames itself */
+		char *p = strdup(path);
+		if (!p)
+			abort();
+		free(jf->ino->clean_path);
+		jf->ino->clean_path = p;
+	}
+	pthread_mutex_unlock(&jf->j->lock);
+	return 0;
 }
 
 static int jf_close(struct sbx_file *f)
@@ -1285,14 +1343,45 @@ static void j_settle(struct sbx *s)
 		j->inner->settle(s);
 }
 
+static void mark_changed_there(struct jnode *n)
+{
+	if (n && n->kind == JN_FILE)
+		n->ino->changed_there = true;
+	else if (n && n->kind == JN_DIR)
+		n->changed_there = true;
+}
+
+/* A change the mount did not make (its own come tagged and are not passed on): what the
+ * sandbox answered for the files it names no longer says how they are there. */
 static void j_changed(struct sbx *s, const char *path)
 {
+	struct sbx_journal *j = J(s);
+	pthread_mutex_lock(&j->lock);
+	clean_changed(j, path);
+	if (!path) {
+		for (size_t i = 0; i < j->buckets; i++)
+			for (struct jnode *n = j->table[i]; n; n = n->next)
+				mark_changed_there(n);
+	} else {
+		mark_changed_there(jnode_find(j, path));
+		const char *slash = strrchr(path, '/'); /* a name in it came, went or changed */
+		char *dir = slash ? strndup(path, (size_t)(slash - path)) : NULL;
+		if (dir)
+			mark_changed_there(jnode_find(j, dir));
+		free(dir);
+	}
+	pthread_mutex_unlock(&j->lock);
 	if (J(s)->inner->changed)
 		J(s)->inner->changed(s, path);
 }
 
 static void j_watching(struct sbx *s, bool healthy)
 {
+	if (!healthy) { /* changes may go unseen: open clean copies ask the sandbox */
+		pthread_mutex_lock(&J(s)->lock);
+		clean_changed(J(s), NULL);
+		pthread_mutex_unlock(&J(s)->lock);
+	}
 	if (J(s)->inner->watching)
 		J(s)->inner->watching(s, healthy);
 }
@@ -1467,6 +1556,7 @@ int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 		log_info("journal: %zu change%s left by an earlier mount, sending them", j->queued,
 			 j->queued == 1 ? "" : "s");
 	s->journal = j;
+	snprintf(s->journal_id, sizeof s->journal_id, "%s", j->wire_id);
 	atomic_store(&s->ops, &sbx_journal_ops);
 	return 0;
 }
@@ -1499,6 +1589,7 @@ void sbx_journal_stop(struct sbx *s)
 	for (size_t i = 0; i < j->buckets; i++)
 		while (j->table[i]) /* jnode_free takes it out of the chain first */
 			jnode_free(j, j->table[i]); /* NOLINT(clang-analyzer-unix.Malloc) */
+	clean_drop_all(j);
 	pthread_mutex_unlock(&j->lock);
 	spool_close(j);
 	for (size_t i = 0; i < DIRSEEN_MAX; i++)

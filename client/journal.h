@@ -35,6 +35,13 @@ bool sbx_journal_batches(const struct sbx *s);
  * reason in sbx_last_error(). Without a journal: 0 at once. */
 int sbx_journal_sync(struct sbx *s, long timeout_ms);
 
+/* Opens the clean copy blob of the file at path for reading: the content the mount wrote
+ * there, kept after the sandbox acknowledged it (sbx_watch_ops.on_settled names it), with
+ * attributes st. The caller knows no change event touched the file since. -ENOENT when the
+ * copy is gone or the journal has changes of path pending: then open it as usual. */
+int sbx_journal_open_clean(struct sbx *s, const char *path, uint64_t blob, const struct stat *st,
+			   struct sbx_file **out);
+
 /* One line about the journal for status files: pending changes, bytes, failures. */
 int sbx_journal_status(struct sbx *s, char *buf, size_t len);
 #endif

@@ -22,6 +22,17 @@ struct jinode {
 	bool dirty;      /* written since its last put was journaled */
 	int error;       /* an upload of it failed for good: its next flush reports it once */
 	uint64_t last_seq; /* the last operation that sends or names it */
+	/* what the sandbox answered for the last acknowledged operation on it (sandbox_known:
+	 * that answer still stands), and whether a change event the mount did not cause named
+	 * it since it was journaled (then only a fresh look at the sandbox tells) */
+	struct stat sandbox_st;
+	bool sandbox_known, changed_there;
+	bool kept;          /* its blob stays when it goes: a clean copy (journal_clean.c) */
+	/* an open clean copy: the path it was opened by, whether it follows the sandbox now,
+	 * and the next open one */
+	char *clean_path;
+	bool clean_stale;
+	struct jinode *clean_next;
 	struct jnode *name; /* one of its names, NULL when it has none (or only others) */
 	/* for its first put: what the sandbox held at that name before (a conflict if not) */
 	bool expect_absent, expect_stat;
@@ -41,6 +52,10 @@ struct jnode {
 	bool opaque;        /* JN_DIR whose mkdir is not acknowledged: no children in the sandbox */
 	uint64_t made_seq;  /* JN_DIR made here: its mkdir (opaque until that is acknowledged) */
 	uint64_t last_seq;  /* the last operation naming this path */
+	/* JN_DIR: how the sandbox has it after the last acknowledged operation that changed it
+	 * (sandbox_known), and whether a change there the mount did not make touched it since */
+	struct stat sandbox_st;
+	bool sandbox_known, changed_there;
 	struct jnode *next; /* hash chain */
 };
 
@@ -68,6 +83,15 @@ struct jop {
 	struct jop *next;
 };
 
+struct clean_copy {
+	uint64_t blob, bytes;
+};
+struct clean_copies {
+	struct clean_copy *v; /* a ring, oldest at head */
+	size_t head, n, cap;
+	uint64_t bytes;
+};
+
 struct sbx_journal {
 	struct sbx *s;
 	const struct sbx_ops *inner; /* the backend underneath */
@@ -80,6 +104,9 @@ struct sbx_journal {
 	struct dirseen *dirseen; /* the sandbox's directories as last seen (journal.c) */
 	uid_t uid;   /* owner of what the mount makes, as the sandbox shows /workspace's */
 	gid_t gid;
+
+	struct clean_copies clean;    /* journal_clean.c */
+	struct jinode *clean_open;
 
 	/* the queue: what the sandbox has not acknowledged, oldest first */
 	struct jop *head, *tail;
@@ -112,16 +139,30 @@ struct sbx_journal {
 struct jnode *jnode_find(struct sbx_journal *j, const char *path);
 /* Drops what the acknowledgement of everything up to j->acked makes unneeded (lock held), and
  * returns the paths whose attributes now come from the sandbox (caller frees each path and
- * the array), to be announced with sbx_local_change() once the lock is released. */
+ * the array), to be announced with sbx_local_settled(), the lock still held: a change event
+ * for such a path that comes later is then queued after the announcement. has_st: the
+ * sandbox's attributes are known (a file whose last operation's answer still stands). */
 struct settled {
 	char *path;
 	bool is_dir;
+	bool has_st;
+	struct stat st;
+	uint64_t blob; /* with has_st, non-zero: the file's content is kept as a clean copy */
 };
 struct settled *journal_settled(struct sbx_journal *j, size_t *count);
 void jinode_put(struct sbx_journal *j, struct jinode *ino);
 /* The attributes of a directory as the sandbox gave them (its st_ino is the sandbox's): a
  * change in it later keeps them local until acknowledged. Lock held. */
 void journal_saw_dir(struct sbx_journal *j, const char *path, const struct stat *st);
+
+/* A file open on ino (lock held). */
+struct sbx_file *journal_file_new(struct sbx_journal *j, struct jinode *ino, int flags);
+
+/* journal_clean.c, lock held */
+bool clean_keep(struct sbx_journal *j, struct jinode *ino);
+void clean_drop_all(struct sbx_journal *j);
+void clean_changed(struct sbx_journal *j, const char *path);
+void clean_closed(struct sbx_journal *j, struct jinode *ino);
 
 /* journal_spool.c: the journal on disk. Everything but open/close with j->lock held. */
 int spool_open(struct sbx_journal *j, const char *cache_dir);

@@ -51,6 +51,9 @@ struct outcome {
 	bool conflict;
 	bool has_stat; /* st: what the sandbox answered for the op's path */
 	struct stat st;
+	/* the directories whose names the op changed, as it left them (sbxd says) */
+	bool has_parent, has_from_parent;
+	struct stat parent, from_parent;
 };
 
 static bool transient(int err)
@@ -186,7 +189,7 @@ static int read_results(const cJSON *answer, struct jop **ops, size_t n, struct 
 		return sbx_fail(-EPROTO, "journal: the answer has no results");
 	for (size_t i = 0; i < n; i++) {
 		outcome_fail(&oc[i], -EPROTO, "%s", "the sandbox's answer did not mention it");
-		oc[i].has_stat = false;
+		oc[i].has_stat = oc[i].has_parent = oc[i].has_from_parent = false;
 	}
 	size_t i = 0;
 	const cJSON *r;
@@ -210,6 +213,12 @@ static int read_results(const cJSON *answer, struct jop **ops, size_t n, struct 
 			const cJSON *st = cJSON_GetObjectItemCaseSensitive(r, "stat");
 			oc[i].has_stat = st && sbx_parse_stat_at(ops[i]->path, st, &oc[i].st,
 								 NULL) == 0;
+			st = cJSON_GetObjectItemCaseSensitive(r, "parent");
+			oc[i].has_parent = st && sbx_parse_stat_at(ops[i]->path, st, &oc[i].parent,
+								   NULL) == 0;
+			st = cJSON_GetObjectItemCaseSensitive(r, "fromParent");
+			oc[i].has_from_parent = st && sbx_parse_stat_at(ops[i]->path, st,
+									&oc[i].from_parent, NULL) == 0;
 		}
 	}
 	return 0;
@@ -358,7 +367,7 @@ static size_t send_each(struct sbx_journal *j, struct jop **ops, size_t n, struc
 		}
 		oc[i].err = err;
 		oc[i].conflict = false;
-		oc[i].has_stat = false;
+		oc[i].has_stat = oc[i].has_parent = oc[i].has_from_parent = false;
 		snprintf(oc[i].why, sizeof oc[i].why, "%s", err ? sbx_last_error() : "");
 	}
 	/* what the backend holds back (the fallback's batched modes and times) goes now: an
@@ -380,11 +389,61 @@ static const char *op_name(enum jop_kind k)
 	return names[k];
 }
 
+/* The file whose attributes op's answer gives: what it sent, or the name it set or made. */
+static struct jinode *answered_file(struct sbx_journal *j, const struct jop *op)
+{
+	if (op->ino)
+		return op->ino;
+	const char *path = op->kind == JOP_LINK || op->kind == JOP_RENAME ? op->path2
+	                   : op->kind == JOP_SETATTR ? op->path : NULL;
+	struct jnode *n = path ? jnode_find(j, path) : NULL;
+	return n && n->kind == JN_FILE ? n->ino : NULL;
+}
+
+/* The directory node of path's parent (or of path itself, with self), learning how the
+ * sandbox has it: st, or unknown (NULL). */
+static void dir_answered(struct sbx_journal *j, const char *path, bool self, const struct stat *st)
+{
+	const char *slash = self ? NULL : strrchr(path, '/');
+	char *dir = self ? strdup(path) : slash ? strndup(path, (size_t)(slash - path)) : NULL;
+	if (!dir)
+		return;
+	struct jnode *d = jnode_find(j, dir);
+	if (d && d->kind == JN_DIR) {
+		d->sandbox_known = st && S_ISDIR(st->st_mode);
+		if (d->sandbox_known)
+			d->sandbox_st = *st;
+	}
+	if (st)
+		journal_saw_dir(j, dir, st);
+	free(dir);
+}
+
+/* What the answer to op says of how the sandbox has the paths it changed. */
+static void learn_answer(struct sbx_journal *j, const struct jop *op, const struct outcome *oc)
+{
+	struct jinode *answered = answered_file(j, op);
+	if (answered) {
+		answered->sandbox_known = !oc->err && oc->has_stat && S_ISREG(oc->st.st_mode);
+		if (answered->sandbox_known)
+			answered->sandbox_st = oc->st;
+	}
+	bool ok = !oc->err;
+	if (op->kind == JOP_MKDIR || op->kind == JOP_SETATTR)
+		dir_answered(j, op->path, true, ok && oc->has_stat ? &oc->st : NULL);
+	if (op->kind == JOP_SETATTR)
+		return;
+	bool two = op->kind == JOP_LINK || op->kind == JOP_RENAME;
+	dir_answered(j, two ? op->path2 : op->path, false, ok && oc->has_parent ? &oc->parent : NULL);
+	if (op->kind == JOP_RENAME)
+		dir_answered(j, op->path, false,
+			     ok && oc->has_from_parent ? &oc->from_parent : NULL);
+}
+
 /* Records op's outcome and takes it off the queue (lock held). */
 static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *oc)
 {
-	if (op->kind == JOP_MKDIR && !oc->err && oc->has_stat)
-		journal_saw_dir(j, op->path, &oc->st);
+	learn_answer(j, op, oc);
 	if (oc->conflict)
 		log_warn("journal: %s was changed in the sandbox while the mount's version was on its "
 			 "way; the mount's version replaced it", op->path);
@@ -463,15 +522,12 @@ static void *uploader(void *arg)
 			pthread_cond_broadcast(&j->changed);
 		}
 		pthread_cond_broadcast(&j->changed);
-		if (n_settled) {
-			/* the sandbox's change events for these may have come while the journal
-			 * still answered for them: what the filesystem was shown is now stale */
-			pthread_mutex_unlock(&j->lock);
-			for (size_t i = 0; i < n_settled; i++) {
-				sbx_local_change(j->s, settled[i].path, settled[i].is_dir);
-				free(settled[i].path);
-			}
-			pthread_mutex_lock(&j->lock);
+		/* what the filesystem was shown of these was the journal's: the sandbox's
+		 * attributes replace it (times, ctime) */
+		for (size_t i = 0; i < n_settled; i++) {
+			sbx_local_settled(j->s, settled[i].path, settled[i].is_dir,
+					  settled[i].has_st ? &settled[i].st : NULL, settled[i].blob);
+			free(settled[i].path);
 		}
 		free(settled);
 		if (done < n) {

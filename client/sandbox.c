@@ -678,6 +678,8 @@ static int watch_on_event(void *arg, const struct sse_event *ev)
 	int stop = 0;
 	if (!type) {
 		log_debug("watch %s: ignoring an event without a type", w->path);
+	} else if (strcmp(type, "event") == 0 && sbx_own_change(w->s, json_str(j, "journal"))) {
+		/* the echo of the mount's own change: its journal knows the outcome already */
 	} else if (strcmp(type, "event") == 0) {
 		const char *path = json_str(j, "path");
 		const char *et = json_str(j, "eventType");
@@ -830,11 +832,19 @@ struct sbx_watch *sbx_watch_start(struct sbx *s, const char *path, const struct 
 	return w;
 }
 
-void sbx_local_change(struct sbx *s, const char *path, bool is_dir)
+bool sbx_own_change(const struct sbx *s, const char *journal)
+{
+	return journal && s->journal_id[0] && strcmp(journal, s->journal_id) == 0;
+}
+
+void sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
+		       uint64_t blob)
 {
 	pthread_mutex_lock(&s->echo_lock);
-	struct sbx_watch *w = s->workspace_watch;
-	if (w && w->ops.on_change) /* it only queues the news: never blocks */
+	struct sbx_watch *w = s->workspace_watch; /* its callbacks only queue: never block */
+	if (w && st && w->ops.on_settled)
+		w->ops.on_settled(w->arg, path, st, blob);
+	else if (w && w->ops.on_change)
 		w->ops.on_change(w->arg, path, "attrib", is_dir);
 	pthread_mutex_unlock(&s->echo_lock);
 }

@@ -190,9 +190,15 @@ void sbx_exec_result_free(struct sbx_exec_result *r);
  * the absolute path of a changed entry and its event type ("create", "modify", "delete",
  * "move_from", "move_to", "attrib"); on_resync when events may have been lost (reconnect,
  * overflow): the caller must then forget everything it caches. The watch reconnects by itself
- * with backoff until sbx_watch_stop(); on_state reports healthy=true/false transitions. */
+ * with backoff until sbx_watch_stop(); on_state reports healthy=true/false transitions.
+ * Events sbxd tagged as the echoes of this client's journal are not passed on: on_settled
+ * says what they would have. */
 struct sbx_watch_ops {
 	void (*on_change)(void *arg, const char *path, const char *type, bool is_dir);
+	/* the mount's own change of path is acknowledged and st is how the sandbox
+	 * has it now: no event of the sandbox's comes for it (NULL: on_change, "attrib");
+	 * blob, if not 0, is a clean copy of its content (sbx_journal_open_clean) */
+	void (*on_settled)(void *arg, const char *path, const struct stat *st, uint64_t blob);
 	void (*on_resync)(void *arg);
 	void (*on_state)(void *arg, bool healthy);
 };

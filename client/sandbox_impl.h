@@ -87,12 +87,19 @@ struct sbx {
 	pthread_mutex_t echo_lock;
 	struct sbx_watch *workspace_watch;
 	struct sbx_journal *journal; /* the write-back journal in front of the backend, or NULL */
+	/* the journal's name at the server, set before s is shared ("" without a journal):
+	 * change events tagged with it are the echoes of the mount's own changes */
+	char journal_id[64];
 };
 
 /* Tells the watcher of /workspace (the filesystem) that what it was shown of path changes
  * without an event of the sandbox's: the journal's attributes of it give way to the
- * sandbox's, whose change events may have come while the journal still answered. */
-void sbx_local_change(struct sbx *s, const char *path, bool is_dir);
+ * sandbox's, which are st when known (the answer to the journal's last operation on it),
+ * else to be asked for. */
+void sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
+		       uint64_t blob);
+/* Whether a change event tagged with journal (NULL: untagged) is the mount's own. */
+bool sbx_own_change(const struct sbx *s, const char *journal);
 
 /* Sends what the journal still holds (for at most the deadline; the rest stays on disk for
  * the next mount), then takes it away from the backend (client/journal.c). */

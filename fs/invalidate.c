@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "common/log.h"
+#include "fs/entry.h"
 #include "fs/internal.h"
 
 #define QUEUE_MAX 65536
@@ -38,6 +39,9 @@ struct event {
 	bool data;     /* with node: its pages too */
 	bool names;    /* a name appeared, vanished or moved */
 	int appeared;  /* with names: 1 the name exists now, 0 it is gone, -1 unknown */
+	bool settled;  /* not a change: the sandbox's attributes of our own (st) */
+	struct stat st;
+	uint64_t blob; /* with settled: a clean copy of the content */
 	char path[];
 };
 
@@ -101,6 +105,7 @@ static void forget_cached(struct nodes *t, struct node *n, bool keep_list)
 	nodes_touch(t, n);
 	n->attr_valid = false;
 	n->data_changed = true;
+	n->clean_blob = 0;
 	if (!keep_list)
 		nodes_drop_list(t, n);
 }
@@ -123,6 +128,8 @@ static void alias_visit(struct node *m, void *arg)
 	struct alias_walk *w = arg;
 	if (m != w->n && m->ino && m->ino == w->n->ino && S_ISREG(m->type)) {
 		forget_cached(w->t, m, false);
+		if (m->parent && m->parent->list) /* its link count there is old too */
+			dirlist_stale(m->parent->list, m->name);
 		notice_add(w->ns, (struct notice){ .ino = m->id, .off = 0 });
 	}
 }
@@ -134,9 +141,37 @@ static void aliases(struct nodes *t, const struct node *n, struct notices *ns)
 	nodes_foreach(t, alias_visit, &w);
 }
 
+/* Our own change, acknowledged: the kernel's pages are the file's (its writes made them), the
+ * attributes become the sandbox's (a directory's listing stays: the changes were ours). Only the kernel's attributes go (the next getattr is
+ * answered from the table); the stamp keeps a slower remote read from overwriting these. */
+static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notices *ns)
+{
+	struct nodes *t = &fs->nodes;
+	nodes_lock(t);
+	struct node *n = nodes_resolve(t, ev->path);
+	bool same_type = n && (ev->st.st_mode & S_IFMT) == n->type;
+	if (same_type && n->id != NODE_ROOT_ID && (S_ISDIR(n->type) || !n->open)) {
+		nodes_touch(t, n);
+		fs_cache_attr(fs, n, &ev->st);
+		if (n->parent && n->parent->list)
+			dirlist_put(n->parent->list, n->name, &ev->st, NULL);
+		if (n->opened && !n->data_changed) { /* the next open keeps the pages */
+			n->open_size = ev->st.st_size;
+			n->open_mtime = ev->st.st_mtim;
+		}
+		n->clean_blob = n->data_changed ? 0 : ev->blob;
+		notice_add(ns, (struct notice){ .ino = n->id, .off = -1 });
+	}
+	nodes_unlock(t);
+}
+
 static void apply(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 {
 	struct nodes *t = &fs->nodes;
+	if (ev->settled) {
+		apply_settled(fs, ev, ns);
+		return;
+	}
 	if (ev->node) {
 		notice_add(ns, (struct notice){ .ino = ev->node, .off = ev->data ? 0 : -1 });
 		return;
@@ -322,15 +357,29 @@ void invalidator_change(struct invalidator *inv, const char *path, const char *t
 	if (!inv)
 		return;
 	size_t len = strlen(path) + 1;
-	struct event *e = malloc(sizeof(*e) + len);
+	struct event *e = calloc(1, sizeof(*e) + len);
 	if (!e)
 		abort();
-	e->next = NULL;
-	e->node = 0;
 	e->names = strcmp(type, "modify") != 0 && strcmp(type, "attrib") != 0;
 	e->appeared = !strcmp(type, "create") || !strcmp(type, "move_to")	  ? 1
 		      : !strcmp(type, "delete") || !strcmp(type, "move_from") ? 0
 									  : -1;
+	memcpy(e->path, path, len);
+	enqueue(inv, e);
+}
+
+void invalidator_settled(struct invalidator *inv, const char *path, const struct stat *st,
+			 uint64_t blob)
+{
+	if (!inv)
+		return;
+	size_t len = strlen(path) + 1;
+	struct event *e = calloc(1, sizeof(*e) + len);
+	if (!e)
+		abort();
+	e->settled = true;
+	e->st = *st;
+	e->blob = blob;
 	memcpy(e->path, path, len);
 	enqueue(inv, e);
 }

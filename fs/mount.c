@@ -42,6 +42,13 @@ static void on_change(void *arg, const char *path, const char *type, bool is_dir
 	invalidator_change(fs->inval, path, type, is_dir);
 }
 
+/* Not an event: nothing fetched meanwhile is in doubt (fs->events stays). */
+static void on_settled(void *arg, const char *path, const struct stat *st, uint64_t blob)
+{
+	struct sbxfs *fs = arg;
+	invalidator_settled(fs->inval, path, st, blob);
+}
+
 static void on_resync(void *arg)
 {
 	struct sbxfs *fs = arg;
@@ -64,6 +71,7 @@ static void on_state(void *arg, bool healthy)
 
 static const struct sbx_watch_ops watch_ops = {
 	.on_change = on_change,
+	.on_settled = on_settled,
 	.on_resync = on_resync,
 	.on_state = on_state,
 };

@@ -92,6 +92,9 @@ struct node {
 	bool data_changed;
 	struct timespec open_mtime;
 	off_t open_size;
+	/* the journal's clean copy of the content the mount wrote (sbx_journal_open_clean),
+	 * while no change event touched the file since: 0 none */
+	uint64_t clean_blob;
 
 	struct ofile *open;
 

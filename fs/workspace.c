@@ -54,6 +54,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "client/journal.h"
 #include "client/sandbox.h"
 #include "common/log.h"
 #include "fs/dirsnap.h"
@@ -139,6 +140,9 @@ static void alias_visit(struct node *m, void *arg)
 	nodes_touch(a->t, m);
 	m->attr_valid = false;
 	m->data_changed = true;
+	m->clean_blob = 0;
+	if (m->parent && m->parent->list) /* its link count there is old too */
+		dirlist_stale(m->parent->list, m->name);
 	a->ids[a->count++] = m->id;
 }
 
@@ -899,7 +903,18 @@ static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fus
 	struct sbx_file *f;
 	struct stat st;
 	int flags = fi->flags & (O_ACCMODE | O_TRUNC | O_APPEND);
-	int err = sbx_file_open(fs->sbx, path, flags, 0, &f, &st);
+	/* what the mount wrote, read back: the journal's copy while no event touched it */
+	bool reading = (flags & (O_ACCMODE | O_TRUNC)) == O_RDONLY;
+	nodes_lock(t);
+	uint64_t blob = reading && !n->data_changed && n->attr_valid && fs_caches_trusted(fs)
+				? n->clean_blob : 0;
+	if (!reading)
+		n->clean_blob = 0;
+	st = n->attr;
+	nodes_unlock(t);
+	int err = blob ? sbx_journal_open_clean(fs->sbx, path, blob, &st, &f) : -ENOENT;
+	if (err)
+		err = sbx_file_open(fs->sbx, path, flags, 0, &f, &st);
 	free(path);
 	if (err < 0) {
 		fuse_reply_err(req, -err);

@@ -332,3 +332,81 @@ def test_rm_rf_of_an_uploaded_tree_once_the_kernel_forgot_it(fresh_sbx, tmp_path
         assert not os.path.exists(d)
         sbx.sync()
         assert not os.path.exists(os.path.join(sbx._workspace, 'rmrf%d' % round_))
+
+
+def _attrs(st):
+    """What a user compares (the inode number of a name the mount made stays the mount's
+    while the kernel knows it: docs/writeback.md, Caveats)."""
+    return (st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@pytest.mark.usefixtures('ext_only')  # a plain container: no answers to take them from
+def test_once_uploaded_the_mount_shows_the_sandboxs_attributes(sbx):
+    """After sync, what stat says through the mount is what the sandbox has, for files, hard
+    links and the directories they were made in (the answers to the uploads, not the
+    journal's own times); and reading back what the mount wrote gives what it wrote."""
+    base = os.path.join(sbx.ws, 'attrs')
+    os.makedirs(os.path.join(base, 'a', 'b'))
+    want = write_files(os.path.join(base, 'a'), 30, seed=5)
+    os.link(os.path.join(base, 'a', 'd0', 'f0'), os.path.join(base, 'a', 'b', 'hard'))
+    os.rename(os.path.join(base, 'a', 'd1', 'f1'), os.path.join(base, 'a', 'b', 'moved'))
+    want['b/moved'] = want.pop('d1/f1')
+    want['b/hard'] = want['d0/f0']
+    sbx.sync()
+    host = os.path.join(sbx.workspace, 'attrs')
+
+    def differ():
+        out = []
+        for dirpath, dirs, files in os.walk(host):
+            for name in ['.'] + dirs + files:
+                rel = os.path.relpath(os.path.join(dirpath, name), host)
+                if _attrs(os.lstat(os.path.join(base, rel))) != \
+                        _attrs(os.lstat(os.path.join(host, rel))):
+                    out.append(rel)
+        return out
+    # the journal's attributes give way to the sandbox's as the answers are taken in
+    assert wait_for(lambda: not differ(), 20 * SLOW), differ()
+    for rel, digest in want.items():
+        with open(os.path.join(base, 'a', rel), 'rb') as f:
+            assert sha(f.read()) == digest, rel
+
+
+def test_a_file_the_mount_wrote_shows_the_sandboxs_later_changes(sbx):
+    """Reading back a file the mount wrote may come from the journal's copy; a change made in
+    the sandbox afterwards shows all the same, on a new open and on a descriptor that was
+    open all along (tail -f of a log a sandbox process appends to)."""
+    path = os.path.join(sbx.ws, 'log.txt')
+    with open(path, 'w') as f:
+        f.write('one\n')
+    sbx.sync()
+    assert sbx.wait_watching()
+    with open(path) as f:
+        assert f.read() == 'one\n'
+    host = os.path.join(sbx.workspace, 'log.txt')
+    reader = open(path)
+    try:
+        assert reader.read() == 'one\n'
+        with open(host, 'a') as f:   # a process in the sandbox appends
+            f.write('two\n')
+
+        def tail():
+            reader.seek(0)
+            return reader.read()
+        assert wait_for(lambda: tail() == 'one\ntwo\n', 10 * SLOW), tail()
+    finally:
+        reader.close()
+    with open(path) as f:
+        assert f.read() == 'one\ntwo\n'
+    # the same size, at once: not taken for the mount's own change
+    with open(path, 'w') as f:
+        f.write('abc\n')
+    sbx.sync()
+    with open(path) as f:
+        assert f.read() == 'abc\n'
+    with open(host, 'w') as f:
+        f.write('xyz\n')
+
+    def content():
+        with open(path) as f:
+            return f.read()
+    assert wait_for(lambda: content() == 'xyz\n', 10 * SLOW), content()

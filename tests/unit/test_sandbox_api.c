@@ -300,7 +300,7 @@ static void check_watch(struct sbx *s, const char *dir)
 	struct watch_seen w = { .want = want };
 	pthread_mutex_init(&w.lock, NULL);
 	pthread_cond_init(&w.cond, NULL);
-	struct sbx_watch_ops ops = { w_change, w_resync, w_state };
+	struct sbx_watch_ops ops = { .on_change = w_change, .on_resync = w_resync, .on_state = w_state };
 	struct sbx_watch *wt = sbx_watch_start(s, "/workspace", &ops, &w);
 	CHECK(wt != NULL);
 	CHECK(wait_flag(&w, &w.healthy, 10));
