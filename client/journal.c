@@ -699,8 +699,16 @@ static int j_unlink(struct sbx *s, const char *path)
 		err = sbx_fail(-ENOENT, "unlink %s: %s", path, strerror(ENOENT));
 	if (!err) {
 		n = jnode_get(j, path);
+		struct jinode *kept = n->kind == JN_FILE && n->ino->links > 1 ? n->ino : NULL;
 		jnode_clear(j, n);
-		enqueue(j, jop_new(JOP_UNLINK, path, NULL), false);
+		struct jop *op = jop_new(JOP_UNLINK, path, NULL);
+		if (kept) { /* its answer says how the other names' file is now */
+			op->unlinked = kept;
+			kept->refs++;
+		}
+		enqueue(j, op, false);
+		if (kept)
+			kept->last_seq = op->seq;
 	}
 	pthread_mutex_unlock(&j->lock);
 	return err;
@@ -1094,6 +1102,61 @@ static int j_file_open(struct sbx *s, const char *path, int flags, mode_t mode,
 	*out = jfile_new(j, ino, flags);
 	if (st)
 		*st = ino->st;
+	pthread_mutex_unlock(&j->lock);
+	return 0;
+}
+
+/* Copies len bytes of src into dst from the start; 0 or -errno. */
+static int copy_blob(int src, int dst, off_t len)
+{
+	loff_t in = 0, out = 0;
+	while (in < len) {
+		ssize_t n = copy_file_range(src, &in, dst, &out, (size_t)(len - in), 0);
+		if (n > 0)
+			continue;
+		if (n == 0)
+			return -EIO; /* shorter than it was */
+		if (errno != EXDEV && errno != ENOSYS && errno != EINVAL)
+			return -errno;
+		char buf[65536]; /* a filesystem that cannot: by hand */
+		ssize_t got = pread(src, buf, sizeof buf, in);
+		if (got <= 0)
+			return got < 0 ? -errno : -EIO;
+		if (pwrite(dst, buf, (size_t)got, out) != got)
+			return -errno;
+		in += got;
+		out += got;
+	}
+	return 0;
+}
+
+int sbx_journal_adopt_clean(struct sbx *s, const char *path, uint64_t blob, const struct stat *st)
+{
+	struct sbx_journal *j = s->journal;
+	if (!j || !blob || !S_ISREG(st->st_mode) || st->st_nlink != 1 || st->st_size > FETCH_MAX)
+		return -ENOENT;
+	pthread_mutex_lock(&j->lock);
+	int src = -1;
+	struct jinode *ino = NULL;
+	if (jnode_find(j, path) || known_absent(j, path) || (src = spool_blob_open(j, blob)) < 0 ||
+	    !(ino = jinode_new(j, st->st_mode)) || copy_blob(src, ino->fd, st->st_size)) {
+		if (ino)
+			jinode_put(j, ino);
+		if (src >= 0)
+			close(src);
+		pthread_mutex_unlock(&j->lock);
+		return -ENOENT;
+	}
+	close(src);
+	ino->st = *st;
+	ino->st.st_nlink = 0; /* its name counts itself in */
+	ino->sandbox_st = *st;
+	ino->sandbox_known = ino->adopted = true;
+	/* a put of it, if one comes, is a rewrite of what the sandbox holds */
+	ino->expect_stat = true;
+	ino->expect_size = st->st_size;
+	ino->expect_mtime = st->st_mtim;
+	jnode_set_file(j, jnode_get(j, path), ino);
 	pthread_mutex_unlock(&j->lock);
 	return 0;
 }
@@ -1583,6 +1646,10 @@ void sbx_journal_stop(struct sbx *s)
 		if (op->ino) {
 			op->ino->refs--;
 			jinode_put(j, op->ino);
+		}
+		if (op->unlinked) {
+			op->unlinked->refs--;
+			jinode_put(j, op->unlinked);
 		}
 		jop_free(op);
 	}

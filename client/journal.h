@@ -42,6 +42,23 @@ int sbx_journal_sync(struct sbx *s, long timeout_ms);
 int sbx_journal_open_clean(struct sbx *s, const char *path, uint64_t blob, const struct stat *st,
 			   struct sbx_file **out);
 
+/* Makes the file at path, whose clean copy blob the caller knows to be the sandbox's content
+ * with attributes st (no change event touched it), a file of the journal again, from a copy
+ * of that copy: a rename, link, attribute change or write of it is then journaled like one of
+ * a file the mount made, without asking the sandbox. 0, or -ENOENT when there is nothing to
+ * do (the copy is gone, the journal answers for path already, a hard link, a large file). */
+int sbx_journal_adopt_clean(struct sbx *s, const char *path, uint64_t blob, const struct stat *st);
+
+/* Fetches the small files of directory dir whole, with its listing, in one request, and
+ * keeps their contents as clean copies: fn gets each one's name, attributes (as the listing
+ * gave them) and blob (sbx_journal_open_clean). Files the journal has changes of pending are
+ * left out. -ENOSYS (no journal, or a server that cannot), -EAGAIN (dir itself has changes
+ * pending), or the request's error. */
+typedef void (*sbx_prefetch_fn)(void *arg, const char *name, const struct stat *st,
+				uint64_t blob);
+int sbx_journal_prefetch(struct sbx *s, const char *dir, size_t each, size_t budget,
+			 sbx_prefetch_fn fn, void *arg);
+
 /* One line about the journal for status files: pending changes, bytes, failures. */
 int sbx_journal_status(struct sbx *s, char *buf, size_t len);
 #endif

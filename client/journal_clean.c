@@ -18,19 +18,18 @@
 #include "client/journal_impl.h"
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "common/fdio.h"
 
 #define CLEAN_BYTES_MAX ((uint64_t)256 << 20)
 #define CLEAN_FILES_MAX 65536
 
-/* Lock held: ino (settled, its last name going) keeps its blob as a clean copy. */
-bool clean_keep(struct sbx_journal *j, struct jinode *ino)
+/* Lock held: blob, of size bytes, is a clean copy now (the oldest go past the bounds). */
+static void clean_register(struct sbx_journal *j, uint64_t blob, uint64_t size)
 {
-	off_t size = ino->st.st_size;
-	if (ino->fd < 0 || ino->error || size < 0 || (uint64_t)size > CLEAN_BYTES_MAX / 4)
-		return false;
 	struct clean_copies *c = &j->clean;
 	if (c->n == c->cap) {
 		size_t cap = c->cap ? c->cap * 2 : 256;
@@ -44,8 +43,8 @@ bool clean_keep(struct sbx_journal *j, struct jinode *ino)
 		c->cap = cap;
 		c->head = 0;
 	}
-	c->v[(c->head + c->n++) % c->cap] = (struct clean_copy){ ino->id, (uint64_t)size };
-	c->bytes += (uint64_t)size;
+	c->v[(c->head + c->n++) % c->cap] = (struct clean_copy){ blob, size };
+	c->bytes += size;
 	while (c->n > CLEAN_FILES_MAX || c->bytes > CLEAN_BYTES_MAX) {
 		struct clean_copy *old = &c->v[c->head];
 		spool_blob_remove(j, old->blob);
@@ -53,8 +52,69 @@ bool clean_keep(struct sbx_journal *j, struct jinode *ino)
 		c->head = (c->head + 1) % c->cap;
 		c->n--;
 	}
+}
+
+/* Lock held: ino (settled, its last name going) keeps its blob as a clean copy. */
+bool clean_keep(struct sbx_journal *j, struct jinode *ino)
+{
+	off_t size = ino->st.st_size;
+	if (ino->fd < 0 || ino->error || size < 0 || (uint64_t)size > CLEAN_BYTES_MAX / 4)
+		return false;
+	clean_register(j, ino->id, (uint64_t)size);
 	ino->kept = true;
 	return true;
+}
+
+/* ---- contents fetched with a listing ---- */
+
+struct prefetch {
+	struct sbx_journal *j;
+	const char *dir;
+	sbx_prefetch_fn fn;
+	void *arg;
+};
+
+/* A file's content that came with its directory's listing becomes a clean copy, unless the
+ * journal answers for the file (the mount changed it meanwhile). */
+static void keep_fetched(void *arg, const char *name, const struct stat *st, const void *data,
+			 size_t len)
+{
+	struct prefetch *p = arg;
+	struct sbx_journal *j = p->j;
+	char *path;
+	if (asprintf(&path, "%s/%s", p->dir, name) < 0)
+		abort();
+	uint64_t id = 0;
+	pthread_mutex_lock(&j->lock);
+	int fd = jnode_find(j, path) ? -1 : spool_blob_new(j, &id);
+	pthread_mutex_unlock(&j->lock);
+	bool ok = fd >= 0 && fd_pwrite_full(fd, data, len, 0) == 0;
+	pthread_mutex_lock(&j->lock);
+	if (ok && !jnode_find(j, path))
+		clean_register(j, id, len);
+	else if (fd >= 0)
+		spool_blob_remove(j, id), ok = false;
+	pthread_mutex_unlock(&j->lock);
+	if (fd >= 0)
+		close(fd);
+	if (ok)
+		p->fn(p->arg, name, st, id);
+	free(path);
+}
+
+int sbx_journal_prefetch(struct sbx *s, const char *dir, size_t each, size_t budget,
+			 sbx_prefetch_fn fn, void *arg)
+{
+	struct sbx_journal *j = s->journal;
+	if (!j)
+		return -ENOSYS;
+	pthread_mutex_lock(&j->lock);
+	bool pending = jnode_find(j, dir) != NULL; /* its listing is the journal's to merge */
+	pthread_mutex_unlock(&j->lock);
+	if (pending)
+		return -EAGAIN;
+	struct prefetch p = { j, dir, fn, arg };
+	return sbx_readdir_content(s, dir, each, budget, keep_fetched, &p);
 }
 
 /* Lock held: every copy goes (unmount). */

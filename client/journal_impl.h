@@ -28,6 +28,7 @@ struct jinode {
 	struct stat sandbox_st;
 	bool sandbox_known, changed_there;
 	bool kept;          /* its blob stays when it goes: a clean copy (journal_clean.c) */
+	bool adopted;       /* a copy of a clean copy (sbx_journal_adopt_clean) */
 	/* an open clean copy: the path it was opened by, whether it follows the sandbox now,
 	 * and the next open one */
 	char *clean_path;
@@ -69,6 +70,7 @@ struct jop {
 	char *path;
 	char *path2;        /* RENAME, LINK: the new name; SYMLINK: the target */
 	struct jinode *ino; /* PUT: whose content is sent (read when it is sent) */
+	struct jinode *unlinked; /* UNLINK of one of a file's names: the file its others keep */
 	uint64_t blob;      /* PUT: ino's id, as journaled */
 	unsigned valid;     /* SETATTR: SBX_SET_* */
 	mode_t mode;        /* PUT, MKDIR, SETATTR */

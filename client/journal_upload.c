@@ -394,6 +394,8 @@ static struct jinode *answered_file(struct sbx_journal *j, const struct jop *op)
 {
 	if (op->ino)
 		return op->ino;
+	if (op->kind == JOP_UNLINK)
+		return op->unlinked;
 	const char *path = op->kind == JOP_LINK || op->kind == JOP_RENAME ? op->path2
 	                   : op->kind == JOP_SETATTR ? op->path : NULL;
 	struct jnode *n = path ? jnode_find(j, path) : NULL;
@@ -423,6 +425,16 @@ static void dir_answered(struct sbx_journal *j, const char *path, bool self, con
 static void learn_answer(struct sbx_journal *j, const struct jop *op, const struct outcome *oc)
 {
 	struct jinode *answered = answered_file(j, op);
+	if (answered && answered->adopted && answered->sandbox_known && !oc->err && oc->has_stat &&
+	    (op->kind == JOP_RENAME || op->kind == JOP_LINK)) {
+		/* a clean copy adopted: the sandbox's file was that copy's, or a change there was
+		 * not seen yet (then the sandbox is asked afresh once all is acknowledged) */
+		const struct stat *was = &answered->sandbox_st;
+		if ((was->st_ino && was->st_ino != oc->st.st_ino) || was->st_size != oc->st.st_size ||
+		    was->st_mtim.tv_sec != oc->st.st_mtim.tv_sec ||
+		    was->st_mtim.tv_nsec != oc->st.st_mtim.tv_nsec)
+			answered->changed_there = true;
+	}
 	if (answered) {
 		answered->sandbox_known = !oc->err && oc->has_stat && S_ISREG(oc->st.st_mode);
 		if (answered->sandbox_known)
@@ -472,6 +484,10 @@ static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *
 					    : j->bytes_pending;
 		op->ino->refs--;
 		jinode_put(j, op->ino);
+	}
+	if (op->unlinked) {
+		op->unlinked->refs--;
+		jinode_put(j, op->unlinked);
 	}
 	jop_free(op);
 }

@@ -280,6 +280,7 @@ static int probe(struct sbx *s)
 		s->keys = has_extension(j, "idempotency");
 		s->journal_route = has_extension(j, "journal");
 		s->tree = has_extension(j, "tree");
+		s->content = has_extension(j, "content");
 		if (has_extension(j, "lease"))
 			s->lease_ms = json_int(j, "leaseMs", 0);
 		atomic_store(&s->ops, &sbx_ext_ops);

@@ -71,6 +71,14 @@ struct sbx_dirent {
  * are in range; an entry that is not is left out with a warning, never failing the listing. */
 int sbx_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n);
 void sbx_dirents_free(struct sbx_dirent *ents, size_t n);
+/* The whole content of the small regular files of directory path, with its listing, in one
+ * request (sbxd's /api/x/readdir with content_max, capability "content"): fn gets each file
+ * of at most each bytes whose content came, as far as budget bytes go. -ENOSYS when the
+ * server cannot (a plain container). Bypasses the journal: see sbx_journal_prefetch. */
+typedef void (*sbx_content_fn)(void *arg, const char *name, const struct stat *st,
+			       const void *data, size_t len);
+int sbx_readdir_content(struct sbx *s, const char *path, size_t each, size_t budget,
+			sbx_content_fn fn, void *arg);
 /* The complete listings of directory path and of the directories below it, in one request:
  * fn gets each directory's path and entries (checked as sbx_readdir's, and borrowed for the
  * call), path's first, then breadth-first. A directory is listed whole or not at all; the

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "common/base64.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
 #include "common/strbuf.h"
@@ -106,6 +107,75 @@ static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents
 		add_json_entry(&l, it);
 	cJSON_Delete(j);
 	entry_list_finish(&l, ents, n);
+	return 0;
+}
+
+struct named {
+	const char *name;
+	const struct sbx_dirent *ent;
+};
+
+static int named_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct named *)a)->name, ((const struct named *)b)->name);
+}
+
+int sbx_readdir_content(struct sbx *s, const char *path, size_t each, size_t budget,
+			sbx_content_fn fn, void *arg)
+{
+	if (!s->content)
+		return sbx_fail(-ENOSYS, "readdir %s: the server sends no contents", path);
+	cJSON *b = path_body(path);
+	json_add_int(b, "content_max", (int64_t)each);
+	json_add_int(b, "content_budget", (int64_t)budget);
+	char what[64 + 4096];
+	snprintf(what, sizeof what, "readdir %s", path);
+	cJSON *j = NULL;
+	/* base64 and JSON: about 1.4 bytes a byte */
+	int err = sbx_call(s, what, "POST", "/api/x/readdir", b, true,
+			   sbx_deadline(s, (budget * 3) / 2), &j);
+	if (err)
+		return err;
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "entries");
+	if (!cJSON_IsArray(arr)) {
+		cJSON_Delete(j);
+		return sbx_fail(-EPROTO, "readdir %s: the answer has no entries", path);
+	}
+	/* the entries as checked (entry_check.h), found by name */
+	struct entry_list l;
+	entry_list_init(&l, path);
+	const cJSON *it;
+	cJSON_ArrayForEach(it, arr)
+		add_json_entry(&l, it);
+	struct sbx_dirent *ents;
+	size_t n;
+	entry_list_finish(&l, &ents, &n);
+	struct named *index = malloc((n ? n : 1) * sizeof *index);
+	if (!index)
+		abort();
+	for (size_t i = 0; i < n; i++)
+		index[i] = (struct named){ ents[i].name, &ents[i] };
+	qsort(index, n, sizeof *index, named_cmp);
+	cJSON_ArrayForEach(it, arr) {
+		const char *data = json_str(it, "data");
+		struct named key = { json_str(it, "name"), NULL };
+		const struct named *e = data && key.name ? bsearch(&key, index, n, sizeof *index,
+								    named_cmp) : NULL;
+		if (!e || !S_ISREG(e->ent->st.st_mode))
+			continue;
+		size_t len = strlen(data);
+		char *bytes = malloc(base64_decoded_max(len) + 1);
+		if (!bytes)
+			abort();
+		ssize_t dec = base64_decode(data, len, bytes);
+		/* the content of the file the stat describes, or nothing */
+		if (dec >= 0 && dec == e->ent->st.st_size && (size_t)dec <= each)
+			fn(arg, e->ent->name, &e->ent->st, bytes, (size_t)dec);
+		free(bytes);
+	}
+	free(index);
+	sbx_dirents_free(ents, n);
+	cJSON_Delete(j);
 	return 0;
 }
 

@@ -73,6 +73,7 @@ struct sbx {
 	bool heartbeats; /* the server sends SSE keepalives (sbxd): streams get an idle timeout */
 	bool keys;       /* the server honours idempotency keys: mutations carry one */
 	bool tree;       /* the server lists subtrees (/api/x/tree) */
+	bool content;    /* ... and sends small files' contents with a listing */
 	struct sbx_lease *lease; /* the heartbeat that keeps our handles alive, or NULL */
 	char *server, *version, *sandbox_id;
 	long deadline_ms; /* the client's request deadline (-o timeout) */

@@ -95,6 +95,7 @@ void dirlist_put(struct dirlist *dl, const char *name, const struct stat *st, co
 	if (st)
 		e->st = *st;
 	e->st_valid = st != NULL;
+	e->clean_blob = 0;
 }
 
 void dirlist_remove(struct dirlist *dl, const char *name)
@@ -110,6 +111,15 @@ void dirlist_remove(struct dirlist *dl, const char *name)
 void dirlist_stale(struct dirlist *dl, const char *name)
 {
 	struct dirlist_entry *e = dirlist_find(dl, name);
-	if (e)
+	if (e) {
 		e->st_valid = false;
+		e->clean_blob = 0;
+	}
+}
+
+void dirlist_set_clean(struct dirlist *dl, const char *name, uint64_t blob)
+{
+	struct dirlist_entry *e = dirlist_find(dl, name);
+	if (e && e->st_valid)
+		e->clean_blob = blob;
 }

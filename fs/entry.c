@@ -57,6 +57,13 @@ struct node *fs_bind_entry(struct sbxfs *fs, struct node *parent, const char *na
 		n->ino_provisional = !st->st_ino;
 		n->ino = st->st_ino;
 		n->type = st->st_mode & S_IFMT;
+		/* a file the mount wrote, forgotten by the kernel since: its clean copy */
+		const struct dirlist_entry *de = parent->list ? dirlist_find(parent->list, name)
+							      : NULL;
+		if (de && de->clean_blob && de->st.st_size == st->st_size &&
+		    de->st.st_mtim.tv_sec == st->st_mtim.tv_sec &&
+		    de->st.st_mtim.tv_nsec == st->st_mtim.tv_nsec)
+			n->clean_blob = de->clean_blob;
 	}
 	fs_node_ino(n, st);
 	if (cache)

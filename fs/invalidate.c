@@ -153,13 +153,15 @@ static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notic
 	if (same_type && n->id != NODE_ROOT_ID && (S_ISDIR(n->type) || !n->open)) {
 		nodes_touch(t, n);
 		fs_cache_attr(fs, n, &ev->st);
-		if (n->parent && n->parent->list)
-			dirlist_put(n->parent->list, n->name, &ev->st, NULL);
 		if (n->opened && !n->data_changed) { /* the next open keeps the pages */
 			n->open_size = ev->st.st_size;
 			n->open_mtime = ev->st.st_mtim;
 		}
 		n->clean_blob = n->data_changed ? 0 : ev->blob;
+		if (n->parent && n->parent->list) {
+			dirlist_put(n->parent->list, n->name, &ev->st, NULL);
+			dirlist_set_clean(n->parent->list, n->name, n->clean_blob);
+		}
 		notice_add(ns, (struct notice){ .ino = n->id, .off = -1 });
 	}
 	nodes_unlock(t);

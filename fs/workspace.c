@@ -61,6 +61,7 @@
 #include "fs/entry.h"
 #include "fs/internal.h"
 #include "fs/invalidate.h"
+#include "fs/prefetch.h"
 #include "fs/timeouts.h"
 #include "fs/tree.h"
 
@@ -160,6 +161,25 @@ static void aliases_notify(struct sbxfs *fs, const struct alias_scan *a)
 {
 	for (size_t i = 0; i < a->count; i++)
 		invalidator_inode(fs->inval, a->ids[i], true);
+}
+
+/* A file the mount wrote that no change event touched since goes back into the journal, from
+ * its clean copy: what comes next (a rename, a link, an attribute change, a write that keeps
+ * the content) is journaled instead of waiting for the sandbox. Without the lock. */
+static void adopt_clean(struct sbxfs *fs, struct node *n, const char *path)
+{
+	nodes_lock(&fs->nodes);
+	uint64_t blob = n && S_ISREG(n->type) && !n->open && !n->data_changed && n->attr_valid &&
+				fs_caches_trusted(fs)
+			? n->clean_blob : 0;
+	struct stat st = { 0 };
+	if (blob) {
+		st = n->attr;
+		st.st_ino = n->ino; /* the sandbox's, not the one shown */
+	}
+	nodes_unlock(&fs->nodes);
+	if (blob)
+		(void)sbx_journal_adopt_clean(fs->sbx, path, blob, &st);
 }
 
 /* The only writable open file of n, held, or NULL. Caller holds the lock. */
@@ -496,6 +516,8 @@ static void ws_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct 
 		char *path = nodes_path(n);
 		nodes_unlock(t);
 		if (valid && path)
+			adopt_clean(fs, n, path);
+		if (valid && path)
 			err = sbx_setattr(fs->sbx, path, valid, &want, &st);
 		else if (valid)
 			err = -ENOENT;
@@ -659,6 +681,8 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 	char *from = nodes_path(n);
 	char *to = child_path(newdir, newname);
 	nodes_unlock(&fs->nodes);
+	if (from)
+		adopt_clean(fs, n, from);
 	struct stat st;
 	int err = from && to ? sbx_link(fs->sbx, from, to, &st) : -ENOENT;
 	free(from);
@@ -789,7 +813,16 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	struct node *target = nodes_child(t, newdir, newname);
 	if (target && !(flags & RENAME_EXCHANGE))
 		v = nodes_ofiles(t, target, &count);
+	struct node *source = flags ? NULL : nodes_child(t, dir, name);
+	if (source)
+		nodes_hold(source);
 	nodes_unlock(t);
+	if (source && from) {
+		adopt_clean(fs, source, from);
+		nodes_lock(t);
+		nodes_put(t, source);
+		nodes_unlock(t);
+	}
 	int err = -ENOENT;
 	if (from && to) {
 		pin_files(fs, v, count);
@@ -911,7 +944,28 @@ static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fus
 	if (!reading)
 		n->clean_blob = 0;
 	st = n->attr;
+	/* the first small file of a directory read from the sandbox brings its neighbours */
+	struct node *dir = reading && !blob && n->parent && n->attr_valid && S_ISREG(n->type) &&
+				   n->attr.st_size <= (64 << 10) && n->parent->list &&
+				   !n->parent->list->content_tried
+			       ? n->parent : NULL;
+	if (dir)
+		nodes_hold(dir);
 	nodes_unlock(t);
+	if (dir) {
+		if (prefetch_dir(fs, dir)) {
+			nodes_lock(t);
+			blob = !n->data_changed && n->attr_valid && fs_caches_trusted(fs)
+				       ? n->clean_blob : 0;
+			st = n->attr;
+			nodes_unlock(t);
+		}
+		nodes_lock(t);
+		nodes_put(t, dir);
+		nodes_unlock(t);
+	}
+	if (!reading && !(flags & O_TRUNC))
+		adopt_clean(fs, n, path); /* its content is kept: the journal has it already */
 	int err = blob ? sbx_journal_open_clean(fs->sbx, path, blob, &st, &f) : -ENOENT;
 	if (err)
 		err = sbx_file_open(fs->sbx, path, flags, 0, &f, &st);

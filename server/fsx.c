@@ -102,13 +102,32 @@ static int open_listed(struct req *r, char api[WS_PATH_MAX + 16])
 	return fd;
 }
 
+/* An optional positive integer field, at most cap; false after answering 400. */
+static bool size_field(struct req *r, const char *name, size_t dflt, size_t cap, size_t *out)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(req_json(r), name);
+	double want = cJSON_IsNumber(v) ? v->valuedouble : 0;
+	if (v && (!cJSON_IsNumber(v) || want < 1 || want != (double)(long long)want)) {
+		char msg[96];
+		snprintf(msg, sizeof msg, "'%s' must be a positive integer", name);
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL, "%s", msg);
+		return false;
+	}
+	*out = !v ? dflt : want > (double)cap ? cap : (size_t)want;
+	return true;
+}
+
 void route_x_readdir(struct req *r)
 {
+	size_t each = 0, budget = 0;
+	if (!size_field(r, "content_max", 0, CONTENT_EACH_CAP, &each) ||
+	    !size_field(r, "content_budget", CONTENT_BUDGET_DEFAULT, CONTENT_BUDGET_CAP, &budget))
+		return;
 	int fd = open_listed(r, NULL);
 	if (fd < 0)
 		return;
 	cJSON *list;
-	int err = listing_read(fd, &list);
+	int err = each ? listing_read_content(fd, each, budget, &list) : listing_read(fd, &list);
 	if (err) {
 		reply_ws_errno(r, err, json_str(req_json(r), "path"));
 		return;

@@ -565,14 +565,25 @@ static void op_link(const struct journal_op *op, struct journal_result *res)
 	ws_entry_close(&to);
 }
 
-/* unlink, rmdir: nothing there is an entry removed before. */
+/* unlink, rmdir: nothing there is an entry removed before. A file with other names left: the
+ * stat of what they keep (its link count, its ctime). */
 static void op_remove(const struct journal_op *op, int flags, struct journal_result *res)
 {
 	struct ws_entry e;
 	if (!resolve(op->path, &e, res))
 		return;
+	struct stat st;
+	int kept = !flags && fstatat(e.dirfd, e.name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+			   S_ISREG(st.st_mode) && st.st_nlink > 1
+		   ? openat(e.dirfd, e.name, O_PATH | O_NOFOLLOW | O_CLOEXEC) : -1;
 	int err = unlinkat(e.dirfd, e.name, flags) ? -errno : 0;
 	ws_entry_close(&e);
+	if (!err && kept >= 0) {
+		int ignored = 0;
+		res->stat = fsop_fstat_json(kept, &ignored);
+	}
+	if (kept >= 0)
+		close(kept);
 	if (err && err != -ENOENT)
 		fail_path(res, err, op->path);
 }

@@ -77,7 +77,8 @@ struct journal_result {
 	uint64_t seq;
 	enum journal_outcome outcome;
 	/* JOURNAL_APPLIED */
-	cJSON *stat;            /* of path, or of `to` for link and rename; NULL for unlink, rmdir */
+	cJSON *stat;            /* of path, or of `to` for link and rename; for unlink of a file
+				 * with other names, of what they keep; else NULL */
 	cJSON *parent;          /* of the directory of path (`to`) when names in it came or went */
 	cJSON *from_parent;     /* rename: of the directory of `from` */
 	bool conflict;          /* a put found the path other than it expected */

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "common/base64.h"
+#include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "server/fsops.h"
 #include "server/workspace.h"
@@ -31,9 +33,47 @@ static cJSON *entry_stat(int dirfd, const char *name, bool *is_dir)
 	return o;
 }
 
-/* listing_read, also handing each subdirectory's name to on_dir. */
+/* What a listing carries of its files' contents (listing_read_content). */
+struct content {
+	size_t each, left;
+};
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_ino == b->st_ino && a->st_size == b->st_size &&
+	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec &&
+	       a->st_ctim.tv_sec == b->st_ctim.tv_sec && a->st_ctim.tv_nsec == b->st_ctim.tv_nsec;
+}
+
+/* Adds "data" to ent: the whole content of the regular file name, if it fits and did not
+ * change between the stat of the listing and the end of the read. */
+static void add_content(int dirfd, const char *name, cJSON *ent, struct content *c)
+{
+	struct stat before, open_st, after;
+	if (fstatat(dirfd, name, &before, AT_SYMLINK_NOFOLLOW) || !S_ISREG(before.st_mode) ||
+	    (size_t)before.st_size > c->each || (size_t)before.st_size > c->left)
+		return;
+	int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	char *buf = malloc((size_t)before.st_size + 1);
+	if (!buf)
+		abort();
+	ssize_t got = fstat(fd, &open_st) == 0 && same_file(&before, &open_st)
+			      ? fd_pread_full(fd, buf, (size_t)before.st_size + 1, 0) : -1;
+	if (got == before.st_size && fstat(fd, &after) == 0 && same_file(&before, &after)) {
+		char *b64 = base64_encode_alloc(buf, (size_t)got);
+		if (b64 && cJSON_AddStringToObject(ent, "data", b64))
+			c->left -= (size_t)got;
+		free(b64);
+	}
+	free(buf);
+	close(fd);
+}
+
+/* listing_read, also handing each subdirectory's name to on_dir, and with contents. */
 static int read_dir(int fd, cJSON **entries, void (*on_dir)(void *arg, const char *name),
-		    void *arg)
+		    void *arg, struct content *content)
 {
 	DIR *d = fdopendir(fd);
 	if (!d) {
@@ -53,6 +93,8 @@ static int read_dir(int fd, cJSON **entries, void (*on_dir)(void *arg, const cha
 			cJSON *ent = cJSON_CreateObject();
 			cJSON_AddStringToObject(ent, "name", de->d_name);
 			cJSON_AddItemToObject(ent, "stat", st);
+			if (content && !is_dir)
+				add_content(dirfd(d), de->d_name, ent, content);
 			cJSON_AddItemToArray(list, ent);
 			if (is_dir && on_dir)
 				on_dir(arg, de->d_name);
@@ -71,7 +113,13 @@ static int read_dir(int fd, cJSON **entries, void (*on_dir)(void *arg, const cha
 
 int listing_read(int fd, cJSON **entries)
 {
-	return read_dir(fd, entries, NULL, NULL);
+	return read_dir(fd, entries, NULL, NULL, NULL);
+}
+
+int listing_read_content(int fd, size_t each, size_t budget, cJSON **entries)
+{
+	struct content c = { each, budget };
+	return read_dir(fd, entries, NULL, NULL, &c);
 }
 
 /* Directories still to list, as paths relative to the first one ("" is the first). */
@@ -138,7 +186,7 @@ int listing_tree(int fd, const char *path, size_t max_entries, cJSON **dirs, boo
 		size_t queued = q.n;
 		cJSON *entries = NULL;
 		q.base = rel;
-		int e = dfd < 0 ? dfd : read_dir(dfd, &entries, queue_subdir, &q);
+		int e = dfd < 0 ? dfd : read_dir(dfd, &entries, queue_subdir, &q, NULL);
 		if (e && q.head == 0) {
 			err = e;
 			break;

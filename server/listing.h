@@ -13,6 +13,15 @@ struct cJSON;
  * left out. 0 with *entries set, or -errno. */
 int listing_read(int fd, struct cJSON **entries);
 
+#define CONTENT_EACH_CAP (1 << 20)
+#define CONTENT_BUDGET_DEFAULT (4 << 20)
+#define CONTENT_BUDGET_CAP (16 << 20)
+
+/* listing_read, with the whole content of each regular file of at most each bytes as "data"
+ * (base64) beside its stat, in listing order while the total stays within budget; a file
+ * that changed while it was read (its stat before and after differ) goes without. */
+int listing_read_content(int fd, size_t each, size_t budget, struct cJSON **entries);
+
 #define TREE_MAX_ENTRIES_DEFAULT 20000
 #define TREE_MAX_ENTRIES_CAP 100000
 

@@ -150,3 +150,66 @@ def test_a_second_grep_reads_nothing_again_though_attributes_expired(faulty_sbx,
     reads = fs_requests(s.proxy)
     if mode == 'ext':
         assert not {k: v for k, v in reads.items() if 'pread' in k}, reads
+
+
+# ---- small files whole, with their listing ----
+
+def test_readdir_with_contents_route(api_server, mode):
+    s = api_server
+    if mode != 'ext':
+        return
+    r = s.execute('mkdir -p rc/sub && printf one > rc/a && printf two2 > rc/b && '
+                  'head -c 5000 /dev/zero > rc/big && ln -s a rc/l && mkfifo rc/fifo')
+    assert r['exitCode'] == 0, r
+    st, j = s.api('/api/x/readdir', {'path': '/workspace/rc', 'content_max': 4096})
+    assert st == 200, j
+    by = {e['name']: e for e in j['entries']}
+    assert sorted(by) == ['a', 'b', 'big', 'fifo', 'l', 'sub']
+    assert by['a']['data'] == 'b25l' and by['b']['data'] == 'dHdvMg=='
+    # too large, not a regular file: the listing only
+    assert all('data' not in by[n] for n in ('big', 'fifo', 'l', 'sub'))
+    # the budget bounds the whole answer: whatever fits, in listing order
+    st, j = s.api('/api/x/readdir', {'path': '/workspace/rc', 'content_max': 4096,
+                                     'content_budget': 3})
+    assert st == 200 and sum('data' in e for e in j['entries']) == 1, j
+    # without content_max: no contents
+    st, j = s.api('/api/x/readdir', {'path': '/workspace/rc'})
+    assert st == 200 and not any('data' in e for e in j['entries'])
+    assert s.api('/api/x/readdir', {'path': 'rc', 'content_max': 0})[0] == 400
+    assert s.api('/api/x/readdir', {'path': 'rc', 'content_max': 'x'})[0] == 400
+    _, caps = s.api('/api/x/capabilities')
+    assert 'content' in caps['extensions']
+
+
+def test_a_cold_grep_fetches_a_directorys_small_files_at_once(faulty_sbx, mode):
+    """The first small file of a directory read from the sandbox brings the others whole:
+    a cold grep of a directory costs a request or two, not one per file; and what the
+    sandbox changes afterwards, in files read or not yet read, shows."""
+    s = faulty_sbx()
+    assert s.wait_watching()
+    r = s.execute('mkdir -p /workspace/pf && cd /workspace/pf && for i in $(seq 40); do '
+                  'echo "line $i TODO" > f$i; done && head -c 200000 /dev/zero > big && '
+                  'echo old > unread')
+    assert r['exitCode'] == 0, r
+    pf = os.path.join(s.ws, 'pf')
+    assert wait_for(lambda: os.path.exists(os.path.join(pf, 'big')), 10 * SLOW)
+    drop_caches()
+    s.proxy.reset_counts()
+    out = sh("grep -rn --include='f*' TODO .", cwd=pf).stdout.decode().splitlines()
+    assert sorted(out) == sorted('./f%d:1:line %d TODO' % (i, i) for i in range(1, 41))
+    reads = fs_requests(s.proxy)
+    if mode == 'ext':
+        # the listing with the contents, and big on its own
+        assert sum(v for k, v in reads.items() if 'pread' in k or 'readdir' in k) <= 4, reads
+    # changed in the sandbox: a file already read, and one whose copy came but was not read
+    with open(os.path.join(pf, 'g1'), 'w') as f:   # (a new name through the mount, too)
+        f.write('mine\n')
+    r = s.execute('cd /workspace/pf && echo changed > f1 && echo new > unread && rm f3')
+    assert r['exitCode'] == 0, r
+    assert wait_for(lambda: read(os.path.join(pf, 'f1')) == b'changed\n', 10 * SLOW)
+    assert wait_for(lambda: read(os.path.join(pf, 'unread')) == b'new\n', 10 * SLOW)
+    assert wait_for(lambda: not os.path.exists(os.path.join(pf, 'f3')), 10 * SLOW)
+    drop_caches()
+    assert read(os.path.join(pf, 'f1')) == b'changed\n'
+    assert read(os.path.join(pf, 'f4')) == b'line 4 TODO\n'
+    assert read(os.path.join(pf, 'g1')) == b'mine\n'
