@@ -390,6 +390,10 @@ static int wait_acked(struct sbx_journal *j, uint64_t seq, long timeout_ms)
 {
 	int64_t deadline = mono_ms() + timeout_ms;
 	bool asked = false;
+	if (j->acked < seq && !j->urgent) {
+		j->urgent = true;
+		pthread_cond_broadcast(&j->changed);
+	}
 	while (j->acked < seq && j->running) {
 		if (j->offline && !asked) {
 			/* not only the backoff's next try: one now (the sandbox may be back) */
@@ -714,6 +718,22 @@ static int j_unlink(struct sbx *s, const char *path)
 	return err;
 }
 
+/* The rmdir of a directory known to be empty, journaled. */
+static int rmdir_journaled(struct sbx_journal *j, const char *path)
+{
+	int err = 0;
+	pthread_mutex_lock(&j->lock);
+	struct jnode *n = jnode_get(j, path);
+	if (n->kind != JN_GONE && n->kind != JN_DIR) {
+		err = sbx_fail(-ENOTDIR, "rmdir %s: %s", path, strerror(ENOTDIR));
+	} else {
+		jnode_clear(j, n);
+		enqueue(j, jop_new(JOP_RMDIR, path, NULL), false);
+	}
+	pthread_mutex_unlock(&j->lock);
+	return err;
+}
+
 static int j_rmdir(struct sbx *s, const char *path)
 {
 	struct sbx_journal *j = J(s);
@@ -725,16 +745,24 @@ static int j_rmdir(struct sbx *s, const char *path)
 	sbx_dirents_free(ents, count);
 	if (count)
 		return sbx_fail(-ENOTEMPTY, "rmdir %s: %s", path, strerror(ENOTEMPTY));
+	return rmdir_journaled(j, path);
+}
+
+bool sbx_journal_holds(struct sbx *s, const char *path)
+{
+	struct sbx_journal *j = s->journal;
+	if (!j)
+		return false;
 	pthread_mutex_lock(&j->lock);
-	struct jnode *n = jnode_get(j, path);
-	if (n->kind != JN_GONE && n->kind != JN_DIR) {
-		err = sbx_fail(-ENOTDIR, "rmdir %s: %s", path, strerror(ENOTDIR));
-	} else {
-		jnode_clear(j, n);
-		enqueue(j, jop_new(JOP_RMDIR, path, NULL), false);
-	}
+	bool held = jnode_find(j, path) != NULL;
 	pthread_mutex_unlock(&j->lock);
-	return err;
+	return held;
+}
+
+int sbx_journal_rmdir_empty(struct sbx *s, const char *path)
+{
+	struct sbx_journal *j = s->journal;
+	return j ? rmdir_journaled(j, path) : -ENOSYS;
 }
 
 /* After the backend itself renamed from to `to`: the nodes below from are below to now (open

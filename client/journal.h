@@ -59,6 +59,16 @@ typedef void (*sbx_prefetch_fn)(void *arg, const char *name, const struct stat *
 int sbx_journal_prefetch(struct sbx *s, const char *dir, size_t each, size_t budget,
 			 sbx_prefetch_fn fn, void *arg);
 
+/* rmdir of a directory the caller knows to be empty (its listing, kept current by the change
+ * events and the mount's own changes, has no entry): journaled without asking the sandbox.
+ * Should a sandbox process have made something in it meanwhile, the rmdir fails there, and
+ * is reported as a refused change. -ENOSYS without a journal. */
+int sbx_journal_rmdir_empty(struct sbx *s, const char *path);
+
+/* Whether the journal answers for path (a change of it is pending): then sbx_lstat of it is
+ * answered without asking the sandbox. */
+bool sbx_journal_holds(struct sbx *s, const char *path);
+
 /* One line about the journal for status files: pending changes, bytes, failures. */
 int sbx_journal_status(struct sbx *s, char *buf, size_t len);
 #endif

@@ -135,6 +135,9 @@ struct sbx_journal {
 	int backoff_ms; /* while the sandbox cannot be reached */
 	bool offline;
 	bool retry_now;    /* a waiter wants an attempt now, not after the backoff */
+	bool urgent;       /* a waiter wants the queue sent now, not after the coalescing wait */
+	char **refused;    /* paths of ops refused since the last announcement */
+	size_t n_refused, cap_refused;
 };
 
 /* journal.c */

@@ -37,6 +37,7 @@
 #include "common/log.h"
 
 #define BATCH_OPS 1024
+#define COALESCE_MS 200 /* how long a change waits for company, unless something waits for it */
 #define BATCH_BYTES (4u << 20)
 #define PART_SHIFT 16
 
@@ -452,6 +453,19 @@ static void learn_answer(struct sbx_journal *j, const struct jop *op, const stru
 			     ok && oc->has_from_parent ? &oc->from_parent : NULL);
 }
 
+/* A path a refused op named: what the mount shows of it may not be so in the sandbox. */
+static void refused_add(struct sbx_journal *j, const char *path)
+{
+	if (j->n_refused == j->cap_refused) {
+		j->cap_refused = j->cap_refused ? 2 * j->cap_refused : 8;
+		j->refused = realloc(j->refused, j->cap_refused * sizeof *j->refused);
+		if (!j->refused)
+			abort();
+	}
+	if (!(j->refused[j->n_refused++] = strdup(path)))
+		abort();
+}
+
 /* Records op's outcome and takes it off the queue (lock held). */
 static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *oc)
 {
@@ -466,6 +480,9 @@ static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *
 			 op->path2 ? op->path2 : "", oc->why, kept ? "; its content is kept in " : "",
 			 kept ? kept : "");
 		free(kept);
+		refused_add(j, op->path);
+		if (op->path2 && op->kind != JOP_SYMLINK)
+			refused_add(j, op->path2);
 		j->fail_seq = op->seq;
 		j->fail_err = -oc->err;
 		j->failures++;
@@ -506,6 +523,14 @@ static void *uploader(void *arg)
 			pthread_cond_wait(&j->changed, &j->lock);
 			continue;
 		}
+		/* A moment for what comes right after (the rename after a close, the next save's
+		 * put): one request for both instead of one after the other, unless something
+		 * waits for the sandbox (fsync, sync, a drain). */
+		int64_t company = mono_ms() + COALESCE_MS;
+		while (!j->stopping && !j->urgent && j->queued < BATCH_OPS &&
+		       mono_cond_wait_until(&j->changed, &j->lock, company))
+			;
+		j->urgent = false;
 		size_t n = 0;
 		uint64_t bytes = 0;
 		for (struct jop *op = j->head; op && n < BATCH_OPS; op = op->next) {
@@ -546,6 +571,13 @@ static void *uploader(void *arg)
 			free(settled[i].path);
 		}
 		free(settled);
+		/* what the sandbox refused: the filesystem asks it again (after the settled
+		 * paths went, so that the journal does not answer for them any more) */
+		for (size_t i = 0; i < j->n_refused; i++) {
+			sbx_local_unknown(j->s, j->refused[i]);
+			free(j->refused[i]);
+		}
+		j->n_refused = 0;
 		if (done < n) {
 			if (!j->offline)
 				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "
@@ -562,6 +594,11 @@ static void *uploader(void *arg)
 				;
 		}
 	}
+	for (size_t i = 0; i < j->n_refused; i++)
+		free(j->refused[i]);
+	free(j->refused);
+	j->refused = NULL;
+	j->n_refused = j->cap_refused = 0;
 	pthread_mutex_unlock(&j->lock);
 	free(ops);
 	free(oc);

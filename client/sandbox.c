@@ -833,6 +833,15 @@ struct sbx_watch *sbx_watch_start(struct sbx *s, const char *path, const struct 
 	return w;
 }
 
+void sbx_local_unknown(struct sbx *s, const char *path)
+{
+	pthread_mutex_lock(&s->echo_lock);
+	struct sbx_watch *w = s->workspace_watch;
+	if (w && w->ops.on_change)
+		w->ops.on_change(w->arg, path, "unknown", false);
+	pthread_mutex_unlock(&s->echo_lock);
+}
+
 bool sbx_own_change(const struct sbx *s, const char *journal)
 {
 	return journal && s->journal_id[0] && strcmp(journal, s->journal_id) == 0;

@@ -196,7 +196,8 @@ void sbx_exec_result_free(struct sbx_exec_result *r);
 
 /* Change events for /workspace (POST /api/watch). on_change runs on the network thread with
  * the absolute path of a changed entry and its event type ("create", "modify", "delete",
- * "move_from", "move_to", "attrib"); on_resync when events may have been lost (reconnect,
+ * "move_from", "move_to", "attrib"; "unknown": the client cannot tell, as after a change the
+ * sandbox refused); on_resync when events may have been lost (reconnect,
  * overflow): the caller must then forget everything it caches. The watch reconnects by itself
  * with backoff until sbx_watch_stop(); on_state reports healthy=true/false transitions.
  * Events sbxd tagged as the echoes of this client's journal are not passed on: on_settled

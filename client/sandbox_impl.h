@@ -99,6 +99,9 @@ struct sbx {
  * else to be asked for. */
 void sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
 		       uint64_t blob);
+/* Tells the watcher of /workspace that whether path exists, and as what, is not known any
+ * more (a change the sandbox refused): as a change event of unknown kind. */
+void sbx_local_unknown(struct sbx *s, const char *path);
 /* Whether a change event tagged with journal (NULL: untagged) is the mount's own. */
 bool sbx_own_change(const struct sbx *s, const char *journal);
 

@@ -34,7 +34,8 @@ struct fetch {
 
 static bool same_content(const struct stat *a, const struct stat *b)
 {
-	return S_ISREG(a->st_mode) && a->st_size == b->st_size &&
+	/* one name: another name's write would not drop the copy */
+	return S_ISREG(a->st_mode) && b->st_nlink == 1 && a->st_size == b->st_size &&
 	       a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
 }
 

@@ -730,11 +730,16 @@ static void remove_name(fuse_req_t req, struct sbxfs *fs, struct node *dir, cons
 	struct node *child = nodes_child(t, dir, name);
 	if (child)
 		v = nodes_ofiles(t, child, &count);
+	/* its listing says it is empty: no need to ask the sandbox again */
+	bool empty = is_dir && child && list_valid(fs, child) && child->list->n == 0;
 	nodes_unlock(t);
 	int err = -ENOENT;
 	if (path) {
 		pin_files(fs, v, count);
-		err = is_dir ? sbx_rmdir(fs->sbx, path) : sbx_unlink(fs->sbx, path);
+		err = !is_dir ? sbx_unlink(fs->sbx, path)
+		      : empty ? sbx_journal_rmdir_empty(fs->sbx, path) : -ENOSYS;
+		if (err == -ENOSYS && is_dir)
+			err = sbx_rmdir(fs->sbx, path);
 	}
 	struct alias_scan a = { .count = 0 };
 	if (!err) {
@@ -831,6 +836,10 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	size_t nmoved = 0;
 	struct alias_scan a = { .count = 0 };
 	struct moved *moved = NULL;
+	/* a rename the journal took: it knows the attributes (ctime) without asking */
+	struct stat moved_st;
+	bool known = !err && !flags && to && sbx_journal_holds(fs->sbx, to) &&
+		     sbx_lstat(fs->sbx, to, &moved_st, NULL) == 0;
 	if (!err) {
 		nodes_lock(t);
 		struct node *src = nodes_child(t, dir, name);
@@ -859,12 +868,14 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 				dirlist_remove(dir->list, name);
 			/* The name exists; its attributes (ctime) are asked for when needed. */
 			if (newdir->list)
-				dirlist_put(newdir->list, newname, NULL, NULL);
+				dirlist_put(newdir->list, newname, known ? &moved_st : NULL, NULL);
 		}
 		for (struct node *m = src; m; m = m == src ? dst : NULL) {
 			nodes_touch(t, m);
 			m->attr_valid = false;
 		}
+		if (known && src && !(flags & RENAME_EXCHANGE) && fs_node_is(src, &moved_st))
+			fs_cache_attr(fs, src, &moved_st);
 		nodes_touch(t, dir);
 		dir->attr_valid = false;
 		nodes_touch(t, newdir);
@@ -890,6 +901,8 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 }
 
 static void release_of(struct sbxfs *fs, struct ofile *of);
+static bool journal_attrs(struct sbxfs *fs, struct ofile *of, struct stat *st);
+static void keep_attrs(struct sbxfs *fs, struct node *n, const struct stat *st);
 
 /* keep_cache: the pages the kernel holds are still the file's. st_mode == 0 when the open was
  * lazy (no round trip): then the node's fresh attributes stand in, and with the change stream
@@ -1231,6 +1244,17 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	struct ofile *of = ofile_of(fi);
 	int err = writable(of->flags) ? sbx_file_flush(of->file) : 0;
 	nodes_lock(&fs->nodes);
+	bool linked = of->node->attr.st_nlink > 1;
+	nodes_unlock(&fs->nodes);
+	/* written into the journal: its attributes are the journal's until the upload is
+	 * answered (fs/invalidate.c, settled), known without asking */
+	struct stat fst;
+	bool known = !err && writable(of->flags) && journal_attrs(fs, of, &fst);
+	/* Its other names are the sandbox's files (the journal knows one name of a file): they
+	 * show the change once it is uploaded, so a close waits for that. */
+	if (!err && linked && writable(of->flags))
+		err = sbx_file_fsync(of->file, true);
+	nodes_lock(&fs->nodes);
 	if (!err)
 		err = of->err;
 	of->err = 0;
@@ -1244,6 +1268,8 @@ void workspace_flush(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		n->attr_valid = false;
 		if (n->parent && n->parent->list)
 			dirlist_stale(n->parent->list, n->name);
+		if (known)
+			keep_attrs(fs, n, &fst);
 		aliases_changed(fs, of->node, &a);
 	}
 	nodes_unlock(&fs->nodes);
@@ -1266,12 +1292,38 @@ void workspace_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, struct fuse_f
 	fuse_reply_err(req, -err);
 }
 
+/* The attributes of the file of of, when the journal answers for it (a written file until its
+ * upload is answered): known without asking. */
+static bool journal_attrs(struct sbxfs *fs, struct ofile *of, struct stat *st)
+{
+	nodes_lock(&fs->nodes);
+	char *path = nodes_path(of->node);
+	nodes_unlock(&fs->nodes);
+	bool known = path && sbx_journal_holds(fs->sbx, path) && sbx_file_fstat(of->file, st) == 0;
+	free(path);
+	return known;
+}
+
+/* Caller holds the lock: n's attributes are st (see journal_attrs). */
+static void keep_attrs(struct sbxfs *fs, struct node *n, const struct stat *st)
+{
+	if (!fs_node_is(n, st))
+		return;
+	fs_cache_attr(fs, n, st);
+	if (n->parent && n->parent->list)
+		dirlist_put(n->parent->list, n->name, &n->attr, NULL);
+}
+
 static void release_of(struct sbxfs *fs, struct ofile *of)
 {
+	struct stat st;
+	bool known = writable(of->flags) && journal_attrs(fs, of, &st);
 	nodes_lock(&fs->nodes);
 	if (writable(of->flags)) {
 		nodes_touch(&fs->nodes, of->node);
 		of->node->attr_valid = false;
+		if (known)
+			keep_attrs(fs, of->node, &st);
 	}
 	bool last = nodes_close(&fs->nodes, of);
 	nodes_unlock(&fs->nodes);

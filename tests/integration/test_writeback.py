@@ -456,3 +456,29 @@ def test_what_follows_an_upload_of_a_file_is_journaled_on_its_copy(sbx, mode):
     assert wait_for(lambda: content() == 'sandbox\n', 10 * SLOW), content()
     _drop_caches()
     assert content() == 'sandbox\n'
+
+
+@pytest.mark.expect_errors
+def test_rmdir_of_a_directory_the_sandbox_filled_meanwhile_is_refused_not_lost(faulty_sbx):
+    """rmdir of a directory whose listing says it is empty is journaled without asking the
+    sandbox; when a sandbox process made a file in it meanwhile (its event not yet here), the
+    sandbox refuses the rmdir: sync says so, and the file is there, through the mount too."""
+    s = faulty_sbx('timeout=20', WB)
+    d = os.path.join(s.ws, 'filled')
+    os.mkdir(d)
+    s.sync()
+    assert s.wait_watching()
+    assert os.listdir(d) == []
+    s.proxy.set(event_delay_ms=3000)   # its change event is late
+    try:
+        with open(os.path.join(s._workspace, 'filled', 'made-there'), 'w') as f:
+            f.write('keep me\n')
+        os.rmdir(d)
+    finally:
+        s.proxy.set(event_delay_ms=0)
+    with pytest.raises(OSError) as e:
+        s.sync()
+    assert e.value.errno == errno.ENOTEMPTY, e.value
+    with open(os.path.join(s._workspace, 'filled', 'made-there')) as f:
+        assert f.read() == 'keep me\n'
+    assert wait_for(lambda: os.path.exists(os.path.join(d, 'made-there')), 10 * SLOW)
