@@ -89,25 +89,29 @@ static void add_json_entry(struct entry_list *l, const cJSON *it)
 	entry_list_add(l, json_str(it, "name"), &st, target, &why);
 }
 
-static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n)
+/* The entries of an answer of /api/x/readdir, checked (entry_check.h). */
+static int answer_entries(const cJSON *j, const char *path, struct sbx_dirent **ents, size_t *n)
 {
-	cJSON *j;
-	int err = ext_path_call(s, "readdir", "/api/x/readdir", path, path_body(path), true, &j);
-	if (err)
-		return err;
 	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "entries");
-	if (!cJSON_IsArray(arr)) {
-		cJSON_Delete(j);
+	if (!cJSON_IsArray(arr))
 		return sbx_fail(-EPROTO, "readdir %s: the answer has no entries", path);
-	}
 	struct entry_list l;
 	entry_list_init(&l, path);
 	const cJSON *it;
 	cJSON_ArrayForEach(it, arr)
 		add_json_entry(&l, it);
-	cJSON_Delete(j);
 	entry_list_finish(&l, ents, n);
 	return 0;
+}
+
+static int ext_readdir(struct sbx *s, const char *path, struct sbx_dirent **ents, size_t *n)
+{
+	cJSON *j = NULL;
+	int err = ext_path_call(s, "readdir", "/api/x/readdir", path, path_body(path), true, &j);
+	if (!err)
+		err = answer_entries(j, path, ents, n);
+	cJSON_Delete(j);
+	return err;
 }
 
 struct named {
@@ -134,22 +138,16 @@ int sbx_readdir_content(struct sbx *s, const char *path, size_t each, size_t bud
 	/* base64 and JSON: about 1.4 bytes a byte */
 	int err = sbx_call(s, what, "POST", "/api/x/readdir", b, true,
 			   sbx_deadline(s, (budget * 3) / 2), &j);
-	if (err)
-		return err;
-	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "entries");
-	if (!cJSON_IsArray(arr)) {
-		cJSON_Delete(j);
-		return sbx_fail(-EPROTO, "readdir %s: the answer has no entries", path);
-	}
-	/* the entries as checked (entry_check.h), found by name */
-	struct entry_list l;
-	entry_list_init(&l, path);
-	const cJSON *it;
-	cJSON_ArrayForEach(it, arr)
-		add_json_entry(&l, it);
 	struct sbx_dirent *ents;
 	size_t n;
-	entry_list_finish(&l, &ents, &n);
+	if (!err)
+		err = answer_entries(j, path, &ents, &n);
+	if (err) {
+		cJSON_Delete(j);
+		return err;
+	}
+	/* the entries as checked, found by name */
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(j, "entries"), *it;
 	struct named *index = malloc((n ? n : 1) * sizeof *index);
 	if (!index)
 		abort();

@@ -353,20 +353,27 @@ static void enqueue(struct invalidator *inv, struct event *e)
 	pthread_mutex_unlock(&inv->lock);
 }
 
+/* A zeroed event about path. */
+static struct event *event_new(const char *path)
+{
+	size_t len = strlen(path) + 1;
+	struct event *e = calloc(1, sizeof(*e) + len);
+	if (!e)
+		abort();
+	memcpy(e->path, path, len);
+	return e;
+}
+
 void invalidator_change(struct invalidator *inv, const char *path, const char *type,
 			bool is_dir)
 {
 	if (!inv)
 		return;
-	size_t len = strlen(path) + 1;
-	struct event *e = calloc(1, sizeof(*e) + len);
-	if (!e)
-		abort();
+	struct event *e = event_new(path);
 	e->names = strcmp(type, "modify") != 0 && strcmp(type, "attrib") != 0;
 	e->appeared = !strcmp(type, "create") || !strcmp(type, "move_to")	  ? 1
 		      : !strcmp(type, "delete") || !strcmp(type, "move_from") ? 0
 									  : -1;
-	memcpy(e->path, path, len);
 	enqueue(inv, e);
 }
 
@@ -375,14 +382,10 @@ void invalidator_settled(struct invalidator *inv, const char *path, const struct
 {
 	if (!inv)
 		return;
-	size_t len = strlen(path) + 1;
-	struct event *e = calloc(1, sizeof(*e) + len);
-	if (!e)
-		abort();
+	struct event *e = event_new(path);
 	e->settled = true;
 	e->st = *st;
 	e->blob = blob;
-	memcpy(e->path, path, len);
 	enqueue(inv, e);
 }
 
