@@ -151,7 +151,11 @@ static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notic
 	struct node *n = nodes_resolve(t, ev->path);
 	bool same_type = n && (ev->st.st_mode & S_IFMT) == n->type;
 	if (same_type && n->id != NODE_ROOT_ID && (S_ISDIR(n->type) || !n->open)) {
+		/* a listing of its directory under way holds the journal's attributes of it: it
+		 * must not be kept (fs/tree.c checks the directory's stamp) */
 		nodes_touch(t, n);
+		if (n->parent)
+			nodes_touch(t, n->parent);
 		fs_cache_attr(fs, n, &ev->st);
 		if (n->opened && !n->data_changed) { /* the next open keeps the pages */
 			n->open_size = ev->st.st_size;
