@@ -43,8 +43,8 @@ void idem_streamed(struct idem_entry *e);
 /* Frees everything (server shutdown; no request may be running). */
 void idem_shutdown(void);
 
-/* 64-bit FNV-1a, to fingerprint a request piece by piece: h = idem_hash(h, data, len),
- * starting from IDEM_HASH_INIT. */
+/* A 64-bit FNV-1a variant, to fingerprint a request piece by piece: h = idem_hash(h, data,
+ * len), starting from IDEM_HASH_INIT (the same pieces in the same order give the same hash). */
 #define IDEM_HASH_INIT 0xcbf29ce484222325ULL
 uint64_t idem_hash(uint64_t h, const void *data, size_t len);
 #endif
