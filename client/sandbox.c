@@ -512,6 +512,12 @@ int sbx_file_orphan(struct sbx_file *f)
 	return f->ops->file_orphan ? f->ops->file_orphan(f) : 0;
 }
 
+void sbx_file_changed(struct sbx_file *f)
+{
+	if (f->ops->file_changed)
+		f->ops->file_changed(f);
+}
+
 int sbx_file_close(struct sbx_file *f) { return f ? f->ops->file_close(f) : 0; }
 
 int sbx_read_all(struct sbx *s, const char *path, char **data, size_t *len)

@@ -165,6 +165,10 @@ int sbx_file_set_path(struct sbx_file *f, const char *path);
  * nothing: the server-side handle already has POSIX semantics. sbx_unlink()/sbx_rename() of the
  * fallback also do this by themselves for files opened through the same struct sbx. */
 int sbx_file_orphan(struct sbx_file *f);
+/* The file's content may have changed since it was read (a change event named it, or it was
+ * written through another handle): what was read ahead of it is not used. Cannot block; safe
+ * under the caller's locks. */
+void sbx_file_changed(struct sbx_file *f);
 /* Flushes, releases the handle and frees f; returns the flush's error (nothing acknowledged
  * is lost silently: the caller reports it from close()). */
 int sbx_file_close(struct sbx_file *f);

@@ -20,6 +20,7 @@
  * close (client/lease.c). */
 #include "client/sandbox_impl.h"
 #include "client/entry_check.h"
+#include "client/readahead.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -489,6 +490,7 @@ struct ext_file {
 	unsigned long long wseq_sent; /* the number of the buffer's send */
 	char wkey[HTTP_KEY_MAX];   /* the key of the buffer's unacknowledged send, or "" */
 	unsigned wpend;            /* the deferred attributes that send carried */
+	struct readahead *ra; /* read-only files: what is read ahead (client/readahead.c) */
 	bool created;       /* the server created the file for this handle, so owns it */
 	bool st_known;
 	struct stat st;     /* the attributes in the server's last answer about the handle */
@@ -671,6 +673,7 @@ static void ext_file_free(struct ext_file *f)
 	free(f->path);
 	free(f->handle);
 	free(f->wbuf);
+	readahead_free(f->ra);
 	free(f);
 }
 
@@ -718,19 +721,34 @@ static int ext_file_open(struct sbx *s, const char *path, int flags, mode_t mode
 			return err;
 		}
 	}
+	if ((flags & O_ACCMODE) == O_RDONLY) {
+		f->ra = readahead_new(s, path);
+		if (f->handle)
+			readahead_set_source(f->ra, f->handle, f->path);
+	}
 	*out = &f->base;
 	return 0;
 }
 
+/* What the read-ahead has of [off, off + len), the rest read now. */
 static ssize_t ext_file_pread(struct sbx_file *base, void *buf, size_t len, off_t off)
 {
 	struct ext_file *f = (struct ext_file *)base;
 	pthread_mutex_lock(&f->lock);
 	ssize_t n = flush_locked(f);
 	if (!n) {
-		char what[64 + 4096];
-		n = pread_chunked(base->s, what_of(f, "read", what, sizeof what), f->handle, f->path,
-				  buf, len, off);
+		bool eof = false;
+		size_t ahead = f->ra ? readahead_read(f->ra, buf, len, off, &eof) : 0;
+		n = (ssize_t)ahead;
+		if (ahead < len && !eof) {
+			char what[64 + 4096];
+			ssize_t r = pread_chunked(base->s, what_of(f, "read", what, sizeof what),
+						  f->handle, f->path, (char *)buf + ahead, len - ahead,
+						  off + (off_t)ahead);
+			if (r >= 0 && f->ra)
+				readahead_done(f->ra, off + (off_t)ahead, (size_t)r);
+			n = r < 0 ? (ahead ? (ssize_t)ahead : r) : (ssize_t)ahead + r;
+		}
 	}
 	pthread_mutex_unlock(&f->lock);
 	return n;
@@ -972,6 +990,8 @@ static int ext_file_pin(struct sbx_file *base)
 	struct ext_file *f = (struct ext_file *)base;
 	pthread_mutex_lock(&f->lock);
 	int err = f->handle ? 0 : open_handle(f, O_RDONLY, 0, NULL);
+	if (!err && f->ra)
+		readahead_set_source(f->ra, f->handle, f->path);
 	pthread_mutex_unlock(&f->lock);
 	return err;
 }
@@ -985,8 +1005,15 @@ static int ext_file_set_path(struct sbx_file *base, const char *path)
 	pthread_mutex_lock(&f->lock);
 	free(f->path);
 	f->path = p;
+	if (f->ra)
+		readahead_set_source(f->ra, f->handle, f->path);
 	pthread_mutex_unlock(&f->lock);
 	return 0;
+}
+
+static void ext_file_changed(struct sbx_file *base)
+{
+	readahead_forget(((struct ext_file *)base)->ra);
 }
 
 static int ext_file_close(struct sbx_file *base)
@@ -1022,6 +1049,7 @@ const struct sbx_ops sbx_ext_ops = {
 	.setattr = ext_setattr,
 	.file_open = ext_file_open,
 	.file_pread = ext_file_pread,
+	.file_changed = ext_file_changed,
 	.file_pwrite = ext_file_pwrite,
 	.file_flush = ext_file_flush,
 	.file_fsync = ext_file_fsync,

@@ -40,6 +40,7 @@ struct sbx_ops {
 	int (*file_pin)(struct sbx_file *f);
 	int (*file_set_path)(struct sbx_file *f, const char *path);
 	int (*file_orphan)(struct sbx_file *f);
+	void (*file_changed)(struct sbx_file *f); /* optional: see sbx_file_changed */
 	int (*file_close)(struct sbx_file *f);
 
 	int (*read_all)(struct sbx *s, const char *path, char **data, size_t *len);

@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include "client/sandbox.h"
 #include "common/log.h"
 #include "fs/entry.h"
 #include "fs/internal.h"
@@ -106,6 +107,8 @@ static void forget_cached(struct nodes *t, struct node *n, bool keep_list)
 	n->attr_valid = false;
 	n->data_changed = true;
 	n->clean_blob = 0;
+	for (struct ofile *of = n->open; of; of = of->next) /* what they read ahead is old */
+		sbx_file_changed(of->file);
 	if (!keep_list)
 		nodes_drop_list(t, n);
 }

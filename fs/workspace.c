@@ -112,6 +112,15 @@ static void release_ofiles(struct sbxfs *fs, struct ofile **v, size_t count)
 	free(v);
 }
 
+/* Lock held: n's content changed through the mount (a write, a truncation): what its other
+ * open files read ahead is not its content any more. */
+static void others_changed(struct node *n, const struct ofile *except)
+{
+	for (struct ofile *o = n->open; o; o = o->next)
+		if (o != except)
+			sbx_file_changed(o->file);
+}
+
 static void latch_error(struct sbxfs *fs, struct ofile *of, int err)
 {
 	if (err >= 0 || !writable(of->flags))
@@ -546,6 +555,8 @@ done:
 		n->attr_valid = false;
 	if (n->parent && n->parent->list)
 		dirlist_put(n->parent->list, n->name, &st, n->target);
+	if (to_set & FUSE_SET_ATTR_SIZE)
+		others_changed(n, NULL);
 	struct alias_scan a;
 	aliases_changed(fs, n, &a);
 	nodes_unlock(t);
@@ -992,6 +1003,7 @@ static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fus
 	struct ofile *of = nodes_open(t, n, f, flags);
 	fi->keep_cache = note_open(fs, n, &st);
 	if (flags & O_TRUNC) {
+		others_changed(n, of);
 		nodes_touch(t, n);
 		if (n->parent && n->parent->list)
 			dirlist_put(n->parent->list, n->name, &st, NULL);
@@ -1234,6 +1246,7 @@ void workspace_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t siz
 	n->attr_valid = false;
 	if (n->parent && n->parent->list)
 		dirlist_stale(n->parent->list, n->name);
+	others_changed(n, of);
 	nodes_unlock(&fs->nodes);
 	fuse_reply_write(req, r);
 }

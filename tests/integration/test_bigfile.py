@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from util import SLOW, sh
+from util import SLOW, sh, wait_for
 
 MIB = 1024 * 1024
 BIG = 200 * MIB
@@ -84,6 +84,59 @@ def test_big_host_file_read_through_mount(d):
     path = os.path.join(d.m, 'big.bin')
     assert os.path.getsize(path) == BIG
     assert sha256_file(path) == h.hexdigest()
+
+
+def read_in_order(fd, start, end, step=256 * 1024):
+    """Reads [start, end) of fd the way cat does: in order, step bytes a read."""
+    out = []
+    for off in range(start, end, step):
+        out.append(os.pread(fd, min(step, end - off), off))
+    return b''.join(out)
+
+
+@pytest.mark.timeout(300 * SLOW)
+def test_read_ahead_shows_later_changes(d, mode):
+    """A file read in order is read ahead, several ranges at once (docs/performance.md,
+    "Reading large files"): a change the sandbox makes to a range already fetched, and one
+    made through the mount by another handle, show in the reads after them."""
+    if mode == 'fallback':
+        pytest.skip('without the extensions an open file is a local copy made at its first '
+                    'read (sbxfs(1), CAVEATS): there is no read-ahead')
+    size = 24 * MIB + 12345
+    data = bytearray(os.urandom(size))
+    host = os.path.join(d.h, 'f.bin')
+    with open(host, 'wb') as f:
+        f.write(data)
+    path = os.path.join(d.m, 'f.bin')
+    assert wait_for(lambda: os.path.getsize(path) == size, 30 * SLOW)
+    drop_caches()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert read_in_order(fd, 0, 4 * MIB) == data[:4 * MIB]
+        # the sandbox changes a range ahead of the reader, which was asked for by now
+        with open(host, 'r+b') as f:
+            f.seek(6 * MIB + 100)
+            f.write(b'S' * 5000)
+        data[6 * MIB + 100:6 * MIB + 5100] = b'S' * 5000
+        mtime = os.stat(host).st_mtime_ns
+        assert wait_for(lambda: os.stat(path).st_mtime_ns == mtime, 30 * SLOW), \
+            'the change never showed through the mount'
+        assert read_in_order(fd, 4 * MIB, 8 * MIB) == data[4 * MIB:8 * MIB], \
+            'a read after the change gave what was read ahead before it'
+        # another handle of the mount writes further on (not whole pages, so that the
+        # kernel asks for them again)
+        with open(path, 'r+b') as w:
+            w.seek(12 * MIB + 100)
+            w.write(b'M' * 5000)
+        data[12 * MIB + 100:12 * MIB + 5100] = b'M' * 5000
+        d.sbx.sync()
+        assert read_in_order(fd, 8 * MIB, size) == data[8 * MIB:], \
+            'a read after a write through the mount gave what was read ahead before it'
+        # out of order, then in order again from elsewhere
+        assert os.pread(fd, 1000, 3) == data[3:1003]
+        assert read_in_order(fd, 20 * MIB, size) == data[20 * MIB:]
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.timeout(600 * SLOW)
