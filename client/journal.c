@@ -423,10 +423,24 @@ static int drain(struct sbx_journal *j)
 	return wait_acked(j, j->next_seq - 1, j->s->deadline_ms);
 }
 
-/* Journals the content of n's file, with its mode and times (lock held). */
+/* Journals the content of n's file, with its mode and times (lock held). A put reads the
+ * content when it is sent: one of the same file and name last in the queue, not sent yet,
+ * takes the new mode and times instead of a second upload of the same bytes (a shell's `>`
+ * and dd flush once before they write: they dup2 the new file and close it). Logged again
+ * with its number, which the replay reads as the newer copy of the same op. */
 static void journal_put(struct sbx_journal *j, struct jnode *n)
 {
 	struct jinode *ino = n->ino;
+	struct jop *last = j->tail;
+	if (last && last->kind == JOP_PUT && !last->sent && last->ino == ino &&
+	    strcmp(last->path, n->path) == 0) {
+		last->mode = ino->st.st_mode & 07777;
+		last->atime = ino->st.st_atim;
+		last->mtime = ino->st.st_mtim;
+		ino->dirty = false;
+		spool_log_op(j, last);
+		return;
+	}
 	struct jop *op = jop_new(JOP_PUT, n->path, NULL);
 	op->ino = ino;
 	op->mode = ino->st.st_mode & 07777;

@@ -82,6 +82,7 @@ struct jop {
 	bool expect_absent, expect_stat;
 	off_t expect_size;
 	struct timespec expect_mtime;
+	bool sent;          /* in a batch: sent, or on its way (never superseded then) */
 	struct jop *next;
 };
 

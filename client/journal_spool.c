@@ -365,7 +365,7 @@ int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, st
 	if (!f)
 		return sbx_fail(-errno, "journal %s: reading its log: %s", j->dir, strerror(errno));
 	rewind(f);
-	struct jop *first = NULL, **tail = &first;
+	struct jop *first = NULL, **tail = &first, **last = NULL;
 	uint64_t acked = 0;
 	size_t bad = 0;
 	char *line = NULL;
@@ -378,7 +378,13 @@ int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, st
 				acked = a;
 		} else if (o) {
 			struct jop *op = jop_from_json(o);
-			if (op) {
+			if (op && last && (*last)->seq == op->seq) {
+				/* logged again (a put given newer times): the newer copy counts */
+				jop_free(*last);
+				*last = op;
+				tail = &op->next;
+			} else if (op) {
+				last = tail;
 				*tail = op;
 				tail = &op->next;
 			} else {

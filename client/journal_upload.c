@@ -537,6 +537,7 @@ static void *uploader(void *arg)
 			off_t size = op->kind == JOP_PUT ? blob_size(op) : 0;
 			if (n && (size > BATCH_BYTES || bytes + (uint64_t)size > BATCH_BYTES))
 				break;
+			op->sent = true;
 			ops[n++] = op;
 			bytes += (uint64_t)(size > 0 ? size : 0);
 			if (size > BATCH_BYTES)

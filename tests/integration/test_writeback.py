@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import stat
+import subprocess
 import time
 import pytest
 from util import SLOW, wait_for
@@ -111,6 +112,13 @@ def test_kill_9_with_uploads_pending_then_the_next_mount_sends_them(fresh_sbx):
         want['renamed'] = want.pop('d1/f1')
         os.unlink(os.path.join(work, 'd2', 'f2'))
         del want['d2/f2']
+        # a shell's `>` and dd flush the new file once before they write (one upload each,
+        # its log line written again with the later times); touch gives it a time to keep
+        subprocess.run("printf 'by the shell' > redirected && touch -d @1500000000 redirected"
+                       " && dd if=/dev/zero of=dd.bin bs=1k count=3 status=none", shell=True,
+                       cwd=work, check=True, timeout=30 * SLOW)
+        want['redirected'] = sha(b'by the shell')
+        want['dd.bin'] = sha(bytes(3072))
         s.sbxfs.kill()
         s.sbxfs.wait()
     finally:
@@ -123,6 +131,7 @@ def test_kill_9_with_uploads_pending_then_the_next_mount_sends_them(fresh_sbx):
     got = host_tree(os.path.join(s._workspace, 'kill9'))
     assert got.pop('link') == ('->', 'd0/f0')
     assert files_only(got) == want
+    assert os.stat(os.path.join(s._workspace, 'kill9', 'redirected')).st_mtime == 1500000000
     assert 'left by an earlier mount' in s.read_log(s.sbxfs_log)
 
 
