@@ -40,6 +40,7 @@
 #define COALESCE_MS 200 /* how long a change waits for company, unless something waits for it */
 #define BATCH_BYTES (4u << 20)
 #define PART_SHIFT 16
+#define PARTS_IN_FLIGHT 3 /* of a large put; each holds two copies of its part's JSON */
 
 static __thread bool on_uploader;
 
@@ -225,54 +226,202 @@ static int read_results(const cJSON *answer, struct jop **ops, size_t n, struct 
 	return 0;
 }
 
-/* Sends ops[0..n) in one request (or, for one large put, its parts in turn). Returns how many
- * have an outcome; the rest are to be sent again. */
+/* The outcome of a request that got an answer (err 0) or not: how many of ops[0..n) have an
+ * outcome now (0: all are to be sent again). */
+static size_t answered(int err, const cJSON *answer, struct jop **ops, size_t n,
+		       struct outcome *oc)
+{
+	if (!err)
+		err = read_results(answer, ops, n, oc);
+	if (err && transient(err)) {
+		log_debug("journal: %s", sbx_last_error());
+		return 0;
+	}
+	if (err)
+		for (size_t i = 0; i < n; i++)
+			outcome_fail(&oc[i], err, "%s", sbx_last_error());
+	return n;
+}
+
+/* Sends ops[0..n) in one request. Returns how many have an outcome; the rest are to be sent
+ * again. */
 static size_t send_batch(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc)
 {
-	off_t size = n == 1 && ops[0]->kind == JOP_PUT ? blob_size(ops[0]) : 0;
-	unsigned parts = size > BATCH_BYTES ? (unsigned)((size + BATCH_BYTES - 1) / BATCH_BYTES) + 1
-					    : 1;
-	for (unsigned part = 0; part < parts; part++) {
-		cJSON *body = cJSON_CreateObject();
-		cJSON_AddStringToObject(body, "journal", j->wire_id);
-		cJSON *list = cJSON_AddArrayToObject(body, "ops");
-		for (size_t i = 0; i < n; i++) {
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "journal", j->wire_id);
+	cJSON *list = cJSON_AddArrayToObject(body, "ops");
+	for (size_t i = 0; i < n; i++) {
+		int err = 0;
+		off_t sz = ops[i]->kind == JOP_PUT ? blob_size(ops[i]) : 0;
+		cJSON *o = wire_op(ops[i], 0, sz < 0 ? 0 : sz, &err);
+		if (o) {
+			cJSON_AddItemToArray(list, o);
+			continue;
+		}
+		if (i) { /* send what comes before it; it is first next time */
+			n = i;
+			break;
+		}
+		/* the journal lost its copy: nothing of it can be sent */
+		cJSON_Delete(body);
+		outcome_fail(&oc[0], err, "the journal's copy is unreadable: %s", strerror(-err));
+		return 1;
+	}
+	cJSON *answer = NULL;
+	int err = sbx_call_unsettled(j->s, "journal", "POST", "/api/x/journal", body, false,
+				     sbx_deadline(j->s, BATCH_BYTES), &answer);
+	size_t done = answered(err, answer, ops, n, oc);
+	cJSON_Delete(answer);
+	return done;
+}
+
+/* ---- a large put: its parts, several on their way ---- */
+
+/* One part's request, and its answer once the network thread has it. */
+struct part {
+	bool sent, answered;
+	struct http_response resp;
+};
+
+struct parts {
+	pthread_mutex_t lock;
+	pthread_cond_t answered;
+	struct part v[PARTS_IN_FLIGHT];
+};
+
+struct part_ref {
+	struct parts *ps;
+	struct part *p;
+};
+
+static void part_answered(void *arg, struct http_response *resp)
+{
+	struct part_ref *ref = arg;
+	pthread_mutex_lock(&ref->ps->lock);
+	ref->p->resp = *resp;
+	*resp = (struct http_response){ 0 }; /* taken: the client clears resp afterwards */
+	ref->p->answered = true;
+	pthread_cond_broadcast(&ref->ps->answered);
+	pthread_mutex_unlock(&ref->ps->lock);
+	free(ref);
+}
+
+/* Sends part `part` of op (slot p); false with *err when its content cannot be read. */
+static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_t size,
+		      struct parts *ps, struct part *p, int *err)
+{
+	cJSON *body = cJSON_CreateObject();
+	cJSON_AddStringToObject(body, "journal", j->wire_id);
+	if (part && j->s->pipeline) /* the server applies it once the part before it is in */
+		json_add_int(body, "after", (int64_t)(op->seq << PART_SHIFT | (part - 1)));
+	cJSON *o = wire_op(op, part, size, err);
+	if (!o) {
+		cJSON_Delete(body);
+		return false;
+	}
+	cJSON_AddItemToArray(cJSON_AddArrayToObject(body, "ops"), o);
+	char *text = json_print(body);
+	cJSON_Delete(body);
+	if (!text)
+		abort();
+	char key[HTTP_KEY_MAX];
+	struct http_request req = {
+		.method = "POST",
+		.path = "/api/x/journal",
+		.body = text,
+		.body_len = strlen(text),
+		.timeout_ms = sbx_deadline(j->s, BATCH_BYTES),
+		.idempotency_key = sbx_key(j->s, key),
+	};
+	struct part_ref *ref = malloc(sizeof *ref);
+	if (!ref)
+		abort();
+	*ref = (struct part_ref){ ps, p };
+	p->sent = true;
+	p->answered = false;
+	int e = http_request_async(j->s->http, &req, part_answered, ref);
+	free(text);
+	if (e) {
+		free(ref);
+		pthread_mutex_lock(&ps->lock);
+		p->resp = (struct http_response){ .err = e };
+		snprintf(p->resp.errmsg, sizeof p->resp.errmsg, "%s", strerror(-e));
+		p->answered = true;
+		pthread_mutex_unlock(&ps->lock);
+	}
+	return true;
+}
+
+/* Waits for the answer of slot p and reads it as sbx_call_unsettled would; its outcome into
+ * oc: 1, or 0 when it is to be sent again. */
+static size_t part_outcome(struct parts *ps, struct part *p, struct jop *op, struct outcome *oc)
+{
+	pthread_mutex_lock(&ps->lock);
+	while (!p->answered) /* the request has a deadline: its answer comes */
+		pthread_cond_wait(&ps->answered, &ps->lock);
+	pthread_mutex_unlock(&ps->lock);
+	struct http_response *r = &p->resp;
+	cJSON *answer = NULL;
+	int err;
+	if (r->err)
+		err = sbx_fail(r->err, "journal: %s", r->errmsg[0] ? r->errmsg : strerror(-r->err));
+	else if (r->status < 200 || r->status > 299)
+		err = sbx_fail_response("journal", r->status, r->body, r->body_len);
+	else if (!(answer = cJSON_ParseWithLength(r->body ? r->body : "", r->body_len)))
+		err = sbx_fail(-EPROTO, "journal: the server's answer is not JSON");
+	else
+		err = 0;
+	size_t done = answered(err, answer, &op, 1, oc);
+	cJSON_Delete(answer);
+	http_response_clear(r);
+	p->sent = false;
+	return done;
+}
+
+/* A put larger than BATCH_BYTES, in parts of that size: the put of the first (which
+ * truncates), writes, and a closing setattr with its times. With the server's "pipeline",
+ * up to PARTS_IN_FLIGHT parts are on their way at once, each sent "after" the one before it
+ * (the server applies them in order, so the watermark keeps its meaning: a repeat after a
+ * lost answer applies nothing twice); without it, one at a time. Returns 1, or 0 when the put
+ * is to be sent again (its applied parts are skipped then). */
+static size_t send_large(struct sbx_journal *j, struct jop *op, off_t size, struct outcome *oc)
+{
+	unsigned parts = (unsigned)((size + BATCH_BYTES - 1) / BATCH_BYTES) + 1;
+	unsigned window = j->s->pipeline ? PARTS_IN_FLIGHT : 1;
+	struct parts ps = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	pthread_cond_init(&ps.answered, NULL);
+	unsigned next = 0, oldest = 0;
+	size_t done = 1;
+	bool stop = false;
+	while (oldest < parts) {
+		while (!stop && next < parts && next - oldest < window) {
 			int err = 0;
-			off_t sz = ops[i]->kind == JOP_PUT ? (parts > 1 ? size : blob_size(ops[i])) : 0;
-			cJSON *o = wire_op(ops[i], parts > 1 ? part : 0, sz < 0 ? 0 : sz, &err);
-			if (o) {
-				cJSON_AddItemToArray(list, o);
-				continue;
-			}
-			if (i) { /* send what comes before it; it is first next time */
-				n = i;
+			if (!part_send(j, op, next, size, &ps, &ps.v[next % window], &err)) {
+				/* the journal lost its copy: nothing more of it can be sent */
+				outcome_fail(oc, err, "the journal's copy is unreadable: %s",
+					     strerror(-err));
+				stop = true;
 				break;
 			}
-			/* the journal lost its copy: nothing of it can be sent */
-			cJSON_Delete(body);
-			outcome_fail(&oc[0], err, "the journal's copy is unreadable: %s",
-				     strerror(-err));
-			return 1;
+			next++;
 		}
-		cJSON *answer = NULL;
-		int err = sbx_call_unsettled(j->s, "journal", "POST", "/api/x/journal", body, false,
-					     sbx_deadline(j->s, BATCH_BYTES), &answer);
-		if (!err)
-			err = read_results(answer, ops, n, oc);
-		cJSON_Delete(answer);
-		if (err && transient(err)) {
-			log_debug("journal: %s", sbx_last_error());
-			return 0;
+		if (oldest == next)
+			break;
+		struct outcome part_oc = { 0 };
+		size_t got = part_outcome(&ps, &ps.v[oldest % window], op, &part_oc);
+		oldest++;
+		if (stop)
+			continue; /* draining: what is on its way is not waited for in vain */
+		if (!got || part_oc.err) { /* sent again later, or failed for good */
+			done = got;
+			*oc = part_oc;
+			stop = true;
+			continue;
 		}
-		if (err) {
-			for (size_t i = 0; i < n; i++)
-				outcome_fail(&oc[i], err, "%s", sbx_last_error());
-			return n;
-		}
-		if (parts > 1 && oc[0].err)
-			return n; /* a part failed for good: the rest would fail too */
+		*oc = part_oc; /* the last part's answer stands for the put */
 	}
-	return n;
+	pthread_cond_destroy(&ps.answered);
+	return done;
 }
 
 /* ---- without the route: the backend's own calls ---- */
@@ -545,7 +694,10 @@ static void *uploader(void *arg)
 		}
 		pthread_mutex_unlock(&j->lock);
 		spool_sync(j, false);
-		size_t done = j->route ? send_batch(j, ops, n, oc) : send_each(j, ops, n, oc);
+		off_t large = n == 1 && ops[0]->kind == JOP_PUT ? blob_size(ops[0]) : 0;
+		size_t done = !j->route            ? send_each(j, ops, n, oc)
+			      : large > BATCH_BYTES ? send_large(j, ops[0], large, oc)
+						    : send_batch(j, ops, n, oc);
 		pthread_mutex_lock(&j->lock);
 		j->retry_now = false;
 		for (size_t i = 0; i < done; i++)

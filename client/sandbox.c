@@ -281,6 +281,7 @@ static int probe(struct sbx *s)
 		s->journal_route = has_extension(j, "journal");
 		s->tree = has_extension(j, "tree");
 		s->content = has_extension(j, "content");
+		s->pipeline = has_extension(j, "pipeline");
 		if (has_extension(j, "lease"))
 			s->lease_ms = json_int(j, "leaseMs", 0);
 		atomic_store(&s->ops, &sbx_ext_ops);

@@ -85,6 +85,7 @@ struct sbx {
 	/* the rest of the fallback's state (client/fallback.h); NULL with the extensions */
 	struct fb_state *fb;
 	bool journal_route;          /* the server has POST /api/x/journal */
+	bool pipeline;               /* ... which applies a batch "after" the one before it */
 	/* the watch of /workspace, for changes the client itself must announce (echo_lock) */
 	pthread_mutex_t echo_lock;
 	struct sbx_watch *workspace_watch;

@@ -37,6 +37,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "common/clock.h"
 #include "common/fdio.h"
 #include "common/jsonutil.h"
 #include "common/log.h"
@@ -51,6 +52,7 @@ struct journal {
 	char id[JOURNAL_ID_MAX + 1];
 	uint64_t watermark;             /* apply lock */
 	pthread_mutex_t apply;          /* held by the batch being applied */
+	pthread_cond_t advanced;        /* the watermark moved (batches waiting for one before) */
 	unsigned users;                 /* table lock */
 	struct journal *newer, *older;  /* table lock */
 };
@@ -94,12 +96,14 @@ static struct journal *journal_alloc(const char *id, uint64_t watermark)
 	snprintf(j->id, sizeof j->id, "%.*s", JOURNAL_ID_MAX, id);
 	j->watermark = watermark;
 	pthread_mutex_init(&j->apply, NULL);
+	mono_cond_init(&j->advanced);
 	return j;
 }
 
 static void journal_destroy(struct journal *j)
 {
 	pthread_mutex_destroy(&j->apply);
+	pthread_cond_destroy(&j->advanced);
 	free(j);
 }
 
@@ -732,17 +736,30 @@ static bool in_order(const struct journal_op *ops, size_t n)
 	return true;
 }
 
-int journal_apply(struct journals *js, const char *id, const struct journal_op *ops, size_t n,
-		  struct journal_result *results, uint64_t *applied)
+int journal_apply(struct journals *js, const char *id, uint64_t after,
+		  const struct journal_op *ops, size_t n, struct journal_result *results,
+		  uint64_t *applied)
 {
 	memset(results, 0, n * sizeof *results);
-	if (!journal_id_valid(id) || n < 1 || n > JOURNAL_OPS_MAX || !in_order(ops, n))
+	if (!journal_id_valid(id) || n < 1 || n > JOURNAL_OPS_MAX || !in_order(ops, n) ||
+	    after >= ops[0].seq)
 		return -EINVAL;
 	int err = 0;
 	struct journal *j = journal_use(js, id, &err);
 	if (!j)
 		return err;
 	pthread_mutex_lock(&j->apply);
+	/* sent right after the batch before it, on another connection: that one may still be
+	 * on its way */
+	int64_t deadline = mono_ms() + JOURNAL_AFTER_WAIT_MS;
+	while (j->watermark < after && mono_cond_wait_until(&j->advanced, &j->apply, deadline))
+		;
+	if (j->watermark < after) {
+		*applied = j->watermark;
+		pthread_mutex_unlock(&j->apply);
+		journal_unuse(js, j);
+		return -EAGAIN;
+	}
 	int fd = -1;
 	/* A batch that is all repeats touches no file. */
 	if (js->dirfd >= 0 && ops[n - 1].seq > j->watermark) {
@@ -781,6 +798,7 @@ int journal_apply(struct journals *js, const char *id, const struct journal_op *
 	*applied = j->watermark;
 	if (fd >= 0)
 		close(fd);
+	pthread_cond_broadcast(&j->advanced);
 	pthread_mutex_unlock(&j->apply);
 	journal_unuse(js, j);
 	if (!err)

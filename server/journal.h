@@ -101,12 +101,17 @@ bool journal_id_valid(const char *id);
 
 /* Applies the n ops of journal id in order into results[n] (each op gets one, a failing op
  * does not stop those after it), and sets *applied to the journal's watermark afterwards.
- * 0; -EINVAL for an invalid id, n outside 1..JOURNAL_OPS_MAX or seqs out of order; -EBUSY
- * when a new journal finds every one of the JOURNALS_MAX in use; another negative errno when
- * the watermark cannot be kept. Nothing is applied when it fails. Free the results with
- * journal_results_free, whatever it returned. */
-int journal_apply(struct journals *js, const char *id, const struct journal_op *ops, size_t n,
-		  struct journal_result *results, uint64_t *applied);
+ * after: 0, or the seq of the last op of the batch this one follows (sent before it, maybe on
+ * another connection): the batch waits up to JOURNAL_AFTER_WAIT_MS for the watermark to reach
+ * it, and fails with -EAGAIN, applying nothing, when it does not (that batch never came: the
+ * client sends both again). 0; -EINVAL for an invalid id, n outside 1..JOURNAL_OPS_MAX, seqs
+ * out of order or after not below the first seq; -EBUSY when a new journal finds every one of
+ * the JOURNALS_MAX in use; another negative errno when the watermark cannot be kept. Nothing is
+ * applied when it fails. Free the results with journal_results_free, whatever it returned. */
+#define JOURNAL_AFTER_WAIT_MS 5000
+int journal_apply(struct journals *js, const char *id, uint64_t after,
+		  const struct journal_op *ops, size_t n, struct journal_result *results,
+		  uint64_t *applied);
 void journal_results_free(struct journal_result *results, size_t n);
 /* The watermark of journal id (0 when unknown), for tests and logs. */
 uint64_t journal_watermark(struct journals *js, const char *id);

@@ -288,6 +288,7 @@ static cJSON *result_json(struct journal_result *res)
 
 struct journal_body {
 	const char *journal;
+	int64_t after;
 	const cJSON *ops;
 };
 
@@ -300,6 +301,8 @@ static const struct field journal_fields[] = {
 	FIELD("journal", FIELD_STRING, struct journal_body, journal, .flags = FIELD_REQUIRED,
 	      .valid = valid_journal_id,
 	      .wrong = "journal must be 1 to 64 of A-Z a-z 0-9 _ -, not \"%.80s\""),
+	FIELD("after", FIELD_INT, struct journal_body, after, .min = 0,
+	      .max = (double)JOURNAL_SEQ_MAX),
 	FIELD("ops", FIELD_ARRAY, struct journal_body, ops, .flags = FIELD_REQUIRED),
 };
 
@@ -314,9 +317,24 @@ void route_x_journal(struct req *r)
 		return;
 	}
 	uint64_t applied = 0;
-	int err = journal_apply(req_sbxd(r)->journals, body.journal, b.ops, b.n, b.results,
-				&applied);
-	if (err == -EBUSY) {
+	if (body.after >= (int64_t)b.ops[0].seq) {
+		cJSON *ctx = cJSON_CreateObject();
+		cJSON_AddStringToObject(ctx, "field", "after");
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, ctx, "after (%lld) must be below "
+			    "the first op's seq (%llu)", (long long)body.after,
+			    (unsigned long long)b.ops[0].seq);
+		batch_free(&b);
+		return;
+	}
+	int err = journal_apply(req_sbxd(r)->journals, body.journal, (uint64_t)body.after, b.ops,
+				b.n, b.results, &applied);
+	if (err == -EAGAIN) {
+		/* 409, not 503: a gateway or the client's own retry must not repeat it blindly;
+		 * the client sends the batch before it first */
+		reply_error(r, 409, "JOURNAL_OUT_OF_ORDER", EAGAIN, NULL, "journal %s: the batch "
+			    "before this one (up to seq %lld) has not come; applied up to %llu",
+			    body.journal, (long long)body.after, (unsigned long long)applied);
+	} else if (err == -EBUSY) {
 		reply_error(r, 503, "JOURNALS_BUSY", EBUSY, NULL, "all %d journals are in use: "
 			    "try again", JOURNALS_MAX);
 	} else if (err) {

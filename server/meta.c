@@ -33,7 +33,7 @@ void route_capabilities(struct req *r)
 	cJSON *ext = cJSON_AddArrayToObject(o, "extensions");
 	static const char *const names[] = { "fs", "watch", "ports", "env", "process", "interrupt",
 					     "idempotency", "lease", "journal", "tree", "echo",
-					     "content" };
+					     "content", "pipeline" };
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		cJSON_AddItemToArray(ext, cJSON_CreateString(names[i]));
 	json_add_int(o, "leaseMs", leases_duration_ms());

@@ -7,6 +7,7 @@ import json
 import os
 import secrets
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -175,6 +176,8 @@ def test_results(api_server):
     ({'journal': 'j', 'ops': [put(1, 'a', 'x', mtime={'sec': 1, 'nsec': 2})]}, 'ops'),
     ({'journal': 'j', 'ops': [dict(seq=1, op='rename', flags='both',
                                    **{'from': 'a', 'to': 'b'})]}, 'ops'),
+    ({'journal': 'j', 'after': 2, 'ops': [put(2, 'a', 'x')]}, 'after'),
+    ({'journal': 'j', 'after': -1, 'ops': [put(1, 'a', 'x')]}, 'after'),
 ])
 def test_bad_batches_are_refused_whole(api_server, body, field):
     sbx = api_server
@@ -193,9 +196,37 @@ def test_bad_batches_are_refused_whole(api_server, body, field):
     assert status == 200 and outcomes(ok) == ['ok']   # the watermark did not move
 
 
+def test_a_batch_after_another_is_applied_after_it(api_server):
+    """"after" (docs/protocol.md): a batch naming the last seq of the batch before it, sent
+    on another connection, is applied after that one, even when it comes first; when that one
+    never comes it is refused whole (409, EAGAIN) and can be sent again."""
+    sbx = api_server
+    jid = 'after-' + secrets.token_hex(4)
+    a, b = '/workspace/after-a-' + jid, '/workspace/after-b-' + jid
+    second = dict(journal=jid, after=2, ops=[dict(seq=3, op='rename', **{'from': a, 'to': b})])
+    # nothing before it ever comes: refused, nothing applied
+    status, r = sbx.api('/api/x/journal', second)
+    assert status == 409, r
+    assert r['code'] == 'JOURNAL_OUT_OF_ORDER' and r['errno'] == 'EAGAIN', r
+    assert host_file(sbx, os.path.basename(b)) is None
+    # sent first on its own connection, it waits for the batch before it
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(sbx.api, '/api/x/journal', second)
+        status, first = journal(sbx, jid, [put(1, a, 'one'), put(2, a, 'two')])
+        assert status == 200 and outcomes(first) == ['ok', 'ok'], first
+        status, r = later.result(timeout=60 * SLOW)
+    assert status == 200 and outcomes(r) == ['ok'] and r['applied'] == 3, r
+    assert (host_file(sbx, os.path.basename(a)), host_file(sbx, os.path.basename(b))) == \
+        (None, 'two')
+    # a repeat of either applies nothing
+    status, r = sbx.api('/api/x/journal', second)
+    assert status == 200 and outcomes(r) == ['skipped'], r
+
+
 def test_capability_and_no_extensions(api_server, build_dir):
     status, caps = api_server.api('/api/x/capabilities')
     assert status == 200 and 'journal' in caps['extensions']
+    assert 'pipeline' in caps['extensions']
     s = Sandbox(build_dir, 'fallback')
     s.start_server()
     try:

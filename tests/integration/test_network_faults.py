@@ -238,6 +238,68 @@ def test_untar_and_diff(faulty_sbx, tmp_path):
 
 
 @pytest.mark.timeout(600 * SLOW)
+def test_a_large_file_arrives_whole(faulty_sbx):
+    """A file of several upload parts (4 MiB each; with sbxd, several on their way at once,
+    each applied after the one before it: docs/protocol.md, "after"), written with fsync
+    under faults and a delay, then rewritten shorter: the sandbox has every byte, once."""
+    s = start(faulty_sbx, latency_ms=20, **FAULTS)
+    m, h = workdir(s, 'large')
+    rng = random.Random(SEED)
+    for name, size in (('big.bin', 26 * 1024 * 1024 + 4321), ('big.bin', 9 * 1024 * 1024)):
+        data = rng.randbytes(size)
+        fd = os.open(os.path.join(m, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for off in range(0, size, 1024 * 1024):
+                os.write(fd, data[off:off + 1024 * 1024])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        calm(s)
+        with open(os.path.join(h, name), 'rb') as f:
+            assert f.read() == data, 'the sandbox has other bytes than were written'
+        s.proxy.set(latency_ms=20, **FAULTS)
+    record(s, 'large_file', 0, 0)
+    assert s.proxy.counts()['faults'] > 0
+
+
+@pytest.mark.timeout(600 * SLOW)
+def test_writers_saving_at_once(faulty_sbx, mode):
+    """Eight writers each save their file 25 times as editors do (a temporary file written and
+    fsynced, then renamed over the file), all at once, under faults and a delay: their
+    changes are journaled and uploaded in the order they were made, whatever requests the
+    faults cost (docs/writeback.md); the sandbox ends with every file's last version and no
+    temporary file, and every fsync and rename succeeded."""
+    if mode == 'fallback':
+        pytest.skip('without the extensions writes go through synchronously (writeback off): '
+                    'test_appends_exactly_once_in_order covers faults there')
+    s = start(faulty_sbx, latency_ms=20, **FAULTS)
+    m, h = workdir(s, 'saves')
+
+    def writer(k):
+        for i in range(25):
+            data = ('writer %d version %d\n' % (k, i)).encode() * (1 + 40 * i)
+            tmp = os.path.join(m, '.f%d.tmp' % k)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, os.path.join(m, 'f%d' % k))
+        return data
+
+    with ThreadPoolExecutor(8) as pool:
+        want = list(pool.map(writer, range(8)))
+    calm(s)
+    assert sorted(os.listdir(h)) == ['f%d' % k for k in range(8)]
+    for k in range(8):
+        with open(os.path.join(h, 'f%d' % k), 'rb') as f:
+            assert f.read() == want[k], 'f%d is not its last version in the sandbox' % k
+    record(s, 'saving_at_once', 0, 0)
+    assert s.proxy.counts()['faults'] > 0
+
+
+@pytest.mark.timeout(600 * SLOW)
 def test_git_init_add_commit_fsck(faulty_sbx, tmp_path):
     s = start(faulty_sbx)
     m, h = workdir(s, 'repo')

@@ -50,7 +50,7 @@ static void run(struct journals *js, const char *id, const struct journal_op *op
 		struct batch *b)
 {
 	b->applied = 0;
-	b->rc = journal_apply(js, id, ops, n, b->res, &b->applied);
+	b->rc = journal_apply(js, id, 0, ops, n, b->res, &b->applied);
 }
 
 static void done(struct batch *b, size_t n)
