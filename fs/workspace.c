@@ -1002,6 +1002,9 @@ static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fus
 	fs_node_ino(n, &st);
 	struct ofile *of = nodes_open(t, n, f, flags);
 	fi->keep_cache = note_open(fs, n, &st);
+	/* a read-only file's close has nothing to send: no FLUSH for it (a grep of a tree opens
+	 * thousands; the kernel holds POSIX locks itself, so none are released by one) */
+	fi->noflush = (flags & (O_ACCMODE | O_TRUNC)) == O_RDONLY;
 	if (flags & O_TRUNC) {
 		others_changed(n, of);
 		nodes_touch(t, n);
