@@ -38,6 +38,7 @@
 
 #define BATCH_OPS 1024
 #define COALESCE_MS 200 /* how long a change waits for company, unless something waits for it */
+#define WRITER_WAIT_MS 2000 /* how long the put of a file being written waits for its close */
 #define BATCH_BYTES (4u << 20)
 #define PART_SHIFT 16
 #define PARTS_IN_FLIGHT 3 /* of a large put; each holds two copies of its part's JSON */
@@ -307,29 +308,69 @@ static void part_answered(void *arg, struct http_response *resp)
 }
 
 /* Sends part `part` of op (slot p); false with *err when its content cannot be read. */
+/* The request of a data part after the first, with the server's "pipeline": its bytes raw,
+ * `PUT /api/x/journal` (no base64, no JSON around them). body: the bytes (caller frees); NULL
+ * with *err when the journal's copy cannot be read. */
+static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_t size,
+		      char **body, size_t *len, int *err)
+{
+	off_t off = (off_t)part * BATCH_BYTES;
+	size_t want = (size_t)(size - off < BATCH_BYTES ? size - off : BATCH_BYTES);
+	char *buf = malloc(want ? want : 1);
+	if (!buf)
+		abort();
+	ssize_t got = op->ino->fd >= 0 ? pread(op->ino->fd, buf, want, off) : -1;
+	if (got < 0) {
+		*err = -(op->ino->fd >= 0 ? errno : ENOENT);
+		free(buf);
+		return NULL;
+	}
+	char *path = http_urlencode(op->path), *url;
+	if (!path || asprintf(&url, "/api/x/journal?journal=%s&seq=%ju&after=%ju&path=%s&"
+			      "offset=%jd", j->wire_id, (uintmax_t)(op->seq << PART_SHIFT | part),
+			      (uintmax_t)(op->seq << PART_SHIFT | (part - 1)), path,
+			      (intmax_t)off) < 0)
+		abort();
+	free(path);
+	*body = buf;
+	*len = (size_t)got;
+	return url;
+}
+
+/* Sends part `part` of op (slot p); false with *err when its content cannot be read. */
 static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_t size,
 		      struct parts *ps, struct part *p, int *err)
 {
-	cJSON *body = cJSON_CreateObject();
-	cJSON_AddStringToObject(body, "journal", j->wire_id);
-	if (part && j->s->pipeline) /* the server applies it once the part before it is in */
-		json_add_int(body, "after", (int64_t)(op->seq << PART_SHIFT | (part - 1)));
-	cJSON *o = wire_op(op, part, size, err);
-	if (!o) {
+	char *text = NULL, *url = NULL;
+	size_t len = 0;
+	bool raw = part && (off_t)part * BATCH_BYTES < size && j->s->pipeline;
+	if (raw) {
+		if (!(url = raw_part(j, op, part, size, &text, &len, err)))
+			return false;
+	} else {
+		cJSON *body = cJSON_CreateObject();
+		cJSON_AddStringToObject(body, "journal", j->wire_id);
+		if (part && j->s->pipeline) /* applied once the part before it is in */
+			json_add_int(body, "after", (int64_t)(op->seq << PART_SHIFT | (part - 1)));
+		cJSON *o = wire_op(op, part, size, err);
+		if (!o) {
+			cJSON_Delete(body);
+			return false;
+		}
+		cJSON_AddItemToArray(cJSON_AddArrayToObject(body, "ops"), o);
+		text = json_print(body);
 		cJSON_Delete(body);
-		return false;
+		if (!text)
+			abort();
+		len = strlen(text);
 	}
-	cJSON_AddItemToArray(cJSON_AddArrayToObject(body, "ops"), o);
-	char *text = json_print(body);
-	cJSON_Delete(body);
-	if (!text)
-		abort();
 	char key[HTTP_KEY_MAX];
 	struct http_request req = {
-		.method = "POST",
-		.path = "/api/x/journal",
+		.method = raw ? "PUT" : "POST",
+		.path = raw ? url : "/api/x/journal",
+		.content_type = raw ? "application/octet-stream" : NULL,
 		.body = text,
-		.body_len = strlen(text),
+		.body_len = len,
 		.timeout_ms = sbx_deadline(j->s, BATCH_BYTES),
 		.idempotency_key = sbx_key(j->s, key),
 	};
@@ -341,6 +382,7 @@ static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_
 	p->answered = false;
 	int e = http_request_async(j->s->http, &req, part_answered, ref);
 	free(text);
+	free(url);
 	if (e) {
 		free(ref);
 		pthread_mutex_lock(&ps->lock);
@@ -678,6 +720,14 @@ static void *uploader(void *arg)
 		int64_t company = mono_ms() + COALESCE_MS;
 		while (!j->stopping && !j->urgent && j->queued < BATCH_OPS &&
 		       mono_cond_wait_until(&j->changed, &j->lock, company))
+			;
+		/* A file still being written (open for writing, written since its put was
+		 * queued: a shell's `>` and dd flush before they write) would go now and again at
+		 * its close: its put waits for that close, a while, unless something waits. */
+		for (struct jop *h; !j->stopping && !j->urgent && (h = j->head) &&
+				    h->kind == JOP_PUT && !h->sent && h->ino->writers && h->ino->dirty &&
+				    mono_cond_wait_until(&j->changed, &j->lock,
+							 h->queued_ms + WRITER_WAIT_MS);)
 			;
 		j->urgent = false;
 		size_t n = 0;

@@ -306,6 +306,8 @@ static const struct field journal_fields[] = {
 	FIELD("ops", FIELD_ARRAY, struct journal_body, ops, .flags = FIELD_REQUIRED),
 };
 
+static void apply_and_reply(struct req *r, const char *journal, uint64_t after, struct batch *b);
+
 void route_x_journal(struct req *r)
 {
 	struct journal_body body = { 0 };
@@ -316,7 +318,6 @@ void route_x_journal(struct req *r)
 		batch_free(&b);
 		return;
 	}
-	uint64_t applied = 0;
 	if (body.after >= (int64_t)b.ops[0].seq) {
 		cJSON *ctx = cJSON_CreateObject();
 		cJSON_AddStringToObject(ctx, "field", "after");
@@ -326,28 +327,77 @@ void route_x_journal(struct req *r)
 		batch_free(&b);
 		return;
 	}
-	int err = journal_apply(req_sbxd(r)->journals, body.journal, (uint64_t)body.after, b.ops,
-				b.n, b.results, &applied);
+	apply_and_reply(r, body.journal, (uint64_t)body.after, &b);
+	batch_free(&b);
+}
+
+/* Applies b and answers with its results (or why nothing was applied). */
+static void apply_and_reply(struct req *r, const char *journal, uint64_t after, struct batch *b)
+{
+	uint64_t applied = 0;
+	int err = journal_apply(req_sbxd(r)->journals, journal, after, b->ops, b->n, b->results,
+				&applied);
 	if (err == -EAGAIN) {
 		/* 409, not 503: a gateway or the client's own retry must not repeat it blindly;
 		 * the client sends the batch before it first */
 		reply_error(r, 409, "JOURNAL_OUT_OF_ORDER", EAGAIN, NULL, "journal %s: the batch "
-			    "before this one (up to seq %lld) has not come; applied up to %llu",
-			    body.journal, (long long)body.after, (unsigned long long)applied);
+			    "before this one (up to seq %llu) has not come; applied up to %llu",
+			    journal, (unsigned long long)after, (unsigned long long)applied);
 	} else if (err == -EBUSY) {
 		reply_error(r, 503, "JOURNALS_BUSY", EBUSY, NULL, "all %d journals are in use: "
 			    "try again", JOURNALS_MAX);
 	} else if (err) {
 		reply_errno(r, err, NULL, "journal %s: its watermark cannot be kept: %s",
-			    body.journal, strerror(-err));
+			    journal, strerror(-err));
 	} else {
 		cJSON *o = cJSON_CreateObject();
-		cJSON_AddStringToObject(o, "journal", body.journal);
+		cJSON_AddStringToObject(o, "journal", journal);
 		json_add_int(o, "applied", (int64_t)applied);
 		cJSON *list = cJSON_AddArrayToObject(o, "results");
-		for (size_t i = 0; i < b.n; i++)
-			cJSON_AddItemToArray(list, result_json(&b.results[i]));
+		for (size_t i = 0; i < b->n; i++)
+			cJSON_AddItemToArray(list, result_json(&b->results[i]));
 		reply_ok(r, o);
 	}
-	batch_free(&b);
+}
+
+/* A whole number in the query string, 0 to max; false when absent or not one. */
+static bool query_uint(struct req *r, const char *name, uint64_t max, uint64_t *out)
+{
+	const char *s = req_query(r, name);
+	char *end;
+	if (!s || *s < '0' || *s > '9')
+		return false;
+	errno = 0;
+	unsigned long long v = strtoull(s, &end, 10);
+	if (*end || errno || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+/* PUT /api/x/journal?journal=ID&seq=N&path=P&offset=O[&after=S], the bytes as the body: one
+ * `write`, without base64 and JSON around its data (a large file's later parts: a third less
+ * to send, and nothing to encode or decode). */
+void route_x_journal_write(struct req *r)
+{
+	const char *journal = req_query(r, "journal"), *path = req_query(r, "path");
+	uint64_t seq = 0, offset = 0, after = 0;
+	if (!journal || !journal_id_valid(journal) || !path || !*path ||
+	    !query_uint(r, "seq", JOURNAL_SEQ_MAX, &seq) || seq < 1 ||
+	    !query_uint(r, "offset", (uint64_t)OFF_MAX, &offset) ||
+	    (req_query(r, "after") && (!query_uint(r, "after", JOURNAL_SEQ_MAX, &after) ||
+				       after >= seq))) {
+		reply_error(r, 400, "VALIDATION_FAILED", EINVAL, NULL,
+			    "query parameters journal, seq (1 to 2^53), path and offset (>= 0) are "
+			    "required; after (below seq) is optional");
+		return;
+	}
+	size_t len;
+	const char *data = req_body(r, &len);
+	struct journal_op op = { .seq = seq, .kind = JOP_WRITE, .path = path,
+				 .data = data ? data : "", .len = len, .offset = (off_t)offset };
+	struct journal_result res;
+	struct batch b = { .n = 1, .ops = &op, .results = &res };
+	apply_and_reply(r, journal, after, &b);
+	journal_results_free(&res, 1);
 }

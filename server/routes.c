@@ -74,6 +74,7 @@ const struct route routes[] = {
 	{ "POST", "/api/x/fsync", route_x_fsync, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/close", route_x_close, ROUTE_JSON | ROUTE_EXTENSION },
 	{ "POST", "/api/x/journal", route_x_journal, ROUTE_JSON | ROUTE_EXTENSION },
+	{ "PUT", "/api/x/journal", route_x_journal_write, ROUTE_EXTENSION },
 
 	{ "GET", "/api/x/env", route_x_env_get, ROUTE_EXTENSION },
 	{ "POST", "/api/x/env", route_x_env_set, ROUTE_JSON | ROUTE_EXTENSION },

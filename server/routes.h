@@ -46,6 +46,7 @@ void route_x_close(struct req *r);
 
 /* journal_routes.c */
 void route_x_journal(struct req *r);
+void route_x_journal_write(struct req *r);
 
 /* watch.c */
 void route_watch(struct req *r);

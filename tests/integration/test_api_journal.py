@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import secrets
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -221,6 +222,44 @@ def test_a_batch_after_another_is_applied_after_it(api_server):
     # a repeat of either applies nothing
     status, r = sbx.api('/api/x/journal', second)
     assert status == 200 and outcomes(r) == ['skipped'], r
+
+
+def test_a_write_with_its_bytes_raw(api_server):
+    """PUT /api/x/journal (docs/protocol.md): one write whose bytes are the body, numbered
+    and ordered like the ops of a batch: applied once, after the batch it names."""
+    sbx = api_server
+    jid = 'raw-' + secrets.token_hex(4)
+    name = 'raw-' + jid
+    path = urllib.parse.quote('/workspace/' + name, safe='')
+
+    def write(seq, offset, data, after=None):
+        q = 'journal=%s&seq=%d&path=%s&offset=%d' % (jid, seq, path, offset)
+        if after is not None:
+            q += '&after=%d' % after
+        return sbx.api('/api/x/journal?' + q, data=data, method='PUT',
+                       headers={'Content-Type': 'application/octet-stream'})
+
+    status, r = journal(sbx, jid, [put(1, '/workspace/' + name, 'aaaa')])
+    assert status == 200 and outcomes(r) == ['ok'], r
+    raw = bytes(range(256)) * 3
+    status, r = write(2, 2, raw, after=1)
+    assert status == 200 and outcomes(r) == ['ok'] and r['applied'] == 2, r
+    assert r['results'][0]['stat']['size'] == 2 + len(raw)
+    with open(os.path.join(sbx.workspace, name), 'rb') as f:
+        assert f.read() == b'aa' + raw
+    # a repeat is skipped; one whose batch before it never comes is refused
+    status, r = write(2, 2, b'other', after=1)
+    assert status == 200 and outcomes(r) == ['skipped'], r
+    status, r = write(4, 0, b'x', after=3)
+    assert status == 409 and r['code'] == 'JOURNAL_OUT_OF_ORDER', r
+    with open(os.path.join(sbx.workspace, name), 'rb') as f:
+        assert f.read() == b'aa' + raw
+    for bad in ('journal=%s&seq=5&offset=0' % jid, 'journal=%s&seq=0&path=%s&offset=0' % (jid, path),
+                'journal=%s&seq=5&path=%s&offset=-1' % (jid, path),
+                'journal=%s&seq=5&path=%s&offset=0&after=5' % (jid, path),
+                'journal=bad%%20id&seq=5&path=%s&offset=0' % path):
+        status, r = sbx.api('/api/x/journal?' + bad, data=b'x', method='PUT')
+        assert status == 400 and r['errno'] == 'EINVAL', (bad, r)
 
 
 def test_capability_and_no_extensions(api_server, build_dir):
