@@ -353,6 +353,7 @@ static struct jop *jop_new(enum jop_kind kind, const char *path, const char *pat
  * paths it names remember it. */
 static uint64_t enqueue(struct sbx_journal *j, struct jop *op, bool replayed)
 {
+	op->queued_ms = mono_ms();
 	if (!replayed)
 		op->seq = j->next_seq++;
 	else if (op->seq >= j->next_seq)
@@ -1222,6 +1223,7 @@ static struct sbx_file *jfile_new(struct sbx_journal *j, struct jinode *ino, int
 	f->writable = (flags & O_ACCMODE) != O_RDONLY;
 	f->append = flags & O_APPEND;
 	ino->opens++;
+	ino->writers += f->writable;
 	return &f->base;
 }
 
@@ -1379,6 +1381,8 @@ static int jf_close(struct sbx_file *f)
 	put_if_dirty(j, jf->ino);
 	int err = take_error(jf->ino);
 	jf->ino->opens--;
+	jf->ino->writers -= jf->writable;
+	pthread_cond_broadcast(&j->changed); /* an upload may have waited for this close */
 	struct jinode *ino = jf->ino;
 	jinode_put(j, ino);
 	pthread_mutex_unlock(&j->lock);

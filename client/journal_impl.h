@@ -18,6 +18,7 @@ struct jinode {
 	struct stat st;  /* what the mount shows (st_ino 0: the sandbox's is not known yet) */
 	unsigned links;  /* names (jnodes) pointing at it */
 	unsigned opens;  /* open files */
+	unsigned writers; /* ... of them open for writing */
 	unsigned refs;   /* operations not yet acknowledged that send its content */
 	bool dirty;      /* written since its last put was journaled */
 	int error;       /* an upload of it failed for good: its next flush reports it once */
@@ -83,6 +84,7 @@ struct jop {
 	off_t expect_size;
 	struct timespec expect_mtime;
 	bool sent;          /* in a batch: sent, or on its way (never superseded then) */
+	int64_t queued_ms;  /* when it was queued (mono_ms) */
 	struct jop *next;
 };
 
