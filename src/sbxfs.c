@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <stdbool.h>
 #include <limits.h>
+#include <malloc.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -269,6 +270,10 @@ int main(int argc, char *argv[])
 	int ret = 1;
 
 	log_init("sbxfs", LOG_LVL_INFO, false);
+	/* Buffers of a megabyte and more (upload parts and their JSON, read-ahead ranges) are
+	 * mapped and unmapped: glibc's adaptive threshold would move them into the heap after
+	 * the first few, where they keep the resident set up long after a large transfer. */
+	mallopt(M_MMAP_THRESHOLD, 1 << 20);
 	if (options_parse(&args, &o) == -1)
 		goto out;
 	if (sbxfs_config_parse(&args, &cfg) == -1)
