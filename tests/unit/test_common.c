@@ -66,7 +66,7 @@ static void test_base64_invalid(void)
 {
 	static const char *bad[] = {
 		"Zm9v!", "Zm9v\n", "Zm 9v", "Z", "Zg==Zg==", "====", "Zm9vY", "Zm-_", "Zg=a",
-		"Zm9v\xc3\xa9" "AA", "Zm9vZ===", "=Zm9",
+		"Zm9v\303\251AA", "Zm9vZ===", "=Zm9",
 	};
 	char out[64];
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
