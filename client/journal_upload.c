@@ -76,16 +76,28 @@ static off_t blob_size(const struct jop *op)
 	return op->ino && op->ino->fd >= 0 && fstat(op->ino->fd, &st) == 0 ? st.st_size : -1;
 }
 
-/* Up to len bytes of op's content at off, base64 (caller frees); NULL with *err set. */
-static char *blob_b64(const struct jop *op, off_t off, size_t len, int *err)
+/* Up to len bytes of op's content at off (caller frees), *got of them; NULL with *err set. */
+static char *blob_read(const struct jop *op, off_t off, size_t len, size_t *got, int *err)
 {
 	char *buf = malloc(len ? len : 1);
 	if (!buf)
 		abort();
-	ssize_t got = op->ino->fd >= 0 ? pread(op->ino->fd, buf, len, off) : -1;
-	char *b64 = got >= 0 ? base64_encode_alloc(buf, (size_t)got) : NULL;
-	if (got < 0)
+	ssize_t n = op->ino->fd >= 0 ? pread(op->ino->fd, buf, len, off) : -1;
+	if (n < 0) {
 		*err = -(op->ino->fd >= 0 ? errno : ENOENT);
+		free(buf);
+		return NULL;
+	}
+	*got = (size_t)n;
+	return buf;
+}
+
+/* The same, base64 (caller frees). */
+static char *blob_b64(const struct jop *op, off_t off, size_t len, int *err)
+{
+	size_t got;
+	char *buf = blob_read(op, off, len, &got, err);
+	char *b64 = buf ? base64_encode_alloc(buf, got) : NULL;
 	free(buf);
 	return b64;
 }
@@ -316,15 +328,9 @@ static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_
 {
 	off_t off = (off_t)part * BATCH_BYTES;
 	size_t want = (size_t)(size - off < BATCH_BYTES ? size - off : BATCH_BYTES);
-	char *buf = malloc(want ? want : 1);
+	char *buf = blob_read(op, off, want, len, err);
 	if (!buf)
-		abort();
-	ssize_t got = op->ino->fd >= 0 ? pread(op->ino->fd, buf, want, off) : -1;
-	if (got < 0) {
-		*err = -(op->ino->fd >= 0 ? errno : ENOENT);
-		free(buf);
 		return NULL;
-	}
 	char *path = http_urlencode(op->path), *url;
 	if (!path || asprintf(&url, "/api/x/journal?journal=%s&seq=%ju&after=%ju&path=%s&"
 			      "offset=%jd", j->wire_id, (uintmax_t)(op->seq << PART_SHIFT | part),
@@ -333,7 +339,6 @@ static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_
 		abort();
 	free(path);
 	*body = buf;
-	*len = (size_t)got;
 	return url;
 }
 
@@ -402,20 +407,11 @@ static size_t part_outcome(struct parts *ps, struct part *p, struct jop *op, str
 	while (!p->answered) /* the request has a deadline: its answer comes */
 		pthread_cond_wait(&ps->answered, &ps->lock);
 	pthread_mutex_unlock(&ps->lock);
-	struct http_response *r = &p->resp;
-	cJSON *answer = NULL;
-	int err;
-	if (r->err)
-		err = sbx_fail(r->err, "journal: %s", r->errmsg[0] ? r->errmsg : strerror(-r->err));
-	else if (r->status < 200 || r->status > 299)
-		err = sbx_fail_response("journal", r->status, r->body, r->body_len);
-	else if (!(answer = cJSON_ParseWithLength(r->body ? r->body : "", r->body_len)))
-		err = sbx_fail(-EPROTO, "journal: the server's answer is not JSON");
-	else
-		err = 0;
+	cJSON *answer;
+	int err = sbx_json_answer("journal", p->resp.err, &p->resp, true, &answer);
 	size_t done = answered(err, answer, &op, 1, oc);
 	cJSON_Delete(answer);
-	http_response_clear(r);
+	http_response_clear(&p->resp);
 	p->sent = false;
 	return done;
 }

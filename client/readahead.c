@@ -20,7 +20,6 @@
  * reader waiting for a range notes the generation first: a forget while it waits (the range
  * may be freed by then) sends it back to look again. */
 #include "client/readahead.h"
-#include <cjson/cJSON.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -30,7 +29,6 @@
 #include "client/http.h"
 #include "client/sandbox_impl.h"
 #include "common/clock.h"
-#include "common/jsonutil.h"
 
 #define RA_CHUNK (1u << 20)   /* one ranged request */
 #define RA_FIRST (2u << 20)   /* how far ahead after the second read in order */
@@ -204,15 +202,7 @@ static struct range *range_add(struct readahead *ra, off_t off)
 /* Without the lock: sends the request of r (in the list already). */
 static void ask(struct readahead *ra, struct range *r, const char *handle, const char *path)
 {
-	cJSON *b = cJSON_CreateObject();
-	if (handle)
-		cJSON_AddStringToObject(b, "handle", handle);
-	else
-		cJSON_AddStringToObject(b, "path", path);
-	json_add_int(b, "offset", r->off);
-	json_add_int(b, "length", (int64_t)r->len);
-	char *text = json_print(b);
-	cJSON_Delete(b);
+	char *text = ext_pread_body(handle, path, r->off, r->len);
 	struct http_request req = {
 		.method = "POST",
 		.path = "/api/x/pread",

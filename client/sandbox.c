@@ -161,21 +161,27 @@ int sbx_call_unsettled(struct sbx *s, const char *what, const char *method, cons
 	int err = http_request_sync(s->http, &req, &resp);
 	last_lost = resp.lost;
 	free(text);
-	if (err) {
-		/* a request sent once, whose answer was lost: say that it may have happened */
-		bool unknown = resp.lost && !req.idempotent && !req.idempotency_key;
-		err = sbx_fail(err, "%s: %s%s", what, resp.errmsg[0] ? resp.errmsg : strerror(-err),
-			       unknown ? " (the sandbox may have carried it out: its answer was "
-					 "lost)" : "");
-	} else if (resp.status < 200 || resp.status > 299) {
-		err = sbx_fail_response(what, resp.status, resp.body, resp.body_len);
-	} else {
-		*out = cJSON_ParseWithLength(resp.body ? resp.body : "", resp.body_len);
-		if (!*out)
-			err = sbx_fail(-EPROTO, "%s: the server's answer is not JSON", what);
-	}
+	err = sbx_json_answer(what, err, &resp, req.idempotent || req.idempotency_key, out);
 	http_response_clear(&resp);
 	return err;
+}
+
+int sbx_json_answer(const char *what, int err, const struct http_response *resp, bool repeatable,
+		    cJSON **out)
+{
+	*out = NULL;
+	if (err) {
+		/* a request sent once, whose answer was lost: say that it may have happened */
+		bool unknown = resp->lost && !repeatable;
+		return sbx_fail(err, "%s: %s%s", what,
+				resp->errmsg[0] ? resp->errmsg : strerror(-err),
+				unknown ? " (the sandbox may have carried it out: its answer was "
+					  "lost)" : "");
+	}
+	if (resp->status < 200 || resp->status > 299)
+		return sbx_fail_response(what, resp->status, resp->body, resp->body_len);
+	*out = cJSON_ParseWithLength(resp->body ? resp->body : "", resp->body_len);
+	return *out ? 0 : sbx_fail(-EPROTO, "%s: the server's answer is not JSON", what);
 }
 
 int sbx_call_string(struct sbx *s, const char *what, const char *method, const char *path,

@@ -387,9 +387,7 @@ static int ext_setattr(struct sbx *s, const char *path, unsigned valid, const st
 
 /* ---- ranged reads ---- */
 
-/* One /api/x/pread of at most PREAD_MAX bytes, by handle or by path. */
-static ssize_t pread_once(struct sbx *s, const char *what, const char *handle, const char *path,
-			  void *buf, size_t len, off_t off)
+char *ext_pread_body(const char *handle, const char *path, off_t off, size_t len)
 {
 	cJSON *b = cJSON_CreateObject();
 	if (handle)
@@ -400,6 +398,14 @@ static ssize_t pread_once(struct sbx *s, const char *what, const char *handle, c
 	json_add_int(b, "length", (int64_t)len);
 	char *text = json_print(b);
 	cJSON_Delete(b);
+	return text;
+}
+
+/* One /api/x/pread of at most PREAD_MAX bytes, by handle or by path. */
+static ssize_t pread_once(struct sbx *s, const char *what, const char *handle, const char *path,
+			  void *buf, size_t len, off_t off)
+{
+	char *text = ext_pread_body(handle, path, off, len);
 	if (!text)
 		return sbx_fail(-ENOMEM, "%s: out of memory", what);
 	struct http_request req = {

@@ -57,6 +57,8 @@ struct sbx_ops {
 };
 
 extern const struct sbx_ops sbx_ext_ops;
+/* The body of a /api/x/pread of len bytes at off, by handle, else by path (caller frees). */
+char *ext_pread_body(const char *handle, const char *path, off_t off, size_t len);
 
 /* The heartbeat that keeps our lease, and with it our server-side handles (client/lease.c). */
 struct sbx_lease;
@@ -142,6 +144,12 @@ int sbx_call(struct sbx *s, const char *what, const char *method, const char *pa
 	     struct cJSON *body, bool idempotent, long timeout_ms, struct cJSON **out);
 /* sbx_call without settling first (a POST through sbx_call first lets the backend settle):
  * for a backend's own requests. */
+/* What a JSON request came to (err: the transport's, 0 when an HTTP answer came): 0 and *out
+ * (caller frees) for a 2xx answer, else the failure as sbx_call gives it. repeatable: it had
+ * an idempotency key or was idempotent (a lost answer then says nothing of its outcome). */
+struct http_response;
+int sbx_json_answer(const char *what, int err, const struct http_response *resp, bool repeatable,
+		    struct cJSON **out);
 int sbx_call_unsettled(struct sbx *s, const char *what, const char *method, const char *path,
 		       struct cJSON *body, bool idempotent, long timeout_ms, struct cJSON **out);
 /* sbx_call for an answer that carries one string: *out is field's value (caller frees);
