@@ -39,6 +39,7 @@
 #include "common/log.h"
 
 #define FETCH_MAX (64 << 20) /* a sandbox file rewritten in place is copied up to this size */
+#define HANDOVER_MS 2000    /* an announced node the filesystem did not take goes anyway */
 
 struct jfile {
 	struct sbx_file base;
@@ -157,6 +158,8 @@ static void jnode_clear(struct sbx_journal *j, struct jnode *n)
 
 static void jnode_free(struct sbx_journal *j, struct jnode *n)
 {
+	if (n->announced)
+		j->lingering--;
 	jnode_unlink_from_table(j, n);
 	jnode_clear(j, n);
 	free(n->path);
@@ -183,10 +186,37 @@ static bool node_settled(const struct sbx_journal *j, const struct jnode *n)
 	return true;
 }
 
+/* The last operation that changed n: an announcement of it stands while this is the same. */
+static uint64_t node_version(const struct jnode *n)
+{
+	uint64_t v = n->last_seq;
+	return n->kind == JN_FILE && n->ino->last_seq > v ? n->ino->last_seq : v;
+}
+
+/* Announced and still as announced: the filesystem's to take. */
+static bool node_announced(const struct sbx_journal *j, const struct jnode *n)
+{
+	return n->announced && node_settled(j, n) && node_version(n) == n->announced_version;
+}
+
+/* What the sandbox's answers say of settled n: its attributes there, if they still stand. */
+static bool node_sandbox_st(const struct jnode *n, struct stat *st)
+{
+	const struct jinode *ino = n->kind == JN_FILE ? n->ino : NULL;
+	bool known = ino ? ino->sandbox_known && !ino->changed_there &&
+				   ino->sandbox_st.st_nlink == 1 /* one name: another's unlink
+								    would have changed it */
+			 : n->kind == JN_DIR && n->sandbox_known && !n->changed_there;
+	if (known)
+		*st = ino ? ino->sandbox_st : n->sandbox_st;
+	return known;
+}
+
 struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 {
 	struct settled *out = NULL;
 	size_t n_out = 0, cap = 0;
+	int64_t now = mono_ms();
 	for (size_t i = 0; i < j->buckets; i++)
 		for (struct jnode *n = j->table[i], *next; n; n = next) {
 			next = n->next;
@@ -194,6 +224,13 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 				n->opaque = false;
 			if (!node_settled(j, n))
 				continue;
+			if (node_announced(j, n)) { /* the filesystem has yet to take it */
+				if (now - n->announced_ms >= HANDOVER_MS)
+					jnode_free(j, n); /* its announcement was dropped */
+				continue;
+			}
+			struct stat st;
+			bool has_st = n->kind != JN_GONE && node_sandbox_st(n, &st);
 			if (n->kind != JN_GONE) {
 				if (n_out == cap) {
 					cap = cap ? cap * 2 : 64;
@@ -202,25 +239,46 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 						abort();
 				}
 				struct settled *o = &out[n_out++];
-				if (!(o->path = strdup(n->path)))
+				*o = (struct settled){ .path = strdup(n->path),
+						       .is_dir = n->kind == JN_DIR,
+						       .has_st = has_st };
+				if (!o->path)
 					abort();
-				o->is_dir = n->kind == JN_DIR;
-				const struct jinode *ino = n->kind == JN_FILE ? n->ino : NULL;
-				/* one name only: another name's unlink would have changed it */
-				if (ino)
-					o->has_st = ino->sandbox_known && !ino->changed_there &&
-						    ino->sandbox_st.st_nlink == 1;
-				else
-					o->has_st = n->kind == JN_DIR && n->sandbox_known &&
-						    !n->changed_there;
-				if (o->has_st)
-					o->st = ino ? ino->sandbox_st : n->sandbox_st;
-				o->blob = o->has_st && ino && clean_keep(j, n->ino) ? ino->id : 0;
+				if (has_st) {
+					o->st = st;
+					if (!n->announced)
+						j->lingering++;
+					o->handover = n->announced = ++j->announcements;
+					n->announced_version = node_version(n);
+					n->announced_ms = now;
+					continue;
+				}
 			}
 			jnode_free(j, n);
 		}
 	*count = n_out;
 	return out;
+}
+
+uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover)
+{
+	struct jnode *n = handover ? jnode_find(j, path) : NULL;
+	if (!n || n->announced != handover || !node_announced(j, n))
+		return 0; /* changed since, or let go */
+	uint64_t blob = n->kind == JN_FILE && clean_keep(j, n->ino) ? n->ino->id : 0;
+	jnode_free(j, n);
+	return blob;
+}
+
+uint64_t sbx_journal_handover(struct sbx *s, const char *path, uint64_t handover)
+{
+	struct sbx_journal *j = s->journal;
+	if (!j || !handover)
+		return 0;
+	pthread_mutex_lock(&j->lock);
+	uint64_t blob = journal_handover(j, path, handover);
+	pthread_mutex_unlock(&j->lock);
+	return blob;
 }
 
 /* What the overlay knows of path's existence: 1 it does not exist (removed, or below a
@@ -1452,9 +1510,13 @@ static void j_settle(struct sbx *s)
 		j->inner->settle(s);
 }
 
-static void mark_changed_there(struct jnode *n)
+/* A change the mount did not make names n: an announced node goes (the sandbox answers for it
+ * now), another no longer knows how the sandbox has it. */
+static void mark_changed_there(struct sbx_journal *j, struct jnode *n)
 {
-	if (n && n->kind == JN_FILE)
+	if (n && node_announced(j, n))
+		jnode_free(j, n);
+	else if (n && n->kind == JN_FILE)
 		n->ino->changed_there = true;
 	else if (n && n->kind == JN_DIR)
 		n->changed_there = true;
@@ -1469,14 +1531,16 @@ static void j_changed(struct sbx *s, const char *path)
 	clean_changed(j, path);
 	if (!path) {
 		for (size_t i = 0; i < j->buckets; i++)
-			for (struct jnode *n = j->table[i]; n; n = n->next)
-				mark_changed_there(n);
+			for (struct jnode *n = j->table[i], *next; n; n = next) {
+				next = n->next;
+				mark_changed_there(j, n);
+			}
 	} else {
-		mark_changed_there(jnode_find(j, path));
+		mark_changed_there(j, jnode_find(j, path));
 		const char *slash = strrchr(path, '/'); /* a name in it came, went or changed */
 		char *dir = slash ? strndup(path, (size_t)(slash - path)) : NULL;
 		if (dir)
-			mark_changed_there(jnode_find(j, dir));
+			mark_changed_there(j, jnode_find(j, dir));
 		free(dir);
 	}
 	pthread_mutex_unlock(&j->lock);

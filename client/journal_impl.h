@@ -58,6 +58,11 @@ struct jnode {
 	 * (sandbox_known), and whether a change there the mount did not make touched it since */
 	struct stat sandbox_st;
 	bool sandbox_known, changed_there;
+	/* settled, and its sandbox attributes announced to the filesystem (on_settled) under
+	 * this number: the node stays until the filesystem took them (journal_handover), so
+	 * that nothing asks the sandbox for it in between; version: its last op's then */
+	uint64_t announced, announced_version;
+	int64_t announced_ms;
 	struct jnode *next; /* hash chain */
 };
 
@@ -117,6 +122,8 @@ struct sbx_journal {
 	struct jop *head, *tail;
 	size_t queued;
 	uint64_t next_seq, acked;
+	uint64_t announcements; /* settled nodes announced so far (jnode.announced) */
+	size_t lingering;       /* announced nodes the filesystem has not taken yet */
 	uint64_t bytes_pending;
 	/* failures for good: the last one's seq, errno and reason */
 	uint64_t fail_seq, fail_reported; /* fail_reported: the last one a sync reported */
@@ -149,15 +156,19 @@ struct jnode *jnode_find(struct sbx_journal *j, const char *path);
  * returns the paths whose attributes now come from the sandbox (caller frees each path and
  * the array), to be announced with sbx_local_settled(), the lock still held: a change event
  * for such a path that comes later is then queued after the announcement. has_st: the
- * sandbox's attributes are known (a file whose last operation's answer still stands). */
+ * sandbox's attributes are known (a file whose last operation's answer still stands); such a
+ * node stays, answering as before, until the filesystem hands it over (journal_handover;
+ * HANDOVER_MS at most). */
 struct settled {
 	char *path;
 	bool is_dir;
 	bool has_st;
 	struct stat st;
-	uint64_t blob; /* with has_st, non-zero: the file's content is kept as a clean copy */
+	uint64_t handover; /* with has_st: the announcement, for journal_handover */
 };
 struct settled *journal_settled(struct sbx_journal *j, size_t *count);
+/* Lets go of the announced node of path (lock held): its clean copy's blob, or 0. */
+uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover);
 void jinode_put(struct sbx_journal *j, struct jinode *ino);
 /* The attributes of a directory as the sandbox gave them (its st_ino is the sandbox's): a
  * change in it later keeps them local until acknowledged. Lock held. */

@@ -42,6 +42,7 @@
 #define BATCH_BYTES (4u << 20)
 #define PART_SHIFT 16
 #define PARTS_IN_FLIGHT 3 /* of a large put; each holds two copies of its part's JSON */
+#define HANDOVER_SWEEP_MS 2500 /* idle: how often announced nodes not taken are looked at */
 
 static __thread bool on_uploader;
 
@@ -696,6 +697,31 @@ static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *
 	jop_free(op);
 }
 
+/* Tells the filesystem what the acknowledgements settled, and what the sandbox refused (lock
+ * held: a change event for these paths that comes later is queued after this). */
+static void announce_settled(struct sbx_journal *j)
+{
+	size_t n_settled = 0;
+	struct settled *settled = journal_settled(j, &n_settled);
+	/* what the filesystem was shown of these was the journal's: the sandbox's attributes
+	 * replace it (times, ctime); without a filesystem to take them, they go now */
+	for (size_t i = 0; i < n_settled; i++) {
+		struct settled *o = &settled[i];
+		if (!sbx_local_settled(j->s, o->path, o->is_dir, o->has_st ? &o->st : NULL,
+				       o->handover))
+			journal_handover(j, o->path, o->handover);
+		free(o->path);
+	}
+	free(settled);
+	/* what the sandbox refused: the filesystem asks it again (after the settled paths went,
+	 * so that the journal does not answer for them any more) */
+	for (size_t i = 0; i < j->n_refused; i++) {
+		sbx_local_unknown(j->s, j->refused[i]);
+		free(j->refused[i]);
+	}
+	j->n_refused = 0;
+}
+
 static void *uploader(void *arg)
 {
 	struct sbx_journal *j = arg;
@@ -707,7 +733,12 @@ static void *uploader(void *arg)
 	pthread_mutex_lock(&j->lock);
 	while (!j->stopping) {
 		if (!j->head) {
-			pthread_cond_wait(&j->changed, &j->lock);
+			/* announced nodes the filesystem never took (it dropped its events) go */
+			if (!j->lingering)
+				pthread_cond_wait(&j->changed, &j->lock);
+			else if (!mono_cond_wait_until(&j->changed, &j->lock,
+						       mono_ms() + HANDOVER_SWEEP_MS))
+				announce_settled(j);
 			continue;
 		}
 		/* A moment for what comes right after (the rename after a close, the next save's
@@ -748,35 +779,17 @@ static void *uploader(void *arg)
 		j->retry_now = false;
 		for (size_t i = 0; i < done; i++)
 			finish(j, ops[i], &oc[i]);
-		size_t n_settled = 0;
-		struct settled *settled = NULL;
 		if (done) {
 			spool_log_ack(j, j->acked);
-			settled = journal_settled(j, &n_settled);
-			if (!j->head)
-				spool_compact(j);
 			if (j->offline)
 				log_info("journal: the sandbox answers again");
 			j->offline = false;
 			j->backoff_ms = 0;
-			pthread_cond_broadcast(&j->changed);
+			announce_settled(j);
+			if (!j->head)
+				spool_compact(j);
 		}
 		pthread_cond_broadcast(&j->changed);
-		/* what the filesystem was shown of these was the journal's: the sandbox's
-		 * attributes replace it (times, ctime) */
-		for (size_t i = 0; i < n_settled; i++) {
-			sbx_local_settled(j->s, settled[i].path, settled[i].is_dir,
-					  settled[i].has_st ? &settled[i].st : NULL, settled[i].blob);
-			free(settled[i].path);
-		}
-		free(settled);
-		/* what the sandbox refused: the filesystem asks it again (after the settled
-		 * paths went, so that the journal does not answer for them any more) */
-		for (size_t i = 0; i < j->n_refused; i++) {
-			sbx_local_unknown(j->s, j->refused[i]);
-			free(j->refused[i]);
-		}
-		j->n_refused = 0;
 		if (done < n) {
 			if (!j->offline)
 				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "

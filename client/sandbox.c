@@ -860,16 +860,18 @@ bool sbx_own_change(const struct sbx *s, const char *journal)
 	return journal && s->journal_id[0] && strcmp(journal, s->journal_id) == 0;
 }
 
-void sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
-		       uint64_t blob)
+bool sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
+		       uint64_t handover)
 {
 	pthread_mutex_lock(&s->echo_lock);
 	struct sbx_watch *w = s->workspace_watch; /* its callbacks only queue: never block */
-	if (w && st && w->ops.on_settled)
-		w->ops.on_settled(w->arg, path, st, blob);
+	bool taken = w && st && w->ops.on_settled;
+	if (taken)
+		w->ops.on_settled(w->arg, path, st, handover);
 	else if (w && w->ops.on_change)
 		w->ops.on_change(w->arg, path, "attrib", is_dir);
 	pthread_mutex_unlock(&s->echo_lock);
+	return taken;
 }
 
 void sbx_watch_stop(struct sbx_watch *w)

@@ -209,9 +209,11 @@ void sbx_exec_result_free(struct sbx_exec_result *r);
 struct sbx_watch_ops {
 	void (*on_change)(void *arg, const char *path, const char *type, bool is_dir);
 	/* the mount's own change of path is acknowledged and st is how the sandbox
-	 * has it now: no event of the sandbox's comes for it (NULL: on_change, "attrib");
-	 * blob, if not 0, is a clean copy of its content (sbx_journal_open_clean) */
-	void (*on_settled)(void *arg, const char *path, const struct stat *st, uint64_t blob);
+	 * has it now: no event of the sandbox's comes for it (NULL: on_change, "attrib").
+	 * The journal answers for path until the caller, having taken st, passes handover
+	 * to sbx_journal_handover (which names a clean copy of the content) */
+	void (*on_settled)(void *arg, const char *path, const struct stat *st,
+			   uint64_t handover);
 	void (*on_resync)(void *arg);
 	void (*on_state)(void *arg, bool healthy);
 };

@@ -100,9 +100,10 @@ struct sbx {
 /* Tells the watcher of /workspace (the filesystem) that what it was shown of path changes
  * without an event of the sandbox's: the journal's attributes of it give way to the
  * sandbox's, which are st when known (the answer to the journal's last operation on it),
- * else to be asked for. */
-void sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
-		       uint64_t blob);
+ * else to be asked for. True when st went to on_settled with handover, which the watcher
+ * passes to sbx_journal_handover once it has taken st; false: nobody will. */
+bool sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,
+		       uint64_t handover);
 /* Tells the watcher of /workspace that whether path exists, and as what, is not known any
  * more (a change the sandbox refused): as a change event of unknown kind. */
 void sbx_local_unknown(struct sbx *s, const char *path);

@@ -27,6 +27,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include "client/journal.h"
 #include "client/sandbox.h"
 #include "common/log.h"
 #include "fs/entry.h"
@@ -42,7 +43,7 @@ struct event {
 	int appeared;  /* with names: 1 the name exists now, 0 it is gone, -1 unknown */
 	bool settled;  /* not a change: the sandbox's attributes of our own (st) */
 	struct stat st;
-	uint64_t blob; /* with settled: a clean copy of the content */
+	uint64_t handover; /* with settled: for sbx_journal_handover */
 	char path[];
 };
 
@@ -145,14 +146,17 @@ static void aliases(struct nodes *t, const struct node *n, struct notices *ns)
 }
 
 /* Our own change, acknowledged: the kernel's pages are the file's (its writes made them), the
- * attributes become the sandbox's (a directory's listing stays: the changes were ours). Only the kernel's attributes go (the next getattr is
- * answered from the table); the stamp keeps a slower remote read from overwriting these. */
+ * attributes become the sandbox's (a directory's listing stays: the changes were ours). Only
+ * the kernel's attributes go (the next getattr is answered from the table); the stamp keeps a
+ * slower remote read from overwriting these. Then the journal, which answered for the path
+ * until now, hands it over, with a clean copy of the content if it kept one. */
 static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 {
 	struct nodes *t = &fs->nodes;
 	nodes_lock(t);
 	struct node *n = nodes_resolve(t, ev->path);
 	bool same_type = n && (ev->st.st_mode & S_IFMT) == n->type;
+	uint64_t id = 0;
 	if (same_type && n->id != NODE_ROOT_ID && (S_ISDIR(n->type) || !n->open)) {
 		/* a listing of its directory under way holds the journal's attributes of it: it
 		 * must not be kept (fs/tree.c checks the directory's stamp) */
@@ -164,12 +168,24 @@ static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notic
 			n->open_size = ev->st.st_size;
 			n->open_mtime = ev->st.st_mtim;
 		}
-		n->clean_blob = n->data_changed ? 0 : ev->blob;
+		n->clean_blob = 0; /* the journal's own until it hands the path over */
 		if (n->parent && n->parent->list) {
 			dirlist_put(n->parent->list, n->name, &ev->st, NULL);
-			dirlist_set_clean(n->parent->list, n->name, n->clean_blob);
+			dirlist_set_clean(n->parent->list, n->name, 0);
 		}
 		notice_add(ns, (struct notice){ .ino = n->id, .off = -1 });
+		id = n->id;
+	}
+	nodes_unlock(t);
+	uint64_t blob = sbx_journal_handover(fs->sbx, ev->path, ev->handover);
+	if (!blob || !id)
+		return;
+	nodes_lock(t);
+	n = nodes_resolve(t, ev->path);
+	if (n && n->id == id && !n->data_changed) {
+		n->clean_blob = blob;
+		if (n->parent && n->parent->list)
+			dirlist_set_clean(n->parent->list, n->name, blob);
 	}
 	nodes_unlock(t);
 }
@@ -385,14 +401,14 @@ void invalidator_change(struct invalidator *inv, const char *path, const char *t
 }
 
 void invalidator_settled(struct invalidator *inv, const char *path, const struct stat *st,
-			 uint64_t blob)
+			 uint64_t handover)
 {
 	if (!inv)
 		return;
 	struct event *e = event_new(path);
 	e->settled = true;
 	e->st = *st;
-	e->blob = blob;
+	e->handover = handover;
 	enqueue(inv, e);
 }
 

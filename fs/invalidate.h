@@ -16,9 +16,10 @@ void invalidator_change(struct invalidator *inv, const char *path, const char *t
 void invalidator_resync(struct invalidator *inv);
 /* The mount's own change of the file at path is acknowledged and st is how the sandbox has
  * it: it becomes the cached attributes (the journal's gave the kernel other times), in order
- * with the events queued before; blob (not 0) a clean copy of its content to open. */
+ * with the events queued before; then the journal hands the path over (handover:
+ * sbx_journal_handover), with a clean copy of its content to open if it kept one. */
 void invalidator_settled(struct invalidator *inv, const char *path, const struct stat *st,
-			 uint64_t blob);
+			 uint64_t handover);
 /* Queues an invalidation of one node's attributes (and pages with data): for handlers, which
  * must not notify themselves. */
 void invalidator_inode(struct invalidator *inv, uint64_t id, bool data);

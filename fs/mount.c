@@ -43,10 +43,10 @@ static void on_change(void *arg, const char *path, const char *type, bool is_dir
 }
 
 /* Not an event: nothing fetched meanwhile is in doubt (fs->events stays). */
-static void on_settled(void *arg, const char *path, const struct stat *st, uint64_t blob)
+static void on_settled(void *arg, const char *path, const struct stat *st, uint64_t handover)
 {
 	struct sbxfs *fs = arg;
-	invalidator_settled(fs->inval, path, st, blob);
+	invalidator_settled(fs->inval, path, st, handover);
 }
 
 static void on_resync(void *arg)
