@@ -260,23 +260,27 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 	return out;
 }
 
-uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover)
+uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover, bool taken)
 {
 	struct jnode *n = handover ? jnode_find(j, path) : NULL;
 	if (!n || n->announced != handover || !node_announced(j, n))
 		return 0; /* changed since, or let go */
+	if (!taken) { /* announced again by the next look at what is settled */
+		n->announced_version = 0;
+		return 0;
+	}
 	uint64_t blob = n->kind == JN_FILE && clean_keep(j, n->ino) ? n->ino->id : 0;
 	jnode_free(j, n);
 	return blob;
 }
 
-uint64_t sbx_journal_handover(struct sbx *s, const char *path, uint64_t handover)
+uint64_t sbx_journal_handover(struct sbx *s, const char *path, uint64_t handover, bool taken)
 {
 	struct sbx_journal *j = s->journal;
 	if (!j || !handover)
 		return 0;
 	pthread_mutex_lock(&j->lock);
-	uint64_t blob = journal_handover(j, path, handover);
+	uint64_t blob = journal_handover(j, path, handover, taken);
 	pthread_mutex_unlock(&j->lock);
 	return blob;
 }

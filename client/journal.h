@@ -35,12 +35,13 @@ bool sbx_journal_batches(const struct sbx *s);
  * reason in sbx_last_error(). Without a journal: 0 at once. */
 int sbx_journal_sync(struct sbx *s, long timeout_ms);
 
-/* The filesystem has taken the sandbox's attributes of path that sbx_watch_ops.on_settled
- * announced with handover: the journal stops answering for path (until the mount changes it
- * again) and returns the blob of a clean copy of its content (0: none). Until then the
- * journal keeps answering, so a rename or stat right after an upload asks nothing of the
- * sandbox; an announcement not taken lapses by itself after a few seconds. */
-uint64_t sbx_journal_handover(struct sbx *s, const char *path, uint64_t handover);
+/* The filesystem has taken (taken) the sandbox's attributes of path that
+ * sbx_watch_ops.on_settled announced with handover: the journal stops answering for path
+ * (until the mount changes it again) and returns the blob of a clean copy of its content (0:
+ * none). Until then the journal keeps answering, so a rename or stat right after an upload
+ * asks nothing of the sandbox. Not taken (the file is open there): announced again later. An
+ * announcement never answered lapses by itself after a few seconds. */
+uint64_t sbx_journal_handover(struct sbx *s, const char *path, uint64_t handover, bool taken);
 
 /* Opens the clean copy blob of the file at path for reading: the content the mount wrote
  * there, kept after the sandbox acknowledged it (sbx_watch_ops.on_settled names it), with

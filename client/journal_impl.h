@@ -167,8 +167,9 @@ struct settled {
 	uint64_t handover; /* with has_st: the announcement, for journal_handover */
 };
 struct settled *journal_settled(struct sbx_journal *j, size_t *count);
-/* Lets go of the announced node of path (lock held): its clean copy's blob, or 0. */
-uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover);
+/* Lets go of the announced node of path (lock held): its clean copy's blob, or 0. Not taken:
+ * it stays, to be announced again. */
+uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover, bool taken);
 void jinode_put(struct sbx_journal *j, struct jinode *ino);
 /* The attributes of a directory as the sandbox gave them (its st_ino is the sandbox's): a
  * change in it later keeps them local until acknowledged. Lock held. */

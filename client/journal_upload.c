@@ -18,10 +18,25 @@
  * parent that is gone) is done, as a failure: it is logged, its file's next flush or fsync
  * and the next `sync` report it, and a file's content is kept in lost+found/ of the journal.
  *
- * Only one batch is in flight. That keeps the order without a model of which operations
- * depend on which; a batch holds up to 1,024 operations, so at 50 ms round trips that is
- * about 20,000 operations a second, far more than the mount makes (measured in
- * docs/performance.md). The thread never holds j->lock while it waits on the network. */
+ * Several batches in flight. With the server's "pipeline" capability up to WINDOW batches are
+ * on their way at once, each naming the last op of the one before it ("after"): sbxd applies
+ * a batch only once the one before it is in, whichever connection brings it first, so the
+ * order and the watermark keep their meaning. A batch goes when nothing is on its way and the
+ * coalescing wait is over, or at once when something waits for the sandbox (an fsync, a
+ * sync): a burst of fsyncs from independent writers costs each about one round trip, not one
+ * more for the batch before it. Answers are read oldest first. When one brings no verdict (a
+ * lost answer, a 503, a batch the server gave up waiting for), it is sent again at once while
+ * the ones after it wait for it at the server; if that fails too, everything from it on is
+ * sent again after the backoff, and the answers of the ones after it are not read (what they
+ * applied is skipped then, by the watermark). A large put goes alone, once nothing else is
+ * on its way, in parts of its own (send_large). The thread never holds j->lock while it
+ * waits on the network; the network thread takes it to hand over an answer.
+ *
+ * Settled nodes. An answer lets the journal drop what it settled, but not at once: the
+ * filesystem is told the sandbox's attributes (sbx_local_settled) and the journal keeps
+ * answering for those paths until the filesystem has them (sbx_journal_handover). Without
+ * that, a writer's rename or re-creation of a file right after its upload found neither the
+ * journal's node nor the filesystem's new attributes, and asked the sandbox. */
 #include "client/journal_impl.h"
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -42,6 +57,7 @@
 #define BATCH_BYTES (4u << 20)
 #define PART_SHIFT 16
 #define PARTS_IN_FLIGHT 3 /* of a large put; each holds two copies of its part's JSON */
+#define WINDOW 4          /* batches on their way at once (with the server's "pipeline") */
 #define HANDOVER_SWEEP_MS 2500 /* idle: how often announced nodes not taken are looked at */
 
 static __thread bool on_uploader;
@@ -257,70 +273,158 @@ static size_t answered(int err, const cJSON *answer, struct jop **ops, size_t n,
 	return n;
 }
 
-/* Sends ops[0..n) in one request. Returns how many have an outcome; the rest are to be sent
- * again. */
-static size_t send_batch(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc)
+/* ---- requests on their way ----
+ *
+ * The network thread answers them (http_request_async); its callback takes j->lock, which is
+ * never held across a wait, to store the answer and wake the uploader on j->changed. */
+
+struct pending {
+	bool answered;
+	struct http_response resp;
+};
+
+struct pending_ref {
+	struct sbx_journal *j;
+	struct pending *p;
+};
+
+static void pending_answered(void *arg, struct http_response *resp)
+{
+	struct pending_ref *ref = arg;
+	pthread_mutex_lock(&ref->j->lock);
+	ref->p->resp = *resp;
+	*resp = (struct http_response){ 0 }; /* taken: the client clears resp afterwards */
+	ref->p->answered = true;
+	pthread_cond_broadcast(&ref->j->changed);
+	pthread_mutex_unlock(&ref->j->lock);
+	free(ref);
+}
+
+/* Sends a request whose answer comes into p (lock not held; body is copied). */
+static void request_async(struct sbx_journal *j, const char *method, const char *path,
+			  const char *content_type, const char *body, size_t len, struct pending *p)
+{
+	char key[HTTP_KEY_MAX];
+	struct http_request req = {
+		.method = method,
+		.path = path,
+		.content_type = content_type,
+		.body = body,
+		.body_len = len,
+		.timeout_ms = sbx_deadline(j->s, BATCH_BYTES),
+		.idempotency_key = sbx_key(j->s, key),
+	};
+	struct pending_ref *ref = malloc(sizeof *ref);
+	if (!ref)
+		abort();
+	*ref = (struct pending_ref){ j, p };
+	p->answered = false;
+	int e = http_request_async(j->s->http, &req, pending_answered, ref);
+	if (e) {
+		free(ref);
+		pthread_mutex_lock(&j->lock);
+		p->resp = (struct http_response){ .err = e };
+		snprintf(p->resp.errmsg, sizeof p->resp.errmsg, "%s", strerror(-e));
+		p->answered = true;
+		pthread_mutex_unlock(&j->lock);
+	}
+}
+
+/* The outcomes of ops[0..n) from p's answer (lock not held; p answered): how many have one. */
+static size_t pending_outcome(struct pending *p, struct jop **ops, size_t n, struct outcome *oc)
+{
+	cJSON *answer;
+	int err = sbx_json_answer("journal", p->resp.err, &p->resp, true, &answer);
+	size_t done = answered(err, answer, ops, n, oc);
+	cJSON_Delete(answer);
+	http_response_clear(&p->resp);
+	return done;
+}
+
+/* Waits (lock not held) until p is answered. Its request has a deadline: the answer comes. */
+static void pending_wait(struct sbx_journal *j, struct pending *p)
+{
+	pthread_mutex_lock(&j->lock);
+	while (!p->answered)
+		pthread_cond_wait(&j->changed, &j->lock);
+	pthread_mutex_unlock(&j->lock);
+}
+
+/* ---- batches, several on their way ---- */
+
+/* A batch on its way: ops, consecutive in the queue, and its answer. */
+struct flight {
+	struct jop *ops[BATCH_OPS];
+	size_t n;
+	struct pending p;
+	int unreadable;   /* its first op's content could not be read: not sent, failed */
+	bool retried;     /* sent again at once after a failure, while later ones waited */
+};
+
+/* The batches on their way, oldest first (a ring of `width`). */
+struct window {
+	struct flight *v;
+	unsigned width, oldest, count;
+};
+
+static struct flight *flight_at(struct window *w, unsigned i)
+{
+	return &w->v[(w->oldest + i) % w->width];
+}
+
+/* Sends f, to be applied after the op numbered after (0: no condition); lock not held. Its
+ * ops up to one whose content cannot be read go; if that is the first, nothing does. */
+static void flight_send(struct sbx_journal *j, struct flight *f, uint64_t after)
 {
 	cJSON *body = cJSON_CreateObject();
 	cJSON_AddStringToObject(body, "journal", j->wire_id);
+	if (after)
+		json_add_int(body, "after", (int64_t)(after << PART_SHIFT));
 	cJSON *list = cJSON_AddArrayToObject(body, "ops");
-	for (size_t i = 0; i < n; i++) {
+	f->unreadable = 0;
+	for (size_t i = 0; i < f->n; i++) {
 		int err = 0;
-		off_t sz = ops[i]->kind == JOP_PUT ? blob_size(ops[i]) : 0;
-		cJSON *o = wire_op(ops[i], 0, sz < 0 ? 0 : sz, &err);
+		off_t sz = f->ops[i]->kind == JOP_PUT ? blob_size(f->ops[i]) : 0;
+		cJSON *o = wire_op(f->ops[i], 0, sz < 0 ? 0 : sz, &err);
 		if (o) {
 			cJSON_AddItemToArray(list, o);
 			continue;
 		}
 		if (i) { /* send what comes before it; it is first next time */
-			n = i;
+			f->n = i;
 			break;
 		}
-		/* the journal lost its copy: nothing of it can be sent */
-		cJSON_Delete(body);
-		outcome_fail(&oc[0], err, "the journal's copy is unreadable: %s", strerror(-err));
+		f->n = 1; /* the journal lost its copy: nothing of it can be sent */
+		f->unreadable = err;
+		break;
+	}
+	char *text = f->unreadable ? NULL : json_print(body);
+	cJSON_Delete(body);
+	if (f->unreadable) {
+		pthread_mutex_lock(&j->lock);
+		f->p.answered = true;
+		pthread_mutex_unlock(&j->lock);
+		return;
+	}
+	if (!text)
+		abort();
+	request_async(j, "POST", "/api/x/journal", NULL, text, strlen(text), &f->p);
+	free(text);
+}
+
+/* The outcomes of f's ops (lock not held; f answered): how many have one. */
+static size_t flight_outcome(struct flight *f, struct outcome *oc)
+{
+	if (f->unreadable) {
+		outcome_fail(&oc[0], f->unreadable, "the journal's copy is unreadable: %s",
+			     strerror(-f->unreadable));
 		return 1;
 	}
-	cJSON *answer = NULL;
-	int err = sbx_call_unsettled(j->s, "journal", "POST", "/api/x/journal", body, false,
-				     sbx_deadline(j->s, BATCH_BYTES), &answer);
-	size_t done = answered(err, answer, ops, n, oc);
-	cJSON_Delete(answer);
-	return done;
+	return pending_outcome(&f->p, f->ops, f->n, oc);
 }
 
 /* ---- a large put: its parts, several on their way ---- */
 
-/* One part's request, and its answer once the network thread has it. */
-struct part {
-	bool sent, answered;
-	struct http_response resp;
-};
-
-struct parts {
-	pthread_mutex_t lock;
-	pthread_cond_t answered;
-	struct part v[PARTS_IN_FLIGHT];
-};
-
-struct part_ref {
-	struct parts *ps;
-	struct part *p;
-};
-
-static void part_answered(void *arg, struct http_response *resp)
-{
-	struct part_ref *ref = arg;
-	pthread_mutex_lock(&ref->ps->lock);
-	ref->p->resp = *resp;
-	*resp = (struct http_response){ 0 }; /* taken: the client clears resp afterwards */
-	ref->p->answered = true;
-	pthread_cond_broadcast(&ref->ps->answered);
-	pthread_mutex_unlock(&ref->ps->lock);
-	free(ref);
-}
-
-/* Sends part `part` of op (slot p); false with *err when its content cannot be read. */
 /* The request of a data part after the first, with the server's "pipeline": its bytes raw,
  * `PUT /api/x/journal` (no base64, no JSON around them). body: the bytes (caller frees); NULL
  * with *err when the journal's copy cannot be read. */
@@ -343,9 +447,10 @@ static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_
 	return url;
 }
 
-/* Sends part `part` of op (slot p); false with *err when its content cannot be read. */
+/* Sends part `part` of op (its answer into p); false with *err when its content cannot be
+ * read. */
 static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_t size,
-		      struct parts *ps, struct part *p, int *err)
+		      struct pending *p, int *err)
 {
 	char *text = NULL, *url = NULL;
 	size_t len = 0;
@@ -370,51 +475,11 @@ static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_
 			abort();
 		len = strlen(text);
 	}
-	char key[HTTP_KEY_MAX];
-	struct http_request req = {
-		.method = raw ? "PUT" : "POST",
-		.path = raw ? url : "/api/x/journal",
-		.content_type = raw ? "application/octet-stream" : NULL,
-		.body = text,
-		.body_len = len,
-		.timeout_ms = sbx_deadline(j->s, BATCH_BYTES),
-		.idempotency_key = sbx_key(j->s, key),
-	};
-	struct part_ref *ref = malloc(sizeof *ref);
-	if (!ref)
-		abort();
-	*ref = (struct part_ref){ ps, p };
-	p->sent = true;
-	p->answered = false;
-	int e = http_request_async(j->s->http, &req, part_answered, ref);
+	request_async(j, raw ? "PUT" : "POST", raw ? url : "/api/x/journal",
+		      raw ? "application/octet-stream" : NULL, text, len, p);
 	free(text);
 	free(url);
-	if (e) {
-		free(ref);
-		pthread_mutex_lock(&ps->lock);
-		p->resp = (struct http_response){ .err = e };
-		snprintf(p->resp.errmsg, sizeof p->resp.errmsg, "%s", strerror(-e));
-		p->answered = true;
-		pthread_mutex_unlock(&ps->lock);
-	}
 	return true;
-}
-
-/* Waits for the answer of slot p and reads it as sbx_call_unsettled would; its outcome into
- * oc: 1, or 0 when it is to be sent again. */
-static size_t part_outcome(struct parts *ps, struct part *p, struct jop *op, struct outcome *oc)
-{
-	pthread_mutex_lock(&ps->lock);
-	while (!p->answered) /* the request has a deadline: its answer comes */
-		pthread_cond_wait(&ps->answered, &ps->lock);
-	pthread_mutex_unlock(&ps->lock);
-	cJSON *answer;
-	int err = sbx_json_answer("journal", p->resp.err, &p->resp, true, &answer);
-	size_t done = answered(err, answer, &op, 1, oc);
-	cJSON_Delete(answer);
-	http_response_clear(&p->resp);
-	p->sent = false;
-	return done;
 }
 
 /* A put larger than BATCH_BYTES, in parts of that size: the put of the first (which
@@ -427,15 +492,14 @@ static size_t send_large(struct sbx_journal *j, struct jop *op, off_t size, stru
 {
 	unsigned parts = (unsigned)((size + BATCH_BYTES - 1) / BATCH_BYTES) + 1;
 	unsigned window = j->s->pipeline ? PARTS_IN_FLIGHT : 1;
-	struct parts ps = { .lock = PTHREAD_MUTEX_INITIALIZER };
-	pthread_cond_init(&ps.answered, NULL);
+	struct pending v[PARTS_IN_FLIGHT];
 	unsigned next = 0, oldest = 0;
 	size_t done = 1;
 	bool stop = false;
 	while (oldest < parts) {
 		while (!stop && next < parts && next - oldest < window) {
 			int err = 0;
-			if (!part_send(j, op, next, size, &ps, &ps.v[next % window], &err)) {
+			if (!part_send(j, op, next, size, &v[next % window], &err)) {
 				/* the journal lost its copy: nothing more of it can be sent */
 				outcome_fail(oc, err, "the journal's copy is unreadable: %s",
 					     strerror(-err));
@@ -447,7 +511,9 @@ static size_t send_large(struct sbx_journal *j, struct jop *op, off_t size, stru
 		if (oldest == next)
 			break;
 		struct outcome part_oc = { 0 };
-		size_t got = part_outcome(&ps, &ps.v[oldest % window], op, &part_oc);
+		struct pending *p = &v[oldest % window];
+		pending_wait(j, p);
+		size_t got = pending_outcome(p, &op, 1, &part_oc);
 		oldest++;
 		if (stop)
 			continue; /* draining: what is on its way is not waited for in vain */
@@ -459,7 +525,6 @@ static size_t send_large(struct sbx_journal *j, struct jop *op, off_t size, stru
 		}
 		*oc = part_oc; /* the last part's answer stands for the put */
 	}
-	pthread_cond_destroy(&ps.answered);
 	return done;
 }
 
@@ -709,7 +774,7 @@ static void announce_settled(struct sbx_journal *j)
 		struct settled *o = &settled[i];
 		if (!sbx_local_settled(j->s, o->path, o->is_dir, o->has_st ? &o->st : NULL,
 				       o->handover))
-			journal_handover(j, o->path, o->handover);
+			journal_handover(j, o->path, o->handover, true);
 		free(o->path);
 	}
 	free(settled);
@@ -722,88 +787,194 @@ static void announce_settled(struct sbx_journal *j)
 	j->n_refused = 0;
 }
 
+static bool is_large(const struct jop *op)
+{
+	return op->kind == JOP_PUT && blob_size(op) > BATCH_BYTES;
+}
+
+/* The batch that starts at first (lock held): up to BATCH_OPS ops and BATCH_BYTES of content,
+ * a large put alone. Its ops count as sent from now on. */
+static size_t batch_take(struct jop *first, struct jop **ops)
+{
+	size_t n = 0;
+	uint64_t bytes = 0;
+	for (struct jop *op = first; op && n < BATCH_OPS; op = op->next) {
+		off_t size = op->kind == JOP_PUT ? blob_size(op) : 0;
+		if (n && (size > BATCH_BYTES || bytes + (uint64_t)size > BATCH_BYTES))
+			break;
+		op->sent = true;
+		ops[n++] = op;
+		bytes += (uint64_t)(size > 0 ? size : 0);
+		if (size > BATCH_BYTES)
+			break;
+	}
+	return n;
+}
+
+/* Records the outcomes of ops[0..done), the queue's first (lock held), and announces what
+ * they settled. */
+static void acknowledge(struct sbx_journal *j, struct jop **ops, size_t done, struct outcome *oc)
+{
+	for (size_t i = 0; i < done; i++)
+		finish(j, ops[i], &oc[i]);
+	if (done) {
+		spool_log_ack(j, j->acked);
+		if (j->offline)
+			log_info("journal: the sandbox answers again");
+		j->offline = false;
+		j->backoff_ms = 0;
+		announce_settled(j);
+		if (!j->head)
+			spool_compact(j);
+	}
+	pthread_cond_broadcast(&j->changed);
+}
+
+/* The sandbox did not take what was sent (lock held): waits, 100 ms doubling to 5 s, or until
+ * a waiter asks for an attempt now. */
+static void back_off(struct sbx_journal *j)
+{
+	if (!j->offline)
+		log_warn("journal: the sandbox cannot take changes now (%s); %zu wait in the "
+			 "journal and are sent again", sbx_last_error(), j->queued);
+	j->offline = true;
+	pthread_cond_broadcast(&j->changed); /* waiters that asked for it give up */
+	j->backoff_ms = j->backoff_ms ? j->backoff_ms * 2 : 100;
+	if (j->backoff_ms > 5000)
+		j->backoff_ms = 5000;
+	int64_t until = mono_ms() + j->backoff_ms;
+	while (!j->stopping && !j->retry_now && mono_cond_wait_until(&j->changed, &j->lock, until))
+		;
+}
+
+/* Sends the queue's first batch and waits for its answer (lock held, released meanwhile):
+ * without the route, or a large put. */
+static void send_now(struct sbx_journal *j, struct jop **ops, struct outcome *oc)
+{
+	size_t n = batch_take(j->head, ops);
+	pthread_mutex_unlock(&j->lock);
+	spool_sync(j, false);
+	size_t done = j->route ? send_large(j, ops[0], blob_size(ops[0]), oc)
+			       : send_each(j, ops, n, oc);
+	pthread_mutex_lock(&j->lock);
+	j->retry_now = false;
+	acknowledge(j, ops, done, oc);
+	if (done < n)
+		back_off(j);
+}
+
+/* Sends the batch that starts at first after the ones on their way (lock held, released
+ * meanwhile): the server applies it once it applied them ("after"). */
+static void launch(struct sbx_journal *j, struct window *w, struct jop *first)
+{
+	struct flight *prev = w->count ? flight_at(w, w->count - 1) : NULL;
+	uint64_t after = prev ? prev->ops[prev->n - 1]->seq : 0;
+	struct flight *f = flight_at(w, w->count++);
+	f->n = batch_take(first, f->ops);
+	f->retried = false;
+	f->p.answered = false;
+	pthread_mutex_unlock(&j->lock);
+	spool_sync(j, false);
+	flight_send(j, f, after);
+	pthread_mutex_lock(&j->lock);
+}
+
+/* The oldest batch on its way leaves the window (lock held). */
+static void window_pop(struct window *w)
+{
+	w->oldest = (w->oldest + 1) % w->width;
+	w->count--;
+}
+
 static void *uploader(void *arg)
 {
 	struct sbx_journal *j = arg;
 	on_uploader = true;
+	struct window w = { .width = j->route && j->s->pipeline ? WINDOW : 1 };
 	struct jop **ops = calloc(BATCH_OPS, sizeof *ops);
 	struct outcome *oc = calloc(BATCH_OPS, sizeof *oc);
-	if (!ops || !oc)
+	w.v = calloc(w.width, sizeof *w.v);
+	if (!ops || !oc || !w.v)
 		abort();
 	pthread_mutex_lock(&j->lock);
-	while (!j->stopping) {
-		if (!j->head) {
-			/* announced nodes the filesystem never took (it dropped its events) go */
-			if (!j->lingering)
-				pthread_cond_wait(&j->changed, &j->lock);
-			else if (!mono_cond_wait_until(&j->changed, &j->lock,
-						       mono_ms() + HANDOVER_SWEEP_MS))
-				announce_settled(j);
+	for (;;) {
+		if (!w.count) {
+			if (j->stopping)
+				break;
+			if (!j->head) {
+				/* announced nodes the filesystem never took (it dropped its
+				 * events) go */
+				if (!j->lingering)
+					pthread_cond_wait(&j->changed, &j->lock);
+				else if (!mono_cond_wait_until(&j->changed, &j->lock,
+							       mono_ms() + HANDOVER_SWEEP_MS))
+					announce_settled(j);
+				continue;
+			}
+			/* A moment for what comes right after (the rename after a close, the next
+			 * save's put): one request for both instead of one after the other,
+			 * unless something waits for the sandbox (fsync, sync, a drain). */
+			int64_t company = mono_ms() + COALESCE_MS;
+			while (!j->stopping && !j->urgent && j->queued < BATCH_OPS &&
+			       mono_cond_wait_until(&j->changed, &j->lock, company))
+				;
+			/* A file still being written (open for writing, written since its put
+			 * was queued: a shell's `>` and dd flush before they write) would go now
+			 * and again at its close: its put waits for that close, a while, unless
+			 * something waits. */
+			for (struct jop *h; !j->stopping && !j->urgent && (h = j->head) &&
+					    h->kind == JOP_PUT && !h->sent && h->ino->writers &&
+					    h->ino->dirty &&
+					    mono_cond_wait_until(&j->changed, &j->lock,
+								 h->queued_ms + WRITER_WAIT_MS);)
+				;
+			j->urgent = false;
+			if (!j->route || is_large(j->head))
+				send_now(j, ops, oc);
+			else
+				launch(j, &w, j->head);
 			continue;
 		}
-		/* A moment for what comes right after (the rename after a close, the next save's
-		 * put): one request for both instead of one after the other, unless something
-		 * waits for the sandbox (fsync, sync, a drain). */
-		int64_t company = mono_ms() + COALESCE_MS;
-		while (!j->stopping && !j->urgent && j->queued < BATCH_OPS &&
-		       mono_cond_wait_until(&j->changed, &j->lock, company))
-			;
-		/* A file still being written (open for writing, written since its put was
-		 * queued: a shell's `>` and dd flush before they write) would go now and again at
-		 * its close: its put waits for that close, a while, unless something waits. */
-		for (struct jop *h; !j->stopping && !j->urgent && (h = j->head) &&
-				    h->kind == JOP_PUT && !h->sent && h->ino->writers && h->ino->dirty &&
-				    mono_cond_wait_until(&j->changed, &j->lock,
-							 h->queued_ms + WRITER_WAIT_MS);)
-			;
-		j->urgent = false;
-		size_t n = 0;
-		uint64_t bytes = 0;
-		for (struct jop *op = j->head; op && n < BATCH_OPS; op = op->next) {
-			off_t size = op->kind == JOP_PUT ? blob_size(op) : 0;
-			if (n && (size > BATCH_BYTES || bytes + (uint64_t)size > BATCH_BYTES))
-				break;
-			op->sent = true;
-			ops[n++] = op;
-			bytes += (uint64_t)(size > 0 ? size : 0);
-			if (size > BATCH_BYTES)
-				break;
+		struct flight *f = flight_at(&w, 0);
+		if (!f->p.answered) {
+			/* something waits for the sandbox (an fsync): what is not on its way yet
+			 * goes now, not after the answers */
+			struct flight *last = flight_at(&w, w.count - 1);
+			struct jop *next = last->ops[last->n - 1]->next;
+			if (!j->stopping && j->urgent && next && w.count < w.width && !is_large(next)) {
+				j->urgent = false;
+				launch(j, &w, next);
+			} else {
+				pthread_cond_wait(&j->changed, &j->lock);
+			}
+			continue;
 		}
 		pthread_mutex_unlock(&j->lock);
-		spool_sync(j, false);
-		off_t large = n == 1 && ops[0]->kind == JOP_PUT ? blob_size(ops[0]) : 0;
-		size_t done = !j->route            ? send_each(j, ops, n, oc)
-			      : large > BATCH_BYTES ? send_large(j, ops[0], large, oc)
-						    : send_batch(j, ops, n, oc);
+		size_t done = flight_outcome(f, oc);
 		pthread_mutex_lock(&j->lock);
 		j->retry_now = false;
-		for (size_t i = 0; i < done; i++)
-			finish(j, ops[i], &oc[i]);
-		if (done) {
-			spool_log_ack(j, j->acked);
-			if (j->offline)
-				log_info("journal: the sandbox answers again");
-			j->offline = false;
-			j->backoff_ms = 0;
-			announce_settled(j);
-			if (!j->head)
-				spool_compact(j);
+		if (!done && w.count > 1 && !f->retried && !j->stopping) {
+			/* the ones after it wait for it at the server (up to seconds): it goes
+			 * again at once, once */
+			f->retried = true;
+			f->p.answered = false;
+			pthread_mutex_unlock(&j->lock);
+			flight_send(j, f, 0);
+			pthread_mutex_lock(&j->lock);
+			continue;
 		}
-		pthread_cond_broadcast(&j->changed);
-		if (done < n) {
-			if (!j->offline)
-				log_warn("journal: the sandbox cannot take changes now (%s); %zu wait "
-					 "in the journal and are sent again", sbx_last_error(),
-					 j->queued);
-			j->offline = true;
-			pthread_cond_broadcast(&j->changed); /* waiters that asked for it give up */
-			j->backoff_ms = j->backoff_ms ? j->backoff_ms * 2 : 100;
-			if (j->backoff_ms > 5000)
-				j->backoff_ms = 5000;
-			int64_t until = mono_ms() + j->backoff_ms;
-			while (!j->stopping && !j->retry_now &&
-			       mono_cond_wait_until(&j->changed, &j->lock, until))
-				;
+		acknowledge(j, f->ops, done, oc);
+		window_pop(&w);
+		if (done < f->n) {
+			/* everything from it on goes again, after the backoff: the answers of the
+			 * ones after it are not read (what they applied is skipped then) */
+			for (; w.count; window_pop(&w)) {
+				struct flight *g = flight_at(&w, 0);
+				while (!g->p.answered)
+					pthread_cond_wait(&j->changed, &j->lock);
+				http_response_clear(&g->p.resp);
+			}
+			back_off(j);
 		}
 	}
 	for (size_t i = 0; i < j->n_refused; i++)
@@ -812,6 +983,7 @@ static void *uploader(void *arg)
 	j->refused = NULL;
 	j->n_refused = j->cap_refused = 0;
 	pthread_mutex_unlock(&j->lock);
+	free(w.v);
 	free(ops);
 	free(oc);
 	return NULL;

@@ -148,16 +148,21 @@ static void aliases(struct nodes *t, const struct node *n, struct notices *ns)
 /* Our own change, acknowledged: the kernel's pages are the file's (its writes made them), the
  * attributes become the sandbox's (a directory's listing stays: the changes were ours). Only
  * the kernel's attributes go (the next getattr is answered from the table); the stamp keeps a
- * slower remote read from overwriting these. Then the journal, which answered for the path
- * until now, hands it over, with a clean copy of the content if it kept one. */
+ * slower remote read from overwriting these. In the same breath the journal, which answered
+ * for the path until now, hands it over, with a clean copy of the content if it kept one; a
+ * node that cannot take them now (open, or a handler between adopt_clean and its call into
+ * the journal) declines, and the journal announces it again later.
+ * (The journal's lock is taken under the table's; the journal never takes the table's.) */
 static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notices *ns)
 {
 	struct nodes *t = &fs->nodes;
 	nodes_lock(t);
 	struct node *n = nodes_resolve(t, ev->path);
 	bool same_type = n && (ev->st.st_mode & S_IFMT) == n->type;
-	uint64_t id = 0;
-	if (same_type && n->id != NODE_ROOT_ID && (S_ISDIR(n->type) || !n->open)) {
+	bool take = same_type && n->id != NODE_ROOT_ID && !n->adopting &&
+		    (S_ISDIR(n->type) || !n->open);
+	uint64_t blob = sbx_journal_handover(fs->sbx, ev->path, ev->handover, take);
+	if (take) {
 		/* a listing of its directory under way holds the journal's attributes of it: it
 		 * must not be kept (fs/tree.c checks the directory's stamp) */
 		nodes_touch(t, n);
@@ -168,24 +173,12 @@ static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notic
 			n->open_size = ev->st.st_size;
 			n->open_mtime = ev->st.st_mtim;
 		}
-		n->clean_blob = 0; /* the journal's own until it hands the path over */
+		n->clean_blob = n->data_changed ? 0 : blob;
 		if (n->parent && n->parent->list) {
 			dirlist_put(n->parent->list, n->name, &ev->st, NULL);
-			dirlist_set_clean(n->parent->list, n->name, 0);
+			dirlist_set_clean(n->parent->list, n->name, n->clean_blob);
 		}
 		notice_add(ns, (struct notice){ .ino = n->id, .off = -1 });
-		id = n->id;
-	}
-	nodes_unlock(t);
-	uint64_t blob = sbx_journal_handover(fs->sbx, ev->path, ev->handover);
-	if (!blob || !id)
-		return;
-	nodes_lock(t);
-	n = nodes_resolve(t, ev->path);
-	if (n && n->id == id && !n->data_changed) {
-		n->clean_blob = blob;
-		if (n->parent && n->parent->list)
-			dirlist_set_clean(n->parent->list, n->name, blob);
 	}
 	nodes_unlock(t);
 }

@@ -90,6 +90,9 @@ struct node {
 	 * touched the data since. */
 	bool opened;
 	bool data_changed;
+	/* handlers between adopt_clean() and their call into the journal: the journal keeps
+	 * answering for this file meanwhile (fs/invalidate.c declines its handover) */
+	unsigned adopting;
 	struct timespec open_mtime;
 	off_t open_size;
 	/* the journal's clean copy of the content the mount wrote (sbx_journal_open_clean),

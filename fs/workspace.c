@@ -174,11 +174,14 @@ static void aliases_notify(struct sbxfs *fs, const struct alias_scan *a)
 
 /* A file the mount wrote that no change event touched since goes back into the journal, from
  * its clean copy: what comes next (a rename, a link, an attribute change, a write that keeps
- * the content) is journaled instead of waiting for the sandbox. Without the lock. */
+ * the content) is journaled instead of waiting for the sandbox. Without the lock. Until the
+ * caller's adopt_done(), after its call into the journal, the journal keeps answering for the
+ * file if it does now (a handover in between would leave neither a node nor a copy). */
 static void adopt_clean(struct sbxfs *fs, struct node *n, const char *path)
 {
 	nodes_lock(&fs->nodes);
-	uint64_t blob = n && S_ISREG(n->type) && !n->open && !n->data_changed && n->attr_valid &&
+	n->adopting++;
+	uint64_t blob = S_ISREG(n->type) && !n->open && !n->data_changed && n->attr_valid &&
 				fs_caches_trusted(fs)
 			? n->clean_blob : 0;
 	struct stat st = { 0 };
@@ -189,6 +192,13 @@ static void adopt_clean(struct sbxfs *fs, struct node *n, const char *path)
 	nodes_unlock(&fs->nodes);
 	if (blob)
 		(void)sbx_journal_adopt_clean(fs->sbx, path, blob, &st);
+}
+
+static void adopt_done(struct sbxfs *fs, struct node *n)
+{
+	nodes_lock(&fs->nodes);
+	n->adopting--;
+	nodes_unlock(&fs->nodes);
 }
 
 /* The only writable open file of n, held, or NULL. Caller holds the lock. */
@@ -524,11 +534,11 @@ static void ws_setattr(fuse_req_t req, struct sbxfs *fs, struct node *n, struct 
 		nodes_lock(t);
 		char *path = nodes_path(n);
 		nodes_unlock(t);
-		if (valid && path)
+		if (valid && path) {
 			adopt_clean(fs, n, path);
-		if (valid && path)
 			err = sbx_setattr(fs->sbx, path, valid, &want, &st);
-		else if (valid)
+			adopt_done(fs, n);
+		} else if (valid)
 			err = -ENOENT;
 		else if (of)
 			err = sbx_file_fstat(of->file, &st);
@@ -692,10 +702,13 @@ static void ws_link(fuse_req_t req, struct sbxfs *fs, struct node *n, struct nod
 	char *from = nodes_path(n);
 	char *to = child_path(newdir, newname);
 	nodes_unlock(&fs->nodes);
-	if (from)
-		adopt_clean(fs, n, from);
 	struct stat st;
-	int err = from && to ? sbx_link(fs->sbx, from, to, &st) : -ENOENT;
+	int err = -ENOENT;
+	if (from && to) {
+		adopt_clean(fs, n, from);
+		err = sbx_link(fs->sbx, from, to, &st);
+		adopt_done(fs, n);
+	}
 	free(from);
 	if (err < 0) {
 		free(to);
@@ -833,16 +846,19 @@ static void ws_rename(fuse_req_t req, struct sbxfs *fs, struct node *dir, const 
 	if (source)
 		nodes_hold(source);
 	nodes_unlock(t);
-	if (source && from) {
+	if (source && from)
 		adopt_clean(fs, source, from);
-		nodes_lock(t);
-		nodes_put(t, source);
-		nodes_unlock(t);
-	}
 	int err = -ENOENT;
 	if (from && to) {
 		pin_files(fs, v, count);
 		err = sbx_rename(fs->sbx, from, to, flags);
+	}
+	if (source && from)
+		adopt_done(fs, source);
+	if (source) {
+		nodes_lock(t);
+		nodes_put(t, source);
+		nodes_unlock(t);
 	}
 	size_t nmoved = 0;
 	struct alias_scan a = { .count = 0 };
@@ -988,11 +1004,14 @@ static void ws_open(fuse_req_t req, struct sbxfs *fs, struct node *n, struct fus
 		nodes_put(t, dir);
 		nodes_unlock(t);
 	}
-	if (!reading && !(flags & O_TRUNC))
+	bool adopt = !reading && !(flags & O_TRUNC);
+	if (adopt)
 		adopt_clean(fs, n, path); /* its content is kept: the journal has it already */
 	int err = blob ? sbx_journal_open_clean(fs->sbx, path, blob, &st, &f) : -ENOENT;
 	if (err)
 		err = sbx_file_open(fs->sbx, path, flags, 0, &f, &st);
+	if (adopt)
+		adopt_done(fs, n);
 	free(path);
 	if (err < 0) {
 		fuse_reply_err(req, -err);
