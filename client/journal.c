@@ -1514,11 +1514,12 @@ static void j_settle(struct sbx *s)
 		j->inner->settle(s);
 }
 
-/* A change the mount did not make names n: an announced node goes (the sandbox answers for it
- * now), another no longer knows how the sandbox has it. */
+/* A change the mount did not make names n: a settled node goes (the sandbox answers for it
+ * now: an announced one not taken yet, or one closed since its last acknowledgement), another
+ * no longer knows how the sandbox has it. */
 static void mark_changed_there(struct sbx_journal *j, struct jnode *n)
 {
-	if (n && node_announced(j, n))
+	if (n && node_settled(j, n))
 		jnode_free(j, n);
 	else if (n && n->kind == JN_FILE)
 		n->ino->changed_there = true;

@@ -299,6 +299,54 @@ def test_writers_saving_at_once(faulty_sbx, mode):
     assert s.proxy.counts()['faults'] > 0
 
 
+@pytest.mark.timeout(300 * SLOW)
+def test_fsync_goes_past_the_batch_on_its_way(faulty_sbx, mode):
+    """An fsync does not queue behind a batch of changes already on its way: its own batch goes
+    at once, after it (docs/writeback.md, "Order and exactly once"), so at a distance it waits
+    one round trip, not two. Seen through a stalled proxy: while the first batch is held,
+    the fsync's batch arrives too; once both pass, both files are in the sandbox, in order."""
+    if mode == 'fallback':
+        pytest.skip('without the extensions writes go through synchronously (writeback off)')
+    s = start(faulty_sbx, p503=0, reset=0, drop_reply=0)
+    m, h = workdir(s, 'window')
+    calm(s)
+    # both made before the stall (a path walk may ask the sandbox for the directory's
+    # attributes); then written while requests are held
+    first = os.open(os.path.join(m, 'first'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    second = os.open(os.path.join(m, 'second'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+
+    def journal_held():
+        return s.proxy.held_requests().get('POST /api/x/journal', 0)
+
+    def save():
+        os.write(second, b'second\n')
+        os.fsync(second)
+
+    s.proxy.stall()
+    try:
+        os.write(first, b'first\n')
+        os.close(first)                 # no fsync: its upload goes after 200 ms
+        first = None
+        assert wait_for(lambda: journal_held() == 1, 20 * SLOW), (
+            'the first change never left: %s' % s.proxy.held_requests())
+        with ThreadPoolExecutor(1) as pool:
+            saving = pool.submit(save)
+            went = wait_for(lambda: journal_held() == 2, 20 * SLOW)
+            held = s.proxy.held_requests()
+            s.proxy.resume()
+            assert went, 'the fsync waited for the batch on its way: held %s' % held
+            saving.result(timeout=120 * SLOW)
+    finally:
+        s.proxy.resume()
+        for fd in (first, second):
+            if fd is not None:
+                os.close(fd)
+    calm(s)
+    for name in ('first', 'second'):
+        with open(os.path.join(h, name)) as f:
+            assert f.read() == name + '\n', '%s in the sandbox' % name
+
+
 @pytest.mark.timeout(600 * SLOW)
 def test_git_init_add_commit_fsck(faulty_sbx, tmp_path):
     s = start(faulty_sbx)
