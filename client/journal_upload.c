@@ -929,6 +929,8 @@ static void *uploader(void *arg)
 								 h->queued_ms + WRITER_WAIT_MS);)
 				;
 			j->urgent = false;
+			if (!j->head) /* only this thread takes ops off: not so */
+				continue;
 			if (!j->route || is_large(j->head))
 				send_now(j, ops, oc);
 			else
