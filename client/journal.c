@@ -39,7 +39,7 @@
 #include "common/log.h"
 
 #define FETCH_MAX (64 << 20) /* a sandbox file rewritten in place is copied up to this size */
-#define HANDOVER_MS 2000    /* an announced node the filesystem did not take goes anyway */
+#define HANDOVER_MS 3000    /* an announced node the filesystem did not take goes anyway */
 
 struct jfile {
 	struct sbx_file base;
@@ -224,11 +224,13 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 				n->opaque = false;
 			if (!node_settled(j, n))
 				continue;
-			if (node_announced(j, n)) { /* the filesystem has yet to take it */
-				if (now - n->announced_ms >= HANDOVER_MS)
-					jnode_free(j, n); /* its announcement was dropped */
+			bool again = node_announced(j, n);
+			if (again && now - n->announced_ms >= HANDOVER_MS) {
+				jnode_free(j, n); /* not taken in time: the sandbox answers */
 				continue;
 			}
+			if (again && !n->declined)
+				continue; /* the filesystem has yet to take it */
 			struct stat st;
 			bool has_st = n->kind != JN_GONE && node_sandbox_st(n, &st);
 			if (n->kind != JN_GONE) {
@@ -249,8 +251,11 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count)
 					if (!n->announced)
 						j->lingering++;
 					o->handover = n->announced = ++j->announcements;
-					n->announced_version = node_version(n);
-					n->announced_ms = now;
+					n->declined = false;
+					if (!again) {
+						n->announced_version = node_version(n);
+						n->announced_ms = now;
+					}
 					continue;
 				}
 			}
@@ -266,7 +271,7 @@ uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t hand
 	if (!n || n->announced != handover || !node_announced(j, n))
 		return 0; /* changed since, or let go */
 	if (!taken) { /* announced again by the next look at what is settled */
-		n->announced_version = 0;
+		n->declined = true;
 		return 0;
 	}
 	uint64_t blob = n->kind == JN_FILE && clean_keep(j, n->ino) ? n->ino->id : 0;

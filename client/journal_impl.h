@@ -62,7 +62,8 @@ struct jnode {
 	 * this number: the node stays until the filesystem took them (journal_handover), so
 	 * that nothing asks the sandbox for it in between; version: its last op's then */
 	uint64_t announced, announced_version;
-	int64_t announced_ms;
+	int64_t announced_ms; /* when this version was first announced */
+	bool declined;        /* the filesystem could not take it (open there): again, later */
 	struct jnode *next; /* hash chain */
 };
 

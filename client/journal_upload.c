@@ -58,7 +58,7 @@
 #define PART_SHIFT 16
 #define PARTS_IN_FLIGHT 3 /* of a large put; each holds two copies of its part's JSON */
 #define WINDOW 4          /* batches on their way at once (with the server's "pipeline") */
-#define HANDOVER_SWEEP_MS 2500 /* idle: how often announced nodes not taken are looked at */
+#define HANDOVER_SWEEP_MS 500 /* idle: how often announced nodes not taken are looked at */
 
 static __thread bool on_uploader;
 
@@ -894,6 +894,7 @@ static void *uploader(void *arg)
 	struct jop **ops = calloc(BATCH_OPS, sizeof *ops);
 	struct outcome *oc = calloc(BATCH_OPS, sizeof *oc);
 	w.v = calloc(w.width, sizeof *w.v);
+	int64_t next_sweep = 0;
 	if (!ops || !oc || !w.v)
 		abort();
 	pthread_mutex_lock(&j->lock);
@@ -902,13 +903,16 @@ static void *uploader(void *arg)
 			if (j->stopping)
 				break;
 			if (!j->head) {
-				/* announced nodes the filesystem never took (it dropped its
-				 * events) go */
-				if (!j->lingering)
+				/* announced nodes: declined ones are announced again, the ones
+				 * the filesystem never took (it dropped its events) go */
+				if (!j->lingering) {
 					pthread_cond_wait(&j->changed, &j->lock);
-				else if (!mono_cond_wait_until(&j->changed, &j->lock,
-							       mono_ms() + HANDOVER_SWEEP_MS))
+				} else if (mono_ms() >= next_sweep) {
 					announce_settled(j);
+					next_sweep = mono_ms() + HANDOVER_SWEEP_MS;
+				} else {
+					mono_cond_wait_until(&j->changed, &j->lock, next_sweep);
+				}
 				continue;
 			}
 			/* A moment for what comes right after (the rename after a close, the next

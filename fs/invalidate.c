@@ -145,6 +145,28 @@ static void aliases(struct nodes *t, const struct node *n, struct notices *ns)
 	nodes_foreach(t, alias_visit, &w);
 }
 
+/* A settled path without a node (the kernel forgot it, or never looked it up): its entry in
+ * the cached listing of its directory, if there is one, takes the sandbox's attributes (and
+ * the clean copy), or a lookup would answer with the journal's from there. Lock held. */
+static void settled_in_listing(struct nodes *t, const struct event *ev, uint64_t blob)
+{
+	const char *slash = strrchr(ev->path, '/');
+	if (!slash || slash == ev->path)
+		return;
+	char *dir_path = strndup(ev->path, (size_t)(slash - ev->path));
+	if (!dir_path)
+		abort();
+	struct node *dir = nodes_resolve(t, dir_path);
+	free(dir_path);
+	const char *name = slash + 1;
+	struct dirlist_entry *de = dir && dir->list ? dirlist_find(dir->list, name) : NULL;
+	if (!de || !de->st_valid || (de->st.st_mode & S_IFMT) != (ev->st.st_mode & S_IFMT))
+		return;
+	nodes_touch(t, dir); /* a listing under way holds the journal's attributes */
+	dirlist_put(dir->list, name, &ev->st, NULL);
+	dirlist_set_clean(dir->list, name, S_ISREG(ev->st.st_mode) ? blob : 0);
+}
+
 /* Our own change, acknowledged: the kernel's pages are the file's (its writes made them), the
  * attributes become the sandbox's (a directory's listing stays: the changes were ours). Only
  * the kernel's attributes go (the next getattr is answered from the table); the stamp keeps a
@@ -159,9 +181,11 @@ static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notic
 	nodes_lock(t);
 	struct node *n = nodes_resolve(t, ev->path);
 	bool same_type = n && (ev->st.st_mode & S_IFMT) == n->type;
-	bool take = same_type && n->id != NODE_ROOT_ID && !n->adopting &&
-		    (S_ISDIR(n->type) || !n->open);
-	uint64_t blob = sbx_journal_handover(fs->sbx, ev->path, ev->handover, take);
+	bool ours = same_type && n->id != NODE_ROOT_ID;
+	bool busy = ours && (n->adopting || (!S_ISDIR(n->type) && n->open));
+	bool take = ours && !busy;
+	/* declined only when busy: a path without a node here has nothing to update */
+	uint64_t blob = sbx_journal_handover(fs->sbx, ev->path, ev->handover, !busy);
 	if (take) {
 		/* a listing of its directory under way holds the journal's attributes of it: it
 		 * must not be kept (fs/tree.c checks the directory's stamp) */
@@ -179,6 +203,8 @@ static void apply_settled(struct sbxfs *fs, const struct event *ev, struct notic
 			dirlist_set_clean(n->parent->list, n->name, n->clean_blob);
 		}
 		notice_add(ns, (struct notice){ .ino = n->id, .off = -1 });
+	} else if (!n) {
+		settled_in_listing(t, ev, blob);
 	}
 	nodes_unlock(t);
 }

@@ -380,6 +380,35 @@ def test_once_uploaded_the_mount_shows_the_sandboxs_attributes(sbx):
             assert sha(f.read()) == digest, rel
 
 
+@pytest.mark.usefixtures('ext_only')  # a plain container: no answers to take them from
+def test_the_sandboxs_attributes_show_when_the_kernel_forgot_the_files_meanwhile(sbx):
+    """Files written, then forgotten by the kernel (caches dropped) before their upload is
+    acknowledged: once it is, stat through the mount says what the sandbox has all the same,
+    not the journal's times for ever (the journal lets go of what the filesystem has no node
+    for)."""
+    if os.geteuid() != 0:
+        pytest.skip('dropping the kernel caches needs root')
+    base = os.path.join(sbx.ws, 'forgot')
+    os.makedirs(base)
+    host = os.path.join(sbx.workspace, 'forgot')
+    for round_ in range(3):
+        d = os.path.join(base, 'r%d' % round_)
+        write_files(d, 20, seed=round_)
+        _drop_caches()          # within the upload's 200 ms wait for company
+        sbx.sync()
+
+    def differ():
+        out = []
+        for dirpath, dirs, files in os.walk(host):
+            for name in files:
+                rel = os.path.relpath(os.path.join(dirpath, name), host)
+                if _attrs(os.lstat(os.path.join(base, rel))) != \
+                        _attrs(os.lstat(os.path.join(host, rel))):
+                    out.append(rel)
+        return out
+    assert wait_for(lambda: not differ(), 20 * SLOW), differ()
+
+
 def test_a_file_the_mount_wrote_shows_the_sandboxs_later_changes(sbx):
     """Reading back a file the mount wrote may come from the journal's copy; a change made in
     the sandbox afterwards shows all the same, on a new open and on a descriptor that was
