@@ -150,18 +150,11 @@ static void aliases(struct nodes *t, const struct node *n, struct notices *ns)
  * the clean copy), or a lookup would answer with the journal's from there. Lock held. */
 static void settled_in_listing(struct nodes *t, const struct event *ev, uint64_t blob)
 {
-	const char *slash = strrchr(ev->path, '/');
-	if (!slash || slash == ev->path)
+	struct node *dir;
+	struct dirlist_entry *de = nodes_listed(t, ev->path, &dir);
+	if (!de || (de->st.st_mode & S_IFMT) != (ev->st.st_mode & S_IFMT))
 		return;
-	char *dir_path = strndup(ev->path, (size_t)(slash - ev->path));
-	if (!dir_path)
-		abort();
-	struct node *dir = nodes_resolve(t, dir_path);
-	free(dir_path);
-	const char *name = slash + 1;
-	struct dirlist_entry *de = dir && dir->list ? dirlist_find(dir->list, name) : NULL;
-	if (!de || !de->st_valid || (de->st.st_mode & S_IFMT) != (ev->st.st_mode & S_IFMT))
-		return;
+	const char *name = strrchr(ev->path, '/') + 1; /* de may be replaced */
 	nodes_touch(t, dir); /* a listing under way holds the journal's attributes */
 	dirlist_put(dir->list, name, &ev->st, NULL);
 	dirlist_set_clean(dir->list, name, S_ISREG(ev->st.st_mode) ? blob : 0);

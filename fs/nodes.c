@@ -362,6 +362,22 @@ struct node *nodes_resolve(struct nodes *t, const char *path)
 	return n;
 }
 
+struct dirlist_entry *nodes_listed(struct nodes *t, const char *path, struct node **dir)
+{
+	*dir = NULL;
+	const char *slash = strrchr(path, '/');
+	if (!slash || slash == path)
+		return NULL;
+	char *dir_path = strndup(path, (size_t)(slash - path));
+	if (!dir_path)
+		abort();
+	*dir = nodes_resolve(t, dir_path);
+	free(dir_path);
+	struct dirlist_entry *de = *dir && (*dir)->list ? dirlist_find((*dir)->list, slash + 1)
+						       : NULL;
+	return de && de->st_valid ? de : NULL;
+}
+
 bool nodes_below(const struct node *n, const struct node *a)
 {
 	for (; n; n = n->parent)

@@ -151,6 +151,9 @@ static inline void nodes_touch(struct nodes *t, struct node *n) { n->gen = ++t->
 char *nodes_path(const struct node *n);
 /* The attached node of an absolute path, or NULL. */
 struct node *nodes_resolve(struct nodes *t, const char *path);
+/* The entry of path's name in the cached listing of its directory, with known attributes
+ * (st_valid), or NULL; *dir: that directory's node. */
+struct dirlist_entry *nodes_listed(struct nodes *t, const char *path, struct node **dir);
 /* True when n is a or lies below a. */
 bool nodes_below(const struct node *n, const struct node *a);
 void nodes_foreach(struct nodes *t, void (*fn)(struct node *n, void *arg), void *arg);

@@ -42,18 +42,11 @@ static struct node *listed_dir(struct fill *f, const char *dir, bool *made)
 {
 	struct nodes *t = &f->fs->nodes;
 	*made = false;
-	const char *slash = strrchr(dir, '/');
-	if (!slash || slash == dir)
+	struct node *parent;
+	struct dirlist_entry *de = nodes_listed(t, dir, &parent);
+	if (!de || !S_ISDIR(de->st.st_mode))
 		return NULL;
-	char *parent_path = strndup(dir, (size_t)(slash - dir));
-	if (!parent_path)
-		abort();
-	struct node *parent = nodes_resolve(t, parent_path);
-	free(parent_path);
-	const char *name = slash + 1;
-	struct dirlist_entry *de = parent && parent->list ? dirlist_find(parent->list, name) : NULL;
-	if (!de || !de->st_valid || !S_ISDIR(de->st.st_mode))
-		return NULL;
+	const char *name = strrchr(dir, '/') + 1;
 	struct node *n = nodes_child(t, parent, name);
 	if (n)
 		return fs_node_is(n, &de->st) && n->gen <= f->seq ? n : NULL;

@@ -349,6 +349,19 @@ def _attrs(st):
     return (st.st_mode, st.st_nlink, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _differing(mounted, host, dirs):
+    """The entries (files, and directories with dirs) whose attributes through the mount
+    (under mounted) are not the sandbox's (under host)."""
+    out = []
+    for dirpath, subdirs, files in os.walk(host):
+        for name in (['.'] + subdirs if dirs else []) + files:
+            rel = os.path.relpath(os.path.join(dirpath, name), host)
+            if _attrs(os.lstat(os.path.join(mounted, rel))) != \
+                    _attrs(os.lstat(os.path.join(host, rel))):
+                out.append(rel)
+    return out
+
+
 @pytest.mark.usefixtures('ext_only')  # a plain container: no answers to take them from
 def test_once_uploaded_the_mount_shows_the_sandboxs_attributes(sbx):
     """After sync, what stat says through the mount is what the sandbox has, for files, hard
@@ -365,14 +378,7 @@ def test_once_uploaded_the_mount_shows_the_sandboxs_attributes(sbx):
     host = os.path.join(sbx.workspace, 'attrs')
 
     def differ():
-        out = []
-        for dirpath, dirs, files in os.walk(host):
-            for name in ['.'] + dirs + files:
-                rel = os.path.relpath(os.path.join(dirpath, name), host)
-                if _attrs(os.lstat(os.path.join(base, rel))) != \
-                        _attrs(os.lstat(os.path.join(host, rel))):
-                    out.append(rel)
-        return out
+        return _differing(base, host, dirs=True)
     # the journal's attributes give way to the sandbox's as the answers are taken in
     assert wait_for(lambda: not differ(), 20 * SLOW), differ()
     for rel, digest in want.items():
@@ -398,14 +404,7 @@ def test_the_sandboxs_attributes_show_when_the_kernel_forgot_the_files_meanwhile
         sbx.sync()
 
     def differ():
-        out = []
-        for dirpath, dirs, files in os.walk(host):
-            for name in files:
-                rel = os.path.relpath(os.path.join(dirpath, name), host)
-                if _attrs(os.lstat(os.path.join(base, rel))) != \
-                        _attrs(os.lstat(os.path.join(host, rel))):
-                    out.append(rel)
-        return out
+        return _differing(base, host, dirs=False)
     assert wait_for(lambda: not differ(), 20 * SLOW), differ()
 
 
