@@ -278,6 +278,7 @@ class FaultProxy:
         self._counts = collections.Counter()
         self._by_request = collections.defaultdict(collections.Counter)
         self._stalled = False
+        self._stall_only = None             # request keys a stall holds (None: all)
         self._held = collections.Counter()     # request key -> how many are held now
         self._down = False
         self._stopping = False
@@ -315,10 +316,12 @@ class FaultProxy:
         with self._lock:
             return dict(self._settings)
 
-    def stall(self):
-        """From now on requests are read and held, never forwarded, until resume()."""
+    def stall(self, only=None):
+        """From now on requests are read and held, never forwarded, until resume(); with
+        only (request keys, as held_requests() names them), those requests alone."""
         with self._lock:
             self._stalled = True
+            self._stall_only = frozenset(only) if only is not None else None
 
     def resume(self):
         with self._lock:
@@ -510,7 +513,8 @@ class FaultProxy:
 
         if api:
             with self._lock:
-                stalled = self._stalled
+                stalled = self._stalled and (self._stall_only is None
+                                             or key in self._stall_only)
             if stalled:
                 body = []
                 _copy_body(client, framing, length, body.append)

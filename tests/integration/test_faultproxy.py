@@ -294,9 +294,8 @@ def test_latency(proxy, upstream):
     c.close()
 
 
-def test_stall_holds_requests_until_resume(proxy, upstream):
-    proxy.set(p503=0)
-    proxy.stall()
+def _echo_held(proxy):
+    """A POST /api/echo in a thread, held by the stall: (the thread, {'body': its answer})."""
     result = {}
 
     def call():
@@ -307,12 +306,33 @@ def test_stall_holds_requests_until_resume(proxy, upstream):
     t = threading.Thread(target=call)
     t.start()
     assert wait_for(lambda: proxy.held() == 1, 10)
+    return t, result
+
+
+def test_stall_holds_requests_until_resume(proxy, upstream):
+    proxy.set(p503=0)
+    proxy.stall()
+    t, result = _echo_held(proxy)
     assert proxy.held_requests() == {'POST /api/echo': 1}
     assert upstream.seen == [] and 'body' not in result
     proxy.resume()
     t.join(10)
     assert result.get('body') == b'held'
     assert proxy.held() == 0 and proxy.counts()['stalled'] == 1
+
+
+def test_stall_of_some_requests_lets_the_others_through(proxy, upstream):
+    proxy.set(p503=0)
+    proxy.stall(only=['POST /api/echo'])
+    t, result = _echo_held(proxy)
+    c = conn(proxy)
+    c.request('GET', '/api/other')
+    assert c.getresponse().read() == b'ok'
+    c.close()
+    assert upstream.paths() == ['/api/other'] and 'body' not in result
+    proxy.resume()
+    t.join(10)
+    assert result.get('body') == b'held'
 
 
 def test_stall_drops_requests_whose_client_left(proxy, upstream):
