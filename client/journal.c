@@ -138,6 +138,19 @@ void jinode_put(struct sbx_journal *j, struct jinode *ino)
 	free(ino);
 }
 
+void jop_release(struct sbx_journal *j, struct jop *op)
+{
+	if (op->ino) {
+		op->ino->refs--;
+		jinode_put(j, op->ino);
+	}
+	if (op->unlinked) {
+		op->unlinked->refs--;
+		jinode_put(j, op->unlinked);
+	}
+	jop_free(op);
+}
+
 /* Makes n a node of no kind (JN_GONE), letting go of what it held. */
 static void jnode_clear(struct sbx_journal *j, struct jnode *n)
 {
@@ -453,20 +466,35 @@ static uint64_t enqueue(struct sbx_journal *j, struct jop *op, bool replayed)
 	return op->seq;
 }
 
-/* Waits (lock held) until the sandbox acknowledged everything up to seq: 0, or -ETIMEDOUT. */
-static int wait_acked(struct sbx_journal *j, uint64_t seq, long timeout_ms)
+/* Whether the sandbox answered for the op numbered seq and every op before it (lock held);
+ * alone: for that op, and so for the ops before it it depends on (journal_upload.c, "the
+ * lane": an op after a large put on its way may be answered before it). */
+static bool acked(const struct sbx_journal *j, uint64_t seq, bool alone)
+{
+	if (j->acked >= seq)
+		return true;
+	if (alone)
+		for (const struct jop *op = j->head; op && op->seq <= seq; op = op->next)
+			if (op->seq == seq)
+				return op->done;
+	return false;
+}
+
+/* Waits (lock held) until the sandbox acknowledged everything up to seq (alone: seq and what
+ * it depends on): 0, or -ETIMEDOUT. */
+static int wait_acked(struct sbx_journal *j, uint64_t seq, bool alone, long timeout_ms)
 {
 	int64_t deadline = mono_ms() + timeout_ms;
 	bool asked = false;
-	if (j->acked < seq && !j->urgent) {
+	if (!acked(j, seq, alone) && !j->urgent) {
 		j->urgent = true;
 		pthread_cond_broadcast(&j->changed);
 	}
-	while (j->acked < seq && j->running) {
+	while (!acked(j, seq, alone) && j->running) {
 		if (j->offline && !asked) {
 			/* not only the backoff's next try: one now (the sandbox may be back) */
 			asked = true;
-			j->retry_now = true;
+			j->retries_asked++;
 			pthread_cond_broadcast(&j->changed);
 		}
 		if (mono_cond_wait_until(&j->changed, &j->lock, deadline))
@@ -480,7 +508,7 @@ static int wait_acked(struct sbx_journal *j, uint64_t seq, long timeout_ms)
 				"when it answers", j->queued, j->queued == 1 ? "" : "s",
 				timeout_ms / 1000, j->dir);
 	}
-	return j->acked >= seq ? 0 : sbx_fail(-EIO, "the journal stopped");
+	return acked(j, seq, alone) ? 0 : sbx_fail(-EIO, "the journal stopped");
 }
 
 /* Everything journaled so far acknowledged (for what must see the sandbox as the mount does). */
@@ -488,7 +516,7 @@ static int drain(struct sbx_journal *j)
 {
 	if (upload_is_self() || passing)
 		return 0;
-	return wait_acked(j, j->next_seq - 1, j->s->deadline_ms);
+	return wait_acked(j, j->next_seq - 1, false, j->s->deadline_ms);
 }
 
 /* Journals the content of n's file, with its mode and times (lock held). A put reads the
@@ -1367,7 +1395,7 @@ static int jf_fsync(struct sbx_file *f, bool datasync)
 	struct sbx_journal *j = jf->j;
 	pthread_mutex_lock(&j->lock);
 	put_if_dirty(j, jf->ino);
-	int err = wait_acked(j, jf->ino->last_seq, j->s->deadline_ms);
+	int err = wait_acked(j, jf->ino->last_seq, true, j->s->deadline_ms);
 	if (!err)
 		err = take_error(jf->ino);
 	pthread_mutex_unlock(&j->lock);
@@ -1750,7 +1778,7 @@ void sbx_journal_stop(struct sbx *s)
 	if (!j)
 		return;
 	pthread_mutex_lock(&j->lock);
-	if (j->queued && wait_acked(j, j->next_seq - 1, s->deadline_ms))
+	if (j->queued && wait_acked(j, j->next_seq - 1, false, s->deadline_ms))
 		log_warn("journal: %zu change%s not yet acknowledged by the sandbox stay in %s; "
 			 "the next mount of this sandbox sends them", j->queued,
 			 j->queued == 1 ? "" : "s", j->dir);
@@ -1763,16 +1791,9 @@ void sbx_journal_stop(struct sbx *s)
 	while (j->head) {
 		struct jop *op = j->head;
 		j->head = op->next;
-		if (op->ino) {
-			op->ino->refs--;
-			jinode_put(j, op->ino);
-		}
-		if (op->unlinked) {
-			op->unlinked->refs--;
-			jinode_put(j, op->unlinked);
-		}
-		jop_free(op);
+		jop_release(j, op);
 	}
+	j->tail = j->lane_head = j->lane_tail = NULL;
 	for (size_t i = 0; i < j->buckets; i++)
 		while (j->table[i]) /* jnode_free takes it out of the chain first */
 			jnode_free(j, j->table[i]); /* NOLINT(clang-analyzer-unix.Malloc) */
@@ -1794,7 +1815,8 @@ int sbx_journal_sync(struct sbx *s, long timeout_ms)
 	if (!j)
 		return 0;
 	pthread_mutex_lock(&j->lock);
-	int err = wait_acked(j, j->next_seq - 1, timeout_ms > 0 ? timeout_ms : s->deadline_ms);
+	int err = wait_acked(j, j->next_seq - 1, false,
+			     timeout_ms > 0 ? timeout_ms : s->deadline_ms);
 	if (!err) {
 		spool_sync(j, true);
 		if (j->fail_seq > j->fail_reported) {

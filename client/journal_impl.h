@@ -90,9 +90,18 @@ struct jop {
 	off_t expect_size;
 	struct timespec expect_mtime;
 	bool sent;          /* in a batch: sent, or on its way (never superseded then) */
+	bool lane;          /* goes on the lane (journal_upload.c), and again there */
+	struct jop *lane_next; /* the next op on the lane */
+	bool decided;       /* read back from the log, which says which journal it goes on
+			     * (lane: a lane record; else the main journal, where it may have been
+			     * applied already) */
+	bool done;          /* the sandbox answered for it: it leaves the queue once every op
+			     * before it did too */
 	int64_t queued_ms;  /* when it was queued (mono_ms) */
 	struct jop *next;
 };
+
+#define WIRE_ID_MAX 40
 
 struct clean_copy {
 	uint64_t blob, bytes;
@@ -119,7 +128,8 @@ struct sbx_journal {
 	struct clean_copies clean;    /* journal_clean.c */
 	struct jinode *clean_open;
 
-	/* the queue: what the sandbox has not acknowledged, oldest first */
+	/* the queue: what the sandbox has not acknowledged, oldest first; acked: every op up to
+	 * it is (ops after a large put on its way may be done before it: jop.done) */
 	struct jop *head, *tail;
 	size_t queued;
 	uint64_t next_seq, acked;
@@ -135,20 +145,30 @@ struct sbx_journal {
 	/* the spool (journal_spool.c) */
 	char *dir;       /* <cache_dir>/<key> */
 	int dir_fd, blobs_fd, log_fd, lock_fd;
-	char wire_id[40]; /* the journal's name at the server: random, kept in the spool */
+	char wire_id[WIRE_ID_MAX]; /* the journal's name at the server: random, kept in the spool */
 	uint64_t next_blob;
-	int64_t synced_ms; /* last syncfs of the spool */
+	_Atomic int64_t synced_ms; /* last syncfs of the spool */
 
 	/* the uploader (journal_upload.c) */
 	pthread_t thread;
 	bool running, stopping;
 	bool route;    /* the server has POST /api/x/journal: batches; else one call each */
-	int backoff_ms; /* while the sandbox cannot be reached */
+	struct retry {      /* of the main journal's sender, and of the lane's */
+		int backoff_ms; /* while the sandbox cannot be reached */
+		unsigned seen;  /* the last of retries_asked an attempt answered */
+	} main_retry, lane_retry;
 	bool offline;
-	bool retry_now;    /* a waiter wants an attempt now, not after the backoff */
+	unsigned retries_asked; /* bumped by a waiter that wants an attempt now, not after the
+				 * backoff (of each sender) */
 	bool urgent;       /* a waiter wants the queue sent now, not after the coalescing wait */
 	char **refused;    /* paths of ops refused since the last announcement */
 	size_t n_refused, cap_refused;
+	/* the lane: a large put on a journal of its own at the server, sent by a thread of its
+	 * own, while the ops after it that do not depend on it go on (journal_upload.c) */
+	char lane_id[WIRE_ID_MAX + sizeof SBX_LANE_SUFFIX];
+	struct jop *lane_head, *lane_tail; /* its ops not answered for yet, oldest first */
+	pthread_t lane_thread;
+	bool lane_running;
 };
 
 /* journal.c */
@@ -172,6 +192,8 @@ struct settled *journal_settled(struct sbx_journal *j, size_t *count);
  * it stays, to be announced again. */
 uint64_t journal_handover(struct sbx_journal *j, const char *path, uint64_t handover, bool taken);
 void jinode_put(struct sbx_journal *j, struct jinode *ino);
+/* Lets go of op, off the queue: its files' references, then op itself (lock held). */
+void jop_release(struct sbx_journal *j, struct jop *op);
 /* The attributes of a directory as the sandbox gave them (its st_ino is the sandbox's): a
  * change in it later keeps them local until acknowledged. Lock held. */
 void journal_saw_dir(struct sbx_journal *j, const char *path, const struct stat *st);
@@ -198,6 +220,11 @@ char *spool_blob_rescue(struct sbx_journal *j, uint64_t id, const char *path);
 /* Appends op (or an acknowledgement up to seq) to the log. */
 void spool_log_op(struct sbx_journal *j, const struct jop *op);
 void spool_log_ack(struct sbx_journal *j, uint64_t seq);
+/* Records which journal ops go on (journal_upload.c, "the lane"): the op numbered seq goes
+ * on the lane; the ops up to seq that are not on the lane go on the main journal. The next
+ * mount sends them there too. */
+void spool_log_lane(struct sbx_journal *j, uint64_t seq);
+void spool_log_main(struct sbx_journal *j, uint64_t seq);
 /* Once nothing is pending: starts the log afresh. */
 void spool_compact(struct sbx_journal *j);
 /* Makes what the log and blobs hold durable (syncfs), at most once a second unless force. */

@@ -1,8 +1,11 @@
 /* The journal on disk: <cache_dir>/<key>/ for one sandbox (key: a hash of its URL, its
  * sandbox id and the backend), 0700, held with flock by one mount at a time:
  *   id           the journal's name at the server (random, made once)
- *   log          one JSON line per operation, and {"ack": N} once the sandbox acknowledged
- *                everything up to N; started afresh whenever nothing is pending
+ *   log          one JSON line per operation, {"ack": N} once the sandbox acknowledged
+ *                everything up to N, {"lane": N} when op N is put on the lane and {"main": N}
+ *                before a batch up to op N goes on the main journal (the next mount sends
+ *                the ops up to the highest of these on the same journals); started afresh
+ *                whenever nothing is pending
  *   blobs/N      contents of files made or rewritten through the mount, until acknowledged
  *   lost+found/  contents that could not be uploaded (EACCES, ENOSPC in the sandbox...)
  * Lines are written with write(2) as the mount makes the change, so a killed sbxfs loses
@@ -14,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,6 +212,13 @@ static void log_line(struct sbx_journal *j, cJSON *o)
 	free(text);
 }
 
+static void log_number(struct sbx_journal *j, const char *name, uint64_t seq)
+{
+	cJSON *o = cJSON_CreateObject();
+	json_add_int(o, name, (int64_t)seq);
+	log_line(j, o);
+}
+
 static const char *const kind_names[] = {
 	[JOP_PUT] = "put", [JOP_MKDIR] = "mkdir", [JOP_SYMLINK] = "symlink",
 	[JOP_LINK] = "link", [JOP_UNLINK] = "unlink", [JOP_RMDIR] = "rmdir",
@@ -242,12 +253,10 @@ void spool_log_op(struct sbx_journal *j, const struct jop *op)
 	log_line(j, o);
 }
 
-void spool_log_ack(struct sbx_journal *j, uint64_t seq)
-{
-	cJSON *o = cJSON_CreateObject();
-	json_add_int(o, "ack", (int64_t)seq);
-	log_line(j, o);
-}
+void spool_log_ack(struct sbx_journal *j, uint64_t seq) { log_number(j, "ack", seq); }
+
+void spool_log_lane(struct sbx_journal *j, uint64_t seq) { log_number(j, "lane", seq); }
+void spool_log_main(struct sbx_journal *j, uint64_t seq) { log_number(j, "main", seq); }
 
 void spool_compact(struct sbx_journal *j)
 {
@@ -260,9 +269,10 @@ void spool_compact(struct sbx_journal *j)
 void spool_sync(struct sbx_journal *j, bool force)
 {
 	int64_t now = mono_ms();
-	if (!force && now - j->synced_ms < 1000)
+	/* the uploader and the lane call it without the lock */
+	if (!force && now - atomic_load(&j->synced_ms) < 1000)
 		return;
-	j->synced_ms = now;
+	atomic_store(&j->synced_ms, now);
 	if (syncfs(j->dir_fd) < 0)
 		log_warn("journal %s: syncfs: %s", j->dir, strerror(errno));
 }
@@ -366,7 +376,8 @@ int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, st
 		return sbx_fail(-errno, "journal %s: reading its log: %s", j->dir, strerror(errno));
 	rewind(f);
 	struct jop *first = NULL, **tail = &first, **last = NULL;
-	uint64_t acked = 0;
+	uint64_t acked = 0, decided = 0, *lanes = NULL;
+	size_t n_lanes = 0;
 	size_t bad = 0;
 	char *line = NULL;
 	size_t cap = 0;
@@ -376,6 +387,17 @@ int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, st
 			uint64_t a = (uint64_t)json_int(o, "ack", 0);
 			if (a > acked)
 				acked = a;
+		} else if (o && cJSON_GetObjectItemCaseSensitive(o, "lane")) {
+			if (!(lanes = realloc(lanes, (n_lanes + 1) * sizeof *lanes)))
+				abort();
+			lanes[n_lanes] = (uint64_t)json_int(o, "lane", 0);
+			if (lanes[n_lanes] > decided)
+				decided = lanes[n_lanes];
+			n_lanes++;
+		} else if (o && cJSON_GetObjectItemCaseSensitive(o, "main")) {
+			uint64_t m = (uint64_t)json_int(o, "main", 0);
+			if (m > decided)
+				decided = m;
 		} else if (o) {
 			struct jop *op = jop_from_json(o);
 			if (op && last && (*last)->seq == op->seq) {
@@ -408,8 +430,12 @@ int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, st
 			jop_free(op);
 			continue;
 		}
+		op->decided = op->seq <= decided;
+		for (size_t i = 0; i < n_lanes && !op->lane; i++)
+			op->lane = lanes[i] == op->seq;
 		replay(j, op);
 	}
+	free(lanes);
 	if (j->next_seq <= acked)
 		j->next_seq = acked + 1;
 	remove_stray_blobs(j);

@@ -372,12 +372,14 @@ static struct flight *flight_at(struct window *w, unsigned i)
 	return &w->v[(w->oldest + i) % w->width];
 }
 
-/* Sends f, to be applied after the op numbered after (0: no condition); lock not held. Its
- * ops up to one whose content cannot be read go; if that is the first, nothing does. */
-static void flight_send(struct sbx_journal *j, struct flight *f, uint64_t after)
+/* Sends f to the server's journal named journal, to be applied after the op numbered after
+ * (0: no condition); lock not held. Its ops up to one whose content cannot be read go; if that
+ * is the first, nothing does. */
+static void flight_send(struct sbx_journal *j, const char *journal, struct flight *f,
+			uint64_t after)
 {
 	cJSON *body = cJSON_CreateObject();
-	cJSON_AddStringToObject(body, "journal", j->wire_id);
+	cJSON_AddStringToObject(body, "journal", journal);
 	if (after)
 		json_add_int(body, "after", (int64_t)(after << PART_SHIFT));
 	cJSON *list = cJSON_AddArrayToObject(body, "ops");
@@ -428,7 +430,7 @@ static size_t flight_outcome(struct flight *f, struct outcome *oc)
 /* The request of a data part after the first, with the server's "pipeline": its bytes raw,
  * `PUT /api/x/journal` (no base64, no JSON around them). body: the bytes (caller frees); NULL
  * with *err when the journal's copy cannot be read. */
-static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_t size,
+static char *raw_part(const char *journal, struct jop *op, unsigned part, off_t size,
 		      char **body, size_t *len, int *err)
 {
 	off_t off = (off_t)part * BATCH_BYTES;
@@ -438,7 +440,7 @@ static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_
 		return NULL;
 	char *path = http_urlencode(op->path), *url;
 	if (!path || asprintf(&url, "/api/x/journal?journal=%s&seq=%ju&after=%ju&path=%s&"
-			      "offset=%jd", j->wire_id, (uintmax_t)(op->seq << PART_SHIFT | part),
+			      "offset=%jd", journal, (uintmax_t)(op->seq << PART_SHIFT | part),
 			      (uintmax_t)(op->seq << PART_SHIFT | (part - 1)), path,
 			      (intmax_t)off) < 0)
 		abort();
@@ -447,20 +449,20 @@ static char *raw_part(struct sbx_journal *j, struct jop *op, unsigned part, off_
 	return url;
 }
 
-/* Sends part `part` of op (its answer into p); false with *err when its content cannot be
- * read. */
-static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_t size,
-		      struct pending *p, int *err)
+/* Sends part `part` of op to the server's journal named journal (its answer into p); false
+ * with *err when its content cannot be read. */
+static bool part_send(struct sbx_journal *j, const char *journal, struct jop *op, unsigned part,
+		      off_t size, struct pending *p, int *err)
 {
 	char *text = NULL, *url = NULL;
 	size_t len = 0;
 	bool raw = part && (off_t)part * BATCH_BYTES < size && j->s->pipeline;
 	if (raw) {
-		if (!(url = raw_part(j, op, part, size, &text, &len, err)))
+		if (!(url = raw_part(journal, op, part, size, &text, &len, err)))
 			return false;
 	} else {
 		cJSON *body = cJSON_CreateObject();
-		cJSON_AddStringToObject(body, "journal", j->wire_id);
+		cJSON_AddStringToObject(body, "journal", journal);
 		if (part && j->s->pipeline) /* applied once the part before it is in */
 			json_add_int(body, "after", (int64_t)(op->seq << PART_SHIFT | (part - 1)));
 		cJSON *o = wire_op(op, part, size, err);
@@ -482,13 +484,15 @@ static bool part_send(struct sbx_journal *j, struct jop *op, unsigned part, off_
 	return true;
 }
 
-/* A put larger than BATCH_BYTES, in parts of that size: the put of the first (which
- * truncates), writes, and a closing setattr with its times. With the server's "pipeline",
+/* A put larger than BATCH_BYTES (or any put, on the lane), in parts of that size: the put of
+ * the first (which truncates), writes, and a closing setattr with its times, to the server's
+ * journal named journal (the mount's, or its lane's). With the server's "pipeline",
  * up to PARTS_IN_FLIGHT parts are on their way at once, each sent "after" the one before it
  * (the server applies them in order, so the watermark keeps its meaning: a repeat after a
  * lost answer applies nothing twice); without it, one at a time. Returns 1, or 0 when the put
  * is to be sent again (its applied parts are skipped then). */
-static size_t send_large(struct sbx_journal *j, struct jop *op, off_t size, struct outcome *oc)
+static size_t send_large(struct sbx_journal *j, const char *journal, struct jop *op, off_t size,
+			 struct outcome *oc)
 {
 	unsigned parts = (unsigned)((size + BATCH_BYTES - 1) / BATCH_BYTES) + 1;
 	unsigned window = j->s->pipeline ? PARTS_IN_FLIGHT : 1;
@@ -499,7 +503,7 @@ static size_t send_large(struct sbx_journal *j, struct jop *op, off_t size, stru
 	while (oldest < parts) {
 		while (!stop && next < parts && next - oldest < window) {
 			int err = 0;
-			if (!part_send(j, op, next, size, &v[next % window], &err)) {
+			if (!part_send(j, journal, op, next, size, &v[next % window], &err)) {
 				/* the journal lost its copy: nothing more of it can be sent */
 				outcome_fail(oc, err, "the journal's copy is unreadable: %s",
 					     strerror(-err));
@@ -719,7 +723,7 @@ static void refused_add(struct sbx_journal *j, const char *path)
 		abort();
 }
 
-/* Records op's outcome and takes it off the queue (lock held). */
+/* Records op's outcome (lock held): it leaves the queue with retire(). */
 static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *oc)
 {
 	learn_answer(j, op, oc);
@@ -743,23 +747,26 @@ static void finish(struct sbx_journal *j, struct jop *op, const struct outcome *
 		if (op->ino)
 			op->ino->error = oc->err;
 	}
-	j->head = op->next;
-	if (!j->head)
-		j->tail = NULL;
-	j->queued--;
-	j->acked = op->seq;
-	if (op->kind == JOP_PUT) {
-		j->bytes_pending -= (uint64_t)op->ino->st.st_size <= j->bytes_pending
-					    ? (uint64_t)op->ino->st.st_size
-					    : j->bytes_pending;
-		op->ino->refs--;
-		jinode_put(j, op->ino);
+	op->done = true;
+}
+
+/* Takes the answered ops at the queue's head off it (lock held): true if any. */
+static bool retire(struct sbx_journal *j)
+{
+	bool any = false;
+	for (struct jop *op; (op = j->head) && op->done; any = true) {
+		j->head = op->next;
+		if (!j->head)
+			j->tail = NULL;
+		j->queued--;
+		j->acked = op->seq;
+		if (op->kind == JOP_PUT)
+			j->bytes_pending -= (uint64_t)op->ino->st.st_size <= j->bytes_pending
+						    ? (uint64_t)op->ino->st.st_size
+						    : j->bytes_pending;
+		jop_release(j, op);
 	}
-	if (op->unlinked) {
-		op->unlinked->refs--;
-		jinode_put(j, op->unlinked);
-	}
-	jop_free(op);
+	return any;
 }
 
 /* Tells the filesystem what the acknowledgements settled, and what the sandbox refused (lock
@@ -792,13 +799,127 @@ static bool is_large(const struct jop *op)
 	return op->kind == JOP_PUT && blob_size(op) > BATCH_BYTES;
 }
 
-/* The batch that starts at first (lock held): up to BATCH_OPS ops and BATCH_BYTES of content,
- * a large put alone. Its ops count as sent from now on. */
-static size_t batch_take(struct jop *first, struct jop **ops)
+/* ---- the lane ----
+ *
+ * The main journal's watermark makes its order total: an op applied before one numbered below
+ * it would be skipped as a repeat. So a large put goes on a journal of its own at the server,
+ * the lane (j->lane_id), with its own watermark, and so does every op that depends on an op
+ * on the lane (names the same file, a directory above or below one of its names, or shares
+ * its inode), transitively. The lane's thread sends its ops one at a time, in order, each once
+ * every op before it is answered for; the main journal never waits for the lane: the ops that
+ * do not depend on it pass it. An op answered out of turn is done (jop.done) but stays in the
+ * queue, and the log's acknowledgement stays below it, until everything before it is answered
+ * too: a restarted mount sends it again, and the main journal's watermark skips it. Which
+ * journal an op goes on is decided once, in the queue's order, when the main journal first
+ * passes it or sends it, and logged then (a lane op as one, a main batch by its last op),
+ * before anything after it is sent: sent on the other journal, it would be applied twice,
+ * or skipped (a put whose file grew past BATCH_BYTES after it went in a batch must not go on
+ * the lane, where nothing skips it, after the rename that followed it in that batch; a put
+ * passed on the lane must not go on the main journal, whose watermark is past it once an op
+ * after it was applied). */
+
+/* a is b or a path inside it */
+static bool path_within(const char *a, const char *b)
+{
+	size_t n = strlen(b);
+	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
+}
+
+/* The names op changes (a symlink's target is not one). */
+static void op_names(const struct jop *op, const char *names[2])
+{
+	names[0] = op->path;
+	names[1] = op->kind == JOP_SYMLINK ? NULL : op->path2;
+}
+
+/* A file op changes (or one of its names), with more than one name: any op may touch it. */
+static bool shared_file(const struct jinode *ino)
+{
+	return ino && ino->links > 1;
+}
+
+/* Whether op, applied before p, could come out otherwise than after it. */
+static bool depends_on(const struct jop *op, const struct jop *p)
+{
+	const struct jinode *a[2] = { op->ino, op->unlinked }, *b[2] = { p->ino, p->unlinked };
+	for (size_t i = 0; i < 2; i++) {
+		if (shared_file(a[i]) || shared_file(b[i]))
+			return true;
+		for (size_t k = 0; k < 2; k++)
+			if (a[i] && a[i] == b[k])
+				return true;
+	}
+	const char *x[2], *y[2];
+	op_names(op, x);
+	op_names(p, y);
+	for (size_t i = 0; i < 2; i++)
+		for (size_t k = 0; k < 2; k++)
+			if (x[i] && y[k] && (path_within(x[i], y[k]) || path_within(y[k], x[i])))
+				return true;
+	return false;
+}
+
+/* Whether op depends on an op on the lane not answered for yet (lock held). */
+static bool needs_lane(const struct sbx_journal *j, const struct jop *op)
+{
+	for (const struct jop *p = j->lane_head; p && p->seq < op->seq; p = p->lane_next)
+		if (depends_on(op, p))
+			return true;
+	return false;
+}
+
+/* Whether op goes on the lane: as decided when it was first passed or sent (or, replayed,
+ * as the log says); else whether it is a large put, or depends on the lane. */
+static bool for_lane(const struct sbx_journal *j, const struct jop *op)
+{
+	if (!j->lane_running)
+		return false;
+	if (op->sent || op->decided)
+		return op->lane;
+	return is_large(op) || needs_lane(j, op);
+}
+
+/* Puts op, which goes on the lane, on it if it is not there yet (lock held): logged as a lane
+ * op first, unless the log says so already. */
+static void lane_take(struct sbx_journal *j, struct jop *op)
+{
+	if (op->sent)
+		return;
+	if (!op->lane)
+		spool_log_lane(j, op->seq);
+	op->sent = op->lane = true;
+	*(j->lane_tail ? &j->lane_tail->lane_next : &j->lane_head) = op;
+	j->lane_tail = op;
+	pthread_cond_broadcast(&j->changed);
+}
+
+/* The first op from op on that is neither answered for nor on the lane (lock held); the
+ * large puts on the way are put on the lane. */
+static struct jop *next_pending(struct sbx_journal *j, struct jop *op)
+{
+	for (; op; op = op->next) {
+		if (op->done) /* passed a put on the lane: answered before it */
+			continue;
+		if (!for_lane(j, op))
+			return op;
+		lane_take(j, op);
+	}
+	return NULL;
+}
+
+static struct jop *first_pending(struct sbx_journal *j)
+{
+	return next_pending(j, j->head);
+}
+
+/* The batch that starts at first, an op pending on the main journal (lock held): up to
+ * BATCH_OPS ops and BATCH_BYTES of content, a large put alone, passing what goes on the lane.
+ * Its ops count as sent from now on. */
+static size_t batch_take(struct sbx_journal *j, struct jop *first, struct jop **ops)
 {
 	size_t n = 0;
 	uint64_t bytes = 0;
-	for (struct jop *op = first; op && n < BATCH_OPS; op = op->next) {
+	for (struct jop *op = first; op && n < BATCH_OPS; op = next_pending(j, op->next)) {
 		off_t size = op->kind == JOP_PUT ? blob_size(op) : 0;
 		if (n && (size > BATCH_BYTES || bytes + (uint64_t)size > BATCH_BYTES))
 			break;
@@ -808,21 +929,24 @@ static size_t batch_take(struct jop *first, struct jop **ops)
 		if (size > BATCH_BYTES)
 			break;
 	}
+	if (n && j->lane_running)
+		spool_log_main(j, ops[n - 1]->seq);
 	return n;
 }
 
-/* Records the outcomes of ops[0..done), the queue's first (lock held), and announces what
- * they settled. */
+/* Records the outcomes of ops[0..done) (lock held), takes what it can off the queue and
+ * announces what that settled. */
 static void acknowledge(struct sbx_journal *j, struct jop **ops, size_t done, struct outcome *oc)
 {
 	for (size_t i = 0; i < done; i++)
 		finish(j, ops[i], &oc[i]);
 	if (done) {
-		spool_log_ack(j, j->acked);
+		if (retire(j))
+			spool_log_ack(j, j->acked);
 		if (j->offline)
 			log_info("journal: the sandbox answers again");
 		j->offline = false;
-		j->backoff_ms = 0;
+		j->main_retry.backoff_ms = j->lane_retry.backoff_ms = 0;
 		announce_settled(j);
 		if (!j->head)
 			spool_compact(j);
@@ -830,38 +954,119 @@ static void acknowledge(struct sbx_journal *j, struct jop **ops, size_t done, st
 	pthread_cond_broadcast(&j->changed);
 }
 
-/* The sandbox did not take what was sent (lock held): waits, 100 ms doubling to 5 s, or until
- * a waiter asks for an attempt now. */
-static void back_off(struct sbx_journal *j)
+/* An attempt was made by r's sender (lock held): the waiters that asked for one so far have it. */
+static void attempted(struct sbx_journal *j, struct retry *r)
+{
+	r->seen = j->retries_asked;
+}
+
+/* The sandbox did not take what was sent (lock held): waits, 100 ms doubling to 5 s (r: the
+ * main journal's sender or the lane's), or until a waiter asks for an attempt now. */
+static void back_off(struct sbx_journal *j, struct retry *r)
 {
 	if (!j->offline)
 		log_warn("journal: the sandbox cannot take changes now (%s); %zu wait in the "
 			 "journal and are sent again", sbx_last_error(), j->queued);
 	j->offline = true;
 	pthread_cond_broadcast(&j->changed); /* waiters that asked for it give up */
-	j->backoff_ms = j->backoff_ms ? j->backoff_ms * 2 : 100;
-	if (j->backoff_ms > 5000)
-		j->backoff_ms = 5000;
-	int64_t until = mono_ms() + j->backoff_ms;
-	while (!j->stopping && !j->retry_now && mono_cond_wait_until(&j->changed, &j->lock, until))
+	r->backoff_ms = r->backoff_ms ? r->backoff_ms * 2 : 100;
+	if (r->backoff_ms > 5000)
+		r->backoff_ms = 5000;
+	int64_t until = mono_ms() + r->backoff_ms;
+	while (!j->stopping && r->seen == j->retries_asked &&
+	       mono_cond_wait_until(&j->changed, &j->lock, until))
 		;
 }
 
-/* Sends the queue's first batch and waits for its answer (lock held, released meanwhile):
- * without the route, or a large put. */
-static void send_now(struct sbx_journal *j, struct jop **ops, struct outcome *oc)
+/* Sends the batch that starts at first and waits for its answer (lock held, released
+ * meanwhile): without the route, or a large put on the main journal. */
+static void send_now(struct sbx_journal *j, struct jop *first, struct jop **ops,
+		     struct outcome *oc)
 {
-	size_t n = batch_take(j->head, ops);
+	size_t n = batch_take(j, first, ops);
 	pthread_mutex_unlock(&j->lock);
 	spool_sync(j, false);
-	size_t done = j->route ? send_large(j, ops[0], blob_size(ops[0]), oc)
+	size_t done = j->route ? send_large(j, j->wire_id, ops[0], blob_size(ops[0]), oc)
 			       : send_each(j, ops, n, oc);
 	pthread_mutex_lock(&j->lock);
-	j->retry_now = false;
+	attempted(j, &j->main_retry);
 	acknowledge(j, ops, done, oc);
 	if (done < n)
-		back_off(j);
+		back_off(j, &j->main_retry);
 }
+
+/* The lane's first op, once every op before it is answered for and it is not being written
+ * (as the uploader's wait for a writer, below); NULL, with *until when to look again, if it is
+ * not due (lock held). */
+static struct jop *lane_due(struct sbx_journal *j, int64_t *until)
+{
+	struct jop *op = j->lane_head, *first = j->head;
+	while (first && first->done)
+		first = first->next;
+	if (!op || op != first)
+		return NULL;
+	if (op->kind == JOP_PUT && op->ino->writers && op->ino->dirty &&
+	    mono_ms() < op->queued_ms + WRITER_WAIT_MS) {
+		*until = op->queued_ms + WRITER_WAIT_MS;
+		return NULL;
+	}
+	return op;
+}
+
+/* Sends op on the lane and waits for its answer (lock not held): 1, or 0 when it is to be
+ * sent again. A put goes in parts (any size), anything else as a batch of one. */
+static size_t lane_send(struct sbx_journal *j, struct flight *f, struct jop *op,
+			struct outcome *oc)
+{
+	if (op->kind == JOP_PUT)
+		return send_large(j, j->lane_id, op, blob_size(op), oc);
+	f->ops[0] = op;
+	f->n = 1;
+	flight_send(j, j->lane_id, f, 0);
+	pending_wait(j, &f->p);
+	return flight_outcome(f, oc);
+}
+
+static void *lane(void *arg)
+{
+	struct sbx_journal *j = arg;
+	on_uploader = true;
+	struct flight *f = calloc(1, sizeof *f);
+	if (!f)
+		abort();
+	pthread_mutex_lock(&j->lock);
+	for (;;) {
+		struct jop *op = NULL;
+		int64_t until = 0;
+		while (!j->stopping && !(op = lane_due(j, &until))) {
+			if (until)
+				mono_cond_wait_until(&j->changed, &j->lock, until);
+			else
+				pthread_cond_wait(&j->changed, &j->lock);
+			until = 0;
+		}
+		if (j->stopping)
+			break;
+		struct outcome oc = { 0 };
+		pthread_mutex_unlock(&j->lock);
+		spool_sync(j, false);
+		size_t done = lane_send(j, f, op, &oc);
+		pthread_mutex_lock(&j->lock);
+		attempted(j, &j->lane_retry);
+		if (done) {
+			if (!(j->lane_head = op->lane_next))
+				j->lane_tail = NULL;
+			acknowledge(j, &op, 1, &oc);
+		} else {
+			back_off(j, &j->lane_retry);
+		}
+	}
+	pthread_mutex_unlock(&j->lock);
+	free(f);
+	return NULL;
+}
+
+/* ---- the main journal ---- */
 
 /* Sends the batch that starts at first after the ones on their way (lock held, released
  * meanwhile): the server applies it once it applied them ("after"). */
@@ -870,12 +1075,12 @@ static void launch(struct sbx_journal *j, struct window *w, struct jop *first)
 	struct flight *prev = w->count ? flight_at(w, w->count - 1) : NULL;
 	uint64_t after = prev ? prev->ops[prev->n - 1]->seq : 0;
 	struct flight *f = flight_at(w, w->count++);
-	f->n = batch_take(first, f->ops);
+	f->n = batch_take(j, first, f->ops);
 	f->retried = false;
 	f->p.answered = false;
 	pthread_mutex_unlock(&j->lock);
 	spool_sync(j, false);
-	flight_send(j, f, after);
+	flight_send(j, j->wire_id, f, after);
 	pthread_mutex_lock(&j->lock);
 }
 
@@ -884,6 +1089,21 @@ static void window_pop(struct window *w)
 {
 	w->oldest = (w->oldest + 1) % w->width;
 	w->count--;
+}
+
+/* Nothing to send (lock held): waits for a change, looking at the announced nodes meanwhile
+ * (declined ones are announced again, the ones the filesystem never took, because it dropped
+ * its events, go). */
+static void idle(struct sbx_journal *j, int64_t *next_sweep)
+{
+	if (!j->lingering) {
+		pthread_cond_wait(&j->changed, &j->lock);
+	} else if (mono_ms() >= *next_sweep) {
+		announce_settled(j);
+		*next_sweep = mono_ms() + HANDOVER_SWEEP_MS;
+	} else {
+		mono_cond_wait_until(&j->changed, &j->lock, *next_sweep);
+	}
 }
 
 static void *uploader(void *arg)
@@ -902,17 +1122,9 @@ static void *uploader(void *arg)
 		if (!w.count) {
 			if (j->stopping)
 				break;
-			if (!j->head) {
-				/* announced nodes: declined ones are announced again, the ones
-				 * the filesystem never took (it dropped its events) go */
-				if (!j->lingering) {
-					pthread_cond_wait(&j->changed, &j->lock);
-				} else if (mono_ms() >= next_sweep) {
-					announce_settled(j);
-					next_sweep = mono_ms() + HANDOVER_SWEEP_MS;
-				} else {
-					mono_cond_wait_until(&j->changed, &j->lock, next_sweep);
-				}
+			struct jop *first = first_pending(j);
+			if (!first) {
+				idle(j, &next_sweep);
 				continue;
 			}
 			/* A moment for what comes right after (the rename after a close, the next
@@ -926,19 +1138,19 @@ static void *uploader(void *arg)
 			 * was queued: a shell's `>` and dd flush before they write) would go now
 			 * and again at its close: its put waits for that close, a while, unless
 			 * something waits. */
-			for (struct jop *h; !j->stopping && !j->urgent && (h = j->head) &&
+			for (struct jop *h; !j->stopping && !j->urgent && (h = first_pending(j)) &&
 					    h->kind == JOP_PUT && !h->sent && h->ino->writers &&
 					    h->ino->dirty &&
 					    mono_cond_wait_until(&j->changed, &j->lock,
 								 h->queued_ms + WRITER_WAIT_MS);)
 				;
 			j->urgent = false;
-			if (!j->head) /* only this thread takes ops off: not so */
+			if (!(first = first_pending(j))) /* the lane took them meanwhile */
 				continue;
-			if (!j->route || is_large(j->head))
-				send_now(j, ops, oc);
+			if (!j->route || is_large(first))
+				send_now(j, first, ops, oc);
 			else
-				launch(j, &w, j->head);
+				launch(j, &w, first);
 			continue;
 		}
 		struct flight *f = flight_at(&w, 0);
@@ -946,8 +1158,9 @@ static void *uploader(void *arg)
 			/* something waits for the sandbox (an fsync): what is not on its way yet
 			 * goes now, not after the answers */
 			struct flight *last = flight_at(&w, w.count - 1);
-			struct jop *next = last->ops[last->n - 1]->next;
-			if (!j->stopping && j->urgent && next && w.count < w.width && !is_large(next)) {
+			struct jop *next = next_pending(j, last->ops[last->n - 1]->next);
+			if (!j->stopping && j->urgent && next && w.count < w.width &&
+			    !is_large(next)) {
 				j->urgent = false;
 				launch(j, &w, next);
 			} else {
@@ -958,14 +1171,14 @@ static void *uploader(void *arg)
 		pthread_mutex_unlock(&j->lock);
 		size_t done = flight_outcome(f, oc);
 		pthread_mutex_lock(&j->lock);
-		j->retry_now = false;
+		attempted(j, &j->main_retry);
 		if (!done && w.count > 1 && !f->retried && !j->stopping) {
 			/* the ones after it wait for it at the server (up to seconds): it goes
 			 * again at once, once */
 			f->retried = true;
 			f->p.answered = false;
 			pthread_mutex_unlock(&j->lock);
-			flight_send(j, f, 0);
+			flight_send(j, j->wire_id, f, 0);
 			pthread_mutex_lock(&j->lock);
 			continue;
 		}
@@ -980,14 +1193,9 @@ static void *uploader(void *arg)
 					pthread_cond_wait(&j->changed, &j->lock);
 				http_response_clear(&g->p.resp);
 			}
-			back_off(j);
+			back_off(j, &j->main_retry);
 		}
 	}
-	for (size_t i = 0; i < j->n_refused; i++)
-		free(j->refused[i]);
-	free(j->refused);
-	j->refused = NULL;
-	j->n_refused = j->cap_refused = 0;
 	pthread_mutex_unlock(&j->lock);
 	free(w.v);
 	free(ops);
@@ -998,10 +1206,15 @@ static void *uploader(void *arg)
 int upload_start(struct sbx_journal *j)
 {
 	j->route = j->s->journal_route;
+	snprintf(j->lane_id, sizeof j->lane_id, "%s" SBX_LANE_SUFFIX, j->wire_id);
+	int err = j->route ? pthread_create(&j->lane_thread, NULL, lane, j) : 0;
+	if (err)
+		return sbx_fail(-err, "journal: cannot start its lane: %s", strerror(err));
+	j->lane_running = j->route;
 	j->running = true;
-	int err = pthread_create(&j->thread, NULL, uploader, j);
-	if (err) {
+	if ((err = pthread_create(&j->thread, NULL, uploader, j))) {
 		j->running = false;
+		upload_stop(j);
 		return sbx_fail(-err, "journal: cannot start its uploader: %s", strerror(err));
 	}
 	return 0;
@@ -1009,12 +1222,20 @@ int upload_start(struct sbx_journal *j)
 
 void upload_stop(struct sbx_journal *j)
 {
-	if (!j->running)
+	if (!j->running && !j->lane_running)
 		return;
 	pthread_mutex_lock(&j->lock);
 	j->stopping = true;
 	pthread_cond_broadcast(&j->changed);
 	pthread_mutex_unlock(&j->lock);
-	pthread_join(j->thread, NULL);
-	j->running = false;
+	if (j->running)
+		pthread_join(j->thread, NULL);
+	if (j->lane_running)
+		pthread_join(j->lane_thread, NULL);
+	j->running = j->lane_running = false;
+	for (size_t i = 0; i < j->n_refused; i++)
+		free(j->refused[i]);
+	free(j->refused);
+	j->refused = NULL;
+	j->n_refused = j->cap_refused = 0;
 }

@@ -857,7 +857,9 @@ void sbx_local_unknown(struct sbx *s, const char *path)
 
 bool sbx_own_change(const struct sbx *s, const char *journal)
 {
-	return journal && s->journal_id[0] && strcmp(journal, s->journal_id) == 0;
+	size_t n = strlen(s->journal_id);
+	return journal && n && strncmp(journal, s->journal_id, n) == 0 &&
+	       (!journal[n] || strcmp(journal + n, SBX_LANE_SUFFIX) == 0);
 }
 
 bool sbx_local_settled(struct sbx *s, const char *path, bool is_dir, const struct stat *st,

@@ -93,9 +93,12 @@ struct sbx {
 	struct sbx_watch *workspace_watch;
 	struct sbx_journal *journal; /* the write-back journal in front of the backend, or NULL */
 	/* the journal's name at the server, set before s is shared ("" without a journal):
-	 * change events tagged with it are the echoes of the mount's own changes */
+	 * change events tagged with it, or with its lane's (SBX_LANE_SUFFIX appended), are the
+	 * echoes of the mount's own changes */
 	char journal_id[64];
 };
+#define SBX_LANE_SUFFIX "-lane"
+
 
 /* Tells the watcher of /workspace (the filesystem) that what it was shown of path changes
  * without an event of the sandbox's: the journal's attributes of it give way to the

@@ -138,6 +138,17 @@ def workdir(s, name):
     return m, h
 
 
+def journal_workdir(faulty_sbx, mode, name):
+    """For a test of the journal's uploads through the proxy: sbxd with its extensions (the
+    test is skipped in fallback mode), no faults, and a fresh directory (workdir)."""
+    if mode == 'fallback':
+        pytest.skip('without the extensions writes go through synchronously (writeback off)')
+    s = start(faulty_sbx, p503=0, reset=0, drop_reply=0)
+    m, h = workdir(s, name)
+    calm(s)
+    return s, m, h
+
+
 def make_tree(root, nfiles, seed):
     """A deterministic source-like tree: nested directories, text and binary files of
     varied sizes (a few large), executables, empty files and directories, symlinks (one
@@ -305,11 +316,7 @@ def test_fsync_goes_past_the_batch_on_its_way(faulty_sbx, mode):
     at once, after it (docs/writeback.md, "Order and exactly once"), so at a distance it waits
     one round trip, not two. Seen through a stalled proxy: while the first batch is held,
     the fsync's batch arrives too; once both pass, both files are in the sandbox, in order."""
-    if mode == 'fallback':
-        pytest.skip('without the extensions writes go through synchronously (writeback off)')
-    s = start(faulty_sbx, p503=0, reset=0, drop_reply=0)
-    m, h = workdir(s, 'window')
-    calm(s)
+    s, m, h = journal_workdir(faulty_sbx, mode, 'window')
     # both made before the stall (a path walk may ask the sandbox for the directory's
     # attributes); then written while requests are held
     first = os.open(os.path.join(m, 'first'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -345,6 +352,98 @@ def test_fsync_goes_past_the_batch_on_its_way(faulty_sbx, mode):
     for name in ('first', 'second'):
         with open(os.path.join(h, name)) as f:
             assert f.read() == name + '\n', '%s in the sandbox' % name
+
+
+@pytest.mark.timeout(300 * SLOW)
+def test_a_save_goes_past_a_large_upload_on_its_way(faulty_sbx, mode):
+    """A large file's upload holds back neither a change made after it that does not depend
+    on it nor one made after a change that does (docs/writeback.md, "The lane"): while the
+    proxy holds the large file's data, another file's fsyncs return, before and after the
+    large file's rename, and that file is in the sandbox; the rename waits for the upload:
+    once the proxy lets go, the sandbox has the whole file under its new name."""
+    s, m, h = journal_workdir(faulty_sbx, mode, 'lane')
+    small = os.open(os.path.join(m, 'small'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    data = random.Random(SEED).randbytes(12 << 20)   # more than one 4 MiB part
+    lines = [b'small\n', b'saved again\n', b'after the rename\n']
+
+    def parts_held():
+        return s.proxy.held_requests().get('PUT /api/x/journal', 0)
+
+    def save(line):
+        os.write(small, line)
+        os.fsync(small)
+
+    def saved(upto):
+        with open(os.path.join(h, 'small'), 'rb') as f:
+            return f.read() == b''.join(lines[:upto])
+
+    s.proxy.stall(only=['PUT /api/x/journal'])    # a large put's parts after its first
+    try:
+        with open(os.path.join(m, 'big.bin'), 'wb') as f:
+            f.write(data)
+        assert wait_for(lambda: parts_held() >= 1, 30 * SLOW), (
+            'the large upload never left: %s' % s.proxy.held_requests())
+        with ThreadPoolExecutor(1) as pool:
+            for k in (0, 1):                    # the second passes the first too
+                done, _ = wait([pool.submit(save, lines[k])], timeout=60 * SLOW)
+                assert done, 'the fsync waited for the large upload: held %s' % (
+                    s.proxy.held_requests())
+            assert saved(2)
+            # its first part is not held: it is there, in part
+            wait_for(lambda: os.path.exists(os.path.join(h, 'big.bin')), 30 * SLOW)
+            assert os.path.getsize(os.path.join(h, 'big.bin')) < len(data), (
+                'the large file was in the sandbox before its parts')
+            # made while the upload is on its way: applied after it, and passed
+            os.rename(os.path.join(m, 'big.bin'), os.path.join(m, 'moved.bin'))
+            done, _ = wait([pool.submit(save, lines[2])], timeout=60 * SLOW)
+            assert done, 'the fsync after the rename waited for the large upload'
+            assert saved(3)
+            assert os.path.exists(os.path.join(h, 'big.bin')), 'renamed before its upload'
+    finally:
+        s.proxy.resume()
+        os.close(small)
+    calm(s)
+    assert not os.path.exists(os.path.join(h, 'big.bin'))
+    with open(os.path.join(h, 'moved.bin'), 'rb') as f:
+        assert f.read() == data, 'the renamed file in the sandbox is not what was written'
+
+
+@pytest.mark.timeout(300 * SLOW)
+def test_kill_9_during_a_large_upload_then_the_next_mount_finishes_it(faulty_sbx, mode):
+    """sbxfs killed while a large file's data is held, after a later change went past it:
+    the next mount sends the large file's rest, does not make the later change again (a
+    change the sandbox made since stays), and renames the large file after its upload."""
+    s, m, h = journal_workdir(faulty_sbx, mode, 'lane9')
+    small = os.open(os.path.join(m, 'small'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    data = random.Random(SEED + 9).randbytes(12 << 20)
+    s.proxy.stall(only=['PUT /api/x/journal'])
+    try:
+        with open(os.path.join(m, 'big.bin'), 'wb') as f:
+            f.write(data)
+        assert wait_for(lambda: s.proxy.held_requests().get('PUT /api/x/journal', 0) >= 1,
+                        30 * SLOW), s.proxy.held_requests()
+        os.write(small, b'from the mount\n')
+        os.fsync(small)
+        os.close(small)
+        small = None
+        os.rename(os.path.join(m, 'big.bin'), os.path.join(m, 'moved.bin'))
+        with open(os.path.join(h, 'small'), 'w') as f:   # the sandbox changes it since
+            f.write('from the sandbox\n')
+        s.sbxfs.kill()
+        s.sbxfs.wait()
+    finally:
+        s.proxy.resume()
+        if small is not None:
+            os.close(small)
+    s.sbxfs = None              # killed on purpose
+    s.unmount()
+    s.mount('timeout=%d' % TIMEOUT_S, url=s.proxy.url)
+    s.sync()
+    with open(os.path.join(h, 'small')) as f:
+        assert f.read() == 'from the sandbox\n', 'the next mount made a done change again'
+    assert not os.path.exists(os.path.join(h, 'big.bin'))
+    with open(os.path.join(h, 'moved.bin'), 'rb') as f:
+        assert f.read() == data, 'the renamed file in the sandbox is not what was written'
 
 
 @pytest.mark.timeout(600 * SLOW)
