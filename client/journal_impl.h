@@ -233,7 +233,31 @@ void spool_sync(struct sbx_journal *j, bool force);
 int spool_replay(struct sbx_journal *j, void (*replay)(struct sbx_journal *j, struct jop *op));
 void jop_free(struct jop *op);
 
+/* The outcome of one operation: 0, a failure for good (err < 0, why), or not known yet. */
+struct outcome {
+	int err;
+	char why[256];
+	bool conflict;
+	bool has_stat; /* st: what the sandbox answered for the op's path */
+	struct stat st;
+	/* the directories whose names the op changed, as it left them (sbxd says) */
+	bool has_parent, has_from_parent;
+	struct stat parent, from_parent;
+};
+
+/* journal_order.c: whether op, made after before, could come out otherwise if it were
+ * applied first (lock held). */
+bool jop_depends_on(const struct jop *op, const struct jop *before);
+
+/* journal_fallback.c: without the journal route, ops[0..n) as the backend's own calls,
+ * several at once, each after those of them it depends on (lock not held). Returns how many
+ * have an outcome, moved with their outcomes to the front of ops and oc; the others are to be
+ * sent again (the sandbox could not be reached). */
+size_t fallback_send(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc);
+
 /* journal_upload.c */
+/* Whether a request's error is the network's or the sandbox's for now: sent again. */
+bool upload_transient(int err);
 int upload_start(struct sbx_journal *j);
 void upload_stop(struct sbx_journal *j);
 /* True on the uploader's own thread (its requests must not wait for the journal). */

@@ -1,16 +1,15 @@
 /* The uploader: one thread that sends the journal's operations to the sandbox in the order the
- * mount made them, and acknowledges them in the journal once the sandbox did.
+ * mount made them (but for what passes the lane, below), and acknowledges them in the journal
+ * once the sandbox did.
  *
  * With sbxd (POST /api/x/journal, docs/protocol.md) a request carries up to BATCH_OPS
  * operations and BATCH_BYTES of file contents; the server applies them in order and keeps,
  * per journal, the highest number it applied, so a request repeated after a lost answer (or
  * by the next mount, after a crash) applies nothing twice. A file larger than BATCH_BYTES
- * goes alone, in parts of BATCH_BYTES (numbered seq << 16 | part, so every part has its own
- * number). Without that route (a plain container, or sbxd --no-extensions) each operation is
- * the backend's own call, one after the other; each of those is safe to repeat
- * (client/sandbox_fallback.c, "Lost answers"), and what the backend holds back (the
- * fallback's batched modes and times) is settled before the operations count as
- * acknowledged.
+ * goes in parts of BATCH_BYTES (numbered seq << 16 | part, so every part has its own number),
+ * on the lane. Without that route (a plain container, or sbxd --no-extensions) each operation
+ * is the backend's own call, several at once in the order their dependencies allow
+ * (journal_fallback.c).
  *
  * Failures. When the sandbox cannot be reached (or answers with a server error) the same
  * operations are sent again, after 100 ms doubling to 5 s, for as long as it takes: nothing is
@@ -64,19 +63,7 @@ static __thread bool on_uploader;
 
 bool upload_is_self(void) { return on_uploader; }
 
-/* The outcome of one operation: 0, a failure for good (err < 0, why), or not known yet. */
-struct outcome {
-	int err;
-	char why[256];
-	bool conflict;
-	bool has_stat; /* st: what the sandbox answered for the op's path */
-	struct stat st;
-	/* the directories whose names the op changed, as it left them (sbxd says) */
-	bool has_parent, has_from_parent;
-	struct stat parent, from_parent;
-};
-
-static bool transient(int err)
+bool upload_transient(int err)
 {
 	switch (-err) {
 	case ENOTCONN: case ETIMEDOUT: case ECONNRESET: case ECONNREFUSED: case ECONNABORTED:
@@ -263,7 +250,7 @@ static size_t answered(int err, const cJSON *answer, struct jop **ops, size_t n,
 {
 	if (!err)
 		err = read_results(answer, ops, n, oc);
-	if (err && transient(err)) {
+	if (err && upload_transient(err)) {
 		log_debug("journal: %s", sbx_last_error());
 		return 0;
 	}
@@ -532,109 +519,6 @@ static size_t send_large(struct sbx_journal *j, const char *journal, struct jop 
 	return done;
 }
 
-/* ---- without the route: the backend's own calls ---- */
-
-static int inner_put(struct sbx_journal *j, const struct jop *op)
-{
-	const struct sbx_ops *in = j->inner;
-	struct sbx_file *f;
-	int err = in->file_open(j->s, op->path, O_WRONLY | O_CREAT | O_TRUNC, op->mode, &f, NULL);
-	if (err)
-		return err;
-	off_t size = blob_size(op);
-	char *buf = malloc(BATCH_BYTES);
-	if (!buf)
-		abort();
-	for (off_t off = 0; off < size && !err;) {
-		ssize_t got = pread(op->ino->fd, buf, BATCH_BYTES, off);
-		if (got <= 0) {
-			err = got < 0 ? -errno : 0;
-			break;
-		}
-		ssize_t w = in->file_pwrite(f, buf, (size_t)got, off);
-		if (w < 0)
-			err = (int)w;
-		off += got;
-	}
-	free(buf);
-	struct stat want = { .st_mode = op->mode, .st_atim = op->atime, .st_mtim = op->mtime };
-	unsigned valid = SBX_SET_MODE | SBX_SET_ATIME | SBX_SET_MTIME;
-	bool by_path = false;
-	if (!err) {
-		err = in->file_setattr(f, valid, &want, NULL);
-		if (err == -ENOSYS)
-			by_path = true, err = 0;
-	}
-	int cerr = in->file_close(f);
-	if (!err)
-		err = cerr;
-	if (!err && by_path)
-		err = in->setattr(j->s, op->path, valid, &want, NULL);
-	return err;
-}
-
-static int inner_op(struct sbx_journal *j, const struct jop *op)
-{
-	const struct sbx_ops *in = j->inner;
-	struct stat st;
-	char *target = NULL;
-	int err;
-	switch (op->kind) {
-	case JOP_PUT:
-		return inner_put(j, op);
-	case JOP_MKDIR:
-		err = in->mkdir(j->s, op->path, op->mode, NULL);
-		if (err == -EEXIST && in->lstat(j->s, op->path, &st, NULL) == 0 &&
-		    S_ISDIR(st.st_mode))
-			err = 0;
-		return err;
-	case JOP_SYMLINK:
-		err = in->symlink(j->s, op->path2, op->path, NULL);
-		if (err == -EEXIST && in->readlink(j->s, op->path, &target) == 0 &&
-		    strcmp(target, op->path2) == 0)
-			err = 0;
-		free(target);
-		return err;
-	case JOP_LINK:
-		err = in->link(j->s, op->path, op->path2, NULL);
-		return err == -EEXIST ? 0 : err;
-	case JOP_UNLINK:
-		err = in->unlink(j->s, op->path);
-		return err == -ENOENT ? 0 : err;
-	case JOP_RMDIR:
-		err = in->rmdir(j->s, op->path);
-		return err == -ENOENT ? 0 : err;
-	case JOP_RENAME:
-		return in->rename(j->s, op->path, op->path2, 0);
-	case JOP_SETATTR: {
-		struct stat want = { .st_mode = op->mode, .st_uid = op->uid, .st_gid = op->gid,
-				     .st_atim = op->atime, .st_mtim = op->mtime };
-		return in->setattr(j->s, op->path, op->valid, &want, NULL);
-	}
-	}
-	return -EINVAL;
-}
-
-static size_t send_each(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc)
-{
-	for (size_t i = 0; i < n; i++) {
-		int err = inner_op(j, ops[i]);
-		if (err && transient(err)) {
-			log_debug("journal: %s", sbx_last_error());
-			return i;
-		}
-		oc[i].err = err;
-		oc[i].conflict = false;
-		oc[i].has_stat = oc[i].has_parent = oc[i].has_from_parent = false;
-		snprintf(oc[i].why, sizeof oc[i].why, "%s", err ? sbx_last_error() : "");
-	}
-	/* what the backend holds back (the fallback's batched modes and times) goes now: an
-	 * acknowledgement means it is in the sandbox */
-	if (j->inner->settle)
-		j->inner->settle(j->s);
-	return n;
-}
-
 /* ---- the thread ---- */
 
 static const char *op_name(enum jop_kind k)
@@ -818,52 +702,11 @@ static bool is_large(const struct jop *op)
  * passed on the lane must not go on the main journal, whose watermark is past it once an op
  * after it was applied). */
 
-/* a is b or a path inside it */
-static bool path_within(const char *a, const char *b)
-{
-	size_t n = strlen(b);
-	return strncmp(a, b, n) == 0 && (a[n] == '\0' || a[n] == '/');
-}
-
-/* The names op changes (a symlink's target is not one). */
-static void op_names(const struct jop *op, const char *names[2])
-{
-	names[0] = op->path;
-	names[1] = op->kind == JOP_SYMLINK ? NULL : op->path2;
-}
-
-/* A file op changes (or one of its names), with more than one name: any op may touch it. */
-static bool shared_file(const struct jinode *ino)
-{
-	return ino && ino->links > 1;
-}
-
-/* Whether op, applied before p, could come out otherwise than after it. */
-static bool depends_on(const struct jop *op, const struct jop *p)
-{
-	const struct jinode *a[2] = { op->ino, op->unlinked }, *b[2] = { p->ino, p->unlinked };
-	for (size_t i = 0; i < 2; i++) {
-		if (shared_file(a[i]) || shared_file(b[i]))
-			return true;
-		for (size_t k = 0; k < 2; k++)
-			if (a[i] && a[i] == b[k])
-				return true;
-	}
-	const char *x[2], *y[2];
-	op_names(op, x);
-	op_names(p, y);
-	for (size_t i = 0; i < 2; i++)
-		for (size_t k = 0; k < 2; k++)
-			if (x[i] && y[k] && (path_within(x[i], y[k]) || path_within(y[k], x[i])))
-				return true;
-	return false;
-}
-
 /* Whether op depends on an op on the lane not answered for yet (lock held). */
 static bool needs_lane(const struct sbx_journal *j, const struct jop *op)
 {
 	for (const struct jop *p = j->lane_head; p && p->seq < op->seq; p = p->lane_next)
-		if (depends_on(op, p))
+		if (jop_depends_on(op, p))
 			return true;
 	return false;
 }
@@ -987,7 +830,7 @@ static void send_now(struct sbx_journal *j, struct jop *first, struct jop **ops,
 	pthread_mutex_unlock(&j->lock);
 	spool_sync(j, false);
 	size_t done = j->route ? send_large(j, j->wire_id, ops[0], blob_size(ops[0]), oc)
-			       : send_each(j, ops, n, oc);
+			       : fallback_send(j, ops, n, oc);
 	pthread_mutex_lock(&j->lock);
 	attempted(j, &j->main_retry);
 	acknowledge(j, ops, done, oc);

@@ -409,6 +409,40 @@ def test_a_save_goes_past_a_large_upload_on_its_way(faulty_sbx, mode):
 
 
 @pytest.mark.timeout(300 * SLOW)
+def test_a_plain_container_takes_independent_uploads_several_at_once(faulty_sbx, mode):
+    """With the journal on a plain container, the uploads of independent files are calls
+    on their way at once (docs/writeback.md, "Caveats"), and a change that depends on one
+    waits for it: a file renamed right after it was written arrives under its new name."""
+    if mode != 'fallback':
+        pytest.skip('with the extensions uploads are batches (the tests above)')
+    s = start(faulty_sbx, 'writeback=on', p503=0, reset=0, drop_reply=0)
+    m, h = workdir(s, 'several')
+    calm(s)
+    os.listdir(m)                       # its names are the mount's: creating asks nothing
+
+    def uploads_held():                 # not the liveness probe's ping
+        return sum(n for k, n in s.proxy.held_requests().items() if k != 'GET /api/ping')
+
+    s.proxy.stall()
+    try:
+        for i in range(6):
+            with open(os.path.join(m, 'f%d' % i), 'w') as f:
+                f.write('file %d\n' % i)
+        os.rename(os.path.join(m, 'f0'), os.path.join(m, 'renamed'))
+        assert wait_for(lambda: uploads_held() >= 2, 30 * SLOW), (
+            'one upload at a time: held %s' % s.proxy.held_requests())
+    finally:
+        s.proxy.resume()
+    calm(s)
+    assert sorted(os.listdir(h)) == ['f1', 'f2', 'f3', 'f4', 'f5', 'renamed']
+    for i in range(1, 6):
+        with open(os.path.join(h, 'f%d' % i)) as f:
+            assert f.read() == 'file %d\n' % i
+    with open(os.path.join(h, 'renamed')) as f:
+        assert f.read() == 'file 0\n'
+
+
+@pytest.mark.timeout(300 * SLOW)
 def test_kill_9_during_a_large_upload_then_the_next_mount_finishes_it(faulty_sbx, mode):
     """sbxfs killed while a large file's data is held, after a later change went past it:
     the next mount sends the large file's rest, does not make the later change again (a
