@@ -1730,6 +1730,7 @@ int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 	j->inner = atomic_load(&s->ops);
 	pthread_mutex_init(&j->lock, NULL);
 	mono_cond_init(&j->changed);
+	pthread_cond_init(&j->lane_wake, NULL);
 	j->buckets = 1024;
 	j->table = calloc(j->buckets, sizeof *j->table);
 	if (!j->table)
@@ -1760,6 +1761,7 @@ int sbx_journal_start(struct sbx *s, const struct sbx_journal_opts *o)
 		free(j->table);
 		pthread_mutex_destroy(&j->lock);
 		pthread_cond_destroy(&j->changed);
+		pthread_cond_destroy(&j->lane_wake);
 		free(j);
 		return err;
 	}
@@ -1806,6 +1808,7 @@ void sbx_journal_stop(struct sbx *s)
 	free(j->table);
 	pthread_mutex_destroy(&j->lock);
 	pthread_cond_destroy(&j->changed);
+	pthread_cond_destroy(&j->lane_wake);
 	free(j);
 }
 

@@ -91,6 +91,7 @@ struct jop {
 	struct timespec expect_mtime;
 	bool sent;          /* in a batch: sent, or on its way (never superseded then) */
 	bool lane;          /* goes on the lane (journal_upload.c), and again there */
+	bool on_lane;       /* ... and is in its list: */
 	struct jop *lane_next; /* the next op on the lane */
 	bool decided;       /* read back from the log, which says which journal it goes on
 			     * (lane: a lane record; else the main journal, where it may have been
@@ -167,6 +168,7 @@ struct sbx_journal {
 	 * own, while the ops after it that do not depend on it go on (journal_upload.c) */
 	char lane_id[WIRE_ID_MAX + sizeof SBX_LANE_SUFFIX];
 	struct jop *lane_head, *lane_tail; /* its ops not answered for yet, oldest first */
+	pthread_cond_t lane_wake; /* an op put on the empty lane, or stop */
 	pthread_t lane_thread;
 	bool lane_running;
 };

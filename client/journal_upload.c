@@ -717,23 +717,24 @@ static bool for_lane(const struct sbx_journal *j, const struct jop *op)
 {
 	if (!j->lane_running)
 		return false;
-	if (op->sent || op->decided)
+	if (op->lane || op->sent || op->decided)
 		return op->lane;
 	return is_large(op) || needs_lane(j, op);
 }
 
 /* Puts op, which goes on the lane, on it if it is not there yet (lock held): logged as a lane
- * op first, unless the log says so already. */
+ * op first, unless the log says so already. Not sent yet, a put there still takes a later
+ * put's mode and times (journal_put): a file written and closed, or fsynced, goes up once. */
 static void lane_take(struct sbx_journal *j, struct jop *op)
 {
-	if (op->sent)
+	if (op->on_lane)
 		return;
 	if (!op->lane)
 		spool_log_lane(j, op->seq);
-	op->sent = op->lane = true;
+	op->lane = op->on_lane = true;
 	*(j->lane_tail ? &j->lane_tail->lane_next : &j->lane_head) = op;
 	j->lane_tail = op;
-	pthread_cond_broadcast(&j->changed);
+	pthread_cond_signal(&j->lane_wake);
 }
 
 /* The first op from op on that is neither answered for nor on the lane (lock held); the
@@ -844,9 +845,11 @@ static void send_now(struct sbx_journal *j, struct jop *first, struct jop **ops,
 static struct jop *lane_due(struct sbx_journal *j, int64_t *until)
 {
 	struct jop *op = j->lane_head, *first = j->head;
+	if (!op)
+		return NULL;
 	while (first && first->done)
 		first = first->next;
-	if (!op || op != first)
+	if (op != first)
 		return NULL;
 	if (op->kind == JOP_PUT && op->ino->writers && op->ino->dirty &&
 	    mono_ms() < op->queued_ms + WRITER_WAIT_MS) {
@@ -882,15 +885,18 @@ static void *lane(void *arg)
 		struct jop *op = NULL;
 		int64_t until = 0;
 		while (!j->stopping && !(op = lane_due(j, &until))) {
+			/* an empty lane sleeps apart: the journal's every change is not its */
 			if (until)
 				mono_cond_wait_until(&j->changed, &j->lock, until);
 			else
-				pthread_cond_wait(&j->changed, &j->lock);
+				pthread_cond_wait(j->lane_head ? &j->changed : &j->lane_wake,
+						  &j->lock);
 			until = 0;
 		}
 		if (j->stopping)
 			break;
 		struct outcome oc = { 0 };
+		op->sent = true;
 		pthread_mutex_unlock(&j->lock);
 		spool_sync(j, false);
 		size_t done = lane_send(j, f, op, &oc);
@@ -1001,9 +1007,9 @@ static void *uploader(void *arg)
 			/* something waits for the sandbox (an fsync): what is not on its way yet
 			 * goes now, not after the answers */
 			struct flight *last = flight_at(&w, w.count - 1);
-			struct jop *next = next_pending(j, last->ops[last->n - 1]->next);
-			if (!j->stopping && j->urgent && next && w.count < w.width &&
-			    !is_large(next)) {
+			struct jop *next = !j->stopping && j->urgent && w.count < w.width
+					   ? next_pending(j, last->ops[last->n - 1]->next) : NULL;
+			if (next && !is_large(next)) {
 				j->urgent = false;
 				launch(j, &w, next);
 			} else {
@@ -1070,6 +1076,7 @@ void upload_stop(struct sbx_journal *j)
 	pthread_mutex_lock(&j->lock);
 	j->stopping = true;
 	pthread_cond_broadcast(&j->changed);
+	pthread_cond_broadcast(&j->lane_wake);
 	pthread_mutex_unlock(&j->lock);
 	if (j->running)
 		pthread_join(j->thread, NULL);
