@@ -220,19 +220,13 @@ size_t fallback_send(struct sbx_journal *j, struct jop **ops, size_t n, struct o
 		worker(&b);
 	for (size_t t = 0; t < started; t++)
 		pthread_join(threads[t], NULL);
-	/* the answered ones to the front, in their order */
+	/* the answered ones to the front, in their order (the others stay in the queue) */
 	size_t done = 0;
-	for (size_t i = 0; i < n; i++) {
-		if (b.state[i] != ANSWERED)
-			continue;
-		struct jop *op = ops[i];
-		struct outcome o = oc[i];
-		memmove(&ops[done + 1], &ops[done], (i - done) * sizeof *ops);
-		memmove(&oc[done + 1], &oc[done], (i - done) * sizeof *oc);
-		ops[done] = op;
-		oc[done] = o;
-		done++;
-	}
+	for (size_t i = 0; i < n; i++)
+		if (b.state[i] == ANSWERED) {
+			ops[done] = ops[i];
+			oc[done++] = oc[i];
+		}
 	/* what the backend holds back (the fallback's batched modes and times) goes now: an
 	 * acknowledgement means it is in the sandbox */
 	if (done && j->inner->settle)

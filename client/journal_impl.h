@@ -253,8 +253,8 @@ bool jop_depends_on(const struct jop *op, const struct jop *before);
 
 /* journal_fallback.c: without the journal route, ops[0..n) as the backend's own calls,
  * several at once, each after those of them it depends on (lock not held). Returns how many
- * have an outcome, moved with their outcomes to the front of ops and oc; the others are to be
- * sent again (the sandbox could not be reached). */
+ * have an outcome, moved with their outcomes to the front of ops and oc (the others are to be
+ * sent again: the sandbox could not be reached; they stay in the queue, not in ops). */
 size_t fallback_send(struct sbx_journal *j, struct jop **ops, size_t n, struct outcome *oc);
 
 /* journal_upload.c */

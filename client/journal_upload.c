@@ -683,6 +683,15 @@ static bool is_large(const struct jop *op)
 	return op->kind == JOP_PUT && blob_size(op) > BATCH_BYTES;
 }
 
+/* A put of a file still being written (open for writing, written since the put was queued: a
+ * shell's `>` and dd flush before they write) would go now and again at its close: it waits
+ * for that close, until the time returned (0: it goes now). Lock held. */
+static int64_t still_written(const struct jop *op)
+{
+	return op->kind == JOP_PUT && !op->sent && op->ino->writers && op->ino->dirty
+		       ? op->queued_ms + WRITER_WAIT_MS : 0;
+}
+
 /* ---- the lane ----
  *
  * The main journal's watermark makes its order total: an op applied before one numbered below
@@ -840,7 +849,7 @@ static void send_now(struct sbx_journal *j, struct jop *first, struct jop **ops,
 }
 
 /* The lane's first op, once every op before it is answered for and it is not being written
- * (as the uploader's wait for a writer, below); NULL, with *until when to look again, if it is
+ * (still_written); NULL, with *until when to look again, if it is
  * not due (lock held). */
 static struct jop *lane_due(struct sbx_journal *j, int64_t *until)
 {
@@ -851,9 +860,9 @@ static struct jop *lane_due(struct sbx_journal *j, int64_t *until)
 		first = first->next;
 	if (op != first)
 		return NULL;
-	if (op->kind == JOP_PUT && op->ino->writers && op->ino->dirty &&
-	    mono_ms() < op->queued_ms + WRITER_WAIT_MS) {
-		*until = op->queued_ms + WRITER_WAIT_MS;
+	int64_t written = still_written(op);
+	if (written > mono_ms()) {
+		*until = written;
 		return NULL;
 	}
 	return op;
@@ -983,16 +992,14 @@ static void *uploader(void *arg)
 			while (!j->stopping && !j->urgent && j->queued < BATCH_OPS &&
 			       mono_cond_wait_until(&j->changed, &j->lock, company))
 				;
-			/* A file still being written (open for writing, written since its put
-			 * was queued: a shell's `>` and dd flush before they write) would go now
-			 * and again at its close: its put waits for that close, a while, unless
-			 * something waits. */
-			for (struct jop *h; !j->stopping && !j->urgent && (h = first_pending(j)) &&
-					    h->kind == JOP_PUT && !h->sent && h->ino->writers &&
-					    h->ino->dirty &&
-					    mono_cond_wait_until(&j->changed, &j->lock,
-								 h->queued_ms + WRITER_WAIT_MS);)
-				;
+			/* a file still being written: its put waits for the close, unless
+			 * something waits for the sandbox */
+			for (struct jop *h; !j->stopping && !j->urgent && (h = first_pending(j));) {
+				int64_t written = still_written(h);
+				if (!written ||
+				    !mono_cond_wait_until(&j->changed, &j->lock, written))
+					break;
+			}
 			j->urgent = false;
 			if (!(first = first_pending(j))) /* the lane took them meanwhile */
 				continue;
